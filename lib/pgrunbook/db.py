@@ -1,0 +1,97 @@
+"""Connections: every session names itself and carries its own timeouts.
+
+`connect()` opens a psycopg connection whose server-side settings are set at
+start-up (application_name, statement_timeout, lock_timeout and, for
+inspection, default_transaction_read_only), so no statement ever runs
+without them. Connection failures become one-line `ConnectionFailed` errors
+with the password masked.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import psycopg
+
+from .errors import ConnectionFailed
+from .secrets import redact
+from .targets import Target
+
+DEFAULT_STATEMENT_TIMEOUT = "60s"
+DEFAULT_LOCK_TIMEOUT = "5s"
+_TIMEOUT = re.compile(r"^\d+\s*(us|ms|s|min|h|d)?$")
+
+
+def _check_timeout(value: str) -> str:
+    if not _TIMEOUT.match(str(value).strip()):
+        raise ValueError(f"{value!r} is not a PostgreSQL duration such as '500ms', '30s' or '5min'")
+    return str(value).strip().replace(" ", "")
+
+
+def session_options(
+    *, readonly: bool, statement_timeout: str, lock_timeout: str
+) -> str:
+    """The libpq `options` string that sets the session's guards at start-up."""
+    opts = [
+        f"-c statement_timeout={_check_timeout(statement_timeout)}",
+        f"-c lock_timeout={_check_timeout(lock_timeout)}",
+        "-c idle_in_transaction_session_timeout=10min",
+    ]
+    if readonly:
+        opts.append("-c default_transaction_read_only=on")
+    return " ".join(opts)
+
+
+def connect(
+    target: Target,
+    *,
+    readonly: bool = True,
+    application: str = "pgrunbook",
+    statement_timeout: str = DEFAULT_STATEMENT_TIMEOUT,
+    lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
+    autocommit: bool = True,
+    database: str | None = None,
+) -> psycopg.Connection:
+    """A connection to `target` (or another `database` on its server)."""
+    url = with_database(target.url, database) if database else target.url
+    try:
+        return psycopg.connect(
+            url,
+            autocommit=autocommit,
+            application_name=application[:63],
+            options=session_options(
+                readonly=readonly, statement_timeout=statement_timeout, lock_timeout=lock_timeout
+            ),
+            connect_timeout=10,
+        )
+    except psycopg.OperationalError as e:
+        raise ConnectionFailed(explain_failure(target, e)) from None
+
+
+def with_database(url: str, database: str) -> str:
+    """`url` pointing at another database on the same server."""
+    parts = urlsplit(url)
+    return parts._replace(path="/" + database).geturl()
+
+
+def explain_failure(target: Target, error: Exception) -> str:
+    """One line saying why a connection to `target` failed and what to do."""
+    message = redact(str(error)).strip()
+    where = f"target {target.name!r} ({target.display_url})"
+    if "password authentication failed" in message or "no password supplied" in message:
+        return f"login refused by {where}: check the user and password in {target.source or 'its URL'}"
+    if m := re.search(r'database "([^"]+)" does not exist', message):
+        return f"database {m[1]!r} does not exist on {where}: create it or fix {target.source}"
+    if m := re.search(r'role "([^"]+)" does not exist', message):
+        return f"role {m[1]!r} does not exist on {where}: fix the user in {target.source}"
+    if any(s in message for s in ("Connection refused", "No such file", "timeout", "could not translate")):
+        hint = "start it with `pgrunbook sandbox up`" if target.sandbox else "is the server up and reachable?"
+        return f"cannot reach the server of {where}: {hint}"
+    first = message.splitlines()[0] if message else type(error).__name__
+    return f"cannot connect to {where}: {first}"
+
+
+def server_version(conn: psycopg.Connection) -> str:
+    """The server's version string, e.g. '18.6'."""
+    return str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]

@@ -1,0 +1,49 @@
+"""The errors pgrunbook raises. Each message says what is wrong and what to do next."""
+
+
+class PgRunbookError(Exception):
+    "Base class: the CLI prints the message on one line and exits 3"
+
+
+class ConfigError(PgRunbookError):
+    "The configuration (pyproject.toml / pgrunbook.toml) is invalid"
+
+
+class UnknownRunbook(PgRunbookError):
+    "No notebook of that name in runbooks/"
+
+
+class UnknownParameter(PgRunbookError):
+    "The runbook has no parameter of that name, or the value does not fit its type"
+
+
+class UnknownTarget(PgRunbookError):
+    "No environment of that name is configured"
+
+
+class TargetNotConfigured(PgRunbookError):
+    "The target's URL variable is not set"
+
+
+class ConnectionFailed(PgRunbookError):
+    "The server could not be reached, refused the login, or lacks the database"
+
+
+class SandboxError(PgRunbookError):
+    "The embedded sandbox is not in the state the command needs"
+
+
+class ConfirmationRequired(PgRunbookError):
+    "A destructive step on a protected target needs confirm=<target>"
+
+
+class SeedRefused(PgRunbookError):
+    "Seeding would put user data where it must never go"
+
+
+class ReportNotFound(PgRunbookError):
+    "No archived report matches"
+
+
+class RunbookCritical(PgRunbookError):
+    "A runbook recorded CRIT findings (raised under plain papermill so it exits non-zero)"

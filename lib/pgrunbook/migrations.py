@@ -1,0 +1,133 @@
+"""The Fixia schema's alembic migrations, seen from the library.
+
+Status is read with a plain (read-only) connection; upgrades run through
+alembic with a SQLAlchemy connection whose session carries the timeouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.pool import NullPool
+
+from . import config, db, targets
+from .targets import Target
+
+
+@dataclass(frozen=True)
+class Revision:
+    revision: str
+    message: str
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    current: tuple[str, ...]
+    heads: tuple[str, ...]
+    pending: list[Revision] = field(default_factory=list)
+    unknown: tuple[str, ...] = ()
+    managed: bool = True
+
+    @property
+    def at_head(self) -> bool:
+        return self.managed and not self.pending and not self.unknown and set(self.current) == set(self.heads)
+
+
+def alembic_config() -> Config:
+    """The project's alembic configuration ([tool.alembic] in pyproject.toml)."""
+    s = config.settings()
+    cfg = Config(toml_file=str(s.home / "pyproject.toml"))
+    cfg.set_main_option("script_location", str(s.migrations_dir))
+    return cfg
+
+
+def script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A libpq URL in SQLAlchemy's psycopg 3 dialect form."""
+    scheme, rest = url.split("://", 1)
+    return "postgresql+psycopg://" + rest if scheme in ("postgres", "postgresql") else url
+
+
+def engine(
+    target: Target | str,
+    *,
+    readonly: bool = False,
+    statement_timeout: str = "30min",
+    lock_timeout: str = "5s",
+    application: str = "pgrunbook/migrate",
+) -> Engine:
+    """An engine for alembic on `target`, every session carrying its timeouts."""
+    t = targets.resolve(target) if isinstance(target, str) else target
+    options = db.session_options(
+        readonly=readonly, statement_timeout=statement_timeout, lock_timeout=lock_timeout
+    )
+    return create_engine(
+        sqlalchemy_url(t.url),
+        poolclass=NullPool,
+        connect_args={"application_name": application, "options": options, "connect_timeout": 10},
+    )
+
+
+def current(conn: psycopg.Connection) -> tuple[str, ...] | None:
+    """Revisions recorded in alembic_version, or None when the database is not migrated."""
+    if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
+        return None
+    rows = conn.execute("SELECT version_num FROM alembic_version ORDER BY 1").fetchall()
+    return tuple(r[0] for r in rows)
+
+
+def status(conn: psycopg.Connection) -> MigrationStatus:
+    """Where the database stands against the migrations in migrations/versions."""
+    script = script_directory()
+    heads = tuple(sorted(script.get_heads()))
+    recorded = current(conn)
+    if recorded is None:
+        pending = _between(script, "heads", "base")
+        return MigrationStatus((), heads, pending, managed=False)
+    known = tuple(r for r in recorded if _exists(script, r))
+    unknown = tuple(r for r in recorded if r not in known)
+    pending = _between(script, "heads", known or "base")
+    return MigrationStatus(recorded, heads, pending, unknown)
+
+
+def _exists(script: ScriptDirectory, rev: str) -> bool:
+    try:
+        return script.get_revision(rev) is not None
+    except CommandError:
+        return False
+
+
+def _between(script: ScriptDirectory, upper, lower) -> list[Revision]:
+    revs = list(script.iterate_revisions(upper, lower))
+    return [Revision(r.revision, (r.doc or "").strip()) for r in reversed(revs)]
+
+
+def upgrade(target: Target, revision: str = "head", **engine_options) -> None:
+    """Apply migrations on `target` up to `revision`."""
+    _run(target, command.upgrade, revision, **engine_options)
+
+
+def downgrade(target: Target, revision: str, **engine_options) -> None:
+    """Revert migrations on `target` down to `revision`."""
+    _run(target, command.downgrade, revision, **engine_options)
+
+
+def _run(target: Target, fn, revision: str, **engine_options) -> None:
+    cfg = alembic_config()
+    eng = engine(target, **engine_options)
+    try:
+        # A connection outside any transaction: env.py gives each revision its own.
+        with eng.connect() as connection:
+            cfg.attributes["connection"] = connection
+            fn(cfg, revision)
+    finally:
+        eng.dispose()

@@ -1,0 +1,61 @@
+"""Keep secrets out of everything written: reports, HTML, the index, logs.
+
+Two nets: every password known from the configured targets' URLs is replaced
+wherever it appears, and anything shaped like a credential (the userinfo of a
+URL, `password=...` in a conninfo string) is masked even when not known.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from urllib.parse import unquote, urlsplit
+
+MASK = "********"
+
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)(?P<pw>[^@\s/]+)(?=@)", re.I)
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'[^']*'|\S+)", re.I)
+_SECRET_ENV = re.compile(r"(URL|PASSWORD|SECRET|TOKEN|SALT|KEY)$", re.I)
+
+
+def url_password(url: str) -> str | None:
+    """The password carried by a connection URL, if any."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return None
+    return unquote(password) if password else None
+
+
+def known_secrets() -> set[str]:
+    """Passwords and secret values found in this process's environment."""
+    found: set[str] = set()
+    for name, value in os.environ.items():
+        if not value or not _SECRET_ENV.search(name):
+            continue
+        if "://" in value:
+            if pw := url_password(value):
+                found.update({pw, _quoted(pw)})
+        elif name.upper().endswith(("PASSWORD", "SECRET", "TOKEN", "SALT")):
+            found.add(value)
+    return {s for s in found if len(s) >= 3}
+
+
+def _quoted(password: str) -> str:
+    from urllib.parse import quote
+
+    return quote(password, safe="")
+
+
+def redact(text: str, extra: set[str] | frozenset[str] = frozenset()) -> str:
+    """`text` with every known secret and credential-shaped substring masked."""
+    text = _URL_PASSWORD.sub(lambda m: m["head"] + MASK, text)
+    text = _KV_PASSWORD.sub(lambda m: m["head"] + MASK, text)
+    for secret in sorted(known_secrets() | set(extra), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def redact_url(url: str) -> str:
+    """A URL fit to show: its password masked."""
+    return _URL_PASSWORD.sub(lambda m: m["head"] + MASK, url)

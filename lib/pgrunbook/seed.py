@@ -1,0 +1,220 @@
+"""Seeding the Fixia schema.
+
+`production` mode inserts only the essential categories, is idempotent and
+never inserts user data. `development` mode generates realistic users,
+services, projects and reviews with Faker, streamed into the server with COPY
+so that a million users take well under a minute. Faker draws pools of names,
+streets, cities and sentences once; rows are combined from the pools with a
+seeded random generator, so a given seed always gives the same data.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+from psycopg import sql
+
+from .errors import SeedRefused
+from .targets import Target
+
+TABLES = ("users", "categories", "services", "projects", "reviews")
+
+CATEGORIES = (
+    ("plumbing", "Plumbing", "Leaks, pipes, water heaters and fixtures"),
+    ("electrical", "Electrical", "Wiring, outlets, lighting and panels"),
+    ("carpentry", "Carpentry", "Furniture, doors, shelving and framing"),
+    ("cleaning", "Cleaning", "Homes, offices and move-out cleaning"),
+    ("painting", "Painting", "Interior and exterior painting"),
+    ("gardening", "Gardening", "Lawns, hedges, planting and irrigation"),
+    ("moving", "Moving", "Packing, loading and transport"),
+    ("appliance-repair", "Appliance repair", "Washers, fridges, ovens and dryers"),
+    ("locksmith", "Locksmith", "Locks, keys and access control"),
+    ("hvac", "Heating and cooling", "Boilers, air conditioning and ventilation"),
+    ("it-support", "IT support", "Computers, networks and smart homes"),
+    ("tutoring", "Tutoring", "Lessons in school subjects, languages and music"),
+)
+USER_MIX = (("client", 69), ("professional", 30), ("admin", 1))
+STATUS_MIX = (("open", 35), ("in_progress", 20), ("completed", 30), ("draft", 10), ("cancelled", 5))
+RATING_MIX = ((5, 45), (4, 30), (3, 13), (2, 7), (1, 5))
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    mode: str
+    inserted: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.inserted.values())
+
+
+def seed(
+    conn: psycopg.Connection,
+    target: Target,
+    *,
+    mode: str = "production",
+    users: int = 0,
+    seed: int = 1,
+) -> SeedResult:
+    """Seed `target` through `conn` in one transaction (a savepoint if one is open)."""
+    if mode == "production":
+        if users:
+            raise SeedRefused(
+                "production seeding never inserts user data: drop users=, or use mode=development "
+                "on a development or sandbox target"
+            )
+        with conn.transaction():
+            return SeedResult(mode, {"categories": _categories(conn)})
+    if mode != "development":
+        raise ValueError(f"unknown seed mode {mode!r}: use 'production' or 'development'")
+    if target.protected and not target.sandbox:
+        raise SeedRefused(
+            f"target {target.name!r} is protected: user data is never seeded there; "
+            "seed a development, staging or sandbox target instead"
+        )
+    if users < 1:
+        raise ValueError("development seeding needs users >= 1")
+    with conn.transaction():
+        inserted = {"categories": _categories(conn)}
+        inserted.update(_development(conn, users, random.Random(seed), seed))
+    return SeedResult(mode, inserted)
+
+
+def counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Row count of every Fixia table."""
+    return {
+        t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0]
+        for t in TABLES
+    }
+
+
+def _categories(conn: psycopg.Connection) -> int:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO categories (slug, name, description) VALUES (%s, %s, %s)"
+            " ON CONFLICT (slug) DO NOTHING",
+            CATEGORIES,
+        )
+        return max(cur.rowcount, 0)
+
+
+@dataclass
+class _Pools:
+    first: list[str]
+    last: list[str]
+    streets: list[str]
+    cities: list[str]
+    domains: list[str]
+    sentences: list[str]
+    words: list[str]
+
+
+def _pools(seed: int) -> _Pools:
+    from faker import Faker
+
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    return _Pools(
+        first=sorted({fake.first_name() for _ in range(800)}),
+        last=sorted({fake.last_name() for _ in range(800)}),
+        streets=[fake.street_address() for _ in range(600)],
+        cities=[f"{fake.city()}, {fake.state_abbr()}" for _ in range(250)],
+        domains=sorted({fake.free_email_domain() for _ in range(50)}),
+        sentences=[fake.sentence(nb_words=12) for _ in range(400)],
+        words=sorted({fake.word() for _ in range(300)}),
+    )
+
+
+def _weighted(rng: random.Random, mix, k: int) -> list:
+    values, weights = zip(*mix)
+    return rng.choices(values, weights, k=k)
+
+
+def _next_id(conn: psycopg.Connection, table: str) -> int:
+    query = sql.SQL("SELECT coalesce(max(id), 0) + 1 FROM {}").format(sql.Identifier(table))
+    return conn.execute(query).fetchone()[0]
+
+
+def _copy(conn: psycopg.Connection, table: str, columns: tuple[str, ...], rows: Iterator) -> int:
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    n = 0
+    with conn.cursor().copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+            n += 1
+    conn.execute(
+        sql.SQL("SELECT setval(pg_get_serial_sequence({}, 'id'), (SELECT max(id) FROM {}))").format(
+            sql.Literal(table), sql.Identifier(table)
+        )
+    )
+    return n
+
+
+def _development(conn: psycopg.Connection, users: int, rng: random.Random, seed: int) -> dict[str, int]:
+    p = _pools(seed)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    categories = [r[0] for r in conn.execute("SELECT id FROM categories ORDER BY id")]
+    first_user = _next_id(conn, "users")
+    kinds = _weighted(rng, USER_MIX, users)
+    user_ids = range(first_user, first_user + users)
+    pros = [uid for uid, kind in zip(user_ids, kinds) if kind == "professional"] or [first_user]
+    clients = [uid for uid, kind in zip(user_ids, kinds) if kind == "client"] or [first_user]
+
+    def user_rows():
+        for uid, kind in zip(user_ids, kinds):
+            first, last = rng.choice(p.first), rng.choice(p.last)
+            email = f"{first}.{last}.{uid}@{rng.choice(p.domains)}".lower()
+            phone = f"+1-{rng.randint(201, 989)}-{rng.randint(200, 999)}-{rng.randint(0, 9999):04d}"
+            location = f"{rng.choice(p.streets)}, {rng.choice(p.cities)}"
+            created = now - timedelta(seconds=rng.randint(0, 3 * 365 * 86400))
+            yield (uid, email, kind, first, last, phone, location, created)
+
+    inserted = {"users": _copy(conn, "users", ("id", "email", "user_type", "first_name",
+                                               "last_name", "phone", "location", "created_at"), user_rows())}
+    first_service = _next_id(conn, "services")
+    service_owner: list[int] = []
+
+    def service_rows():
+        sid = first_service
+        for pro in pros:
+            for _ in range(rng.randint(1, 3)):
+                words = " ".join(rng.sample(p.words, 2))
+                price = round(rng.uniform(20, 500), 2)
+                created = now - timedelta(seconds=rng.randint(0, 2 * 365 * 86400))
+                service_owner.append(pro)
+                yield (sid, pro, rng.choice(categories), f"{words.title()} service",
+                       rng.choice(p.sentences), price, rng.random() < 0.9, created)
+                sid += 1
+
+    inserted["services"] = _copy(conn, "services", ("id", "professional_id", "category_id", "title",
+                                                    "description", "price", "active", "created_at"), service_rows())
+
+    def project_rows():
+        for client in clients:
+            for _ in range(rng.choice((0, 1, 1, 2))):
+                low = rng.randint(1, 50) * 100
+                created = now - timedelta(seconds=rng.randint(0, 2 * 365 * 86400))
+                status = _weighted(rng, STATUS_MIX, 1)[0]
+                yield (client, " ".join(rng.sample(p.words, 3)).capitalize(), rng.choice(p.sentences),
+                       status, low, low + rng.randint(0, 30) * 100, created)
+
+    inserted["projects"] = _copy(conn, "projects", ("client_id", "title", "description", "status",
+                                                    "budget_min", "budget_max", "created_at"), project_rows())
+
+    def review_rows():
+        for offset, pro in enumerate(service_owner):
+            for _ in range(rng.choice((0, 1, 1, 2, 3))):
+                created = now - timedelta(seconds=rng.randint(0, 365 * 86400))
+                comment = rng.choice(p.sentences) if rng.random() < 0.8 else None
+                yield (first_service + offset, pro, rng.choice(clients),
+                       _weighted(rng, RATING_MIX, 1)[0], comment, created)
+
+    inserted["reviews"] = _copy(conn, "reviews", ("service_id", "professional_id", "client_id", "rating",
+                                                  "comment", "created_at"), review_rows())
+    return inserted

@@ -1,0 +1,87 @@
+"""Targets: environment names (sandbox, staging, production, ...) mapped to servers.
+
+A runbook takes a target name, never a URL. A configured target reads its URL
+from an environment variable; production and staging fall back to the
+sandbox's databases of the same name when their variable is unset, so every
+runbook runs on a fresh machine. `sandbox` is the sandbox's production
+database without the protection, for demos and tests.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from . import config
+from .errors import ConfirmationRequired, TargetNotConfigured, UnknownTarget
+from .secrets import redact_url
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str = field(repr=False)
+    protected: bool = False
+    sandbox: bool = False
+    source: str = ""
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked."""
+        return redact_url(self.url)
+
+    @property
+    def database(self) -> str:
+        return urlsplit(self.url).path.lstrip("/") or urlsplit(self.url).username or ""
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the URL: compare targets without showing them."""
+        return hashlib.sha256(self.url.encode()).hexdigest()[:12]
+
+    def require_confirm(self, confirm: str, *, action: str) -> None:
+        """Raise unless a protected target's name was given as `confirm`."""
+        if self.protected and confirm != self.name:
+            raise ConfirmationRequired(
+                f"{action} on protected target {self.name!r} needs confirm={self.name!r}: "
+                f"pass -p confirm {self.name} once you mean it"
+            )
+
+
+def names() -> list[str]:
+    """Every target name that can be resolved here."""
+    return ["sandbox", *config.settings().targets]
+
+
+def resolve(name: str) -> Target:
+    """The target called `name`, with its URL, or a one-line error saying what to set."""
+    if name == "sandbox":
+        return _sandbox_target("sandbox", "production", protected=False)
+    spec = config.settings().targets.get(name)
+    if spec is None:
+        close = difflib.get_close_matches(name, names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnknownTarget(
+            f"unknown target {name!r}{hint}: known targets are {', '.join(names())}; "
+            "add one under [tool.pgrunbook.targets.NAME] with url_env"
+        )
+    env = spec["url_env"]
+    protected = bool(spec.get("protected", False))
+    if url := os.environ.get(env):
+        return Target(name, url, protected=protected, source=f"${env}")
+    if name in ("production", "staging"):
+        return _sandbox_target(name, name, protected=protected)
+    raise TargetNotConfigured(
+        f"target {name!r} reads its URL from ${env}, which is not set: "
+        f"export {env}=postgresql://USER@HOST:PORT/DB (password in ~/.pgpass or PGPASSWORD)"
+    )
+
+
+def _sandbox_target(name: str, database: str, *, protected: bool) -> Target:
+    from . import sandbox
+
+    url = sandbox.Sandbox.default().url(database)
+    return Target(name, url, protected=protected, sandbox=True, source=f"sandbox:{database}")
