@@ -59,3 +59,20 @@ def redact(text: str, extra: set[str] | frozenset[str] = frozenset()) -> str:
 def redact_url(url: str) -> str:
     """A URL fit to show: its password masked."""
     return _URL_PASSWORD.sub(lambda m: m["head"] + MASK, url)
+
+
+def document_secrets() -> set[str]:
+    """Known secrets in every form they take inside JSON and HTML documents."""
+    import html
+    import json
+
+    forms: set[str] = set()
+    for secret in known_secrets():
+        forms.update({secret, json.dumps(secret)[1:-1], html.escape(secret),
+                      html.escape(json.dumps(secret)[1:-1])})
+    return forms
+
+
+def redact_document(text: str) -> str:
+    """`redact` for a serialized notebook or HTML page."""
+    return redact(text, document_secrets())

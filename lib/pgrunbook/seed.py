@@ -19,7 +19,10 @@ import psycopg
 from psycopg import sql
 
 from .errors import SeedRefused
+from .findings import Finding, Status
 from .targets import Target
+
+DEFAULT_USERS = 1000
 
 TABLES = ("users", "categories", "services", "projects", "reviews")
 
@@ -76,12 +79,39 @@ def seed(
             f"target {target.name!r} is protected: user data is never seeded there; "
             "seed a development, staging or sandbox target instead"
         )
-    if users < 1:
-        raise ValueError("development seeding needs users >= 1")
+    users = users or DEFAULT_USERS
     with conn.transaction():
         inserted = {"categories": _categories(conn)}
         inserted.update(_development(conn, users, random.Random(seed), seed))
     return SeedResult(mode, inserted)
+
+
+def check(target: Target, *, mode: str, users: int = 0, confirm: str = "") -> Finding:
+    """Refuse what `seed` would refuse, before anything is written."""
+    if mode not in ("production", "development"):
+        raise ValueError(f"unknown seed mode {mode!r}: use 'production' or 'development'")
+    if mode == "production" and users:
+        raise SeedRefused("production seeding never inserts user data: set users=0 or use mode=development")
+    if mode == "development":
+        if target.protected and not target.sandbox:
+            raise SeedRefused(f"target {target.name!r} is protected: user data is never seeded there")
+        target.require_confirm(confirm, action="seeding demo users")
+        what = f"{users or DEFAULT_USERS} demo users with their services, projects and reviews"
+    else:
+        what = "essential categories only (idempotent, no user data)"
+    return Finding("seed plan", Status.OK, f"{mode} mode on {target.name!r}: {what}")
+
+
+def verify(before: dict[str, int], after: dict[str, int], result: SeedResult) -> Finding:
+    """The row counts moved by exactly what the seed reports it inserted."""
+    moved = {t: after[t] - before[t] for t in TABLES}
+    claimed = {t: result.inserted.get(t, 0) for t in TABLES}
+    if moved != claimed:
+        return Finding("seed", Status.CRIT, f"row counts moved by {moved}, seed reported {claimed}")
+    if result.total == 0:
+        return Finding("seed", Status.OK, "essential data already present: nothing inserted", value=0)
+    listed = ", ".join(f"{n} {t}" for t, n in claimed.items() if n)
+    return Finding("seed", Status.OK, f"inserted {listed}", value=result.total)
 
 
 def counts(conn: psycopg.Connection) -> dict[str, int]:

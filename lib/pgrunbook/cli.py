@@ -1,0 +1,200 @@
+"""`pgrunbook`: a thin command line over the runner, the archive and the sandbox.
+
+Errors are one line on stderr and exit code 3 (UNKNOWN); `--debug` shows the
+traceback. A run exits with its outcome: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN or
+failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .errors import PgRunbookError
+from .secrets import redact
+
+USAGE_ERROR = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 3, like every other bad input
+        self.exit(USAGE_ERROR, f"pgrunbook: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _params(pairs: list[list[str]] | None) -> dict[str, str]:
+    return {name: value for name, value in pairs or []}
+
+
+def cmd_run(args) -> int:
+    from . import runner
+
+    result = runner.run(args.runbook, args.target, _params(args.parameter),
+                        incident=args.incident, progress=not args.no_progress)
+    _print_result(result)
+    return result.exit_code
+
+
+def _print_result(result) -> None:
+    for f in result.findings:
+        print(f"  {f}")
+    if result.error:
+        print(f"  FAILED  {result.error}")
+    print(f"{result.runbook} on {result.target}: {result.outcome} in {result.duration_s:.1f} s")
+    print(f"  report: {result.notebook}\n  html:   {result.html}")
+
+
+def cmd_list(args) -> int:
+    from . import runner
+
+    for name in runner.available():
+        print(f"{name}: {runner.purpose(name)}")
+        for p in runner.parameters(name).values():
+            print(f"    {p.name} ({p.type}, default {p.default}): {p.help}")
+    return 0
+
+
+def cmd_reports(args) -> int:
+    from . import reports
+
+    if args.action == "verify":
+        result = reports.verify()
+        print("\n".join(result.lines()))
+        return 0 if result.ok else 2
+    if args.action == "show":
+        d = reports.details(args.ref)
+        for key in ("id", "runbook", "target", "server_version", "outcome", "error", "incident",
+                    "operator", "host", "start", "end", "duration_s", "parameters"):
+            if d.get(key) not in (None, "", {}):
+                print(f"{key}: {d[key]}")
+        for f in d.get("findings", []):
+            print(f"  {f['status']:<7} {f['check']}: {f['summary']}")
+        return 0
+    rows = reports.select(runbook=args.runbook, target=args.target, outcome=args.outcome,
+                          incident=args.incident, since=args.since, until=args.until)
+    if not rows:
+        print("no runs match")
+        return 0
+    print(reports.table(rows).to_string(index=False))
+    return 0
+
+
+def cmd_sandbox(args) -> int:
+    from .sandbox import Sandbox
+
+    box = Sandbox.default()
+    if args.action == "url":
+        print(box.url(args.database))
+        return 0
+    if args.action == "down":
+        box.down()
+        print(f"sandbox stopped ({box.data_dir})")
+        return 0
+    if args.action in ("up", "reset"):
+        print(f"{'resetting' if args.action == 'reset' else 'starting'} the sandbox in {box.root} ...",
+              file=sys.stderr)
+        st = box.up() if args.action == "up" else box.reset()
+    else:
+        st = box.status()
+    print("\n".join(st.lines()))
+    return 0
+
+
+def cmd_seed(args) -> int:
+    from . import runner
+
+    given = {"mode": args.mode, "users": str(args.users), "random_seed": str(args.seed),
+             "confirm": args.confirm}
+    result = runner.run("seed", args.target, given, progress=not args.no_progress)
+    _print_result(result)
+    return result.exit_code
+
+
+def cmd_demo(args) -> int:
+    from . import runner
+    from .sandbox import Sandbox
+
+    box = Sandbox.default()
+    print(f"starting the sandbox in {box.root} ...", file=sys.stderr)
+    print("\n".join(box.ensure().lines()))
+    codes = []
+    for runbook in ("status", "seed"):
+        result = runner.run(runbook, "sandbox", progress=not args.no_progress)
+        _print_result(result)
+        codes.append(result.exit_code)
+    from . import config
+
+    print(f"\nreports are in {config.settings().reports_dir} (`pgrunbook reports list`)")
+    return max(codes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pgrunbook", description="Operational runbooks for PostgreSQL.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a runbook against a target and archive the report")
+    run.add_argument("runbook")
+    run.add_argument("--target", "-t", required=True, help="environment name (sandbox, staging, ...)")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
+    run.add_argument("--incident", help="incident id to file the report under")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(fn=cmd_run)
+
+    sub.add_parser("list", help="the runbooks, their purpose and parameters").set_defaults(fn=cmd_list)
+
+    rep = sub.add_parser("reports", help="the archive of executed runbooks")
+    rep.add_argument("action", choices=["list", "show", "verify"])
+    rep.add_argument("ref", nargs="?", help="with show: a run id or report path")
+    for opt in ("runbook", "target", "outcome", "incident"):
+        rep.add_argument(f"--{opt}")
+    rep.add_argument("--since", help="YYYY-MM-DD (UTC, inclusive)")
+    rep.add_argument("--until", help="YYYY-MM-DD (UTC, inclusive)")
+    rep.set_defaults(fn=cmd_reports)
+
+    box = sub.add_parser("sandbox", help="the embedded PostgreSQL 18 sandbox")
+    box.add_argument("action", choices=["up", "status", "url", "down", "reset"])
+    box.add_argument("database", nargs="?", default="production", help="with url: production or staging")
+    box.set_defaults(fn=cmd_sandbox)
+
+    seed = sub.add_parser("seed", help="seed a target (through the seed runbook, archived)")
+    seed.add_argument("--target", "-t", default="sandbox")
+    seed.add_argument("--mode", choices=["production", "development"], default="production")
+    seed.add_argument("--users", type=int, default=0, help="development mode: users (0 = 1000)")
+    seed.add_argument("--seed", type=int, default=1, help="development mode: random seed")
+    seed.add_argument("--confirm", default="", help="the target's name, for a protected target")
+    seed.add_argument("--no-progress", action="store_true")
+    seed.set_defaults(fn=cmd_seed)
+
+    demo = sub.add_parser("demo", help="start the sandbox and run the status and seed runbooks")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "reports" and args.action == "show" and not args.ref:
+        print("pgrunbook: error: `reports show` needs a run id (see `pgrunbook reports list`)", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        return args.fn(args)
+    except PgRunbookError as e:
+        if args.debug:
+            raise
+        print(f"pgrunbook: error: {redact(str(e))}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("pgrunbook: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        first = redact(str(e)).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"pgrunbook: error: {type(e).__name__}: {first} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Findings: what each check concluded, with the Nagios / check_postgres statuses.
+
+A runbook collects findings as it goes and ends with `findings.record()`,
+which shows them and publishes them under a mimetype the runner reads back
+from the executed notebook. Under plain papermill (no runner), `record()`
+raises on CRIT so that the run exits non-zero.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from .errors import RunbookCritical
+
+MIMETYPE = "application/vnd.pgrunbook.findings+json"
+RUNNER_ENV = "PGRUNBOOK_RUNNER"
+
+
+class Status(IntEnum):
+    """The value is the exit code (0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN)."""
+
+    OK = 0
+    WARN = 1
+    CRIT = 2
+    UNKNOWN = 3
+
+    @property
+    def severity(self) -> int:
+        """Order for 'the worst': OK < UNKNOWN < WARN < CRIT."""
+        return {0: 0, 3: 1, 1: 2, 2: 3}[self.value]
+
+
+def worst(statuses) -> Status:
+    return max(statuses, key=lambda s: s.severity, default=Status.OK)
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    status: Status
+    summary: str
+    value: Any = None
+    threshold: str | None = None
+    examples: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.name
+        d["examples"] = list(self.examples)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Finding":
+        return cls(d["check"], Status[d["status"]], d["summary"], d.get("value"),
+                   d.get("threshold"), tuple(d.get("examples", ())))
+
+    def _repr_html_(self) -> str:
+        return _html_table([self])
+
+    def __str__(self) -> str:
+        return f"{self.status.name:<7} {self.check}: {self.summary}"
+
+
+_COLOURS = {"OK": "#1a7f37", "WARN": "#9a6700", "CRIT": "#cf222e", "UNKNOWN": "#57606a"}
+
+
+def _html_table(items: list[Finding]) -> str:
+    rows = "".join(
+        f"<tr><td style='color:{_COLOURS[f.status.name]};font-weight:bold'>{f.status.name}</td>"
+        f"<td>{html.escape(f.check)}</td><td style='text-align:left'>{html.escape(f.summary)}</td>"
+        f"<td>{html.escape('' if f.value is None else str(f.value))}</td>"
+        f"<td>{html.escape(f.threshold or '')}</td></tr>"
+        for f in items
+    )
+    head = "<tr><th>status</th><th>check</th><th>finding</th><th>value</th><th>threshold</th></tr>"
+    return f"<table>{head}{rows}</table>"
+
+
+@dataclass
+class Findings:
+    """The findings of one run, in the order the steps made them."""
+
+    runbook: str
+    target: str
+    items: list[Finding] = field(default_factory=list)
+
+    def add(self, *found: Finding) -> Finding | list[Finding]:
+        """Record findings; returns them so a notebook cell shows them."""
+        self.items.extend(found)
+        return found[0] if len(found) == 1 else list(found)
+
+    @property
+    def worst(self) -> Status:
+        return worst(f.status for f in self.items)
+
+    def table(self):
+        """The findings as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame([f.to_dict() for f in self.items],
+                            columns=["check", "status", "summary", "value", "threshold", "examples"])
+
+    def payload(self) -> dict[str, Any]:
+        return {"runbook": self.runbook, "target": self.target, "outcome": self.worst.name,
+                "findings": [f.to_dict() for f in self.items]}
+
+    def record(self) -> None:
+        """Show the findings and publish them for the runner; CRIT fails plain papermill."""
+        from IPython.display import display
+
+        text = "\n".join(str(f) for f in self.items) or "no findings"
+        display({MIMETYPE: self.payload(), "text/html": _html_table(self.items),
+                 "text/plain": f"outcome {self.worst.name}\n{text}"}, raw=True)
+        if self.worst is Status.CRIT and not os.environ.get(RUNNER_ENV):
+            crit = [f.check for f in self.items if f.status is Status.CRIT]
+            raise RunbookCritical(f"CRIT findings: {', '.join(crit)}")
+
+
+def read_recorded(nb) -> dict[str, Any] | None:
+    """The findings payload a runbook recorded in an executed notebook, if any."""
+    for cell in reversed(nb.cells):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if MIMETYPE in data:
+                payload = data[MIMETYPE]
+                return json.loads(payload) if isinstance(payload, str) else dict(payload)
+    return None

@@ -1,0 +1,154 @@
+"""Checks of the `status` runbook: is the target reachable, and how does it stand.
+
+Everything here only reads. Each check returns a Finding; the tables an
+operator drills into are DataFrames.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+import psycopg
+
+from . import config, migrations
+from .findings import Finding, Status
+
+SETTINGS = (
+    "max_connections", "shared_buffers", "work_mem", "maintenance_work_mem",
+    "effective_cache_size", "statement_timeout", "lock_timeout",
+    "idle_in_transaction_session_timeout", "shared_preload_libraries", "wal_level",
+    "max_wal_size", "autovacuum", "fsync", "ssl", "log_min_duration_statement", "track_io_timing",
+)
+
+
+def _pretty(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def connectivity(conn: psycopg.Connection) -> Finding:
+    """Server version, round-trip time and uptime."""
+    t0 = time.perf_counter()
+    conn.execute("SELECT 1").fetchone()
+    ms = (time.perf_counter() - t0) * 1000
+    version, db, up = conn.execute(
+        "SELECT current_setting('server_version'), current_database(),"
+        " date_trunc('second', now() - pg_postmaster_start_time())::text"
+    ).fetchone()
+    return Finding("connectivity", Status.OK,
+                   f"PostgreSQL {version.split()[0]}, database {db}, round trip {ms:.1f} ms, up {up}",
+                   value=round(ms, 2))
+
+
+def settings(conn: psycopg.Connection):
+    """The settings that matter, with unit and where each was set."""
+    import pandas as pd
+
+    rows = conn.execute(
+        "SELECT name, setting, unit, source FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
+        [list(SETTINGS)],
+    ).fetchall()
+    return pd.DataFrame(rows, columns=["name", "setting", "unit", "source"])
+
+
+def settings_check(conn: psycopg.Connection) -> Finding:
+    """WARN on settings that put data or operations at risk."""
+    values = dict(conn.execute(
+        "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'autovacuum', 'shared_preload_libraries')"
+    ).fetchall())
+    risks = [f"{k} is off" for k in ("fsync", "autovacuum") if values.get(k) == "off"]
+    note = "" if "pg_stat_statements" in values.get("shared_preload_libraries", "") else (
+        "; pg_stat_statements is not preloaded (query statistics unavailable)")
+    if risks:
+        return Finding("settings", Status.WARN, ", ".join(risks) + note)
+    return Finding("settings", Status.OK, "fsync and autovacuum on" + note)
+
+
+def database_size(conn: psycopg.Connection) -> Finding:
+    size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    return Finding("database size", Status.OK, f"{_pretty(size)}", value=size)
+
+
+def table_sizes(conn: psycopg.Connection, *, top: int = 10):
+    """Largest tables: estimated rows, total, heap, indexes and toast sizes in bytes."""
+    import pandas as pd
+
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname, greatest(c.reltuples, 0)::bigint,"
+        " pg_total_relation_size(c.oid), pg_relation_size(c.oid), pg_indexes_size(c.oid),"
+        " coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p', 'm')"
+        " AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'"
+        " ORDER BY 4 DESC LIMIT %s",
+        [top],
+    ).fetchall()
+    return pd.DataFrame(rows, columns=["schema", "table", "rows_estimate", "total_bytes",
+                                       "heap_bytes", "index_bytes", "toast_bytes"])
+
+
+def connections(conn: psycopg.Connection):
+    """Client connections to this database by application and state."""
+    import pandas as pd
+
+    rows = conn.execute(
+        "SELECT coalesce(nullif(application_name, ''), '(none)'), coalesce(state, '(unknown)'), count(*)"
+        " FROM pg_stat_activity WHERE backend_type = 'client backend' AND datname = current_database()"
+        " GROUP BY 1, 2 ORDER BY 3 DESC"
+    ).fetchall()
+    return pd.DataFrame(rows, columns=["application", "state", "connections"])
+
+
+def connection_use(conn: psycopg.Connection, *, pool_limit: int = 20, warn_pct: float = 80) -> Finding:
+    """Client connections to this database (this session excluded) against the pool limit."""
+    used, total, maximum = conn.execute(
+        "SELECT count(*) FILTER (WHERE datname = current_database() AND pid <> pg_backend_pid()),"
+        " count(*), current_setting('max_connections')::int"
+        " FROM pg_stat_activity WHERE backend_type = 'client backend'"
+    ).fetchone()
+    pct = 100 * used / pool_limit
+    status = Status.CRIT if used >= pool_limit else Status.WARN if pct >= warn_pct else Status.OK
+    return Finding("connections", status,
+                   f"{used} of the pool's {pool_limit} ({pct:.0f}%); server-wide {total} of {maximum}",
+                   value=used, threshold=f"WARN >= {warn_pct:.0f}%, CRIT >= {pool_limit}")
+
+
+def migration_state(conn: psycopg.Connection) -> Finding:
+    """The alembic revision against the head of migrations/."""
+    st = migrations.status(conn)
+    pending = ", ".join(f"{r.revision} ({r.message.splitlines()[0]})" for r in st.pending)
+    if st.unknown:
+        return Finding("migrations", Status.CRIT,
+                       f"revision {', '.join(st.unknown)} is not in migrations/: the database is ahead "
+                       "of this checkout or was migrated by another tree", value=",".join(st.current))
+    if not st.managed:
+        return Finding("migrations", Status.WARN,
+                       f"no alembic_version table: not under migrations ({len(st.pending)} to head)")
+    if st.pending:
+        return Finding("migrations", Status.WARN, f"{len(st.pending)} pending: {pending}",
+                       value=",".join(st.current), examples=tuple(r.revision for r in st.pending))
+    return Finding("migrations", Status.OK, f"at head {', '.join(st.heads)}", value=",".join(st.current))
+
+
+def latest_backup(target: str, *, max_age_h: float = 24, required: bool = False) -> Finding:
+    """Age of the newest backup manifest of `target` in the backups folder, against the RPO."""
+    folder = config.settings().backups_dir / target
+    ends = []
+    for manifest in folder.glob("*/manifest.json"):
+        try:
+            ends.append(datetime.fromisoformat(json.loads(manifest.read_text())["end"]))
+        except (ValueError, KeyError, OSError):
+            continue
+    if not ends:
+        status = Status.WARN if required else Status.OK
+        return Finding("latest backup", status, f"no backup of {target!r} in {folder}",
+                       threshold=f"WARN > {max_age_h:g} h")
+    age_h = (datetime.now(timezone.utc) - max(ends)).total_seconds() / 3600
+    status = Status.WARN if age_h > max_age_h else Status.OK
+    return Finding("latest backup", status, f"newest is {age_h:.1f} h old ({len(ends)} backups)",
+                   value=round(age_h, 2), threshold=f"WARN > {max_age_h:g} h")
