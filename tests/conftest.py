@@ -1,0 +1,109 @@
+"""Fixtures: a real embedded PostgreSQL 18 for the session, and the external server when set.
+
+Every path pgrunbook writes to (state, reports, backups) points into a
+session temp folder, so tests never touch the project's own sandbox or
+archive. DATABASE_URL and STAGING_DATABASE_URL are removed so that no test
+reaches a real server by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTERNAL = os.environ.get("PGRUNBOOK_TEST_EXTERNAL_URL", "")
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="pgrb-test-"))
+
+
+def pytest_configure(config):
+    for var in ("DATABASE_URL", "STAGING_DATABASE_URL", "PGRUNBOOK_TARGET"):
+        os.environ.pop(var, None)
+    os.environ.update(
+        PGRUNBOOK_HOME=str(ROOT),
+        PGRUNBOOK_STATE_DIR=str(_SESSION_DIR / "state"),
+        PGRUNBOOK_REPORTS_DIR=str(_SESSION_DIR / "reports"),
+        PGRUNBOOK_BACKUPS_DIR=str(_SESSION_DIR / "backups"),
+    )
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:  # nbval runs the notebooks' defaults: target=sandbox must be up
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.usefixtures("sandbox"))
+
+
+def pytest_unconfigure(config):
+    from pgrunbook.sandbox import Sandbox
+
+    box = Sandbox(_SESSION_DIR / "state" / "sandbox")
+    if box.running:
+        box.down()
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    """The session's embedded sandbox (production and staging, at head, 300 demo users each)."""
+    from pgrunbook.sandbox import Sandbox
+
+    box = Sandbox.default()
+    box.ensure(demo_users=300)
+    return box
+
+
+@pytest.fixture
+def reports_dir() -> Path:
+    return Path(os.environ["PGRUNBOOK_REPORTS_DIR"])
+
+
+def _admin_urls(sandbox) -> dict[str, str]:
+    urls = {"embedded": sandbox.url("postgres")}
+    if EXTERNAL:
+        urls["external"] = EXTERNAL
+    return urls
+
+
+@pytest.fixture(params=["embedded", "external"])
+def server(request, sandbox) -> str:
+    """Admin URL of each server under test: the embedded 18, and the external one when set."""
+    urls = _admin_urls(sandbox)
+    if request.param not in urls:
+        pytest.skip("PGRUNBOOK_TEST_EXTERNAL_URL is not set")
+    return urls[request.param]
+
+
+@pytest.fixture
+def scratch(server):
+    """A new empty database on `server`, as a Target; dropped afterwards."""
+    from pgrunbook import db
+    from pgrunbook.targets import Target
+
+    name = f"pgrb_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    target = Target("scratch", db.with_database(server, name), sandbox=True, source="test")
+    yield target
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def migrated(scratch):
+    """`scratch` migrated to head."""
+    from pgrunbook import migrations
+
+    migrations.upgrade(scratch, "head")
+    return scratch
+
+
+def written_files(*roots: Path) -> list[Path]:
+    """Every file below `roots`."""
+    return [p for root in roots if root.exists() for p in root.rglob("*") if p.is_file()]

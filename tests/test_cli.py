@@ -1,0 +1,135 @@
+"""The command line: every bad input is one line, exit 3, and changes nothing."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgrunbook import config
+from pgrunbook.cli import build_parser, main
+from tests.conftest import written_files
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _snapshot(*roots):
+    return {p: p.stat().st_mtime_ns for p in written_files(*roots)}
+
+
+@pytest.fixture
+def wrong_password_url(sandbox):
+    """A role that must log in with a password: the sandbox's pg_hba asks it for one."""
+    hba = sandbox.data_dir / "pg_hba.conf"
+    rule = "local all pwcheck scram-sha-256\n"
+    if rule not in hba.read_text():
+        hba.write_text(rule + hba.read_text())
+    with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS pwcheck")
+        conn.execute("CREATE ROLE pwcheck LOGIN PASSWORD 'right-one'")
+        conn.execute("SELECT pg_reload_conf()")
+    return sandbox.url("production").replace("postgres:@", "pwcheck:wrong-one@")
+
+
+BAD = [
+    (["run", "no_such_runbook", "--target", "sandbox"], "unknown runbook"),
+    (["run", "stats", "--target", "sandbox"], "did you mean 'status'"),
+    (["run", "status", "--target", "sandbox", "-p", "pool_limt", "5"], "did you mean 'pool_limit'"),
+    (["run", "status", "--target", "sandbox", "-p", "pool_limit", "many"], "takes int"),
+    (["run", "status", "--target", "sandbox", "-p", "require_backup", "maybe"], "takes bool"),
+    (["run", "status", "--target", "sandbox", "-p", "target", "staging"], "--target"),
+    (["run", "status", "--target", "prodution"], "did you mean 'production'"),
+    (["run", "seed", "--target", "sandbox", "-p", "mode", "postgresql://u:pw@h/db"], "secret"),
+    (["reports", "show", "nothing-like-this"], "no run matches"),
+    (["frobnicate"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a[:4]) for a, _ in BAD])
+def test_bad_input_is_one_line_exit_3_and_writes_nothing(sandbox, reports_dir, capfd, args, message):
+    before = _snapshot(reports_dir)
+    with pytest.raises(SystemExit) if args == ["frobnicate"] else _nothing() as exit_info:
+        code = main(args)
+    code = exit_info.value.code if args == ["frobnicate"] else code
+    err = capfd.readouterr().err.strip()
+    assert code == 3
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+    assert _snapshot(reports_dir) == before
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("case", ["unreachable", "missing database", "wrong password"])
+def test_connection_failures_are_one_line(sandbox, reports_dir, capfd, monkeypatch, case, request):
+    urls = {
+        "unreachable": "postgresql://postgres:hunter22@127.0.0.1:1/app",
+        "missing database": sandbox.url("no_such_db"),
+        "wrong password": request.getfixturevalue("wrong_password_url") if case == "wrong password" else "",
+    }
+    monkeypatch.setenv("STAGING_DATABASE_URL", urls[case])
+    before = _snapshot(reports_dir)
+    assert main(["run", "status", "--target", "staging"]) == 3
+    err = capfd.readouterr().err.strip()
+    expected = {"unreachable": "cannot reach", "missing database": "'no_such_db' does not exist",
+                "wrong password": "login refused"}[case]
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert "hunter22" not in err and "wrong-one" not in err
+    assert _snapshot(reports_dir) == before
+
+
+def test_sandbox_already_running(sandbox, capfd):
+    assert main(["sandbox", "up"]) == 3
+    assert "already running" in capfd.readouterr().err
+
+
+def test_sandbox_not_running(sandbox, capfd, monkeypatch, tmp_path):
+    monkeypatch.setenv("PGRUNBOOK_STATE_DIR", str(tmp_path))
+    assert main(["sandbox", "status"]) == 0
+    assert "stopped" in capfd.readouterr().out
+    for args in (["sandbox", "down"], ["sandbox", "url"], ["run", "status", "--target", "sandbox"]):
+        assert main(args) == 3
+        err = capfd.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "not running" in err
+    assert not (tmp_path / "sandbox" / "data" / "PG_VERSION").exists()
+
+
+def test_sandbox_url_and_status(sandbox, capfd):
+    assert main(["sandbox", "url", "staging"]) == 0
+    url = capfd.readouterr().out.strip()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT current_database()").fetchone()[0] == "staging"
+    assert main(["sandbox", "status"]) == 0
+    assert "running" in capfd.readouterr().out
+
+
+def test_list_shows_every_runbook_with_parameters(capfd):
+    assert main(["list"]) == 0
+    out = capfd.readouterr().out
+    for nb in (ROOT / "runbooks").glob("*.ipynb"):
+        assert re.search(rf"^{nb.stem}: \S", out, re.M)
+    assert "pool_limit (int, default 20)" in out
+
+
+def test_debug_shows_the_traceback():
+    proc = subprocess.run([sys.executable, "-m", "pgrunbook.cli", "--debug", "run", "nope", "--target", "sandbox"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_every_command_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in commands.items():
+        assert f"pgrunbook {name}" in readme, name
+        for action in parser._actions:
+            if action.choices and action.dest == "action":
+                for choice in action.choices:
+                    assert re.search(rf"pgrunbook {name}[^\n]*\b{choice}\b", readme), f"{name} {choice}"

@@ -1,0 +1,86 @@
+"""The Fixia migrations: up, down, up again, and the models match the result."""
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from pgrunbook import db, migrations, schema, status
+from pgrunbook.findings import Status
+
+
+def _diff(target):
+    engine = migrations.engine(target)
+    try:
+        with engine.connect() as conn:
+            return compare_metadata(MigrationContext.configure(conn), schema.metadata)
+    finally:
+        engine.dispose()
+
+
+def _tables(target):
+    with db.connect(target) as conn:
+        return {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")}
+
+
+def test_upgrade_downgrade_upgrade_matches_models(scratch):
+    migrations.upgrade(scratch, "head")
+    assert _diff(scratch) == []
+    migrations.downgrade(scratch, "base")
+    assert _tables(scratch) == {"alembic_version"}
+    migrations.upgrade(scratch, "head")
+    assert _diff(scratch) == []
+    assert _tables(scratch) == {"alembic_version", "users", "categories", "services", "projects", "reviews"}
+
+
+def test_every_revision_downgrades_to_the_one_before(scratch):
+    script = migrations.script_directory()
+    order = [r.revision for r in reversed(list(script.walk_revisions()))]
+    assert len(order) >= 4
+    for rev in order:
+        migrations.upgrade(scratch, rev)
+    for before, rev in zip(reversed(order[:-1]), reversed(order[1:])):
+        migrations.downgrade(scratch, before)
+        with db.connect(scratch) as conn:
+            assert migrations.current(conn) == (before,)
+
+
+def test_status_lists_pending_revisions_with_messages(scratch):
+    migrations.upgrade(scratch, "0002")
+    with db.connect(scratch) as conn:
+        st = migrations.status(conn)
+        finding = status.migration_state(conn)
+    assert st.current == ("0002",)
+    assert [r.revision for r in st.pending] == ["0003", "0004"]
+    assert "projects" in st.pending[0].message
+    assert finding.status is Status.WARN and "2 pending" in finding.summary
+
+
+def test_status_of_an_unmigrated_database(scratch):
+    with db.connect(scratch) as conn:
+        st = migrations.status(conn)
+        finding = status.migration_state(conn)
+    assert not st.managed and len(st.pending) == 4
+    assert finding.status is Status.WARN and "not under migrations" in finding.summary
+
+
+def test_unknown_revision_is_crit(migrated):
+    with db.connect(migrated, readonly=False) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'ffff'")
+        finding = status.migration_state(conn)
+    assert finding.status is Status.CRIT and "ffff" in finding.summary
+
+
+def test_each_revision_commits_on_its_own(scratch):
+    """A failing revision leaves the database at the last good one (per-revision transactions)."""
+    migrations.upgrade(scratch, "0001")
+    with db.connect(scratch, readonly=False) as conn:  # make 0002 fail: its table already exists
+        conn.execute("CREATE TABLE services (id int)")
+    try:
+        migrations.upgrade(scratch, "head")
+    except Exception as e:
+        assert "services" in str(e)
+    else:
+        raise AssertionError("the upgrade should have failed on 0002")
+    with db.connect(scratch) as conn:
+        assert migrations.current(conn) == ("0001",)
+        assert conn.execute("SELECT to_regclass('categories')").fetchone()[0] is None

@@ -1,0 +1,106 @@
+"""The runner and the archive: real papermill runs against the session sandbox."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import psycopg
+import pytest
+
+from pgrunbook import reports, runner
+from pgrunbook.cli import main
+
+METADATA = ("runbook", "runbook_version", "parameters", "target", "server_version", "operator",
+            "host", "start", "end", "duration_s", "outcome", "findings", "incident")
+
+
+def test_status_run_archives_report_html_and_metadata(sandbox, reports_dir):
+    result = runner.run("status", "sandbox", {"pool_limit": "25"}, incident="INC-42", progress=False)
+    assert result.exit_code == 0 and result.outcome == "OK"
+    assert result.notebook.parent == reports_dir / "status"
+    assert result.notebook.name.endswith("_sandbox.ipynb") and result.html.exists()
+    meta = nbformat.read(result.notebook, as_version=4).metadata["pgrunbook"]
+    assert all(key in meta for key in METADATA)
+    assert meta["parameters"] == {"pool_limit": 25, "target": "sandbox"}
+    assert meta["incident"] == "INC-42" and meta["server_version"].startswith("18")
+    assert {f["check"] for f in meta["findings"]} >= {"connectivity", "connections", "migrations"}
+    assert "connectivity" in result.html.read_text()
+    assert reports.find(str(result.notebook))["outcome"] == "OK"
+
+
+def test_verify_passes_then_names_the_changed_report(sandbox, capsys):
+    result = runner.run("status", "sandbox", progress=False)
+    assert reports.verify().ok
+    data = bytearray(result.html.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    result.html.write_bytes(bytes(data))
+    check = reports.verify()
+    assert not check.ok and check.changed == [str(result.html.relative_to(reports.index_path().parent))]
+    assert main(["reports", "verify"]) == 2
+    assert result.html.name in capsys.readouterr().out
+    data[len(data) // 2] ^= 0x01  # put the byte back: the archive verifies again
+    result.html.write_bytes(bytes(data))
+    assert reports.verify().ok
+
+
+def test_an_edited_index_line_breaks_the_chain(sandbox):
+    runner.run("status", "sandbox", progress=False)
+    runner.run("status", "sandbox", progress=False)
+    path = reports.index_path()
+    original = path.read_text()
+    lines = original.splitlines()
+    entry = json.loads(lines[-2])
+    entry["outcome"] = "CRIT"
+    lines[-2] = json.dumps(entry, sort_keys=True)
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        assert reports.verify().broken_chain == [len(lines)]
+    finally:
+        path.write_text(original)
+
+
+def test_a_failed_run_is_archived_with_the_failing_cell(sandbox):
+    result = runner.run("seed", "production", {"mode": "development"}, progress=False)
+    assert result.outcome == "FAILED" and result.exit_code == 3
+    assert "ConfirmationRequired" in result.error
+    nb = nbformat.read(result.notebook, as_version=4)
+    failing = [c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert len(failing) == 1 and "seed.check" in failing[0].source
+    assert nb.metadata["pgrunbook"]["outcome"] == "FAILED"
+    assert reports.find(str(result.notebook))["outcome"] == "FAILED"
+
+
+@pytest.fixture
+def extra_connection(sandbox):
+    with psycopg.connect(sandbox.url("production")) as conn:
+        conn.execute("SELECT 1")
+        yield conn
+
+
+def test_crit_findings_exit_2_from_the_runner(extra_connection):
+    result = runner.run("status", "sandbox", {"pool_limit": "1"}, progress=False)
+    assert result.exit_code == 2 and result.outcome == "CRIT"
+    assert [f.check for f in result.findings if f.status.name == "CRIT"] == ["connections"]
+
+
+def test_plain_papermill_runs_status_and_fails_on_crit(extra_connection, tmp_path):
+    root = Path(runner.config.settings().runbooks_dir)
+    ok = subprocess.run([sys.executable, "-m", "papermill", str(root / "status.ipynb"),
+                         str(tmp_path / "ok.ipynb"), "-p", "target", "sandbox"], capture_output=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    crit = subprocess.run([sys.executable, "-m", "papermill", str(root / "status.ipynb"),
+                           str(tmp_path / "crit.ipynb"), "-p", "target", "sandbox", "-p", "pool_limit", "1"],
+                          capture_output=True)
+    assert crit.returncode != 0 and b"RunbookCritical" in crit.stderr
+
+
+def test_reports_list_filters(sandbox):
+    runner.run("status", "staging", incident="INC-7", progress=False)
+    assert all(e["target"] == "staging" for e in reports.select(target="staging"))
+    assert [e["incident"] for e in reports.select(incident="INC-7")] == ["INC-7"]
+    assert reports.select(runbook="status", outcome="ok")
+    assert not reports.select(until="2000-01-01")
+    today = reports.select(incident="INC-7")[0]["start"][:10]
+    assert reports.select(since=today, incident="INC-7")
