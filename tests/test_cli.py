@@ -133,3 +133,11 @@ def test_every_command_is_in_the_readme():
             if action.choices and action.dest == "action":
                 for choice in action.choices:
                     assert re.search(rf"pgrunbook {name}[^\n]*\b{choice}\b", readme), f"{name} {choice}"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    blocks = re.findall(r"```sh\n(python3 -m venv[^\n]+)\n```", readme)
+    assert len(blocks) == 2 and "pgrunbook demo" in blocks[0] and "pytest" in blocks[1]
+    assert blocks[1] in ci

@@ -1,0 +1,108 @@
+"""Runner overhead: `pgrunbook run` of a runbook that does nothing, against a bare papermill run.
+
+Both execute the same notebook (a parameters cell, a Findings() and record())
+in this process, alternating, after one warm-up each; the ratio of medians is
+the runner's fixed cost (parameter checks, target and connection pre-flight,
+metadata, redaction, HTML copy, index). Goal: under 1.2x.
+
+    python bench/runner_overhead.py [--runs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOOP = """%%md
+# Noop: a runbook that does nothing
+
+For measuring the runner's own cost.
+%%parameters
+target: str = "sandbox"  # environment
+%%code
+from pgrunbook.findings import Findings
+
+findings = Findings("noop", target)
+%%md
+## Result
+%%code
+findings.record()
+"""
+
+
+def make_home(tmp: Path) -> Path:
+    """A project home holding only the noop runbook (and the project's config)."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    home = tmp / "home"
+    (home / "runbooks").mkdir(parents=True)
+    shutil.copy(ROOT / "pyproject.toml", home / "pyproject.toml")
+    (home / "migrations").symlink_to(ROOT / "migrations")
+    nb = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                               "language": "python"}})
+    for chunk in NOOP.strip().split("\n%%"):
+        kind, _, body = chunk.lstrip("%").partition("\n")
+        cell = new_markdown_cell(body) if kind == "md" else new_code_cell(body)
+        if kind == "parameters":
+            cell.metadata["tags"] = ["parameters"]
+        nb.cells.append(cell)
+    nbformat.write(nb, home / "runbooks" / "noop.ipynb")
+    return home
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="pgrb-bench-"))
+    home = make_home(tmp)
+    os.environ.update(PGRUNBOOK_HOME=str(home), PGRUNBOOK_STATE_DIR=str(tmp / "state"),
+                      PGRUNBOOK_REPORTS_DIR=str(tmp / "reports"))
+    import papermill
+
+    from pgrunbook import runner
+    from pgrunbook.sandbox import Sandbox
+
+    box = Sandbox.default()
+    source = home / "runbooks" / "noop.ipynb"
+
+    def bare() -> float:
+        t0 = time.perf_counter()
+        papermill.execute_notebook(str(source), str(tmp / "bare.ipynb"),
+                                   parameters={"target": "sandbox"}, progress_bar=False)
+        return time.perf_counter() - t0
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        result = runner.run("noop", "sandbox", progress=False)
+        assert result.exit_code == 0, result
+        return time.perf_counter() - t0
+
+    try:
+        box.ensure(demo_users=10)
+        bare(), run()  # warm-up: imports, templates, kernel spec lookup
+        times: dict[str, list[float]] = {"bare papermill": [], "pgrunbook run": []}
+        for _ in range(args.runs):
+            times["bare papermill"].append(bare())
+            times["pgrunbook run"].append(run())
+        med = {k: statistics.median(v) for k, v in times.items()}
+        for k, v in times.items():
+            print(f"{k:<15} median {med[k]:.3f} s  (min {min(v):.3f}, max {max(v):.3f}, n={len(v)})")
+        ratio = med["pgrunbook run"] / med["bare papermill"]
+        print(f"runner overhead ratio: {ratio:.3f}x (goal < 1.2x)  [{sys.platform}, {os.cpu_count()} cpus]")
+    finally:
+        if box.running:
+            box.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The status checks, on each server, and the status runbook end to end."""
+
+import psycopg
+import pytest
+
+from pgrunbook import db, runner, status
+from pgrunbook.cli import main
+from pgrunbook.findings import Status
+
+
+def test_checks_on_a_migrated_database(migrated):
+    with db.connect(migrated) as conn:
+        assert status.connectivity(conn).status is Status.OK
+        autovacuum = conn.execute("SHOW autovacuum").fetchone()[0]
+        settings_finding = status.settings_check(conn)
+        assert settings_finding.status is (Status.OK if autovacuum == "on" else Status.WARN)
+        assert status.database_size(conn).value > 1_000_000
+        assert status.migration_state(conn).status is Status.OK
+        sizes = status.table_sizes(conn)
+        settings = status.settings(conn)
+    assert {"users", "services", "reviews"} <= set(sizes["table"])
+    assert "max_connections" in set(settings["name"])
+
+
+def test_inspection_sessions_are_read_only_with_timeouts(migrated):
+    with db.connect(migrated, application="pgrunbook/test", lock_timeout="3s") as conn:
+        shown = [conn.execute(f"SHOW {s}").fetchone()[0] for s in
+                 ("default_transaction_read_only", "lock_timeout", "statement_timeout", "application_name")]
+        assert shown == ["on", "3s", "1min", "pgrunbook/test"]
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("DELETE FROM users")
+
+
+@pytest.mark.parametrize("held, limit, expected", [(0, 20, Status.OK), (3, 5, Status.OK), (4, 5, Status.WARN), (5, 5, Status.CRIT)])
+def test_connection_use_against_the_pool_limit(migrated, held, limit, expected):
+    others = [psycopg.connect(migrated.url) for _ in range(held)]
+    try:
+        with db.connect(migrated) as conn:
+            finding = status.connection_use(conn, pool_limit=limit)
+    finally:
+        for c in others:
+            c.close()
+    assert finding.status is expected and finding.value == held
+
+
+def test_backup_age_against_the_rpo(tmp_path, monkeypatch):
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path))
+    assert status.latest_backup("x").status is Status.OK
+    assert status.latest_backup("x", required=True).status is Status.WARN
+    for name, age in (("old", 30), ("new", 2)):
+        (tmp_path / "x" / name).mkdir(parents=True)
+        end = datetime.now(timezone.utc) - timedelta(hours=age)
+        (tmp_path / "x" / name / "manifest.json").write_text(json.dumps({"end": end.isoformat()}))
+    fresh = status.latest_backup("x", max_age_h=24)
+    assert fresh.status is Status.OK and 1.9 < fresh.value < 2.1
+    assert status.latest_backup("x", max_age_h=1).status is Status.WARN
+
+
+def test_status_runbook_on_each_server(server, monkeypatch):
+    """End to end through the runner: on the external server the database is not migrated (WARN)."""
+    monkeypatch.setenv("STAGING_DATABASE_URL", server)
+    result = runner.run("status", "staging", progress=False)
+    migrations = next(f for f in result.findings if f.check == "migrations")
+    assert result.outcome in ("OK", "WARN") and result.exit_code == Status[result.outcome].value
+    assert result.outcome == migrations.status.name
+
+
+def test_demo_runs_status_and_seed(sandbox, capfd):
+    assert main(["demo", "--no-progress"]) == 0
+    out = capfd.readouterr().out
+    assert "status on sandbox: OK" in out and "seed on sandbox: OK" in out and "reports are in" in out
