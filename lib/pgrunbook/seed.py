@@ -3,7 +3,7 @@
 `production` mode inserts only the essential categories, is idempotent and
 never inserts user data. `development` mode generates realistic users,
 services, projects and reviews with Faker, streamed into the server with COPY
-so that a million users take well under a minute. Faker draws pools of names,
+(a million users with their related rows in about two minutes). Faker draws pools of names,
 streets, cities and sentences once; rows are combined from the pools with a
 seeded random generator, so a given seed always gives the same data.
 """
