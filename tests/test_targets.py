@@ -1,0 +1,62 @@
+"""Targets: names to URLs, protection, and configuration from pgrunbook.toml."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pgrunbook import targets
+from pgrunbook.errors import ConfigError, ConfirmationRequired, TargetNotConfigured, UnknownTarget
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A project home of its own, to write a pgrunbook.toml into."""
+    (tmp_path / "runbooks").mkdir()
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    monkeypatch.setenv("PGRUNBOOK_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_production_and_staging_fall_back_to_the_sandbox(sandbox):
+    prod, staging, box = (targets.resolve(n) for n in ("production", "staging", "sandbox"))
+    assert prod.protected and prod.sandbox and prod.database == "production"
+    assert not staging.protected and staging.database == "staging"
+    assert not box.protected and box.database == "production"
+
+
+def test_the_url_variable_wins(sandbox, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:pw@db.internal:5432/fixia")
+    prod = targets.resolve("production")
+    assert prod.protected and not prod.sandbox and prod.source == "$DATABASE_URL"
+    assert "pw" not in prod.display_url and "pw" not in repr(prod)
+
+
+def test_custom_target_from_pgrunbook_toml(home, monkeypatch):
+    (home / "pgrunbook.toml").write_text('[targets.analytics]\nurl_env = "ANALYTICS_URL"\nprotected = true\n')
+    with pytest.raises(TargetNotConfigured, match=r"\$ANALYTICS_URL, which is not set"):
+        targets.resolve("analytics")
+    monkeypatch.setenv("ANALYTICS_URL", "postgresql://ro@warehouse/analytics")
+    t = targets.resolve("analytics")
+    assert t.protected and t.database == "analytics" and "analytics" in targets.names()
+
+
+def test_a_target_without_url_env_is_a_config_error(home):
+    (home / "pgrunbook.toml").write_text('[targets.broken]\nprotected = true\n')
+    with pytest.raises(ConfigError, match="url_env"):
+        targets.resolve("broken")
+
+
+def test_unknown_target_suggests_the_close_one():
+    with pytest.raises(UnknownTarget, match="did you mean 'staging'"):
+        targets.resolve("stagin")
+
+
+def test_protected_targets_need_confirm():
+    t = targets.Target("production", "postgresql://x@h/db", protected=True)
+    with pytest.raises(ConfirmationRequired, match="confirm='production'"):
+        t.require_confirm("", action="restore")
+    t.require_confirm("production", action="restore")
+    targets.Target("staging", "postgresql://x@h/db").require_confirm("", action="restore")
