@@ -47,3 +47,7 @@ class ReportNotFound(PgRunbookError):
 
 class RunbookCritical(PgRunbookError):
     "A runbook recorded CRIT findings (raised under plain papermill so it exits non-zero)"
+
+
+class RunbookStopped(PgRunbookError):
+    "A runbook stopped at a CRIT check, before the steps that would change anything"

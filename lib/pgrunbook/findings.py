@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from .errors import RunbookCritical
+from .errors import RunbookCritical, RunbookStopped
 
 MIMETYPE = "application/vnd.pgrunbook.findings+json"
 RUNNER_ENV = "PGRUNBOOK_RUNNER"
@@ -93,6 +93,14 @@ class Findings:
         """Record findings; returns them so a notebook cell shows them."""
         self.items.extend(found)
         return found[0] if len(found) == 1 else list(found)
+
+    def gate(self, finding: Finding) -> Finding:
+        """Record `finding`; when it is CRIT, record the run and stop it here."""
+        self.add(finding)
+        if finding.status is Status.CRIT:
+            self.record()
+            raise RunbookStopped(f"stopped before changing anything: {finding.check}: {finding.summary}")
+        return finding
 
     @property
     def worst(self) -> Status:

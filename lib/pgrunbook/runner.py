@@ -220,10 +220,10 @@ def _archive(out: Path, meta: dict[str, Any], error: str | None) -> RunResult:
     nb = _read_or_empty(out)
     payload = read_recorded(nb)
     found = [Finding.from_dict(d) for d in (payload or {}).get("findings", [])]
-    if error or payload is None:
+    if payload is None or (error and payload["outcome"] != "CRIT"):
         outcome, code = "FAILED", Status.UNKNOWN.value
         error = error or "the runbook ended without recording its findings"
-    else:
+    else:  # finished, or stopped at a CRIT gate after recording its findings
         outcome, code = payload["outcome"], Status[payload["outcome"]].value
     meta.update(outcome=outcome, exit_code=code, error=error,
                 findings=[f.to_dict() for f in found],

@@ -1,0 +1,287 @@
+"""Backups: pg_dump with a manifest that proves what it holds.
+
+A backup is a folder backups/<target>/<id>/ holding the dump (directory or
+custom format), manifest.json and manifest.json.sha256. The manifest lists
+every file's size and sha256, the exact row count of every table and the
+schema fingerprint, all read in the very snapshot pg_dump dumps (exported
+from a REPEATABLE READ transaction and handed to pg_dump --snapshot), so
+they describe the dump exactly. The dump is written into a hidden .partial
+folder and renamed into place only once its manifest is written: a folder
+without a manifest, or whose files do not match it, is not a backup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from . import catalog, config, db, migrations, pgtools
+from .errors import PgRunbookError
+from .findings import Finding, Status
+from .targets import Target
+
+MANIFEST = "manifest.json"
+VERIFIED = "verify.json"
+FORMATS = {"directory": ("d", "dump"), "custom": ("c", "dump.custom")}
+RPO_H = 24
+
+
+class BackupFailed(PgRunbookError):
+    "The backup could not be completed; nothing claims it succeeded"
+
+
+class BackupNotFound(PgRunbookError):
+    "No backup of that id for the target"
+
+
+class BackupCorrupt(PgRunbookError):
+    "The backup's files do not match its manifest"
+
+
+@dataclass(frozen=True)
+class Backup:
+    id: str
+    path: Path
+    manifest: dict[str, Any]
+    verification: dict[str, Any] | None = None
+
+    @property
+    def end(self) -> datetime:
+        return datetime.fromisoformat(self.manifest["end"])
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.verification and self.verification.get("ok"))
+
+    @property
+    def size(self) -> int:
+        return sum(f["size"] for f in self.manifest["files"].values())
+
+    @property
+    def dump_path(self) -> Path:
+        return self.path / FORMATS[self.manifest["format"]][1]
+
+    def age_h(self, now: datetime | None = None) -> float:
+        return ((now or datetime.now(timezone.utc)) - self.end).total_seconds() / 3600
+
+
+def folder(target: str) -> Path:
+    return config.settings().backups_dir / target
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_table(root: Path, dump: Path) -> dict[str, dict[str, Any]]:
+    files = [dump] if dump.is_file() else sorted(p for p in dump.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+
+
+def _new_id(target: str, started: datetime, label: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "-", label).strip("-")[:40]
+    base = f"{started:%Y%m%dT%H%M%SZ}" + (f"_{clean}" if clean else "")
+    n, candidate = 1, base
+    while (folder(target) / candidate).exists():
+        n, candidate = n + 1, f"{base}-{n}"
+    return candidate
+
+
+def _write_manifest(where: Path, manifest: dict[str, Any]) -> None:
+    data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    (where / MANIFEST).write_bytes(data)
+    (where / f"{MANIFEST}.sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
+
+
+def create(target: Target, *, format: str = "directory", jobs: int = 2, label: str = "") -> Backup:
+    """Dump `target` with its manifest. On any failure nothing is left that claims success."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be 'directory' or 'custom', not {format!r}")
+    started = datetime.now(timezone.utc)
+    conn = db.connect(target, application="pgrunbook/backup", autocommit=False, statement_timeout="0")
+    partial = None
+    try:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        major = conn.info.server_version // 10000
+        tool = pgtools.choose("pg_dump", major)
+        backup_id = _new_id(target.name, started, label)
+        partial = folder(target.name) / f".{backup_id}.partial"
+        partial.mkdir(parents=True)
+        flag, name = FORMATS[format]
+        args = ["--format", flag, "--file", str(partial / name), "--snapshot", snapshot, "--no-password"]
+        proc = pgtools.start(tool, args + (["--jobs", str(jobs)] if format == "directory" else []), target.url)
+        counts, facts = catalog.row_counts(conn), catalog.schema_facts(conn)  # same snapshot, meanwhile
+        revision = migrations.current(conn)
+        pgtools.wait(tool, proc)
+        manifest = {
+            "id": backup_id, "target": target.name, "database": target.database, "format": format,
+            "label": label, "start": started.isoformat(), "end": datetime.now(timezone.utc).isoformat(),
+            "server_version": conn.info.parameter_status("server_version"), "pg_dump": str(tool),
+            "pg_dump_version": tool.version, "alembic_revision": ",".join(revision or ()) or None,
+            "schema_fingerprint": catalog.fingerprint(facts), "schema": facts, "row_counts": counts,
+            "files": _file_table(partial, partial / name),
+        }
+        _write_manifest(partial, manifest)
+        final = folder(target.name) / backup_id
+        os.rename(partial, final)
+        return Backup(backup_id, final, manifest)
+    except (pgtools.ToolFailed, OSError, psycopg.Error) as e:
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise BackupFailed(f"backup of {target.name!r} failed, nothing kept: {_why(e)}") from None
+    finally:
+        conn.close()
+
+
+def summary(backup: Backup) -> Finding:
+    """What the backup holds and which pg_dump made it."""
+    m = backup.manifest
+    took = (backup.end - datetime.fromisoformat(m["start"])).total_seconds()
+    return Finding("backup", Status.OK, f"{backup.id}: {len(m['row_counts'])} tables, "
+                   f"{sum(m['row_counts'].values()):,} rows, {backup.size / 2**20:.1f} MiB in {took:.1f} s "
+                   f"with pg_dump {m['pg_dump_version']} for server {m['server_version']}",
+                   value=str(backup.path))
+
+
+def rows(backup: Backup):
+    """Per-table row counts recorded in the manifest, as a DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(sorted(backup.manifest["row_counts"].items()), columns=["table", "rows"])
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} ({error.filename})" if error.filename else error.strerror
+    return str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+
+
+def load(path: Path) -> Backup:
+    """The backup in `path` as its manifest describes it (not checked: see `check`)."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    verification = json.loads((path / VERIFIED).read_text()) if (path / VERIFIED).exists() else None
+    return Backup(path.name, path, manifest, verification)
+
+
+def all_backups(target: str) -> list[Backup]:
+    """Backups of `target` with a readable manifest, oldest first."""
+    found = []
+    for path in sorted(folder(target).glob("[!.]*")):
+        try:
+            found.append(load(path))
+        except (OSError, ValueError, KeyError):
+            continue
+    return sorted(found, key=lambda b: b.end)
+
+
+def find(target: str, ref: str = "latest") -> Backup:
+    """A backup by id, or 'latest': the newest verified one, else the newest."""
+    backups = all_backups(target)
+    if ref == "latest":
+        if not backups:
+            raise BackupNotFound(f"no backups of {target!r} in {folder(target)}: run the backup runbook first")
+        verified = [b for b in backups if b.verified]
+        return (verified or backups)[-1]
+    path = folder(target) / ref
+    if ref.startswith(".") or "/" in ref or not (path / MANIFEST).exists() and not path.is_dir():
+        ids = ", ".join(b.id for b in backups[-5:]) or "none"
+        raise BackupNotFound(f"no backup {ref!r} of {target!r} (newest: {ids}): see the backup runbook's status")
+    return Backup(ref, path, {}) if not (path / MANIFEST).exists() else load(path)
+
+
+def check(backup: Backup) -> list[str]:
+    """Everything about `backup` that does not match its manifest (empty when sound)."""
+    path = backup.path
+    if not (path / MANIFEST).exists():
+        return [f"{path / MANIFEST} is missing: this folder is not a backup"]
+    data = (path / MANIFEST).read_bytes()
+    recorded = (path / f"{MANIFEST}.sha256")
+    if not recorded.exists() or recorded.read_text().strip() != hashlib.sha256(data).hexdigest():
+        return [f"{path / MANIFEST} was changed after the backup (its sha256 does not match)"]
+    files = json.loads(data)["files"]
+    problems = []
+    for rel, info in files.items():
+        f = path / rel
+        if not f.exists():
+            problems.append(f"missing: {f}")
+        elif f.stat().st_size != info["size"] or _sha256(f) != info["sha256"]:
+            problems.append(f"checksum mismatch: {f}")
+    dump = path / FORMATS[json.loads(data)["format"]][1]
+    on_disk = [dump] if dump.is_file() else [p for p in dump.rglob("*") if p.is_file()]
+    problems += [f"not in the manifest: {p}" for p in on_disk if str(p.relative_to(path)) not in files]
+    return problems
+
+
+def check_finding(backup: Backup) -> Finding:
+    problems = check(backup)
+    if problems:
+        return Finding("manifest", Status.CRIT, f"backup {backup.id} does not match its manifest: "
+                       f"{problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
+                       examples=tuple(problems[:20]))
+    n = len(backup.manifest["files"])
+    return Finding("manifest", Status.OK, f"backup {backup.id}: {n} files match the manifest "
+                   f"({backup.size / 2**20:.1f} MiB, {sum(backup.manifest['row_counts'].values()):,} rows)")
+
+
+def record_verification(backup: Backup, result: dict[str, Any]) -> Backup:
+    (backup.path / VERIFIED).write_text(json.dumps(result, indent=1, sort_keys=True))
+    return load(backup.path)
+
+
+def table(backups: list[Backup]):
+    """Backups as a DataFrame: id, end, age, size, verified, label."""
+    import pandas as pd
+
+    rows = [{"id": b.id, "end": b.manifest["end"], "age_h": round(b.age_h(), 2), "size_mb": round(b.size / 2**20, 2),
+             "format": b.manifest["format"], "verified": b.verified, "label": b.manifest.get("label", "")}
+            for b in backups]
+    return pd.DataFrame(rows, columns=["id", "end", "age_h", "size_mb", "format", "verified", "label"])
+
+
+def rpo_finding(backups: list[Backup], *, rpo_h: float = RPO_H) -> Finding:
+    """Newest verified backup's age: OK within the RPO, WARN within twice it, CRIT beyond or none."""
+    verified = [b for b in backups if b.verified]
+    if not verified:
+        return Finding("rpo", Status.CRIT, f"no verified backup ({len(backups)} unverified)",
+                       threshold=f"OK <= {rpo_h:g} h")
+    age = verified[-1].age_h()
+    status = Status.OK if age <= rpo_h else Status.WARN if age <= 2 * rpo_h else Status.CRIT
+    return Finding("rpo", status, f"newest verified backup {verified[-1].id} is {age:.1f} h old",
+                   value=round(age, 2), threshold=f"OK <= {rpo_h:g} h, WARN <= {2 * rpo_h:g} h")
+
+
+def retention_plan(backups: list[Backup], *, retention_days: float = 7,
+                   now: datetime | None = None) -> list[Backup]:
+    """Backups older than the retention, never the newest verified one."""
+    now = now or datetime.now(timezone.utc)
+    verified = [b for b in backups if b.verified]
+    keep = verified[-1].id if verified else None
+    limit = now - timedelta(days=retention_days)
+    return [b for b in backups if b.end < limit and b.id != keep]
+
+
+def prune(plan: list[Backup], *, enabled: bool) -> Finding:
+    """Delete the planned backups when `enabled`; otherwise only say what would go."""
+    names = tuple(b.id for b in plan)
+    if not plan:
+        return Finding("retention", Status.OK, "nothing to delete")
+    if not enabled:
+        return Finding("retention", Status.OK, f"{len(plan)} backups past retention (prune=False keeps them)",
+                       examples=names)
+    for b in plan:
+        shutil.rmtree(b.path)
+    return Finding("retention", Status.OK, f"deleted {len(plan)} backups past retention", examples=names)

@@ -1,0 +1,156 @@
+"""Facts read from a database's catalog: row counts, schema fingerprint, sequences, amcheck.
+
+Backups record them, restores and verifications compare them. All of it is
+generated from the catalog, for any schema, not only Fixia's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'"
+
+
+def tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(schema, table) of every ordinary and partitioned table in user schemas."""
+    return conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        f" WHERE c.relkind IN ('r', 'p') AND {USER_SCHEMAS} ORDER BY 1, 2"
+    ).fetchall()
+
+
+def row_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Exact row count of every user table, keyed 'schema.table'."""
+    counts = {}
+    for schema, table in tables(conn):
+        q = sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(schema, table))
+        counts[f"{schema}.{table}"] = conn.execute(q).fetchone()[0]
+    return counts
+
+
+_SCHEMA_FACTS = (
+    # columns
+    "SELECT 'column', n.nspname || '.' || c.relname || '.' || a.attname,"
+    " format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END"
+    " || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')"
+    " || CASE WHEN a.attidentity <> '' THEN ' identity ' || a.attidentity::text ELSE '' END"
+    " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+    f" WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm') AND {USER_SCHEMAS}",
+    # constraints (NOT NULL constraints, catalogued from PostgreSQL 18, are covered by the columns)
+    "SELECT 'constraint', n.nspname || '.' || c.relname || '.' || k.conname,"
+    " pg_get_constraintdef(k.oid) || CASE WHEN k.convalidated THEN '' ELSE ' (not valid)' END"
+    " FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+    f" WHERE k.contype IN ('p', 'u', 'f', 'c', 'x') AND {USER_SCHEMAS}",
+    # indexes
+    "SELECT 'index', n.nspname || '.' || i.relname, pg_get_indexdef(i.oid)"
+    " FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_namespace n ON n.oid = i.relnamespace"
+    f" WHERE {USER_SCHEMAS}",
+    # sequences, views, functions
+    "SELECT 'sequence', n.nspname || '.' || c.relname, format_type(s.seqtypid, NULL)"
+    " FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+    f" WHERE {USER_SCHEMAS}",
+    "SELECT 'view', n.nspname || '.' || c.relname, pg_get_viewdef(c.oid)"
+    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    f" WHERE c.relkind IN ('v', 'm') AND {USER_SCHEMAS}",
+    "SELECT 'function', n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',"
+    " md5(p.prosrc) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+    f" LEFT JOIN pg_depend dep ON dep.objid = p.oid AND dep.deptype = 'e' WHERE dep.objid IS NULL AND {USER_SCHEMAS}",
+)
+
+
+def schema_facts(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
+    """(kind, name, definition) of every user object, sorted."""
+    rows: list[tuple[str, str, str]] = []
+    for query in _SCHEMA_FACTS:
+        rows.extend(conn.execute(query).fetchall())
+    return sorted(rows)
+
+
+def fingerprint(facts: list[tuple[str, str, str]]) -> str:
+    """sha256 of the schema facts: equal iff the schemas are equal."""
+    h = hashlib.sha256()
+    for row in facts:
+        h.update("\x1f".join(row).encode() + b"\x1e")
+    return h.hexdigest()
+
+
+def schema_fingerprint(conn: psycopg.Connection) -> str:
+    return fingerprint(schema_facts(conn))
+
+
+def schema_difference(a: list, b: list) -> list[str]:
+    """Objects that differ between two schema_facts lists, named one by one."""
+    da, db_ = {(k, n): d for k, n, d in map(tuple, a)}, {(k, n): d for k, n, d in map(tuple, b)}
+    out = [f"missing {k} {n}" for k, n in sorted(da.keys() - db_.keys())]
+    out += [f"extra {k} {n}" for k, n in sorted(db_.keys() - da.keys())]
+    out += [f"changed {k} {n}" for k, n in sorted(da.keys() & db_.keys()) if da[(k, n)] != db_[(k, n)]]
+    return out
+
+
+@dataclass(frozen=True)
+class SequenceState:
+    sequence: str
+    column: str
+    last_value: int | None
+    column_max: int | None
+
+    @property
+    def behind(self) -> bool:
+        return self.column_max is not None and (self.last_value or 0) < self.column_max
+
+
+def owned_sequences(conn: psycopg.Connection) -> list[tuple[str, str, str, str]]:
+    """(sequence schema, sequence, table schema.table, column) for sequences owned by a column."""
+    return conn.execute(
+        "SELECT sn.nspname, s.relname, tn.nspname || '.' || t.relname, a.attname"
+        " FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
+        " JOIN pg_namespace sn ON sn.oid = s.relnamespace"
+        " JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace"
+        " JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid"
+        " WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass"
+        " AND d.deptype IN ('a', 'i') ORDER BY 1, 2"
+    ).fetchall()
+
+
+def sequence_states(conn: psycopg.Connection) -> list[SequenceState]:
+    """Each owned sequence's last value against its column's max."""
+    states = []
+    for seq_schema, seq, table, column in owned_sequences(conn):
+        schema, name = table.split(".", 1)
+        last = conn.execute(
+            sql.SQL("SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {}").format(
+                sql.Identifier(seq_schema, seq))).fetchone()[0]
+        top = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(
+            sql.Identifier(column), sql.Identifier(schema, name))).fetchone()[0]
+        states.append(SequenceState(f"{seq_schema}.{seq}", f"{table}.{column}", last, top))
+    return states
+
+
+def repair_sequence(conn: psycopg.Connection, state: SequenceState) -> None:
+    """Move a sequence that is behind its column to the column's max."""
+    schema, name = state.sequence.split(".", 1)
+    conn.execute("SELECT setval(%s::regclass, %s)",
+                 [sql.Identifier(schema, name).as_string(conn), state.column_max])
+
+
+def amcheck_btree(conn: psycopg.Connection, *, heapallindexed: bool = False) -> tuple[int, list[str]]:
+    """bt_index_check on every valid btree index; (indexes checked, problems)."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    indexes = conn.execute(
+        "SELECT i.oid::regclass::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+        " JOIN pg_am am ON am.oid = i.relam JOIN pg_namespace n ON n.oid = i.relnamespace"
+        f" WHERE am.amname = 'btree' AND x.indisvalid AND x.indisready AND {USER_SCHEMAS} ORDER BY 1"
+    ).fetchall()
+    problems = []
+    for (index,) in indexes:
+        try:
+            with conn.transaction():
+                conn.execute("SELECT bt_index_check(%s::regclass, %s)", [index, heapallindexed])
+        except psycopg.Error as e:
+            problems.append(f"{index}: {str(e).splitlines()[0]}")
+    return len(indexes), problems

@@ -1,0 +1,129 @@
+"""PostgreSQL client programs (pg_dump, pg_restore, ...): choosing and running them.
+
+pg_dump reads servers older than itself, but pg_restore 17 and newer emit
+settings an older server rejects (`SET transaction_timeout`), so tools are
+chosen per server: the same major version where one is installed, else the
+newest that is not older than the server. Candidates come from
+$PGRUNBOOK_PG_BIN, the embedded PostgreSQL 18 binaries, the system's
+/usr/lib/postgresql/*/bin and $PATH. Passwords go to the child through
+PGPASSWORD, never on its command line.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .errors import PgRunbookError
+from .secrets import redact
+
+
+class ToolNotFound(PgRunbookError):
+    "No installed client program fits the server's version"
+
+
+class ToolFailed(PgRunbookError):
+    "A client program exited with an error"
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    path: Path
+    version: str
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version} ({self.path})"
+
+
+def _candidate_dirs() -> list[Path]:
+    from .sandbox import bin_dir
+
+    dirs = [Path(p) for p in os.environ.get("PGRUNBOOK_PG_BIN", "").split(os.pathsep) if p]
+    dirs.append(bin_dir())
+    dirs += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"))]
+    if found := shutil.which("pg_dump"):
+        dirs.append(Path(found).resolve().parent)
+    return dirs
+
+
+@cache
+def _version(path: Path) -> str | None:
+    try:
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return None
+    m = re.search(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?", out)
+    return f"{m[1]}.{m[2] or 0}" if m else None
+
+
+def installed(name: str) -> list[Tool]:
+    """Every installed copy of `name`, newest first."""
+    tools, seen = [], set()
+    for d in _candidate_dirs():
+        path = d / name
+        if path.is_file() and path.resolve() not in seen and (v := _version(path)):
+            seen.add(path.resolve())
+            tools.append(Tool(name, path, v))
+    return sorted(tools, key=lambda t: [int(x) for x in t.version.split(".")], reverse=True)
+
+
+def choose(name: str, server_major: int) -> Tool:
+    """The copy of `name` to use with a server of major version `server_major`."""
+    fitting = [t for t in installed(name) if t.major >= server_major]
+    same = [t for t in fitting if t.major == server_major]
+    if same or fitting:
+        return (same or fitting)[0]
+    have = ", ".join(t.version for t in installed(name)) or "none"
+    raise ToolNotFound(
+        f"no {name} of version {server_major} or newer is installed (found: {have}): install the "
+        f"PostgreSQL {server_major} client or set PGRUNBOOK_PG_BIN to its bin folder"
+    )
+
+
+def connection_args(url: str) -> tuple[str, dict[str, str]]:
+    """(conninfo without password, environment with PGPASSWORD) for a child process."""
+    params = conninfo_to_dict(url)
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    if password := params.pop("password", None):
+        env["PGPASSWORD"] = str(password)
+    return make_conninfo(**params), env
+
+
+def start(tool: Tool, args: list[str], url: str) -> subprocess.Popen:
+    """Start `tool` with `args` against `url` (passed as -d, password through the environment)."""
+    conninfo, env = connection_args(url)
+    return subprocess.Popen([str(tool.path), *args, "-d", conninfo], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run(tool: Tool, args: list[str], url: str, *, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run `tool` to the end; ToolFailed with its last error line."""
+    return wait(tool, start(tool, args, url), timeout=timeout)
+
+
+def wait(tool: Tool, proc: subprocess.Popen, *, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Wait for a started tool; ToolFailed with its last error line."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise ToolFailed(f"{tool.name} took longer than {timeout:.0f} s and was stopped") from None
+    if proc.returncode != 0:
+        lines = [line for line in redact(err).splitlines() if line.strip()]
+        why = lines[-1] if lines else f"killed by signal {-proc.returncode}" if proc.returncode < 0 else ""
+        raise ToolFailed(f"{tool.name} exited {proc.returncode}: {why}")
+    return subprocess.CompletedProcess(proc.args, 0, out, err)

@@ -1,0 +1,309 @@
+"""Restore and verification: nothing is replaced before its replacement is proven.
+
+A backup is restored into a new database beside the target and checked
+there (row counts and schema fingerprint against the manifest, sequences
+against their columns, amcheck on every btree index). Verification drops
+that copy; a restore keeps it, and in swap mode renames it into the
+target's place, keeping the old database as <name>_pre_restore_<time>.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import psycopg
+from psycopg import sql
+
+from . import backups, catalog, db, pgtools
+from .backups import Backup
+from .errors import PgRunbookError
+from .findings import Finding, Status
+from .targets import Target
+
+RTO_S = 15 * 60
+KEEP_H = 48
+
+
+class RestoreFailed(PgRunbookError):
+    "The restore did not complete; the target was not touched"
+
+
+@dataclass
+class Timeline:
+    """Phases of an operation: (name, start, end) in seconds from its start."""
+
+    started: float = field(default_factory=time.perf_counter)
+    phases: list[tuple[str, float, float]] = field(default_factory=list)
+
+    def phase(self, name: str):
+        timeline = self
+
+        class _Phase:
+            def __enter__(self):
+                self.t0 = time.perf_counter() - timeline.started
+
+            def __exit__(self, *exc):
+                timeline.phases.append((name, self.t0, time.perf_counter() - timeline.started))
+
+        return _Phase()
+
+    @property
+    def total(self) -> float:
+        return max((end for _, _, end in self.phases), default=0.0)
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame([(n, round(s, 3), round(e, 3), round(e - s, 3)) for n, s, e in self.phases],
+                            columns=["phase", "start_s", "end_s", "seconds"])
+
+
+def plot_timeline(timeline: Timeline, *, objective_s: float = RTO_S, title: str = "Restore timeline"):
+    """Horizontal bars of the phases, with the total against the objective."""
+    import matplotlib
+
+    matplotlib.use("Agg") if matplotlib.get_backend().lower() == "agg" else None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 0.5 + 0.4 * max(len(timeline.phases), 1)))
+    ax = fig.subplots()
+    for i, (name, start, end) in enumerate(timeline.phases):
+        ax.barh(i, end - start, left=start, color="#4c72b0")
+    ax.set_yticks(range(len(timeline.phases)), [p[0] for p in timeline.phases])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title(f"{title}: {timeline.total:.1f} s (objective {objective_s / 60:g} min)")
+    fig.tight_layout()
+    return fig
+
+
+def _admin(target: Target) -> psycopg.Connection:
+    """A connection to the target's server, outside the target database."""
+    for maintenance in ("postgres", "template1"):
+        try:
+            return db.connect(target, readonly=False, database=maintenance,
+                              application="pgrunbook/restore", statement_timeout="5min")
+        except PgRunbookError:
+            continue
+    raise RestoreFailed(f"cannot reach a maintenance database (postgres, template1) on {target.name!r}")
+
+
+def database_exists(target: Target, name: str) -> bool:
+    with _admin(target) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+
+
+def drop_database(target: Target, name: str) -> None:
+    with _admin(target) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, timeline: Timeline,
+                 on_start=None) -> None:
+    """Create `database` on the target's server and pg_restore the backup into it.
+
+    On failure the new database is dropped (or, if that fails too, named in the error).
+    """
+    with _admin(target) as conn:
+        major = conn.info.server_version // 10000
+        with timeline.phase("create database"):
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(database)))
+    tool = pgtools.choose("pg_restore", major)
+    args = ["--exit-on-error", "--no-password", "--jobs", str(jobs), str(backup.dump_path)]
+    try:
+        with timeline.phase("pg_restore"):
+            proc = pgtools.start(tool, args, db.with_database(target.url, database))
+            if on_start:
+                on_start(proc)
+            pgtools.wait(tool, proc)
+    except (pgtools.ToolFailed, OSError) as e:
+        try:
+            drop_database(target, database)
+            left = "the partial copy was dropped"
+        except (PgRunbookError, psycopg.Error):
+            left = f"drop the partial copy {database!r} by hand"
+        raise RestoreFailed(f"restore of {backup.id} failed, {target.name!r} untouched, {left}: {e}") from None
+
+
+def compare(conn: psycopg.Connection, backup: Backup, *, repair_sequences: bool, amcheck: bool = True,
+            timeline: Timeline | None = None) -> list[Finding]:
+    """Check a restored copy against the backup's manifest."""
+    timeline = timeline or Timeline()
+    found = []
+    with timeline.phase("row counts"):
+        counts = catalog.row_counts(conn)
+    expected = backup.manifest["row_counts"]
+    wrong = [f"{t}: {counts.get(t)} rows, manifest {n}" for t, n in expected.items() if counts.get(t) != n]
+    wrong += [f"{t}: not in the manifest" for t in counts.keys() - expected.keys()]
+    found.append(Finding("row counts", Status.CRIT if wrong else Status.OK,
+                         "; ".join(wrong[:3]) if wrong else f"{len(expected)} tables, "
+                         f"{sum(expected.values()):,} rows, as in the manifest", examples=tuple(wrong[:20])))
+    with timeline.phase("schema fingerprint"):
+        facts = catalog.schema_facts(conn)
+    if catalog.fingerprint(facts) == backup.manifest["schema_fingerprint"]:
+        found.append(Finding("schema", Status.OK, "fingerprint matches the manifest"))
+    else:
+        diff = catalog.schema_difference(backup.manifest.get("schema", []), facts)
+        found.append(Finding("schema", Status.CRIT, f"fingerprint differs: {', '.join(diff[:3]) or 'see manifest'}",
+                             examples=tuple(diff[:20])))
+    with timeline.phase("sequences"):
+        found.append(_sequences(conn, repair=repair_sequences))
+    if amcheck:
+        with timeline.phase("amcheck"):
+            found.append(_amcheck(conn))
+    return found
+
+
+def _sequences(conn: psycopg.Connection, *, repair: bool) -> Finding:
+    behind = [s for s in catalog.sequence_states(conn) if s.behind]
+    if not behind:
+        return Finding("sequences", Status.OK, "every owned sequence is at or past its column's max")
+    names = tuple(f"{s.sequence} at {s.last_value}, {s.column} max {s.column_max}" for s in behind)
+    if not repair:
+        return Finding("sequences", Status.WARN, f"{len(behind)} behind their column", examples=names)
+    for s in behind:
+        catalog.repair_sequence(conn, s)
+    return Finding("sequences", Status.WARN, f"{len(behind)} were behind their column and were moved to its max",
+                   examples=names)
+
+
+def _amcheck(conn: psycopg.Connection) -> Finding:
+    try:
+        checked, problems = catalog.amcheck_btree(conn)
+    except psycopg.Error as e:
+        return Finding("amcheck", Status.UNKNOWN, f"amcheck unavailable: {str(e).splitlines()[0]}")
+    if problems:
+        return Finding("amcheck", Status.CRIT, f"{len(problems)} of {checked} btree indexes corrupt",
+                       examples=tuple(problems[:20]))
+    return Finding("amcheck", Status.OK, f"{checked} btree indexes pass bt_index_check")
+
+
+def _scratch_name(backup: Backup, kind: str) -> str:
+    return f"pgrb_{kind}_{backup.id.lower().replace('-', '_')}"[:63]
+
+
+def verify(target: Target, backup: Backup, *, jobs: int = 2, enabled: bool = True) -> tuple[Finding, Timeline]:
+    """Restore into a scratch database, compare with the manifest, amcheck, drop. Records the result."""
+    timeline = Timeline()
+    if not enabled:
+        return Finding("verify", Status.WARN, "skipped (verify=False): the backup is not trusted yet"), timeline
+    scratch = _scratch_name(backup, "verify")
+    drop_database(target, scratch)
+    try:
+        restore_into(target, backup, scratch, jobs=jobs, timeline=timeline)
+        with db.connect(target, readonly=False, database=scratch, statement_timeout="0",
+                        application="pgrunbook/verify") as conn:
+            checks = compare(conn, backup, repair_sequences=False, timeline=timeline)
+    finally:
+        with timeline.phase("drop scratch"):
+            drop_database(target, scratch)
+    bad = [f for f in checks if f.status is Status.CRIT]
+    result = {"ok": not bad, "at": datetime.now(timezone.utc).isoformat(), "phases": timeline.phases,
+              "findings": [f.to_dict() for f in checks]}
+    backups.record_verification(backup, result)
+    summary = "; ".join(f"{f.check}: {f.summary}" for f in (bad or checks))
+    return Finding("verify", Status.CRIT if bad else Status.OK,
+                   f"{'FAILED' if bad else 'verified'} in {timeline.total:.1f} s: {summary}"), timeline
+
+
+@dataclass
+class RestoreResult:
+    backup: Backup
+    database: str
+    findings: list[Finding]
+    timeline: Timeline
+    kept_as: str | None = None
+
+
+def check_request(target: Target, backup: Backup, *, mode: str, confirm: str) -> Finding:
+    """Everything that must hold before a restore touches anything."""
+    if mode not in ("new-database", "swap"):
+        raise ValueError(f"mode must be 'new-database' or 'swap', not {mode!r}")
+    if mode == "swap":
+        target.require_confirm(confirm, action="swapping a restored copy in")
+    problems = backups.check(backup)
+    if problems:
+        return backups.check_finding(backup)
+    source = backup.manifest.get("database")
+    if source != target.database:
+        return Finding("manifest", Status.CRIT, f"backup {backup.id} is of database {source!r}, "
+                       f"not {target.database!r}: restore it into its own target")
+    return backups.check_finding(backup)
+
+
+def restore(target: Target, backup: Backup, *, mode: str = "new-database", jobs: int = 2,
+            confirm: str = "", verify: bool = True) -> RestoreResult:
+    """Restore beside the target and verify; in swap mode, then put the copy in its place."""
+    timeline = Timeline()
+    with timeline.phase("check manifest"):
+        gate = check_request(target, backup, mode=mode, confirm=confirm)
+    if gate.status is Status.CRIT:
+        raise RestoreFailed(f"{gate.summary}; nothing was changed")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    new = f"{target.database}_restore_{stamp}"[:63]
+    restore_into(target, backup, new, jobs=jobs, timeline=timeline)
+    found = []
+    if verify:
+        with db.connect(target, readonly=False, database=new, statement_timeout="0",
+                        application="pgrunbook/restore") as conn:
+            found += compare(conn, backup, repair_sequences=True, timeline=timeline)
+    if any(f.status is Status.CRIT for f in found):
+        return RestoreResult(backup, new, found, timeline)
+    kept = None
+    if mode == "new-database":
+        found.append(Finding("restore", Status.OK, f"restored into {new!r} beside {target.database!r}, "
+                             "which is untouched (new-database mode)"))
+    if mode == "swap":
+        kept = f"{target.database}_pre_restore_{stamp}"[:63]
+        with timeline.phase("maintenance: swap"):
+            swap(target, new, kept)
+        found.append(Finding("swap", Status.OK, f"{new!r} is now {target.database!r}; "
+                             f"the old one is kept as {kept!r} for {KEEP_H} h"))
+    return RestoreResult(backup, target.database if kept else new, found, timeline, kept)
+
+
+def swap(target: Target, new: str, kept: str) -> None:
+    """Put database `new` in the target's place; the old one becomes `kept`. Undone on failure."""
+    current = target.database
+    ident = sql.Identifier
+    with _admin(target) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(current)))
+        try:
+            for _ in range(50):
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                             " WHERE datname = %s AND pid <> pg_backend_pid()", [current])
+                if not conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s", [current]).fetchone():
+                    break
+                time.sleep(0.1)
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(current), ident(kept)))
+            try:
+                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(new), ident(current)))
+            except psycopg.Error:
+                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(kept), ident(current)))
+                raise
+        finally:
+            name = kept if database_exists(target, kept) else current
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(name)))
+
+
+def rto_finding(timeline: Timeline, *, objective_s: float = RTO_S) -> Finding:
+    status = Status.OK if timeline.total <= objective_s else Status.CRIT
+    return Finding("rto", status, f"{timeline.total:.1f} s from start to verified",
+                   value=round(timeline.total, 2), threshold=f"<= {objective_s / 60:g} min")
+
+
+def kept_databases(target: Target, *, older_than_h: float = KEEP_H) -> Finding:
+    """Databases kept by earlier swaps that are past their keeping time."""
+    with _admin(target) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
+            [f"{target.database}_pre_restore_%"])]
+    now = datetime.now(timezone.utc)
+    old = [n for n in names if (now - datetime.strptime(n.rsplit("_", 1)[-1], "%Y%m%d%H%M%S").replace(
+        tzinfo=timezone.utc)).total_seconds() > older_than_h * 3600]
+    if old:
+        return Finding("kept databases", Status.WARN, f"{len(old)} kept past {older_than_h:g} h: drop them",
+                       examples=tuple(old))
+    return Finding("kept databases", Status.OK, f"{len(names)} kept, none past {older_than_h:g} h")
