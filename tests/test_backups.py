@@ -1,0 +1,217 @@
+"""Backup, verify and restore against real servers, with the faults they must survive."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+
+import psutil
+import psycopg
+import pytest
+
+from pgrunbook import backups, db, pgtools, restore, runner, seed
+from pgrunbook.errors import ConfirmationRequired
+from pgrunbook.findings import Status
+from pgrunbook.targets import Target
+
+
+@pytest.fixture(autouse=True)
+def own_backups_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "backups"))
+
+
+@pytest.fixture
+def seeded(migrated):
+    with db.connect(migrated, readonly=False) as conn:
+        seed.seed(conn, migrated, mode="development", users=300)
+    return migrated
+
+
+def _databases(target: Target) -> set[str]:
+    with psycopg.connect(db.with_database(target.url, "postgres")) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+
+def _users(target: Target) -> int:
+    with db.connect(target) as conn:
+        return conn.execute("SELECT count(*) FROM users").fetchone()[0]
+
+
+def test_backup_verify_and_restore_on_each_server(seeded):
+    backup = backups.create(seeded, label="pre-migration")
+    with psycopg.connect(seeded.url) as conn:
+        major = conn.info.server_version // 10000
+    assert backups.check(backup) == []
+    assert backup.manifest["row_counts"]["public.users"] == 300
+    assert backup.manifest["alembic_revision"] == "0004"
+    assert pgtools.choose("pg_dump", major).version == backup.manifest["pg_dump_version"]
+    verdict, timeline = restore.verify(seeded, backup)
+    assert verdict.status is Status.OK, verdict.summary
+    assert backups.load(backup.path).verified
+    assert {p[0] for p in timeline.phases} >= {"pg_restore", "row counts", "amcheck", "drop scratch"}
+    before = _databases(seeded)
+    result = restore.restore(seeded, backups.find("scratch", backup.id))
+    assert all(f.status is Status.OK for f in result.findings), result.findings
+    assert _databases(seeded) == before | {result.database}
+    restore.drop_database(seeded, result.database)
+
+
+def test_swap_keeps_the_old_database_and_repairs_sequences(seeded):
+    backup = backups.create(seeded)
+    with db.connect(seeded, readonly=False) as conn:
+        conn.execute("DELETE FROM reviews")  # the disaster the restore undoes
+    with pytest.raises(ConfirmationRequired):
+        restore.restore(Target("scratch", seeded.url, protected=True), backup, mode="swap")
+    result = restore.restore(seeded, backup, mode="swap")
+    assert result.kept_as and result.kept_as in _databases(seeded)
+    with db.connect(seeded) as conn:
+        assert conn.execute("SELECT count(*) FROM reviews").fetchone()[0] == \
+            backup.manifest["row_counts"]["public.reviews"]
+    restore.drop_database(seeded, result.kept_as)
+
+
+def _flip_byte(backup):
+    victim = next(p for p in sorted(backup.dump_path.iterdir()) if p.suffix == ".gz")
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    return victim.name
+
+
+def _remove_file(backup):
+    victim = next(p for p in sorted(backup.dump_path.iterdir()) if p.suffix == ".gz")
+    victim.unlink()
+    return victim.name
+
+
+def _edit_manifest(backup):
+    m = json.loads((backup.path / "manifest.json").read_text())
+    m["row_counts"]["public.users"] += 1
+    (backup.path / "manifest.json").write_text(json.dumps(m))
+    return "manifest.json"
+
+
+@pytest.mark.parametrize("fault", [_flip_byte, _remove_file, _edit_manifest])
+def test_a_damaged_backup_is_refused_before_anything_changes(seeded, fault):
+    backup = backups.create(seeded)
+    named = fault(backup)
+    before = _databases(seeded)
+    gate = restore.check_request(seeded, backups.find("scratch", backup.id), mode="swap", confirm="")
+    assert gate.status is Status.CRIT and named in gate.summary
+    with pytest.raises(restore.RestoreFailed, match=named.replace(".", r"\.")):
+        restore.restore(seeded, backups.find("scratch", backup.id), mode="swap")
+    assert _databases(seeded) == before and _users(seeded) == 300
+
+
+def test_a_damaged_backup_stops_the_restore_runbook_with_crit(sandbox):
+    target = runner.targets.resolve("staging")
+    backup = backups.create(target)
+    _flip_byte(backup)
+    before = _databases(target)
+    result = runner.run("restore", "staging", {"backup": backup.id, "mode": "swap"}, progress=False)
+    assert result.exit_code == 2 and result.outcome == "CRIT"
+    assert [f.check for f in result.findings] == ["manifest"]
+    assert _databases(target) == before
+
+
+def test_backup_of_another_database_is_refused(seeded):
+    backup = backups.create(seeded)
+    other = Target("scratch", db.with_database(seeded.url, "postgres"), sandbox=True)
+    gate = restore.check_request(other, backup, mode="new-database", confirm="")
+    assert gate.status is Status.CRIT and "is of database" in gate.summary
+
+
+def test_unknown_backup_id_is_one_clear_error(seeded):
+    backups.create(seeded)
+    with pytest.raises(backups.BackupNotFound, match="no backup 'nope'"):
+        backups.find("scratch", "nope")
+    with pytest.raises(backups.BackupNotFound, match="no backups of 'nothing'"):
+        backups.find("nothing")
+
+
+def _kill_pg_restore_when_it_writes(target_prefix: str, stop: threading.Event):
+    me = psutil.Process()
+    while not stop.is_set():
+        for child in me.children(recursive=True):
+            try:
+                if child.name() == "pg_restore":
+                    time.sleep(0.05)
+                    child.send_signal(signal.SIGKILL)
+                    return
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.005)
+
+
+def test_pg_restore_killed_midway_leaves_the_target_untouched(seeded):
+    with db.connect(seeded, readonly=False) as conn:  # enough data that pg_restore takes a while
+        seed.seed(conn, seeded, mode="development", users=20000, seed=2)
+    backup = backups.create(seeded)
+    before, users = _databases(seeded), _users(seeded)
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_pg_restore_when_it_writes, args=(seeded.database, stop))
+    killer.start()
+    try:
+        with pytest.raises(restore.RestoreFailed, match="untouched, the partial copy was dropped"):
+            restore.restore(seeded, backup, mode="swap")
+    finally:
+        stop.set()
+        killer.join()
+    assert _databases(seeded) == before and _users(seeded) == users
+
+
+@contextmanager
+def _small_filesystem(path, size_kb: int):
+    """A tmpfs of `size_kb` at `path` (as root), else a file size limit on child processes."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True).returncode == 0
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if not mounted:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size_kb * 1024, old[1]))
+    try:
+        yield
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(path)], check=True)
+        else:
+            resource.setrlimit(resource.RLIMIT_FSIZE, old)
+
+
+def test_a_full_backup_folder_fails_cleanly(seeded, tmp_path, monkeypatch):
+    with db.connect(seeded, readonly=False) as conn:
+        seed.seed(conn, seeded, mode="development", users=5000, seed=3)
+    small = tmp_path / "small"
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(small))
+    with _small_filesystem(small, 128):
+        with pytest.raises(backups.BackupFailed, match="nothing kept"):
+            backups.create(seeded)
+        leftovers = [p for p in small.rglob("*") if p.is_file()]
+    assert leftovers == [] and backups.all_backups("scratch") == []
+
+
+def test_retention_never_deletes_the_newest_verified(seeded):
+    from datetime import datetime, timedelta, timezone
+
+    first = backups.create(seeded)
+    restore.verify(seeded, first)
+    second = backups.create(seeded)
+    every = backups.all_backups("scratch")
+    later = datetime.now(timezone.utc) + timedelta(days=30)
+    plan = backups.retention_plan(every, retention_days=7, now=later)
+    assert [b.id for b in plan] == [second.id]  # the only verified one stays
+    assert backups.prune(plan, enabled=False).examples == (second.id,) and second.path.exists()
+    backups.prune(plan, enabled=True)
+    assert not second.path.exists() and first.path.exists()
+
+
+def test_rpo_against_the_newest_verified_backup(seeded):
+    assert backups.rpo_finding([]).status is Status.CRIT
+    b = backups.create(seeded)
+    assert backups.rpo_finding(backups.all_backups("scratch")).status is Status.CRIT  # not verified
+    restore.verify(seeded, b)
+    assert backups.rpo_finding(backups.all_backups("scratch")).status is Status.OK
