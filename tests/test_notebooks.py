@@ -50,7 +50,7 @@ def test_steps_are_headings_and_cells_stay_thin(nb):
     headings = [c.source for c in notebook.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
     assert len(headings) >= 3 and headings[-1] == "## Result"
     for cell in notebook.cells:
-        if cell.cell_type == "code":
+        if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
             assert len(cell.source.splitlines()) <= 6, cell.source
             for word in ("try:", "except", "SELECT ", "for ", "while ", "def "):
                 assert word not in cell.source, (word, cell.source)

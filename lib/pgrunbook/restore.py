@@ -257,10 +257,12 @@ def restore(target: Target, backup: Backup, *, mode: str = "new-database", jobs:
                              "which is untouched (new-database mode)"))
     if mode == "swap":
         kept = f"{target.database}_pre_restore_{stamp}"[:63]
+        existed = database_exists(target, target.database)
         with timeline.phase("maintenance: swap"):
             swap(target, new, kept)
-        found.append(Finding("swap", Status.OK, f"{new!r} is now {target.database!r}; "
-                             f"the old one is kept as {kept!r} for {KEEP_H} h"))
+        kept = kept if existed else None
+        found.append(Finding("swap", Status.OK, f"{new!r} is now {target.database!r}; " + (
+            f"the old one is kept as {kept!r} for {KEEP_H} h" if kept else "there was no old one to keep")))
     return RestoreResult(backup, target.database if kept else new, found, timeline, kept)
 
 
@@ -268,6 +270,10 @@ def swap(target: Target, new: str, kept: str) -> None:
     """Put database `new` in the target's place; the old one becomes `kept`. Undone on failure."""
     current = target.database
     ident = sql.Identifier
+    if not database_exists(target, current):  # the database itself was lost: nothing to keep
+        with _admin(target) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(new), ident(current)))
+        return
     with _admin(target) as conn:
         conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(current)))
         try:

@@ -1,0 +1,42 @@
+"""The disaster-recovery drill, end to end through the runner, for each disaster."""
+
+import psycopg
+import pytest
+
+from pgrunbook import catalog, db, drill, runner, targets
+from pgrunbook.findings import Status
+
+
+@pytest.fixture(autouse=True)
+def own_backups_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "backups"))
+
+
+def _side_databases(target):
+    with psycopg.connect(db.with_database(target.url, "postgres")) as conn:
+        return conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'staging_%'").fetchall()
+
+
+def _counts(target):
+    with db.connect(target) as conn:
+        return catalog.row_counts(conn)
+
+
+@pytest.mark.parametrize("disaster", drill.DISASTERS)
+def test_drill_recovers_and_counts_what_was_lost(sandbox, disaster):
+    staging = targets.resolve("staging")
+    before, side = _counts(staging), _side_databases(staging)
+    result = runner.run("dr_drill", "staging", {"disaster": disaster, "writes_after_backup": "7"}, progress=False)
+    assert result.exit_code == 0, (result.error, [str(f) for f in result.findings])
+    by_check = {f.check: f for f in result.findings}
+    assert by_check["rpo achieved"].value == 7  # every row written after the backup is lost
+    assert by_check["rto achieved"].status is Status.OK
+    assert _counts(staging) == before  # the data is back as it was, the marker table gone
+    assert _side_databases(staging) == side  # no restored or damaged copy left behind
+
+
+def test_drill_is_refused_on_production(sandbox):
+    before = _counts(targets.resolve("production"))
+    result = runner.run("dr_drill", "production", progress=False)
+    assert result.outcome == "FAILED" and "DrillRefused" in result.error
+    assert _counts(targets.resolve("production")) == before
