@@ -86,9 +86,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _hash_all(paths: list[Path]) -> list[str]:
+    """sha256 of each file, on as many threads as there are cores (hashlib releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return list(pool.map(_sha256, paths))
+
+
 def _file_table(root: Path, dump: Path) -> dict[str, dict[str, Any]]:
     files = [dump] if dump.is_file() else sorted(p for p in dump.rglob("*") if p.is_file())
-    return {str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    return {str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": h}
+            for p, h in zip(files, _hash_all(files))}
 
 
 def _new_id(target: str, started: datetime, label: str) -> str:
@@ -213,21 +222,22 @@ def check(backup: Backup) -> list[str]:
     if not recorded.exists() or recorded.read_text().strip() != hashlib.sha256(data).hexdigest():
         return [f"{path / MANIFEST} was changed after the backup (its sha256 does not match)"]
     files = json.loads(data)["files"]
-    problems = []
-    for rel, info in files.items():
-        f = path / rel
-        if not f.exists():
-            problems.append(f"missing: {f}")
-        elif f.stat().st_size != info["size"] or _sha256(f) != info["sha256"]:
-            problems.append(f"checksum mismatch: {f}")
+    problems = [f"missing: {path / rel}" for rel in files if not (path / rel).exists()]
+    problems += [f"checksum mismatch: {path / rel}" for rel, info in files.items()
+                 if (path / rel).exists() and (path / rel).stat().st_size != info["size"]]
+    sound = [rel for rel, info in files.items() if (path / rel).exists()
+             and (path / rel).stat().st_size == info["size"]]
+    problems += [f"checksum mismatch: {path / rel}" for rel, h in zip(sound, _hash_all([path / r for r in sound]))
+                 if h != files[rel]["sha256"]]
     dump = path / FORMATS[json.loads(data)["format"]][1]
     on_disk = [dump] if dump.is_file() else [p for p in dump.rglob("*") if p.is_file()]
     problems += [f"not in the manifest: {p}" for p in on_disk if str(p.relative_to(path)) not in files]
     return problems
 
 
-def check_finding(backup: Backup) -> Finding:
-    problems = check(backup)
+def check_finding(backup: Backup, problems: list[str] | None = None) -> Finding:
+    """`check` as a finding (pass `problems` when already checked)."""
+    problems = check(backup) if problems is None else problems
     if problems:
         return Finding("manifest", Status.CRIT, f"backup {backup.id} does not match its manifest: "
                        f"{problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),

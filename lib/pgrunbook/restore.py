@@ -224,27 +224,42 @@ def check_request(target: Target, backup: Backup, *, mode: str, confirm: str) ->
     if mode == "swap":
         target.require_confirm(confirm, action="swapping a restored copy in")
     problems = backups.check(backup)
-    if problems:
-        return backups.check_finding(backup)
     source = backup.manifest.get("database")
-    if source != target.database:
+    if not problems and source != target.database:
         return Finding("manifest", Status.CRIT, f"backup {backup.id} is of database {source!r}, "
                        f"not {target.database!r}: restore it into its own target")
-    return backups.check_finding(backup)
+    return backups.check_finding(backup, problems)
 
 
-def restore(target: Target, backup: Backup, *, mode: str = "new-database", jobs: int = 2,
-            confirm: str = "", verify: bool = True) -> RestoreResult:
-    """Restore beside the target and verify; in swap mode, then put the copy in its place."""
+@dataclass
+class Plan:
+    """A restore checked and ready: the manifest verdict, and the clock already running."""
+
+    target: Target
+    backup: Backup
+    mode: str
+    confirm: str
+    check: Finding
+    timeline: Timeline
+
+
+def prepare(target: Target, backup: Backup, *, mode: str = "new-database", confirm: str = "") -> Plan:
+    """Start the RTO clock and check everything that must hold before anything is touched."""
     timeline = Timeline()
     with timeline.phase("check manifest"):
         gate = check_request(target, backup, mode=mode, confirm=confirm)
-    if gate.status is Status.CRIT:
-        raise RestoreFailed(f"{gate.summary}; nothing was changed")
+    return Plan(target, backup, mode, confirm, gate, timeline)
+
+
+def execute(plan: Plan, *, jobs: int = 2, verify: bool = True) -> RestoreResult:
+    """Restore beside the target and verify; in swap mode, then put the copy in its place."""
+    target, backup, timeline = plan.target, plan.backup, plan.timeline
+    if plan.check.status is Status.CRIT:
+        raise RestoreFailed(f"{plan.check.summary}; nothing was changed")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     new = f"{target.database}_restore_{stamp}"[:63]
     restore_into(target, backup, new, jobs=jobs, timeline=timeline)
-    found = []
+    found = [] if verify else [Finding("verify", Status.WARN, "skipped (verify=False): the copy is not proven")]
     if verify:
         with db.connect(target, readonly=False, database=new, statement_timeout="0",
                         application="pgrunbook/restore") as conn:
@@ -252,10 +267,10 @@ def restore(target: Target, backup: Backup, *, mode: str = "new-database", jobs:
     if any(f.status is Status.CRIT for f in found):
         return RestoreResult(backup, new, found, timeline)
     kept = None
-    if mode == "new-database":
+    if plan.mode == "new-database":
         found.append(Finding("restore", Status.OK, f"restored into {new!r} beside {target.database!r}, "
                              "which is untouched (new-database mode)"))
-    if mode == "swap":
+    if plan.mode == "swap":
         kept = f"{target.database}_pre_restore_{stamp}"[:63]
         existed = database_exists(target, target.database)
         with timeline.phase("maintenance: swap"):
@@ -263,7 +278,13 @@ def restore(target: Target, backup: Backup, *, mode: str = "new-database", jobs:
         kept = kept if existed else None
         found.append(Finding("swap", Status.OK, f"{new!r} is now {target.database!r}; " + (
             f"the old one is kept as {kept!r} for {KEEP_H} h" if kept else "there was no old one to keep")))
-    return RestoreResult(backup, target.database if kept else new, found, timeline, kept)
+    return RestoreResult(backup, target.database if plan.mode == "swap" else new, found, timeline, kept)
+
+
+def restore(target: Target, backup: Backup, *, mode: str = "new-database", jobs: int = 2,
+            confirm: str = "", verify: bool = True) -> RestoreResult:
+    """`prepare` then `execute`: raises RestoreFailed, changing nothing, when the check fails."""
+    return execute(prepare(target, backup, mode=mode, confirm=confirm), jobs=jobs, verify=verify)
 
 
 def swap(target: Target, new: str, kept: str) -> None:

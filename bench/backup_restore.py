@@ -1,0 +1,115 @@
+"""Backup and restore against raw pg_dump / pg_restore, on a pgbench database at scale 50.
+
+In one run on a temporary sandbox: raw `pg_dump -Fd -j 2` against the backup
+library call and the backup runbook (verify off); raw `pg_restore -j 2` into
+a new database against the restore library call and the restore runbook
+(new-database mode, verify off); and verification's own cost (counts,
+fingerprint, sequences, amcheck) against the restore time. Each timing is the
+best of --rounds.
+
+    python bench/backup_restore.py [--scale 50] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="pgrb-bench-"))
+    os.environ.update(PGRUNBOOK_STATE_DIR=str(tmp / "state"), PGRUNBOOK_REPORTS_DIR=str(tmp / "reports"),
+                      PGRUNBOOK_BACKUPS_DIR=str(tmp / "backups"))
+    from pgrunbook import backups, db, restore, runner
+    from pgrunbook.sandbox import Sandbox, bin_dir
+    from pgrunbook.targets import Target
+
+    box = Sandbox.default()
+    try:
+        box.ensure(demo_users=10)
+        restore.drop_database(Target("x", box.url("postgres")), "bench")
+        with db.connect(Target("x", box.url("postgres")), readonly=False) as conn:
+            conn.execute("CREATE DATABASE bench")
+        url = box.url("bench")
+        os.environ["STAGING_DATABASE_URL"] = url
+        target = Target("staging", url, sandbox=True)
+        t0 = time.perf_counter()
+        subprocess.run([str(bin_dir() / "pgbench"), "-i", "-q", "-s", str(args.scale), "-d", url], check=True,
+                       capture_output=True)
+        with db.connect(target) as conn:
+            size = conn.execute("SELECT pg_size_pretty(pg_database_size('bench'))").fetchone()[0]
+        print(f"pgbench -i -s {args.scale}: {size} in {time.perf_counter() - t0:.0f} s")
+
+        raw_dir = tmp / "raw"
+        pg_dump, pg_restore = str(bin_dir() / "pg_dump"), str(bin_dir() / "pg_restore")
+
+        def raw_dump():
+            shutil.rmtree(raw_dir, ignore_errors=True)
+            subprocess.run([pg_dump, "-Fd", "-j", "2", "-f", str(raw_dir), "-d", url], check=True)
+
+        def raw_restore():
+            restore.drop_database(target, "bench_raw")
+            with db.connect(target, readonly=False) as conn:
+                conn.execute("CREATE DATABASE bench_raw TEMPLATE template0")
+            subprocess.run([pg_restore, "-j", "2", "-d", box.url("bench_raw"), str(raw_dir)], check=True)
+
+        made = []
+        t: dict[str, list[float]] = {k: [] for k in (
+            "raw pg_dump -Fd -j 2", "backups.create", "backup runbook",
+            "raw pg_restore -j 2", "restore.restore", "restore runbook", "verification")}
+        for _ in range(args.rounds):
+            t["raw pg_dump -Fd -j 2"].append(timed(raw_dump))
+            t["backups.create"].append(timed(lambda: made.append(backups.create(target, jobs=2))))
+            t["backup runbook"].append(timed(lambda: runner.run("backup", "staging", {"verify": "false"},
+                                                                 progress=False)))
+            t["raw pg_restore -j 2"].append(timed(raw_restore))
+            restore.drop_database(target, "bench_raw")
+            result = None
+
+            def lib_restore():
+                nonlocal result
+                result = restore.restore(target, made[-1], jobs=2, verify=False)
+
+            t["restore.restore"].append(timed(lib_restore))
+            restore.drop_database(target, result.database)
+            t["restore runbook"].append(timed(lambda: runner.run(
+                "restore", "staging", {"backup": made[-1].id, "verify": "false"}, progress=False)))
+            verified = restore.restore(target, made[-1], jobs=2, verify=True)
+            own = sum(e - s for name, s, e in verified.timeline.phases
+                      if name in ("row counts", "schema fingerprint", "sequences", "amcheck"))
+            t["verification"].append(own)
+            restore.drop_database(target, verified.database)
+            with db.connect(target, readonly=False) as conn:
+                for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'bench_restore_%'"):
+                    restore.drop_database(target, name)
+        best = {k: min(v) for k, v in t.items()}
+        for k, v in best.items():
+            print(f"{k:<22} {v:7.2f} s   (runs: {', '.join(f'{x:.2f}' for x in t[k])})")
+        print(f"backup library / raw pg_dump:     {best['backups.create'] / best['raw pg_dump -Fd -j 2']:.3f}x (goal <= 1.10x)")
+        print(f"backup runbook / raw pg_dump:     {best['backup runbook'] / best['raw pg_dump -Fd -j 2']:.3f}x")
+        print(f"restore library / raw pg_restore: {best['restore.restore'] / best['raw pg_restore -j 2']:.3f}x (goal <= 1.10x)")
+        print(f"restore runbook / raw pg_restore: {best['restore runbook'] / best['raw pg_restore -j 2']:.3f}x")
+        print(f"verification / raw pg_restore:    {best['verification'] / best['raw pg_restore -j 2']:.3f}x")
+    finally:
+        if box.running:
+            box.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
