@@ -84,3 +84,19 @@ def test_each_revision_commits_on_its_own(scratch):
     with db.connect(scratch) as conn:
         assert migrations.current(conn) == ("0001",)
         assert conn.execute("SELECT to_regclass('categories')").fetchone()[0] is None
+
+
+def test_constraint_and_index_names_match_the_models(migrated):
+    """compare_metadata skips CHECK constraints; the catalog does not."""
+
+    expected = set()
+    for table in schema.metadata.sorted_tables:
+        expected |= {c.name for c in table.constraints if c.name} | {i.name for i in table.indexes}
+    with db.connect(migrated) as conn:
+        live = {r[0] for r in conn.execute(
+            "SELECT conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace"
+            " WHERE n.nspname = 'public' AND contype IN ('p', 'u', 'f', 'c')"
+            " UNION SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"
+            " AND indexname NOT IN (SELECT conname FROM pg_constraint)")}
+    live.discard("alembic_version_pkc")
+    assert live == expected

@@ -29,7 +29,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_users"),
         sa.UniqueConstraint("email", name="uq_users_email"),
         sa.CheckConstraint(
-            "user_type IN ('client', 'professional', 'admin')", name="ck_users_user_type"
+            "user_type IN ('client', 'professional', 'admin')", name=op.f("ck_users_user_type")
         ),
     )
     op.create_index("ix_users_user_type", "users", ["user_type"])

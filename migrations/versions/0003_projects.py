@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["client_id"], ["users.id"], name="fk_projects_client_id_users"),
         sa.CheckConstraint(
             "status IN ('draft', 'open', 'in_progress', 'completed', 'cancelled')",
-            name="ck_projects_status",
+            name=op.f("ck_projects_status"),
         ),
     )
     op.create_index("ix_projects_client_id", "projects", ["client_id"])

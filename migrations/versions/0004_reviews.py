@@ -31,7 +31,7 @@ def upgrade() -> None:
             ["professional_id"], ["users.id"], name="fk_reviews_professional_id_users"
         ),
         sa.ForeignKeyConstraint(["client_id"], ["users.id"], name="fk_reviews_client_id_users"),
-        sa.CheckConstraint("rating BETWEEN 1 AND 5", name="ck_reviews_rating"),
+        sa.CheckConstraint("rating BETWEEN 1 AND 5", name=op.f("ck_reviews_rating")),
     )
     for column in ("service_id", "professional_id", "rating"):
         op.create_index(f"ix_reviews_{column}", "reviews", [column])
