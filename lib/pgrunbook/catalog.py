@@ -13,13 +13,14 @@ import psycopg
 from psycopg import sql
 
 USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'"
+NOT_EXTENSION = "NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = c.oid AND e.classid = 'pg_class'::regclass AND e.deptype = 'e')"
 
 
 def tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
     """(schema, table) of every ordinary and partitioned table in user schemas."""
     return conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        f" WHERE c.relkind IN ('r', 'p') AND {USER_SCHEMAS} ORDER BY 1, 2"
+        f" WHERE c.relkind IN ('r', 'p') AND {USER_SCHEMAS} AND {NOT_EXTENSION} ORDER BY 1, 2"
     ).fetchall()
 
 
@@ -40,23 +41,25 @@ _SCHEMA_FACTS = (
     " || CASE WHEN a.attidentity <> '' THEN ' identity ' || a.attidentity::text ELSE '' END"
     " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
     " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
-    f" WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm') AND {USER_SCHEMAS}",
+    f" WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm') AND {USER_SCHEMAS}"
+    f" AND {NOT_EXTENSION}",
     # constraints (NOT NULL constraints, catalogued from PostgreSQL 18, are covered by the columns)
     "SELECT 'constraint', n.nspname || '.' || c.relname || '.' || k.conname,"
     " pg_get_constraintdef(k.oid) || CASE WHEN k.convalidated THEN '' ELSE ' (not valid)' END"
     " FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
-    f" WHERE k.contype IN ('p', 'u', 'f', 'c', 'x') AND {USER_SCHEMAS}",
+    f" WHERE k.contype IN ('p', 'u', 'f', 'c', 'x') AND {USER_SCHEMAS} AND {NOT_EXTENSION}",
     # indexes
     "SELECT 'index', n.nspname || '.' || i.relname, pg_get_indexdef(i.oid)"
     " FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_namespace n ON n.oid = i.relnamespace"
-    f" WHERE {USER_SCHEMAS}",
+    " JOIN pg_class c ON c.oid = x.indrelid"
+    f" WHERE {USER_SCHEMAS} AND {NOT_EXTENSION}",
     # sequences, views, functions
     "SELECT 'sequence', n.nspname || '.' || c.relname, format_type(s.seqtypid, NULL)"
     " FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
-    f" WHERE {USER_SCHEMAS}",
+    f" WHERE {USER_SCHEMAS} AND {NOT_EXTENSION}",
     "SELECT 'view', n.nspname || '.' || c.relname, pg_get_viewdef(c.oid)"
     " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-    f" WHERE c.relkind IN ('v', 'm') AND {USER_SCHEMAS}",
+    f" WHERE c.relkind IN ('v', 'm') AND {USER_SCHEMAS} AND {NOT_EXTENSION}",
     "SELECT 'function', n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',"
     " md5(p.prosrc) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
     f" LEFT JOIN pg_depend dep ON dep.objid = p.oid AND dep.deptype = 'e' WHERE dep.objid IS NULL AND {USER_SCHEMAS}",

@@ -6,6 +6,7 @@ alembic with a SQLAlchemy connection whose session carries the timeouts.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import psycopg
@@ -44,6 +45,10 @@ def alembic_config() -> Config:
     s = config.settings()
     cfg = Config(toml_file=str(s.home / "pyproject.toml"))
     cfg.set_main_option("script_location", str(s.migrations_dir))
+    extra = [p for p in os.environ.get("PGRUNBOOK_EXTRA_VERSIONS", "").split(os.pathsep) if p]
+    if extra:  # more revision folders on top of migrations/versions (test fixtures, hotfix branches)
+        cfg.set_main_option("path_separator", "os")
+        cfg.set_main_option("version_locations", os.pathsep.join([str(s.migrations_dir / "versions"), *extra]))
     return cfg
 
 

@@ -79,7 +79,7 @@ def plot_timeline(timeline: Timeline, *, objective_s: float = RTO_S, title: str 
     return fig
 
 
-def _admin(target: Target) -> psycopg.Connection:
+def admin(target: Target) -> psycopg.Connection:
     """A connection to the target's server, outside the target database."""
     for maintenance in ("postgres", "template1"):
         try:
@@ -91,12 +91,12 @@ def _admin(target: Target) -> psycopg.Connection:
 
 
 def database_exists(target: Target, name: str) -> bool:
-    with _admin(target) as conn:
+    with admin(target) as conn:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
 
 
 def drop_database(target: Target, name: str) -> None:
-    with _admin(target) as conn:
+    with admin(target) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
@@ -106,7 +106,7 @@ def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, ti
 
     On failure the new database is dropped (or, if that fails too, named in the error).
     """
-    with _admin(target) as conn:
+    with admin(target) as conn:
         major = conn.info.server_version // 10000
         with timeline.phase("create database"):
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(database)))
@@ -292,10 +292,10 @@ def swap(target: Target, new: str, kept: str) -> None:
     current = target.database
     ident = sql.Identifier
     if not database_exists(target, current):  # the database itself was lost: nothing to keep
-        with _admin(target) as conn:
+        with admin(target) as conn:
             conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(new), ident(current)))
         return
-    with _admin(target) as conn:
+    with admin(target) as conn:
         conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(current)))
         try:
             for _ in range(50):
@@ -323,7 +323,7 @@ def rto_finding(timeline: Timeline, *, objective_s: float = RTO_S) -> Finding:
 
 def kept_databases(target: Target, *, older_than_h: float = KEEP_H) -> Finding:
     """Databases kept by earlier swaps that are past their keeping time."""
-    with _admin(target) as conn:
+    with admin(target) as conn:
         names = [r[0] for r in conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
             [f"{target.database}_pre_restore_%"])]
