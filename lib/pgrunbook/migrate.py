@@ -436,28 +436,34 @@ def rehearse(target: Target, p: Plan, *, mode: str, jobs: int = 2) -> list[Findi
         return [Finding("rehearse", Status.OK, "nothing pending to rehearse")]
     copy = scratch_target(target, "rehearse")
     start = p.current[0] if p.current else "base"
+    steps = [("upgrade", lambda: migrations.upgrade(copy, p.to_revision)),
+             ("downgrade", lambda: migrations.downgrade(copy, start)),
+             ("upgrade again", lambda: migrations.upgrade(copy, p.to_revision))]
+    found: list[Finding] = []
     try:
         copy_database(target, copy.database, jobs=jobs)
-        steps = [("upgrade", lambda: migrations.upgrade(copy, p.to_revision)),
-                 ("downgrade", lambda: migrations.downgrade(copy, start)),
-                 ("upgrade again", lambda: migrations.upgrade(copy, p.to_revision))]
         facts = [_facts(copy)]
         for name, step in steps:
             try:
                 step()
             except Exception as e:
-                return [Finding("rehearse", Status.CRIT, f"{name} fails on a copy of {target.name!r}: "
-                                f"{str(_root(e)).strip().splitlines()[0]}")]
+                found.append(Finding(f"rehearse {name}", Status.CRIT, f"{name} fails on a copy of "
+                                     f"{target.name!r}: {str(_root(e)).strip().splitlines()[0]}"))
+                break
             facts.append(_facts(copy))
+            if name == "downgrade":
+                back = catalog.schema_difference(facts[0], facts[2])
+                found.append(Finding("rehearse downgrade", Status.CRIT if back else Status.OK,
+                                     f"downgrade to {start} does not restore the schema: {', '.join(back[:3])}"
+                                     if back else f"downgrade to {start} restores the schema exactly",
+                                     examples=tuple(back[:20])))
+            if name == "upgrade again":
+                again = catalog.schema_difference(facts[1], facts[3])
+                found.append(Finding("rehearse upgrade", Status.CRIT if again else Status.OK,
+                                     f"upgrading again differs: {', '.join(again[:3])}" if again
+                                     else f"upgrade, downgrade, upgrade to {p.to_revision}: same schema each way"))
     finally:
         restore.drop_database(target, copy.database)
-    back, again = catalog.schema_difference(facts[0], facts[2]), catalog.schema_difference(facts[1], facts[3])
-    found = [Finding("rehearse downgrade", Status.CRIT if back else Status.OK,
-                     f"downgrade to {start} does not restore the schema: {', '.join(back[:3])}" if back
-                     else f"downgrade to {start} restores the schema exactly", examples=tuple(back[:20]))]
-    found.append(Finding("rehearse upgrade", Status.CRIT if again else Status.OK,
-                         f"upgrading again differs: {', '.join(again[:3])}" if again
-                         else f"upgrade, downgrade, upgrade to {p.to_revision}: same schema each way"))
     return found
 
 

@@ -1,0 +1,208 @@
+"""The migration runbook's library: fixture migrations that each step must catch, and faults."""
+
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgrunbook import catalog, db, migrate, migrations, seed
+from pgrunbook.findings import Status
+
+FIXTURES = Path(__file__).parent / "fixtures" / "migrations"
+
+
+@pytest.fixture
+def scenario(monkeypatch):
+    def use(name: str):
+        monkeypatch.setenv("PGRUNBOOK_EXTRA_VERSIONS", str(FIXTURES / name))
+    return use
+
+
+@pytest.fixture
+def fixia(migrated):
+    """A migrated database with 200 demo users."""
+    with db.connect(migrated, readonly=False) as conn:
+        seed.seed(conn, migrated, mode="development", users=200)
+    return migrated
+
+
+def _plan(target, to="heads"):
+    with db.connect(target) as conn:
+        st = migrations.status(conn)
+        return st, migrate.plan(st, to)
+
+
+def _state(target):
+    with db.connect(target) as conn:
+        return migrations.current(conn), catalog.schema_facts(conn)
+
+
+def test_plan_renders_each_revisions_sql(scratch):
+    migrations.upgrade(scratch, "0002")
+    _, p = _plan(scratch, "head")
+    assert [r.revision for r in p.pending] == ["0003", "0004"]
+    assert "CREATE TABLE projects" in p.scripts["0003"] and "CREATE TABLE reviews" in p.scripts["0004"]
+    assert "CREATE TABLE projects" not in p.scripts["0004"]
+
+
+def test_lint_and_preflight_catch_a_required_column(fixia, scenario):
+    scenario("required_column")
+    _, p = _plan(fixia)
+    with db.connect(fixia) as conn:
+        lint = migrate.lint_plan(conn, p)
+        pre = migrate.preflight(conn, p)
+        relaxed = migrate.lint_plan(conn, p, allow_unsafe=True)
+    crit = [f for f in lint.findings if f.status is Status.CRIT]
+    assert len(crit) == 1 and "NOT NULL column without default on users" in crit[0].summary
+    assert "backfill" in crit[0].summary
+    assert {f.status for f in relaxed.findings if f.check.startswith("lint f")} == {Status.WARN}
+    data = [f for f in pre if f.check.startswith("data")]
+    assert data[0].status is Status.CRIT and data[0].value == 101  # counted up to the sample limit
+    assert any(s["rule"] == "adding-required-field" for s in lint.squawk)
+
+
+def test_lint_catches_an_index_without_concurrently_on_a_million_rows(migrated, scenario):
+    with db.connect(migrated, readonly=False, statement_timeout="10min") as conn:
+        conn.execute("INSERT INTO users (email, user_type, first_name, last_name)"
+                     " SELECT 'u' || g || '@example.com', 'client', 'F' || g % 1000, 'L'"
+                     " FROM generate_series(1, 1000000) g")
+        conn.execute("ANALYZE users")
+    scenario("index_no_concurrently")
+    _, p = _plan(migrated)
+    with db.connect(migrated) as conn:
+        lint = migrate.lint_plan(conn, p)
+    crit = [f for f in lint.findings if f.status is Status.CRIT]
+    assert len(crit) == 1 and "index without CONCURRENTLY on users" in crit[0].summary
+    assert "SHARE" in crit[0].summary and "CONCURRENTLY" in crit[0].summary
+    row = next(s for s in lint.statements if s["rule"] == "index without CONCURRENTLY")
+    assert 900_000 < row["rows_estimate"] < 1_100_000 and row["lock"] == "SHARE"
+
+
+def test_preflight_and_rehearse_catch_a_foreign_key_existing_rows_violate(fixia, scenario):
+    scenario("fk_violated")
+    migrations.upgrade(fixia, "f401")
+    with db.connect(fixia, readonly=False) as conn:
+        conn.execute("UPDATE users SET referrer_id = id + 1000000 WHERE id % 50 = 0")  # 4 orphans
+    _, p = _plan(fixia)
+    with db.connect(fixia) as conn:
+        pre = migrate.preflight(conn, p)
+        lint = migrate.lint_plan(conn, p)
+    data = next(f for f in pre if f.check.startswith("data"))
+    assert data.status is Status.CRIT and data.value == 4 and "fk_users_referrer_id_users" in data.summary
+    assert any("foreign key" in f.summary for f in lint.findings if f.status is Status.CRIT)
+    rehearsal = migrate.rehearse(fixia, p, mode="rehearse")
+    assert rehearsal[0].check == "rehearse upgrade" and rehearsal[0].status is Status.CRIT
+    assert "upgrade fails" in rehearsal[0].summary
+    assert _state(fixia)[0] == ("f401",)  # the target itself was not touched
+
+
+def test_rehearse_catches_a_broken_downgrade(fixia, scenario):
+    scenario("broken_downgrade")
+    before = _state(fixia)
+    _, p = _plan(fixia)
+    found = {f.check: f for f in migrate.rehearse(fixia, p, mode="rehearse")}
+    assert found["rehearse downgrade"].status is Status.CRIT
+    assert "extra column public.users.bio" in found["rehearse downgrade"].summary
+    assert found["rehearse upgrade again"].status is Status.CRIT  # and so upgrading again fails
+    assert _state(fixia) == before
+
+
+def test_rehearse_passes_a_sound_plan(scratch):
+    migrations.upgrade(scratch, "0002")
+    _, p = _plan(scratch, "head")
+    assert {f.status for f in migrate.rehearse(scratch, p, mode="rehearse")} == {Status.OK}
+
+
+def test_drift_names_objects_changed_by_hand(migrated):
+    with db.connect(migrated, readonly=False) as conn:
+        conn.execute("CREATE INDEX ix_by_hand ON users (last_name)")
+        conn.execute("ALTER TABLE services ADD COLUMN notes text")
+    d = migrate.drift(migrated, ("0004",))
+    assert d.finding.status is Status.WARN
+    assert set(d.differences) == {"extra index public.ix_by_hand", "extra column public.services.notes"}
+
+
+def _hold_lock(url: str, table: str, release_after: float | None, ready: threading.Event, done: threading.Event):
+    with psycopg.connect(url) as conn:
+        conn.execute(f"SELECT count(*) FROM {table}")  # AccessShareLock until the transaction ends
+        ready.set()
+        done.wait(release_after)
+        conn.rollback()
+
+
+def test_lock_conflict_retries_then_stops_with_nothing_changed(fixia, scenario):
+    scenario("safe_column")
+    before = _state(fixia)
+    _, p = _plan(fixia)
+    ready, done = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_lock, args=(fixia.url, "users", None, ready, done))
+    holder.start()
+    ready.wait(10)
+    try:
+        t0 = time.perf_counter()
+        applied = migrate.apply(fixia, p, mode="apply", blockers=[], lock_timeout="200ms", max_retries=2,
+                                backoff_s=0.05)
+        elapsed = time.perf_counter() - t0
+    finally:
+        done.set()
+        holder.join()
+    assert applied.findings[0].status is Status.CRIT
+    assert "lock timeout after 3 attempts" in applied.findings[0].summary and "stays at 0004" in applied.findings[0].summary
+    assert elapsed < 5
+    assert _state(fixia) == before
+
+
+def test_lock_conflict_resolved_during_retries_applies(fixia, scenario):
+    scenario("safe_column")
+    _, p = _plan(fixia)
+    ready, done = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_lock, args=(fixia.url, "users", 0.5, ready, done))
+    holder.start()
+    ready.wait(10)
+    try:
+        applied = migrate.apply(fixia, p, mode="apply", blockers=[], lock_timeout="200ms", max_retries=5,
+                                backoff_s=0.2)
+    finally:
+        holder.join()
+    assert applied.findings[-1].status is Status.OK
+    assert applied.times[0][0] == "f501" and applied.times[0][2] > 1  # it took more than one attempt
+    assert _state(fixia)[0] == ("f501",)
+
+
+def test_a_connection_killed_mid_revision_leaves_the_previous_revision(fixia, scenario):
+    scenario("slow_revision")
+    before = _state(fixia)
+    _, p = _plan(fixia)
+
+    def kill():
+        with psycopg.connect(fixia.url, autocommit=True) as conn:
+            for _ in range(200):
+                pids = conn.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'"
+                                    " AND pid <> pg_backend_pid()").fetchall()
+                if pids:
+                    conn.execute("SELECT pg_terminate_backend(%s)", [pids[0][0]])
+                    return
+                time.sleep(0.05)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    applied = migrate.apply(fixia, p, mode="apply", blockers=[], max_retries=0)
+    killer.join()
+    assert applied.findings[0].status is Status.CRIT and "stays at 0004" in applied.findings[0].summary
+    assert _state(fixia) == before  # no nickname column: nothing half-applied
+
+
+def test_apply_refuses_blocked_or_unconfirmed_plans(fixia, scenario):
+    from pgrunbook.findings import Finding
+    from pgrunbook.targets import Target
+
+    scenario("safe_column")
+    _, p = _plan(fixia)
+    blocked = migrate.apply(fixia, p, mode="apply", blockers=[Finding("lint x", Status.CRIT, "unsafe")])
+    assert blocked.findings[0].status is Status.CRIT and "not applied" in blocked.findings[0].summary
+    protected = Target("production", fixia.url, protected=True)
+    refused = migrate.apply(protected, p, mode="apply", blockers=[])
+    assert refused.findings[0].status is Status.CRIT and "confirm='production'" in refused.findings[0].summary
+    assert _state(fixia)[0] == ("0004",)
