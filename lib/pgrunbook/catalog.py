@@ -34,6 +34,10 @@ def row_counts(conn: psycopg.Connection) -> dict[str, int]:
 
 
 _SCHEMA_FACTS = (
+    # tables, views and their kind
+    "SELECT CASE WHEN c.relkind IN ('r', 'p') THEN 'table' ELSE 'relation' END, n.nspname || '.' || c.relname,"
+    " c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    f" WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {USER_SCHEMAS} AND {NOT_EXTENSION}",
     # columns
     "SELECT 'column', n.nspname || '.' || c.relname || '.' || a.attname,"
     " format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END"

@@ -128,6 +128,56 @@ def cmd_demo(args) -> int:
     return max(codes)
 
 
+def cmd_migrations(args) -> int:
+    from . import db, migrate, migrations, runner, targets
+
+    t = targets.resolve(args.target)
+    if args.action in ("deploy", "resolve"):
+        given = {"mode": "apply", "to_revision": args.to, "confirm": args.confirm}
+        if args.action == "resolve":
+            if bool(args.applied) == bool(args.rolled_back):
+                print("pgrunbook: error: resolve needs one of --applied REV or --rolled-back REV", file=sys.stderr)
+                return USAGE_ERROR
+            stamp = args.applied or migrate.down_revision(args.rolled_back)
+            given = {"mode": "resolve", "stamp": stamp, "confirm": args.confirm}
+        result = runner.run("migrate", args.target, given, incident=args.incident, progress=not args.no_progress)
+        _print_result(result)
+        return result.exit_code
+    if args.action == "new":
+        if not args.message:
+            print("pgrunbook: error: `migrations new` needs a message", file=sys.stderr)
+            return USAGE_ERROR
+        print(migrate.new_revision(t, args.message))
+        return 0
+    if args.action == "reset":
+        for f in migrate.reset(t):
+            print(f"  {f}")
+        return 0
+    with db.connect(t, application="pgrunbook/migrations") as conn:
+        st = migrations.status(conn)
+        if args.action == "status":
+            for f in migrate.status_findings(st):
+                print(f"  {f}")
+            return max(f.status.value for f in migrate.status_findings(st))
+        if args.action == "plan":
+            p = migrate.plan(st, args.to)
+            print(migrate.plan_finding(p))
+            for rev, script in p.scripts.items():
+                print(f"-- revision {rev}\n{script}")
+            return 2 if p.problem else 0
+    if args.against:
+        with db.connect(targets.resolve(args.against)) as a, db.connect(t) as b:
+            from . import catalog
+
+            diff = catalog.schema_difference(catalog.schema_facts(a), catalog.schema_facts(b))
+        print(f"{args.target} against {args.against}: {len(diff)} differences")
+    else:
+        diff = migrate.drift(t, st.current).differences
+        print(f"{args.target} against its migrations at {', '.join(st.current) or 'base'}: {len(diff)} differences")
+    print("\n".join(f"  {d}" for d in diff))
+    return 1 if diff else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pgrunbook", description="Operational runbooks for PostgreSQL.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -165,6 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--confirm", default="", help="the target's name, for a protected target")
     seed.add_argument("--no-progress", action="store_true")
     seed.set_defaults(fn=cmd_seed)
+
+    mig = sub.add_parser("migrations", help="migration status, SQL, schema diff, deploy, new, reset, resolve")
+    mig.add_argument("action", choices=["status", "plan", "diff", "deploy", "new", "reset", "resolve"])
+    mig.add_argument("message", nargs="?", help="with new: the revision's message")
+    mig.add_argument("--target", "-t", default="sandbox")
+    mig.add_argument("--to", default="head", help="with plan and deploy: the revision to reach")
+    mig.add_argument("--against", help="with diff: a second target to compare with")
+    mig.add_argument("--applied", help="with resolve: record this revision as applied")
+    mig.add_argument("--rolled-back", help="with resolve: record this revision as rolled back")
+    mig.add_argument("--confirm", default="", help="the target's name, for a protected target")
+    mig.add_argument("--incident")
+    mig.add_argument("--no-progress", action="store_true")
+    mig.set_defaults(fn=cmd_migrations)
 
     demo = sub.add_parser("demo", help="start the sandbox and run the status and seed runbooks")
     demo.add_argument("--no-progress", action="store_true")

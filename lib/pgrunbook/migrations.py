@@ -126,6 +126,11 @@ def downgrade(target: Target, revision: str, **engine_options) -> None:
     _run(target, command.downgrade, revision, **engine_options)
 
 
+def stamp(target: Target, revision: str) -> None:
+    """Record `revision` as current without running anything."""
+    _run(target, command.stamp, revision)
+
+
 def _run(target: Target, fn, revision: str, **engine_options) -> None:
     cfg = alembic_config()
     eng = engine(target, **engine_options)
