@@ -206,3 +206,54 @@ def test_apply_refuses_blocked_or_unconfirmed_plans(fixia, scenario):
     refused = migrate.apply(protected, p, mode="apply", blockers=[])
     assert refused.findings[0].status is Status.CRIT and "confirm='production'" in refused.findings[0].summary
     assert _state(fixia)[0] == ("0004",)
+
+
+def test_a_failed_concurrent_index_is_named_as_left_behind(fixia, scenario):
+    scenario("concurrent_index_fails")
+    _, p = _plan(fixia)
+    with db.connect(fixia) as conn:
+        lint = migrate.lint_plan(conn, p)
+    assert not [f for f in lint.findings if f.status is Status.CRIT]  # concurrently: lint has no objection
+    applied = migrate.apply(fixia, p, mode="apply", blockers=[])
+    finding = applied.findings[0]
+    assert finding.status is Status.CRIT and "stays at 0004" in finding.summary
+    assert "public.ux_users_last_name" in finding.summary or "ux_users_last_name" in finding.examples
+
+
+def test_a_deadlock_with_app_traffic_is_retried(fixia, scenario):
+    """The app's transaction locks users then services; the revision the other way round."""
+    scenario("wrong_lock_order")
+    _, p = _plan(fixia)
+    app_done = []
+
+    def app():
+        with psycopg.connect(fixia.url) as conn:
+            conn.execute("UPDATE users SET location = location WHERE id = 1")
+            time.sleep(0.8)  # by now the revision holds services and has waited for users since 0.5 s
+            conn.execute("UPDATE services SET price = price WHERE professional_id = 1")
+            conn.commit()
+            app_done.append(True)
+
+    def start_app_when_migration_locks_services():
+        with psycopg.connect(fixia.url, autocommit=True) as conn:
+            for _ in range(400):
+                if conn.execute("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.5)%%'").fetchone():
+                    return
+                time.sleep(0.01)
+
+    # the app takes users first, so the revision's second LOCK waits, and the app then needs services
+    holder = threading.Thread(target=app)
+    waiter = threading.Thread(target=start_app_when_migration_locks_services)
+    waiter.start()
+    migration = threading.Thread(target=lambda: app_done.append(
+        migrate.apply(fixia, p, mode="apply", blockers=[], lock_timeout="10s", max_retries=3, backoff_s=0.1)))
+    migration.start()
+    waiter.join()
+    holder.start()
+    holder.join()
+    migration.join()
+    applied = next(x for x in app_done if x is not True)
+    assert True in app_done  # the app's transaction committed
+    assert applied.findings[-1].status is Status.OK, applied.findings
+    assert applied.times[0][2] >= 2  # the revision was the deadlock's victim, and retried
+    assert _state(fixia)[0] == ("f801",)

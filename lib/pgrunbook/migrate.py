@@ -331,6 +331,14 @@ class Applied:
         return pd.DataFrame(self.times, columns=["revision", "seconds", "attempts"])
 
 
+# Transient: the revision rolled back whole, and the same statement may pass a moment later.
+RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
+
+
+def _kind(error: BaseException) -> str:
+    return "deadlock" if isinstance(error, psycopg.errors.DeadlockDetected) else "lock timeout"
+
+
 def _root(error: BaseException) -> BaseException:
     return getattr(error, "orig", None) or error
 
@@ -338,7 +346,7 @@ def _root(error: BaseException) -> BaseException:
 def apply(target: Target, p: Plan, *, mode: str, blockers: list[Finding], confirm: str = "",
           lock_timeout: str = "3s", statement_timeout: str = "30min", max_retries: int = 5,
           backoff_s: float = 0.5) -> Applied:
-    """Apply the pending revisions one by one, retrying lock timeouts with backoff."""
+    """Apply the pending revisions one by one, retrying lock timeouts and deadlocks with backoff."""
     if mode != "apply":
         return Applied([Finding("apply", Status.OK, f"{mode} mode: nothing applied")])
     crit = [f for f in blockers if f.status is Status.CRIT]
@@ -358,14 +366,16 @@ def apply(target: Target, p: Plan, *, mode: str, blockers: list[Finding], confir
                 break
             except Exception as e:  # alembic wraps the driver's error; judged by its root
                 root = _root(e)
-                if isinstance(root, psycopg.errors.LockNotAvailable) and attempt <= max_retries:
+                if isinstance(root, RETRYABLE) and attempt <= max_retries:
                     time.sleep(min(backoff_s * 2 ** (attempt - 1), 10))
                     continue
                 at = current_revision(target)
-                why = "lock timeout after {} attempts".format(attempt) if isinstance(
-                    root, psycopg.errors.LockNotAvailable) else str(root).strip().splitlines()[0]
+                why = f"{_kind(root)} after {attempt} attempts" if isinstance(root, RETRYABLE) \
+                    else str(root).strip().splitlines()[0]
+                left = invalid_indexes(target)  # what a failed CONCURRENTLY build leaves behind
+                note = f"; invalid indexes left behind: {', '.join(left)} (drop them)" if left else ""
                 out.findings.append(Finding("apply", Status.CRIT, f"stopped at {rev.revision}: {why}; "
-                                            f"the database stays at {at}", value=at))
+                                            f"the database stays at {at}{note}", value=at, examples=tuple(left)))
                 return out
         out.times.append((rev.revision, round(time.perf_counter() - t0, 3), attempt))
         if invalid := invalid_indexes(target):

@@ -14,6 +14,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # The foreign keys lock services and users (SHARE ROW EXCLUSIVE). Take both up front, in the
+    # order the app's transactions lock them, so a busy app cannot deadlock with this revision:
+    # any wait happens here, under lock_timeout.
+    op.execute("LOCK TABLE users, services IN SHARE ROW EXCLUSIVE MODE")
     op.create_table(
         "reviews",
         sa.Column("id", sa.BigInteger, sa.Identity(), nullable=False),
