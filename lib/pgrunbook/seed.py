@@ -208,7 +208,7 @@ def _development(conn: psycopg.Connection, users: int, rng: random.Random, seed:
     inserted = {"users": _copy(conn, "users", ("id", "email", "user_type", "first_name",
                                                "last_name", "phone", "location", "created_at"), user_rows())}
     first_service = _next_id(conn, "services")
-    service_owner: list[int] = []
+    service_owner: list[tuple[int, bool]] = []
 
     def service_rows():
         sid = first_service
@@ -217,9 +217,10 @@ def _development(conn: psycopg.Connection, users: int, rng: random.Random, seed:
                 words = " ".join(rng.sample(p.words, 2))
                 price = round(rng.uniform(20, 500), 2)
                 created = now - timedelta(seconds=rng.randint(0, 2 * 365 * 86400))
-                service_owner.append(pro)
+                active = rng.random() < 0.9
+                service_owner.append((pro, active))
                 yield (sid, pro, rng.choice(categories), f"{words.title()} service",
-                       rng.choice(p.sentences), price, rng.random() < 0.9, created)
+                       rng.choice(p.sentences), price, active, created)
                 sid += 1
 
     inserted["services"] = _copy(conn, "services", ("id", "professional_id", "category_id", "title",
@@ -238,8 +239,8 @@ def _development(conn: psycopg.Connection, users: int, rng: random.Random, seed:
                                                     "budget_min", "budget_max", "created_at"), project_rows())
 
     def review_rows():
-        for offset, pro in enumerate(service_owner):
-            for _ in range(rng.choice((0, 1, 1, 2, 3))):
+        for offset, (pro, active) in enumerate(service_owner):
+            for _ in range(rng.choice((0, 1, 1, 2, 3)) if active else 0):  # reviews are of active services
                 created = now - timedelta(seconds=rng.randint(0, 365 * 86400))
                 comment = rng.choice(p.sentences) if rng.random() < 0.8 else None
                 yield (first_service + offset, pro, rng.choice(clients),

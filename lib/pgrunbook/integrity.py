@@ -1,0 +1,338 @@
+"""Integrity validation for any PostgreSQL database, generated from its catalog.
+
+Every check returns findings with counts and up to `max_examples` offending
+keys: foreign-key orphans (NOT VALID and composite ones too), duplicates
+under unique indexes that are not valid, NOT VALID CHECK and NOT NULL
+constraints re-evaluated, sequences behind their column, invalid indexes,
+amcheck (btree and heap), transaction-ID and multixact wraparound age, and
+the team's own SQL assertions.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from . import catalog
+from .findings import Finding, Status
+
+WRAP_WARN, WRAP_CRIT = 1_300_000_000, 1_400_000_000  # check_postgres txn_wraparound defaults
+
+
+@dataclass(frozen=True)
+class Rel:
+    schema: str
+    name: str
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def selected(rel: Rel, pattern: str) -> bool:
+    return any(fnmatch.fnmatch(s, p.strip()) for p in pattern.split(",") for s in (rel.name, str(rel)))
+
+
+def _cols(names: list[str], alias: str = "") -> list[sql.Composable]:
+    return [sql.Identifier(alias, n) if alias else sql.Identifier(n) for n in names]
+
+
+def _examples(rows, width: int) -> tuple[str, ...]:
+    return tuple(", ".join(f"{v}" for v in r[:width]) for r in rows)
+
+
+# -- 1. foreign keys ------------------------------------------------------------
+
+FK_QUERY = """
+SELECT c.conname, c.convalidated, c.confmatchtype, n.nspname, t.relname, fn.nspname, f.relname,
+  (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(c.conkey) WITH ORDINALITY k(num, ord)
+     JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num),
+  (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(c.confkey) WITH ORDINALITY k(num, ord)
+     JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.num)
+FROM pg_constraint c
+JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+JOIN pg_class f ON f.oid = c.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace
+WHERE c.contype = 'f' ORDER BY 4, 5, 1
+"""
+
+
+def foreign_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: int = 20) -> list[Finding]:
+    """Orphans of every foreign key, by anti-join (MATCH SIMPLE: rows with a NULL key are exempt)."""
+    found, checked = [], 0
+    for name, valid, match, schema, table, fschema, ftable, cols, fcols in conn.execute(FK_QUERY):
+        child, parent = Rel(schema, table), Rel(fschema, ftable)
+        if not selected(child, tables):
+            continue
+        checked += 1
+        join = sql.SQL(" AND ").join(sql.SQL("{} = {}").format(p, c) for p, c in zip(_cols(fcols, "p"), _cols(cols, "t")))
+        present = sql.SQL(" AND " if match != "f" else " OR ").join(
+            sql.SQL("{} IS NOT NULL").format(c) for c in _cols(cols, "t"))
+        q = sql.SQL("SELECT {}, count(*) OVER () FROM {} t WHERE ({}) AND NOT EXISTS "
+                    "(SELECT 1 FROM {} p WHERE {}) LIMIT %s").format(
+            sql.SQL(", ").join(_cols(cols, "t")), child.ident, present, parent.ident, join)
+        rows = conn.execute(q, [max_examples]).fetchall()
+        if rows:
+            state = "" if valid else " (NOT VALID)"
+            found.append(Finding(f"foreign key {name}", Status.CRIT,
+                                 f"{rows[0][-1]} orphans in {child}({', '.join(cols)}) -> {parent}{state}",
+                                 value=rows[0][-1], examples=_examples(rows, len(cols))))
+    if not found:
+        found.append(Finding("foreign keys", Status.OK, f"{checked} foreign keys, no orphans"))
+    return found
+
+
+# -- 2. unique and primary keys ---------------------------------------------------
+
+def unique_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: int = 20) -> list[Finding]:
+    """Duplicates under unique indexes that are not valid; tables with no primary key."""
+    found = []
+    invalid = conn.execute(
+        "SELECT n.nspname, t.relname, i.relname, x.indnkeyatts,"
+        " (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(x.indkey[0:x.indnkeyatts - 1]) WITH ORDINALITY"
+        "  k(num, ord) JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.num)"
+        " FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid"
+        " JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " WHERE x.indisunique AND NOT x.indisvalid AND x.indexprs IS NULL AND x.indpred IS NULL").fetchall()
+    for schema, table, index, _, cols in invalid:
+        rel = Rel(schema, table)
+        if not selected(rel, tables) or not cols:
+            continue
+        c = _cols(cols)
+        q = sql.SQL("SELECT {}, count(*), count(*) OVER () FROM {} WHERE {} GROUP BY {} HAVING count(*) > 1"
+                    " LIMIT %s").format(sql.SQL(", ").join(c), rel.ident,
+                                        sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(x) for x in c),
+                                        sql.SQL(", ").join(c))
+        rows = conn.execute(q, [max_examples]).fetchall()
+        if rows:
+            found.append(Finding(f"unique {index}", Status.CRIT, f"{rows[0][-1]} duplicated keys in {rel}"
+                                 f"({', '.join(cols)}) under invalid unique index {index}", value=rows[0][-1],
+                                 examples=tuple(f"{', '.join(map(str, r[:len(cols)]))} x{r[len(cols)]}" for r in rows)))
+    no_pk = [str(Rel(s, t)) for s, t in conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        f" WHERE c.relkind IN ('r', 'p') AND {catalog.USER_SCHEMAS} AND {catalog.NOT_EXTENSION}"
+        " AND NOT c.relispartition"
+        " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p')"
+        " ORDER BY 1, 2") if selected(Rel(s, t), tables)]
+    if no_pk:
+        found.append(Finding("primary keys", Status.WARN, f"{len(no_pk)} tables have no primary key",
+                             examples=tuple(no_pk[:max_examples])))
+    if not found:
+        found.append(Finding("unique keys", Status.OK, f"{len(invalid)} invalid unique indexes, no duplicates;"
+                             " every table has a primary key"))
+    return found
+
+
+# -- 3. CHECK and NOT NULL constraints that are NOT VALID ---------------------------
+
+def unvalidated(conn: psycopg.Connection, *, tables: str = "*", max_examples: int = 20) -> list[Finding]:
+    """Re-evaluate CHECK and NOT NULL constraints marked NOT VALID on the data."""
+    found, checked = [], 0
+    rows = conn.execute(
+        "SELECT c.conname, c.contype, n.nspname, t.relname, pg_get_expr(c.conbin, c.conrelid),"
+        " (SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.conrelid AND a.attnum = c.conkey[1])"
+        " FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " WHERE c.contype IN ('c', 'n') AND NOT c.convalidated").fetchall()
+    for name, kind, schema, table, expr, column in rows:
+        rel = Rel(schema, table)
+        if not selected(rel, tables):
+            continue
+        checked += 1
+        # the expression is the database's own constraint definition, read from its catalog
+        where = sql.SQL("NOT ({})").format(sql.SQL(expr)) if kind == "c" else \
+            sql.SQL("{} IS NULL").format(sql.Identifier(column))
+        bad = conn.execute(sql.SQL("SELECT ctid, count(*) OVER () FROM {} WHERE {} LIMIT %s").format(
+            rel.ident, where), [max_examples]).fetchall()
+        if bad:
+            what = f"CHECK ({expr})" if kind == "c" else f"NOT NULL {column}"
+            found.append(Finding(f"constraint {name}", Status.CRIT, f"{bad[0][-1]} rows of {rel} break "
+                                 f"{what} (NOT VALID)", value=bad[0][-1], examples=_examples(bad, 1)))
+    if not found:
+        found.append(Finding("not valid constraints", Status.OK, f"{checked} NOT VALID constraints, all hold"))
+    return found
+
+
+# -- 4. sequences -------------------------------------------------------------------
+
+def sequences(conn: psycopg.Connection, *, tables: str = "*") -> list[Finding]:
+    states = [s for s in catalog.sequence_states(conn) if selected(Rel(*s.column.split(".")[:2]), tables)]
+    behind = [s for s in states if s.behind]
+    if behind:
+        return [Finding(f"sequence {s.sequence}", Status.CRIT, f"at {s.last_value}, behind {s.column} "
+                        f"(max {s.column_max}): the next insert collides", value=s.column_max - (s.last_value or 0))
+                for s in behind]
+    return [Finding("sequences", Status.OK, f"{len(states)} owned sequences, all ahead of their column")]
+
+
+# -- 5. indexes and amcheck ---------------------------------------------------------
+
+def indexes(conn: psycopg.Connection, *, tables: str = "*", amcheck: str = "btree",
+            max_examples: int = 20) -> list[Finding]:
+    """Invalid or not-ready indexes, then amcheck on btree indexes and heaps."""
+    bad = [r for r in conn.execute(
+        "SELECT n.nspname, t.relname, x.indexrelid::regclass::text, x.indisvalid, x.indisready"
+        " FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " WHERE NOT x.indisvalid OR NOT x.indisready") if selected(Rel(r[0], r[1]), tables)]
+    found = [Finding(f"index {r[2]}", Status.CRIT, f"{r[2]} on {r[0]}.{r[1]} is "
+                     + ("not ready" if not r[4] else "invalid") + " (a failed CREATE INDEX CONCURRENTLY?): "
+                     "drop it and create it again") for r in bad]
+    if not found:
+        found.append(Finding("indexes", Status.OK, "no invalid or unready index"))
+    if amcheck != "off":
+        found += amcheck_checks(conn, tables=tables, heapallindexed=amcheck == "heapallindexed",
+                                max_examples=max_examples)
+    return found
+
+
+def amcheck_checks(conn: psycopg.Connection, *, tables: str = "*", heapallindexed: bool = False,
+                   max_examples: int = 20) -> list[Finding]:
+    ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'amcheck'").fetchone()
+    if ext is None:
+        return [Finding("amcheck", Status.UNKNOWN, "amcheck is not installed here: CREATE EXTENSION amcheck "
+                        "(contrib) to check indexes and heaps for corruption")]
+    idx = [r for r in conn.execute(
+        "SELECT n.nspname, t.relname, i.oid::regclass::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+        " JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " JOIN pg_am am ON am.oid = i.relam"
+        f" WHERE am.amname = 'btree' AND x.indisvalid AND x.indisready AND {catalog.USER_SCHEMAS}"
+        " AND t.relpersistence <> 't' ORDER BY 1, 2, 3") if selected(Rel(r[0], r[1]), tables)]
+    corrupt = []
+    for _, _, index in idx:
+        try:
+            conn.execute("SELECT bt_index_check(%s::regclass, %s)", [index, heapallindexed])
+        except psycopg.Error as e:
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                conn.rollback()
+            corrupt.append(f"{index}: {str(e).strip().splitlines()[0]}")
+    found = [Finding("amcheck btree", Status.CRIT if corrupt else Status.OK,
+                     f"{len(corrupt)} of {len(idx)} btree indexes corrupt: {corrupt[0]}" if corrupt else
+                     f"{len(idx)} btree indexes pass bt_index_check" + (" with heapallindexed" if heapallindexed else ""),
+                     examples=tuple(corrupt[:max_examples]))]
+    has_heap = conn.execute("SELECT 1 FROM pg_proc WHERE proname = 'verify_heapam'").fetchone()
+    if not has_heap:
+        return found + [Finding("amcheck heap", Status.UNKNOWN, f"amcheck {ext[0]} has no verify_heapam")]
+    heap_bad = []
+    rels = [Rel(s, t) for s, t in catalog.tables(conn) if selected(Rel(s, t), tables)]
+    for rel in rels:
+        try:
+            rows = conn.execute("SELECT blkno, offnum, msg FROM verify_heapam(%s::regclass) LIMIT 3",
+                                [sql.Identifier(rel.schema, rel.name).as_string(conn)]).fetchall()
+        except psycopg.Error as e:
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                conn.rollback()
+            rows = [(None, None, str(e).strip().splitlines()[0])]
+        heap_bad += [f"{rel} block {b} item {o}: {m}" for b, o, m in rows]
+    found.append(Finding("amcheck heap", Status.CRIT if heap_bad else Status.OK,
+                         f"corruption in {len({h.split(' ')[0] for h in heap_bad})} tables: {heap_bad[0]}"
+                         if heap_bad else f"{len(rels)} tables pass verify_heapam", examples=tuple(heap_bad[:max_examples])))
+    return found
+
+
+# -- 6. wraparound --------------------------------------------------------------------
+
+def wraparound(conn: psycopg.Connection, *, warn: int = WRAP_WARN, crit: int = WRAP_CRIT) -> list[Finding]:
+    """Transaction-ID and multixact age of every database, as check_postgres txn_wraparound does."""
+    found = []
+    for label, expr in (("xid age", "age(datfrozenxid)"), ("multixact age", "mxid_age(datminmxid)")):
+        name, age = conn.execute(sql.SQL("SELECT datname, {} FROM pg_database ORDER BY 2 DESC LIMIT 1").format(
+            sql.SQL(expr))).fetchone()
+        status = Status.CRIT if age >= crit else Status.WARN if age >= warn else Status.OK
+        found.append(Finding(label, status, f"oldest is {name} at {age:,} ({100 * age / 2**31:.1f}% of the way to wraparound)",
+                             value=age, threshold=f"WARN >= {warn:,}, CRIT >= {crit:,}"))
+    return found
+
+
+# -- 7. application assertions ----------------------------------------------------------
+
+def assertions(conn: psycopg.Connection, folder: Path, *, max_examples: int = 20) -> list[Finding]:
+    """Each *.sql file in `folder` returns the rows that break one rule of the application."""
+    files = sorted(Path(folder).glob("*.sql"))
+    if not files:
+        return [Finding("assertions", Status.UNKNOWN, f"no *.sql assertion files in {folder}")]
+    found = []
+    for f in files:
+        text = f.read_text().strip().rstrip(";")
+        rule = next((line[2:].strip() for line in text.splitlines() if line.startswith("--")), f.stem)
+        try:
+            # the query is the team's own file, shipped in the checks folder
+            rows = conn.execute(sql.SQL("SELECT q.*, count(*) OVER () FROM ({}) q LIMIT %s").format(sql.SQL(text)),
+                                [max_examples]).fetchall()
+        except psycopg.Error as e:
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                conn.rollback()
+            found.append(Finding(f"assert {f.stem}", Status.UNKNOWN, f"{rule}: could not run: "
+                                 f"{str(e).strip().splitlines()[0]}"))
+            continue
+        if rows:
+            found.append(Finding(f"assert {f.stem}", Status.CRIT, f"{rows[0][-1]} rows break: {rule}",
+                                 value=rows[0][-1], examples=tuple(", ".join(map(str, r[:-1])) for r in rows)))
+        else:
+            found.append(Finding(f"assert {f.stem}", Status.OK, f"holds: {rule}"))
+    return found
+
+
+# -- selection and the comparison step ---------------------------------------------------
+
+CHECKS = ("fk", "unique", "notvalid", "sequences", "indexes", "wraparound", "assertions")
+
+
+class Selection:
+    """Which checks run (`checks`: all, or a comma-separated subset of CHECKS) and on which tables."""
+
+    def __init__(self, checks: str = "all", *, tables: str = "*", max_examples: int = 20):
+        wanted = set(CHECKS) if checks.strip() == "all" else {c.strip() for c in checks.split(",") if c.strip()}
+        unknown = wanted - set(CHECKS)
+        if unknown:
+            raise ValueError(f"unknown checks {', '.join(sorted(unknown))}: choose from all, {', '.join(CHECKS)}")
+        self.wanted, self.tables, self.max_examples = wanted, tables, max_examples
+
+    def run(self, name: str, check, conn, **options) -> list[Finding]:
+        if name not in self.wanted:
+            return [Finding(name, Status.OK, "not selected (checks=...)")]
+        kwargs = {"tables": self.tables, "max_examples": self.max_examples, **options}
+        accepted = check.__code__.co_varnames[: check.__code__.co_argcount + check.__code__.co_kwonlyargcount]
+        return check(conn, **{k: v for k, v in kwargs.items() if k in accepted})
+
+
+def checks_folder(name: str) -> Path:
+    from . import config
+
+    path = Path(name)
+    return path if path.is_absolute() else config.settings().home / path
+
+
+@dataclass
+class CompareStep:
+    found: list[Finding]
+    comparison: object = None
+
+    def table(self):
+        return self.comparison.table() if self.comparison else None
+
+    def show(self):
+        """The differing rows side by side, cells that differ highlighted."""
+        if not self.comparison or not self.comparison.side_by_side:
+            return None
+        from IPython.display import HTML
+
+        from .compare import highlight
+
+        parts = [f"<h4>{name}</h4>" + highlight(frame).to_html()
+                 for name, frame in self.comparison.side_by_side.items()]
+        return HTML("".join(parts))
+
+
+def compare_with(target: str, other: str, *, tables: str = "*", max_examples: int = 20) -> CompareStep:
+    if not other:
+        return CompareStep([Finding("compare", Status.OK, "no compare_to target: skipped")])
+    from . import compare, targets
+
+    result = compare.compare(targets.resolve(target), targets.resolve(other), tables_glob=tables,
+                             max_examples=max_examples)
+    return CompareStep(result.findings(target, other, max_examples=max_examples), result)
