@@ -141,3 +141,15 @@ def test_ci_runs_the_readme_test_command():
     blocks = re.findall(r"```sh\n(python3 -m venv[^\n]+)\n```", readme)
     assert len(blocks) == 2 and "pgrunbook demo" in blocks[0] and "pytest" in blocks[1]
     assert blocks[1] in ci
+
+
+def test_sandbox_down_then_up_in_one_process(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("PGRUNBOOK_STATE_DIR", str(tmp_path))
+    assert main(["sandbox", "up"]) == 0
+    try:
+        assert main(["sandbox", "down"]) == 0
+        assert main(["sandbox", "up"]) == 0
+        assert "running" in capfd.readouterr().out
+        assert main(["run", "status", "--target", "staging", "--no-progress"]) == 0
+    finally:
+        main(["sandbox", "down"])

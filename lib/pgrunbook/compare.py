@@ -29,12 +29,12 @@ HASHERS = {
     "text": "hashtextextended", "varchar": "hashtextextended", "bpchar": "hashbpcharextended",
     "numeric": "hash_numeric_extended", "float4": "hashfloat4extended", "float8": "hashfloat8extended",
     "timestamp": "timestamp_hash_extended", "timestamptz": "timestamp_hash_extended",
-    "date": "hashint4extended", "uuid": "uuid_hash_extended", "bytea": "hashvarlenaextended",
+    "date": "hashint4extended", "uuid": "uuid_hash_extended",
     "jsonb": "jsonb_hash_extended", "oid": "hashoidextended", "bool": "hashint4extended",
 }
 CASTS = {"bool": "int4", "timestamptz": "timestamp"}
 SESSION = ("SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET extra_float_digits = 1",
-           "SET IntervalStyle = 'iso_8601'")
+           "SET IntervalStyle = 'iso_8601'", "SET bytea_output = 'hex'")  # text forms equal on both sides
 BUCKETS = 64
 LEAF = 512
 

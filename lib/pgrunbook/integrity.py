@@ -179,9 +179,9 @@ def indexes(conn: psycopg.Connection, *, tables: str = "*", amcheck: str = "btre
         "SELECT n.nspname, t.relname, x.indexrelid::regclass::text, x.indisvalid, x.indisready"
         " FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
         " WHERE NOT x.indisvalid OR NOT x.indisready") if selected(Rel(r[0], r[1]), tables)]
-    found = [Finding(f"index {r[2]}", Status.CRIT, f"{r[2]} on {r[0]}.{r[1]} is "
-                     + ("not ready" if not r[4] else "invalid") + " (a failed CREATE INDEX CONCURRENTLY?): "
-                     "drop it and create it again") for r in bad]
+    state = {(False, False): "invalid and not ready", (False, True): "invalid", (True, False): "not ready"}
+    found = [Finding(f"index {r[2]}", Status.CRIT, f"{r[2]} on {r[0]}.{r[1]} is {state[(r[3], r[4])]}"
+                     " (a failed CREATE INDEX CONCURRENTLY?): drop it and create it again") for r in bad]
     if not found:
         found.append(Finding("indexes", Status.OK, "no invalid or unready index"))
     if amcheck != "off":

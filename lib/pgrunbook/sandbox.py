@@ -124,6 +124,8 @@ class Sandbox:
         self.root.mkdir(parents=True, exist_ok=True)
         fresh = not (self.data_dir / "PG_VERSION").exists()
         server = ep.get_server(self.data_dir, cleanup_mode=None)
+        if not self.running:  # get_server hands back a cached handle after a stop in this process
+            server.ensure_postgres_running()
         if fresh or not (self.root / "ready").exists():
             self._configure(ep, server)
             self._populate(demo_users)

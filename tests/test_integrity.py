@@ -1,0 +1,164 @@
+"""Integrity checks on real databases with planted faults: each found, named and counted exactly."""
+
+import psycopg
+import pytest
+
+from pgrunbook import compare, db, integrity, runner, seed
+from pgrunbook.findings import Status
+from pgrunbook.sandbox import Sandbox
+from pgrunbook.targets import Target
+
+
+@pytest.fixture
+def fixia(migrated):
+    with db.connect(migrated, readonly=False) as conn:
+        seed.seed(conn, migrated, mode="development", users=300)
+    return migrated
+
+
+def _run(target, check, **options):
+    with db.connect(target) as conn:
+        return check(conn, **options)
+
+
+def _write(target, *statements):
+    with psycopg.connect(target.url, autocommit=True) as conn:
+        for s in statements:
+            conn.execute(s)
+
+
+def test_a_clean_database_is_all_ok(fixia):
+    from pgrunbook.integrity import checks_folder
+
+    for check in (integrity.foreign_keys, integrity.unique_keys, integrity.unvalidated, integrity.sequences,
+                  integrity.wraparound):
+        assert {f.status for f in _run(fixia, check)} == {Status.OK}, check
+    assert {f.status for f in _run(fixia, integrity.assertions, folder=checks_folder("checks/fixia"))} == {Status.OK}
+    idx = _run(fixia, integrity.indexes, amcheck="btree")
+    assert {f.status for f in idx} <= {Status.OK, Status.UNKNOWN}  # UNKNOWN where amcheck is not installed
+
+
+def test_orphans_under_a_not_valid_foreign_key(fixia):
+    _write(fixia, "ALTER TABLE reviews DROP CONSTRAINT fk_reviews_client_id_users",
+           "UPDATE reviews SET client_id = 900000 + id WHERE id IN (3, 5, 8)",
+           "ALTER TABLE reviews ADD CONSTRAINT fk_reviews_client_id_users FOREIGN KEY (client_id)"
+           " REFERENCES users (id) NOT VALID")
+    found = [f for f in _run(fixia, integrity.foreign_keys) if f.status is Status.CRIT]
+    assert len(found) == 1 and found[0].check == "foreign key fk_reviews_client_id_users"
+    assert found[0].value == 3 and "(NOT VALID)" in found[0].summary
+    assert sorted(found[0].examples) == ["900003", "900005", "900008"]
+
+
+def test_orphans_under_a_composite_foreign_key(fixia):
+    _write(fixia, "CREATE TABLE parent (a int, b int, PRIMARY KEY (a, b))",
+           "CREATE TABLE child (id int PRIMARY KEY, a int, b int)",
+           "INSERT INTO parent VALUES (1, 1), (1, 2)",
+           "INSERT INTO child VALUES (1, 1, 1), (2, 1, 3), (3, NULL, 9)",
+           "ALTER TABLE child ADD FOREIGN KEY (a, b) REFERENCES parent NOT VALID")
+    found = [f for f in _run(fixia, integrity.foreign_keys, tables="child") if f.status is Status.CRIT]
+    assert len(found) == 1 and found[0].value == 1 and found[0].examples == ("1, 3",)  # (NULL, 9) is exempt
+
+
+def test_duplicates_under_an_invalid_unique_index_and_the_index_itself(fixia):
+    with psycopg.connect(fixia.url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY ux_users_last_name ON users (last_name)")
+        expected = conn.execute("SELECT count(*) FROM (SELECT last_name FROM users GROUP BY 1"
+                                " HAVING count(*) > 1) d").fetchone()[0]
+    dup = [f for f in _run(fixia, integrity.unique_keys) if f.status is Status.CRIT]
+    assert len(dup) == 1 and dup[0].value == expected and "ux_users_last_name" in dup[0].summary
+    idx = [f for f in _run(fixia, integrity.indexes, amcheck="off") if f.status is Status.CRIT]
+    assert [f.check for f in idx] == ["index ux_users_last_name"] and "invalid" in idx[0].summary
+
+
+def test_not_valid_check_re_evaluated(fixia):
+    _write(fixia, "UPDATE projects SET budget_min = budget_max + 1 WHERE id IN (1, 2)",
+           "ALTER TABLE projects ADD CONSTRAINT ck_budget CHECK (budget_min <= budget_max) NOT VALID")
+    found = [f for f in _run(fixia, integrity.unvalidated) if f.status is Status.CRIT]
+    assert len(found) == 1 and found[0].value == 2 and "ck_budget" in found[0].check
+    from pgrunbook.integrity import checks_folder
+
+    broken = [f for f in _run(fixia, integrity.assertions, folder=checks_folder("checks/fixia"))
+              if f.status is Status.CRIT]
+    assert [f.check for f in broken] == ["assert budget_order"] and broken[0].value == 2
+
+
+def test_a_sequence_behind_its_column(fixia):
+    _write(fixia, "SELECT setval(pg_get_serial_sequence('users', 'id'), 5)")
+    found = [f for f in _run(fixia, integrity.sequences) if f.status is Status.CRIT]
+    assert len(found) == 1 and found[0].check == "sequence public.users_id_seq" and found[0].value == 295
+
+
+def test_a_corrupted_btree_page_is_found(tmp_path):
+    """Garbage written into an index file of a stopped scratch cluster."""
+    box = Sandbox(tmp_path / "scratch")
+    box.ensure(demo_users=300)
+    try:
+        target = Target("scratch", box.url("production"), sandbox=True)
+        with db.connect(target) as conn:
+            path = conn.execute("SELECT pg_relation_filepath('ix_users_location')").fetchone()[0]
+        box.down()
+        index_file = box.data_dir / path
+        with index_file.open("r+b") as f:  # block 1: the first page after the metapage
+            f.seek(8192 + 512)
+            f.write(b"\xde\xad\xbe\xef" * 512)
+        box.ensure()
+        found = _run(target, integrity.indexes, amcheck="btree")
+        crit = [f for f in found if f.status is Status.CRIT]
+        assert len(crit) == 1 and crit[0].check == "amcheck btree"
+        assert "ix_users_location" in crit[0].summary and crit[0].examples[0].startswith("ix_users_location")
+    finally:
+        if box.running:
+            box.down()
+
+
+TYPES_TABLE = """
+CREATE TABLE typed (id bigint PRIMARY KEY, i int, s smallint, t text, v varchar(20), n numeric(12, 3),
+  f float8, b bool, d date, ts timestamptz, u uuid, j jsonb, by bytea);
+INSERT INTO typed SELECT g, g * 7, (g % 100)::smallint, 'text ' || g, 'v' || g, g / 7.0, g / 3.0, g % 2 = 0,
+  date '2024-01-01' + g % 400, timestamptz '2024-01-01 00:00+00' + g * interval '1 minute',
+  md5(g::text)::uuid, jsonb_build_object('g', g, 'even', g % 2 = 0), decode(md5(g::text), 'hex')
+FROM generate_series(1, 20000) g;
+UPDATE typed SET t = NULL WHERE id % 97 = 0;
+"""
+
+
+def test_compare_finds_changed_added_and_deleted_rows_across_servers(scratch, sandbox):
+    """One side on the server under test, the other on the embedded 18: hashes agree across versions."""
+    other_name = f"{scratch.database}_b"
+    with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{other_name}"')
+        conn.execute(f'CREATE DATABASE "{other_name}"')
+    other = Target("other", sandbox.url(other_name), sandbox=True)
+    try:
+        for t in (scratch, other):
+            _write(t, *[s for s in TYPES_TABLE.split(";\n") if s.strip()])
+        same = compare.compare(scratch, other)
+        assert [r.same for r in same.results] == [True] and same.results[0].rows_a == 20000
+        _write(other, "UPDATE typed SET n = n + 1 WHERE id = 17", "UPDATE typed SET t = NULL WHERE id = 1234",
+               "DELETE FROM typed WHERE id = 19999", "INSERT INTO typed (id, i) VALUES (50000, 1)")
+        diff = compare.compare(scratch, other)
+        r = diff.results[0]
+        assert (r.changed, r.only_a, r.only_b) == ([17, 1234], [19999], [50000])
+        side = diff.side_by_side["public.typed"]
+        assert list(side.index) == [17, 1234, 19999, 50000]
+        assert side.loc[17, ("t", "scratch")] == side.loc[17, ("t", "other")]
+        assert side.loc[17, ("n", "scratch")] != side.loc[17, ("n", "other")]
+        finding = diff.findings("scratch", "other")[0]
+        assert finding.status is Status.CRIT and finding.value == 4
+    finally:
+        with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{other_name}" WITH (FORCE)')
+
+
+def test_integrity_runbook_exit_codes(sandbox, monkeypatch):
+    clean = runner.run("integrity", "staging", progress=False)
+    assert clean.exit_code == 0, [str(f) for f in clean.findings if f.status is not Status.OK]
+    staging = runner.targets.resolve("staging")
+    _write(staging, "SELECT setval(pg_get_serial_sequence('categories', 'id'), 1)")
+    try:
+        bad = runner.run("integrity", "staging", {"checks": "sequences,fk"}, progress=False)
+        assert bad.exit_code == 2 and [f.check for f in bad.findings if f.status is Status.CRIT] == \
+            ["sequence public.categories_id_seq"]
+    finally:
+        _write(staging, "SELECT setval(pg_get_serial_sequence('categories', 'id'), (SELECT max(id) FROM categories))")
