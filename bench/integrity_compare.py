@@ -1,0 +1,143 @@
+"""Integrity compare and amcheck against their floors, on pgbench at scale 50.
+
+A pgbench database (5M rows in pgbench_accounts) copied into a second one.
+The floor is the plainest full-content check: one aggregate of PostgreSQL's
+built-in per-column hash functions over the whole table, on both sides at
+once. Measured in the same run:
+- compare of identical tables, against the floor (goal: at most 1.3x);
+- finding and showing 10 changed rows, against the floor (goal: at most 2x);
+- reladiff on the same pair, when `reladiff[postgresql]` is installed;
+- 30,000 changed rows: every one found;
+- the integrity amcheck step against pg_amcheck by hand (goal: at most 1.2x);
+- this process's peak RSS (goal: under 300 MB).
+
+    python bench/integrity_compare.py [--scale 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+FLOOR = ("SELECT count(*), sum(hashint4extended(aid, 0)), sum(hashint4extended(bid, 0)),"
+         " sum(hashint4extended(abalance, 0)), sum(hashbpcharextended(filler, 0)) FROM pgbench_accounts")
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=int, default=50)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="pgrb-bench-"))
+    os.environ.update(PGRUNBOOK_STATE_DIR=str(tmp / "state"))
+    import psycopg
+
+    from pgrunbook import compare, db, integrity
+    from pgrunbook.sandbox import Sandbox, bin_dir
+    from pgrunbook.targets import Target
+
+    box = Sandbox.default()
+    try:
+        box.ensure(demo_users=10)
+        admin = box.url("postgres")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench_a")
+        subprocess.run([str(bin_dir() / "pgbench"), "-i", "-q", "-s", str(args.scale), "-d", box.url("bench_a")],
+                       check=True, capture_output=True)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench_b TEMPLATE bench_a STRATEGY FILE_COPY")
+        a, b = Target("a", box.url("bench_a"), sandbox=True), Target("b", box.url("bench_b"), sandbox=True)
+        for t in (a, b):
+            with psycopg.connect(t.url, autocommit=True) as conn:
+                conn.execute("VACUUM ANALYZE pgbench_accounts")
+                conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+
+        def floor():
+            with ThreadPoolExecutor(2) as pool:
+                def one(t):
+                    with psycopg.connect(t.url) as c:
+                        return c.execute(FLOOR).fetchone()
+                return list(pool.map(one, (a, b)))
+
+        def ours():
+            return compare.compare(a, b, tables_glob="pgbench_accounts")
+
+        floor(), ours()  # warm the cache: both read the same pages
+        t_floor = min(timed(floor)[0] for _ in range(3))
+        t_same, same = min((timed(ours) for _ in range(3)), key=lambda x: x[0])
+        assert same.results[0].same
+        with psycopg.connect(b.url, autocommit=True) as conn:
+            conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN"
+                         " (SELECT (g * 499979) % 5000000 + 1 FROM generate_series(1, 10) g)")
+        t_ten, ten = min((timed(ours) for _ in range(3)), key=lambda x: x[0])
+        r = ten.results[0]
+        print(f"floor (per-column hash aggregate, both sides at once): {t_floor:.2f} s")
+        print(f"compare, identical:  {t_same:.2f} s   ratio {t_same / t_floor:.2f}x (goal <= 1.3x)")
+        print(f"compare, 10 changed: {t_ten:.2f} s   ratio {t_ten / t_floor:.2f}x (goal <= 2x), "
+              f"found {len(r.changed)} changed, {len(ten.side_by_side['public.pgbench_accounts'])} shown side by side")
+
+        rd = reladiff_times(box, "pgbench_accounts")
+        if rd:
+            print(f"reladiff 10 changed: {rd:.2f} s   ours is {rd / t_ten:.1f}x faster (goal >= 4x)")
+
+        with psycopg.connect(b.url, autocommit=True) as conn:
+            conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 166 = 0 AND aid <= 4980000")
+            # pgbench starts every balance at 0: the changed rows are exactly those that are not 0
+            expected = conn.execute("SELECT count(*) FROM pgbench_accounts WHERE abalance <> 0").fetchone()[0]
+        t_many, many = timed(ours)
+        found = len(many.results[0].changed)
+        print(f"compare, {expected:,} changed: {t_many:.2f} s, found {found:,} ({'all' if found == expected else 'NOT all'})")
+
+        sock = str(box.status().socket_dir)
+        t_pg, _ = timed(lambda: subprocess.run([str(bin_dir() / "pg_amcheck"), "-h", sock, "-U", "postgres",
+                                                "bench_a"], check=True, capture_output=True))
+        def step():
+            with db.connect(a, statement_timeout="1h") as conn:
+                return integrity.amcheck_checks(conn)
+        t_am, found_am = timed(step)
+        print(f"pg_amcheck (heap + btree): {t_pg:.2f} s; integrity amcheck step: {t_am:.2f} s   "
+              f"ratio {t_am / t_pg:.2f}x (goal <= 1.2x)  [{'; '.join(f.summary for f in found_am)}]")
+        print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
+              "(goal < 300 MB)")
+    finally:
+        if box.running:
+            box.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def reladiff_times(box, table: str) -> float | None:
+    try:
+        from reladiff import connect_to_table, diff_tables
+    except ImportError:
+        print("reladiff: not installed (pip install 'reladiff[postgresql]'): skipped")
+        return None
+    sock = box.status().socket_dir
+    try:
+        t1 = connect_to_table({"driver": "postgresql", "host": str(sock), "user": "postgres",
+                               "database": "bench_a"}, table, "aid")
+        t2 = connect_to_table({"driver": "postgresql", "host": str(sock), "user": "postgres",
+                               "database": "bench_b"}, table, "aid")
+        t0 = time.perf_counter()
+        diff = list(diff_tables(t1, t2, extra_columns=("bid", "abalance", "filler")))
+        took = time.perf_counter() - t0
+        print(f"reladiff found {len(diff) // 2} changed rows")
+        return took
+    except Exception as e:  # reladiff's own connection handling: report, do not fail the run
+        print(f"reladiff: could not run here: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        return None
+
+
+if __name__ == "__main__":
+    main()
