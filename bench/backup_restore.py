@@ -16,9 +16,10 @@ import argparse
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
+
+from common import temporary_sandbox
 
 
 def timed(fn) -> float:
@@ -32,16 +33,11 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="pgrb-bench-"))
-    os.environ.update(PGRUNBOOK_STATE_DIR=str(tmp / "state"), PGRUNBOOK_REPORTS_DIR=str(tmp / "reports"),
-                      PGRUNBOOK_BACKUPS_DIR=str(tmp / "backups"))
     from pgrunbook import backups, db, restore, runner
-    from pgrunbook.sandbox import Sandbox, bin_dir
+    from pgrunbook.sandbox import bin_dir
     from pgrunbook.targets import Target
 
-    box = Sandbox.default()
-    try:
-        box.ensure(demo_users=10)
+    with temporary_sandbox() as (box, tmp):
         restore.drop_database(Target("x", box.url("postgres")), "bench")
         with db.connect(Target("x", box.url("postgres")), readonly=False) as conn:
             conn.execute("CREATE DATABASE bench")
@@ -105,10 +101,6 @@ def main() -> None:
         print(f"restore library / raw pg_restore: {best['restore.restore'] / best['raw pg_restore -j 2']:.3f}x (goal <= 1.10x)")
         print(f"restore runbook / raw pg_restore: {best['restore runbook'] / best['raw pg_restore -j 2']:.3f}x")
         print(f"verification / raw pg_restore:    {best['verification'] / best['raw pg_restore -j 2']:.3f}x")
-    finally:
-        if box.running:
-            box.down()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shutil
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from common import temporary_sandbox
 
 FLOOR = ("SELECT count(*), sum(hashint4extended(aid, 0)), sum(hashint4extended(bid, 0)),"
          " sum(hashint4extended(abalance, 0)), sum(hashbpcharextended(filler, 0)) FROM pgbench_accounts")
@@ -40,17 +40,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=int, default=50)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="pgrb-bench-"))
-    os.environ.update(PGRUNBOOK_STATE_DIR=str(tmp / "state"))
     import psycopg
 
     from pgrunbook import compare, db, integrity
-    from pgrunbook.sandbox import Sandbox, bin_dir
+    from pgrunbook.sandbox import bin_dir
     from pgrunbook.targets import Target
 
-    box = Sandbox.default()
-    try:
-        box.ensure(demo_users=10)
+    with temporary_sandbox() as (box, tmp):
         admin = box.url("postgres")
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute("CREATE DATABASE bench_a")
@@ -80,7 +76,7 @@ def main() -> None:
         assert same.results[0].same
         with psycopg.connect(b.url, autocommit=True) as conn:
             conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN"
-                         " (SELECT (g * 499979) % 5000000 + 1 FROM generate_series(1, 10) g)")
+                         " (SELECT (g * 499979) %% %s + 1 FROM generate_series(1, 10) g)", [args.scale * 100000])
         t_ten, ten = min((timed(ours) for _ in range(3)), key=lambda x: x[0])
         r = ten.results[0]
         print(f"floor (per-column hash aggregate, both sides at once): {t_floor:.2f} s")
@@ -93,7 +89,8 @@ def main() -> None:
             print(f"reladiff 10 changed: {rd:.2f} s   ours is {rd / t_ten:.1f}x faster (goal >= 4x)")
 
         with psycopg.connect(b.url, autocommit=True) as conn:
-            conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 166 = 0 AND aid <= 4980000")
+            conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid %% 166 = 0 AND aid <= %s",
+                         [args.scale * 99600])
             # pgbench starts every balance at 0: the changed rows are exactly those that are not 0
             expected = conn.execute("SELECT count(*) FROM pgbench_accounts WHERE abalance <> 0").fetchone()[0]
         t_many, many = timed(ours)
@@ -111,10 +108,6 @@ def main() -> None:
               f"ratio {t_am / t_pg:.2f}x (goal <= 1.2x)  [{'; '.join(f.summary for f in found_am)}]")
         print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
               "(goal < 300 MB)")
-    finally:
-        if box.running:
-            box.down()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def reladiff_times(box, table: str) -> float | None:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
+
+from common import temporary_sandbox
 
 
 def traffic(url: str, stop: threading.Event, out: list, errors: list, users: int) -> None:
@@ -64,15 +64,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--lock-timeout", default="3s")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="pgrb-bench-"))
-    os.environ.update(PGRUNBOOK_STATE_DIR=str(tmp / "state"), PGRUNBOOK_BACKUPS_DIR=str(tmp / "backups"))
     from pgrunbook import db, migrate, migrations, seed
-    from pgrunbook.sandbox import Sandbox
     from pgrunbook.targets import Target
 
-    box = Sandbox.default()
-    try:
-        box.ensure(demo_users=10)
+    with temporary_sandbox() as (box, tmp):
         with db.connect(Target("a", box.url("postgres")), readonly=False) as conn:
             conn.execute("CREATE DATABASE bench")
         target = Target("bench", box.url("bench"), sandbox=True)
@@ -102,10 +97,6 @@ def main() -> None:
         wait = max(worst - base_worst, 0)
         print(f"longest lock wait caused: {wait:.3f} s against lock_timeout {limit:g} s "
               f"(goal <= {limit + 1:g} s): ratio {wait / limit:.3f}")
-    finally:
-        if box.running:
-            box.down()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from common import temporary_sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 NOOP = """%%md
@@ -62,32 +63,27 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="pgrb-bench-"))
-    home = make_home(tmp)
-    os.environ.update(PGRUNBOOK_HOME=str(home), PGRUNBOOK_STATE_DIR=str(tmp / "state"),
-                      PGRUNBOOK_REPORTS_DIR=str(tmp / "reports"))
     import papermill
 
     from pgrunbook import runner
-    from pgrunbook.sandbox import Sandbox
 
-    box = Sandbox.default()
-    source = home / "runbooks" / "noop.ipynb"
+    with temporary_sandbox() as (box, tmp):
+        home = make_home(tmp)
+        os.environ["PGRUNBOOK_HOME"] = str(home)
+        source = home / "runbooks" / "noop.ipynb"
 
-    def bare() -> float:
-        t0 = time.perf_counter()
-        papermill.execute_notebook(str(source), str(tmp / "bare.ipynb"),
-                                   parameters={"target": "sandbox"}, progress_bar=False)
-        return time.perf_counter() - t0
+        def bare() -> float:
+            t0 = time.perf_counter()
+            papermill.execute_notebook(str(source), str(tmp / "bare.ipynb"),
+                                       parameters={"target": "sandbox"}, progress_bar=False)
+            return time.perf_counter() - t0
 
-    def run() -> float:
-        t0 = time.perf_counter()
-        result = runner.run("noop", "sandbox", progress=False)
-        assert result.exit_code == 0, result
-        return time.perf_counter() - t0
+        def run() -> float:
+            t0 = time.perf_counter()
+            result = runner.run("noop", "sandbox", progress=False)
+            assert result.exit_code == 0, result
+            return time.perf_counter() - t0
 
-    try:
-        box.ensure(demo_users=10)
         bare(), run()  # warm-up: imports, templates, kernel spec lookup
         times: dict[str, list[float]] = {"bare papermill": [], "pgrunbook run": []}
         for _ in range(args.runs):
@@ -98,10 +94,6 @@ def main() -> None:
             print(f"{k:<15} median {med[k]:.3f} s  (min {min(v):.3f}, max {max(v):.3f}, n={len(v)})")
         ratio = med["pgrunbook run"] / med["bare papermill"]
         print(f"runner overhead ratio: {ratio:.3f}x (goal < 1.2x)  [{sys.platform}, {os.cpu_count()} cpus]")
-    finally:
-        if box.running:
-            box.down()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import tempfile
 import time
 import resource
 from pathlib import Path
+
+from common import temporary_sandbox
 
 FLOOR = {
     "users": "INSERT INTO users (email, user_type, first_name, last_name, phone, location)"
@@ -40,17 +40,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=1_000_000)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="pgrb-bench-"))
-    os.environ.update(PGRUNBOOK_STATE_DIR=str(tmp / "state"))
     from psycopg import sql
 
     from pgrunbook import db, migrations, seed
-    from pgrunbook.sandbox import Sandbox
     from pgrunbook.targets import Target
 
-    box = Sandbox.default()
-    try:
-        box.ensure(demo_users=10)
+    with temporary_sandbox() as (box, tmp):
         admin = Target("admin", box.url("postgres"), sandbox=True)
         with db.connect(admin, readonly=False) as conn:
             for name in ("bench_seed", "bench_floor"):
@@ -79,10 +74,6 @@ def main() -> None:
               f"client peak RSS {peak / 2**20:.0f} MiB")
         print(f"floor (INSERT ... SELECT generate_series, same row counts): {t_floor:.1f} s")
         print(f"seed / floor ratio: {t_seed / t_floor:.2f}x")
-    finally:
-        if box.running:
-            box.down()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -107,3 +107,19 @@ def migrated(scratch):
 def written_files(*roots: Path) -> list[Path]:
     """Every file below `roots`."""
     return [p for root in roots if root.exists() for p in root.rglob("*") if p.is_file()]
+
+
+def password_role(sandbox, role: str, password: str, *, superuser: bool = False) -> str:
+    """A role the sandbox makes log in with a password (SCRAM), and a URL for it with `password`."""
+    from urllib.parse import quote
+
+    hba = sandbox.data_dir / "pg_hba.conf"
+    rule = f"local all {role} scram-sha-256\n"
+    if rule not in hba.read_text():
+        hba.write_text(rule + hba.read_text())
+    with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN {} PASSWORD {}").format(
+            sql.Identifier(role), sql.SQL("SUPERUSER" if superuser else ""), sql.Literal(password)))
+        conn.execute("SELECT pg_reload_conf()")
+    return f"{role}:{quote(password, safe='')}@"

@@ -10,7 +10,7 @@ import pytest
 
 from pgrunbook import config
 from pgrunbook.cli import build_parser, main
-from tests.conftest import written_files
+from tests.conftest import password_role, written_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,14 +22,7 @@ def _snapshot(*roots):
 @pytest.fixture
 def wrong_password_url(sandbox):
     """A role that must log in with a password: the sandbox's pg_hba asks it for one."""
-    hba = sandbox.data_dir / "pg_hba.conf"
-    rule = "local all pwcheck scram-sha-256\n"
-    if rule not in hba.read_text():
-        hba.write_text(rule + hba.read_text())
-    with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
-        conn.execute("DROP ROLE IF EXISTS pwcheck")
-        conn.execute("CREATE ROLE pwcheck LOGIN PASSWORD 'right-one'")
-        conn.execute("SELECT pg_reload_conf()")
+    password_role(sandbox, "pwcheck", "right-one")
     return sandbox.url("production").replace("postgres:@", "pwcheck:wrong-one@")
 
 

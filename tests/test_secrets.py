@@ -7,7 +7,7 @@ import pytest
 
 from pgrunbook import runner, secrets
 from pgrunbook.cli import main
-from tests.conftest import written_files
+from tests.conftest import password_role, written_files
 
 PASSWORD = "Tr0ub4dor&3x/pw"
 
@@ -15,15 +15,8 @@ PASSWORD = "Tr0ub4dor&3x/pw"
 @pytest.fixture
 def password_target(sandbox, monkeypatch):
     """STAGING_DATABASE_URL with a password the server really checks (SCRAM)."""
-    hba = sandbox.data_dir / "pg_hba.conf"
-    rule = "local all pwsecret scram-sha-256\n"
-    if rule not in hba.read_text():
-        hba.write_text(rule + hba.read_text())
-    with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
-        conn.execute("DROP ROLE IF EXISTS pwsecret")
-        conn.execute(f"CREATE ROLE pwsecret LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
-        conn.execute("SELECT pg_reload_conf()")
-    url = sandbox.url("staging").replace("postgres:@", f"pwsecret:{quote(PASSWORD, safe='')}@")
+    userinfo = password_role(sandbox, "pwsecret", PASSWORD, superuser=True)
+    url = sandbox.url("staging").replace("postgres:@", userinfo)
     monkeypatch.setenv("STAGING_DATABASE_URL", url)
     with psycopg.connect(url) as conn:  # the password is really used
         assert conn.execute("SELECT current_user").fetchone()[0] == "pwsecret"

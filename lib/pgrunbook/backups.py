@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 
 from . import catalog, config, db, migrations, pgtools
+from .fileio import sha256_file
 from .errors import PgRunbookError
 from .findings import Finding, Status
 from .targets import Target
@@ -78,20 +79,12 @@ def folder(target: str) -> Path:
     return config.settings().backups_dir / target
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _hash_all(paths: list[Path]) -> list[str]:
     """sha256 of each file, on as many threads as there are cores (hashlib releases the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return list(pool.map(_sha256, paths))
+        return list(pool.map(sha256_file, paths))
 
 
 def _file_table(root: Path, dump: Path) -> dict[str, dict[str, Any]]:

@@ -35,8 +35,9 @@ HASHERS = {
 CASTS = {"bool": "int4", "timestamptz": "timestamp"}
 SESSION = ("SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET extra_float_digits = 1",
            "SET IntervalStyle = 'iso_8601'", "SET bytea_output = 'hex'")  # text forms equal on both sides
+FIRST_BUCKETS = 1024  # the first split is a full scan: make it fine, so few levels follow
 BUCKETS = 64
-LEAF = 512
+LEAF = 8192
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def compare_table(pair: Pair, t: Table) -> TableResult:
     while pending:
         lo_, hi_ = pending.pop()
         width = hi_ - lo_
-        n = min(BUCKETS, max(width, 1))
+        n = min(FIRST_BUCKETS if first else BUCKETS, max(width, 1))
         # bucket i holds the keys k with i * width <= (k - lo) * n < (i + 1) * width;
         # the first pass covers the whole table, so it needs no range condition (a seq scan)
         where = sql.SQL("") if first else sql.SQL(" WHERE {k} >= %s AND {k} < %s").format(k=key)

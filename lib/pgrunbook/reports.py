@@ -18,6 +18,7 @@ from typing import Any
 
 from . import config
 from .errors import ReportNotFound
+from .fileio import sha256_file
 from .secrets import redact
 
 GENESIS = "0" * 64
@@ -25,14 +26,6 @@ GENESIS = "0" * 64
 
 def index_path() -> Path:
     return config.settings().reports_dir / "index.jsonl"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _line_hash(line: str) -> str:
@@ -54,8 +47,8 @@ def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, 
                                      "operator", "host", "start", "end", "duration_s")},
             "summary": meta.get("summary", {}),
             "files": {
-                "ipynb": {"path": str(notebook.relative_to(root)), "sha256": _sha256_file(notebook)},
-                "html": {"path": str(html.relative_to(root)), "sha256": _sha256_file(html)},
+                "ipynb": {"path": str(notebook.relative_to(root)), "sha256": sha256_file(notebook)},
+                "html": {"path": str(html.relative_to(root)), "sha256": sha256_file(html)},
             },
             "prev": _line_hash(lines[-1]) if lines else GENESIS,
         }
@@ -175,6 +168,6 @@ def verify() -> Verification:
             result.checked += 1
             if not file.exists():
                 result.missing.append(info["path"])
-            elif _sha256_file(file) != info["sha256"]:
+            elif sha256_file(file) != info["sha256"]:
                 result.changed.append(info["path"])
     return result

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import getpass
-import hashlib
 import os
 import socket
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 from . import __version__, config, db, reports, targets
 from .errors import UnknownParameter, UnknownRunbook
+from .fileio import sha256_file, write_atomic
 from .findings import RUNNER_ENV, Finding, Status, read_recorded
 from .secrets import redact, redact_document
 
@@ -161,7 +161,7 @@ def run(
     meta = {
         "runbook": runbook,
         "runbook_version": _runbook_version(source),
-        "runbook_sha256": _sha256(source),
+        "runbook_sha256": sha256_file(source),
         "pgrunbook_version": __version__,
         "parameters": values,
         "target": target,
@@ -230,9 +230,9 @@ def _archive(out: Path, meta: dict[str, Any], error: str | None) -> RunResult:
                 summary={s.name: sum(f.status is s for f in found) for s in Status})
     nb.metadata["pgrunbook"] = meta
     text = redact_document(nbformat.writes(nb))
-    _write(out, text)
+    write_atomic(out, text)
     html_path = out.with_suffix(".html")
-    _write(html_path, redact_document(_html(nbformat.reads(text, as_version=4))))
+    write_atomic(html_path, redact_document(_html(nbformat.reads(text, as_version=4))))
     reports.append_index(meta, out, html_path)
     return RunResult(meta["runbook"], meta["target"], out, html_path, outcome, code, found, error,
                      meta["duration_s"])
@@ -260,14 +260,6 @@ def _html(nb) -> str:
     return body
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _runbook_version(source: Path) -> str:
