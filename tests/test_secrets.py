@@ -1,5 +1,7 @@
 """No password ever lands in a report, its HTML, the index or the log."""
 
+import os
+from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
@@ -31,7 +33,9 @@ def test_every_runbook_on_a_password_url_writes_no_password(password_target, rep
     main(["reports", "list"])
     main(["run", "status", "--target", "staging", "-p", "pool_limit", "oops"])
     log = capfd.readouterr()
-    files = written_files(reports_dir)
+    backups_dir = Path(os.environ["PGRUNBOOK_BACKUPS_DIR"])
+    files = written_files(reports_dir, backups_dir)
+    assert any(f.name == "manifest.json" for f in files)  # the backup runbook's files are checked too
     assert len([f for f in files if f.suffix == ".ipynb"]) >= len(runner.available())
     for f in files:
         text = f.read_text(errors="replace")
