@@ -123,3 +123,18 @@ def password_role(sandbox, role: str, password: str, *, superuser: bool = False)
             sql.Identifier(role), sql.SQL("SUPERUSER" if superuser else ""), sql.Literal(password)))
         conn.execute("SELECT pg_reload_conf()")
     return f"{role}:{quote(password, safe='')}@"
+
+
+def drop_role(sandbox, role: str) -> None:
+    """Drop a test role, giving what it created (databases restored by it, say) back to postgres."""
+    with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role])
+        databases = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datallowconn")]
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+            return
+    for name in databases:
+        with psycopg.connect(sandbox.url(name), autocommit=True) as conn:
+            conn.execute(sql.SQL("REASSIGN OWNED BY {} TO postgres").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -10,7 +10,7 @@ import pytest
 
 from pgrunbook import config
 from pgrunbook.cli import build_parser, main
-from tests.conftest import password_role, written_files
+from tests.conftest import drop_role, password_role, written_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,8 @@ def _snapshot(*roots):
 def wrong_password_url(sandbox):
     """A role that must log in with a password: the sandbox's pg_hba asks it for one."""
     password_role(sandbox, "pwcheck", "right-one")
-    return sandbox.url("production").replace("postgres:@", "pwcheck:wrong-one@")
+    yield sandbox.url("production").replace("postgres:@", "pwcheck:wrong-one@")
+    drop_role(sandbox, "pwcheck")
 
 
 BAD = [

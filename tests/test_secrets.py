@@ -9,7 +9,7 @@ import pytest
 
 from pgrunbook import runner, secrets
 from pgrunbook.cli import main
-from tests.conftest import password_role, written_files
+from tests.conftest import drop_role, password_role, written_files
 
 PASSWORD = "Tr0ub4dor&3x/pw"
 
@@ -22,7 +22,8 @@ def password_target(sandbox, monkeypatch):
     monkeypatch.setenv("STAGING_DATABASE_URL", url)
     with psycopg.connect(url) as conn:  # the password is really used
         assert conn.execute("SELECT current_user").fetchone()[0] == "pwsecret"
-    return url
+    yield url
+    drop_role(sandbox, "pwsecret")
 
 
 def test_every_runbook_on_a_password_url_writes_no_password(password_target, reports_dir, capfd):

@@ -30,6 +30,7 @@ class Settings:
     backups_dir: Path
     pool_limit: int = 20
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    app_roles: tuple[str, ...] = ()
 
     @property
     def runbooks_dir(self) -> Path:
@@ -99,6 +100,7 @@ def _load(home: Path, state: str, reports: str, backups: str) -> Settings:
         backups_dir=_dir("PGRUNBOOK_BACKUPS_DIR", state_dir / "backups"),
         pool_limit=int(config.get("pool_limit", 20)),
         targets=targets,
+        app_roles=tuple(config.get("app_roles", ())),
     )
 
 

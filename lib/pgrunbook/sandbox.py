@@ -21,6 +21,8 @@ from .errors import SandboxError
 DATABASES = ("production", "staging")
 PRELOAD = "pg_stat_statements"
 EXTENSIONS = ("pg_stat_statements", "amcheck", "pgstattuple")
+APP_ROLE = "fixia_app"  # what the application connects as: reads and writes data, owns nothing
+AUDIT_SETTINGS = (("log_connections", "on"), ("log_disconnections", "on"), ("log_statement", "ddl"))
 
 
 def _prepare_runtime_dir(state_dir: Path) -> None:
@@ -142,6 +144,10 @@ class Sandbox:
                 sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {}").format(sql.Literal(PRELOAD))
             )
             conn.execute("ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+            for setting, value in AUDIT_SETTINGS:
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(setting), sql.Literal(value)))
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]).fetchone():
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(APP_ROLE)))
             for name in DATABASES:
                 exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
                 if not exists:
@@ -159,6 +165,14 @@ class Sandbox:
                 for ext in EXTENSIONS:
                     conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(ext)))
             migrations.upgrade(target, "head")
+            with db.connect(target, readonly=False) as conn:  # the app reads and writes, owns nothing
+                role = sql.Identifier(APP_ROLE)
+                for grant in ("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}",
+                              "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}",
+                              "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE"
+                              " ON TABLES TO {}",
+                              "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {}"):
+                    conn.execute(sql.SQL(grant).format(role))
             with db.connect(target, readonly=False, statement_timeout="30min") as conn:
                 seed.seed(conn, target, mode="production")
                 if seed.counts(conn)["users"] == 0:

@@ -1,0 +1,326 @@
+"""Security and access review: who can reach the data, how, and what changed since last time.
+
+Read-only, for any target. Password hashes are never read into Python: only
+whether each is md5 or SCRAM, and only where pg_authid is readable (UNKNOWN
+on managed servers that hide it). Credentials of two targets are compared by
+fingerprint, never shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from urllib.parse import urlsplit
+
+import psycopg
+
+from . import reports
+from .findings import Finding, Status
+from .catalog import NOT_EXTENSION, USER_SCHEMAS
+
+PERSONAL_NAME = re.compile(r"(e_?mail|phone|mobile|first_?name|last_?name|full_?name|surname|address|street|"
+                           r"city|zip|postcode|birth|dob|ssn|passport|iban|card|(^|_)ip($|_)|ip_?addr|location)", re.I)
+EMAIL_RE = r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$"
+PHONE_RE = r"^\+?[0-9][0-9 ().-]{6,}[0-9]$"
+
+
+def _names(rows) -> tuple[str, ...]:
+    return tuple(str(r[0]) for r in rows)
+
+
+# -- roles ------------------------------------------------------------------------
+
+def roles(conn: psycopg.Connection):
+    import pandas as pd
+
+    rows = conn.execute(
+        "SELECT rolname, rolsuper, rolcanlogin, rolcreaterole, rolcreatedb, rolbypassrls, rolreplication,"
+        " rolvaliduntil FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1").fetchall()
+    return pd.DataFrame(rows, columns=["role", "superuser", "login", "createrole", "createdb", "bypassrls",
+                                       "replication", "valid_until"])
+
+
+def role_findings(conn: psycopg.Connection) -> list[Finding]:
+    supers = conn.execute("SELECT rolname FROM pg_roles WHERE rolsuper AND oid <> 10 ORDER BY 1").fetchall()
+    boot = conn.execute("SELECT rolname FROM pg_roles WHERE oid = 10").fetchone()[0]
+    found = [Finding("superusers", Status.CRIT if supers else Status.OK,
+                     f"{len(supers)} superusers besides {boot}: {', '.join(_names(supers))}" if supers
+                     else f"only the bootstrap superuser {boot}", examples=_names(supers))]
+    powerful = conn.execute(
+        "SELECT rolname || ' (' || concat_ws(', ', CASE WHEN rolcreaterole THEN 'CREATEROLE' END,"
+        " CASE WHEN rolcreatedb THEN 'CREATEDB' END, CASE WHEN rolbypassrls THEN 'BYPASSRLS' END,"
+        " CASE WHEN rolreplication THEN 'REPLICATION' END) || ')' FROM pg_roles WHERE NOT rolsuper"
+        " AND rolname !~ '^pg_' AND (rolcreaterole OR rolcreatedb OR rolbypassrls OR rolreplication) ORDER BY 1"
+    ).fetchall()
+    found.append(Finding("role attributes", Status.WARN if powerful else Status.OK,
+                         f"{len(powerful)} non-superusers can create roles or databases, bypass RLS or replicate"
+                         if powerful else "no non-superuser holds CREATEROLE, CREATEDB, BYPASSRLS or REPLICATION",
+                         examples=_names(powerful)))
+    found.append(password_hashes(conn))
+    return found
+
+
+def password_hashes(conn: psycopg.Connection) -> Finding:
+    """Which login roles still have md5 password hashes (the hashes themselves are never read)."""
+    try:
+        with conn.transaction():
+            rows = conn.execute("SELECT rolname FROM pg_authid WHERE rolpassword LIKE 'md5%%' ORDER BY 1").fetchall()
+    except psycopg.errors.InsufficientPrivilege:
+        return Finding("password hashes", Status.UNKNOWN, "pg_authid is not readable here (managed server or "
+                       "no superuser): md5 against SCRAM cannot be told")
+    return Finding("password hashes", Status.WARN if rows else Status.OK,
+                   f"{len(rows)} roles still have md5 password hashes: reset them under scram-sha-256" if rows
+                   else "no md5 password hash", examples=_names(rows))
+
+
+# -- privileges --------------------------------------------------------------------
+
+def privileges(conn: psycopg.Connection):
+    """Login roles against tables: the privileges each holds, as letters (S, I, U, D)."""
+    import pandas as pd
+
+    rows = conn.execute(
+        "SELECT r.rolname, n.nspname || '.' || c.relname,"
+        " concat(CASE WHEN has_table_privilege(r.oid, c.oid, 'SELECT') THEN 'S' END,"
+        " CASE WHEN has_table_privilege(r.oid, c.oid, 'INSERT') THEN 'I' END,"
+        " CASE WHEN has_table_privilege(r.oid, c.oid, 'UPDATE') THEN 'U' END,"
+        " CASE WHEN has_table_privilege(r.oid, c.oid, 'DELETE') THEN 'D' END)"
+        " FROM pg_roles r CROSS JOIN pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        f" WHERE r.rolcanlogin AND c.relkind IN ('r', 'p', 'v', 'm') AND {USER_SCHEMAS} AND {NOT_EXTENSION}"
+        " ORDER BY 1, 2").fetchall()
+    frame = pd.DataFrame(rows, columns=["role", "table", "privileges"])
+    return frame.pivot(index="role", columns="table", values="privileges") if len(frame) else frame
+
+
+def plot_privileges(matrix):
+    """Heat map of how many of S, I, U, D each login role holds on each table."""
+    from matplotlib.figure import Figure
+
+    counts = matrix.map(lambda v: len(v or "")) if len(matrix) else matrix
+    fig = Figure(figsize=(1.2 + 0.5 * max(counts.shape[1], 1), 1 + 0.4 * max(counts.shape[0], 1)))
+    ax = fig.subplots()
+    if len(counts):
+        im = ax.imshow(counts.values, cmap="Reds", vmin=0, vmax=4, aspect="auto")
+        ax.set_xticks(range(counts.shape[1]), counts.columns, rotation=60, ha="right")
+        ax.set_yticks(range(counts.shape[0]), counts.index)
+        fig.colorbar(im, ax=ax, label="privileges (of S, I, U, D)")
+    ax.set_title("Table privileges of login roles")
+    fig.tight_layout()
+    return fig
+
+
+def grant_findings(conn: psycopg.Connection, app_roles: list[str]) -> list[Finding]:
+    public = conn.execute(
+        "SELECT n.nspname || '.' || c.relname || ': ' || string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type)"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a"
+        f" WHERE a.grantee = 0 AND {USER_SCHEMAS} AND {NOT_EXTENSION} GROUP BY n.nspname, c.relname ORDER BY 1"
+    ).fetchall()
+    found = [Finding("grants to PUBLIC", Status.CRIT if public else Status.OK,
+                     f"{len(public)} tables grant privileges to PUBLIC (every role): {', '.join(_names(public)[:3])}"
+                     if public else "no table grants anything to PUBLIC", examples=_names(public))]
+    create = conn.execute("SELECT has_schema_privilege('public', 'public', 'CREATE')").fetchone()[0]
+    found.append(Finding("schema public", Status.WARN if create else Status.OK,
+                         "PUBLIC may CREATE in schema public: REVOKE CREATE ON SCHEMA public FROM PUBLIC" if create
+                         else "PUBLIC cannot create objects in schema public"))
+    defaults = conn.execute(
+        "SELECT pg_get_userbyid(d.defaclrole) || ' grants ' || a.privilege_type || ' on new '"
+        " || CASE d.defaclobjtype WHEN 'r' THEN 'tables' WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'functions'"
+        " ELSE d.defaclobjtype::text END || ' to ' || CASE WHEN a.grantee = 0 THEN 'PUBLIC'"
+        " ELSE pg_get_userbyid(a.grantee) END FROM pg_default_acl d, aclexplode(d.defaclacl) a ORDER BY 1").fetchall()
+    to_public = [d for d in _names(defaults) if d.endswith(" to PUBLIC")]
+    found.append(Finding("default privileges", Status.WARN if to_public else Status.OK,
+                         f"{len(to_public)} default privileges grant to PUBLIC" if to_public else
+                         f"{len(defaults)} default privileges, none to PUBLIC", examples=_names(defaults)))
+    if app_roles:
+        owned = conn.execute(
+            "SELECT n.nspname || '.' || c.relname || ' (' || pg_get_userbyid(c.relowner) || ')' FROM pg_class c"
+            f" JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND {USER_SCHEMAS}"
+            f" AND {NOT_EXTENSION} AND pg_get_userbyid(c.relowner) = ANY(%s) ORDER BY 1", [app_roles]).fetchall()
+        found.append(Finding("owned by the app", Status.WARN if owned else Status.OK,
+                             f"the application role owns {len(owned)} tables, so it can drop them" if owned
+                             else f"the application roles ({', '.join(app_roles)}) own no table",
+                             examples=_names(owned)))
+    secdef = conn.execute(
+        "SELECT n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'"
+        " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " LEFT JOIN pg_depend e ON e.objid = p.oid AND e.deptype = 'e'"
+        f" WHERE p.prosecdef AND e.objid IS NULL AND {USER_SCHEMAS}"
+        " AND NOT coalesce(array_to_string(p.proconfig, ',') LIKE '%%search_path=%%', false) ORDER BY 1").fetchall()
+    found.append(Finding("security definer", Status.CRIT if secdef else Status.OK,
+                         f"{len(secdef)} SECURITY DEFINER functions without a fixed search_path: "
+                         f"{', '.join(_names(secdef)[:3])} (ALTER FUNCTION ... SET search_path = ...)" if secdef
+                         else "every SECURITY DEFINER function fixes its search_path", examples=_names(secdef)))
+    return found
+
+
+# -- access ---------------------------------------------------------------------
+
+def sessions(conn: psycopg.Connection):
+    import pandas as pd
+
+    rows = conn.execute(
+        "SELECT a.pid, a.usename, a.application_name, a.client_addr::text, a.datname, a.state, s.ssl"
+        " FROM pg_stat_activity a LEFT JOIN pg_stat_ssl s ON s.pid = a.pid"
+        " WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() ORDER BY 2, 3").fetchall()
+    return pd.DataFrame(rows, columns=["pid", "role", "application", "client", "database", "state", "ssl"])
+
+
+def access_findings(conn: psycopg.Connection, *, app_roles: list[str], protected: bool) -> list[Finding]:
+    plain = conn.execute(
+        "SELECT a.usename || '@' || a.client_addr::text || ' (' || coalesce(nullif(a.application_name, ''), '-') || ')'"
+        " FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid"
+        " WHERE a.client_addr IS NOT NULL AND NOT s.ssl AND a.backend_type = 'client backend'").fetchall()
+    found = [Finding("ssl", Status.WARN if plain else Status.OK,
+                     f"{len(plain)} TCP sessions without SSL" if plain else "no TCP session without SSL",
+                     examples=_names(plain))]
+    if not protected:
+        found.append(Finding("direct access", Status.OK, "not a protected target: direct access not checked"))
+    elif not app_roles:
+        found.append(Finding("direct access", Status.UNKNOWN, "no app_roles given: pass app_roles=... (or set "
+                             "app_roles in [tool.pgrunbook]) to tell the application's sessions from direct ones"))
+    else:
+        direct = conn.execute(
+            "SELECT 'pid ' || pid || ' ' || usename || ' (' || coalesce(nullif(application_name, ''), '-') || ', '"
+            " || coalesce(client_addr::text, 'local') || ')' FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND usename <> ALL(%s)"
+            " AND datname = current_database() ORDER BY 1", [app_roles]).fetchall()
+        found.append(Finding("direct access", Status.WARN if direct else Status.OK,
+                             f"{len(direct)} sessions by roles other than {', '.join(app_roles)}" if direct
+                             else f"only {', '.join(app_roles)} connected", examples=_names(direct)))
+    return found
+
+
+# -- settings ---------------------------------------------------------------------
+
+def settings_findings(conn: psycopg.Connection) -> list[Finding]:
+    s = dict(conn.execute(
+        "SELECT name, setting FROM pg_settings WHERE name IN ('ssl', 'password_encryption', 'log_connections',"
+        " 'log_disconnections', 'log_statement', 'listen_addresses')").fetchall())
+    found = []
+    tcp = s.get("listen_addresses", "") not in ("",)
+    found.append(Finding("ssl setting", Status.WARN if tcp and s.get("ssl") == "off" else Status.OK,
+                         f"ssl={s.get('ssl')}, listen_addresses={s.get('listen_addresses', 'hidden')!r}"))
+    found.append(Finding("password_encryption", Status.WARN if s.get("password_encryption") == "md5" else Status.OK,
+                         f"password_encryption={s.get('password_encryption')}"))
+    logged = [k for k in ("log_connections", "log_disconnections") if s.get(k) in ("off", "", None)]
+    found.append(Finding("connection logging", Status.WARN if logged else Status.OK,
+                         f"{', '.join(logged)} off: access cannot be audited" if logged else
+                         f"log_connections={s.get('log_connections')}, log_disconnections={s.get('log_disconnections')}"))
+    found.append(Finding("log_statement", Status.WARN if s.get("log_statement") == "none" else Status.OK,
+                         f"log_statement={s.get('log_statement')}" + (" (set ddl to keep schema changes in the log)"
+                                                                      if s.get("log_statement") == "none" else "")))
+    ext = conn.execute("SELECT extname || ' ' || extversion FROM pg_extension ORDER BY 1").fetchall()
+    found.append(Finding("extensions", Status.OK, f"{len(ext)} installed", examples=_names(ext)))
+    return found
+
+
+# -- separation -------------------------------------------------------------------
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def separation() -> Finding:
+    """Staging and production: not one server and database, not one set of credentials."""
+    from . import targets
+
+    try:
+        prod, stag = targets.resolve("production"), targets.resolve("staging")
+    except Exception as e:  # one of them is not configured here
+        return Finding("separation", Status.UNKNOWN, f"cannot resolve both production and staging: {e}")
+    p, s = urlsplit(prod.url), urlsplit(stag.url)
+    where = lambda u: (u.hostname or "", str(u.port or 5432), dict(x.split("=", 1) for x in u.query.split("&") if "=" in x).get("host", ""))  # noqa: E731
+    same_server = where(p) == where(s)
+    if same_server and prod.database == stag.database:
+        return Finding("separation", Status.CRIT, "staging and production are the same database")
+    if prod.sandbox and stag.sandbox:
+        return Finding("separation", Status.OK, "the sandbox holds both on one server by design")
+    creds = _fingerprint(p.username or "", p.password or "") == _fingerprint(s.username or "", s.password or "")
+    problems = (["the same server"] if same_server else []) + (["the same credentials"] if creds else [])
+    return Finding("separation", Status.WARN if problems else Status.OK,
+                   f"staging and production share {' and '.join(problems)}" if problems
+                   else "separate servers and credentials (compared by fingerprint)")
+
+
+# -- sensitive columns --------------------------------------------------------------
+
+def personal_columns(conn: psycopg.Connection, *, sample: int = 200) -> list[tuple[str, str]]:
+    """(schema.table.column, why) for text columns whose name or sampled content looks personal."""
+    from psycopg import sql
+
+    cols = conn.execute(
+        "SELECT n.nspname, c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid"
+        f" WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped AND {USER_SCHEMAS}"
+        f" AND {NOT_EXTENSION} AND t.typname IN ('text', 'varchar', 'bpchar', 'citext', 'inet') ORDER BY 1, 2, 3"
+    ).fetchall()
+    out = []
+    for schema, table, column in cols:
+        name = f"{schema}.{table}.{column}"
+        if PERSONAL_NAME.search(column):
+            out.append((name, "name"))
+            continue
+        q = sql.SQL("SELECT count(*) FILTER (WHERE v ~* %s), count(*) FILTER (WHERE v ~ %s) FROM"
+                    " (SELECT {}::text AS v FROM {} WHERE {} IS NOT NULL LIMIT %s) s").format(
+            sql.Identifier(column), sql.Identifier(schema, table), sql.Identifier(column))
+        emails, phones = conn.execute(q, [EMAIL_RE, PHONE_RE, sample]).fetchone()
+        if emails or phones:
+            out.append((name, "content: " + ("email-shaped" if emails else "phone-shaped") + " values"))
+    return out
+
+
+def sensitive_findings(conn: psycopg.Connection) -> Finding:
+    cols = personal_columns(conn)
+    return Finding("sensitive columns", Status.OK,
+                   f"{len(cols)} columns look personal and are stored as plain text: listed for the team's "
+                   "decision on application-level encryption" if cols else "no column looks personal",
+                   examples=tuple(f"{c} ({why})" for c, why in cols))
+
+
+# -- snapshot and drift ---------------------------------------------------------------
+
+def snapshot(conn: psycopg.Connection) -> Finding:
+    """The facts drift is measured on, recorded in the report."""
+    q = lambda text: sorted(_names(conn.execute(text).fetchall()))  # noqa: E731
+    facts = {
+        "superusers": q("SELECT rolname FROM pg_roles WHERE rolsuper"),
+        "login roles": q("SELECT rolname FROM pg_roles WHERE rolcanlogin"),
+        "grants to PUBLIC": q("SELECT n.nspname || '.' || c.relname || ' ' || a.privilege_type FROM pg_class c"
+                              " JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a"
+                              f" WHERE a.grantee = 0 AND {USER_SCHEMAS} AND {NOT_EXTENSION}"),
+        "role attributes": q("SELECT rolname || ': ' || concat_ws(' ', CASE WHEN rolcreaterole THEN 'CREATEROLE' END,"
+                             " CASE WHEN rolcreatedb THEN 'CREATEDB' END, CASE WHEN rolbypassrls THEN 'BYPASSRLS' END,"
+                             " CASE WHEN rolreplication THEN 'REPLICATION' END) FROM pg_roles WHERE rolname !~ '^pg_'"
+                             " AND NOT rolsuper AND (rolcreaterole OR rolcreatedb OR rolbypassrls OR rolreplication)"),
+    }
+    return Finding("snapshot", Status.OK, ", ".join(f"{len(v)} {k}" for k, v in facts.items()), value=facts)
+
+
+def drift(target: str, current: Finding, *, enabled: bool = True) -> Finding:
+    """What changed since the previous archived security report of the same target."""
+    if not enabled:
+        return Finding("drift", Status.OK, "not compared (compare_with_previous=False)")
+    earlier = [e for e in reports.select(runbook="security", target=target) if e["outcome"] != "FAILED"]
+    for entry in reversed(earlier):
+        try:
+            before = next(f["value"] for f in reports.details(entry["id"])["findings"] if f["check"] == "snapshot")
+        except (StopIteration, reports.ReportNotFound):
+            continue
+        now = current.value
+        added = [f"+ {k}: {x}" for k in now for x in now[k] if x not in before.get(k, [])]
+        removed = [f"- {k}: {x}" for k in now for x in before.get(k, []) if x not in now[k]]
+        if added:
+            return Finding("drift", Status.WARN, f"since {entry['id']}: {len(added)} added, {len(removed)} removed",
+                           examples=tuple(added + removed))
+        return Finding("drift", Status.OK, f"since {entry['id']}: nothing added" +
+                       (f", {len(removed)} removed" if removed else ""), examples=tuple(removed))
+    return Finding("drift", Status.OK, f"no earlier security report of {target!r} to compare with")
+
+
+def app_roles_for(given: str) -> list[str]:
+    """The application's roles: the parameter, else [tool.pgrunbook] app_roles."""
+    from . import config
+
+    if given.strip():
+        return [r.strip() for r in given.split(",") if r.strip()]
+    return list(config.settings().app_roles)
