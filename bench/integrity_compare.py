@@ -17,12 +17,10 @@ once. Measured in the same run:
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from common import temporary_sandbox
 

@@ -14,11 +14,9 @@ migration, is the lock wait the migration caused.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import threading
 import time
-from pathlib import Path
 
 from common import temporary_sandbox
 

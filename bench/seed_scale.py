@@ -12,10 +12,8 @@ prints both times and the ratio.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 import resource
-from pathlib import Path
 
 from common import temporary_sandbox
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgrunbook import config
 from pgrunbook.cli import build_parser, main
 from tests.conftest import drop_role, password_role, written_files
 

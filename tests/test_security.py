@@ -41,6 +41,7 @@ def test_planted_problems_are_found_then_the_run_is_ok_again(sandbox, planted, r
     assert found["superusers"].status is Status.CRIT and found["superusers"].examples == ("admin2",)
     assert found["grants to PUBLIC"].status is Status.CRIT and found["grants to PUBLIC"].examples == ("public.users: SELECT",)
     assert found["security definer"].status is Status.CRIT and found["security definer"].examples == ("public.whoami()",)
+    assert found["password expiry"].status is Status.WARN and found["password expiry"].examples == ("intruder",)
     assert found["direct access"].status is Status.WARN
     assert [e for e in found["direct access"].examples if " intruder " in e]
     planted.close()

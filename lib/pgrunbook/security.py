@@ -40,7 +40,23 @@ def roles(conn: psycopg.Connection):
                                        "replication", "valid_until"])
 
 
-def role_findings(conn: psycopg.Connection) -> list[Finding]:
+def password_expiry(conn: psycopg.Connection, app_roles: list[str]) -> Finding:
+    """People's login roles (not the bootstrap or application roles) whose password never expires."""
+    try:
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT rolname FROM pg_authid WHERE rolcanlogin AND rolpassword IS NOT NULL AND rolvaliduntil IS NULL"
+                " AND oid <> 10 AND rolname <> ALL(%s) ORDER BY 1", [app_roles]).fetchall()
+    except psycopg.errors.InsufficientPrivilege:
+        return Finding("password expiry", Status.UNKNOWN, "pg_authid is not readable here: which roles have "
+                       "passwords cannot be told")
+    return Finding("password expiry", Status.WARN if rows else Status.OK,
+                   f"{len(rows)} login roles besides the application's have passwords that never expire "
+                   "(ALTER ROLE ... VALID UNTIL ...)" if rows else "every personal password has an expiry",
+                   examples=_names(rows))
+
+
+def role_findings(conn: psycopg.Connection, app_roles: list[str] = ()) -> list[Finding]:
     supers = conn.execute("SELECT rolname FROM pg_roles WHERE rolsuper AND oid <> 10 ORDER BY 1").fetchall()
     boot = conn.execute("SELECT rolname FROM pg_roles WHERE oid = 10").fetchone()[0]
     found = [Finding("superusers", Status.CRIT if supers else Status.OK,
@@ -57,6 +73,7 @@ def role_findings(conn: psycopg.Connection) -> list[Finding]:
                          if powerful else "no non-superuser holds CREATEROLE, CREATEDB, BYPASSRLS or REPLICATION",
                          examples=_names(powerful)))
     found.append(password_hashes(conn))
+    found.append(password_expiry(conn, list(app_roles)))
     return found
 
 
