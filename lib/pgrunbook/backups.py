@@ -199,10 +199,11 @@ def find(target: str, ref: str = "latest") -> Backup:
         verified = [b for b in backups if b.verified]
         return (verified or backups)[-1]
     path = folder(target) / ref
-    if ref.startswith(".") or "/" in ref or not (path / MANIFEST).exists() and not path.is_dir():
+    if ref.startswith(".") or "/" in ref or not path.is_dir():
         ids = ", ".join(b.id for b in backups[-5:]) or "none"
         raise BackupNotFound(f"no backup {ref!r} of {target!r} (newest: {ids}): see the backup runbook's status")
-    return Backup(ref, path, {}) if not (path / MANIFEST).exists() else load(path)
+    # a folder without its manifest is returned as such: `check` then says it is not a backup
+    return load(path) if (path / MANIFEST).exists() else Backup(ref, path, {})
 
 
 def check(backup: Backup) -> list[str]:

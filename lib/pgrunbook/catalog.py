@@ -7,6 +7,7 @@ generated from the catalog, for any schema, not only Fixia's.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -145,19 +146,21 @@ def repair_sequence(conn: psycopg.Connection, state: SequenceState) -> None:
                  [sql.Identifier(schema, name).as_string(conn), state.column_max])
 
 
-def amcheck_btree(conn: psycopg.Connection, *, heapallindexed: bool = False) -> tuple[int, list[str]]:
-    """bt_index_check on every valid btree index; (indexes checked, problems)."""
-    conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
-    indexes = conn.execute(
-        "SELECT i.oid::regclass::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
-        " JOIN pg_am am ON am.oid = i.relam JOIN pg_namespace n ON n.oid = i.relnamespace"
-        f" WHERE am.amname = 'btree' AND x.indisvalid AND x.indisready AND {USER_SCHEMAS} ORDER BY 1"
-    ).fetchall()
+def amcheck_btree(conn: psycopg.Connection, *, heapallindexed: bool = False,
+                  keep: Callable[[str, str], bool] | None = None) -> tuple[int, list[str]]:
+    """bt_index_check on every valid btree index (of the tables `keep(schema, table)` accepts);
+    (indexes checked, problems). amcheck must be installed."""
+    indexes = [r[2] for r in conn.execute(
+        "SELECT n.nspname, t.relname, i.oid::regclass::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+        " JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " JOIN pg_am am ON am.oid = i.relam"
+        f" WHERE am.amname = 'btree' AND x.indisvalid AND x.indisready AND {USER_SCHEMAS}"
+        " AND t.relpersistence <> 't' ORDER BY 1, 2, 3") if keep is None or keep(r[0], r[1])]
     problems = []
-    for (index,) in indexes:
+    for index in indexes:
         try:
             with conn.transaction():
                 conn.execute("SELECT bt_index_check(%s::regclass, %s)", [index, heapallindexed])
         except psycopg.Error as e:
-            problems.append(f"{index}: {str(e).splitlines()[0]}")
+            problems.append(f"{index}: {str(e).strip().splitlines()[0]}")
     return len(indexes), problems

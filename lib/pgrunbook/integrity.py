@@ -196,23 +196,11 @@ def amcheck_checks(conn: psycopg.Connection, *, tables: str = "*", heapallindexe
     if ext is None:
         return [Finding("amcheck", Status.UNKNOWN, "amcheck is not installed here: CREATE EXTENSION amcheck "
                         "(contrib) to check indexes and heaps for corruption")]
-    idx = [r for r in conn.execute(
-        "SELECT n.nspname, t.relname, i.oid::regclass::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
-        " JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
-        " JOIN pg_am am ON am.oid = i.relam"
-        f" WHERE am.amname = 'btree' AND x.indisvalid AND x.indisready AND {catalog.USER_SCHEMAS}"
-        " AND t.relpersistence <> 't' ORDER BY 1, 2, 3") if selected(Rel(r[0], r[1]), tables)]
-    corrupt = []
-    for _, _, index in idx:
-        try:
-            conn.execute("SELECT bt_index_check(%s::regclass, %s)", [index, heapallindexed])
-        except psycopg.Error as e:
-            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-                conn.rollback()
-            corrupt.append(f"{index}: {str(e).strip().splitlines()[0]}")
+    checked, corrupt = catalog.amcheck_btree(conn, heapallindexed=heapallindexed,
+                                             keep=lambda schema, table: selected(Rel(schema, table), tables))
     found = [Finding("amcheck btree", Status.CRIT if corrupt else Status.OK,
-                     f"{len(corrupt)} of {len(idx)} btree indexes corrupt: {corrupt[0]}" if corrupt else
-                     f"{len(idx)} btree indexes pass bt_index_check" + (" with heapallindexed" if heapallindexed else ""),
+                     f"{len(corrupt)} of {checked} btree indexes corrupt: {corrupt[0]}" if corrupt else
+                     f"{checked} btree indexes pass bt_index_check" + (" with heapallindexed" if heapallindexed else ""),
                      examples=tuple(corrupt[:max_examples]))]
     has_heap = conn.execute("SELECT 1 FROM pg_proc WHERE proname = 'verify_heapam'").fetchone()
     if not has_heap:

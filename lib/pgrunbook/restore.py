@@ -62,9 +62,6 @@ class Timeline:
 
 def plot_timeline(timeline: Timeline, *, objective_s: float = RTO_S, title: str = "Restore timeline"):
     """Horizontal bars of the phases, with the total against the objective."""
-    import matplotlib
-
-    matplotlib.use("Agg") if matplotlib.get_backend().lower() == "agg" else None
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 0.5 + 0.4 * max(len(timeline.phases), 1)))
@@ -100,8 +97,7 @@ def drop_database(target: Target, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, timeline: Timeline,
-                 on_start=None) -> None:
+def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, timeline: Timeline) -> None:
     """Create `database` on the target's server and pg_restore the backup into it.
 
     On failure the new database is dropped (or, if that fails too, named in the error).
@@ -114,10 +110,7 @@ def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, ti
     args = ["--exit-on-error", "--no-password", "--jobs", str(jobs), str(backup.dump_path)]
     try:
         with timeline.phase("pg_restore"):
-            proc = pgtools.start(tool, args, db.with_database(target.url, database))
-            if on_start:
-                on_start(proc)
-            pgtools.wait(tool, proc)
+            pgtools.run(tool, args, db.with_database(target.url, database))
     except (pgtools.ToolFailed, OSError) as e:
         try:
             drop_database(target, database)
@@ -171,6 +164,7 @@ def _sequences(conn: psycopg.Connection, *, repair: bool) -> Finding:
 
 def _amcheck(conn: psycopg.Connection) -> Finding:
     try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")  # in the scratch copy only
         checked, problems = catalog.amcheck_btree(conn)
     except psycopg.Error as e:
         return Finding("amcheck", Status.UNKNOWN, f"amcheck unavailable: {str(e).splitlines()[0]}")

@@ -86,9 +86,9 @@ def purpose(runbook: str) -> str:
     return ""
 
 
-def coerce(runbook: str, given: dict[str, str]) -> dict[str, Any]:
+def coerce(runbook: str, given: dict[str, str], declared: dict[str, Parameter] | None = None) -> dict[str, Any]:
     """Check `given` (NAME -> text) against the declared parameters and convert each value."""
-    declared = parameters(runbook)
+    declared = parameters(runbook) if declared is None else declared
     values: dict[str, Any] = {}
     for name, text in given.items():
         if name in RESERVED:
@@ -148,8 +148,9 @@ def run(
 ) -> RunResult:
     """Run `runbook` against `target` and archive it. Bad input raises before anything is written."""
     source = notebook_path(runbook)
-    values = coerce(runbook, given or {})
-    if "target" in parameters(runbook):
+    declared = parameters(runbook)
+    values = coerce(runbook, given or {}, declared)
+    if "target" in declared:
         values["target"] = target
     t = targets.resolve(target)
     with db.connect(t, application=f"pgrunbook/{runbook}") as conn:
@@ -199,7 +200,10 @@ def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool)
         return redact(f"{type(e).__name__}: {e}".splitlines()[0])
     finally:
         for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _ipc_kernel_manager():

@@ -6,13 +6,11 @@ operator drills into are DataFrames.
 
 from __future__ import annotations
 
-import json
 import time
-from datetime import datetime, timezone
 
 import psycopg
 
-from . import config, migrations
+from . import migrations
 from .findings import Finding, Status
 
 SETTINGS = (
@@ -136,19 +134,15 @@ def migration_state(conn: psycopg.Connection) -> Finding:
 
 
 def latest_backup(target: str, *, max_age_h: float = 24, required: bool = False) -> Finding:
-    """Age of the newest backup manifest of `target` in the backups folder, against the RPO."""
-    folder = config.settings().backups_dir / target
-    ends = []
-    for manifest in folder.glob("*/manifest.json"):
-        try:
-            ends.append(datetime.fromisoformat(json.loads(manifest.read_text())["end"]))
-        except (ValueError, KeyError, OSError):
-            continue
-    if not ends:
+    """Age of the newest backup of `target` in the backups folder, against the RPO."""
+    from . import backups
+
+    found = backups.all_backups(target)
+    if not found:
         status = Status.WARN if required else Status.OK
-        return Finding("latest backup", status, f"no backup of {target!r} in {folder}",
+        return Finding("latest backup", status, f"no backup of {target!r} in {backups.folder(target)}",
                        threshold=f"WARN > {max_age_h:g} h")
-    age_h = (datetime.now(timezone.utc) - max(ends)).total_seconds() / 3600
+    age_h = found[-1].age_h()
     status = Status.WARN if age_h > max_age_h else Status.OK
-    return Finding("latest backup", status, f"newest is {age_h:.1f} h old ({len(ends)} backups)",
+    return Finding("latest backup", status, f"newest is {age_h:.1f} h old ({len(found)} backups)",
                    value=round(age_h, 2), threshold=f"WARN > {max_age_h:g} h")
