@@ -32,7 +32,8 @@ def test_one_parameters_cell_first_after_the_title(nb):
 def test_every_parameter_has_a_default_help_and_no_secret(nb):
     _, name = nb
     params = runner.parameters(name)
-    assert params["target"].default == '"sandbox"'
+    # the sandbox by default; a staging refresh copies production into staging (in plan mode: reads only)
+    assert params["target"].default == ('"staging"' if name == "staging_refresh" else '"sandbox"')
     for p in params.values():
         assert p.default not in ("", None) and p.help, p.name
         assert not any(word in p.name for word in ("password", "url", "dsn", "secret"))

@@ -10,8 +10,10 @@ target's place, keeping the old database as <name>_pre_restore_<time>.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -60,10 +62,12 @@ class Timeline:
                             columns=["phase", "start_s", "end_s", "seconds"])
 
 
-def plot_timeline(timeline: Timeline, *, objective_s: float = RTO_S, title: str = "Restore timeline"):
-    """Horizontal bars of the phases, with the total against the objective."""
+def plot_timeline(timeline: Timeline, *, objective_s: float | None = RTO_S, title: str = "Restore timeline"):
+    """Horizontal bars of the phases, with the total against the objective (None when nothing ran)."""
     from matplotlib.figure import Figure
 
+    if not timeline.phases:
+        return None
     fig = Figure(figsize=(8, 0.5 + 0.4 * max(len(timeline.phases), 1)))
     ax = fig.subplots()
     for i, (name, start, end) in enumerate(timeline.phases):
@@ -71,7 +75,8 @@ def plot_timeline(timeline: Timeline, *, objective_s: float = RTO_S, title: str 
     ax.set_yticks(range(len(timeline.phases)), [p[0] for p in timeline.phases])
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
-    ax.set_title(f"{title}: {timeline.total:.1f} s (objective {objective_s / 60:g} min)")
+    goal = f" (objective {objective_s / 60:g} min)" if objective_s else ""
+    ax.set_title(f"{title}: {timeline.total:.1f} s{goal}")
     fig.tight_layout()
     return fig
 
@@ -97,27 +102,47 @@ def drop_database(target: Target, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, timeline: Timeline) -> None:
+def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, timeline: Timeline,
+                 after_data: Callable[[psycopg.Connection], Any] | None = None) -> Any:
     """Create `database` on the target's server and pg_restore the backup into it.
 
-    On failure the new database is dropped (or, if that fails too, named in the error).
+    With `after_data`, the restore runs in two passes: tables and data, then
+    `after_data(connection to the new database)` (committed), then indexes,
+    constraints and triggers, which are so built on what `after_data` left.
+    Returns what `after_data` returned. On any failure the new database is
+    dropped (or, if that fails too, named in the error).
     """
     with admin(target) as conn:
         major = conn.info.server_version // 10000
         with timeline.phase("create database"):
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(database)))
     tool = pgtools.choose("pg_restore", major)
-    args = ["--exit-on-error", "--no-password", "--jobs", str(jobs), str(backup.dump_path)]
+    args = ["--exit-on-error", "--no-password", "--jobs", str(jobs)]
+    url = db.with_database(target.url, database)
+    result = None
     try:
-        with timeline.phase("pg_restore"):
-            pgtools.run(tool, args, db.with_database(target.url, database))
-    except (pgtools.ToolFailed, OSError) as e:
+        if after_data is None:
+            with timeline.phase("pg_restore"):
+                pgtools.run(tool, [*args, str(backup.dump_path)], url)
+            return None
+        with timeline.phase("pg_restore: tables and data"):
+            pgtools.run(tool, [*args, "--section=pre-data", "--section=data", str(backup.dump_path)], url)
+        with db.connect(target, readonly=False, database=database, statement_timeout="0",
+                        application="pgrunbook/restore") as conn:
+            result = after_data(conn)
+        with timeline.phase("pg_restore: indexes and constraints"):
+            pgtools.run(tool, [*args, "--section=post-data", str(backup.dump_path)], url)
+        return result
+    except BaseException as e:
         try:
             drop_database(target, database)
             left = "the partial copy was dropped"
         except (PgRunbookError, psycopg.Error):
             left = f"drop the partial copy {database!r} by hand"
-        raise RestoreFailed(f"restore of {backup.id} failed, {target.name!r} untouched, {left}: {e}") from None
+        if isinstance(e, (pgtools.ToolFailed, OSError, psycopg.Error, PgRunbookError)):
+            raise RestoreFailed(f"restore of {backup.id} failed, {target.name!r} untouched, {left}: "
+                                f"{e}") from None
+        raise
 
 
 def compare(conn: psycopg.Connection, backup: Backup, *, repair_sequences: bool, amcheck: bool = True,
@@ -315,16 +340,28 @@ def rto_finding(timeline: Timeline, *, objective_s: float = RTO_S) -> Finding:
                    value=round(timeline.total, 2), threshold=f"<= {objective_s / 60:g} min")
 
 
-def kept_databases(target: Target, *, older_than_h: float = KEEP_H) -> Finding:
-    """Databases kept by earlier swaps that are past their keeping time."""
+def kept(target: Target, *, kind: str = "pre_restore") -> dict[str, float]:
+    """Databases kept by earlier swaps of `target` (<database>_<kind>_<UTC time>), with their age in hours."""
     with admin(target) as conn:
         names = [r[0] for r in conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
-            [f"{target.database}_pre_restore_%"])]
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1",
+            [f"{target.database}_{kind}_"])]
     now = datetime.now(timezone.utc)
-    old = [n for n in names if (now - datetime.strptime(n.rsplit("_", 1)[-1], "%Y%m%d%H%M%S").replace(
-        tzinfo=timezone.utc)).total_seconds() > older_than_h * 3600]
+    ages = {}
+    for name in names:
+        try:
+            when = datetime.strptime(name.rsplit("_", 1)[-1], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+        ages[name] = (now - when).total_seconds() / 3600
+    return ages
+
+
+def kept_databases(target: Target, *, older_than_h: float = KEEP_H) -> Finding:
+    """Databases kept by earlier swaps that are past their keeping time."""
+    ages = kept(target)
+    old = [n for n, age in ages.items() if age > older_than_h]
     if old:
         return Finding("kept databases", Status.WARN, f"{len(old)} kept past {older_than_h:g} h: drop them",
                        examples=tuple(old))
-    return Finding("kept databases", Status.OK, f"{len(names)} kept, none past {older_than_h:g} h")
+    return Finding("kept databases", Status.OK, f"{len(ages)} kept, none past {older_than_h:g} h")

@@ -262,20 +262,23 @@ def separation() -> Finding:
 # -- sensitive columns --------------------------------------------------------------
 
 def personal_columns(conn: psycopg.Connection, *, sample: int = 200) -> list[tuple[str, str]]:
-    """(schema.table.column, why) for text columns whose name or sampled content looks personal."""
+    """(schema.table.column, why) for columns whose name looks personal, or text columns whose sampled content does."""
     from psycopg import sql
 
     cols = conn.execute(
-        "SELECT n.nspname, c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        "SELECT n.nspname, c.relname, a.attname, t.typname IN ('text', 'varchar', 'bpchar', 'citext')"
+        " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
         " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid"
         f" WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped AND {USER_SCHEMAS}"
-        f" AND {NOT_EXTENSION} AND t.typname IN ('text', 'varchar', 'bpchar', 'citext', 'inet') ORDER BY 1, 2, 3"
+        f" AND {NOT_EXTENSION} ORDER BY 1, 2, a.attnum"
     ).fetchall()
     out = []
-    for schema, table, column in cols:
+    for schema, table, column, textual in cols:
         name = f"{schema}.{table}.{column}"
         if PERSONAL_NAME.search(column):
             out.append((name, "name"))
+            continue
+        if not textual:
             continue
         q = sql.SQL("SELECT count(*) FILTER (WHERE v ~* %s), count(*) FILTER (WHERE v ~ %s) FROM"
                     " (SELECT {}::text AS v FROM {} WHERE {} IS NOT NULL LIMIT %s) s").format(

@@ -1,0 +1,171 @@
+"""Staging refresh: a sanitized copy of the source put in the target's place, proven first.
+
+The source is only read (pg_dump in one snapshot, through a backup with its
+manifest). The copy is restored beside the target in two passes: tables and
+data, then masking in the server, then indexes and constraints, which are so
+built on masked values (a rule that broke a unique key fails the build). Then
+row counts and schema against the manifest, foreign keys, and the proof that
+no source value of a masked column is left; only then the swap, keeping the
+previous target database for `keep_previous_hours`. A protected target is
+refused whatever the parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import psycopg
+
+from . import backups, db, integrity, restore, sanitize
+from .backups import Backup
+from .errors import PgRunbookError
+from .findings import Finding, Status
+from .restore import Timeline
+from .targets import Target
+
+MODES = ("plan", "apply")
+KIND = "pre_refresh"
+
+
+class RefreshRefused(PgRunbookError):
+    "The refresh would write where it must not, or was not confirmed"
+
+
+def check_request(source: Target, target: Target, *, mode: str, confirm: str) -> Finding:
+    """Refuse a protected target, the source itself, or an unconfirmed apply on a real server."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'plan' or 'apply', not {mode!r}")
+    if target.protected:
+        raise RefreshRefused(f"{target.name!r} is protected: a staging refresh never writes to it, "
+                             "whatever the parameters; refresh an unprotected target such as staging")
+    if target.fingerprint == source.fingerprint or (
+            target.sandbox and source.sandbox and target.database == source.database):
+        raise RefreshRefused(f"{target.name!r} and {source.name!r} are the same database: "
+                             "the source is only ever read")
+    if mode == "apply" and not target.sandbox and confirm != target.name:
+        raise RefreshRefused(f"apply replaces the database of {target.name!r} (the previous one is kept): "
+                             f"pass -p confirm {target.name} once you mean it")
+    return Finding("request", Status.OK, f"{source.name!r} is only read; {target.name!r} is not protected" +
+                   ("" if mode == "apply" else " (plan mode: nothing is written)"))
+
+
+def source_backup(source: Target, ref: str = "new", *, jobs: int = 2, enabled: bool = True) -> Backup | None:
+    """A fresh backup of the source (`new`), its newest verified one (`latest`), or one by id."""
+    if not enabled:
+        return None
+    if ref == "new":
+        return backups.create(source, jobs=jobs, label="staging-refresh")
+    return backups.find(source.name, ref)
+
+
+def backup_finding(backup: Backup | None) -> Finding:
+    if backup is None:
+        return Finding("source copy", Status.OK, "not taken (plan mode)")
+    problems = backups.check(backup)
+    if problems:
+        return backups.check_finding(backup, problems)
+    return backups.summary(backup)
+
+
+@dataclass
+class RefreshResult:
+    database: str | None
+    findings: list[Finding]
+    timeline: Timeline
+    masked: list[sanitize.Masked] = field(default_factory=list)
+    kept_as: str | None = None
+    swapped: bool = False
+
+
+def _verify(source: Target, target: Target, new: str, backup: Backup, rules: sanitize.Rules,
+            timeline: Timeline) -> list[Finding]:
+    with db.connect(target, readonly=False, database=new, statement_timeout="0",
+                    application="pgrunbook/refresh") as copy:
+        found = restore.compare(copy, backup, repair_sequences=True, amcheck=False, timeline=timeline)
+        with timeline.phase("verify: foreign and unique keys"):
+            found += integrity.foreign_keys(copy) + integrity.unique_keys(copy)
+        with db.connect(source, statement_timeout="0", application="pgrunbook/refresh") as src:
+            with timeline.phase("verify: residual values"):
+                found += sanitize.residual(src, copy, rules)
+            with timeline.phase("verify: contact leaks"):
+                found.append(sanitize.contact_leaks(src, copy))
+    return found
+
+
+def _free_stamp(target: Target) -> str:
+    """A UTC time (to the second) that names no database of an earlier refresh yet."""
+    while True:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+        names = (f"{target.database}_refresh_{stamp}"[:63], f"{target.database}_{KIND}_{stamp}"[:63])
+        if not any(restore.database_exists(target, n) for n in names):
+            return stamp
+        time.sleep(1)
+
+
+def apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules, salt: sanitize.Salt, *,
+          jobs: int = 2, keep_previous_hours: float = restore.KEEP_H) -> RefreshResult:
+    """Restore `backup` beside the target, mask, verify; swap only when nothing is CRIT."""
+    timeline = Timeline()
+    problems = backups.check(backup)
+    if problems:
+        raise RefreshRefused(f"{backups.check_finding(backup, problems).summary}; nothing was changed")
+    stamp = _free_stamp(target)
+    new = f"{target.database}_refresh_{stamp}"[:63]
+
+    def masking(conn: psycopg.Connection) -> list[sanitize.Masked]:
+        with timeline.phase("mask"):
+            return sanitize.mask(conn, rules, salt)
+
+    masked = restore.restore_into(target, backup, new, jobs=jobs, timeline=timeline, after_data=masking)
+    try:
+        found = _verify(source, target, new, backup, rules, timeline)
+    except BaseException:
+        restore.drop_database(target, new)
+        raise
+    if any(f.status is Status.CRIT for f in found):
+        restore.drop_database(target, new)
+        found.append(Finding("swap", Status.CRIT, f"not swapped: the copy failed verification and was dropped; "
+                             f"{target.name!r} is untouched"))
+        return RefreshResult(None, found, timeline, masked)
+    kept = f"{target.database}_{KIND}_{stamp}"[:63]
+    existed = restore.database_exists(target, target.database)
+    with timeline.phase("maintenance: swap"):
+        restore.swap(target, new, kept)
+    kept = kept if existed else None
+    found.append(Finding("swap", Status.OK, f"the sanitized copy is now {target.database!r}; " + (
+        f"the previous one is kept as {kept!r} for {keep_previous_hours:g} h" if kept else
+        "there was no previous one to keep")))
+    return RefreshResult(target.database, found, timeline, masked, kept, swapped=True)
+
+
+def run(source: Target, target: Target, backup: Backup | None, rules: sanitize.Rules, *, jobs: int = 2,
+        keep_previous_hours: float = restore.KEEP_H, enabled: bool = True) -> RefreshResult:
+    """`apply` with the salt read here (never held by the notebook); in plan mode, nothing."""
+    if not enabled or backup is None:
+        return RefreshResult(None, [skipped("refresh")], Timeline())
+    salt = sanitize.salt(sandbox=source.sandbox)
+    return apply(source, target, backup, rules, salt, jobs=jobs, keep_previous_hours=keep_previous_hours)
+
+
+def plot(result: RefreshResult):
+    """The refresh's phases as a timeline chart (None in plan mode)."""
+    return restore.plot_timeline(result.timeline, objective_s=None, title="Staging refresh")
+
+
+def prune_kept(target: Target, *, older_than_h: float, enabled: bool) -> Finding:
+    """Drop databases kept by earlier refreshes once past their keeping time (only when `enabled`)."""
+    ages = restore.kept(target, kind=KIND)
+    old = sorted(n for n, age in ages.items() if age > older_than_h)
+    if not enabled:
+        return Finding("kept databases", Status.OK, f"{len(ages)} kept by earlier refreshes, {len(old)} past "
+                       f"{older_than_h:g} h (dropped only in apply mode)", examples=tuple(old))
+    for name in old:
+        restore.drop_database(target, name)
+    return Finding("kept databases", Status.OK, f"{len(old)} dropped (past {older_than_h:g} h), "
+                   f"{len(ages) - len(old)} kept", examples=tuple(old))
+
+
+def skipped(step: str) -> Finding:
+    return Finding(step, Status.OK, "skipped (plan mode): run with mode=apply to refresh")

@@ -1,0 +1,468 @@
+"""Masking rules for personal data, applied set-based on the server, and the proof that none remains.
+
+Rules come from a TOML file (the Fixia one is sanitize.toml at the project
+root). Every fake is derived from the value and a salt (sha256 on the server),
+so the same person maps to the same fake in every table and every refresh,
+and a unique column stays unique. The salt travels only as a bound parameter:
+it is never in SQL text, a report or a log.
+
+The residual check compares hashes of the source's values with hashes of the
+copy's, across the two servers, streaming the source's hashes (never its
+values) into a temporary table on the copy's side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from . import catalog, db, security
+from .errors import PgRunbookError
+from .findings import Finding, Status
+from .integrity import Rel
+
+SALT_ENV = "PGRUNBOOK_SANITIZE_SALT"
+TEXT_TYPES = ("text", "varchar", "bpchar", "citext")
+DATE_TYPES = ("date", "timestamp", "timestamptz")
+KINDS: dict[str, tuple[str, ...]] = {  # rule -> the column types it applies to (empty: any)
+    "keep": (), "null": (), "email": TEXT_TYPES, "name": TEXT_TYPES, "phone": TEXT_TYPES,
+    "city": TEXT_TYPES, "text": TEXT_TYPES, "token": TEXT_TYPES, "shift_date": DATE_TYPES,
+}
+UNIQUE_SAFE = ("keep", "email", "token")  # rules that keep distinct values distinct
+EMAIL_TOKEN = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
+PHONE_TOKEN = r"\+?[0-9][0-9 ().-]{6,}[0-9]"
+PLACEHOLDER = "Text removed in the staging copy."
+
+
+class RulesError(PgRunbookError):
+    "The masking rules file is missing or invalid"
+
+
+class SaltMissing(PgRunbookError):
+    "No salt is set for deterministic masking"
+
+
+@dataclass(frozen=True)
+class Rule:
+    table: str  # schema.table
+    column: str
+    kind: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, name: str, default: Any) -> Any:
+        return dict(self.options).get(name, default)
+
+    @property
+    def rel(self) -> Rel:
+        schema, name = self.table.split(".", 1)
+        return Rel(schema, name)
+
+    def __str__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options)
+        return f"{self.kind}({opts})" if opts else self.kind
+
+
+@dataclass(frozen=True)
+class Rules:
+    path: Path
+    rules: dict[tuple[str, str], Rule]
+    email_domain: str = "example.invalid"
+
+    def masked(self) -> list[Rule]:
+        return [r for r in self.rules.values() if r.kind != "keep"]
+
+    def tables(self) -> dict[str, list[Rule]]:
+        out: dict[str, list[Rule]] = {}
+        for r in self.masked():
+            out.setdefault(r.table, []).append(r)
+        return out
+
+
+def rules_path(name: str) -> Path:
+    """`name` as given if it exists, else relative to the project home."""
+    from . import config
+
+    path = Path(name)
+    return path if path.is_absolute() or path.exists() else config.settings().home / path
+
+
+def load(name: str) -> Rules:
+    """The rules in file `name`; RulesError naming the file and the key at fault."""
+    path = rules_path(name)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RulesError(f"no rules file {path}: pass rules=PATH (the Fixia rules are sanitize.toml)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise RulesError(f"{path} is not valid TOML: {e}") from None
+    settings = data.get("settings", {})
+    rules = {}
+    for table, columns in data.get("columns", {}).items():
+        qualified = table if "." in table else f"public.{table}"
+        for column, spec in columns.items():
+            rule = _rule(path, qualified, column, spec)
+            rules[(qualified, column)] = rule
+    unknown = set(data) - {"settings", "columns"}
+    if unknown:
+        raise RulesError(f"{path}: unknown section {sorted(unknown)[0]!r}: use [settings] and [columns.TABLE]")
+    return Rules(path, rules, settings.get("email_domain", "example.invalid"))
+
+
+def _rule(path: Path, table: str, column: str, spec: Any) -> Rule:
+    where = f"{path}: {table}.{column}"
+    if isinstance(spec, str):
+        spec = {"rule": spec}
+    if not isinstance(spec, dict) or "rule" not in spec:
+        raise RulesError(f"{where}: write a rule name or {{ rule = \"...\", ... }}")
+    kind = spec["rule"]
+    if kind not in KINDS:
+        raise RulesError(f"{where}: unknown rule {kind!r}: choose from {', '.join(KINDS)}")
+    options = tuple(sorted((k, v) for k, v in spec.items() if k != "rule"))
+    allowed = {"email": {"domain"}, "name": {"prefix"}, "text": {"placeholder"}, "shift_date": {"days"}}
+    if bad := {k for k, _ in options} - allowed.get(kind, set()):
+        raise RulesError(f"{where}: rule {kind!r} takes no option {sorted(bad)[0]!r}")
+    days = dict(options).get("days", 30)
+    if kind == "shift_date" and (not isinstance(days, int) or days < 1):
+        raise RulesError(f"{where}: days must be a whole number of at least 1")
+    return Rule(table, column, kind, options)
+
+
+# -- the salt -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Salt:
+    value: str = field(repr=False)
+    source: str
+
+    @property
+    def fingerprint(self) -> str:
+        """Tells two salts apart without showing either."""
+        return hashlib.sha256(b"pgrunbook-salt:" + self.value.encode()).hexdigest()[:8]
+
+    def __repr__(self) -> str:
+        return f"Salt(from {self.source}, fingerprint {self.fingerprint})"
+
+
+def salt(*, sandbox: bool) -> Salt:
+    """The salt from $PGRUNBOOK_SANITIZE_SALT; for a sandbox source, one kept in the state folder."""
+    if value := os.environ.get(SALT_ENV):
+        return Salt(value, f"${SALT_ENV}")
+    if not sandbox:
+        raise SaltMissing(f"set {SALT_ENV} to a long random secret (e.g. `openssl rand -hex 32`) kept like a "
+                          "password: the same salt gives the same fakes at every refresh")
+    from . import config
+
+    path = config.settings().state_dir / "sanitize.salt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return Salt(path.read_text().strip(), "the sandbox's salt file")
+
+
+def salt_status(*, sandbox: bool) -> Finding:
+    """Whether a salt is there, without reading it into the report."""
+    try:
+        return salt_finding(salt(sandbox=sandbox))
+    except SaltMissing as e:
+        return Finding("salt", Status.WARN, f"not set: {e}")
+
+
+def salt_finding(s: Salt) -> Finding:
+    weak = len(s.value) < 16
+    return Finding("salt", Status.WARN if weak else Status.OK,
+                   f"from {s.source}, fingerprint {s.fingerprint}" + (": shorter than 16 characters" if weak else ""))
+
+
+# -- the plan -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    table: str
+    column: str
+    type: str
+    not_null: bool
+    unique: bool
+
+
+def columns(conn: psycopg.Connection) -> list[Column]:
+    """Every column of every user table, with whether a unique index covers it alone."""
+    rows = conn.execute(
+        "SELECT n.nspname || '.' || c.relname, a.attname, t.typname, a.attnotnull,"
+        " EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = c.oid AND x.indisunique"
+        "  AND x.indnkeyatts = 1 AND x.indkey[0] = a.attnum)"
+        " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_type t ON t.oid = a.atttypid"
+        f" WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped AND {catalog.USER_SCHEMAS}"
+        f" AND {catalog.NOT_EXTENSION} ORDER BY 1, a.attnum").fetchall()
+    return [Column(*r) for r in rows]
+
+
+@dataclass
+class Plan:
+    rows: list[dict[str, Any]]
+    findings: list[Finding]
+
+    def frame(self):
+        """Every column with its rule and verdict, as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=["table", "column", "type", "rule", "status", "note"])
+
+    @property
+    def blocked(self) -> bool:
+        return any(f.status is Status.CRIT for f in self.findings)
+
+
+def plan(conn: psycopg.Connection, rules: Rules, *, sample: int = 200) -> Plan:
+    """Each column's rule; personal-looking columns without one, and rules that cannot apply, are CRIT."""
+    cols = columns(conn)
+    personal = dict(security.personal_columns(conn, sample=sample))
+    rows, unruled, wrong = [], [], []
+    for c in cols:
+        rule = rules.rules.get((c.table, c.column))
+        why = personal.get(f"{c.table}.{c.column}")
+        if rule is None:
+            status, note = ("CRIT", f"looks personal ({why}): write a rule or keep") if why else ("OK", "kept")
+            if why:
+                unruled.append(f"{c.table}.{c.column} ({why})")
+        else:
+            problem = _unfit(rule, c)
+            status, note = ("CRIT", problem) if problem else ("OK", "masked" if rule.kind != "keep" else "kept (rule)")
+            if problem:
+                wrong.append(f"{c.table}.{c.column}: {problem}")
+        rows.append({"table": c.table, "column": c.column, "type": c.type, "rule": str(rule) if rule else "",
+                     "status": status, "note": note})
+    known = {(c.table, c.column) for c in cols}
+    wrong += [f"{t}.{col}: no such column in the source" for t, col in rules.rules if (t, col) not in known]
+    masked = len([r for r in rules.masked() if (r.table, r.column) in known])
+    found = [Finding("rules", Status.OK, f"{masked} columns masked, {len(cols) - masked} kept, from {rules.path.name}",
+                     value=masked)]
+    found.append(Finding("unruled personal columns", Status.CRIT if unruled else Status.OK,
+                         f"{len(unruled)} columns look personal and have no rule: add a rule or 'keep' to "
+                         f"{rules.path.name}" if unruled else "every personal-looking column has a rule",
+                         examples=tuple(unruled)))
+    found.append(Finding("rule errors", Status.CRIT if wrong else Status.OK,
+                         f"{len(wrong)} rules cannot apply: {wrong[0]}" if wrong else "every rule fits its column",
+                         examples=tuple(wrong)))
+    return Plan(rows, found)
+
+
+def plan_for(target, rules: Rules) -> Plan:
+    """`plan` on a read-only session of `target`."""
+    with db.connect(target, application="pgrunbook/staging_refresh") as conn:
+        return plan(conn, rules)
+
+
+def verdict(p: Plan, mode: str) -> Finding:
+    """Whether the plan lets the refresh go on: an incomplete plan stops apply and fails plan mode."""
+    blocking = [f for f in p.findings if f.status is Status.CRIT]
+    if blocking:
+        return Finding("plan", Status.CRIT, f"the rules are incomplete ({', '.join(f.check for f in blocking)}): "
+                       "nothing is copied until they are fixed")
+    return Finding("plan", Status.OK, "complete: every personal-looking column has a fitting rule" +
+                   ("" if mode == "apply" else "; run with mode=apply to refresh"))
+
+
+def _unfit(rule: Rule, c: Column) -> str:
+    if KINDS[rule.kind] and c.type not in KINDS[rule.kind]:
+        return f"rule {rule.kind!r} does not apply to type {c.type}"
+    if rule.kind == "null" and c.not_null:
+        return "rule 'null' on a NOT NULL column"
+    if c.unique and rule.kind not in UNIQUE_SAFE:
+        return f"rule {rule.kind!r} would break the column's unique index: use email or token"
+    return ""
+
+
+# -- masking --------------------------------------------------------------------------------------
+
+def _hash(column: sql.Composable) -> sql.Composable:
+    return sql.SQL("encode(sha256(convert_to(%(salt)s || {}::text, 'UTF8')), 'hex')").format(column)
+
+
+def expression(rule: Rule, domain: str, params: dict[str, Any]) -> sql.Composable:
+    """The SQL computing the masked value of `rule.column`.
+
+    Uses the bound parameter `salt`; the rule's options are added to `params`
+    as bound parameters too, so no value is ever spliced into SQL text.
+    """
+    col = sql.Identifier(rule.column)
+    h = _hash(col)
+
+    def param(value: Any, cast: str) -> sql.Composable:
+        name = f"p{len(params)}"
+        params[name] = value
+        return sql.SQL("{}::{}").format(sql.Placeholder(name), sql.SQL(cast))
+
+    if rule.kind == "null":
+        return sql.SQL("NULL")
+    if rule.kind == "email":
+        expr = sql.SQL("'user-' || left({}, 20) || '@' || {}").format(h, param(rule.option("domain", domain), "text"))
+    elif rule.kind == "name":
+        expr = sql.SQL("{} || ' ' || upper(left({}, 8))").format(param(rule.option("prefix", "Person"), "text"), h)
+    elif rule.kind == "phone":
+        expr = sql.SQL("'+999 ' || left(translate({}, 'abcdef', '012345'), 10)").format(h)
+    elif rule.kind == "city":
+        expr = sql.SQL("CASE WHEN {c} ~ ',' THEN btrim(regexp_replace({c}, '^[^,]*,', '')) ELSE {c} END").format(c=col)
+    elif rule.kind == "text":
+        expr = param(rule.option("placeholder", PLACEHOLDER), "text")
+    elif rule.kind == "token":
+        expr = sql.SQL("'redacted-' || left({}, 32)").format(h)
+    elif rule.kind == "shift_date":  # 1..days days, forward or back: never zero
+        x = sql.SQL("('x' || left({}, 8))::bit(32)::bigint").format(h)
+        expr = sql.SQL("{c} + (CASE WHEN mod({x}, 2) = 0 THEN 1 ELSE -1 END) * (mod({x} / 2, {d}) + 1)"
+                       " * interval '1 day'").format(c=col, x=x, d=param(rule.option("days", 30), "int"))
+    else:
+        raise RulesError(f"no masking for rule {rule.kind!r}")
+    return sql.SQL("CASE WHEN {} IS NULL THEN NULL ELSE {} END").format(col, expr)
+
+
+@dataclass(frozen=True)
+class Masked:
+    table: str
+    columns: tuple[str, ...]
+    rows: int
+    seconds: float
+
+
+def mask(conn: psycopg.Connection, rules: Rules, s: Salt) -> list[Masked]:
+    """Mask every ruled column of the copy `conn` is connected to: one UPDATE per table, in the server."""
+    import time
+
+    done = []
+    present = {(c.table, c.column) for c in columns(conn)}
+    for table, ruled in sorted(rules.tables().items()):
+        ruled = [r for r in ruled if (r.table, r.column) in present]
+        if not ruled:
+            continue
+        params: dict[str, Any] = {"salt": s.value}
+        sets = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(r.column),
+                                                            expression(r, rules.email_domain, params)) for r in ruled)
+        started = time.perf_counter()
+        cur = conn.execute(sql.SQL("UPDATE {} SET {}").format(ruled[0].rel.ident, sets), params)
+        done.append(Masked(table, tuple(r.column for r in ruled), cur.rowcount, time.perf_counter() - started))
+    return done
+
+
+def masked_frame(done: list[Masked]):
+    import pandas as pd
+
+    return pd.DataFrame([{"table": m.table, "columns": ", ".join(m.columns), "rows": m.rows,
+                          "seconds": round(m.seconds, 2)} for m in done], columns=["table", "columns", "rows", "seconds"])
+
+
+# -- proof: nothing personal is left --------------------------------------------------------------
+
+def _changed_by_rule(rule: Rule) -> sql.Composable:
+    """Source values the rule changes (salt-free, so it can run on the source)."""
+    col = sql.Identifier(rule.column)
+    if rule.kind == "city":
+        return sql.SQL("{} ~ ','").format(col)
+    if rule.kind == "text":
+        return sql.SQL("{} <> {}").format(col, sql.Literal(rule.option("placeholder", PLACEHOLDER)))
+    return sql.SQL("true")
+
+
+def _stream(source: psycopg.Connection, query: sql.Composable, copy: psycopg.Connection, table: str) -> None:
+    """Stream one bigint column from `query` on the source into temporary `table` on the copy."""
+    copy.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (h bigint)").format(sql.Identifier(table)))
+    copy.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(table)))
+    with source.cursor().copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query)) as out:
+        with copy.cursor().copy(sql.SQL("COPY {} (h) FROM STDIN (FORMAT binary)").format(sql.Identifier(table))) as into:
+            for chunk in out:
+                into.write(chunk)
+    copy.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+
+
+def _key(conn: psycopg.Connection, rel: Rel) -> list[str]:
+    row = conn.execute(
+        "SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_constraint c, unnest(c.conkey) WITH ORDINALITY k(num, ord)"
+        " JOIN pg_attribute a ON a.attnum = k.num WHERE c.conrelid = %s::regclass AND c.contype = 'p'"
+        " AND a.attrelid = c.conrelid", [rel.ident.as_string(conn)]).fetchone()
+    return list(row[0] or []) if row else []
+
+
+def residual(source: psycopg.Connection, copy: psycopg.Connection, rules: Rules, *,
+             max_examples: int = 20) -> list[Finding]:
+    """For each masked column, copy rows still holding a source value (by hash); CRIT when any."""
+    found, clean = [], 0
+    present = {(c.table, c.column) for c in columns(copy)}
+    for rule in rules.masked():
+        if (rule.table, rule.column) not in present or rule.kind == "null":
+            clean += (rule.table, rule.column) in present
+            continue
+        col, rel = sql.Identifier(rule.column), rule.rel
+        key = _key(copy, rel)
+        keys = sql.SQL(", ").join(sql.Identifier("t", k) for k in key) if key else sql.SQL("t.ctid")
+        if rule.kind == "shift_date":  # dates collide across rows: compare row by row, by key
+            if not key:
+                found.append(Finding(f"residual {rule.table}.{rule.column}", Status.UNKNOWN,
+                                     "no primary key to compare shifted dates row by row"))
+                continue
+            pair = sql.SQL("hashtextextended(row({})::text || '|' || {}::text, 0)")
+            _stream(source, sql.SQL("SELECT {} FROM {} t WHERE {} IS NOT NULL").format(
+                pair.format(keys, sql.Identifier("t", rule.column)), rel.ident, col), copy, "pgrb_source_hashes")
+            hit = pair.format(keys, sql.Identifier("t", rule.column))
+        else:
+            _stream(source, sql.SQL("SELECT DISTINCT hashtextextended({}::text, 0) FROM {} WHERE {} IS NOT NULL AND {}")
+                    .format(col, rel.ident, col, _changed_by_rule(rule)), copy, "pgrb_source_hashes")
+            hit = sql.SQL("hashtextextended({}::text, 0)").format(sql.Identifier("t", rule.column))
+        rows = copy.execute(sql.SQL(
+            "SELECT row({})::text, count(*) OVER () FROM {} t JOIN pg_temp.pgrb_source_hashes s ON s.h = {}"
+            " LIMIT %s").format(keys, rel.ident, hit), [max_examples]).fetchall()
+        if rows:
+            found.append(Finding(f"residual {rule.table}.{rule.column}", Status.CRIT,
+                                 f"{rows[0][1]} rows still hold a value from the source (rule {rule.kind})",
+                                 value=rows[0][1], examples=tuple(f"row {r[0]}" for r in rows)))
+        else:
+            clean += 1
+    found.append(Finding("residual values", Status.CRIT if found else Status.OK,
+                         f"{clean} masked columns hold no source value" +
+                         (f"; {len(found)} do" if found else " (compared by hash across the two databases)"),
+                         value=clean))
+    return found
+
+
+def _text_columns(conn: psycopg.Connection) -> list[Column]:
+    return [c for c in columns(conn) if c.type in TEXT_TYPES]
+
+
+def _tokens(cols: list[Column], pattern: str) -> sql.Composable:
+    parts = [sql.SQL("SELECT {c}::text AS v FROM {t} WHERE {c} ~ {p}").format(
+        c=sql.Identifier(c.column), t=Rel(*c.table.split(".", 1)).ident, p=sql.Literal(pattern)) for c in cols]
+    return sql.SQL("SELECT DISTINCT hashtextextended(m[1], 0) FROM ({}) s, regexp_matches(s.v, {}, 'g') m").format(
+        sql.SQL(" UNION ALL ").join(parts), sql.Literal(f"({pattern})"))
+
+
+def contact_leaks(source: psycopg.Connection, copy: psycopg.Connection, *, max_examples: int = 20) -> Finding:
+    """Email- and phone-shaped strings of the source's text that appear anywhere in the copy's text columns."""
+    src_cols, copy_cols = _text_columns(source), _text_columns(copy)
+    if not src_cols or not copy_cols:
+        return Finding("contact leaks", Status.OK, "no text columns to search")
+    leaks = []
+    for kind, pattern in (("email", EMAIL_TOKEN), ("phone", PHONE_TOKEN)):
+        _stream(source, _tokens(src_cols, pattern), copy, "pgrb_source_hashes")
+        for c in copy_cols:
+            n = copy.execute(sql.SQL(
+                "SELECT count(*) FROM {t} t, regexp_matches(t.{c}::text, {p}, 'g') m"
+                " WHERE t.{c} ~ {bare} AND hashtextextended(m[1], 0) IN (SELECT h FROM pg_temp.pgrb_source_hashes)"
+            ).format(t=Rel(*c.table.split(".", 1)).ident, c=sql.Identifier(c.column),
+                     p=sql.Literal(f"({pattern})"), bare=sql.Literal(pattern))).fetchone()[0]
+            if n:
+                leaks.append(f"{c.table}.{c.column}: {n} {kind}-shaped strings from the source")
+    if leaks:
+        return Finding("contact leaks", Status.CRIT, f"{len(leaks)} columns hold the source's emails or phones: "
+                       f"{leaks[0]}", examples=tuple(leaks[:max_examples]))
+    return Finding("contact leaks", Status.OK, f"no email- or phone-shaped string of the source's {len(src_cols)} "
+                   f"text columns appears in the copy's {len(copy_cols)}")

@@ -1,0 +1,331 @@
+"""Staging refresh against real servers: masking, its proof, and what it must refuse."""
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgrunbook import backups, db, refresh, restore, runner, sanitize, seed
+from pgrunbook.findings import Status
+from pgrunbook.targets import Target
+from tests.conftest import ROOT, written_files
+
+PLANTED = {"email": "zebulon.quartermaine@planted-mail.example.com", "first_name": "Zebulon",
+           "last_name": "Quartermaine", "phone": "+44 20 7946 0958", "location": "221B Baker Street, London, UK"}
+SALT = "test-salt-6f1c0d9e2b7a4c3f"
+
+
+@pytest.fixture(autouse=True)
+def own_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "backups"))
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv(sanitize.SALT_ENV, SALT)
+
+
+def _new_database(server: str, prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name
+
+
+@pytest.fixture
+def pair(server):
+    """(production, staging) as configured servers on `server`: production seeded, with planted personal data."""
+    from pgrunbook import migrations
+
+    names = [_new_database(server, "pgrb_prod"), _new_database(server, "pgrb_stag")]
+    prod = Target("production", db.with_database(server, names[0]), protected=True, source="test")
+    stag = Target("staging", db.with_database(server, names[1]), source="test")
+    for t in (prod, stag):
+        migrations.upgrade(t, "head")
+    with db.connect(prod, readonly=False) as conn:
+        seed.seed(conn, Target("fixture", prod.url), mode="development", users=200)
+        uid = conn.execute("INSERT INTO users (email, user_type, first_name, last_name, phone, location)"
+                           " VALUES (%(email)s, 'client', %(first_name)s, %(last_name)s, %(phone)s, %(location)s)"
+                           " RETURNING id", PLANTED).fetchone()[0]
+        conn.execute("INSERT INTO reviews (service_id, professional_id, client_id, rating, comment)"
+                     " SELECT id, professional_id, %s, 5, %s FROM services LIMIT 1",
+                     [uid, f"Great work! Call {PLANTED['first_name']} on {PLANTED['phone']}"])
+    with db.connect(stag, readonly=False) as conn:
+        conn.execute("INSERT INTO categories (slug, name) VALUES ('staging-only', 'Staging only')")
+    yield prod, stag
+    with psycopg.connect(server, autocommit=True) as conn:
+        for name in [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE ANY(%s)",
+                                                 [[f"{n}%" for n in names]])]:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _rules(tmp_path: Path, extra: str = "", drop: str = "") -> sanitize.Rules:
+    text = (ROOT / "sanitize.toml").read_text()
+    if drop:
+        text = "\n".join(line for line in text.splitlines() if not line.startswith(drop))
+    path = tmp_path / "rules.toml"
+    path.write_text(text + "\n" + extra)
+    return sanitize.load(str(path))
+
+
+def _all_text(target: Target) -> str:
+    """Every value of every user table, as one string (to search for planted values)."""
+    out = []
+    with db.connect(target) as conn:
+        for schema, table in conn.execute("SELECT schemaname, relname FROM pg_stat_user_tables").fetchall():
+            out += [r[0] for r in conn.execute(sql.SQL("SELECT t::text FROM {} t").format(sql.Identifier(schema, table)))]
+    return "\n".join(out)
+
+
+def _databases(server_url: str) -> set[str]:
+    with psycopg.connect(db.with_database(server_url, "postgres")) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+
+def _emails(target: Target) -> dict[int, str]:
+    with db.connect(target) as conn:
+        return dict(conn.execute("SELECT id, email FROM users").fetchall())
+
+
+def _refresh(prod: Target, stag: Target, rules: sanitize.Rules, salt: str = SALT) -> refresh.RefreshResult:
+    backup = backups.create(prod, label="staging-refresh")
+    return refresh.apply(prod, stag, backup, rules, sanitize.Salt(salt, "test"))
+
+
+# -- plan --------------------------------------------------------------------------------------------
+
+def test_fixia_plan_is_complete_on_the_sandbox(sandbox):
+    plan = sanitize.plan_for(Target("p", sandbox.url("production")), sanitize.load("sanitize.toml"))
+    assert not plan.blocked, plan.findings
+    frame = plan.frame()
+    assert set(frame[frame["note"] == "masked"]["column"]) == {
+        "email", "first_name", "last_name", "phone", "location", "created_at", "description", "comment"}
+
+
+def test_plan_flags_personal_columns_without_a_rule_and_rules_that_cannot_apply(pair, tmp_path):
+    prod, _ = pair
+    with db.connect(prod, readonly=False) as conn:
+        conn.execute("CREATE TABLE contacts (id bigint PRIMARY KEY, contact text)")
+        conn.execute("INSERT INTO contacts SELECT id, email FROM users")  # personal by content only
+    rules = _rules(tmp_path, drop="phone =", extra='[columns.ghost]\nemail = "email"\n')
+    plan = sanitize.plan_for(prod, rules)
+    by_check = {f.check: f for f in plan.findings}
+    unruled = by_check["unruled personal columns"]
+    assert unruled.status is Status.CRIT
+    assert set(unruled.examples) == {"public.users.phone (name)", "public.contacts.contact (content: email-shaped values)"}
+    assert by_check["rule errors"].status is Status.CRIT
+    assert by_check["rule errors"].examples == ("public.ghost.email: no such column in the source",)
+    assert sanitize.verdict(plan, "apply").status is Status.CRIT
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ('[columns.users]\nemail = "name"\n', "would break the column's unique index"),
+    ('[columns.users]\nemail = "null"\n', "NOT NULL"),
+    ('[columns.users]\nid = "phone"\n', "does not apply to type int8"),
+])
+def test_plan_refuses_rules_that_would_break_the_column(pair, tmp_path, extra, problem):
+    prod, _ = pair
+    text = (ROOT / "sanitize.toml").read_text().replace('email = "email"\n', "")
+    (tmp_path / "r.toml").write_text(text.replace("[columns.users]\n", extra))
+    plan = sanitize.plan_for(prod, sanitize.load(str(tmp_path / "r.toml")))
+    errors = next(f for f in plan.findings if f.check == "rule errors")
+    assert errors.status is Status.CRIT and problem in errors.summary
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[columns.users]\nemail = "scramble"\n', "unknown rule 'scramble'"),
+    ('[columns.users]\nemail = { rule = "email", salt = "x" }\n', "takes no option 'salt'"),
+    ('[columns.users]\ncreated_at = { rule = "shift_date", days = 0 }\n', "days must be"),
+    ('[columns.users]\nemail = 3\n', "write a rule name"),
+    ("[colums.users]\n", "unknown section 'colums'"),
+    ("[columns.users\n", "not valid TOML"),
+])
+def test_bad_rules_file_is_one_clear_error(tmp_path, text, message):
+    (tmp_path / "r.toml").write_text(text)
+    with pytest.raises(sanitize.RulesError, match=message):
+        sanitize.load(str(tmp_path / "r.toml"))
+    with pytest.raises(sanitize.RulesError, match="no rules file"):
+        sanitize.load(str(tmp_path / "missing.toml"))
+
+
+# -- refusals ----------------------------------------------------------------------------------------
+
+def test_refuses_protected_target_same_database_and_unconfirmed_apply(pair):
+    prod, stag = pair
+    for mode in ("plan", "apply"):
+        with pytest.raises(refresh.RefreshRefused, match="protected"):
+            refresh.check_request(stag, prod, mode=mode, confirm="production")
+    same = Target("staging", prod.url)
+    with pytest.raises(refresh.RefreshRefused, match="same database"):
+        refresh.check_request(prod, same, mode="apply", confirm="staging")
+    with pytest.raises(refresh.RefreshRefused, match="confirm staging"):
+        refresh.check_request(prod, stag, mode="apply", confirm="")
+    assert refresh.check_request(prod, stag, mode="apply", confirm="staging").status is Status.OK
+
+
+def test_salt_is_required_outside_the_sandbox(monkeypatch):
+    monkeypatch.delenv(sanitize.SALT_ENV)
+    with pytest.raises(sanitize.SaltMissing, match=sanitize.SALT_ENV):
+        sanitize.salt(sandbox=False)
+    assert sanitize.salt_status(sandbox=False).status is Status.WARN
+    first, again = sanitize.salt(sandbox=True), sanitize.salt(sandbox=True)
+    assert first.value == again.value and len(first.value) == 64
+    assert first.value not in repr(first)
+
+
+# -- apply -------------------------------------------------------------------------------------------
+
+def test_refresh_masks_every_personal_value_and_keeps_keys(pair, tmp_path):
+    prod, stag = pair
+    rules = _rules(tmp_path)
+    before = _databases(prod.url)
+    result = _refresh(prod, stag, rules)
+    assert result.swapped and all(f.status is Status.OK for f in result.findings), result.findings
+    everything = _all_text(stag)
+    for value in [*PLANTED.values(), "planted-mail", "7946 0958"]:
+        assert value not in everything
+    assert "London, UK" in everything  # the location generalized to its city, not removed
+    with db.connect(prod) as p, db.connect(stag) as s:
+        count = "SELECT count(*), count(DISTINCT email), count(phone) FROM users"
+        assert p.execute(count).fetchone() == s.execute(count).fetchone()
+        fk = "SELECT count(*) FROM reviews r JOIN users u ON u.id = r.client_id"
+        assert p.execute(fk).fetchone() == s.execute(fk).fetchone()
+        assert s.execute("SELECT count(*) FROM users WHERE email NOT LIKE '%%@fixia.invalid'").fetchone()[0] == 0
+        assert s.execute("SELECT count(*) FROM categories WHERE slug = 'staging-only'").fetchone()[0] == 0
+        shifted = p.execute("SELECT id, created_at FROM users ORDER BY id").fetchall()
+        moved = dict(s.execute("SELECT id, created_at FROM users").fetchall())
+        days = [abs((moved[i] - t).total_seconds()) / 86400 for i, t in shifted]
+        assert all(1 <= d <= 30 and d == int(d) for d in days)
+    kept = result.kept_as
+    assert kept and _databases(prod.url) == before | {kept}
+    with db.connect(Target("kept", db.with_database(stag.url, kept))) as conn:
+        assert conn.execute("SELECT count(*) FROM categories WHERE slug = 'staging-only'").fetchone()[0] == 1
+
+
+def test_masking_is_deterministic_for_a_salt_across_refreshes_and_tables(pair, tmp_path):
+    prod, stag = pair
+    with db.connect(prod, readonly=False) as conn:
+        conn.execute("CREATE TABLE newsletter (id bigint PRIMARY KEY, email text NOT NULL)")
+        conn.execute("INSERT INTO newsletter SELECT id, email FROM users")
+    rules = _rules(tmp_path, extra='[columns.newsletter]\nemail = "email"\n')
+    _refresh(prod, stag, rules)
+    first = _emails(stag)
+    with db.connect(stag) as conn:
+        assert dict(conn.execute("SELECT id, email FROM newsletter").fetchall()) == first
+    _refresh(prod, stag, rules)
+    assert _emails(stag) == first
+    _refresh(prod, stag, rules, salt="another-salt-0123456789")
+    other = _emails(stag)
+    assert other.keys() == first.keys() and not set(other.values()) & set(first.values())
+
+
+def test_residual_check_finds_every_unmasked_row(pair, tmp_path):
+    """The proof itself: on an unmasked copy, every masked column is CRIT with its exact count."""
+    prod, stag = pair
+    rules = _rules(tmp_path)
+    backup = backups.create(prod)
+    copy = f"{stag.database}_plain"
+    restore.restore_into(stag, backup, copy, jobs=2, timeline=restore.Timeline())
+    with db.connect(prod, readonly=False) as conn:
+        n = conn.execute("SELECT count(*) FROM users").fetchone()[0]
+        comments = conn.execute("SELECT count(*) FROM reviews WHERE comment IS NOT NULL").fetchone()[0]
+        street = conn.execute("SELECT count(*) FROM users WHERE location ~ ','").fetchone()[0]
+    plain = Target("plain", db.with_database(stag.url, copy))
+    with db.connect(prod) as src, db.connect(plain, readonly=False) as dst:
+        found = {f.check: f for f in sanitize.residual(src, dst, rules)}
+        leaks = sanitize.contact_leaks(src, dst)
+    assert found["residual public.users.email"].value == n
+    assert found["residual public.users.created_at"].value == n
+    assert found["residual public.users.location"].value == street
+    assert found["residual public.reviews.comment"].value == comments
+    assert found["residual values"].status is Status.CRIT
+    assert leaks.status is Status.CRIT and any(e.startswith("public.users.email") for e in leaks.examples)
+    assert not any(v in " ".join(f.summary + " ".join(f.examples) for f in found.values()) for v in PLANTED.values())
+
+
+def test_leak_in_a_kept_column_stops_the_swap_and_changes_nothing(pair, tmp_path):
+    prod, stag = pair
+    with db.connect(prod, readonly=False) as conn:
+        conn.execute("UPDATE services SET title = title || ' - write to ' || %s WHERE id = (SELECT min(id) FROM"
+                     " services)", [PLANTED["email"]])
+    before, everything = _databases(prod.url), _all_text(stag)
+    result = _refresh(prod, stag, _rules(tmp_path))
+    leak = next(f for f in result.findings if f.check == "contact leaks")
+    assert leak.status is Status.CRIT and leak.examples == ("public.services.title: 1 email-shaped strings from the source",)
+    assert not result.swapped and result.database is None
+    assert _databases(prod.url) == before  # the masked copy was dropped
+    assert _all_text(stag) == everything
+
+
+def test_failure_while_masking_drops_the_copy_and_leaves_staging(pair, tmp_path):
+    prod, stag = pair
+    with db.connect(prod, readonly=False) as conn:  # a shifted date may break this check: the UPDATE fails
+        conn.execute("ALTER TABLE users ADD CONSTRAINT created_in_past CHECK (created_at <= now())")
+        conn.execute("UPDATE users SET created_at = now() - id * interval '1 minute'")  # some shift forward
+    before, everything = _databases(prod.url), _all_text(stag)
+    with pytest.raises(restore.RestoreFailed, match="the partial copy was dropped.*created_in_past"):
+        _refresh(prod, stag, _rules(tmp_path))
+    assert _databases(prod.url) == before
+    assert _all_text(stag) == everything
+
+
+def test_kept_databases_pruned_after_their_time(pair, tmp_path):
+    prod, stag = pair
+    old = f"{stag.database}_pre_refresh_20200101000000"
+    with psycopg.connect(db.with_database(stag.url, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(old)))
+    listed = refresh.prune_kept(stag, older_than_h=48, enabled=False)
+    assert listed.examples == (old,) and old in _databases(stag.url)
+    dropped = refresh.prune_kept(stag, older_than_h=48, enabled=True)
+    assert dropped.examples == (old,) and old not in _databases(stag.url)
+
+
+# -- the runbook --------------------------------------------------------------------------------------
+
+def test_runbook_apply_writes_no_personal_value_and_no_salt(pair, tmp_path, monkeypatch, sandbox):
+    prod, stag = pair
+    monkeypatch.setenv("DATABASE_URL", prod.url)
+    monkeypatch.setenv("STAGING_DATABASE_URL", stag.url)
+    backup = backups.create(prod)
+    started = time.time()
+    time.sleep(0.01)
+    refused = runner.run("staging_refresh", "staging", {"mode": "apply", "source_backup": backup.id}, progress=False)
+    assert refused.exit_code == 3 and "confirm staging" in refused.error
+    result = runner.run("staging_refresh", "staging", {"mode": "apply", "confirm": "staging",
+                                                       "source_backup": backup.id}, progress=False)
+    assert result.exit_code == 0, (result.error, result.findings)
+    assert PLANTED["email"] not in _all_text(stag)
+    state = Path(os.environ["PGRUNBOOK_STATE_DIR"])
+    roots = [Path(os.environ[v]) for v in ("PGRUNBOOK_REPORTS_DIR", "PGRUNBOOK_BACKUPS_DIR")]
+    roots += [p for p in state.iterdir() if p.name != "sandbox"] + [sandbox.data_dir / "log"]  # not the data files
+    written = [p for p in written_files(*roots) if p.stat().st_mtime >= started]
+    assert result.notebook in written and result.html in written
+    for path in written:
+        data = path.read_bytes()
+        for secret in [SALT, *PLANTED.values()]:
+            assert secret.encode() not in data, f"{secret!r} in {path}"
+
+
+def test_runbook_refuses_production_as_target(pair, monkeypatch, sandbox):
+    prod, stag = pair
+    monkeypatch.setenv("DATABASE_URL", prod.url)
+    monkeypatch.setenv("STAGING_DATABASE_URL", stag.url)
+    before = _all_text(prod)
+    result = runner.run("staging_refresh", "production", {"source": "staging", "mode": "apply",
+                                                          "confirm": "production"}, progress=False)
+    assert result.exit_code == 3 and "is protected" in result.error
+    assert _all_text(prod) == before
+
+
+def test_runbook_plan_mode_is_crit_on_an_unruled_personal_column(pair, monkeypatch, sandbox):
+    prod, stag = pair
+    monkeypatch.setenv("DATABASE_URL", prod.url)
+    monkeypatch.setenv("STAGING_DATABASE_URL", stag.url)
+    with db.connect(prod, readonly=False) as conn:
+        conn.execute("ALTER TABLE users ADD COLUMN birth_date date")
+    result = runner.run("staging_refresh", "staging", {}, progress=False)
+    assert result.exit_code == 2
+    unruled = next(f for f in result.findings if f.check == "unruled personal columns")
+    assert unruled.examples == ("public.users.birth_date (name)",)
+    assert not any(f.check == "source copy" for f in result.findings)  # stopped before copying
