@@ -1,0 +1,210 @@
+"""Health checks for cron and alerting: each OK/WARN/CRIT/UNKNOWN with its figure and threshold.
+
+Read-only. Defaults are the guide's numbers. What cannot be seen from here
+(the disk or the host of a remote server, replicas that do not exist) is
+UNKNOWN or said to be absent, never made up. The figures can be written for
+node_exporter's textfile collector (Prometheus text format) and as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+
+from . import backups, integrity, reports, status
+from .findings import Finding, Status
+from .targets import Target
+
+
+def _level(value: float, warn: float, crit: float) -> Status:
+    return Status.CRIT if value >= crit else Status.WARN if value >= warn else Status.OK
+
+
+def is_local(target: Target) -> bool:
+    """Whether the server runs on this host (the sandbox, a Unix socket, or localhost)."""
+    if target.sandbox:
+        return True
+    parts = urlsplit(target.url)
+    host = parts.hostname or ""
+    query_host = next((v for k, v in (p.split("=", 1) for p in parts.query.split("&") if "=" in p) if k == "host"), "")
+    return host in ("", "localhost", "127.0.0.1", "::1") or query_host.startswith("/")
+
+
+def storage(conn: psycopg.Connection, target: Target, *, warn_pct: float = 80, crit_pct: float = 90) -> Finding:
+    """Use of the filesystem holding the data directory, where this host can see it."""
+    threshold = f"WARN >= {warn_pct:g}%, CRIT >= {crit_pct:g}%"
+    try:
+        data_dir = conn.execute("SELECT current_setting('data_directory')").fetchone()[0]
+    except psycopg.Error:
+        return Finding("storage", Status.UNKNOWN, "data_directory is not readable by this role "
+                       "(grant pg_read_all_settings)", threshold=threshold)
+    if not is_local(target) or not os.path.isdir(data_dir):
+        return Finding("storage", Status.UNKNOWN, f"the server's disk is not visible from this host ({data_dir}): "
+                       "watch it where the server runs", threshold=threshold)
+    usage = shutil.disk_usage(data_dir)
+    pct = 100 * usage.used / (usage.used + usage.free)  # as df counts: root's reserve is not free
+    return Finding("storage", _level(pct, warn_pct, crit_pct),
+                   f"{pct:.1f}% used of {usage.total / 2**30:.1f} GiB ({usage.free / 2**30:.1f} GiB free) "
+                   f"under {data_dir}", value=round(pct, 2), threshold=threshold)
+
+
+def slow_queries(conn: psycopg.Connection, *, slow_ms: float = 100, min_calls: int = 1) -> Finding:
+    """Statements of this database averaging over `slow_ms` (pg_stat_statements)."""
+    threshold = f"WARN when any averages > {slow_ms:g} ms"
+    if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone():
+        return Finding("slow queries", Status.UNKNOWN, "pg_stat_statements is not installed in this database",
+                       threshold=threshold)
+    n, worst = conn.execute(
+        "SELECT count(*), coalesce(max(mean_exec_time), 0) FROM pg_stat_statements"
+        " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND mean_exec_time > %s AND calls >= %s", [slow_ms, min_calls]).fetchone()
+    return Finding("slow queries", Status.WARN if n else Status.OK,
+                   f"{n} statements average over {slow_ms:g} ms" + (f", the slowest {worst:.0f} ms" if n else ""),
+                   value=n, threshold=threshold)
+
+
+def long_transactions(conn: psycopg.Connection, *, warn_s: float = 300, crit_s: float = 3600) -> Finding:
+    """The oldest open transaction of any client session (this one excluded)."""
+    pid, database, age = conn.execute(
+        "SELECT pid, datname, extract(epoch FROM now() - xact_start) FROM pg_stat_activity"
+        " WHERE xact_start IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        " ORDER BY xact_start LIMIT 1").fetchone() or (None, None, 0)
+    age = float(age or 0)
+    return Finding("long transactions", _level(age, warn_s, crit_s),
+                   f"the oldest open transaction is {age:.0f} s old" + (f" (pid {pid} on {database})" if pid else ""),
+                   value=round(age, 1), threshold=f"WARN >= {warn_s:g} s, CRIT >= {crit_s:g} s")
+
+
+def idle_in_transaction(conn: psycopg.Connection, *, warn_s: float = 60, crit_s: float = 600) -> Finding:
+    """Sessions idle inside an open transaction: they hold locks and stop vacuum."""
+    n, age = conn.execute(
+        "SELECT count(*), coalesce(max(extract(epoch FROM now() - state_change)), 0) FROM pg_stat_activity"
+        " WHERE state IN ('idle in transaction', 'idle in transaction (aborted)') AND pid <> pg_backend_pid()"
+    ).fetchone()
+    age = float(age)
+    return Finding("idle in transaction", _level(age, warn_s, crit_s) if n else Status.OK,
+                   f"{n} sessions idle in transaction" + (f", the longest for {age:.0f} s" if n else ""),
+                   value=round(age, 1), threshold=f"WARN >= {warn_s:g} s, CRIT >= {crit_s:g} s")
+
+
+def replication(conn: psycopg.Connection, *, warn_s: float = 30, crit_s: float = 300) -> Finding:
+    """Replay lag of each replica (on a primary) or of this server (on a standby)."""
+    threshold = f"WARN >= {warn_s:g} s, CRIT >= {crit_s:g} s"
+    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+        lag = conn.execute("SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())").fetchone()[0]
+        if lag is None:
+            return Finding("replication", Status.UNKNOWN, "standby has replayed nothing yet", threshold=threshold)
+        return Finding("replication", _level(float(lag), warn_s, crit_s), f"this standby is {float(lag):.1f} s behind",
+                       value=round(float(lag), 2), threshold=threshold)
+    rows = conn.execute("SELECT application_name, extract(epoch FROM coalesce(replay_lag, '0'))"
+                        " FROM pg_stat_replication").fetchall()
+    if not rows:
+        return Finding("replication", Status.OK, "no replicas attached", value=0, threshold=threshold)
+    name, lag = max(rows, key=lambda r: r[1])
+    return Finding("replication", _level(float(lag), warn_s, crit_s),
+                   f"{len(rows)} replicas; the furthest behind, {name}, {float(lag):.1f} s",
+                   value=round(float(lag), 2), threshold=threshold)
+
+
+def migrations(conn: psycopg.Connection, target: str) -> Finding:
+    """Pending revisions (WARN), or a failed migrate run as the latest of this target (CRIT)."""
+    runs = [e for e in reports.select(runbook="migrate", target=target)
+            if e.get("parameters", {}).get("mode") == "apply"]
+    if runs and runs[-1]["outcome"] in ("FAILED", "CRIT"):
+        return Finding("migrations", Status.CRIT, f"the latest migration of {target!r} failed: report "
+                       f"{runs[-1]['id']} ({runs[-1]['outcome']})", value=runs[-1]["id"])
+    return status.migration_state(conn)
+
+
+def backup_age(target: str, *, max_age_h: float = 24, required: bool = True) -> Finding:
+    """Age of the newest verified backup against the RPO; none at all is CRIT unless not `required` (a sandbox)."""
+    found = backups.all_backups(target)
+    if not found and not required:
+        return Finding("backup", Status.WARN, f"no backup of {target!r}: none is required of a sandbox",
+                       threshold=f"OK <= {max_age_h:g} h")
+    rpo = backups.rpo_finding(found, rpo_h=max_age_h)
+    return Finding("backup", rpo.status, rpo.summary, value=rpo.value, threshold=rpo.threshold)
+
+
+def host(target: Target, *, cpu_warn_pct: float = 90, mem_warn_pct: float = 90, mem_crit_pct: float = 98,
+         sample_s: float = 0.5) -> list[Finding]:
+    """CPU use (sampled) and memory of the host, when the server runs on this host.
+
+    A busy CPU is a WARN (slowness), never a CRIT; memory near exhaustion is.
+    """
+    if not is_local(target):
+        why = "the server is not on this host: watch its CPU and memory where it runs"
+        return [Finding("host cpu", Status.UNKNOWN, why, threshold=f"WARN >= {cpu_warn_pct:g}%"),
+                Finding("host memory", Status.UNKNOWN, why,
+                        threshold=f"WARN >= {mem_warn_pct:g}%, CRIT >= {mem_crit_pct:g}%")]
+    import psutil
+
+    cpu = psutil.cpu_percent(interval=sample_s)
+    mem = psutil.virtual_memory()
+    return [Finding("host cpu", Status.WARN if cpu >= cpu_warn_pct else Status.OK,
+                    f"{cpu:.0f}% busy over {sample_s:g} s on {os.cpu_count()} cores, 1-minute load "
+                    f"{os.getloadavg()[0]:.2f}", value=cpu, threshold=f"WARN >= {cpu_warn_pct:g}%"),
+            Finding("host memory", _level(mem.percent, mem_warn_pct, mem_crit_pct),
+                    f"{mem.percent:.0f}% of {mem.total / 2**30:.1f} GiB in use", value=mem.percent,
+                    threshold=f"WARN >= {mem_warn_pct:g}%, CRIT >= {mem_crit_pct:g}%")]
+
+
+def wraparound(conn: psycopg.Connection) -> list[Finding]:
+    return integrity.wraparound(conn)
+
+
+# -- output for other tools -------------------------------------------------------------------------
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+def prometheus_text(findings: list[Finding], target: str) -> str:
+    """The findings in Prometheus text format: a status gauge per check, and its figure where numeric."""
+    lines = ["# HELP pgrunbook_health_status Check status: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN.",
+             "# TYPE pgrunbook_health_status gauge"]
+    for f in findings:
+        lines.append(f'pgrunbook_health_status{{target="{_label(target)}",check="{_label(f.check)}"}} '
+                     f"{int(f.status)}")
+    lines += ["# HELP pgrunbook_health_value The figure each check measured (see its threshold).",
+              "# TYPE pgrunbook_health_value gauge"]
+    for f in findings:
+        if isinstance(f.value, (int, float)) and not isinstance(f.value, bool):
+            lines.append(f'pgrunbook_health_value{{target="{_label(target)}",check="{_label(f.check)}"}} {f.value}')
+    return "\n".join(lines) + "\n"
+
+
+def summary(findings: list[Finding], target: str) -> dict:
+    from .findings import worst
+
+    return {"target": target, "status": worst(f.status for f in findings).name,
+            "checks": [f.to_dict() for f in findings]}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write beside, then rename: a collector never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def export(findings: list[Finding], target: str, *, prometheus_file: str = "", json_file: str = "") -> Finding:
+    """Write the figures where asked; say where."""
+    written = []
+    if prometheus_file:
+        _atomic_write(Path(prometheus_file), prometheus_text(findings, target))
+        written.append(prometheus_file)
+    if json_file:
+        _atomic_write(Path(json_file), json.dumps(summary(findings, target), indent=1, default=str) + "\n")
+        written.append(json_file)
+    return Finding("export", Status.OK, f"written to {', '.join(written)}" if written else
+                   "nothing written (no prometheus_file or json_file)")

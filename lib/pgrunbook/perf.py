@@ -1,0 +1,458 @@
+"""Performance review: query statistics, plans, index advice, tables, connections, trend.
+
+Read-only, for any target. Every figure comes back as a DataFrame an operator
+can drill into; the findings name what needs attention. Query statistics come
+from pg_stat_statements when the server has it (the sandbox preloads it);
+without it the review says how to enable it and goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from . import reports
+from .catalog import USER_SCHEMAS
+from .findings import Finding, Status
+
+EXPLAINABLE = re.compile(r"^\s*(\(\s*)*(select|with|insert|update|delete|values|table)\b", re.I | re.S)
+WRITES = re.compile(r"\b(insert|update|delete|merge|create|drop|alter|truncate|copy|call|nextval|setval)\b", re.I)
+PARAM = re.compile(r"\$\d+")
+LARGE_ROWS = 10_000  # a scan or join over more rows than this is worth naming
+
+
+# -- query statistics ----------------------------------------------------------------------------
+
+def statements_available(conn: psycopg.Connection) -> Finding:
+    """Whether pg_stat_statements can be read here, and if not, how to enable it."""
+    preload = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
+    installed = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone()
+    if "pg_stat_statements" not in preload:
+        return Finding("pg_stat_statements", Status.UNKNOWN,
+                       "not preloaded: add it to shared_preload_libraries (ALTER SYSTEM SET "
+                       "shared_preload_libraries = 'pg_stat_statements'), restart, then CREATE EXTENSION "
+                       "pg_stat_statements; the review goes on without query statistics")
+    if not installed:
+        return Finding("pg_stat_statements", Status.UNKNOWN,
+                       "preloaded but not created in this database: run CREATE EXTENSION pg_stat_statements; "
+                       "the review goes on without query statistics")
+    since = conn.execute("SELECT stats_reset FROM pg_stat_statements_info").fetchone()[0] \
+        if conn.info.server_version >= 140000 else None
+    return Finding("pg_stat_statements", Status.OK, "query statistics available" +
+                   (f" since {since:%Y-%m-%d %H:%M} UTC" if since else ""))
+
+
+def statements(conn: psycopg.Connection, *, limit: int = 5000):
+    """Statements of this database from pg_stat_statements, by total time, with their share of it."""
+    import pandas as pd
+
+    columns = ["queryid", "query", "calls", "total_ms", "mean_ms", "max_ms", "rows", "shared_read", "temp_written"]
+    if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone():
+        return pd.DataFrame(columns=[*columns, "share_pct"])
+    rows = conn.execute(
+        "SELECT queryid, query, calls, total_exec_time, mean_exec_time, max_exec_time, rows,"
+        " shared_blks_read, temp_blks_written FROM pg_stat_statements"
+        " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND toplevel AND query NOT LIKE %s ORDER BY total_exec_time DESC LIMIT %s",
+        ["%pg_stat_statements%", limit]).fetchall()
+    frame = pd.DataFrame(rows, columns=columns)
+    total = frame["total_ms"].sum()
+    frame["share_pct"] = (100 * frame["total_ms"] / total).round(2) if total else 0.0
+    return frame.round({"total_ms": 2, "mean_ms": 3, "max_ms": 2})
+
+
+def top(frame, by: str = "total_ms", n: int = 20):
+    """The `n` statements with most `by` (total_ms, mean_ms, calls or rows)."""
+    return frame.sort_values(by, ascending=False).head(n).reset_index(drop=True)
+
+
+def slow(frame, slow_ms: float):
+    """Statements whose mean time is over `slow_ms`."""
+    return frame[frame["mean_ms"] > slow_ms].sort_values("mean_ms", ascending=False).reset_index(drop=True)
+
+
+def slow_finding(frame, slow_ms: float) -> Finding:
+    s = slow(frame, slow_ms)
+    if s.empty:
+        return Finding("slow queries", Status.OK, f"no statement averages over {slow_ms:g} ms "
+                       f"({len(frame)} statements)", value=0, threshold=f"mean > {slow_ms:g} ms")
+    return Finding("slow queries", Status.WARN, f"{len(s)} statements average over {slow_ms:g} ms; the slowest "
+                   f"{s['mean_ms'].iloc[0]:.0f} ms over {s['calls'].iloc[0]} calls", value=len(s),
+                   threshold=f"mean > {slow_ms:g} ms", examples=tuple(_short(q) for q in s["query"].head(10)))
+
+
+def _short(query: str, width: int = 120) -> str:
+    one = " ".join(query.split())
+    return one if len(one) <= width else one[: width - 1] + "…"
+
+
+def plot_statements(frame, slow_ms: float, *, n: int = 15):
+    """Total-time bars, calls against mean time with the slow threshold, and the share of time."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 4.5))
+    bars, scatter, pie = fig.subplots(1, 3)
+    head = top(frame, "total_ms", n)
+    labels = [f"#{i + 1}" for i in range(len(head))]
+    bars.barh(labels[::-1], head["total_ms"][::-1] / 1000, color="#4c72b0")
+    bars.set_xlabel("total seconds")
+    bars.set_title(f"Top {len(head)} by total time")
+    slow_mask = frame["mean_ms"] > slow_ms
+    scatter.scatter(frame["calls"], frame["mean_ms"], s=12, c=["#cf222e" if x else "#4c72b0" for x in slow_mask])
+    scatter.axhline(slow_ms, color="#cf222e", linestyle="--", label=f"slow: {slow_ms:g} ms")
+    if len(frame) and (frame["calls"] > 0).all() and (frame["mean_ms"] > 0).all():
+        scatter.set_xscale("log")
+        scatter.set_yscale("log")
+    scatter.set_xlabel("calls")
+    scatter.set_ylabel("mean ms")
+    scatter.set_title("Calls against mean time")
+    scatter.legend()
+    share = head["share_pct"].tolist()
+    rest = max(0.0, 100 - sum(share))
+    pie.pie([*share, rest] if rest > 0.5 else share, labels=[*labels, "rest"] if rest > 0.5 else labels,
+            startangle=90, counterclock=False, textprops={"fontsize": 7})
+    pie.set_title("Share of total time")
+    fig.tight_layout()
+    return fig
+
+
+def legend(frame, n: int = 15):
+    """What #1, #2, ... in the charts are."""
+    head = top(frame, "total_ms", n)
+    return head.assign(label=[f"#{i + 1}" for i in range(len(head))], query=head["query"].map(_short))[
+        ["label", "query", "calls", "total_ms", "mean_ms", "share_pct"]]
+
+
+# -- plans -----------------------------------------------------------------------------------------
+
+@dataclass
+class Explained:
+    query: str
+    plan: dict | None
+    note: str  # the costly nodes in one line, or why there is no plan
+
+    @property
+    def seq_scans(self) -> list[tuple[str, str]]:
+        """(table, filter) of every sequential scan in the plan."""
+        return [(n.get("Relation Name", ""), n.get("Filter", "")) for n in _nodes(self.plan)
+                if n.get("Node Type") == "Seq Scan"]
+
+    @property
+    def joins_on(self) -> list[str]:
+        return [n[k] for n in _nodes(self.plan) for k in ("Hash Cond", "Merge Cond", "Join Filter") if k in n]
+
+
+def _nodes(plan: dict | None):
+    if not plan:
+        return
+    stack = [plan]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(node.get("Plans", []))
+
+
+def explain(conn: psycopg.Connection, query: str, *, analyze: bool = False, timeout: str = "10s") -> Explained:
+    """The plan of `query` (GENERIC_PLAN for $n parameters where the server has it); ANALYZE only for reads."""
+    if not EXPLAINABLE.match(query):
+        return Explained(query, None, "not a query that has a plan (utility statement)")
+    params = bool(PARAM.search(query))
+    generic = conn.info.server_version >= 160000
+    if params and not generic:
+        return Explained(query, None, "has parameters and the server is older than 16 (no GENERIC_PLAN)")
+    writes = bool(WRITES.search(query))
+    analyze = analyze and not writes and not params
+    options = ["FORMAT JSON"] + (["GENERIC_PLAN"] if params else []) + (["ANALYZE", "BUFFERS"] if analyze else [])
+    try:
+        with conn.transaction():
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
+            row = conn.execute(sql.SQL("EXPLAIN ({}) {}").format(sql.SQL(", ".join(options)), sql.SQL(query))).fetchone()
+    except psycopg.Error as e:
+        return Explained(query, None, f"no plan: {str(e).splitlines()[0]}")
+    plan = (row[0] if isinstance(row[0], list) else json.loads(row[0]))[0]["Plan"]
+    return Explained(query, plan, costly_nodes(plan))
+
+
+def costly_nodes(plan: dict) -> str:
+    """The nodes worth a look, in one line: large sequential scans, sorts (spilling), big nested loops."""
+    notes = []
+    for n in _nodes(plan):
+        rows = n.get("Actual Rows", n.get("Plan Rows", 0)) * max(n.get("Actual Loops", 1), 1)
+        kind = n.get("Node Type")
+        if kind == "Seq Scan" and (rows >= LARGE_ROWS or n.get("Filter")):
+            filt = f" filtering {n['Filter']}" if n.get("Filter") else ""
+            notes.append(f"sequential scan on {n.get('Relation Name')} ({rows:,.0f} rows){filt}")
+        elif kind == "Sort" and (n.get("Sort Space Type") == "Disk" or rows >= LARGE_ROWS):
+            disk = " spilling to disk" if n.get("Sort Space Type") == "Disk" else ""
+            notes.append(f"sort of {rows:,.0f} rows{disk}")
+        elif kind == "Nested Loop" and rows >= LARGE_ROWS:
+            notes.append(f"nested loop over {rows:,.0f} rows")
+    return "; ".join(notes) or "no costly node"
+
+
+def explain_top(conn: psycopg.Connection, frame, *, slow_ms: float, top_n: int = 20, analyze: bool = False,
+                enabled: bool = True) -> list[Explained]:
+    """Plans of the slow statements (the top ones by total time when none is slow)."""
+    if not enabled or frame.empty:
+        return []
+    chosen = slow(frame, slow_ms).head(top_n)
+    return [explain(conn, q, analyze=analyze) for q in chosen["query"]]
+
+
+def plans_frame(explained: list[Explained]):
+    import pandas as pd
+
+    return pd.DataFrame([{"query": _short(e.query), "costly nodes": e.note} for e in explained],
+                        columns=["query", "costly nodes"])
+
+
+# -- index advice ------------------------------------------------------------------------------------
+
+_INDEXES = f"""
+SELECT n.nspname, t.relname, i.relname, x.indisunique OR x.indisprimary, x.indisvalid,
+       coalesce(s.idx_scan, 0), pg_relation_size(i.oid), am.amname,
+       (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL),
+       ARRAY(SELECT a.attname FROM unnest(x.indkey[0:x.indnkeyatts - 1]) WITH ORDINALITY k(num, ord)
+             JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.num ORDER BY k.ord),
+       EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid)
+FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace JOIN pg_am am ON am.oid = i.relam
+LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = i.oid
+WHERE {USER_SCHEMAS.replace('%%', '%')}
+"""
+
+
+@dataclass(frozen=True)
+class Index:
+    schema: str
+    table: str
+    name: str
+    unique: bool
+    valid: bool
+    scans: int
+    bytes: int
+    method: str
+    partial_or_expression: bool
+    columns: tuple[str, ...]
+    backs_constraint: bool
+
+    @property
+    def ident(self) -> str:
+        return sql.Identifier(self.schema, self.name).as_string(None)
+
+
+def indexes(conn: psycopg.Connection) -> list[Index]:
+    return [Index(*r[:9], tuple(r[9]), r[10]) for r in conn.execute(_INDEXES).fetchall()]
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+def unused_indexes(conn: psycopg.Connection) -> list[dict]:
+    """Indexes never scanned since statistics were reset, that back no constraint."""
+    return [{"kind": "unused", "table": f"{i.schema}.{i.table}", "index": i.name, "size": _mb(i.bytes),
+             "why": "0 scans since statistics were reset", "ddl": f"DROP INDEX CONCURRENTLY {i.ident};",
+             "cost": f"frees {_mb(i.bytes)}; writes to the table stop maintaining it"}
+            for i in indexes(conn) if i.scans == 0 and not i.unique and not i.backs_constraint]
+
+
+def redundant_indexes(conn: psycopg.Connection) -> list[dict]:
+    """Btree indexes whose columns are the same as, or a prefix of, another index's on the same table."""
+    out = []
+    plain = [i for i in indexes(conn) if i.method == "btree" and not i.partial_or_expression and i.valid]
+    for i in plain:
+        for j in plain:
+            if i is j or (i.schema, i.table) != (j.schema, j.table) or i.unique or i.backs_constraint:
+                continue
+            same = i.columns == j.columns
+            if (same and i.name > j.name) or (not same and j.columns[: len(i.columns)] == i.columns):
+                out.append({"kind": "duplicate" if same else "redundant", "table": f"{i.schema}.{i.table}",
+                            "index": i.name, "size": _mb(i.bytes),
+                            "why": f"({', '.join(i.columns)}) is covered by {j.name} ({', '.join(j.columns)})",
+                            "ddl": f"DROP INDEX CONCURRENTLY {i.ident};", "cost": f"frees {_mb(i.bytes)}"})
+                break
+    return out
+
+
+_COLUMN = re.compile(r'\(?"?([a-z_][a-z0-9_]*)"?\)?\s*(=|<|>|<=|>=|<>|~~|~~\*|IS|= ANY|IN)\s', re.I)
+
+
+def _filter_columns(expr: str, columns: set[str]) -> list[str]:
+    """Columns of `columns` compared in a plan's Filter or join condition, in order of appearance."""
+    seen = []
+    for m in re.finditer(r'(?:\b[a-z_][a-z0-9_]*\.)?"?([a-z_][a-z0-9_]*)"?', expr, re.I):
+        name = m.group(1)
+        if name in columns and name not in seen:
+            seen.append(name)
+    return seen
+
+
+def missing_indexes(conn: psycopg.Connection, explained: list[Explained], *, min_rows: int = LARGE_ROWS) -> list[dict]:
+    """Columns that slow queries filter or join on by sequential scan of a large table, with no index leading on them."""
+    stats = {(s, t): (seq, rows) for s, t, seq, rows in conn.execute(
+        "SELECT schemaname, relname, seq_scan, n_live_tup FROM pg_stat_user_tables").fetchall()}
+    by_name = {t: (s, t) for s, t in stats}
+    leading = {(i.schema, i.table, i.columns[0]) for i in indexes(conn) if i.columns and i.valid}
+    cols: dict[tuple[str, str], set[str]] = {}
+    for (s, t) in stats:
+        cols[(s, t)] = {r[0] for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            [sql.Identifier(s, t).as_string(conn)])}
+    advice: dict[tuple[str, str, str], dict] = {}
+    for e in explained:
+        for table, filt in e.seq_scans:
+            key = by_name.get(table)
+            if not key or stats[key][1] < min_rows:
+                continue
+            exprs = [filt] + [j for j in e.joins_on]
+            for column in [c for x in exprs if x for c in _filter_columns(x, cols[key])][:1]:
+                if (key[0], key[1], column) in leading or (key[0], key[1], column) in advice:
+                    continue
+                size = conn.execute("SELECT pg_relation_size(%s::regclass)",
+                                    [sql.Identifier(*key).as_string(conn)]).fetchone()[0]
+                name = f"ix_{key[1]}_{column}"[:63]
+                advice[(key[0], key[1], column)] = {
+                    "kind": "missing", "table": f"{key[0]}.{key[1]}", "index": name, "size": "",
+                    "why": f"{stats[key][0]:,} sequential scans of {stats[key][1]:,} rows; a slow query filters "
+                           f"or joins on {column}: {_short(e.query, 80)}",
+                    "ddl": f"CREATE INDEX CONCURRENTLY {sql.Identifier(name).as_string(conn)} ON "
+                           f"{sql.Identifier(*key).as_string(conn)} ({sql.Identifier(column).as_string(conn)});",
+                    "cost": f"reads the table's {_mb(size)} twice without blocking writes; the index about "
+                            f"{_mb(stats[key][1] * 24)}, maintained on every write"}
+    return list(advice.values())
+
+
+def index_advice(conn: psycopg.Connection, explained: list[Explained]):
+    """Unused, duplicate, redundant and missing indexes, each with the DDL to run and its cost."""
+    import pandas as pd
+
+    rows = missing_indexes(conn, explained) + redundant_indexes(conn) + unused_indexes(conn)
+    return pd.DataFrame(rows, columns=["kind", "table", "index", "size", "why", "ddl", "cost"])
+
+
+def advice_finding(advice) -> Finding:
+    if advice.empty:
+        return Finding("index advice", Status.OK, "no index to add or drop")
+    counts = advice["kind"].value_counts().to_dict()
+    missing = advice[advice["kind"] == "missing"]
+    return Finding("index advice", Status.WARN if not missing.empty else Status.OK,
+                   ", ".join(f"{n} {k}" for k, n in counts.items()), value=len(advice),
+                   examples=tuple(advice["ddl"].head(20)))
+
+
+# -- tables and connections --------------------------------------------------------------------------
+
+def tables(conn: psycopg.Connection, *, limit: int = 50):
+    """Largest tables: sizes, dead tuples and a bloat estimate, vacuum and analyze times, cache hit ratio."""
+    import pandas as pd
+
+    rows = conn.execute(
+        "SELECT s.schemaname || '.' || s.relname, pg_relation_size(s.relid), pg_indexes_size(s.relid),"
+        " coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0), s.n_live_tup, s.n_dead_tup,"
+        " round(100.0 * s.n_dead_tup / nullif(s.n_live_tup + s.n_dead_tup, 0), 1),"
+        " (s.n_dead_tup * pg_relation_size(s.relid) / nullif(s.n_live_tup + s.n_dead_tup, 0))::bigint,"
+        " greatest(s.last_vacuum, s.last_autovacuum), greatest(s.last_analyze, s.last_autoanalyze),"
+        " s.seq_scan, s.idx_scan,"
+        " round(100.0 * io.heap_blks_hit / nullif(io.heap_blks_hit + io.heap_blks_read, 0), 2)"
+        " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
+        " JOIN pg_statio_user_tables io ON io.relid = s.relid"
+        " ORDER BY pg_total_relation_size(s.relid) DESC LIMIT %s", [limit]).fetchall()
+    return pd.DataFrame(rows, columns=["table", "heap_bytes", "index_bytes", "toast_bytes", "live_rows", "dead_rows",
+                                       "dead_pct", "bloat_bytes_est", "last_vacuum", "last_analyze",
+                                       "seq_scans", "index_scans", "cache_hit_pct"])
+
+
+def cache_finding(conn: psycopg.Connection, *, warn_pct: float = 99) -> Finding:
+    hit, read = conn.execute("SELECT sum(heap_blks_hit), sum(heap_blks_read) FROM pg_statio_user_tables").fetchone()
+    if not (hit or read):
+        return Finding("cache hit ratio", Status.OK, "no table reads yet")
+    pct = 100 * float(hit) / float(hit + read)
+    return Finding("cache hit ratio", Status.OK if pct >= warn_pct else Status.WARN,
+                   f"{pct:.2f}% of table block reads served from shared buffers", value=round(pct, 2),
+                   threshold=f"WARN < {warn_pct:g}%")
+
+
+def dead_rows_finding(frame, *, warn_pct: float = 20, min_rows: int = 10_000) -> Finding:
+    bad = frame[(frame["dead_pct"].fillna(0) > warn_pct) & (frame["dead_rows"] > min_rows)]
+    if bad.empty:
+        return Finding("dead rows", Status.OK, f"no table over {warn_pct:g}% dead rows")
+    return Finding("dead rows", Status.WARN, f"{len(bad)} tables over {warn_pct:g}% dead rows: VACUUM them or "
+                   "tune autovacuum", examples=tuple(f"{t}: {p}%" for t, p in zip(bad["table"], bad["dead_pct"])))
+
+
+def activity(conn: psycopg.Connection):
+    """Client sessions by database, application and state."""
+    import pandas as pd
+
+    rows = conn.execute(
+        "SELECT datname, coalesce(nullif(application_name, ''), '(none)'), coalesce(state, '(unknown)'), count(*),"
+        " max(now() - xact_start) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+        " AND pid <> pg_backend_pid() GROUP BY 1, 2, 3 ORDER BY 4 DESC").fetchall()
+    return pd.DataFrame(rows, columns=["database", "application", "state", "sessions", "oldest_transaction"])
+
+
+def lock_waits(conn: psycopg.Connection):
+    """Sessions waiting on a lock, each with the sessions blocking it (the blocking tree, one level per row)."""
+    import pandas as pd
+
+    rows = conn.execute(
+        "SELECT w.pid, w.usename, now() - w.query_start, left(w.query, 120), b.pid, b.state, left(b.query, 120)"
+        " FROM pg_stat_activity w CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS blocker(pid)"
+        " JOIN pg_stat_activity b ON b.pid = blocker.pid WHERE w.wait_event_type = 'Lock'"
+        " ORDER BY 3 DESC").fetchall()
+    return pd.DataFrame(rows, columns=["waiting_pid", "user", "waiting_for", "waiting_query",
+                                       "blocking_pid", "blocking_state", "blocking_query"])
+
+
+def locks_finding(waits) -> Finding:
+    if waits.empty:
+        return Finding("lock waits", Status.OK, "no session is waiting on a lock")
+    roots = sorted(set(waits["blocking_pid"]) - set(waits["waiting_pid"]))
+    return Finding("lock waits", Status.WARN, f"{waits['waiting_pid'].nunique()} sessions wait on locks held by "
+                   f"{len(roots)} root blockers (pids {', '.join(map(str, roots))})", value=len(waits))
+
+
+# -- trend ---------------------------------------------------------------------------------------------
+
+def snapshot(frame, table_frame, advice) -> Finding:
+    """The figures the next review compares with: table sizes, slow statements, unused indexes."""
+    facts = {
+        "table bytes": {t: int(h + i + x) for t, h, i, x in zip(table_frame["table"], table_frame["heap_bytes"],
+                                                                table_frame["index_bytes"], table_frame["toast_bytes"])},
+        "slow": sorted(str(q) for q in frame.get("queryid", [])) if frame is not None else [],
+        "unused indexes": sorted(advice[advice["kind"] == "unused"]["index"]) if not advice.empty else [],
+    }
+    return Finding("snapshot", Status.OK, f"{len(facts['table bytes'])} tables, {len(facts['slow'])} slow statements, "
+                   f"{len(facts['unused indexes'])} unused indexes", value=facts)
+
+
+def trend(target: str, current: Finding, *, enabled: bool = True):
+    """(finding, DataFrame of changes) since the previous archived performance report of `target`."""
+    import pandas as pd
+
+    empty = pd.DataFrame(columns=["what", "name", "before", "now"])
+    if not enabled:
+        return Finding("trend", Status.OK, "not compared (compare_with_previous=False)"), empty
+    for entry in reversed([e for e in reports.select(runbook="performance", target=target) if e["outcome"] != "FAILED"]):
+        try:
+            before = next(f["value"] for f in reports.details(entry["id"])["findings"] if f["check"] == "snapshot")
+        except (StopIteration, reports.ReportNotFound):
+            continue
+        now, rows = current.value, []
+        for t, size in now["table bytes"].items():
+            old = before["table bytes"].get(t)
+            if old is None or size > old * 1.1 + 2**20:
+                rows.append(("table grew" if old is not None else "new table", t, _mb(old or 0), _mb(size)))
+        rows += [("newly slow", q, "", "slow") for q in now["slow"] if q not in before["slow"]]
+        rows += [("newly unused index", i, "", "unused") for i in now["unused indexes"]
+                 if i not in before["unused indexes"]]
+        frame = pd.DataFrame(rows, columns=["what", "name", "before", "now"])
+        return Finding("trend", Status.OK, f"since {entry['id']}: " + (
+            ", ".join(f"{n} {k}" for k, n in frame["what"].value_counts().items()) if rows else "nothing notable"),
+            examples=tuple(f"{w}: {n}" for w, n, _, _ in rows[:20])), frame
+    return Finding("trend", Status.OK, f"no earlier performance report of {target!r} to compare with"), empty
