@@ -102,16 +102,18 @@ def connection_args(url: str) -> tuple[str, dict[str, str]]:
     return make_conninfo(**params), env
 
 
-def start(tool: Tool, args: list[str], url: str) -> subprocess.Popen:
-    """Start `tool` with `args` against `url` (passed as -d, password through the environment)."""
-    conninfo, env = connection_args(url)
+def start(tool: Tool, args: list[str], url: str, *, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `tool` with `args` against `url` (passed as -d, password and `env` through the environment)."""
+    conninfo, child_env = connection_args(url)
+    env = {**child_env, **(env or {})}
     return subprocess.Popen([str(tool.path), *args, "-d", conninfo], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def run(tool: Tool, args: list[str], url: str, *, timeout: float | None = None) -> subprocess.CompletedProcess:
+def run(tool: Tool, args: list[str], url: str, *, timeout: float | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `tool` to the end; ToolFailed with its last error line."""
-    return wait(tool, start(tool, args, url), timeout=timeout)
+    return wait(tool, start(tool, args, url, env=env), timeout=timeout)
 
 
 def wait(tool: Tool, proc: subprocess.Popen, *, timeout: float | None = None) -> subprocess.CompletedProcess:
@@ -124,6 +126,8 @@ def wait(tool: Tool, proc: subprocess.Popen, *, timeout: float | None = None) ->
         raise ToolFailed(f"{tool.name} took longer than {timeout:.0f} s and was stopped") from None
     if proc.returncode != 0:
         lines = [line for line in redact(err).splitlines() if line.strip()]
-        why = lines[-1] if lines else f"killed by signal {-proc.returncode}" if proc.returncode < 0 else ""
+        causes = [line for line in lines if "error:" in line and "worker process died" not in line]
+        why = (causes or lines)[0 if causes else -1] if lines else (
+            f"killed by signal {-proc.returncode}" if proc.returncode < 0 else "")
         raise ToolFailed(f"{tool.name} exited {proc.returncode}: {why}")
     return subprocess.CompletedProcess(proc.args, 0, out, err)

@@ -1,9 +1,11 @@
 """Staging refresh: a sanitized copy of the source put in the target's place, proven first.
 
 The source is only read (pg_dump in one snapshot, through a backup with its
-manifest). The copy is restored beside the target in two passes: tables and
-data, then masking in the server, then indexes and constraints, which are so
-built on masked values (a rule that broke a unique key fails the build). Then
+manifest). The copy is restored beside the target in three passes: tables;
+data, masked row by row in the server as COPY loads it (a trigger per table,
+so no source value is ever stored in the copy); then indexes and
+constraints, built on masked values (a rule that broke a unique key fails the
+build). Then
 row counts and schema against the manifest, foreign keys, and the proof that
 no source value of a masked column is left; only then the swap, keeping the
 previous target database for `keep_previous_hours`. A protected target is
@@ -77,6 +79,11 @@ class RefreshResult:
     masked: list[sanitize.Masked] = field(default_factory=list)
     kept_as: str | None = None
     swapped: bool = False
+    row_counts: dict[str, int] = field(default_factory=dict)
+
+    def masked_table(self):
+        """The masked tables, their masked columns and rows, as a DataFrame."""
+        return sanitize.masked_frame(self.masked, self.row_counts)
 
 
 def _verify(source: Target, target: Target, new: str, backup: Backup, rules: sanitize.Rules,
@@ -90,7 +97,7 @@ def _verify(source: Target, target: Target, new: str, backup: Backup, rules: san
             with timeline.phase("verify: residual values"):
                 found += sanitize.residual(src, copy, rules)
             with timeline.phase("verify: contact leaks"):
-                found.append(sanitize.contact_leaks(src, copy))
+                found.append(sanitize.contact_leaks(src, copy, rules))
     return found
 
 
@@ -114,11 +121,13 @@ def apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules,
     stamp = _free_stamp(target)
     new = f"{target.database}_refresh_{stamp}"[:63]
 
-    def masking(conn: psycopg.Connection) -> list[sanitize.Masked]:
-        with timeline.phase("mask"):
-            return sanitize.mask(conn, rules, salt)
+    masked: list[sanitize.Masked] = []
 
-    masked = restore.restore_into(target, backup, new, jobs=jobs, timeline=timeline, after_data=masking)
+    def install(conn: psycopg.Connection) -> None:
+        masked.extend(sanitize.install_masks(conn, rules))
+
+    restore.restore_into(target, backup, new, jobs=jobs, timeline=timeline, before_data=install,
+                         after_data=lambda conn: sanitize.remove_masks(conn, masked), data_env=sanitize.data_env(salt))
     try:
         found = _verify(source, target, new, backup, rules, timeline)
     except BaseException:
@@ -128,7 +137,7 @@ def apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules,
         restore.drop_database(target, new)
         found.append(Finding("swap", Status.CRIT, f"not swapped: the copy failed verification and was dropped; "
                              f"{target.name!r} is untouched"))
-        return RefreshResult(None, found, timeline, masked)
+        return RefreshResult(None, found, timeline, masked, row_counts=backup.manifest["row_counts"])
     kept = f"{target.database}_{KIND}_{stamp}"[:63]
     existed = restore.database_exists(target, target.database)
     with timeline.phase("maintenance: swap"):
@@ -137,7 +146,8 @@ def apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules,
     found.append(Finding("swap", Status.OK, f"the sanitized copy is now {target.database!r}; " + (
         f"the previous one is kept as {kept!r} for {keep_previous_hours:g} h" if kept else
         "there was no previous one to keep")))
-    return RefreshResult(target.database, found, timeline, masked, kept, swapped=True)
+    return RefreshResult(target.database, found, timeline, masked, kept, swapped=True,
+                         row_counts=backup.manifest["row_counts"])
 
 
 def run(source: Target, target: Target, backup: Backup | None, rules: sanitize.Rules, *, jobs: int = 2,

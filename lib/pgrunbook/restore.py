@@ -103,14 +103,16 @@ def drop_database(target: Target, name: str) -> None:
 
 
 def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, timeline: Timeline,
-                 after_data: Callable[[psycopg.Connection], Any] | None = None) -> Any:
+                 before_data: Callable[[psycopg.Connection], Any] | None = None,
+                 after_data: Callable[[psycopg.Connection], Any] | None = None,
+                 data_env: dict[str, str] | None = None) -> None:
     """Create `database` on the target's server and pg_restore the backup into it.
 
-    With `after_data`, the restore runs in two passes: tables and data, then
-    `after_data(connection to the new database)` (committed), then indexes,
-    constraints and triggers, which are so built on what `after_data` left.
-    Returns what `after_data` returned. On any failure the new database is
-    dropped (or, if that fails too, named in the error).
+    With hooks, the restore runs in three passes: the tables, then
+    `before_data(connection)`, the data (its pg_restore gets `data_env`),
+    `after_data(connection)`, then indexes, constraints and triggers, which
+    are so built on the data as the hooks left it. On any failure the new
+    database is dropped (or, if that fails too, named in the error).
     """
     with admin(target) as conn:
         major = conn.info.server_version // 10000
@@ -119,20 +121,27 @@ def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, ti
     tool = pgtools.choose("pg_restore", major)
     args = ["--exit-on-error", "--no-password", "--jobs", str(jobs)]
     url = db.with_database(target.url, database)
-    result = None
+    dump = str(backup.dump_path)
+
+    def hook(fn: Callable[[psycopg.Connection], Any] | None) -> None:
+        if fn is not None:
+            with db.connect(target, readonly=False, database=database, statement_timeout="0",
+                            application="pgrunbook/restore") as conn:
+                fn(conn)
+
     try:
-        if after_data is None:
+        if before_data is None and after_data is None:
             with timeline.phase("pg_restore"):
-                pgtools.run(tool, [*args, str(backup.dump_path)], url)
-            return None
-        with timeline.phase("pg_restore: tables and data"):
-            pgtools.run(tool, [*args, "--section=pre-data", "--section=data", str(backup.dump_path)], url)
-        with db.connect(target, readonly=False, database=database, statement_timeout="0",
-                        application="pgrunbook/restore") as conn:
-            result = after_data(conn)
+                pgtools.run(tool, [*args, dump], url)
+            return
+        with timeline.phase("pg_restore: tables"):
+            pgtools.run(tool, [*args, "--section=pre-data", dump], url)
+        hook(before_data)
+        with timeline.phase("pg_restore: data"):
+            pgtools.run(tool, [*args, "--section=data", dump], url, env=data_env)
+        hook(after_data)
         with timeline.phase("pg_restore: indexes and constraints"):
-            pgtools.run(tool, [*args, "--section=post-data", str(backup.dump_path)], url)
-        return result
+            pgtools.run(tool, [*args, "--section=post-data", dump], url)
     except BaseException as e:
         try:
             drop_database(target, database)

@@ -287,42 +287,43 @@ def _unfit(rule: Rule, c: Column) -> str:
 
 # -- masking --------------------------------------------------------------------------------------
 
-def _hash(column: sql.Composable) -> sql.Composable:
-    return sql.SQL("encode(sha256(convert_to(%(salt)s || {}::text, 'UTF8')), 'hex')").format(column)
+SALT_SETTING = "pgrunbook.salt"  # a session setting of the restore's data pass only
+MASK_PREFIX = "pgrunbook_mask_"
 
 
-def expression(rule: Rule, domain: str, params: dict[str, Any]) -> sql.Composable:
-    """The SQL computing the masked value of `rule.column`.
+def _hash(salt: sql.Composable, column: sql.Composable) -> sql.Composable:
+    return sql.SQL("encode(sha256(convert_to({} || {}::text, 'UTF8')), 'hex')").format(salt, column)
 
-    Uses the bound parameter `salt`; the rule's options are added to `params`
-    as bound parameters too, so no value is ever spliced into SQL text.
+
+def expression(rule: Rule, domain: str, *, column: sql.Composable | None = None,
+               salt: sql.Composable = sql.SQL("pgrunbook_salt")) -> sql.Composable:
+    """The SQL computing the masked value of `rule.column` (or of `column`), given the SQL naming the salt.
+
+    The rule's options are SQL literals: they are not secret. The salt is
+    never one: it is a variable or a bound parameter, named by `salt`.
     """
-    col = sql.Identifier(rule.column)
-    h = _hash(col)
-
-    def param(value: Any, cast: str) -> sql.Composable:
-        name = f"p{len(params)}"
-        params[name] = value
-        return sql.SQL("{}::{}").format(sql.Placeholder(name), sql.SQL(cast))
-
+    col = column if column is not None else sql.Identifier(rule.column)
+    h = _hash(salt, col)
+    lit = sql.Literal
     if rule.kind == "null":
         return sql.SQL("NULL")
     if rule.kind == "email":
-        expr = sql.SQL("'user-' || left({}, 20) || '@' || {}").format(h, param(rule.option("domain", domain), "text"))
+        expr = sql.SQL("'user-' || left({}, 20) || '@' || {}::text").format(h, lit(rule.option("domain", domain)))
     elif rule.kind == "name":
-        expr = sql.SQL("{} || ' ' || upper(left({}, 8))").format(param(rule.option("prefix", "Person"), "text"), h)
+        expr = sql.SQL("{}::text || ' ' || upper(left({}, 8))").format(lit(rule.option("prefix", "Person")), h)
     elif rule.kind == "phone":
-        expr = sql.SQL("'+999 ' || left(translate({}, 'abcdef', '012345'), 10)").format(h)
+        digits = sql.SQL("mod(('x' || left({}, 15))::bit(60)::bigint, 10000000000)").format(h)
+        expr = sql.SQL("'+999 ' || lpad({}::text, 10, '0')").format(digits)
     elif rule.kind == "city":
         expr = sql.SQL("CASE WHEN {c} ~ ',' THEN btrim(regexp_replace({c}, '^[^,]*,', '')) ELSE {c} END").format(c=col)
     elif rule.kind == "text":
-        expr = param(rule.option("placeholder", PLACEHOLDER), "text")
+        expr = sql.SQL("{}::text").format(lit(rule.option("placeholder", PLACEHOLDER)))
     elif rule.kind == "token":
         expr = sql.SQL("'redacted-' || left({}, 32)").format(h)
-    elif rule.kind == "shift_date":  # 1..days days, forward or back: never zero
-        x = sql.SQL("('x' || left({}, 8))::bit(32)::bigint").format(h)
+    elif rule.kind == "shift_date":  # 1..days days, forward or back, never zero; reveals only the shift
+        x = sql.SQL("(hashtextextended({} || {}::text, 0) & 2147483647)").format(salt, col)
         expr = sql.SQL("{c} + (CASE WHEN mod({x}, 2) = 0 THEN 1 ELSE -1 END) * (mod({x} / 2, {d}) + 1)"
-                       " * interval '1 day'").format(c=col, x=x, d=param(rule.option("days", 30), "int"))
+                       " * interval '1 day'").format(c=col, x=x, d=lit(int(rule.option("days", 30))))
     else:
         raise RulesError(f"no masking for rule {rule.kind!r}")
     return sql.SQL("CASE WHEN {} IS NULL THEN NULL ELSE {} END").format(col, expr)
@@ -332,34 +333,62 @@ def expression(rule: Rule, domain: str, params: dict[str, Any]) -> sql.Composabl
 class Masked:
     table: str
     columns: tuple[str, ...]
-    rows: int
-    seconds: float
 
 
-def mask(conn: psycopg.Connection, rules: Rules, s: Salt) -> list[Masked]:
-    """Mask every ruled column of the copy `conn` is connected to: one UPDATE per table, in the server."""
-    import time
+def _function(rel: Rel) -> sql.Identifier:
+    return sql.Identifier(rel.schema, f"{MASK_PREFIX}{rel.name}"[:63])
 
+
+def install_masks(conn: psycopg.Connection, rules: Rules) -> list[Masked]:
+    """Before the data is loaded: a BEFORE INSERT trigger per table masks each row as COPY writes it.
+
+    So the source's values are never stored in the copy, not even in dead
+    rows or WAL. The salt is read from the session setting pgrunbook.salt,
+    which only the data pass of the restore has; without it the load fails.
+    """
     done = []
     present = {(c.table, c.column) for c in columns(conn)}
     for table, ruled in sorted(rules.tables().items()):
         ruled = [r for r in ruled if (r.table, r.column) in present]
         if not ruled:
             continue
-        params: dict[str, Any] = {"salt": s.value}
-        sets = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(r.column),
-                                                            expression(r, rules.email_domain, params)) for r in ruled)
-        started = time.perf_counter()
-        cur = conn.execute(sql.SQL("UPDATE {} SET {}").format(ruled[0].rel.ident, sets), params)
-        done.append(Masked(table, tuple(r.column for r in ruled), cur.rowcount, time.perf_counter() - started))
+        assigns = sql.SQL(" ").join(
+            sql.SQL("NEW.{c} := {e};").format(c=sql.Identifier(r.column),
+                                              e=expression(r, rules.email_domain, column=sql.SQL("NEW.{}").format(
+                                                  sql.Identifier(r.column))))
+            for r in ruled)
+        body = sql.SQL("DECLARE pgrunbook_salt text := current_setting({}); BEGIN IF pgrunbook_salt = '' THEN"
+                       " RAISE EXCEPTION 'no salt for masking'; END IF; {} RETURN NEW; END").format(
+            sql.Literal(SALT_SETTING), assigns).as_string(conn)
+        fn, rel = _function(ruled[0].rel), ruled[0].rel
+        conn.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(fn, sql.Literal(body)))
+        conn.execute(sql.SQL("CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+            sql.Identifier(MASK_PREFIX.rstrip("_")), rel.ident, fn))
+        done.append(Masked(table, tuple(r.column for r in ruled)))
     return done
 
 
-def masked_frame(done: list[Masked]):
+def remove_masks(conn: psycopg.Connection, masked: list[Masked]) -> None:
+    """After the data is loaded: the triggers and their functions go; nothing of the rules stays in the copy."""
+    for m in masked:
+        rel = Rel(*m.table.split(".", 1))
+        conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(MASK_PREFIX.rstrip("_")), rel.ident))
+        conn.execute(sql.SQL("DROP FUNCTION {}()").format(_function(rel)))
+
+
+def data_env(s: Salt) -> dict[str, str]:
+    """The environment of the restore's data pass: the salt as a session setting, never on a command line."""
+    value = s.value.replace("\\", "\\\\").replace(" ", "\\ ")
+    options = f"-c {SALT_SETTING}={value}"
+    return {"PGOPTIONS": f"{os.environ['PGOPTIONS']} {options}" if os.environ.get("PGOPTIONS") else options}
+
+
+def masked_frame(done: list[Masked], row_counts: dict[str, int] | None = None):
     import pandas as pd
 
-    return pd.DataFrame([{"table": m.table, "columns": ", ".join(m.columns), "rows": m.rows,
-                          "seconds": round(m.seconds, 2)} for m in done], columns=["table", "columns", "rows", "seconds"])
+    counts = row_counts or {}
+    return pd.DataFrame([{"table": m.table, "columns": ", ".join(m.columns), "rows": counts.get(m.table)}
+                         for m in done], columns=["table", "columns", "rows"])
 
 
 # -- proof: nothing personal is left --------------------------------------------------------------
@@ -434,35 +463,54 @@ def residual(source: psycopg.Connection, copy: psycopg.Connection, rules: Rules,
     return found
 
 
-def _text_columns(conn: psycopg.Connection) -> list[Column]:
-    return [c for c in columns(conn) if c.type in TEXT_TYPES]
+SYNTHETIC = ("email", "name", "phone", "token", "null", "text")  # output made from a hash or a literal only
+CONTACT = f"({EMAIL_TOKEN})|({PHONE_TOKEN})"
 
 
-def _tokens(cols: list[Column], pattern: str) -> sql.Composable:
-    parts = [sql.SQL("SELECT {c}::text AS v FROM {t} WHERE {c} ~ {p}").format(
-        c=sql.Identifier(c.column), t=Rel(*c.table.split(".", 1)).ident, p=sql.Literal(pattern)) for c in cols]
-    return sql.SQL("SELECT DISTINCT hashtextextended(m[1], 0) FROM ({}) s, regexp_matches(s.v, {}, 'g') m").format(
-        sql.SQL(" UNION ALL ").join(parts), sql.Literal(f"({pattern})"))
+def _tokens(cols: list[Column], *, by_column: bool) -> sql.Composable:
+    """Hashes of the email- and phone-shaped substrings of `cols` (one scan per table), with the column's number."""
+    tables: dict[str, list[tuple[int, Column]]] = {}
+    for n, c in enumerate(cols):
+        tables.setdefault(c.table, []).append((n, c))
+    parts = []
+    for table, numbered in tables.items():
+        values = sql.SQL(", ").join(sql.SQL("({}, t.{}::text)").format(sql.Literal(n), sql.Identifier(c.column))
+                                    for n, c in numbered)
+        parts.append(sql.SQL("SELECT v.n, hashtextextended(coalesce(m[1], m[2]), 0) AS h FROM {} t,"
+                             " LATERAL (VALUES {}) v(n, x), regexp_matches(v.x, {}, 'g') m").format(
+            Rel(*table.split(".", 1)).ident, values, sql.Literal(CONTACT)))
+    union = sql.SQL(" UNION ALL ").join(parts)
+    if by_column:
+        return sql.SQL("SELECT n, h, count(*) FROM ({}) s GROUP BY n, h").format(union)
+    return sql.SQL("SELECT DISTINCT h FROM ({}) s").format(union)
 
 
-def contact_leaks(source: psycopg.Connection, copy: psycopg.Connection, *, max_examples: int = 20) -> Finding:
-    """Email- and phone-shaped strings of the source's text that appear anywhere in the copy's text columns."""
-    src_cols, copy_cols = _text_columns(source), _text_columns(copy)
-    if not src_cols or not copy_cols:
-        return Finding("contact leaks", Status.OK, "no text columns to search")
-    leaks = []
-    for kind, pattern in (("email", EMAIL_TOKEN), ("phone", PHONE_TOKEN)):
-        _stream(source, _tokens(src_cols, pattern), copy, "pgrb_source_hashes")
-        for c in copy_cols:
-            n = copy.execute(sql.SQL(
-                "SELECT count(*) FROM {t} t, regexp_matches(t.{c}::text, {p}, 'g') m"
-                " WHERE t.{c} ~ {bare} AND hashtextextended(m[1], 0) IN (SELECT h FROM pg_temp.pgrb_source_hashes)"
-            ).format(t=Rel(*c.table.split(".", 1)).ident, c=sql.Identifier(c.column),
-                     p=sql.Literal(f"({pattern})"), bare=sql.Literal(pattern))).fetchone()[0]
-            if n:
-                leaks.append(f"{c.table}.{c.column}: {n} {kind}-shaped strings from the source")
-    if leaks:
-        return Finding("contact leaks", Status.CRIT, f"{len(leaks)} columns hold the source's emails or phones: "
-                       f"{leaks[0]}", examples=tuple(leaks[:max_examples]))
-    return Finding("contact leaks", Status.OK, f"no email- or phone-shaped string of the source's {len(src_cols)} "
-                   f"text columns appears in the copy's {len(copy_cols)}")
+def contact_leaks(source: psycopg.Connection, copy: psycopg.Connection, rules: Rules, *,
+                  max_examples: int = 20) -> Finding:
+    """Email- and phone-shaped strings of the source's text that appear in the copy's text columns.
+
+    Columns whose rule makes their values from a hash or a literal alone are
+    not searched (nothing of the source can be in them; the residual check
+    covers them); every other text column of the copy is. The copy is
+    searched first: when it holds no such string at all, the source is not read.
+    """
+    synthetic = {(r.table, r.column) for r in rules.masked() if r.kind in SYNTHETIC}
+    cols = [c for c in columns(copy) if c.type in TEXT_TYPES and (c.table, c.column) not in synthetic]
+    if not cols:
+        return Finding("contact leaks", Status.OK, "no text column of the copy to search")
+    copy.execute("CREATE TEMP TABLE IF NOT EXISTS pgrb_copy_tokens (n int, h bigint, hits bigint)")
+    copy.execute("TRUNCATE pgrb_copy_tokens")
+    found = copy.execute(sql.SQL("INSERT INTO pgrb_copy_tokens {}").format(_tokens(cols, by_column=True))).rowcount
+    if found:
+        src_cols = [c for c in columns(source) if c.type in TEXT_TYPES]
+        _stream(source, _tokens(src_cols, by_column=False), copy, "pgrb_source_hashes")
+        leaks = copy.execute("SELECT n, sum(hits) FROM pgrb_copy_tokens WHERE h IN (SELECT h FROM"
+                             " pg_temp.pgrb_source_hashes) GROUP BY n ORDER BY n").fetchall()
+        if leaks:
+            named = [f"{cols[n].table}.{cols[n].column}: {hits} email- or phone-shaped strings from the source"
+                     for n, hits in leaks]
+            return Finding("contact leaks", Status.CRIT, f"{len(named)} columns hold the source's emails or "
+                           f"phones: {named[0]}", examples=tuple(named[:max_examples]))
+    return Finding("contact leaks", Status.OK, f"no email- or phone-shaped string of the source in the copy's "
+                   f"{len(cols)} text columns not made by a rule ({found} distinct such strings there, none "
+                   "from the source)")
