@@ -32,12 +32,12 @@ def statements_available(conn: psycopg.Connection) -> Finding:
     preload = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
     installed = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone()
     if "pg_stat_statements" not in preload:
-        return Finding("pg_stat_statements", Status.UNKNOWN,
+        return Finding("pg_stat_statements", Status.WARN,
                        "not preloaded: add it to shared_preload_libraries (ALTER SYSTEM SET "
                        "shared_preload_libraries = 'pg_stat_statements'), restart, then CREATE EXTENSION "
                        "pg_stat_statements; the review goes on without query statistics")
     if not installed:
-        return Finding("pg_stat_statements", Status.UNKNOWN,
+        return Finding("pg_stat_statements", Status.WARN,
                        "preloaded but not created in this database: run CREATE EXTENSION pg_stat_statements; "
                        "the review goes on without query statistics")
     since = conn.execute("SELECT stats_reset FROM pg_stat_statements_info").fetchone()[0] \
@@ -52,7 +52,7 @@ def statements(conn: psycopg.Connection, *, limit: int = 5000):
 
     columns = ["queryid", "query", "calls", "total_ms", "mean_ms", "max_ms", "rows", "shared_read", "temp_written"]
     if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone():
-        return pd.DataFrame(columns=[*columns, "share_pct"])
+        return pd.DataFrame(columns=[*columns[:2], "kind", *columns[2:], "share_pct"])
     rows = conn.execute(
         "SELECT queryid, query, calls, total_exec_time, mean_exec_time, max_exec_time, rows,"
         " shared_blks_read, temp_blks_written FROM pg_stat_statements"
@@ -60,6 +60,7 @@ def statements(conn: psycopg.Connection, *, limit: int = 5000):
         " AND toplevel AND query NOT LIKE %s ORDER BY total_exec_time DESC LIMIT %s",
         ["%pg_stat_statements%", limit]).fetchall()
     frame = pd.DataFrame(rows, columns=columns)
+    frame.insert(2, "kind", ["query" if EXPLAINABLE.match(q) else "utility" for q in frame["query"]])
     total = frame["total_ms"].sum()
     frame["share_pct"] = (100 * frame["total_ms"] / total).round(2) if total else 0.0
     return frame.round({"total_ms": 2, "mean_ms": 3, "max_ms": 2})
@@ -71,16 +72,17 @@ def top(frame, by: str = "total_ms", n: int = 20):
 
 
 def slow(frame, slow_ms: float):
-    """Statements whose mean time is over `slow_ms`."""
-    return frame[frame["mean_ms"] > slow_ms].sort_values("mean_ms", ascending=False).reset_index(drop=True)
+    """Queries (not utility statements: COPY, DDL, VACUUM...) whose mean time is over `slow_ms`."""
+    chosen = frame[(frame["mean_ms"] > slow_ms) & (frame["kind"] == "query")]
+    return chosen.sort_values("mean_ms", ascending=False).reset_index(drop=True)
 
 
 def slow_finding(frame, slow_ms: float) -> Finding:
     s = slow(frame, slow_ms)
     if s.empty:
-        return Finding("slow queries", Status.OK, f"no statement averages over {slow_ms:g} ms "
+        return Finding("slow queries", Status.OK, f"no query averages over {slow_ms:g} ms "
                        f"({len(frame)} statements)", value=0, threshold=f"mean > {slow_ms:g} ms")
-    return Finding("slow queries", Status.WARN, f"{len(s)} statements average over {slow_ms:g} ms; the slowest "
+    return Finding("slow queries", Status.WARN, f"{len(s)} queries average over {slow_ms:g} ms; the slowest "
                    f"{s['mean_ms'].iloc[0]:.0f} ms over {s['calls'].iloc[0]} calls", value=len(s),
                    threshold=f"mean > {slow_ms:g} ms", examples=tuple(_short(q) for q in s["query"].head(10)))
 
@@ -136,9 +138,9 @@ class Explained:
     note: str  # the costly nodes in one line, or why there is no plan
 
     @property
-    def seq_scans(self) -> list[tuple[str, str]]:
-        """(table, filter) of every sequential scan in the plan."""
-        return [(n.get("Relation Name", ""), n.get("Filter", "")) for n in _nodes(self.plan)
+    def seq_scans(self) -> list[tuple[str, str, str]]:
+        """(table, alias, filter) of every sequential scan in the plan."""
+        return [(n.get("Relation Name", ""), n.get("Alias", ""), n.get("Filter", "")) for n in _nodes(self.plan)
                 if n.get("Node Type") == "Seq Scan"]
 
     @property
@@ -279,15 +281,16 @@ def redundant_indexes(conn: psycopg.Connection) -> list[dict]:
     return out
 
 
-_COLUMN = re.compile(r'\(?"?([a-z_][a-z0-9_]*)"?\)?\s*(=|<|>|<=|>=|<>|~~|~~\*|IS|= ANY|IN)\s', re.I)
+_REFERENCE = re.compile(r'(?:"?([A-Za-z_][A-Za-z0-9_$]*)"?\.)?"?([A-Za-z_][A-Za-z0-9_$]*)"?')
+_LITERAL = re.compile(r"'(?:[^']|'')*'")
 
 
-def _filter_columns(expr: str, columns: set[str]) -> list[str]:
-    """Columns of `columns` compared in a plan's Filter or join condition, in order of appearance."""
+def _filter_columns(expr: str, columns: set[str], alias: str, *, qualified_only: bool = False) -> list[str]:
+    """Columns of `columns` referenced in a plan expression, unqualified or qualified by `alias`."""
     seen = []
-    for m in re.finditer(r'(?:\b[a-z_][a-z0-9_]*\.)?"?([a-z_][a-z0-9_]*)"?', expr, re.I):
-        name = m.group(1)
-        if name in columns and name not in seen:
+    for qualifier, name in _REFERENCE.findall(_LITERAL.sub("", expr)):
+        mine = qualifier == alias if qualifier else not qualified_only
+        if mine and name in columns and name not in seen:
             seen.append(name)
     return seen
 
@@ -299,19 +302,24 @@ def missing_indexes(conn: psycopg.Connection, explained: list[Explained], *, min
     by_name = {t: (s, t) for s, t in stats}
     leading = {(i.schema, i.table, i.columns[0]) for i in indexes(conn) if i.columns and i.valid}
     cols: dict[tuple[str, str], set[str]] = {}
-    for (s, t) in stats:
-        cols[(s, t)] = {r[0] for r in conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
-            [sql.Identifier(s, t).as_string(conn)])}
+
+    def columns_of(key: tuple[str, str]) -> set[str]:
+        if key not in cols:
+            cols[key] = {r[0] for r in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                [sql.Identifier(*key).as_string(conn)])}
+        return cols[key]
+
     advice: dict[tuple[str, str, str], dict] = {}
     for e in explained:
-        for table, filt in e.seq_scans:
+        for table, alias, filt in e.seq_scans:
             key = by_name.get(table)
             if not key or stats[key][1] < min_rows:
                 continue
-            exprs = [filt] + [j for j in e.joins_on]
-            for column in [c for x in exprs if x for c in _filter_columns(x, cols[key])][:1]:
-                if (key[0], key[1], column) in leading or (key[0], key[1], column) in advice:
+            found = _filter_columns(filt, columns_of(key), alias) if filt else []
+            found += [c for j in e.joins_on for c in _filter_columns(j, columns_of(key), alias, qualified_only=True)]
+            for column in [c for c in found if (key[0], key[1], c) not in leading][:1]:
+                if (key[0], key[1], column) in advice:
                     continue
                 size = conn.execute("SELECT pg_relation_size(%s::regclass)",
                                     [sql.Identifier(*key).as_string(conn)]).fetchone()[0]

@@ -1,0 +1,188 @@
+"""Performance review and health under real load: pgbench, slow queries, held connections, open transactions."""
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgrunbook import db, health, perf, runner, seed
+from pgrunbook.findings import Status
+from pgrunbook.sandbox import bin_dir
+from pgrunbook.targets import Target
+
+SLOW = """\\set n random(1, 60000)
+SELECT id, email FROM users WHERE phone = :n::text;
+SELECT count(*) FROM reviews r JOIN users u ON u.id = r.client_id WHERE u.id = :n;
+"""
+
+
+@pytest.fixture(autouse=True)
+def own_reports(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+
+
+@pytest.fixture
+def loaded(migrated, monkeypatch, tmp_path):
+    """A Fixia database with 60,000 users under a pgbench workload and two deliberately slow queries."""
+    with db.connect(migrated, readonly=False, statement_timeout="0") as conn:
+        seed.seed(conn, migrated, mode="development", users=60_000)
+        conn.execute("ANALYZE")
+        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone() is None:
+            preloaded = "pg_stat_statements" in conn.execute("SHOW shared_preload_libraries").fetchone()[0]
+            if preloaded:
+                conn.execute("CREATE EXTENSION pg_stat_statements")
+    pgbench = str(bin_dir() / "pgbench")
+    subprocess.run([pgbench, "-i", "-q", "-s", "1", "-d", migrated.url], check=True, capture_output=True)
+    script = tmp_path / "slow.sql"
+    script.write_text(SLOW)
+    subprocess.run([pgbench, "-n", "-S", "-c", "2", "-t", "200", "-d", migrated.url], check=True, capture_output=True)
+    subprocess.run([pgbench, "-n", "-M", "extended", "-f", str(script), "-c", "2", "-t", "15", "-d", migrated.url],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("STAGING_DATABASE_URL", migrated.url)
+    return migrated
+
+
+def _has_statements(target: Target) -> bool:
+    with db.connect(target) as conn:
+        return conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone() is not None
+
+
+def test_performance_names_the_slow_queries_and_the_right_indexes(loaded, sandbox):
+    result = runner.run("performance", "staging", {"slow_ms": "1"}, progress=False)
+    assert result.exit_code in (0, 1), result.error
+    found = {f.check: f for f in result.findings}
+    if not _has_statements(loaded):  # the external server does not preload it: said, and the review goes on
+        assert found["pg_stat_statements"].status is Status.WARN
+        assert "shared_preload_libraries" in found["pg_stat_statements"].summary
+        assert found["slow queries"].status is Status.OK and "no query" in found["slow queries"].summary
+        assert "cache hit ratio" in found and "lock waits" in found
+        return
+    slow = found["slow queries"]
+    assert slow.status is Status.WARN
+    assert any("WHERE phone" in q for q in slow.examples) and any("r.client_id" in q for q in slow.examples)
+    assert not any("pgbench_accounts" in q for q in slow.examples)  # the fast pgbench reads are not slow
+    ddl = found["index advice"].examples
+    assert 'CREATE INDEX CONCURRENTLY "ix_users_phone" ON "public"."users" ("phone");' in ddl
+    assert 'CREATE INDEX CONCURRENTLY "ix_reviews_client_id" ON "public"."reviews" ("client_id");' in ddl
+    html = result.html.read_text()
+    assert html.count("data:image/png") >= 1 and "sequential scan on users" in html
+
+
+def test_plans_use_generic_plans_and_never_analyze_a_write(loaded):
+    with db.connect(loaded) as conn:
+        generic = conn.info.server_version >= 160000
+        read = perf.explain(conn, "SELECT * FROM users WHERE phone = $1", analyze=True)
+        write = perf.explain(conn, "UPDATE users SET phone = $1 WHERE id = $2", analyze=True)
+        plain = perf.explain(conn, "SELECT count(*) FROM reviews WHERE client_id = 3", analyze=True)
+        utility = perf.explain(conn, "VACUUM users")
+    if generic:
+        assert read.plan and "sequential scan on users" in read.note and "filtering" in read.note
+        assert write.plan and "Actual Rows" not in write.plan  # planned, not run
+    else:
+        assert read.plan is None and "GENERIC_PLAN" in read.note
+    assert "Actual Rows" in plain.plan  # a read without parameters, analyzed as asked
+    assert utility.plan is None and "utility" in utility.note
+    with db.connect(loaded) as conn:
+        assert conn.execute("SELECT count(*) FROM users WHERE phone IS NULL").fetchone()[0] == 0
+
+
+def test_index_advice_finds_unused_and_redundant_indexes(migrated):
+    with db.connect(migrated, readonly=False) as conn:
+        conn.execute("CREATE INDEX extra_users_type_location ON users (user_type, location)")
+        conn.execute("CREATE INDEX same_as_type ON users (user_type)")
+        advice = perf.index_advice(conn, [])
+    rows = {(k, i) for k, i in zip(advice["kind"], advice["index"])}
+    assert ("redundant", "ix_users_user_type") in rows or ("duplicate", "same_as_type") in rows
+    assert ("unused", "extra_users_type_location") in rows
+    assert not any(i.startswith(("pk_", "uq_")) for i in advice["index"])  # constraints are never advised away
+
+
+def test_trend_shows_what_changed_since_the_previous_review(loaded, sandbox):
+    first = runner.run("performance", "staging", {"slow_ms": "1", "explain": "false"}, progress=False)
+    assert first.exit_code in (0, 1), first.error
+    with db.connect(loaded, readonly=False) as conn:
+        conn.execute("INSERT INTO categories (slug, name, description) SELECT 'c' || g, 'n', repeat('x', 500)"
+                     " FROM generate_series(1, 5000) g")
+        conn.execute("ANALYZE categories")
+    second = runner.run("performance", "staging", {"slow_ms": "1", "explain": "false"}, progress=False)
+    trend = next(f for f in second.findings if f.check == "trend")
+    assert first.notebook.stem.split("_")[0] in trend.summary or "since" in trend.summary
+    assert any("public.categories" in e for e in trend.examples), trend
+
+
+# -- health ----------------------------------------------------------------------------------------------
+
+def _hold(target: Target, n: int) -> list[psycopg.Connection]:
+    return [psycopg.connect(target.url, autocommit=True, application_name="app") for _ in range(n)]
+
+
+@pytest.mark.parametrize("held, expected, code", [(19, Status.WARN, 1), (21, Status.CRIT, 2)])
+def test_health_follows_the_pool_limit(migrated, monkeypatch, sandbox, held, expected, code):
+    monkeypatch.setenv("STAGING_DATABASE_URL", migrated.url)
+    conns = _hold(migrated, held)
+    try:
+        result = runner.run("health", "staging", {"pool_limit": "20", "backup_max_age_h": "24"}, progress=False)
+    finally:
+        for c in conns:
+            c.close()
+    found = {f.check: f for f in result.findings}
+    assert found["connections"].status is expected and found["connections"].value == held
+    assert result.exit_code >= code  # the run's code follows the worst check (no backup here is CRIT too)
+
+
+def test_health_sees_a_long_and_an_idle_transaction(migrated):
+    holder = psycopg.connect(migrated.url)
+    holder.execute("SELECT 1")  # a transaction left open, idle
+    try:
+        time.sleep(1.2)
+        with db.connect(migrated) as conn:
+            long_tx = health.long_transactions(conn, warn_s=1, crit_s=60)
+            idle = health.idle_in_transaction(conn, warn_s=1, crit_s=60)
+            crit = health.long_transactions(conn, warn_s=0.2, crit_s=1)
+    finally:
+        holder.close()
+    assert long_tx.status is Status.WARN and long_tx.value >= 1
+    assert idle.status is Status.WARN and "1 sessions" in idle.summary
+    assert crit.status is Status.CRIT
+    with db.connect(migrated) as conn:
+        assert health.idle_in_transaction(conn, warn_s=1).status is Status.OK
+
+
+def test_health_writes_prometheus_and_json_and_exits_with_the_worst(migrated, monkeypatch, sandbox, tmp_path):
+    monkeypatch.setenv("STAGING_DATABASE_URL", migrated.url)
+    prom, summary = tmp_path / "textfile" / "pgrunbook.prom", tmp_path / "health.json"
+    result = runner.run("health", "staging", {"prometheus_file": str(prom), "json_file": str(summary)},
+                        progress=False)
+    data = json.loads(summary.read_text())
+    assert data["status"] == max(result.findings, key=lambda f: f.status.severity).status.name
+    assert result.exit_code == int(max((f.status for f in result.findings), key=lambda s: s.severity))
+    lines = prom.read_text().splitlines()
+    assert 'pgrunbook_health_status{target="staging",check="backup"} 2' in lines  # no verified backup
+    for line in lines:
+        assert line.startswith("#") or re.fullmatch(r'pgrunbook_health_(status|value)\{target="staging",'
+                                                    r'check="[a-z ]+"\} -?[0-9.]+', line), line
+    assert os.listdir(prom.parent) == ["pgrunbook.prom"]  # written beside and renamed: no temp file left
+
+
+def test_what_cannot_be_seen_is_unknown_never_made_up(sandbox):
+    remote = Target("remote", "postgresql://app@db.internal.example:5432/fixia")
+    assert [f.status for f in health.host(remote)] == [Status.UNKNOWN, Status.UNKNOWN]
+    with db.connect(Target("s", sandbox.url("production"))) as conn:
+        assert health.storage(conn, remote).status is Status.UNKNOWN
+        local = health.storage(conn, Target("s", sandbox.url("production"), sandbox=True))
+        assert local.status in (Status.OK, Status.WARN, Status.CRIT) and 0 < local.value < 100
+        assert health.replication(conn).summary == "no replicas attached"
+
+
+def test_health_and_performance_run_under_plain_papermill(sandbox, tmp_path):
+    import papermill
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("health", "performance"):
+        papermill.execute_notebook(str(root / "runbooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
+                                   parameters={"target": "sandbox"}, progress_bar=False)
