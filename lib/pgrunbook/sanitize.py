@@ -28,6 +28,7 @@ from . import catalog, db, security
 from .errors import PgRunbookError
 from .findings import Finding, Status
 from .integrity import Rel
+from .targets import Target
 
 SALT_ENV = "PGRUNBOOK_SANITIZE_SALT"
 TEXT_TYPES = ("text", "varchar", "bpchar", "citext")
@@ -422,45 +423,83 @@ def _key(conn: psycopg.Connection, rel: Rel) -> list[str]:
     return list(row[0] or []) if row else []
 
 
+def _residual_column(source: psycopg.Connection, copy: psycopg.Connection, rule: Rule, *,
+                     max_examples: int = 20) -> Finding:
+    """Rows of the copy whose `rule.column` still holds a value of the source (by hash); OK when none."""
+    name = f"residual {rule.table}.{rule.column}"
+    if rule.kind == "null":
+        return Finding(name, Status.OK, "set to NULL")
+    col, rel = sql.Identifier(rule.column), rule.rel
+    key = _key(copy, rel)
+    keys = sql.SQL(", ").join(sql.Identifier("t", k) for k in key) if key else sql.SQL("t.ctid")
+    if rule.kind == "shift_date":  # dates collide across rows: compare row by row, by key
+        if not key:
+            return Finding(name, Status.UNKNOWN, "no primary key to compare shifted dates row by row")
+        pair = sql.SQL("hashtextextended(row({})::text || '|' || {}::text, 0)")
+        _stream(source, sql.SQL("SELECT {} FROM {} t WHERE {} IS NOT NULL").format(
+            pair.format(keys, sql.Identifier("t", rule.column)), rel.ident, col), copy, "pgrb_source_hashes")
+        hit = pair.format(keys, sql.Identifier("t", rule.column))
+    else:
+        _stream(source, sql.SQL("SELECT DISTINCT hashtextextended({}::text, 0) FROM {} WHERE {} IS NOT NULL AND {}")
+                .format(col, rel.ident, col, _changed_by_rule(rule)), copy, "pgrb_source_hashes")
+        hit = sql.SQL("hashtextextended({}::text, 0)").format(sql.Identifier("t", rule.column))
+    rows = copy.execute(sql.SQL(
+        "SELECT row({})::text, count(*) OVER () FROM {} t JOIN pg_temp.pgrb_source_hashes s ON s.h = {}"
+        " LIMIT %s").format(keys, rel.ident, hit), [max_examples]).fetchall()
+    if rows:
+        return Finding(name, Status.CRIT, f"{rows[0][1]} rows still hold a value from the source (rule {rule.kind})",
+                       value=rows[0][1], examples=tuple(f"row {r[0]}" for r in rows))
+    return Finding(name, Status.OK, "no source value left")
+
+
+def _summary(per_column: list[Finding]) -> list[Finding]:
+    bad = [f for f in per_column if f.status is not Status.OK]
+    clean = len(per_column) - len(bad)
+    return bad + [Finding("residual values", Status.CRIT if bad else Status.OK,
+                          f"{clean} masked columns hold no source value" +
+                          (f"; {len(bad)} do or cannot be checked" if bad else
+                           " (compared by hash across the two databases)"), value=clean)]
+
+
+def _checked(copy: psycopg.Connection, rules: Rules) -> list[Rule]:
+    present = {(c.table, c.column) for c in columns(copy)}
+    return [r for r in rules.masked() if (r.table, r.column) in present]
+
+
 def residual(source: psycopg.Connection, copy: psycopg.Connection, rules: Rules, *,
              max_examples: int = 20) -> list[Finding]:
     """For each masked column, copy rows still holding a source value (by hash); CRIT when any."""
-    found, clean = [], 0
-    present = {(c.table, c.column) for c in columns(copy)}
-    for rule in rules.masked():
-        if (rule.table, rule.column) not in present or rule.kind == "null":
-            clean += (rule.table, rule.column) in present
-            continue
-        col, rel = sql.Identifier(rule.column), rule.rel
-        key = _key(copy, rel)
-        keys = sql.SQL(", ").join(sql.Identifier("t", k) for k in key) if key else sql.SQL("t.ctid")
-        if rule.kind == "shift_date":  # dates collide across rows: compare row by row, by key
-            if not key:
-                found.append(Finding(f"residual {rule.table}.{rule.column}", Status.UNKNOWN,
-                                     "no primary key to compare shifted dates row by row"))
-                continue
-            pair = sql.SQL("hashtextextended(row({})::text || '|' || {}::text, 0)")
-            _stream(source, sql.SQL("SELECT {} FROM {} t WHERE {} IS NOT NULL").format(
-                pair.format(keys, sql.Identifier("t", rule.column)), rel.ident, col), copy, "pgrb_source_hashes")
-            hit = pair.format(keys, sql.Identifier("t", rule.column))
-        else:
-            _stream(source, sql.SQL("SELECT DISTINCT hashtextextended({}::text, 0) FROM {} WHERE {} IS NOT NULL AND {}")
-                    .format(col, rel.ident, col, _changed_by_rule(rule)), copy, "pgrb_source_hashes")
-            hit = sql.SQL("hashtextextended({}::text, 0)").format(sql.Identifier("t", rule.column))
-        rows = copy.execute(sql.SQL(
-            "SELECT row({})::text, count(*) OVER () FROM {} t JOIN pg_temp.pgrb_source_hashes s ON s.h = {}"
-            " LIMIT %s").format(keys, rel.ident, hit), [max_examples]).fetchall()
-        if rows:
-            found.append(Finding(f"residual {rule.table}.{rule.column}", Status.CRIT,
-                                 f"{rows[0][1]} rows still hold a value from the source (rule {rule.kind})",
-                                 value=rows[0][1], examples=tuple(f"row {r[0]}" for r in rows)))
-        else:
-            clean += 1
-    found.append(Finding("residual values", Status.CRIT if found else Status.OK,
-                         f"{clean} masked columns hold no source value" +
-                         (f"; {len(found)} do" if found else " (compared by hash across the two databases)"),
-                         value=clean))
-    return found
+    return _summary([_residual_column(source, copy, r, max_examples=max_examples) for r in _checked(copy, rules)])
+
+
+def prove(source: Target, copy: Target, rules: Rules, *, workers: int = 2, max_examples: int = 20) -> list[Finding]:
+    """`residual` and `contact_leaks` together, spread over `workers` pairs of sessions."""
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    with db.connect(copy, statement_timeout="0", application="pgrunbook/refresh") as conn:
+        jobs: queue.SimpleQueue = queue.SimpleQueue()
+        for rule in _checked(conn, rules):
+            jobs.put(rule)
+    jobs.put(None)  # None: the contact-leak search
+
+    def work() -> list[tuple[Rule | None, Finding]]:
+        done = []
+        with db.connect(source, statement_timeout="0", application="pgrunbook/refresh") as src, \
+                db.connect(copy, readonly=False, statement_timeout="0", application="pgrunbook/refresh") as dst:
+            while True:
+                try:
+                    rule = jobs.get_nowait()
+                except queue.Empty:
+                    return done
+                done.append((rule, contact_leaks(src, dst, rules, max_examples=max_examples) if rule is None
+                             else _residual_column(src, dst, rule, max_examples=max_examples)))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = [x for f in [pool.submit(work) for _ in range(workers)] for x in f.result()]
+    order = {r: i for i, r in enumerate(rules.masked())}
+    per_column = sorted((pair for pair in results if pair[0] is not None), key=lambda p: order[p[0]])
+    return _summary([f for _, f in per_column]) + [f for r, f in results if r is None]
 
 
 SYNTHETIC = ("email", "name", "phone", "token", "null", "text")  # output made from a hash or a literal only
