@@ -167,6 +167,7 @@ def test_health_writes_prometheus_and_json_and_exits_with_the_worst(migrated, mo
         assert line.startswith("#") or re.fullmatch(r'pgrunbook_health_(status|value)\{target="staging",'
                                                     r'check="[a-z ]+"\} -?[0-9.]+', line), line
     assert os.listdir(prom.parent) == ["pgrunbook.prom"]  # written beside and renamed: no temp file left
+    assert result.html.read_text().count("data:image/png") == 1  # the status chart
 
 
 def test_what_cannot_be_seen_is_unknown_never_made_up(sandbox):

@@ -66,12 +66,12 @@ class Finding:
         return f"{self.status.name:<7} {self.check}: {self.summary}"
 
 
-_COLOURS = {"OK": "#1a7f37", "WARN": "#9a6700", "CRIT": "#cf222e", "UNKNOWN": "#57606a"}
+STATUS_COLOURS = {"OK": "#1a7f37", "WARN": "#9a6700", "CRIT": "#cf222e", "UNKNOWN": "#57606a"}
 
 
 def _html_table(items: list[Finding]) -> str:
     rows = "".join(
-        f"<tr><td style='color:{_COLOURS[f.status.name]};font-weight:bold'>{f.status.name}</td>"
+        f"<tr><td style='color:{STATUS_COLOURS[f.status.name]};font-weight:bold'>{f.status.name}</td>"
         f"<td>{html.escape(f.check)}</td><td style='text-align:left'>{html.escape(f.summary)}</td>"
         f"<td>{html.escape('' if f.value is None else str(f.value))}</td>"
         f"<td>{html.escape(f.threshold or '')}</td></tr>"

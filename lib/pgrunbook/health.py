@@ -159,6 +159,27 @@ def wraparound(conn: psycopg.Connection) -> list[Finding]:
     return integrity.wraparound(conn)
 
 
+def plot(findings: list[Finding]):
+    """Every check as one coloured row (its status), with the figure it measured and its threshold."""
+    from matplotlib.figure import Figure
+
+    from .findings import STATUS_COLOURS
+
+    fig = Figure(figsize=(9, 0.45 + 0.32 * len(findings)))
+    ax = fig.subplots()
+    for i, f in enumerate(findings):
+        ax.barh(i, 1, color=STATUS_COLOURS[f.status.name])
+        figure = f"{f.value:g}" if isinstance(f.value, (int, float)) and not isinstance(f.value, bool) else ""
+        ax.text(0.02, i, f"{f.check}: {f.status.name} {figure}", va="center", color="white", fontsize=9)
+        ax.text(1.02, i, f.threshold or "", va="center", fontsize=8, color="#57606a")
+    ax.set_ylim(len(findings) - 0.5, -0.5)
+    ax.set_xlim(0, 1.9)
+    ax.axis("off")
+    ax.set_title("Health checks: status, figure and threshold", loc="left")
+    fig.tight_layout()
+    return fig
+
+
 # -- output for other tools -------------------------------------------------------------------------
 
 def _label(value: str) -> str:
