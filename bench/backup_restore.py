@@ -4,8 +4,10 @@ In one run on a temporary sandbox: raw `pg_dump -Fd -j 2` against the backup
 library call and the backup runbook (verify off); raw `pg_restore -j 2` into
 a new database against the restore library call and the restore runbook
 (new-database mode, verify off); and verification's own cost (counts,
-fingerprint, sequences, amcheck) against the restore time. Each timing is the
-best of --rounds.
+fingerprint, sequences, amcheck) against the restore time. Each step starts
+from a CHECKPOINT (so none pays for the dirty buffers of the one before), the
+order of the steps rotates from round to round, and each timing is the best
+of --rounds.
 
     python bench/backup_restore.py [--scale 50] [--rounds 2]
 """
@@ -67,31 +69,47 @@ def main() -> None:
         t: dict[str, list[float]] = {k: [] for k in (
             "raw pg_dump -Fd -j 2", "backups.create", "backup runbook",
             "raw pg_restore -j 2", "restore.restore", "restore runbook", "verification")}
-        for _ in range(args.rounds):
-            t["raw pg_dump -Fd -j 2"].append(timed(raw_dump))
-            t["backups.create"].append(timed(lambda: made.append(backups.create(target, jobs=2))))
-            t["backup runbook"].append(timed(lambda: runner.run("backup", "staging", {"verify": "false"},
-                                                                 progress=False)))
-            t["raw pg_restore -j 2"].append(timed(raw_restore))
-            restore.drop_database(target, "bench_raw")
-            result = None
 
-            def lib_restore():
-                nonlocal result
-                result = restore.restore(target, made[-1], jobs=2, verify=False)
+        def settled(fn) -> float:
+            """Time `fn` from a checkpoint: no step pays for the dirty buffers of the one before."""
+            with db.connect(target, readonly=False, autocommit=True, statement_timeout="0") as conn:
+                conn.execute("CHECKPOINT")
+            return timed(fn)
 
-            t["restore.restore"].append(timed(lib_restore))
-            restore.drop_database(target, result.database)
-            t["restore runbook"].append(timed(lambda: runner.run(
-                "restore", "staging", {"backup": made[-1].id, "verify": "false"}, progress=False)))
+        def lib_restore():
+            result = restore.restore(target, made[-1], jobs=2, verify=False)
+            made_restores.append(result.database)
+
+        made_restores: list[str] = []
+        dumps = {
+            "raw pg_dump -Fd -j 2": raw_dump,
+            "backups.create": lambda: made.append(backups.create(target, jobs=2)),
+            "backup runbook": lambda: runner.run("backup", "staging", {"verify": "false"}, progress=False),
+        }
+        restores = {
+            "raw pg_restore -j 2": raw_restore,
+            "restore.restore": lib_restore,
+            "restore runbook": lambda: runner.run("restore", "staging", {"backup": made[-1].id, "verify": "false"},
+                                                  progress=False),
+        }
+        for round_ in range(args.rounds):
+            for group in (dumps, restores):  # each round starts the group with a different step
+                names = list(group)
+                for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                    t[name].append(settled(group[name]))
+                    restore.drop_database(target, "bench_raw")
+                    for database in made_restores:
+                        restore.drop_database(target, database)
+                    made_restores.clear()
+                    with db.connect(target, readonly=False) as conn:
+                        for (db_name,) in conn.execute(
+                                "SELECT datname FROM pg_database WHERE datname LIKE 'bench_restore_%'").fetchall():
+                            restore.drop_database(target, db_name)
             verified = restore.restore(target, made[-1], jobs=2, verify=True)
             own = sum(e - s for name, s, e in verified.timeline.phases
                       if name in ("row counts", "schema fingerprint", "sequences", "amcheck"))
             t["verification"].append(own)
             restore.drop_database(target, verified.database)
-            with db.connect(target, readonly=False) as conn:
-                for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'bench_restore_%'"):
-                    restore.drop_database(target, name)
         best = {k: min(v) for k, v in t.items()}
         for k, v in best.items():
             print(f"{k:<22} {v:7.2f} s   (runs: {', '.join(f'{x:.2f}' for x in t[k])})")
