@@ -187,3 +187,18 @@ def test_health_and_performance_run_under_plain_papermill(sandbox, tmp_path):
     for name in ("health", "performance"):
         papermill.execute_notebook(str(root / "runbooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
                                    parameters={"target": "sandbox"}, progress_bar=False)
+
+
+def test_health_is_crit_after_a_failed_migration_and_warns_of_pending_ones(migrated, monkeypatch, sandbox):
+    monkeypatch.setenv("STAGING_DATABASE_URL", migrated.url)
+    monkeypatch.setenv("PGRUNBOOK_EXTRA_VERSIONS", str(Path(__file__).parent / "fixtures" / "migrations" /
+                                                      "concurrent_index_fails"))
+    with db.connect(migrated, readonly=False) as conn:
+        seed.seed(conn, migrated, mode="development", users=300)  # last names repeat: the unique index fails
+        pending = health.migrations(conn, "staging")
+    assert pending.status is Status.WARN and "1 pending" in pending.summary
+    failed = runner.run("migrate", "staging", {"mode": "apply"}, progress=False)
+    assert failed.exit_code == 2, failed.findings
+    with db.connect(migrated) as conn:
+        verdict = health.migrations(conn, "staging")
+    assert verdict.status is Status.CRIT and failed.notebook.stem in str(verdict.value) + verdict.summary

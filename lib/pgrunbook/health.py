@@ -112,13 +112,19 @@ def replication(conn: psycopg.Connection, *, warn_s: float = 30, crit_s: float =
                    value=round(float(lag), 2), threshold=threshold)
 
 
-def migrations(conn: psycopg.Connection, target: str) -> Finding:
-    """Pending revisions (WARN), or a failed migrate run as the latest of this target (CRIT)."""
-    runs = [e for e in reports.select(runbook="migrate", target=target)
-            if e.get("parameters", {}).get("mode") == "apply"]
-    if runs and runs[-1]["outcome"] in ("FAILED", "CRIT"):
-        return Finding("migrations", Status.CRIT, f"the latest migration of {target!r} failed: report "
-                       f"{runs[-1]['id']} ({runs[-1]['outcome']})", value=runs[-1]["id"])
+def migrations(conn: psycopg.Connection, target: str, *, look_back: int = 20) -> Finding:
+    """A failed migration as the latest change of this target (CRIT, from the archive), else pending revisions."""
+    for entry in reversed(reports.select(runbook="migrate", target=target)[-look_back:]):
+        try:
+            mode = reports.details(entry["id"]).get("parameters", {}).get("mode")
+        except reports.ReportNotFound:
+            continue
+        if mode not in ("apply", "resolve"):
+            continue
+        if mode == "apply" and entry["outcome"] in ("FAILED", "CRIT"):
+            return Finding("migrations", Status.CRIT, f"the latest migration of {target!r} failed: report "
+                           f"{entry['id']} ({entry['outcome']})", value=entry["id"])
+        break
     return status.migration_state(conn)
 
 
