@@ -202,3 +202,28 @@ def test_health_is_crit_after_a_failed_migration_and_warns_of_pending_ones(migra
     with db.connect(migrated) as conn:
         verdict = health.migrations(conn, "staging")
     assert verdict.status is Status.CRIT and failed.notebook.stem in str(verdict.value) + verdict.summary
+
+
+def test_lock_waits_show_who_blocks_whom(migrated):
+    import threading
+
+    holder = psycopg.connect(migrated.url)
+    holder.execute("LOCK TABLE categories IN ACCESS EXCLUSIVE MODE")
+    waiter = psycopg.connect(migrated.url, autocommit=True)
+    holder_pid, waiter_pid = holder.info.backend_pid, waiter.info.backend_pid
+    blocked = threading.Thread(target=lambda: waiter.execute("SELECT count(*) FROM categories"))
+    blocked.start()
+    try:
+        with db.connect(migrated) as conn:
+            for _ in range(50):
+                waits = perf.lock_waits(conn)
+                if not waits.empty:
+                    break
+                time.sleep(0.1)
+            finding = perf.locks_finding(waits)
+    finally:
+        holder.close()
+        blocked.join()
+        waiter.close()
+    assert list(waits["waiting_pid"]) == [waiter_pid] and list(waits["blocking_pid"]) == [holder_pid]
+    assert finding.status is Status.WARN and str(holder_pid) in finding.summary
