@@ -53,11 +53,12 @@ def statements(conn: psycopg.Connection, *, limit: int = 5000):
     columns = ["queryid", "query", "calls", "total_ms", "mean_ms", "max_ms", "rows", "shared_read", "temp_written"]
     if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone():
         return pd.DataFrame(columns=[*columns[:2], "kind", *columns[2:], "share_pct"])
-    rows = conn.execute(
+    toplevel = sql.SQL(" AND toplevel" if conn.info.server_version >= 140000 else "")  # not nested calls
+    rows = conn.execute(sql.SQL(
         "SELECT queryid, query, calls, total_exec_time, mean_exec_time, max_exec_time, rows,"
         " shared_blks_read, temp_blks_written FROM pg_stat_statements"
         " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " AND toplevel AND query NOT LIKE %s ORDER BY total_exec_time DESC LIMIT %s",
+        "{} AND query NOT LIKE %s ORDER BY total_exec_time DESC LIMIT %s").format(toplevel),
         ["%pg_stat_statements%", limit]).fetchall()
     frame = pd.DataFrame(rows, columns=columns)
     frame.insert(2, "kind", ["query" if EXPLAINABLE.match(q) else "utility" for q in frame["query"]])
