@@ -1,10 +1,13 @@
 """Staging refresh against real servers: masking, its proof, and what it must refuse."""
 
 import os
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 from psycopg import sql
@@ -333,3 +336,37 @@ def test_runbook_plan_mode_is_crit_on_an_unruled_personal_column(pair, monkeypat
     unruled = next(f for f in result.findings if f.check == "unruled personal columns")
     assert unruled.examples == ("public.users.birth_date (name)",)
     assert not any(f.check == "source copy" for f in result.findings)  # stopped before copying
+
+
+def _kill_data_pass(stop: threading.Event, killed: list):
+    """SIGKILL this process's pg_restore once it is loading (and masking) the data."""
+    me = psutil.Process()
+    while not stop.is_set():
+        for child in me.children(recursive=True):
+            try:
+                if child.name() == "pg_restore" and "--section=data" in child.cmdline():
+                    time.sleep(0.05)
+                    child.send_signal(signal.SIGKILL)
+                    killed.append(child.pid)
+                    return
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.005)
+
+
+def test_data_pass_killed_midway_drops_the_copy_and_leaves_staging(pair, tmp_path):
+    prod, stag = pair
+    with db.connect(prod, readonly=False) as conn:  # enough rows that the data pass takes a while
+        seed.seed(conn, Target("fixture", prod.url), mode="development", users=30_000, seed=2)
+    backup = backups.create(prod)
+    before, everything = _databases(prod.url), _all_text(stag)
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_data_pass, args=(stop, killed))
+    killer.start()
+    try:
+        with pytest.raises(restore.RestoreFailed, match="untouched, the partial copy was dropped"):
+            refresh.apply(prod, stag, backup, _rules(tmp_path), sanitize.Salt(SALT, "test"))
+    finally:
+        stop.set()
+        killer.join()
+    assert killed and _databases(prod.url) == before and _all_text(stag) == everything
