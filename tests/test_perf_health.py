@@ -227,3 +227,50 @@ def test_lock_waits_show_who_blocks_whom(migrated):
         waiter.close()
     assert list(waits["waiting_pid"]) == [waiter_pid] and list(waits["blocking_pid"]) == [holder_pid]
     assert finding.status is Status.WARN and str(holder_pid) in finding.summary
+
+
+@pytest.fixture
+def standby(sandbox):
+    """A streaming replica of the sandbox (pg_basebackup -R), on its own socket; stopped and removed afterwards."""
+    import pwd
+    import shutil
+    import tempfile
+
+    runas = "embedded_postgres" if os.geteuid() == 0 else None  # the sandbox's own server user, as root
+    root = Path(tempfile.mkdtemp(prefix="pgrb-standby-"))
+    if runas:
+        os.chown(root, pwd.getpwnam(runas).pw_uid, pwd.getpwnam(runas).pw_gid)
+    data = root / "data"
+    subprocess.run([str(bin_dir() / "pg_basebackup"), "-D", str(data), "-R", "-X", "stream", "-c", "fast",
+                    "-d", f"host={sandbox.data_dir} user=postgres"], check=True, capture_output=True, user=runas)
+    options = f"-c port=5499 -c unix_socket_directories={root} -c listen_addresses=''"
+    subprocess.run([str(bin_dir() / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"),
+                    "-w", "start"], check=True, capture_output=True, user=runas)
+    yield Target("standby", f"postgresql://postgres@/postgres?host={root}&port=5499")
+    subprocess.run([str(bin_dir() / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True,
+                   user=runas)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_replication_lag_is_read_on_the_primary_and_on_a_real_standby(sandbox, standby):
+    primary = Target("primary", sandbox.url("postgres"))
+    with psycopg.connect(primary.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS pgrb_heartbeat (at timestamptz)")
+        conn.execute("INSERT INTO pgrb_heartbeat VALUES (now())")
+    with psycopg.connect(standby.url, autocommit=True) as s:
+        for _ in range(100):  # until the standby has replayed that write
+            if s.execute("SELECT pg_last_xact_replay_timestamp() IS NOT NULL").fetchone()[0]:
+                break
+            time.sleep(0.1)
+        with db.connect(primary) as conn:
+            on_primary = health.replication(conn, warn_s=30, crit_s=300)
+        s.execute("SELECT pg_wal_replay_pause()")
+        with psycopg.connect(primary.url, autocommit=True) as conn:
+            conn.execute("INSERT INTO pgrb_heartbeat VALUES (now())")
+        time.sleep(1.5)
+        behind = health.replication(s, warn_s=1, crit_s=60)
+        s.execute("SELECT pg_wal_replay_resume()")
+    assert on_primary.status is Status.OK and on_primary.summary.startswith("1 replicas")
+    assert behind.status is Status.WARN and behind.value >= 1 and "this standby is" in behind.summary
+    with psycopg.connect(primary.url, autocommit=True) as conn:
+        conn.execute("DROP TABLE pgrb_heartbeat")
