@@ -370,3 +370,31 @@ def test_data_pass_killed_midway_drops_the_copy_and_leaves_staging(pair, tmp_pat
         stop.set()
         killer.join()
     assert killed and _databases(prod.url) == before and _all_text(stag) == everything
+
+
+def test_refresh_across_servers_from_postgresql_15_into_18(sandbox, tmp_path):
+    """Production on the external (older) server, staging on the embedded 18: dump by 15's tools, restore by 18's."""
+    from tests.conftest import EXTERNAL
+
+    if not EXTERNAL:
+        pytest.skip("PGRUNBOOK_TEST_EXTERNAL_URL is not set")
+    from pgrunbook import migrations
+
+    names = [_new_database(EXTERNAL, "pgrb_prod"), _new_database(sandbox.url("postgres"), "pgrb_stag")]
+    prod = Target("production", db.with_database(EXTERNAL, names[0]), protected=True, source="test")
+    stag = Target("staging", db.with_database(sandbox.url("postgres"), names[1]), source="test")
+    try:
+        migrations.upgrade(prod, "head")
+        with db.connect(prod, readonly=False) as conn:
+            seed.seed(conn, Target("fixture", prod.url), mode="development", users=150)
+        result = _refresh(prod, stag, _rules(tmp_path))
+        assert result.swapped and all(f.status is Status.OK for f in result.findings), result.findings
+        with db.connect(prod) as p, db.connect(stag) as s:
+            assert p.info.server_version // 10000 < s.info.server_version // 10000
+            assert p.execute("SELECT count(*) FROM users").fetchone() == s.execute("SELECT count(*) FROM users").fetchone()
+            assert not set(p.execute("SELECT email FROM users").fetchall()) & set(s.execute("SELECT email FROM users").fetchall())
+    finally:
+        for server, name in ((EXTERNAL, names[0]), (sandbox.url("postgres"), names[1])):
+            with psycopg.connect(server, autocommit=True) as conn:
+                for (n,) in conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [name]).fetchall():
+                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(n)))
