@@ -1,10 +1,11 @@
-"""Masking rules for personal data, applied set-based on the server, and the proof that none remains.
+"""Masking rules for personal data, applied in the server as rows load, and the proof that none remains.
 
 Rules come from a TOML file (the Fixia one is sanitize.toml at the project
 root). Every fake is derived from the value and a salt (sha256 on the server),
 so the same person maps to the same fake in every table and every refresh,
-and a unique column stays unique. The salt travels only as a bound parameter:
-it is never in SQL text, a report or a log.
+and a unique column stays unique. The masking runs in BEFORE INSERT triggers
+during a restore's data pass; the salt reaches them as a session setting of
+that pass only: it is never in SQL text, a catalog, a report or a log.
 
 The residual check compares hashes of the source's values with hashes of the
 copy's, across the two servers, streaming the source's hashes (never its
@@ -301,7 +302,7 @@ def expression(rule: Rule, domain: str, *, column: sql.Composable | None = None,
     """The SQL computing the masked value of `rule.column` (or of `column`), given the SQL naming the salt.
 
     The rule's options are SQL literals: they are not secret. The salt is
-    never one: it is a variable or a bound parameter, named by `salt`.
+    never one: it is named by `salt` (the triggers' variable, or a bound parameter).
     """
     col = column if column is not None else sql.Identifier(rule.column)
     h = _hash(salt, col)
