@@ -104,6 +104,14 @@ def migrated(scratch):
     return scratch
 
 
+def databases(url: str) -> set[str]:
+    """Names of every database on the server of `url`."""
+    from pgrunbook import db
+
+    with psycopg.connect(db.with_database(url, "postgres")) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+
 def written_files(*roots: Path) -> list[Path]:
     """Every file below `roots`."""
     return [p for root in roots if root.exists() for p in root.rglob("*") if p.is_file()]

@@ -17,6 +17,7 @@ from pgrunbook import backups, db, pgtools, restore, runner, seed
 from pgrunbook.errors import ConfirmationRequired
 from pgrunbook.findings import Status
 from pgrunbook.targets import Target
+from tests.conftest import databases
 
 
 @pytest.fixture(autouse=True)
@@ -29,11 +30,6 @@ def seeded(migrated):
     with db.connect(migrated, readonly=False) as conn:
         seed.seed(conn, migrated, mode="development", users=300)
     return migrated
-
-
-def _databases(target: Target) -> set[str]:
-    with psycopg.connect(db.with_database(target.url, "postgres")) as conn:
-        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
 
 
 def _users(target: Target) -> int:
@@ -53,10 +49,10 @@ def test_backup_verify_and_restore_on_each_server(seeded):
     assert verdict.status is Status.OK, verdict.summary
     assert backups.load(backup.path).verified
     assert {p[0] for p in timeline.phases} >= {"pg_restore", "row counts", "amcheck", "drop scratch"}
-    before = _databases(seeded)
+    before = databases(seeded.url)
     result = restore.restore(seeded, backups.find("scratch", backup.id))
     assert all(f.status is Status.OK for f in result.findings), result.findings
-    assert _databases(seeded) == before | {result.database}
+    assert databases(seeded.url) == before | {result.database}
     restore.drop_database(seeded, result.database)
 
 
@@ -67,7 +63,7 @@ def test_swap_keeps_the_old_database_and_repairs_sequences(seeded):
     with pytest.raises(ConfirmationRequired):
         restore.restore(Target("scratch", seeded.url, protected=True), backup, mode="swap")
     result = restore.restore(seeded, backup, mode="swap")
-    assert result.kept_as and result.kept_as in _databases(seeded)
+    assert result.kept_as and result.kept_as in databases(seeded.url)
     with db.connect(seeded) as conn:
         assert conn.execute("SELECT count(*) FROM reviews").fetchone()[0] == \
             backup.manifest["row_counts"]["public.reviews"]
@@ -99,23 +95,23 @@ def _edit_manifest(backup):
 def test_a_damaged_backup_is_refused_before_anything_changes(seeded, fault):
     backup = backups.create(seeded)
     named = fault(backup)
-    before = _databases(seeded)
+    before = databases(seeded.url)
     gate = restore.check_request(seeded, backups.find("scratch", backup.id), mode="swap", confirm="")
     assert gate.status is Status.CRIT and named in gate.summary
     with pytest.raises(restore.RestoreFailed, match=named.replace(".", r"\.")):
         restore.restore(seeded, backups.find("scratch", backup.id), mode="swap")
-    assert _databases(seeded) == before and _users(seeded) == 300
+    assert databases(seeded.url) == before and _users(seeded) == 300
 
 
 def test_a_damaged_backup_stops_the_restore_runbook_with_crit(sandbox):
     target = runner.targets.resolve("staging")
     backup = backups.create(target)
     _flip_byte(backup)
-    before = _databases(target)
+    before = databases(target.url)
     result = runner.run("restore", "staging", {"backup": backup.id, "mode": "swap"}, progress=False)
     assert result.exit_code == 2 and result.outcome == "CRIT"
     assert [f.check for f in result.findings] == ["manifest"]
-    assert _databases(target) == before
+    assert databases(target.url) == before
 
 
 def test_backup_of_another_database_is_refused(seeded):
@@ -151,7 +147,7 @@ def test_pg_restore_killed_midway_leaves_the_target_untouched(seeded):
     with db.connect(seeded, readonly=False) as conn:  # enough data that pg_restore takes a while
         seed.seed(conn, seeded, mode="development", users=20000, seed=2)
     backup = backups.create(seeded)
-    before, users = _databases(seeded), _users(seeded)
+    before, users = databases(seeded.url), _users(seeded)
     stop = threading.Event()
     killer = threading.Thread(target=_kill_pg_restore_when_it_writes, args=(seeded.database, stop))
     killer.start()
@@ -161,7 +157,7 @@ def test_pg_restore_killed_midway_leaves_the_target_untouched(seeded):
     finally:
         stop.set()
         killer.join()
-    assert _databases(seeded) == before and _users(seeded) == users
+    assert databases(seeded.url) == before and _users(seeded) == users
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from psycopg import sql
 from pgrunbook import backups, db, refresh, restore, runner, sanitize, seed
 from pgrunbook.findings import Status
 from pgrunbook.targets import Target
-from tests.conftest import ROOT, written_files
+from tests.conftest import ROOT, databases, written_files
 
 PLANTED = {"email": "zebulon.quartermaine@planted-mail.example.com", "first_name": "Zebulon",
            "last_name": "Quartermaine", "phone": "+44 20 7946 0958", "location": "221B Baker Street, London, UK"}
@@ -79,11 +79,6 @@ def _all_text(target: Target) -> str:
         for schema, table in conn.execute("SELECT schemaname, relname FROM pg_stat_user_tables").fetchall():
             out += [r[0] for r in conn.execute(sql.SQL("SELECT t::text FROM {} t").format(sql.Identifier(schema, table)))]
     return "\n".join(out)
-
-
-def _databases(server_url: str) -> set[str]:
-    with psycopg.connect(db.with_database(server_url, "postgres")) as conn:
-        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
 
 
 def _emails(target: Target) -> dict[int, str]:
@@ -182,7 +177,7 @@ def test_salt_is_required_outside_the_sandbox(monkeypatch):
 def test_refresh_masks_every_personal_value_and_keeps_keys(pair, tmp_path):
     prod, stag = pair
     rules = _rules(tmp_path)
-    before = _databases(prod.url)
+    before = databases(prod.url)
     result = _refresh(prod, stag, rules)
     assert result.swapped and all(f.status is Status.OK for f in result.findings), result.findings
     everything = _all_text(stag)
@@ -201,7 +196,7 @@ def test_refresh_masks_every_personal_value_and_keeps_keys(pair, tmp_path):
         days = [abs((moved[i] - t).total_seconds()) / 86400 for i, t in shifted]
         assert all(1 <= d <= 30 and d == int(d) for d in days)
     kept = result.kept_as
-    assert kept and _databases(prod.url) == before | {kept}
+    assert kept and databases(prod.url) == before | {kept}
     with db.connect(Target("kept", db.with_database(stag.url, kept))) as conn:
         assert conn.execute("SELECT count(*) FROM categories WHERE slug = 'staging-only'").fetchone()[0] == 1
 
@@ -255,13 +250,13 @@ def test_leak_in_a_kept_column_stops_the_swap_and_changes_nothing(pair, tmp_path
     with db.connect(prod, readonly=False) as conn:
         conn.execute("UPDATE services SET title = title || ' - write to ' || %s WHERE id = (SELECT min(id) FROM"
                      " services)", [PLANTED["email"]])
-    before, everything = _databases(prod.url), _all_text(stag)
+    before, everything = databases(prod.url), _all_text(stag)
     result = _refresh(prod, stag, _rules(tmp_path))
     leak = next(f for f in result.findings if f.check == "contact leaks")
     assert leak.status is Status.CRIT
     assert leak.examples == ("public.services.title: 1 email- or phone-shaped strings from the source",)
     assert not result.swapped and result.database is None
-    assert _databases(prod.url) == before  # the masked copy was dropped
+    assert databases(prod.url) == before  # the masked copy was dropped
     assert _all_text(stag) == everything
 
 
@@ -270,10 +265,10 @@ def test_failure_while_masking_drops_the_copy_and_leaves_staging(pair, tmp_path)
     with db.connect(prod, readonly=False) as conn:  # a shifted date may break this check: the UPDATE fails
         conn.execute("ALTER TABLE users ADD CONSTRAINT created_in_past CHECK (created_at <= now())")
         conn.execute("UPDATE users SET created_at = now() - id * interval '1 minute'")  # some shift forward
-    before, everything = _databases(prod.url), _all_text(stag)
+    before, everything = databases(prod.url), _all_text(stag)
     with pytest.raises(restore.RestoreFailed, match="the partial copy was dropped.*created_in_past"):
         _refresh(prod, stag, _rules(tmp_path))
-    assert _databases(prod.url) == before
+    assert databases(prod.url) == before
     assert _all_text(stag) == everything
 
 
@@ -283,9 +278,9 @@ def test_kept_databases_pruned_after_their_time(pair, tmp_path):
     with psycopg.connect(db.with_database(stag.url, "postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(old)))
     listed = refresh.prune_kept(stag, older_than_h=48, enabled=False)
-    assert listed.examples == (old,) and old in _databases(stag.url)
+    assert listed.examples == (old,) and old in databases(stag.url)
     dropped = refresh.prune_kept(stag, older_than_h=48, enabled=True)
-    assert dropped.examples == (old,) and old not in _databases(stag.url)
+    assert dropped.examples == (old,) and old not in databases(stag.url)
 
 
 # -- the runbook --------------------------------------------------------------------------------------
@@ -359,7 +354,7 @@ def test_data_pass_killed_midway_drops_the_copy_and_leaves_staging(pair, tmp_pat
     with db.connect(prod, readonly=False) as conn:  # enough rows that the data pass takes a while
         seed.seed(conn, Target("fixture", prod.url), mode="development", users=30_000, seed=2)
     backup = backups.create(prod)
-    before, everything = _databases(prod.url), _all_text(stag)
+    before, everything = databases(prod.url), _all_text(stag)
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_data_pass, args=(stop, killed))
     killer.start()
@@ -369,7 +364,7 @@ def test_data_pass_killed_midway_drops_the_copy_and_leaves_staging(pair, tmp_pat
     finally:
         stop.set()
         killer.join()
-    assert killed and _databases(prod.url) == before and _all_text(stag) == everything
+    assert killed and databases(prod.url) == before and _all_text(stag) == everything
 
 
 def test_refresh_across_servers_from_postgresql_15_into_18(sandbox, tmp_path):

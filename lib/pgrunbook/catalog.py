@@ -17,6 +17,20 @@ USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspn
 NOT_EXTENSION = "NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = c.oid AND e.classid = 'pg_class'::regclass AND e.deptype = 'e')"
 
 
+TEXT_TYPES = ("text", "varchar", "bpchar", "citext")
+
+
+def primary_key(conn: psycopg.Connection, relation: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(column names, type names) of the primary key of `relation` (a quoted, qualified name); empty if none."""
+    row = conn.execute(
+        "SELECT array_agg(a.attname ORDER BY k.ord), array_agg(t.typname ORDER BY k.ord) FROM pg_constraint c,"
+        " unnest(c.conkey) WITH ORDINALITY k(num, ord) JOIN pg_attribute a ON a.attnum = k.num"
+        " JOIN pg_type t ON t.oid = a.atttypid"
+        " WHERE c.conrelid = %s::regclass AND c.contype = 'p' AND a.attrelid = c.conrelid",
+        [relation]).fetchone()
+    return (tuple(row[0]), tuple(row[1])) if row and row[0] else ((), ())
+
+
 def tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
     """(schema, table) of every ordinary and partitioned table in user schemas."""
     return conn.execute(

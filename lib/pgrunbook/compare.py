@@ -56,14 +56,8 @@ def tables(conn: psycopg.Connection, pattern: str = "*") -> dict[str, Table]:
             "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
             " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             [rel.ident.as_string(conn)]).fetchall()
-        key = conn.execute(
-            "SELECT array_agg(a.attname ORDER BY k.ord), array_agg(t.typname ORDER BY k.ord) FROM pg_constraint c,"
-            " unnest(c.conkey) WITH ORDINALITY k(num, ord) JOIN pg_attribute a ON a.attnum = k.num"
-            " JOIN pg_type t ON t.oid = a.atttypid"
-            " WHERE c.conrelid = %s::regclass AND c.contype = 'p' AND a.attrelid = c.conrelid",
-            [rel.ident.as_string(conn)]).fetchone()
-        names, types = key if key and key[0] else ((), ())
-        out[str(rel)] = Table(rel, tuple(cols), tuple(names),
+        names, types = catalog.primary_key(conn, rel.ident.as_string(conn))
+        out[str(rel)] = Table(rel, tuple(cols), names,
                               len(names) == 1 and types[0] in ("int2", "int4", "int8"))
     return out
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-from . import backups, integrity, reports, status
+from . import backups, perf, reports, status
+from .fileio import write_atomic
 from .findings import Finding, Status
 from .targets import Target
 
@@ -30,10 +30,8 @@ def is_local(target: Target) -> bool:
     """Whether the server runs on this host (the sandbox, a Unix socket, or localhost)."""
     if target.sandbox:
         return True
-    parts = urlsplit(target.url)
-    host = parts.hostname or ""
-    query_host = next((v for k, v in (p.split("=", 1) for p in parts.query.split("&") if "=" in p) if k == "host"), "")
-    return host in ("", "localhost", "127.0.0.1", "::1") or query_host.startswith("/")
+    host = str(conninfo_to_dict(target.url).get("host") or "")
+    return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
 
 
 def storage(conn: psycopg.Connection, target: Target, *, warn_pct: float = 80, crit_pct: float = 90) -> Finding:
@@ -57,7 +55,7 @@ def storage(conn: psycopg.Connection, target: Target, *, warn_pct: float = 80, c
 def slow_queries(conn: psycopg.Connection, *, slow_ms: float = 100, min_calls: int = 1) -> Finding:
     """Statements of this database averaging over `slow_ms` (pg_stat_statements)."""
     threshold = f"WARN when any averages > {slow_ms:g} ms"
-    if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone():
+    if not perf.has_statements(conn):
         return Finding("slow queries", Status.UNKNOWN, "pg_stat_statements is not installed in this database",
                        threshold=threshold)
     n, worst = conn.execute(
@@ -161,10 +159,6 @@ def host(target: Target, *, cpu_warn_pct: float = 90, mem_warn_pct: float = 90, 
                     threshold=f"WARN >= {mem_warn_pct:g}%, CRIT >= {mem_crit_pct:g}%")]
 
 
-def wraparound(conn: psycopg.Connection) -> list[Finding]:
-    return integrity.wraparound(conn)
-
-
 def plot(findings: list[Finding]):
     """Every check as one coloured row (its status), with the figure it measured and its threshold."""
     from matplotlib.figure import Figure
@@ -214,24 +208,14 @@ def summary(findings: list[Finding], target: str) -> dict:
             "checks": [f.to_dict() for f in findings]}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write beside, then rename: a collector never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def export(findings: list[Finding], target: str, *, prometheus_file: str = "", json_file: str = "") -> Finding:
     """Write the figures where asked; say where."""
     written = []
-    if prometheus_file:
-        _atomic_write(Path(prometheus_file), prometheus_text(findings, target))
-        written.append(prometheus_file)
-    if json_file:
-        _atomic_write(Path(json_file), json.dumps(summary(findings, target), indent=1, default=str) + "\n")
-        written.append(json_file)
+    for name, text in ((prometheus_file, lambda: prometheus_text(findings, target)),
+                       (json_file, lambda: json.dumps(summary(findings, target), indent=1, default=str) + "\n")):
+        if name:  # written beside, then renamed: a collector never reads half a file
+            Path(name).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(Path(name), text())
+            written.append(name)
     return Finding("export", Status.OK, f"written to {', '.join(written)}" if written else
                    "nothing written (no prometheus_file or json_file)")

@@ -17,6 +17,7 @@ from psycopg import sql
 
 from . import reports
 from .catalog import USER_SCHEMAS
+from .status import pretty_bytes
 from .findings import Finding, Status
 
 EXPLAINABLE = re.compile(r"^\s*(\(\s*)*(select|with|insert|update|delete|values|table)\b", re.I | re.S)
@@ -27,10 +28,15 @@ LARGE_ROWS = 10_000  # a scan or join over more rows than this is worth naming
 
 # -- query statistics ----------------------------------------------------------------------------
 
+def has_statements(conn: psycopg.Connection) -> bool:
+    """Whether pg_stat_statements is created in the connected database."""
+    return conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone() is not None
+
+
 def statements_available(conn: psycopg.Connection) -> Finding:
     """Whether pg_stat_statements can be read here, and if not, how to enable it."""
     preload = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
-    installed = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone()
+    installed = has_statements(conn)
     if "pg_stat_statements" not in preload:
         return Finding("pg_stat_statements", Status.WARN,
                        "not preloaded: add it to shared_preload_libraries (ALTER SYSTEM SET "
@@ -51,7 +57,7 @@ def statements(conn: psycopg.Connection, *, limit: int = 5000):
     import pandas as pd
 
     columns = ["queryid", "query", "calls", "total_ms", "mean_ms", "max_ms", "rows", "shared_read", "temp_written"]
-    if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone():
+    if not has_statements(conn):
         return pd.DataFrame(columns=[*columns[:2], "kind", *columns[2:], "share_pct"])
     toplevel = sql.SQL(" AND toplevel" if conn.info.server_version >= 140000 else "")  # not nested calls
     rows = conn.execute(sql.SQL(
@@ -252,22 +258,18 @@ def indexes(conn: psycopg.Connection) -> list[Index]:
     return [Index(*r[:9], tuple(r[9]), r[10]) for r in conn.execute(_INDEXES).fetchall()]
 
 
-def _mb(n: float) -> str:
-    return f"{n / 2**20:,.1f} MB"
-
-
-def unused_indexes(conn: psycopg.Connection) -> list[dict]:
+def unused_indexes(all_indexes: list[Index]) -> list[dict]:
     """Indexes never scanned since statistics were reset, that back no constraint."""
-    return [{"kind": "unused", "table": f"{i.schema}.{i.table}", "index": i.name, "size": _mb(i.bytes),
+    return [{"kind": "unused", "table": f"{i.schema}.{i.table}", "index": i.name, "size": pretty_bytes(i.bytes),
              "why": "0 scans since statistics were reset", "ddl": f"DROP INDEX CONCURRENTLY {i.ident};",
-             "cost": f"frees {_mb(i.bytes)}; writes to the table stop maintaining it"}
-            for i in indexes(conn) if i.scans == 0 and not i.unique and not i.backs_constraint]
+             "cost": f"frees {pretty_bytes(i.bytes)}; writes to the table stop maintaining it"}
+            for i in all_indexes if i.scans == 0 and not i.unique and not i.backs_constraint]
 
 
-def redundant_indexes(conn: psycopg.Connection) -> list[dict]:
+def redundant_indexes(all_indexes: list[Index]) -> list[dict]:
     """Btree indexes whose columns are the same as, or a prefix of, another index's on the same table."""
     out = []
-    plain = [i for i in indexes(conn) if i.method == "btree" and not i.partial_or_expression and i.valid]
+    plain = [i for i in all_indexes if i.method == "btree" and not i.partial_or_expression and i.valid]
     for i in plain:
         for j in plain:
             if i is j or (i.schema, i.table) != (j.schema, j.table) or i.unique or i.backs_constraint:
@@ -275,9 +277,9 @@ def redundant_indexes(conn: psycopg.Connection) -> list[dict]:
             same = i.columns == j.columns
             if (same and i.name > j.name) or (not same and j.columns[: len(i.columns)] == i.columns):
                 out.append({"kind": "duplicate" if same else "redundant", "table": f"{i.schema}.{i.table}",
-                            "index": i.name, "size": _mb(i.bytes),
+                            "index": i.name, "size": pretty_bytes(i.bytes),
                             "why": f"({', '.join(i.columns)}) is covered by {j.name} ({', '.join(j.columns)})",
-                            "ddl": f"DROP INDEX CONCURRENTLY {i.ident};", "cost": f"frees {_mb(i.bytes)}"})
+                            "ddl": f"DROP INDEX CONCURRENTLY {i.ident};", "cost": f"frees {pretty_bytes(i.bytes)}"})
                 break
     return out
 
@@ -296,12 +298,13 @@ def _filter_columns(expr: str, columns: set[str], alias: str, *, qualified_only:
     return seen
 
 
-def missing_indexes(conn: psycopg.Connection, explained: list[Explained], *, min_rows: int = LARGE_ROWS) -> list[dict]:
+def missing_indexes(conn: psycopg.Connection, explained: list[Explained], all_indexes: list[Index], *,
+                    min_rows: int = LARGE_ROWS) -> list[dict]:
     """Columns that slow queries filter or join on by sequential scan of a large table, with no index leading on them."""
     stats = {(s, t): (seq, rows) for s, t, seq, rows in conn.execute(
         "SELECT schemaname, relname, seq_scan, n_live_tup FROM pg_stat_user_tables").fetchall()}
     by_name = {t: (s, t) for s, t in stats}
-    leading = {(i.schema, i.table, i.columns[0]) for i in indexes(conn) if i.columns and i.valid}
+    leading = {(i.schema, i.table, i.columns[0]) for i in all_indexes if i.columns and i.valid}
     cols: dict[tuple[str, str], set[str]] = {}
 
     def columns_of(key: tuple[str, str]) -> set[str]:
@@ -331,8 +334,8 @@ def missing_indexes(conn: psycopg.Connection, explained: list[Explained], *, min
                            f"or joins on {column}: {_short(e.query, 80)}",
                     "ddl": f"CREATE INDEX CONCURRENTLY {sql.Identifier(name).as_string(conn)} ON "
                            f"{sql.Identifier(*key).as_string(conn)} ({sql.Identifier(column).as_string(conn)});",
-                    "cost": f"reads the table's {_mb(size)} twice without blocking writes; the index about "
-                            f"{_mb(stats[key][1] * 24)}, maintained on every write"}
+                    "cost": f"reads the table's {pretty_bytes(size)} twice without blocking writes; the index about "
+                            f"{pretty_bytes(stats[key][1] * 24)}, maintained on every write"}
     return list(advice.values())
 
 
@@ -340,7 +343,8 @@ def index_advice(conn: psycopg.Connection, explained: list[Explained]):
     """Unused, duplicate, redundant and missing indexes, each with the DDL to run and its cost."""
     import pandas as pd
 
-    rows = missing_indexes(conn, explained) + redundant_indexes(conn) + unused_indexes(conn)
+    found = indexes(conn)  # read once for the three kinds of advice
+    rows = missing_indexes(conn, explained, found) + redundant_indexes(found) + unused_indexes(found)
     return pd.DataFrame(rows, columns=["kind", "table", "index", "size", "why", "ddl", "cost"])
 
 
@@ -456,7 +460,8 @@ def trend(target: str, current: Finding, *, enabled: bool = True):
         for t, size in now["table bytes"].items():
             old = before["table bytes"].get(t)
             if old is None or size > old * 1.1 + 2**20:
-                rows.append(("table grew" if old is not None else "new table", t, _mb(old or 0), _mb(size)))
+                rows.append(("table grew" if old is not None else "new table", t, pretty_bytes(old or 0),
+                             pretty_bytes(size)))
         rows += [("newly slow", q, "", "slow") for q in now["slow"] if q not in before["slow"]]
         rows += [("newly unused index", i, "", "unused") for i in now["unused indexes"]
                  if i not in before["unused indexes"]]

@@ -100,21 +100,26 @@ def _verify(source: Target, target: Target, new: str, backup: Backup, rules: san
 
 def _free_stamp(target: Target) -> str:
     """A UTC time (to the second) that names no database of an earlier refresh yet."""
-    while True:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
-        names = (f"{target.database}_refresh_{stamp}"[:63], f"{target.database}_{KIND}_{stamp}"[:63])
-        if not any(restore.database_exists(target, n) for n in names):
-            return stamp
-        time.sleep(1)
+    with restore.admin(target) as conn:
+        while True:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+            names = [f"{target.database}_refresh_{stamp}"[:63], f"{target.database}_{KIND}_{stamp}"[:63]]
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = ANY(%s)", [names]).fetchone():
+                return stamp
+            time.sleep(1)
 
 
 def apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules, salt: sanitize.Salt, *,
-          jobs: int = 2, keep_previous_hours: float = restore.KEEP_H) -> RefreshResult:
-    """Restore `backup` beside the target, mask, verify; swap only when nothing is CRIT."""
+          jobs: int = 2, keep_previous_hours: float = restore.KEEP_H, verdict: Finding | None = None) -> RefreshResult:
+    """Restore `backup` beside the target, mask, verify; swap only when nothing is CRIT.
+
+    `verdict` is `backup_finding(backup)` when the caller already has it (the
+    files are then not hashed a second time).
+    """
     timeline = Timeline()
-    problems = backups.check(backup)
-    if problems:
-        raise RefreshRefused(f"{backups.check_finding(backup, problems).summary}; nothing was changed")
+    verdict = verdict or backup_finding(backup)
+    if verdict.status is Status.CRIT:
+        raise RefreshRefused(f"{verdict.summary}; nothing was changed")
     stamp = _free_stamp(target)
     new = f"{target.database}_refresh_{stamp}"[:63]
 
@@ -148,12 +153,14 @@ def apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules,
 
 
 def run(source: Target, target: Target, backup: Backup | None, rules: sanitize.Rules, *, jobs: int = 2,
-        keep_previous_hours: float = restore.KEEP_H, enabled: bool = True) -> RefreshResult:
+        keep_previous_hours: float = restore.KEEP_H, enabled: bool = True,
+        verdict: Finding | None = None) -> RefreshResult:
     """`apply` with the salt read here (never held by the notebook); in plan mode, nothing."""
     if not enabled or backup is None:
         return RefreshResult(None, [skipped("refresh")], Timeline())
     salt = sanitize.salt(sandbox=source.sandbox)
-    return apply(source, target, backup, rules, salt, jobs=jobs, keep_previous_hours=keep_previous_hours)
+    return apply(source, target, backup, rules, salt, jobs=jobs, keep_previous_hours=keep_previous_hours,
+                 verdict=verdict)
 
 
 def plot(result: RefreshResult):

@@ -32,7 +32,7 @@ from .integrity import Rel
 from .targets import Target
 
 SALT_ENV = "PGRUNBOOK_SANITIZE_SALT"
-TEXT_TYPES = ("text", "varchar", "bpchar", "citext")
+TEXT_TYPES = catalog.TEXT_TYPES
 DATE_TYPES = ("date", "timestamp", "timestamptz")
 KINDS: dict[str, tuple[str, ...]] = {  # rule -> the column types it applies to (empty: any)
     "keep": (), "null": (), "email": TEXT_TYPES, "name": TEXT_TYPES, "phone": TEXT_TYPES,
@@ -416,14 +416,6 @@ def _stream(source: psycopg.Connection, query: sql.Composable, copy: psycopg.Con
     copy.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
 
 
-def _key(conn: psycopg.Connection, rel: Rel) -> list[str]:
-    row = conn.execute(
-        "SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_constraint c, unnest(c.conkey) WITH ORDINALITY k(num, ord)"
-        " JOIN pg_attribute a ON a.attnum = k.num WHERE c.conrelid = %s::regclass AND c.contype = 'p'"
-        " AND a.attrelid = c.conrelid", [rel.ident.as_string(conn)]).fetchone()
-    return list(row[0] or []) if row else []
-
-
 def _residual_column(source: psycopg.Connection, copy: psycopg.Connection, rule: Rule, *,
                      max_examples: int = 20) -> Finding:
     """Rows of the copy whose `rule.column` still holds a value of the source (by hash); OK when none."""
@@ -431,7 +423,7 @@ def _residual_column(source: psycopg.Connection, copy: psycopg.Connection, rule:
     if rule.kind == "null":
         return Finding(name, Status.OK, "set to NULL")
     col, rel = sql.Identifier(rule.column), rule.rel
-    key = _key(copy, rel)
+    key, _ = catalog.primary_key(copy, rel.ident.as_string(copy))
     keys = sql.SQL(", ").join(sql.Identifier("t", k) for k in key) if key else sql.SQL("t.ctid")
     if rule.kind == "shift_date":  # dates collide across rows: compare row by row, by key
         if not key:

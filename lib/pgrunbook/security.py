@@ -16,7 +16,7 @@ import psycopg
 
 from . import reports
 from .findings import Finding, Status
-from .catalog import NOT_EXTENSION, USER_SCHEMAS
+from .catalog import NOT_EXTENSION, TEXT_TYPES, USER_SCHEMAS
 
 PERSONAL_NAME = re.compile(r"(e_?mail|phone|mobile|first_?name|last_?name|full_?name|surname|address|street|"
                            r"city|zip|postcode|birth|dob|ssn|passport|iban|card|(^|_)ip($|_)|ip_?addr|location)", re.I)
@@ -266,11 +266,11 @@ def personal_columns(conn: psycopg.Connection, *, sample: int = 200) -> list[tup
     from psycopg import sql
 
     cols = conn.execute(
-        "SELECT n.nspname, c.relname, a.attname, t.typname IN ('text', 'varchar', 'bpchar', 'citext')"
+        "SELECT n.nspname, c.relname, a.attname, t.typname = ANY(%s)"
         " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
         " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid"
         f" WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped AND {USER_SCHEMAS}"
-        f" AND {NOT_EXTENSION} ORDER BY 1, 2, a.attnum"
+        f" AND {NOT_EXTENSION} ORDER BY 1, 2, a.attnum", [list(TEXT_TYPES)]
     ).fetchall()
     out = []
     for schema, table, column, textual in cols:

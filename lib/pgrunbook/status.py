@@ -21,7 +21,7 @@ SETTINGS = (
 )
 
 
-def _pretty(n: float) -> str:
+def pretty_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1024 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -69,7 +69,7 @@ def settings_check(conn: psycopg.Connection) -> Finding:
 
 def database_size(conn: psycopg.Connection) -> Finding:
     size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-    return Finding("database size", Status.OK, f"{_pretty(size)}", value=size)
+    return Finding("database size", Status.OK, f"{pretty_bytes(size)}", value=size)
 
 
 def table_sizes(conn: psycopg.Connection, *, top: int = 10):
