@@ -136,16 +136,20 @@ def test_compare_finds_changed_added_and_deleted_rows_across_servers(scratch, sa
         same = compare.compare(scratch, other)
         assert [r.same for r in same.results] == [True] and same.results[0].rows_a == 20000
         _write(other, "UPDATE typed SET n = n + 1 WHERE id = 17", "UPDATE typed SET t = NULL WHERE id = 1234",
-               "DELETE FROM typed WHERE id = 19999", "INSERT INTO typed (id, i) VALUES (50000, 1)")
+               "DELETE FROM typed WHERE id = 19999", "INSERT INTO typed (id, i) VALUES (50000, 1)",
+               # values moved, not changed: between two rows, and between two text columns of one row
+               "UPDATE typed SET i = CASE id WHEN 5 THEN 42 ELSE 35 END WHERE id IN (5, 6)",
+               "UPDATE typed SET t = v, v = t WHERE id = 9",
+               "UPDATE typed SET n = n + 1 WHERE id = 97")  # a row that holds a NULL
         diff = compare.compare(scratch, other)
         r = diff.results[0]
-        assert (r.changed, r.only_a, r.only_b) == ([17, 1234], [19999], [50000])
+        assert (r.changed, r.only_a, r.only_b) == ([5, 6, 9, 17, 97, 1234], [19999], [50000])
         side = diff.side_by_side["public.typed"]
-        assert list(side.index) == [17, 1234, 19999, 50000]
+        assert list(side.index) == [5, 6, 9, 17, 97, 1234, 19999, 50000]
         assert side.loc[17, ("t", "scratch")] == side.loc[17, ("t", "other")]
         assert side.loc[17, ("n", "scratch")] != side.loc[17, ("n", "other")]
         finding = diff.findings("scratch", "other")[0]
-        assert finding.status is Status.CRIT and finding.value == 4
+        assert finding.status is Status.CRIT and finding.value == 8
     finally:
         with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{other_name}" WITH (FORCE)')
