@@ -133,6 +133,23 @@ def password_role(sandbox, role: str, password: str, *, superuser: bool = False)
     return f"{role}:{quote(password, safe='')}@"
 
 
+def make_roles(url: str, *roles: str) -> None:
+    """NOLOGIN roles on `url`'s server."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for role in roles:
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+
+
+def forget_roles(url: str, *roles: str) -> None:
+    """Drop roles that own objects or hold grants only in `url`'s database, giving those back to the caller."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for role in roles:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+                conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)))
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 def drop_role(sandbox, role: str) -> None:
     """Drop a test role, giving what it created (databases restored by it, say) back to postgres."""
     with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:

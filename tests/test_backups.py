@@ -7,17 +7,19 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 
 import psutil
 import psycopg
 import pytest
+from psycopg import sql
 
 from pgrunbook import backups, db, pgtools, restore, runner, seed
 from pgrunbook.errors import ConfirmationRequired
 from pgrunbook.findings import Status
 from pgrunbook.targets import Target
-from tests.conftest import databases
+from tests.conftest import databases, forget_roles, make_roles
 
 
 @pytest.fixture(autouse=True)
@@ -127,6 +129,22 @@ def test_unknown_backup_id_is_one_clear_error(seeded):
         backups.find("scratch", "nope")
     with pytest.raises(backups.BackupNotFound, match="no backups of 'nothing'"):
         backups.find("nothing")
+
+
+def test_restore_refuses_a_backup_naming_a_role_the_server_lacks(seeded):
+    """A role dropped since the backup: the restore names it and creates nothing."""
+    role = f"pgrb_gone_{uuid.uuid4().hex[:8]}"
+    make_roles(seeded.url, role)
+    try:
+        with psycopg.connect(seeded.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER TABLE reviews OWNER TO {}").format(sql.Identifier(role)))
+        backup = backups.create(seeded)
+    finally:
+        forget_roles(seeded.url, role)
+    before = databases(seeded.url)
+    with pytest.raises(restore.RestoreFailed, match=f"does not have: {role}; create them first; nothing was changed"):
+        restore.restore(seeded, backup)
+    assert databases(seeded.url) == before
 
 
 def _kill_pg_restore_when_it_writes(target_prefix: str, stop: threading.Event):

@@ -15,7 +15,7 @@ from psycopg import sql
 from pgrunbook import backups, db, refresh, restore, runner, sanitize, seed
 from pgrunbook.findings import Status
 from pgrunbook.targets import Target
-from tests.conftest import ROOT, databases, written_files
+from tests.conftest import ROOT, databases, forget_roles, make_roles, written_files
 
 PLANTED = {"email": "zebulon.quartermaine@planted-mail.example.com", "first_name": "Zebulon",
            "last_name": "Quartermaine", "phone": "+44 20 7946 0958", "location": "221B Baker Street, London, UK"}
@@ -365,6 +365,30 @@ def test_data_pass_killed_midway_drops_the_copy_and_leaves_staging(pair, tmp_pat
         stop.set()
         killer.join()
     assert killed and databases(prod.url) == before and _all_text(stag) == everything
+
+
+def test_roles_missing_where_staging_is_leave_the_copy_to_the_refreshing_role(pair, tmp_path):
+    """Production's owner and grantee roles do not exist on staging's server: no error, owned by who refreshes."""
+    prod, stag = pair
+    owner, reader = (f"pgrb_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("owner", "reader"))
+    make_roles(prod.url, owner, reader)
+    try:
+        with psycopg.connect(prod.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER TABLE users OWNER TO {}").format(sql.Identifier(owner)))
+            conn.execute(sql.SQL("GRANT SELECT ON services TO {}").format(sql.Identifier(reader)))
+        backup = backups.create(prod, label="staging-refresh")
+    finally:
+        forget_roles(prod.url, owner, reader)  # as if production's roles lived on another server
+    result = refresh.apply(prod, stag, backup, _rules(tmp_path), sanitize.Salt(SALT, "test"))
+    assert result.swapped
+    roles = next(f for f in result.findings if f.check == "owners")
+    assert roles.status is Status.WARN and set(roles.examples) == {owner, reader}
+    assert all(f.status is Status.OK for f in result.findings if f is not roles), result.findings
+    with db.connect(stag) as conn:
+        me = conn.execute("SELECT current_user").fetchone()[0]
+        assert conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'users'").fetchone() == (me,)
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == backup.manifest["row_counts"]["public.users"]
+        assert PLANTED["email"] not in _all_text(stag)
 
 
 def test_refresh_across_servers_from_postgresql_15_into_18(sandbox, tmp_path):

@@ -116,6 +116,12 @@ def run(tool: Tool, args: list[str], url: str, *, timeout: float | None = None,
     return wait(tool, start(tool, args, url, env=env), timeout=timeout)
 
 
+def output(tool: Tool, args: list[str], *, timeout: float | None = None) -> str:
+    """Run `tool` with no connection (pg_restore reading a dump to a script, say); its standard output."""
+    proc = subprocess.Popen([str(tool.path), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return wait(tool, proc, timeout=timeout).stdout
+
+
 def wait(tool: Tool, proc: subprocess.Popen, *, timeout: float | None = None) -> subprocess.CompletedProcess:
     """Wait for a started tool; ToolFailed with its last error line."""
     try:

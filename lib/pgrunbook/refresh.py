@@ -109,6 +109,17 @@ def _free_stamp(target: Target) -> str:
             time.sleep(1)
 
 
+def owners_finding(target: Target, missing: list[str]) -> Finding:
+    if not missing:
+        return Finding("owners", Status.OK, "owners and grants as in the source")
+    with restore.admin(target) as conn:
+        user = conn.info.user
+    return Finding("owners", Status.WARN, f"{len(missing)} role(s) of the source do not exist on {target.name!r}'s "
+                   f"server ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): every object is owned "
+                   f"by {user!r}, the role the refresh connects as, and the source's grants were not restored",
+                   examples=tuple(missing[:20]))
+
+
 def apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules, salt: sanitize.Salt, *,
           jobs: int = 2, keep_previous_hours: float = restore.KEEP_H, verdict: Finding | None = None) -> RefreshResult:
     """Restore `backup` beside the target, mask, verify; swap only when nothing is CRIT.
@@ -128,10 +139,11 @@ def apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules,
     def install(conn: psycopg.Connection) -> None:
         masked.extend(sanitize.install_masks(conn, rules))
 
-    restore.restore_into(target, backup, new, jobs=jobs, timeline=timeline, before_data=install,
-                         after_data=lambda conn: sanitize.remove_masks(conn, masked), data_env=sanitize.data_env(salt))
+    missing = restore.restore_into(target, backup, new, jobs=jobs, timeline=timeline, before_data=install,
+                                   after_data=lambda conn: sanitize.remove_masks(conn, masked),
+                                   data_env=sanitize.data_env(salt), owners="connecting-user")
     try:
-        found = _verify(source, target, new, backup, rules, timeline)
+        found = [owners_finding(target, missing)] + _verify(source, target, new, backup, rules, timeline)
     except BaseException:
         restore.drop_database(target, new)
         raise

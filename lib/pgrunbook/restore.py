@@ -9,6 +9,7 @@ target's place, keeping the old database as <name>_pre_restore_<time>.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,6 +98,25 @@ def database_exists(target: Target, name: str) -> bool:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
 
 
+_IDENT = r'"(?:[^"]|"")+"|[^\s,;"]+'
+_ROLE_LINES = (re.compile(rf"\bOWNER TO ({_IDENT});$"),
+               re.compile(rf"^(?:GRANT|REVOKE) .* (?:TO|FROM) ((?:{_IDENT})(?:, (?:{_IDENT}))*)"
+                          rf"(?: WITH GRANT OPTION)?(?: GRANTED BY {_IDENT})?;$"),
+               re.compile(rf"^ALTER DEFAULT PRIVILEGES FOR ROLE ({_IDENT})"))
+
+
+def roles_in(backup: Backup, tool: pgtools.Tool) -> set[str]:
+    """The roles the backup's objects are owned by or granted to, read from its schema script."""
+    script = pgtools.output(tool, ["--schema-only", "--file=-", str(backup.dump_path)], timeout=600)
+    roles = set()
+    for line in script.splitlines():
+        for pattern in _ROLE_LINES:
+            if m := pattern.search(line):
+                roles |= {r[1:-1].replace('""', '"') if r.startswith('"') else r
+                          for r in re.findall(_IDENT, m[1])}
+    return roles - {"PUBLIC"}
+
+
 def drop_database(target: Target, name: str) -> None:
     with admin(target) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -105,8 +125,14 @@ def drop_database(target: Target, name: str) -> None:
 def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, timeline: Timeline,
                  before_data: Callable[[psycopg.Connection], Any] | None = None,
                  after_data: Callable[[psycopg.Connection], Any] | None = None,
-                 data_env: dict[str, str] | None = None) -> None:
+                 data_env: dict[str, str] | None = None, owners: str = "keep") -> list[str]:
     """Create `database` on the target's server and pg_restore the backup into it.
+
+    Objects keep the owners and grants of the backup. Where the server lacks
+    a role the backup names, `owners="keep"` refuses before anything is
+    created; `owners="connecting-user"` (a copy for another environment)
+    restores without owners and grants, so the role that restores owns
+    everything. Returns the roles that were missing.
 
     With hooks, the restore runs in three passes: the tables, then
     `before_data(connection)`, the data (its pg_restore gets `data_env`),
@@ -116,10 +142,20 @@ def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, ti
     """
     with admin(target) as conn:
         major = conn.info.server_version // 10000
+        tool = pgtools.choose("pg_restore", major)
+        with timeline.phase("roles"):
+            named = roles_in(backup, tool)
+            have = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [list(named)])}
+        missing = sorted(named - have)
+        if missing and owners == "keep":
+            raise RestoreFailed(f"{backup.id} names roles that {target.name!r}'s server does not have: "
+                                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; create them "
+                                f"first; nothing was changed")
         with timeline.phase("create database"):
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(database)))
-    tool = pgtools.choose("pg_restore", major)
     args = ["--exit-on-error", "--no-password", "--jobs", str(jobs)]
+    if missing:
+        args += ["--no-owner", "--no-privileges"]
     url = db.with_database(target.url, database)
     dump = str(backup.dump_path)
 
@@ -133,7 +169,7 @@ def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, ti
         if before_data is None and after_data is None:
             with timeline.phase("pg_restore"):
                 pgtools.run(tool, [*args, dump], url)
-            return
+            return missing
         with timeline.phase("pg_restore: tables"):
             pgtools.run(tool, [*args, "--section=pre-data", dump], url)
         hook(before_data)
@@ -142,6 +178,7 @@ def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, ti
         hook(after_data)
         with timeline.phase("pg_restore: indexes and constraints"):
             pgtools.run(tool, [*args, "--section=post-data", dump], url)
+        return missing
     except BaseException as e:
         try:
             drop_database(target, database)
