@@ -7,10 +7,14 @@ once. Measured in the same run:
 - compare of identical tables, against the floor (goal: at most 1.3x), the two
   alternated over 5 rounds so that both see the same machine, best of each;
 - finding and showing 10 changed rows, against the floor (goal: at most 2x);
-- reladiff on the same pair, when `reladiff[postgresql]` is installed;
+- reladiff on the same pair, identical and with 10 changed rows, when
+  `reladiff[postgresql]` is installed (goal: ours at least 4x faster);
 - 30,000 changed rows: every one found;
 - the integrity amcheck step against pg_amcheck by hand (goal: at most 1.2x);
-- this process's peak RSS (goal: under 300 MB).
+- the integrity runbook comparing the pair (30,000 rows differing) through the
+  runner: peak RSS of its kernel, and of runner and kernel together
+  (goal: under 300 MB);
+- this process's peak RSS.
 
     python bench/integrity_compare.py [--scale 50]
 """
@@ -83,6 +87,9 @@ def main() -> None:
         assert same.results[0].same
         print(f"identical:  floor {f_same:.2f} s, compare {t_same:.2f} s   ratio {t_same / f_same:.2f}x (goal <= 1.3x)"
               f"   [floor {', '.join(f'{x:.2f}' for x in fs)}; compare {', '.join(f'{x:.2f}' for x in rs)}]")
+        rd_same = reladiff_times(box, "pgbench_accounts")
+        if rd_same:
+            print(f"reladiff identical: {rd_same:.2f} s   ours is {rd_same / t_same:.1f}x faster (goal >= 4x)")
         with psycopg.connect(b.url, autocommit=True) as conn:
             conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN"
                          " (SELECT (g * 499979) %% %s + 1 FROM generate_series(1, 10) g)", [args.scale * 100000])
@@ -105,6 +112,11 @@ def main() -> None:
         found = len(many.results[0].changed)
         print(f"compare, {expected:,} changed: {t_many:.2f} s, found {found:,} ({'all' if found == expected else 'NOT all'})")
 
+        peak_runner, peak_kernel, result, names = runbook_peak_rss(tmp, a, b)
+        print(f"integrity runbook (compare_to, {result.outcome}, {result.duration_s:.1f} s): peak RSS of the kernel "
+              f"{peak_kernel:.0f} MB, of the runner and the kernel together {peak_runner:.0f} MB (goal < 300 MB)"
+              f"   [child processes: {', '.join(names)}]")
+
         sock = str(box.status().socket_dir)
         t_pg, _ = timed(lambda: subprocess.run([str(bin_dir() / "pg_amcheck"), "-h", sock, "-U", "postgres",
                                                 "bench_a"], check=True, capture_output=True))
@@ -114,8 +126,46 @@ def main() -> None:
         t_am, found_am = timed(step)
         print(f"pg_amcheck (heap + btree): {t_pg:.2f} s; integrity amcheck step: {t_am:.2f} s   "
               f"ratio {t_am / t_pg:.2f}x (goal <= 1.2x)  [{'; '.join(f.summary for f in found_am)}]")
-        print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
-              "(goal < 300 MB)")
+        print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def runbook_peak_rss(tmp, a, b):
+    """The integrity runbook comparing the pair through the runner, its memory sampled every 20 ms."""
+    import os
+    import shutil
+    import threading
+
+    import psutil
+    from runner_overhead import ROOT, make_home
+
+    from pgrunbook import runner
+
+    home = make_home(tmp)
+    shutil.copy(ROOT / "runbooks" / "integrity.ipynb", home / "runbooks" / "integrity.ipynb")
+    os.environ.update(PGRUNBOOK_HOME=str(home), STAGING_DATABASE_URL=a.url, DATABASE_URL=b.url)
+    me, done, peaks, names = psutil.Process(), threading.Event(), [0, 0], set()
+
+    def sample():
+        while not done.is_set():
+            try:
+                children = me.children(recursive=True)
+                names.update(c.name() for c in children)
+                kernel = sum(c.memory_info().rss for c in children)
+            except psutil.NoSuchProcess:
+                continue
+            peaks[0] = max(peaks[0], kernel + me.memory_info().rss)
+            peaks[1] = max(peaks[1], kernel)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=sample)
+    watcher.start()
+    try:
+        result = runner.run("integrity", "staging", {"compare_to": "production", "checks": "fk", "amcheck": "off",
+                                                      "tables": "pgbench_accounts"}, progress=False)
+    finally:
+        done.set()
+        watcher.join()
+    return peaks[0] / 2**20, peaks[1] / 2**20, result, sorted(names)
 
 
 def reladiff_times(box, table: str) -> float | None:
