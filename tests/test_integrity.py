@@ -135,6 +135,9 @@ def test_compare_finds_changed_added_and_deleted_rows_across_servers(scratch, sa
             _write(t, *[s for s in TYPES_TABLE.split(";\n") if s.strip()])
         same = compare.compare(scratch, other)
         assert [r.same for r in same.results] == [True] and same.results[0].rows_a == 20000
+        _write(other, "UPDATE typed SET f = f + 1 WHERE id = 3")
+        one = compare.compare(scratch, other).results[0]
+        assert (one.changed, one.only_a, one.only_b, one.columns) == ([3], [], [], ["f"])
         _write(other, "UPDATE typed SET n = n + 1 WHERE id = 17", "UPDATE typed SET t = NULL WHERE id = 1234",
                "DELETE FROM typed WHERE id = 19999", "INSERT INTO typed (id, i) VALUES (50000, 1)",
                # values moved, not changed: between two rows, and between two text columns of one row
@@ -143,15 +146,51 @@ def test_compare_finds_changed_added_and_deleted_rows_across_servers(scratch, sa
                "UPDATE typed SET n = n + 1 WHERE id = 97")  # a row that holds a NULL
         diff = compare.compare(scratch, other)
         r = diff.results[0]
-        assert (r.changed, r.only_a, r.only_b) == ([5, 6, 9, 17, 97, 1234], [19999], [50000])
+        assert (r.changed, r.only_a, r.only_b) == ([3, 5, 6, 9, 17, 97, 1234], [19999], [50000])
         side = diff.side_by_side["public.typed"]
-        assert list(side.index) == [5, 6, 9, 17, 97, 1234, 19999, 50000]
+        assert list(side.index) == [3, 5, 6, 9, 17, 97, 1234, 19999, 50000]
         assert side.loc[17, ("t", "scratch")] == side.loc[17, ("t", "other")]
         assert side.loc[17, ("n", "scratch")] != side.loc[17, ("n", "other")]
         finding = diff.findings("scratch", "other")[0]
-        assert finding.status is Status.CRIT and finding.value == 8
+        assert finding.status is Status.CRIT and finding.value == 9
     finally:
         with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{other_name}" WITH (FORCE)')
+
+
+OTHER_KEYS = """
+CREATE TABLE tagged (code text PRIMARY KEY, label text, n int);
+INSERT INTO tagged SELECT 'c' || g, 'label ' || g, g FROM generate_series(1, 3000) g;
+CREATE TABLE pairs (a int, b int, v text, PRIMARY KEY (a, b));
+INSERT INTO pairs SELECT g / 50, g % 50, 'v' || g FROM generate_series(1, 3000) g;
+CREATE TABLE loose (x int, y text);
+INSERT INTO loose SELECT g, 'y' || g FROM generate_series(1, 3000) g;
+"""
+
+
+def test_compare_text_composite_and_missing_keys(scratch):
+    other_name = f"{scratch.database}_b"
+    admin = db.with_database(scratch.url, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{other_name}"')
+    other = Target("other", db.with_database(scratch.url, other_name), sandbox=True)
+    try:
+        for t in (scratch, other):
+            _write(t, *[s for s in OTHER_KEYS.split(";\n") if s.strip()])
+        assert all(r.same for r in compare.compare(scratch, other).results)
+        _write(other, "UPDATE tagged SET n = -1 WHERE code = 'c42'", "DELETE FROM tagged WHERE code = 'c7'",
+               "UPDATE pairs SET v = 'moved' WHERE (a, b) = (3, 14)", "UPDATE loose SET y = 'z' WHERE x = 5")
+        diff = compare.compare(scratch, other)
+        results = {r.table: r for r in diff.results}
+        tagged, pairs, loose = results["public.tagged"], results["public.pairs"], results["public.loose"]
+        assert (tagged.changed, tagged.only_a, tagged.only_b) == (["c42"], ["c7"], [])
+        assert (pairs.changed, pairs.only_a, pairs.columns) == ([(3, 14)], [], ["v"])
+        assert not loose.same and "no primary key" in loose.note
+        side = diff.side_by_side["public.pairs"]
+        assert list(side.index) == [(3, 14)] and side.loc[(3, 14), ("v", "other")] == "moved"
+        assert list(diff.side_by_side["public.tagged"].index) == ["c42", "c7"]
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{other_name}" WITH (FORCE)')
 
 

@@ -1,14 +1,15 @@
 """Compare two databases table by table, row for row, without pulling the rows across.
 
-Each row is hashed in the server: every column through its type's built-in
-`hash*extended` function (the functions hash partitioning relies on, so they
-agree across servers and major versions), each seeded by the hash of the
-columns before it. A table's fingerprint is the
-count and the sum of its row hashes. Where two fingerprints differ and the
-table has an integer primary key, the key range is split into buckets,
-fingerprinted per bucket on both sides at once, and only the differing
-buckets are split again (the data-diff idea) until they are small enough to
-compare key by key; then just the differing rows are fetched, side by side.
+Hashing happens in the server, through each type's built-in `hash*extended`
+function (the functions hash partitioning relies on, so they agree across
+servers and major versions). A table's fingerprint is its row count and, per
+column, the XOR of its values' hashes seeded by the row's key: one pass
+settles equal tables and names the columns that differ. Where they differ
+and the primary key is an integer, rows are hashed on the key and those
+columns only, the key range is split into buckets fingerprinted on both
+sides at once, and only the differing buckets are split again (the
+data-diff idea) until they are small enough to compare key by key; then
+just the differing rows are fetched, side by side.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ HASHERS = {
 CASTS = {"bool": "int4", "timestamptz": "timestamp"}
 SESSION = ("SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET extra_float_digits = 1",
            "SET IntervalStyle = 'iso_8601'", "SET bytea_output = 'hex'")  # text forms equal on both sides
-FIRST_BUCKETS = 1024  # the first split is a full scan: make it fine, so few levels follow
+FIRST_BUCKETS = 4096  # the first split is a full scan: make it fine, so few levels follow
 BUCKETS = 64
 LEAF = 8192
 
@@ -46,6 +47,9 @@ class Table:
     columns: tuple[tuple[str, str], ...]  # (name, type name)
     key: tuple[str, ...]  # primary key columns
     key_is_int: bool
+
+    def columns_type(self, name: str) -> str:
+        return dict(self.columns)[name]
 
 
 def tables(conn: psycopg.Connection, pattern: str = "*") -> dict[str, Table]:
@@ -74,23 +78,25 @@ def _column_hash(name: str, typ: str, seed: sql.Composable) -> sql.Composable:
     return sql.SQL("hashtextextended(({})::text, {})").format(sql.Identifier(name), seed)
 
 
-def row_hash(columns) -> sql.Composable:
-    """SQL for one bigint hash of a whole row, from the columns' own hash functions.
+def row_hash(columns, seed: sql.Composable | None = None) -> sql.Composable:
+    """SQL for one bigint hash of a whole row (or of `columns` of it), from the columns' own hash functions.
 
-    Each column's hash is seeded with the hash of the columns before it: one
-    call per column and nothing else, which costs less than the plainest
-    per-column aggregate, and a value moved to another column or another row
-    changes the result. The functions are strict, so a row holding a NULL
-    yields NULL there; COALESCE then evaluates, for those rows only, a
-    NULL-safe form: each column hashed with its position as seed, NULL as
-    minus that position, XORed, then hashed once more.
+    Each column's hash is seeded with the hash of the columns before it (the
+    first with `seed`, 0 by default): one call per column and nothing else,
+    and a value moved to another column or another row changes the result.
+    The functions are strict, so a row holding a NULL yields NULL there;
+    COALESCE then evaluates, for those rows only, a NULL-safe form: each
+    column hashed with its position as seed, NULL as minus that position,
+    XORed with the seed, then hashed once more.
     """
-    chain: sql.Composable = sql.Literal(0)
-    parts = []
+    chain: sql.Composable = seed if seed is not None else sql.Literal(0)
+    parts = [] if seed is None else [seed]
     for position, (name, typ) in enumerate(columns, start=1):
         chain = _column_hash(name, typ, chain)
         parts.append(sql.SQL("coalesce({}, {})").format(_column_hash(name, typ, sql.Literal(position)),
                                                         sql.Literal(-position)))
+    if not columns:
+        return sql.SQL("hashint8extended({}, 0)").format(chain)
     null_safe = sql.SQL("hashint8extended({}, 0)").format(sql.SQL(" # ").join(parts))
     return sql.SQL("coalesce({}, {})").format(chain, null_safe)
 
@@ -112,6 +118,7 @@ class TableResult:
     only_a: list = field(default_factory=list)
     only_b: list = field(default_factory=list)
     note: str = ""
+    columns: list[str] = field(default_factory=list)  # the non-key columns whose contents differ
 
     @property
     def differing(self) -> int:
@@ -139,51 +146,82 @@ class Pair:
         self.b.close()
 
 
+def column_fingerprints(t: Table, agg: sql.Composable) -> sql.Composable:
+    """count(*) and, per column, the XOR of its values' hashes, each seeded by the row's key.
+
+    The seed ties a value to its row, so a value moved between rows changes
+    the column's fingerprint; a NULL adds nothing, and a row added or taken
+    away changes the count and the key's fingerprint. Equal fingerprints for
+    every column mean equal tables; unequal ones also say which columns
+    differ, so that locating rows needs to hash only those.
+    """
+    if not t.key:
+        return sql.SQL("count(*), {}({})").format(agg, row_hash(t.columns))
+    keys = [(n, typ) for n, typ in t.columns if n in t.key]
+    seed = sql.SQL("({})::int8").format(sql.Identifier(t.key[0])) if t.key_is_int else row_hash(keys)
+    parts = [sql.SQL("{}({})").format(agg, _column_hash(n, typ, sql.Literal(0) if n in t.key else seed))
+             for n, typ in t.columns]
+    return sql.SQL("count(*), {}").format(sql.SQL(", ").join(parts))
+
+
 def compare_table(pair: Pair, t: Table) -> TableResult:
-    rh = row_hash(t.columns)
-    # level 0: one plain aggregate, as cheap as the plainest full-content check; equal tables stop here
-    ra, rb = pair.both(sql.SQL("SELECT count(*), coalesce({}({}), 0) FROM {}").format(pair.agg, rh, t.rel.ident))
-    if ra == rb or not t.key:
-        return TableResult(str(t.rel), ra[0][0], rb[0][0], ra == rb,
-                           note="" if ra == rb else "no primary key: the differing rows cannot be located")
-    if not t.key_is_int:
-        return _merge(pair, t, rh, ra[0][0], rb[0][0])
+    # level 0: one plain aggregate of per-column fingerprints, about the price of the plainest
+    # full-content check; equal tables stop here, others learn which columns differ
+    ra, rb = pair.both(sql.SQL("SELECT {} FROM {}").format(column_fingerprints(t, pair.agg), t.rel.ident))
+    (fa,), (fb,) = ra, rb
+    if fa == fb or not t.key:
+        return TableResult(str(t.rel), fa[0], fb[0], fa == fb,
+                           note="" if fa == fb else "no primary key: the differing rows cannot be located")
+    columns = [c for c, x, y in zip(t.columns, fa[1:], fb[1:]) if x != y and c[0] not in t.key]
+    # only the key and the columns that differ are hashed from here on
+    keys = [c for c in t.columns if c[0] in t.key]
+    rh = row_hash(columns, seed=sql.SQL("({})::int8").format(sql.Identifier(t.key[0]))) if t.key_is_int \
+        else row_hash(keys + columns)
+    found = _merge(pair, t, rh) if not t.key_is_int else _bisect(pair, t, rh)
+    if found is None:
+        return TableResult(str(t.rel), 0, 0, True)
+    changed, only_a, only_b = found
+    same = not (changed or only_a or only_b) and fa[0] == fb[0]
+    return TableResult(str(t.rel), fa[0], fb[0], same, sorted(changed), sorted(only_a), sorted(only_b),
+                       columns=[c for c, _ in columns])
+
+
+def _bisect(pair: Pair, t: Table, rh):
     key = sql.Identifier(t.key[0])
     bounds = pair.both(sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(k=key, t=t.rel.ident))
     lows = [r[0][0] for r in bounds if r[0][0] is not None]
     highs = [r[0][1] for r in bounds if r[0][1] is not None]
     if not lows:
-        return TableResult(str(t.rel), 0, 0, True)
+        return None
     lo, hi = min(lows), max(highs) + 1
-    total_a, total_b = ra[0][0], rb[0][0]
     changed, only_a, only_b = [], [], []
     pending = [(lo, hi)]
     first = True
     while pending:
         lo_, hi_ = pending.pop()
         width = hi_ - lo_
-        n = min(FIRST_BUCKETS if first else BUCKETS, max(width, 1))
-        # bucket i holds the keys k with i * width <= (k - lo) * n < (i + 1) * width;
-        # the first pass covers the whole table, so it needs no range condition (a seq scan)
+        step = -(-width // (FIRST_BUCKETS if first else BUCKETS))  # keys per bucket, rounded up
+        # bucket i holds the keys lo + i * step <= k < lo + (i + 1) * step; the arithmetic stays in the
+        # key's own type where it cannot overflow (no cast per row); the first pass covers the whole
+        # table, so it needs no range condition (a seq scan)
+        kind = sql.SQL("int8" if hi_ - lo_ > 2**31 - 1 or t.columns_type(t.key[0]) == "int8" else "int4")
         where = sql.SQL("") if first else sql.SQL(" WHERE {k} >= %s AND {k} < %s").format(k=key)
-        q = sql.SQL("SELECT ({k} - %s::bigint) * %s::bigint / %s::bigint, count(*), {agg}({h}) FROM {t}{w}"
-                    " GROUP BY 1").format(k=key, h=rh, t=t.rel.ident, agg=pair.agg, w=where)
-        ra, rb = pair.both(q, [lo_, n, width] + ([] if first else [lo_, hi_]))
-        a, b = {r[0]: r[1:] for r in ra}, {r[0]: r[1:] for r in rb}
+        q = sql.SQL("SELECT ({k}::{kind} - %s::{kind}) / %s::{kind}, {agg}({h}) FROM {t}{w}"
+                    " GROUP BY 1").format(k=key, kind=kind, h=rh, t=t.rel.ident, agg=pair.agg, w=where)
+        ra, rb = pair.both(q, [lo_, step] + ([] if first else [lo_, hi_]))
+        a, b = dict(ra), dict(rb)
         first = False
         for bucket in sorted(set(a) | set(b)):
             if a.get(bucket) == b.get(bucket):
                 continue
-            b_lo = lo_ + (bucket * width + n - 1) // n
-            b_hi = lo_ + ((bucket + 1) * width + n - 1) // n
-            rows = max(a.get(bucket, (0,))[0], b.get(bucket, (0,))[0])
-            if rows <= LEAF or b_hi - b_lo <= LEAF:
+            b_lo = lo_ + bucket * step
+            b_hi = min(b_lo + step, hi_)
+            if b_hi - b_lo <= LEAF:  # at most LEAF keys: compare them one by one
                 c, oa, ob = _leaf(pair, t, key, rh, b_lo, b_hi)
                 changed, only_a, only_b = changed + c, only_a + oa, only_b + ob
             else:
                 pending.append((b_lo, b_hi))
-    same = not (changed or only_a or only_b) and total_a == total_b
-    return TableResult(str(t.rel), total_a, total_b, same, sorted(changed), sorted(only_a), sorted(only_b))
+    return changed, only_a, only_b
 
 
 def _leaf(pair: Pair, t: Table, key, rh, lo: int, hi: int):
@@ -194,15 +232,18 @@ def _leaf(pair: Pair, t: Table, key, rh, lo: int, hi: int):
     return changed, sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
 
 
-def _merge(pair: Pair, t: Table, rh, rows_a: int, rows_b: int) -> TableResult:
+def _merge(pair: Pair, t: Table, rh):
     """Non-integer keys: stream (key, hash) in key order from both sides and merge."""
     keys = sql.SQL(", ").join(sql.Identifier(k) for k in t.key)
-    q = sql.SQL("SELECT ({}), {} FROM {} ORDER BY {}").format(keys, rh, t.rel.ident, keys)
+    q = sql.SQL("SELECT {}, {} FROM {} ORDER BY {}").format(keys, rh, t.rel.ident, keys)
     ra, rb = pair.both(q)
-    a, b = dict(ra), dict(rb)
-    changed = sorted(k for k in a.keys() & b.keys() if a[k] != b[k])
-    return TableResult(str(t.rel), rows_a, rows_b, False, changed, sorted(a.keys() - b.keys()),
-                       sorted(b.keys() - a.keys()))
+
+    def keyed(rows):  # a composite key becomes a tuple of its typed values
+        return {(r[0] if len(r) == 2 else tuple(r[:-1])): r[-1] for r in rows}
+
+    a, b = keyed(ra), keyed(rb)
+    changed = [k for k in a.keys() & b.keys() if a[k] != b[k]]
+    return changed, sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
 
 
 @dataclass
@@ -213,9 +254,10 @@ class Comparison:
     def table(self):
         import pandas as pd
 
-        return pd.DataFrame([(r.table, r.rows_a, r.rows_b, r.same, len(r.changed), len(r.only_a), len(r.only_b), r.note)
-                             for r in self.results], columns=["table", "rows_a", "rows_b", "same", "changed",
-                                                              "only_in_a", "only_in_b", "note"])
+        return pd.DataFrame([(r.table, r.rows_a, r.rows_b, r.same, len(r.changed), len(r.only_a), len(r.only_b),
+                              ", ".join(r.columns), r.note) for r in self.results],
+                            columns=["table", "rows_a", "rows_b", "same", "changed", "only_in_a", "only_in_b",
+                                     "columns_differing", "note"])
 
     def findings(self, a: str, b: str, *, max_examples: int = 20) -> list[Finding]:
         found = []
@@ -226,6 +268,7 @@ class Comparison:
                    [f"only in {b}: {k}" for k in r.only_b]
             found.append(Finding(f"compare {r.table}", Status.CRIT, f"{r.rows_a} rows in {a}, {r.rows_b} in {b}: "
                                  f"{len(r.changed)} changed, {len(r.only_a)} only in {a}, {len(r.only_b)} only in {b}"
+                                 + (f" (columns differing: {', '.join(r.columns)})" if r.changed else "")
                                  + (f"; {r.note}" if r.note else ""), value=r.differing,
                                  examples=tuple(keys[:max_examples])))
         if not found:
@@ -267,10 +310,14 @@ def side_by_side(pair: Pair, t: Table, r: TableResult, a: str, b: str, *, limit:
     import pandas as pd
 
     keys = (r.changed + r.only_a + r.only_b)[:limit]
-    key = sql.Identifier(t.key[0]) if len(t.key) == 1 else sql.SQL("({})").format(
-        sql.SQL(", ").join(sql.Identifier(k) for k in t.key))
-    q = sql.SQL("SELECT * FROM {} WHERE {} = ANY(%s)").format(t.rel.ident, key)
-    ra, rb = pair.both(q, [keys])
+    if len(t.key) == 1:
+        q = sql.SQL("SELECT * FROM {} WHERE {} = ANY(%s)").format(t.rel.ident, sql.Identifier(t.key[0]))
+        ra, rb = pair.both(q, [keys])
+    else:
+        rows = sql.SQL(", ").join(sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Literal, k))) for k in keys)
+        q = sql.SQL("SELECT * FROM {} WHERE ({}) IN ({})").format(
+            t.rel.ident, sql.SQL(", ").join(sql.Identifier(k) for k in t.key), rows)
+        ra, rb = pair.both(q)
     names = [c for c, _ in t.columns]
     fa = pd.DataFrame(ra, columns=names).set_index(list(t.key))
     fb = pd.DataFrame(rb, columns=names).set_index(list(t.key))
