@@ -48,6 +48,27 @@ def _examples(rows, width: int) -> tuple[str, ...]:
     return tuple(", ".join(f"{v}" for v in r[:width]) for r in rows)
 
 
+def _sample(conn: psycopg.Connection, rel: Rel, rows: int) -> tuple[sql.Composable, str]:
+    """A TABLESAMPLE clause reading about `rows` rows of `rel` (by pages), and the words for the report.
+
+    0, a table no larger than that, or one whose size the planner does not
+    know yet (never vacuumed or analyzed) is read whole.
+    """
+    if rows <= 0:
+        return sql.SQL(""), ""
+    estimate = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
+                            [rel.ident.as_string(conn)]).fetchone()[0]
+    if estimate <= rows:
+        return sql.SQL(""), ""
+    percent = round(100.0 * rows / estimate, 4)
+    return (sql.SQL(" TABLESAMPLE SYSTEM ({})").format(sql.Literal(percent)),
+            f" in a sample of about {rows:,} of {int(estimate):,} rows")
+
+
+def _sampled(sample: int) -> str:
+    return f" (tables over {sample:,} rows sampled)" if sample > 0 else ""
+
+
 # -- 1. foreign keys ------------------------------------------------------------
 
 FK_QUERY = """
@@ -63,8 +84,12 @@ WHERE c.contype = 'f' ORDER BY 4, 5, 1
 """
 
 
-def foreign_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: int = 20) -> list[Finding]:
-    """Orphans of every foreign key, by anti-join (MATCH SIMPLE: rows with a NULL key are exempt)."""
+def foreign_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: int = 20,
+                 sample: int = 0) -> list[Finding]:
+    """Orphans of every foreign key, by anti-join (MATCH SIMPLE: rows with a NULL key are exempt).
+
+    With `sample`, about that many rows of each larger referencing table are read.
+    """
     found, checked = [], 0
     for name, valid, match, schema, table, fschema, ftable, cols, fcols in conn.execute(FK_QUERY):
         child, parent = Rel(schema, table), Rel(fschema, ftable)
@@ -74,17 +99,18 @@ def foreign_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: i
         join = sql.SQL(" AND ").join(sql.SQL("{} = {}").format(p, c) for p, c in zip(_cols(fcols, "p"), _cols(cols, "t")))
         present = sql.SQL(" AND " if match != "f" else " OR ").join(
             sql.SQL("{} IS NOT NULL").format(c) for c in _cols(cols, "t"))
-        q = sql.SQL("SELECT {}, count(*) OVER () FROM {} t WHERE ({}) AND NOT EXISTS "
+        tablesample, read = _sample(conn, child, sample)
+        q = sql.SQL("SELECT {}, count(*) OVER () FROM {} t{} WHERE ({}) AND NOT EXISTS "
                     "(SELECT 1 FROM {} p WHERE {}) LIMIT %s").format(
-            sql.SQL(", ").join(_cols(cols, "t")), child.ident, present, parent.ident, join)
+            sql.SQL(", ").join(_cols(cols, "t")), child.ident, tablesample, present, parent.ident, join)
         rows = conn.execute(q, [max_examples]).fetchall()
         if rows:
             state = "" if valid else " (NOT VALID)"
             found.append(Finding(f"foreign key {name}", Status.CRIT,
-                                 f"{rows[0][-1]} orphans in {child}({', '.join(cols)}) -> {parent}{state}",
+                                 f"{rows[0][-1]} orphans in {child}({', '.join(cols)}) -> {parent}{state}{read}",
                                  value=rows[0][-1], examples=_examples(rows, len(cols))))
     if not found:
-        found.append(Finding("foreign keys", Status.OK, f"{checked} foreign keys, no orphans"))
+        found.append(Finding("foreign keys", Status.OK, f"{checked} foreign keys, no orphans{_sampled(sample)}"))
     return found
 
 
@@ -131,8 +157,9 @@ def unique_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: in
 
 # -- 3. CHECK and NOT NULL constraints that are NOT VALID ---------------------------
 
-def unvalidated(conn: psycopg.Connection, *, tables: str = "*", max_examples: int = 20) -> list[Finding]:
-    """Re-evaluate CHECK and NOT NULL constraints marked NOT VALID on the data."""
+def unvalidated(conn: psycopg.Connection, *, tables: str = "*", max_examples: int = 20,
+                sample: int = 0) -> list[Finding]:
+    """Re-evaluate CHECK and NOT NULL constraints marked NOT VALID on the data (or a sample of it)."""
     found, checked = [], 0
     rows = conn.execute(
         "SELECT c.conname, c.contype, n.nspname, t.relname, pg_get_expr(c.conbin, c.conrelid),"
@@ -147,14 +174,16 @@ def unvalidated(conn: psycopg.Connection, *, tables: str = "*", max_examples: in
         # the expression is the database's own constraint definition, read from its catalog
         where = sql.SQL("NOT ({})").format(sql.SQL(expr)) if kind == "c" else \
             sql.SQL("{} IS NULL").format(sql.Identifier(column))
-        bad = conn.execute(sql.SQL("SELECT ctid, count(*) OVER () FROM {} WHERE {} LIMIT %s").format(
-            rel.ident, where), [max_examples]).fetchall()
+        tablesample, read = _sample(conn, rel, sample)
+        bad = conn.execute(sql.SQL("SELECT ctid, count(*) OVER () FROM {}{} WHERE {} LIMIT %s").format(
+            rel.ident, tablesample, where), [max_examples]).fetchall()
         if bad:
             what = f"CHECK ({expr})" if kind == "c" else f"NOT NULL {column}"
             found.append(Finding(f"constraint {name}", Status.CRIT, f"{bad[0][-1]} rows of {rel} break "
-                                 f"{what} (NOT VALID)", value=bad[0][-1], examples=_examples(bad, 1)))
+                                 f"{what} (NOT VALID){read}", value=bad[0][-1], examples=_examples(bad, 1)))
     if not found:
-        found.append(Finding("not valid constraints", Status.OK, f"{checked} NOT VALID constraints, all hold"))
+        found.append(Finding("not valid constraints", Status.OK,
+                             f"{checked} NOT VALID constraints, all hold{_sampled(sample)}"))
     return found
 
 
@@ -273,17 +302,19 @@ CHECKS = ("fk", "unique", "notvalid", "sequences", "indexes", "wraparound", "ass
 class Selection:
     """Which checks run (`checks`: all, or a comma-separated subset of CHECKS) and on which tables."""
 
-    def __init__(self, checks: str = "all", *, tables: str = "*", max_examples: int = 20):
+    def __init__(self, checks: str = "all", *, tables: str = "*", max_examples: int = 20, sample: int = 0):
         wanted = set(CHECKS) if checks.strip() == "all" else {c.strip() for c in checks.split(",") if c.strip()}
         unknown = wanted - set(CHECKS)
         if unknown:
             raise ValueError(f"unknown checks {', '.join(sorted(unknown))}: choose from all, {', '.join(CHECKS)}")
-        self.wanted, self.tables, self.max_examples = wanted, tables, max_examples
+        if sample < 0:
+            raise ValueError(f"sample must be 0 (every row) or a number of rows, not {sample}")
+        self.wanted, self.tables, self.max_examples, self.sample = wanted, tables, max_examples, sample
 
     def run(self, name: str, check, conn, **options) -> list[Finding]:
         if name not in self.wanted:
             return [Finding(name, Status.OK, "not selected (checks=...)")]
-        kwargs = {"tables": self.tables, "max_examples": self.max_examples, **options}
+        kwargs = {"tables": self.tables, "max_examples": self.max_examples, "sample": self.sample, **options}
         accepted = check.__code__.co_varnames[: check.__code__.co_argcount + check.__code__.co_kwonlyargcount]
         return check(conn, **{k: v for k, v in kwargs.items() if k in accepted})
 
