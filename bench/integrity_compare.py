@@ -22,12 +22,16 @@ once. Measured in the same run:
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 from common import temporary_sandbox
+from runner_overhead import make_home
 
 FLOOR = ("SELECT count(*), sum(hashint4extended(aid, 0)), sum(hashint4extended(bid, 0)),"
          " sum(hashint4extended(abalance, 0)), sum(hashbpcharextended(filler, 0)) FROM pgbench_accounts")
@@ -131,17 +135,9 @@ def main() -> None:
 
 def runbook_peak_rss(tmp, a, b):
     """The integrity runbook comparing the pair through the runner, its memory sampled every 20 ms."""
-    import os
-    import shutil
-    import threading
-
-    import psutil
-    from runner_overhead import ROOT, make_home
-
     from pgrunbook import runner
 
-    home = make_home(tmp)
-    shutil.copy(ROOT / "runbooks" / "integrity.ipynb", home / "runbooks" / "integrity.ipynb")
+    home = make_home(tmp, "integrity")
     os.environ.update(PGRUNBOOK_HOME=str(home), STAGING_DATABASE_URL=a.url, DATABASE_URL=b.url)
     me, done, peaks, names = psutil.Process(), threading.Event(), [0, 0], set()
 

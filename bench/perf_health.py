@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import time
 
 from common import temporary_sandbox
-from runner_overhead import ROOT, make_home
+from runner_overhead import make_home
 
 
 def main() -> None:
@@ -61,9 +60,7 @@ def main() -> None:
         print(f"{args.tables} tables, {count} statements in pg_stat_statements, set up in "
               f"{time.perf_counter() - t0:.0f} s")
 
-        home = make_home(tmp)
-        for name in ("health", "performance"):
-            shutil.copy(ROOT / "runbooks" / f"{name}.ipynb", home / "runbooks" / f"{name}.ipynb")
+        home = make_home(tmp, "health", "performance")
         os.environ.update(PGRUNBOOK_HOME=str(home), STAGING_DATABASE_URL=url)
 
         def timed(runbook: str, **params: str) -> float:

@@ -38,8 +38,8 @@ findings.record()
 """
 
 
-def make_home(tmp: Path) -> Path:
-    """A project home holding only the noop runbook (and the project's config)."""
+def make_home(tmp: Path, *runbooks: str) -> Path:
+    """A project home holding the noop runbook, copies of the project's `runbooks`, and its config."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -56,6 +56,8 @@ def make_home(tmp: Path) -> Path:
             cell.metadata["tags"] = ["parameters"]
         nb.cells.append(cell)
     nbformat.write(nb, home / "runbooks" / "noop.ipynb")
+    for name in runbooks:
+        shutil.copy(ROOT / "runbooks" / f"{name}.ipynb", home / "runbooks" / f"{name}.ipynb")
     return home
 
 

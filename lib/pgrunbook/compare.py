@@ -48,9 +48,6 @@ class Table:
     key: tuple[str, ...]  # primary key columns
     key_is_int: bool
 
-    def columns_type(self, name: str) -> str:
-        return dict(self.columns)[name]
-
 
 def tables(conn: psycopg.Connection, pattern: str = "*") -> dict[str, Table]:
     rels = [Rel(s, t) for s, t in catalog.tables(conn) if selected(Rel(s, t), pattern)]
@@ -157,11 +154,17 @@ def column_fingerprints(t: Table, agg: sql.Composable) -> sql.Composable:
     """
     if not t.key:
         return sql.SQL("count(*), {}({})").format(agg, row_hash(t.columns))
-    keys = [(n, typ) for n, typ in t.columns if n in t.key]
-    seed = sql.SQL("({})::int8").format(sql.Identifier(t.key[0])) if t.key_is_int else row_hash(keys)
+    seed = _key_seed(t)
     parts = [sql.SQL("{}({})").format(agg, _column_hash(n, typ, sql.Literal(0) if n in t.key else seed))
              for n, typ in t.columns]
     return sql.SQL("count(*), {}").format(sql.SQL(", ").join(parts))
+
+
+def _key_seed(t: Table) -> sql.Composable:
+    """A bigint standing for the row's key: an integer key itself, other keys their hash."""
+    if t.key_is_int:
+        return sql.SQL("({})::int8").format(sql.Identifier(t.key[0]))
+    return row_hash([(n, typ) for n, typ in t.columns if n in t.key])
 
 
 def compare_table(pair: Pair, t: Table) -> TableResult:
@@ -174,13 +177,8 @@ def compare_table(pair: Pair, t: Table) -> TableResult:
                            note="" if fa == fb else "no primary key: the differing rows cannot be located")
     columns = [c for c, x, y in zip(t.columns, fa[1:], fb[1:]) if x != y and c[0] not in t.key]
     # only the key and the columns that differ are hashed from here on
-    keys = [c for c in t.columns if c[0] in t.key]
-    rh = row_hash(columns, seed=sql.SQL("({})::int8").format(sql.Identifier(t.key[0]))) if t.key_is_int \
-        else row_hash(keys + columns)
-    found = _merge(pair, t, rh) if not t.key_is_int else _bisect(pair, t, rh)
-    if found is None:
-        return TableResult(str(t.rel), 0, 0, True)
-    changed, only_a, only_b = found
+    rh = row_hash(columns, seed=_key_seed(t))
+    changed, only_a, only_b = _bisect(pair, t, rh) if t.key_is_int else _merge(pair, t, rh)
     same = not (changed or only_a or only_b) and fa[0] == fb[0]
     return TableResult(str(t.rel), fa[0], fb[0], same, sorted(changed), sorted(only_a), sorted(only_b),
                        columns=[c for c, _ in columns])
@@ -188,11 +186,10 @@ def compare_table(pair: Pair, t: Table) -> TableResult:
 
 def _bisect(pair: Pair, t: Table, rh):
     key = sql.Identifier(t.key[0])
+    # the fingerprints differ, so at least one side has rows
     bounds = pair.both(sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(k=key, t=t.rel.ident))
     lows = [r[0][0] for r in bounds if r[0][0] is not None]
     highs = [r[0][1] for r in bounds if r[0][1] is not None]
-    if not lows:
-        return None
     lo, hi = min(lows), max(highs) + 1
     changed, only_a, only_b = [], [], []
     pending = [(lo, hi)]
@@ -204,7 +201,7 @@ def _bisect(pair: Pair, t: Table, rh):
         # bucket i holds the keys lo + i * step <= k < lo + (i + 1) * step; the arithmetic stays in the
         # key's own type where it cannot overflow (no cast per row); the first pass covers the whole
         # table, so it needs no range condition (a seq scan)
-        kind = sql.SQL("int8" if hi_ - lo_ > 2**31 - 1 or t.columns_type(t.key[0]) == "int8" else "int4")
+        kind = sql.SQL("int8" if hi_ - lo_ > 2**31 - 1 or dict(t.columns)[t.key[0]] == "int8" else "int4")
         where = sql.SQL("") if first else sql.SQL(" WHERE {k} >= %s AND {k} < %s").format(k=key)
         q = sql.SQL("SELECT ({k}::{kind} - %s::{kind}) / %s::{kind}, {agg}({h}) FROM {t}{w}"
                     " GROUP BY 1").format(k=key, kind=kind, h=rh, t=t.rel.ident, agg=pair.agg, w=where)

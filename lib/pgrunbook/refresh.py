@@ -115,7 +115,7 @@ def owners_finding(target: Target, missing: list[str]) -> Finding:
     with restore.admin(target) as conn:
         user = conn.info.user
     return Finding("owners", Status.WARN, f"{len(missing)} role(s) of the source do not exist on {target.name!r}'s "
-                   f"server ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): every object is owned "
+                   f"server ({restore.listed(missing)}): every object is owned "
                    f"by {user!r}, the role the refresh connects as, and the source's grants were not restored",
                    examples=tuple(missing[:20]))
 

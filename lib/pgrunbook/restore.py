@@ -105,6 +105,11 @@ _ROLE_LINES = (re.compile(rf"\bOWNER TO ({_IDENT});$"),
                re.compile(rf"^ALTER DEFAULT PRIVILEGES FOR ROLE ({_IDENT})"))
 
 
+def listed(names: list[str], most: int = 5) -> str:
+    """The first `most` names, comma-separated, with ' ...' when there are more."""
+    return ", ".join(names[:most]) + (" ..." if len(names) > most else "")
+
+
 def roles_in(backup: Backup, tool: pgtools.Tool) -> set[str]:
     """The roles the backup's objects are owned by or granted to, read from its schema script."""
     script = pgtools.output(tool, ["--schema-only", "--file=-", str(backup.dump_path)], timeout=600)
@@ -149,8 +154,7 @@ def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, ti
         missing = sorted(named - have)
         if missing and owners == "keep":
             raise RestoreFailed(f"{backup.id} names roles that {target.name!r}'s server does not have: "
-                                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; create them "
-                                f"first; nothing was changed")
+                                f"{listed(missing)}; create them first; nothing was changed")
         with timeline.phase("create database"):
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(database)))
     args = ["--exit-on-error", "--no-password", "--jobs", str(jobs)]
