@@ -31,7 +31,7 @@ BAD = [
     (["run", "stats", "--target", "sandbox"], "did you mean 'status'"),
     (["run", "status", "--target", "sandbox", "-p", "pool_limt", "5"], "did you mean 'pool_limit'"),
     (["run", "status", "--target", "sandbox", "-p", "pool_limit", "many"], "takes int"),
-    (["run", "status", "--target", "sandbox", "-p", "require_backup", "maybe"], "takes bool"),
+    (["run", "backup", "--target", "sandbox", "-p", "verify", "maybe"], "takes bool"),
     (["run", "status", "--target", "sandbox", "-p", "target", "staging"], "--target"),
     (["run", "status", "--target", "prodution"], "did you mean 'production'"),
     (["run", "seed", "--target", "sandbox", "-p", "mode", "postgresql://u:pw@h/db"], "secret"),
@@ -108,7 +108,7 @@ def test_list_shows_every_runbook_with_parameters(capfd):
     out = capfd.readouterr().out
     for nb in (ROOT / "runbooks").glob("*.ipynb"):
         assert re.search(rf"^{nb.stem}: \S", out, re.M)
-    assert "pool_limit (int, default 20)" in out
+    assert "pool_limit (int, default 0)" in out
 
 
 def test_debug_shows_the_traceback():

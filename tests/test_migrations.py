@@ -48,7 +48,7 @@ def test_status_lists_pending_revisions_with_messages(scratch):
     migrations.upgrade(scratch, "0002")
     with db.connect(scratch) as conn:
         st = migrations.status(conn)
-        finding = status.migration_state(conn)
+        finding = status.migration_state(conn, scratch)
     assert st.current == ("0002",)
     assert [r.revision for r in st.pending] == ["0003", "0004"]
     assert "projects" in st.pending[0].message
@@ -56,17 +56,25 @@ def test_status_lists_pending_revisions_with_messages(scratch):
 
 
 def test_status_of_an_unmigrated_database(scratch):
+    """Configured for the migrations and not migrated: WARN; not configured (any database): not judged."""
+    import dataclasses
+
+    from pgrunbook.config import App
+
+    fixia = dataclasses.replace(scratch, app=App("fixia", migrations="alembic"))
     with db.connect(scratch) as conn:
         st = migrations.status(conn)
-        finding = status.migration_state(conn)
+        finding = status.migration_state(conn, fixia)
+        elsewhere = status.migration_state(conn, scratch)
     assert not st.managed and len(st.pending) == 4
     assert finding.status is Status.WARN and "not under migrations" in finding.summary
+    assert elsewhere.status is Status.OK and "not managed" in elsewhere.summary
 
 
 def test_unknown_revision_is_crit(migrated):
     with db.connect(migrated, readonly=False) as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'ffff'")
-        finding = status.migration_state(conn)
+        finding = status.migration_state(conn, migrated)
     assert finding.status is Status.CRIT and "ffff" in finding.summary
 
 

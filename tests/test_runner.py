@@ -12,6 +12,8 @@ import pytest
 from pgrunbook import reports, runner
 from pgrunbook.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
+
 METADATA = ("runbook", "runbook_version", "parameters", "target", "server_version", "operator",
             "host", "start", "end", "duration_s", "outcome", "findings", "incident")
 
@@ -61,13 +63,24 @@ def test_an_edited_index_line_breaks_the_chain(sandbox):
         path.write_text(original)
 
 
-def test_a_failed_run_is_archived_with_the_failing_cell(sandbox):
-    result = runner.run("seed", "production", {"mode": "development"}, progress=False)
+def test_a_failed_run_is_archived_with_the_failing_cell(sandbox, tmp_path, monkeypatch):
+    """A step that raises: the run is archived as FAILED, with the failing cell and its error."""
+    import shutil
+
+    home = tmp_path / "home"
+    (home / "runbooks").mkdir(parents=True)
+    shutil.copy(ROOT / "pyproject.toml", home)
+    nb = nbformat.read(ROOT / "runbooks" / "status.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "status.database_size(conn)" in c.source)
+    cell.source = 'raise RuntimeError("the disk went away")'
+    nbformat.write(nb, home / "runbooks" / "status.ipynb")
+    monkeypatch.setenv("PGRUNBOOK_HOME", str(home))
+    result = runner.run("status", "sandbox", progress=False)
     assert result.outcome == "FAILED" and result.exit_code == 3
-    assert "ConfirmationRequired" in result.error
+    assert "RuntimeError: the disk went away" in result.error
     nb = nbformat.read(result.notebook, as_version=4)
     failing = [c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
-    assert len(failing) == 1 and "seed.check" in failing[0].source
+    assert len(failing) == 1 and "the disk went away" in failing[0].source
     assert nb.metadata["pgrunbook"]["outcome"] == "FAILED"
     assert reports.find(str(result.notebook))["outcome"] == "FAILED"
 

@@ -15,7 +15,7 @@ def test_checks_on_a_migrated_database(migrated):
         settings_finding = status.settings_check(conn)
         assert settings_finding.status is (Status.OK if autovacuum == "on" else Status.WARN)
         assert status.database_size(conn).value > 1_000_000
-        assert status.migration_state(conn).status is Status.OK
+        assert status.migration_state(conn, migrated).status is Status.OK
         sizes = status.table_sizes(conn)
         settings = status.settings(conn)
     assert {"users", "services", "reviews"} <= set(sizes["table"])
@@ -44,19 +44,32 @@ def test_connection_use_against_the_pool_limit(migrated, held, limit, expected):
 
 
 def test_backup_age_against_the_rpo(tmp_path, monkeypatch):
+    """One judgement of backup age: the newest verified backup against the RPO."""
     import json
     from datetime import datetime, timedelta, timezone
 
-    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path))
-    assert status.latest_backup("x").status is Status.OK
-    assert status.latest_backup("x", required=True).status is Status.WARN
-    for name, age in (("old", 30), ("new", 2)):
+    from pgrunbook import backups
+
+    def made(age_h: float, *, ok: bool | None):
+        name = f"b{age_h}"
         (tmp_path / "x" / name).mkdir(parents=True)
-        end = datetime.now(timezone.utc) - timedelta(hours=age)
+        end = datetime.now(timezone.utc) - timedelta(hours=age_h)
         (tmp_path / "x" / name / "manifest.json").write_text(json.dumps({"end": end.isoformat()}))
-    fresh = status.latest_backup("x", max_age_h=24)
-    assert fresh.status is Status.OK and 1.9 < fresh.value < 2.1
-    assert status.latest_backup("x", max_age_h=1).status is Status.WARN
+        if ok is not None:
+            (tmp_path / "x" / name / "verify.json").write_text(json.dumps({"ok": ok}))
+
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path))
+    assert backups.rpo_finding(backups.all_backups("x")).status is Status.CRIT
+    assert backups.rpo_finding(backups.all_backups("x"), required=False).status is Status.OK
+    made(30, ok=True)
+    made(2, ok=None)  # newer, never verified: does not count
+    assert backups.rpo_finding(backups.all_backups("x"), rpo_h=24).status is Status.WARN
+    made(1, ok=False)  # newer, failed verification: does not count, and is never 'latest'
+    made(3, ok=True)
+    fresh = backups.rpo_finding(backups.all_backups("x"), rpo_h=24)
+    assert fresh.status is Status.OK and 2.9 < fresh.value < 3.1
+    assert backups.find("x").id == "b3"
+    assert backups.rpo_finding(backups.all_backups("x"), rpo_h=1).status is Status.CRIT
 
 
 def test_status_runbook_on_each_server(server, monkeypatch):

@@ -44,10 +44,6 @@ class BackupNotFound(PgRunbookError):
     "No backup of that id for the target"
 
 
-class BackupCorrupt(PgRunbookError):
-    "The backup's files do not match its manifest"
-
-
 @dataclass(frozen=True)
 class Backup:
     id: str
@@ -64,6 +60,15 @@ class Backup:
         return bool(self.verification and self.verification.get("ok"))
 
     @property
+    def failed(self) -> bool:
+        """Verified, and the verification failed: never to be restored as 'latest'."""
+        return bool(self.verification) and not self.verified
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.manifest.get("identity") or {}
+
+    @property
     def size(self) -> int:
         return sum(f["size"] for f in self.manifest["files"].values())
 
@@ -75,8 +80,51 @@ class Backup:
         return ((now or datetime.now(timezone.utc)) - self.end).total_seconds() / 3600
 
 
-def folder(target: str) -> Path:
-    return config.settings().backups_dir / target
+def folder(target: Target | str) -> Path:
+    return config.settings().backups_dir / getattr(target, "name", target)
+
+
+IDENTITY = """
+    SELECT current_database() AS database,
+           (SELECT oid FROM pg_database WHERE datname = current_database()) AS database_oid,
+           has_function_privilege('pg_control_system()', 'EXECUTE') AS can_read_control
+"""
+
+
+def identity(conn: psycopg.Connection, target: Target) -> dict[str, Any]:
+    """What a backup copies: the cluster (system identifier, where the role may read it), the
+    server's address as the target reaches it, and the database's name and oid."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    database, oid, can_read = conn.execute(IDENTITY).fetchone()
+    system = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0] \
+        if can_read else None
+    info = conninfo_to_dict(target.url)
+    address = f"{info.get('host') or info.get('hostaddr') or 'localhost'}:{info.get('port') or 5432}"
+    return {"system_identifier": system, "address": address, "database": database, "database_oid": oid}
+
+
+def belongs(backup: Backup, current: dict[str, Any]) -> bool:
+    """Whether `backup` is a copy of the database `current` identifies.
+
+    Same database name on the same cluster: by system identifier where both
+    sides know it, else by server address. The oid is recorded but not
+    compared: a restore recreates the database under a new one. A backup
+    made before identities were recorded is matched by its target's name.
+    """
+    mine = backup.identity
+    if not mine:
+        return True
+    if mine.get("database") != current.get("database"):
+        return False
+    if mine.get("system_identifier") and current.get("system_identifier"):
+        return mine["system_identifier"] == current["system_identifier"]
+    return mine.get("address") == current.get("address")
+
+
+def current_identity(target: Target) -> dict[str, Any]:
+    with db.connect(target, application="pgrunbook/backup") as conn:
+        return identity(conn, target)
 
 
 def _hash_all(paths: list[Path]) -> list[str]:
@@ -132,6 +180,7 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
         manifest = {
             "id": backup_id, "target": target.name, "database": target.database, "format": format,
             "label": label, "start": started.isoformat(), "end": datetime.now(timezone.utc).isoformat(),
+            "identity": identity(conn, target),
             "server_version": conn.info.parameter_status("server_version"), "pg_dump": str(tool),
             "pg_dump_version": tool.version, "alembic_revision": ",".join(revision or ()) or None,
             "schema_fingerprint": catalog.fingerprint(facts), "schema": facts, "row_counts": counts,
@@ -179,29 +228,45 @@ def load(path: Path) -> Backup:
     return Backup(path.name, path, manifest, verification)
 
 
-def all_backups(target: str) -> list[Backup]:
-    """Backups of `target` with a readable manifest, oldest first."""
+def all_backups(target: Target | str, *, current: dict[str, Any] | None = None) -> list[Backup]:
+    """Backups of `target` with a readable manifest, oldest first.
+
+    For a Target, only those that copied the database it reaches now (see
+    `belongs`); `current` is its identity when the caller has read it already.
+    """
+    if isinstance(target, Target) and current is None:
+        current = current_identity(target)
     found = []
     for path in sorted(folder(target).glob("[!.]*")):
         try:
-            found.append(load(path))
+            backup = load(path)
         except (OSError, ValueError, KeyError):
             continue
+        if current is None or belongs(backup, current):
+            found.append(backup)
     return sorted(found, key=lambda b: b.end)
 
 
-def find(target: str, ref: str = "latest") -> Backup:
-    """A backup by id, or 'latest': the newest verified one, else the newest."""
+def find(target: Target | str, ref: str = "latest") -> Backup:
+    """A backup by id, or 'latest': the newest verified one, else the newest never verified.
+
+    A backup whose verification failed is never 'latest'; a chosen backup
+    that was never verified says so (see `choice_finding`).
+    """
+    name = getattr(target, "name", target)
     backups = all_backups(target)
     if ref == "latest":
-        if not backups:
-            raise BackupNotFound(f"no backups of {target!r} in {folder(target)}: run the backup runbook first")
-        verified = [b for b in backups if b.verified]
-        return (verified or backups)[-1]
+        usable = [b for b in backups if not b.failed]
+        if not usable:
+            failed = f" ({len(backups)} failed verification)" if backups else ""
+            raise BackupNotFound(f"no usable backup of {name!r} in {folder(target)}{failed}: "
+                                 "run the backup runbook first")
+        verified = [b for b in usable if b.verified]
+        return (verified or usable)[-1]
     path = folder(target) / ref
     if ref.startswith(".") or "/" in ref or not path.is_dir():
         ids = ", ".join(b.id for b in backups[-5:]) or "none"
-        raise BackupNotFound(f"no backup {ref!r} of {target!r} (newest: {ids}): see the backup runbook's status")
+        raise BackupNotFound(f"no backup {ref!r} of {name!r} (newest: {ids}): see the backup runbook's status")
     # a folder without its manifest is returned as such: `check` then says it is not a backup
     return load(path) if (path / MANIFEST).exists() else Backup(ref, path, {})
 
@@ -241,6 +306,17 @@ def check_finding(backup: Backup, problems: list[str] | None = None) -> Finding:
                    f"({backup.size / 2**20:.1f} MiB, {sum(backup.manifest['row_counts'].values()):,} rows)")
 
 
+def choice_finding(backup: Backup) -> Finding:
+    """Whether the backup about to be used was proven by a restore."""
+    if backup.verified:
+        return Finding("backup chosen", Status.OK, f"{backup.id}, verified {backup.verification.get('at', '')}")
+    if backup.failed:
+        return Finding("backup chosen", Status.WARN, f"{backup.id} FAILED its verification: it is used only "
+                       "because it was named by id")
+    return Finding("backup chosen", Status.WARN, f"{backup.id} was never verified (no verified backup of "
+                   "this target): it is checked here for the first time")
+
+
 def record_verification(backup: Backup, result: dict[str, Any]) -> Backup:
     (backup.path / VERIFIED).write_text(json.dumps(result, indent=1, sort_keys=True))
     return load(backup.path)
@@ -256,16 +332,27 @@ def table(backups: list[Backup]):
     return pd.DataFrame(rows, columns=["id", "end", "age_h", "size_mb", "format", "verified", "label"])
 
 
-def rpo_finding(backups: list[Backup], *, rpo_h: float = RPO_H) -> Finding:
-    """Newest verified backup's age: OK within the RPO, WARN within twice it, CRIT beyond or none."""
+def required(target: Target) -> bool:
+    """Whether the target must have a verified backup within the RPO: a protected one, not on the sandbox."""
+    return target.protected and not target.sandbox
+
+
+def rpo_finding(backups: list[Backup], *, rpo_h: float = RPO_H, required: bool = True,
+                check: str = "rpo") -> Finding:
+    """The one judgement of backup age: the newest *verified* backup against the RPO, OK within
+    it, WARN within twice it, CRIT beyond; none at all is CRIT. Where backups are not `required`
+    (see `required`), none is OK and an old one at most WARN."""
+    threshold = f"OK <= {rpo_h:g} h, WARN <= {2 * rpo_h:g} h" + ("" if required else " (not required here)")
     verified = [b for b in backups if b.verified]
     if not verified:
-        return Finding("rpo", Status.CRIT, f"no verified backup ({len(backups)} unverified)",
-                       threshold=f"OK <= {rpo_h:g} h")
+        if not required:
+            return Finding(check, Status.OK, f"no verified backup ({len(backups)} unverified): none is required "
+                           "of a target that is not protected", threshold=threshold)
+        return Finding(check, Status.CRIT, f"no verified backup ({len(backups)} unverified)", threshold=threshold)
     age = verified[-1].age_h()
-    status = Status.OK if age <= rpo_h else Status.WARN if age <= 2 * rpo_h else Status.CRIT
-    return Finding("rpo", status, f"newest verified backup {verified[-1].id} is {age:.1f} h old",
-                   value=round(age, 2), threshold=f"OK <= {rpo_h:g} h, WARN <= {2 * rpo_h:g} h")
+    status = Status.OK if age <= rpo_h else Status.WARN if age <= 2 * rpo_h or not required else Status.CRIT
+    return Finding(check, status, f"newest verified backup {verified[-1].id} is {age:.1f} h old",
+                   value=round(age, 2), threshold=threshold)
 
 
 def retention_plan(backups: list[Backup], *, retention_days: float = 7,

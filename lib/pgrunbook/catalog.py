@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import class_row, namedtuple_row
 
-USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'"
+USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'"
 NOT_EXTENSION = "NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = c.oid AND e.classid = 'pg_class'::regclass AND e.deptype = 'e')"
 
 
@@ -31,11 +32,21 @@ def primary_key(conn: psycopg.Connection, relation: str) -> tuple[tuple[str, ...
     return (tuple(row[0]), tuple(row[1])) if row and row[0] else ((), ())
 
 
-def tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
-    """(schema, table) of every ordinary and partitioned table in user schemas."""
+def tables(conn: psycopg.Connection, *, kinds: str = "rp") -> list[tuple[str, str]]:
+    """(schema, table) of every table in user schemas: ordinary and partitioned ones by default;
+    kinds="r" for those holding rows of their own (partitions, not their parents)."""
     return conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        f" WHERE c.relkind IN ('r', 'p') AND {USER_SCHEMAS} AND {NOT_EXTENSION} ORDER BY 1, 2"
+        f" WHERE c.relkind = ANY(%s) AND {USER_SCHEMAS} AND {NOT_EXTENSION} ORDER BY 1, 2", [list(kinds)]
+    ).fetchall()
+
+
+def heap_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(schema, table) of every table with storage of its own (partitioned parents have none)."""
+    return conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        f" WHERE c.relkind IN ('r', 'm') AND c.relpersistence <> 't' AND {USER_SCHEMAS} AND {NOT_EXTENSION}"
+        " ORDER BY 1, 2"
     ).fetchall()
 
 
@@ -71,7 +82,7 @@ _SCHEMA_FACTS = (
     "SELECT 'index', n.nspname || '.' || i.relname, pg_get_indexdef(i.oid)"
     " FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_namespace n ON n.oid = i.relnamespace"
     " JOIN pg_class c ON c.oid = x.indrelid"
-    f" WHERE {USER_SCHEMAS} AND {NOT_EXTENSION}",
+    f" WHERE x.indisvalid AND x.indisready AND {USER_SCHEMAS} AND {NOT_EXTENSION}",
     # sequences, views, functions
     "SELECT 'sequence', n.nspname || '.' || c.relname, format_type(s.seqtypid, NULL)"
     " FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -101,10 +112,6 @@ def fingerprint(facts: list[tuple[str, str, str]]) -> str:
     return h.hexdigest()
 
 
-def schema_fingerprint(conn: psycopg.Connection) -> str:
-    return fingerprint(schema_facts(conn))
-
-
 def schema_difference(a: list, b: list) -> list[str]:
     """Objects that differ between two schema_facts lists, named one by one."""
     da, db_ = {(k, n): d for k, n, d in map(tuple, a)}, {(k, n): d for k, n, d in map(tuple, b)}
@@ -116,48 +123,116 @@ def schema_difference(a: list, b: list) -> list[str]:
 
 @dataclass(frozen=True)
 class SequenceState:
-    sequence: str
-    column: str
-    last_value: int | None
-    column_max: int | None
+    sequence: str  # schema.name
+    columns: tuple[str, ...]  # every schema.table.column drawing from it
+    last_value: int | None  # the last value handed out (before the first call: the start less one step)
+    column_max: int | None  # the largest value in any of those columns
+    increment: int = 1
+
+    @property
+    def column(self) -> str:
+        return ", ".join(self.columns)
 
     @property
     def behind(self) -> bool:
-        return self.column_max is not None and (self.last_value or 0) < self.column_max
+        """The next value would collide with (or fall under) one already in a column."""
+        if self.column_max is None or self.increment < 0:
+            return False
+        return (self.last_value if self.last_value is not None else 0) < self.column_max
 
 
-def owned_sequences(conn: psycopg.Connection) -> list[tuple[str, str, str, str]]:
-    """(sequence schema, sequence, table schema.table, column) for sequences owned by a column."""
-    return conn.execute(
-        "SELECT sn.nspname, s.relname, tn.nspname || '.' || t.relname, a.attname"
-        " FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
-        " JOIN pg_namespace sn ON sn.oid = s.relnamespace"
-        " JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace"
-        " JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid"
-        " WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass"
-        " AND d.deptype IN ('a', 'i') ORDER BY 1, 2"
-    ).fetchall()
+SEQUENCE_USES = f"""
+    SELECT DISTINCT sn.nspname AS seq_schema, s.relname AS seq, tn.nspname AS schema, t.relname AS table,
+           a.attname AS column, q.seqincrement AS increment
+      FROM pg_depend d
+      JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
+      JOIN pg_sequence q ON q.seqrelid = s.oid
+      JOIN pg_namespace sn ON sn.oid = s.relnamespace
+      JOIN pg_attrdef ad ON ad.oid = d.objid
+      JOIN pg_class t ON t.oid = ad.adrelid AND NOT t.relispartition
+      JOIN pg_namespace tn ON tn.oid = t.relnamespace
+      JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+     WHERE d.classid = 'pg_attrdef'::regclass
+       AND d.refclassid = 'pg_class'::regclass
+    UNION
+    SELECT sn.nspname, s.relname, tn.nspname, t.relname, a.attname, q.seqincrement
+      FROM pg_depend d
+      JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+      JOIN pg_sequence q ON q.seqrelid = s.oid
+      JOIN pg_namespace sn ON sn.oid = s.relnamespace
+      JOIN pg_class t ON t.oid = d.refobjid AND NOT t.relispartition
+      JOIN pg_namespace tn ON tn.oid = t.relnamespace
+      JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+     WHERE d.classid = 'pg_class'::regclass
+       AND d.refclassid = 'pg_class'::regclass
+       AND d.deptype IN ('a', 'i')
+     ORDER BY 1, 2, 3, 4, 5
+"""
+
+
+def sequence_uses(conn: psycopg.Connection) -> dict[tuple[str, str], list[tuple[str, str, str]]]:
+    """Every sequence a column draws from: owned (serial, identity, OWNED BY) or named by a
+    `DEFAULT nextval(...)`, owned or not, shared or not; (schema, sequence) -> [(schema, table, column)]."""
+    uses: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+    with conn.cursor(row_factory=namedtuple_row) as cur:
+        for r in cur.execute(SEQUENCE_USES):
+            uses.setdefault((r.seq_schema, r.seq, r.increment), []).append((r.schema, r.table, r.column))
+    return uses
 
 
 def sequence_states(conn: psycopg.Connection) -> list[SequenceState]:
-    """Each owned sequence's last value against its column's max."""
+    """Each sequence in use against the largest value of every column that draws from it."""
     states = []
-    for seq_schema, seq, table, column in owned_sequences(conn):
-        schema, name = table.split(".", 1)
+    for (seq_schema, seq, increment), columns in sequence_uses(conn).items():
         last = conn.execute(
-            sql.SQL("SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {}").format(
-                sql.Identifier(seq_schema, seq))).fetchone()[0]
-        top = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(
-            sql.Identifier(column), sql.Identifier(schema, name))).fetchone()[0]
-        states.append(SequenceState(f"{seq_schema}.{seq}", f"{table}.{column}", last, top))
+            sql.SQL("SELECT CASE WHEN is_called THEN last_value ELSE last_value - %s END FROM {}").format(
+                sql.Identifier(seq_schema, seq)), [increment]).fetchone()[0]
+        tops = [conn.execute(sql.SQL("SELECT max({}) FROM {}").format(
+            sql.Identifier(column), sql.Identifier(schema, table))).fetchone()[0]
+            for schema, table, column in columns]
+        tops = [t for t in tops if t is not None]
+        states.append(SequenceState(f"{seq_schema}.{seq}", tuple(".".join(c) for c in columns), last,
+                                    max(tops) if tops else None, increment))
     return states
 
 
 def repair_sequence(conn: psycopg.Connection, state: SequenceState) -> None:
-    """Move a sequence that is behind its column to the column's max."""
+    """Move a sequence that is behind its columns to their max."""
     schema, name = state.sequence.split(".", 1)
     conn.execute("SELECT setval(%s::regclass, %s)",
                  [sql.Identifier(schema, name).as_string(conn), state.column_max])
+
+
+@dataclass(frozen=True)
+class InvalidIndex:
+    schema: str
+    table: str
+    index: str  # as regclass prints it: qualified where off the search_path
+    valid: bool
+    ready: bool
+
+    @property
+    def state(self) -> str:
+        return {(False, False): "invalid and not ready", (False, True): "invalid"}.get(
+            (self.valid, self.ready), "not ready")
+
+
+INVALID_INDEXES = f"""
+    SELECT n.nspname AS schema, t.relname AS table, x.indexrelid::regclass::text AS index,
+           x.indisvalid AS valid, x.indisready AS ready
+      FROM pg_index x
+      JOIN pg_class t ON t.oid = x.indrelid
+      JOIN pg_namespace n ON n.oid = t.relnamespace
+     WHERE NOT (x.indisvalid AND x.indisready)
+       AND {USER_SCHEMAS}
+     ORDER BY 1, 2, 3
+"""
+
+
+def invalid_indexes(conn: psycopg.Connection) -> list[InvalidIndex]:
+    """Indexes not valid or not ready (a failed or running CREATE INDEX CONCURRENTLY): pg_dump leaves them out."""
+    with conn.cursor(row_factory=class_row(InvalidIndex)) as cur:
+        return cur.execute(INVALID_INDEXES).fetchall()
 
 
 def amcheck_btree(conn: psycopg.Connection, *, heapallindexed: bool = False,
@@ -168,7 +243,7 @@ def amcheck_btree(conn: psycopg.Connection, *, heapallindexed: bool = False,
         "SELECT n.nspname, t.relname, i.oid::regclass::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
         " JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
         " JOIN pg_am am ON am.oid = i.relam"
-        f" WHERE am.amname = 'btree' AND x.indisvalid AND x.indisready AND {USER_SCHEMAS}"
+        f" WHERE am.amname = 'btree' AND i.relkind = 'i' AND x.indisvalid AND x.indisready AND {USER_SCHEMAS}"
         " AND t.relpersistence <> 't' ORDER BY 1, 2, 3") if keep is None or keep(r[0], r[1])]
     problems = []
     for index in indexes:

@@ -48,9 +48,16 @@ class Table:
     key: tuple[str, ...]  # primary key columns
     key_is_int: bool
 
+    @property
+    def source(self) -> sql.Composable:
+        """The table's own rows, without those of inheritance children."""
+        return sql.SQL("ONLY {}").format(self.rel.ident)
+
 
 def tables(conn: psycopg.Connection, pattern: str = "*") -> dict[str, Table]:
-    rels = [Rel(s, t) for s, t in catalog.tables(conn) if selected(Rel(s, t), pattern)]
+    # rows are compared where they are stored: each partition and inheritance child alone (ONLY),
+    # never again through its parent
+    rels = [Rel(s, t) for s, t in catalog.tables(conn, kinds="r") if selected(Rel(s, t), pattern)]
     out = {}
     for rel in rels:
         cols = conn.execute(
@@ -170,7 +177,7 @@ def _key_seed(t: Table) -> sql.Composable:
 def compare_table(pair: Pair, t: Table) -> TableResult:
     # level 0: one plain aggregate of per-column fingerprints, about the price of the plainest
     # full-content check; equal tables stop here, others learn which columns differ
-    ra, rb = pair.both(sql.SQL("SELECT {} FROM {}").format(column_fingerprints(t, pair.agg), t.rel.ident))
+    ra, rb = pair.both(sql.SQL("SELECT {} FROM {}").format(column_fingerprints(t, pair.agg), t.source))
     (fa,), (fb,) = ra, rb
     if fa == fb or not t.key:
         return TableResult(str(t.rel), fa[0], fb[0], fa == fb,
@@ -187,7 +194,7 @@ def compare_table(pair: Pair, t: Table) -> TableResult:
 def _bisect(pair: Pair, t: Table, rh):
     key = sql.Identifier(t.key[0])
     # the fingerprints differ, so at least one side has rows
-    bounds = pair.both(sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(k=key, t=t.rel.ident))
+    bounds = pair.both(sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(k=key, t=t.source))
     lows = [r[0][0] for r in bounds if r[0][0] is not None]
     highs = [r[0][1] for r in bounds if r[0][1] is not None]
     lo, hi = min(lows), max(highs) + 1
@@ -204,7 +211,7 @@ def _bisect(pair: Pair, t: Table, rh):
         kind = sql.SQL("int8" if hi_ - lo_ > 2**31 - 1 or dict(t.columns)[t.key[0]] == "int8" else "int4")
         where = sql.SQL("") if first else sql.SQL(" WHERE {k} >= %s AND {k} < %s").format(k=key)
         q = sql.SQL("SELECT ({k}::{kind} - %s::{kind}) / %s::{kind}, {agg}({h}) FROM {t}{w}"
-                    " GROUP BY 1").format(k=key, kind=kind, h=rh, t=t.rel.ident, agg=pair.agg, w=where)
+                    " GROUP BY 1").format(k=key, kind=kind, h=rh, t=t.source, agg=pair.agg, w=where)
         ra, rb = pair.both(q, [lo_, step] + ([] if first else [lo_, hi_]))
         a, b = dict(ra), dict(rb)
         first = False
@@ -222,7 +229,7 @@ def _bisect(pair: Pair, t: Table, rh):
 
 
 def _leaf(pair: Pair, t: Table, key, rh, lo: int, hi: int):
-    q = sql.SQL("SELECT {k}, {h} FROM {t} WHERE {k} >= %s AND {k} < %s").format(k=key, h=rh, t=t.rel.ident)
+    q = sql.SQL("SELECT {k}, {h} FROM {t} WHERE {k} >= %s AND {k} < %s").format(k=key, h=rh, t=t.source)
     ra, rb = pair.both(q, [lo, hi])
     a, b = dict(ra), dict(rb)
     changed = [k for k in a.keys() & b.keys() if a[k] != b[k]]
@@ -232,7 +239,7 @@ def _leaf(pair: Pair, t: Table, key, rh, lo: int, hi: int):
 def _merge(pair: Pair, t: Table, rh):
     """Non-integer keys: stream (key, hash) in key order from both sides and merge."""
     keys = sql.SQL(", ").join(sql.Identifier(k) for k in t.key)
-    q = sql.SQL("SELECT {}, {} FROM {} ORDER BY {}").format(keys, rh, t.rel.ident, keys)
+    q = sql.SQL("SELECT {}, {} FROM {} ORDER BY {}").format(keys, rh, t.source, keys)
     ra, rb = pair.both(q)
 
     def keyed(rows):  # a composite key becomes a tuple of its typed values
@@ -308,12 +315,12 @@ def side_by_side(pair: Pair, t: Table, r: TableResult, a: str, b: str, *, limit:
 
     keys = (r.changed + r.only_a + r.only_b)[:limit]
     if len(t.key) == 1:
-        q = sql.SQL("SELECT * FROM {} WHERE {} = ANY(%s)").format(t.rel.ident, sql.Identifier(t.key[0]))
+        q = sql.SQL("SELECT * FROM {} WHERE {} = ANY(%s)").format(t.source, sql.Identifier(t.key[0]))
         ra, rb = pair.both(q, [keys])
     else:
         rows = sql.SQL(", ").join(sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Literal, k))) for k in keys)
         q = sql.SQL("SELECT * FROM {} WHERE ({}) IN ({})").format(
-            t.rel.ident, sql.SQL(", ").join(sql.Identifier(k) for k in t.key), rows)
+            t.source, sql.SQL(", ").join(sql.Identifier(k) for k in t.key), rows)
         ra, rb = pair.both(q)
     names = [c for c, _ in t.columns]
     fa = pd.DataFrame(ra, columns=names).set_index(list(t.key))

@@ -3,6 +3,13 @@
 The project home is the folder holding `runbooks/` and `pyproject.toml`: found
 from $PGRUNBOOK_HOME, else by walking up from the working directory, else the
 source tree this package was installed from (editable installs).
+
+Configuration is `[tool.pgrunbook]` in pyproject.toml, then `pgrunbook.toml`
+beside it, then the file named by $PGRUNBOOK_CONFIG, each adding to and
+overriding the one before. What belongs to one application (its assertions,
+its migration history, its roles, its seed) is an `[apps.NAME]` table that
+targets name with `app = "NAME"`; a target without one is any PostgreSQL
+database, and nothing application-specific is asked of it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,21 @@ DEFAULT_TARGETS: dict[str, dict[str, Any]] = {
 }
 
 
+APP_KEYS = {"checks", "migrations", "app_roles", "seed"}
+MIGRATION_KINDS = ("alembic",)
+
+
+@dataclass(frozen=True)
+class App:
+    """What one application brings to the targets that run it."""
+
+    name: str = ""
+    checks: tuple[str, ...] = ()  # folders of SQL assertion files, relative to the project home
+    migrations: str = ""  # "alembic": the project's migrations/ folder manages the schema
+    app_roles: tuple[str, ...] = ()  # roles the application connects as
+    seed: bool = False  # the seed runbook's data fits this application's schema
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -31,6 +53,13 @@ class Settings:
     pool_limit: int = 20
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     app_roles: tuple[str, ...] = ()
+    apps: dict[str, App] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+
+    def app_of(self, target: str) -> App:
+        """The application profile of target `target` (an empty one when it names none)."""
+        name = self.targets.get(target, {}).get("app", "")
+        return self.apps.get(name, App())
 
     @property
     def runbooks_dir(self) -> Path:
@@ -73,11 +102,35 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML ({e}): fix or remove it") from None
 
 
-def _project_config(home: Path) -> dict[str, Any]:
+def _merge(base: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in more.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _project_config(home: Path, extra: str) -> dict[str, Any]:
     config = _read_toml(home / "pyproject.toml").get("tool", {}).get("pgrunbook", {})
-    own = _read_toml(home / "pgrunbook.toml")
-    targets = {**config.get("targets", {}), **own.get("targets", {})}
-    return {**config, **own, "targets": targets}
+    config = _merge(config, _read_toml(home / "pgrunbook.toml"))
+    if extra:
+        if not Path(extra).is_file():
+            raise ConfigError(f"$PGRUNBOOK_CONFIG names {extra}, which is not a file: fix or unset it")
+        config = _merge(config, _read_toml(Path(extra)))
+    return config
+
+
+def _app(name: str, spec: Any) -> App:
+    if not isinstance(spec, dict) or set(spec) - APP_KEYS:
+        raise ConfigError(f"[apps.{name}] takes only {', '.join(sorted(APP_KEYS))}")
+    checks = spec.get("checks", ())
+    kind = spec.get("migrations", "")
+    if kind and kind not in MIGRATION_KINDS:
+        raise ConfigError(f"[apps.{name}] migrations = {kind!r}: choose from {', '.join(MIGRATION_KINDS)}")
+    return App(name, (checks,) if isinstance(checks, str) else tuple(checks), kind,
+               tuple(spec.get("app_roles", ())), bool(spec.get("seed", False)))
 
 
 def _dir(env: str, default: Path) -> Path:
@@ -85,14 +138,17 @@ def _dir(env: str, default: Path) -> Path:
 
 
 @cache
-def _load(home: Path, state: str, reports: str, backups: str) -> Settings:
-    config = _project_config(home)
+def _load(home: Path, state: str, reports: str, backups: str, extra: str) -> Settings:
+    config = _project_config(home, extra)
     state_dir = _dir("PGRUNBOOK_STATE_DIR", home / ".pgrunbook")
+    apps = {name: _app(name, spec) for name, spec in config.get("apps", {}).items()}
     targets = {**DEFAULT_TARGETS}
     for name, spec in config.get("targets", {}).items():
-        if not isinstance(spec, dict) or "url_env" not in spec:
+        if not isinstance(spec, dict) or ("url_env" not in spec and name != "sandbox"):
             raise ConfigError(f"target {name!r} needs url_env = \"VARIABLE\" in its table")
-        targets[name] = {"protected": name == "production", **spec}
+        if spec.get("app") and spec["app"] not in apps:
+            raise ConfigError(f"target {name!r} names app {spec['app']!r}, which has no [apps.{spec['app']}] table")
+        targets[name] = {"protected": name == "production", **targets.get(name, {}), **spec}
     return Settings(
         home=home,
         state_dir=state_dir,
@@ -101,6 +157,8 @@ def _load(home: Path, state: str, reports: str, backups: str) -> Settings:
         pool_limit=int(config.get("pool_limit", 20)),
         targets=targets,
         app_roles=tuple(config.get("app_roles", ())),
+        apps=apps,
+        limits={k: v for k, v in config.items() if k not in ("targets", "apps", "app_roles")},
     )
 
 
@@ -112,4 +170,5 @@ def settings() -> Settings:
         env.get("PGRUNBOOK_STATE_DIR", ""),
         env.get("PGRUNBOOK_REPORTS_DIR", ""),
         env.get("PGRUNBOOK_BACKUPS_DIR", ""),
+        env.get("PGRUNBOOK_CONFIG", ""),
     )

@@ -69,10 +69,15 @@ def simulate(target: Target, disaster: str, *, table: str) -> Finding:
         restore.drop_database(target, target.database)
         return Finding("disaster", Status.OK, f"database {target.database!r} dropped")
     with db.connect(target, readonly=False, application="pgrunbook/dr_drill") as conn:
+        found = conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
+                             " ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)", [table]).fetchone()
+        if found is None:
+            raise DrillRefused(f"table {table!r} does not exist in {target.name!r}: name one with -p table")
+        rel = sql.Identifier(*found)
         if disaster == "dropped-table":
-            conn.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(table)))
+            conn.execute(sql.SQL("DROP TABLE {} CASCADE").format(rel))
             return Finding("disaster", Status.OK, f"table {table!r} dropped (with what depends on it)")
-        gone = conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table))).rowcount
+        gone = conn.execute(sql.SQL("DELETE FROM {}").format(rel)).rowcount
     return Finding("disaster", Status.OK, f"{gone} rows deleted from {table!r}")
 
 

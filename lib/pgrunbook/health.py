@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from . import backups, perf, reports, status
+from . import perf, reports, status
 from .fileio import write_atomic
 from .findings import Finding, Status
 from .targets import Target
@@ -52,18 +52,19 @@ def storage(conn: psycopg.Connection, target: Target, *, warn_pct: float = 80, c
                    f"under {data_dir}", value=round(pct, 2), threshold=threshold)
 
 
-def slow_queries(conn: psycopg.Connection, *, slow_ms: float = 100, min_calls: int = 1) -> Finding:
-    """Statements of this database averaging over `slow_ms` (pg_stat_statements)."""
+def slow_queries(conn: psycopg.Connection, *, slow_ms: float = 100) -> Finding:
+    """The application's queries averaging over `slow_ms`: the performance review's reading
+    (perf.statements, perf.slow), so both runbooks count the same statements."""
     threshold = f"WARN when any averages > {slow_ms:g} ms"
     if not perf.has_statements(conn):
-        return Finding("slow queries", Status.UNKNOWN, "pg_stat_statements is not installed in this database",
+        return Finding("slow queries", Status.WARN, "pg_stat_statements is not installed in this database: "
+                       "slow queries cannot be seen (see the performance runbook for how to enable it)",
                        threshold=threshold)
-    n, worst = conn.execute(
-        "SELECT count(*), coalesce(max(mean_exec_time), 0) FROM pg_stat_statements"
-        " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " AND mean_exec_time > %s AND calls >= %s", [slow_ms, min_calls]).fetchone()
+    slow = perf.slow(perf.statements(conn), slow_ms)
+    n = len(slow)
     return Finding("slow queries", Status.WARN if n else Status.OK,
-                   f"{n} statements average over {slow_ms:g} ms" + (f", the slowest {worst:.0f} ms" if n else ""),
+                   f"{n} queries average over {slow_ms:g} ms" +
+                   (f", the slowest {slow['mean_ms'].iloc[0]:.0f} ms" if n else ""),
                    value=n, threshold=threshold)
 
 
@@ -110,30 +111,33 @@ def replication(conn: psycopg.Connection, *, warn_s: float = 30, crit_s: float =
                    value=round(float(lag), 2), threshold=threshold)
 
 
-def migrations(conn: psycopg.Connection, target: str, *, look_back: int = 20) -> Finding:
-    """A failed migration as the latest change of this target (CRIT, from the archive), else pending revisions."""
-    for entry in reversed(reports.select(runbook="migrate", target=target)[-look_back:]):
+def _applied(details: dict) -> bool:
+    """Whether an archived migrate run got as far as applying (or recording) a revision."""
+    return any(f["check"] in ("apply", "resolve") and not f["summary"].startswith(("not applied", "not recorded",
+                                                                                     "skipped"))
+               for f in details.get("findings", []))
+
+
+def migrations(conn: psycopg.Connection, target: Target, *, look_back: int = 20) -> Finding:
+    """A failed migration as the latest change of this target (CRIT, from the archive), else pending revisions.
+
+    Only a run that applied something counts: one refused before it started,
+    or stopped at a gate before applying, changed nothing and failed nothing.
+    """
+    for entry in reversed(reports.select(runbook="migrate", target=target.name)[-look_back:]):
         try:
-            mode = reports.details(entry["id"]).get("parameters", {}).get("mode")
+            details = reports.details(entry["id"])
         except reports.ReportNotFound:
             continue
-        if mode not in ("apply", "resolve"):
+        if details.get("parameters", {}).get("mode") not in ("apply", "resolve"):
             continue
-        if mode == "apply" and entry["outcome"] in ("FAILED", "CRIT"):
-            return Finding("migrations", Status.CRIT, f"the latest migration of {target!r} failed: report "
+        if not _applied(details) and entry["outcome"] != "FAILED":
+            continue
+        if details["parameters"]["mode"] == "apply" and entry["outcome"] in ("FAILED", "CRIT"):
+            return Finding("migrations", Status.CRIT, f"the latest migration of {target.name!r} failed: report "
                            f"{entry['id']} ({entry['outcome']})", value=entry["id"])
         break
-    return status.migration_state(conn)
-
-
-def backup_age(target: str, *, max_age_h: float = 24, required: bool = True) -> Finding:
-    """Age of the newest verified backup against the RPO; none at all is CRIT unless not `required` (a sandbox)."""
-    found = backups.all_backups(target)
-    if not found and not required:
-        return Finding("backup", Status.WARN, f"no backup of {target!r}: none is required of a sandbox",
-                       threshold=f"OK <= {max_age_h:g} h")
-    rpo = backups.rpo_finding(found, rpo_h=max_age_h)
-    return Finding("backup", rpo.status, rpo.summary, value=rpo.value, threshold=rpo.threshold)
+    return status.migration_state(conn, target)
 
 
 def host(target: Target, *, cpu_warn_pct: float = 90, mem_warn_pct: float = 90, mem_crit_pct: float = 98,

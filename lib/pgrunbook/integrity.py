@@ -11,14 +11,17 @@ the team's own SQL assertions.
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import namedtuple_row
 
-from . import catalog
+from . import catalog, guards
 from .findings import Finding, Status
+from .targets import Target
 
 WRAP_WARN, WRAP_CRIT = 1_300_000_000, 1_400_000_000  # check_postgres txn_wraparound defaults
 
@@ -155,62 +158,122 @@ def unique_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: in
     return found
 
 
-# -- 3. CHECK and NOT NULL constraints that are NOT VALID ---------------------------
+# -- 3. CHECK and NOT NULL constraints that are NOT VALID, on tables and on domains --------
+
+NOT_VALID_TABLE_CHECKS = """
+    SELECT c.conname AS name, c.contype AS kind, n.nspname AS schema, t.relname AS table,
+           pg_get_expr(c.conbin, c.conrelid) AS expr,
+           (SELECT a.attname FROM pg_attribute a
+             WHERE a.attrelid = c.conrelid AND a.attnum = c.conkey[1]) AS column
+      FROM pg_constraint c
+      JOIN pg_class t ON t.oid = c.conrelid AND t.relkind = 'r'
+      JOIN pg_namespace n ON n.oid = t.relnamespace
+     WHERE c.contype IN ('c', 'n')
+       AND NOT c.convalidated
+     ORDER BY 3, 4, 1
+"""
+
+NOT_VALID_DOMAIN_CHECKS = f"""
+    SELECT c.conname AS name, 'd' AS kind, n.nspname AS schema, t.relname AS table,
+           pg_get_expr(c.conbin, 0) AS expr, a.attname AS column,
+           format('%s.%s', quote_ident(dn.nspname), quote_ident(d.typname)) AS domain
+      FROM pg_constraint c
+      JOIN pg_type d ON d.oid = c.contypid
+      JOIN pg_namespace dn ON dn.oid = d.typnamespace
+      JOIN pg_attribute a ON a.atttypid = d.oid AND a.attnum > 0 AND NOT a.attisdropped
+      JOIN pg_class t ON t.oid = a.attrelid AND t.relkind = 'r'
+      JOIN pg_namespace n ON n.oid = t.relnamespace
+     WHERE c.contype = 'c'
+       AND NOT c.convalidated
+       AND {catalog.USER_SCHEMAS}
+     ORDER BY 3, 4, 1, 6
+"""
+
+_QUOTED_OR_VALUE = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\bVALUE\b")
+
+
+def _domain_expression(expr: str, column: str) -> sql.Composable:
+    """A domain CHECK's expression with its VALUE standing for `column` (quoted text left alone)."""
+    ident = sql.Identifier(column).as_string(None)
+    return sql.SQL(_QUOTED_OR_VALUE.sub(lambda m: ident if m[0] == "VALUE" else m[0], expr))
+
+
+def _key_of(conn: psycopg.Connection, rel: Rel) -> tuple[list[str], sql.Composable]:
+    """The columns that name a row of `rel` in a report (its primary key, else ctid), and their SQL."""
+    key, _ = catalog.primary_key(conn, rel.ident.as_string(conn))
+    if not key:
+        return ["ctid"], sql.SQL("ctid")
+    return list(key), sql.SQL(", ").join(map(sql.Identifier, key))
+
 
 def unvalidated(conn: psycopg.Connection, *, tables: str = "*", max_examples: int = 20,
                 sample: int = 0) -> list[Finding]:
-    """Re-evaluate CHECK and NOT NULL constraints marked NOT VALID on the data (or a sample of it)."""
+    """Re-evaluate NOT VALID CHECK and NOT NULL constraints of tables, and NOT VALID CHECKs of
+    domains on every column of that domain, on the data (or a sample of it); rows named by key.
+
+    Each table is read alone (ONLY): a constraint of a partitioned table is
+    checked on each partition, which carries it too.
+    """
     found, checked = [], 0
-    rows = conn.execute(
-        "SELECT c.conname, c.contype, n.nspname, t.relname, pg_get_expr(c.conbin, c.conrelid),"
-        " (SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.conrelid AND a.attnum = c.conkey[1])"
-        " FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
-        " WHERE c.contype IN ('c', 'n') AND NOT c.convalidated").fetchall()
-    for name, kind, schema, table, expr, column in rows:
-        rel = Rel(schema, table)
+    with conn.cursor(row_factory=namedtuple_row) as cur:
+        rows = cur.execute(NOT_VALID_TABLE_CHECKS).fetchall() + cur.execute(NOT_VALID_DOMAIN_CHECKS).fetchall()
+    for c in rows:
+        rel = Rel(c.schema, c.table)
         if not selected(rel, tables):
             continue
         checked += 1
-        # the expression is the database's own constraint definition, read from its catalog
-        where = sql.SQL("NOT ({})").format(sql.SQL(expr)) if kind == "c" else \
-            sql.SQL("{} IS NULL").format(sql.Identifier(column))
+        column = sql.Identifier(c.column) if c.column else None
+        if c.kind == "c":  # the expression is the database's own constraint definition, read from its catalog
+            where, what = sql.SQL("NOT ({})").format(sql.SQL(c.expr)), f"CHECK {c.expr}"
+        elif c.kind == "d":
+            where = sql.SQL("{} IS NOT NULL AND NOT ({})").format(column, _domain_expression(c.expr, c.column))
+            what = f"domain {c.domain} CHECK {c.expr} on column {c.column}"
+        else:
+            where, what = sql.SQL("{} IS NULL").format(column), f"NOT NULL {c.column}"
+        key, key_sql = _key_of(conn, rel)
         tablesample, read = _sample(conn, rel, sample)
-        bad = conn.execute(sql.SQL("SELECT ctid, count(*) OVER () FROM {}{} WHERE {} LIMIT %s").format(
-            rel.ident, tablesample, where), [max_examples]).fetchall()
+        bad = conn.execute(sql.SQL("SELECT {}, count(*) OVER () FROM ONLY {}{} WHERE {} ORDER BY 1 LIMIT %s").format(
+            key_sql, rel.ident, tablesample, where), [max_examples]).fetchall()
         if bad:
-            what = f"CHECK ({expr})" if kind == "c" else f"NOT NULL {column}"
-            found.append(Finding(f"constraint {name}", Status.CRIT, f"{bad[0][-1]} rows of {rel} break "
-                                 f"{what} (NOT VALID){read}", value=bad[0][-1], examples=_examples(bad, 1)))
+            found.append(Finding(f"constraint {c.name}", Status.CRIT, f"{bad[0][-1]} rows of {rel} break "
+                                 f"{what} (NOT VALID){read}; rows by {', '.join(key)}", value=bad[0][-1],
+                                 examples=_examples(bad, len(key))))
     if not found:
         found.append(Finding("not valid constraints", Status.OK,
-                             f"{checked} NOT VALID constraints, all hold{_sampled(sample)}"))
+                             f"{checked} NOT VALID constraints (tables and domains), all hold{_sampled(sample)}"))
     return found
 
 
 # -- 4. sequences -------------------------------------------------------------------
 
 def sequences(conn: psycopg.Connection, *, tables: str = "*") -> list[Finding]:
-    states = [s for s in catalog.sequence_states(conn) if selected(Rel(*s.column.split(".")[:2]), tables)]
+    """Every sequence a column draws from (owned, identity, or a nextval default; shared too) against
+    the largest value in those columns."""
+    states = [s for s in catalog.sequence_states(conn)
+              if any(selected(Rel(*c.split(".")[:2]), tables) for c in s.columns)]
     behind = [s for s in states if s.behind]
     if behind:
         return [Finding(f"sequence {s.sequence}", Status.CRIT, f"at {s.last_value}, behind {s.column} "
                         f"(max {s.column_max}): the next insert collides", value=s.column_max - (s.last_value or 0))
                 for s in behind]
-    return [Finding("sequences", Status.OK, f"{len(states)} owned sequences, all ahead of their column")]
+    return [Finding("sequences", Status.OK, f"{len(states)} sequences in use (owned or named by a default), "
+                    "all ahead of their columns")]
 
 
 # -- 5. indexes and amcheck ---------------------------------------------------------
 
 def indexes(conn: psycopg.Connection, *, tables: str = "*", amcheck: str = "btree",
             max_examples: int = 20) -> list[Finding]:
-    """Invalid or not-ready indexes, then amcheck on btree indexes and heaps."""
-    bad = [r for r in conn.execute(
-        "SELECT n.nspname, t.relname, x.indexrelid::regclass::text, x.indisvalid, x.indisready"
-        " FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
-        " WHERE NOT x.indisvalid OR NOT x.indisready") if selected(Rel(r[0], r[1]), tables)]
-    state = {(False, False): "invalid and not ready", (False, True): "invalid", (True, False): "not ready"}
-    found = [Finding(f"index {r[2]}", Status.CRIT, f"{r[2]} on {r[0]}.{r[1]} is {state[(r[3], r[4])]}"
-                     " (a failed CREATE INDEX CONCURRENTLY?): drop it and create it again") for r in bad]
+    """Invalid or not-ready indexes, then amcheck on btree indexes and heaps.
+
+    An invalid index is WARN: the data is whole, but the index serves no
+    query, costs every write, and is left out of every dump (a unique one's
+    duplicates are the unique check's CRIT).
+    """
+    bad = [i for i in catalog.invalid_indexes(conn) if selected(Rel(i.schema, i.table), tables)]
+    found = [Finding(f"index {i.index}", Status.WARN, f"{i.index} on {i.schema}.{i.table} is {i.state}"
+                     " (a failed CREATE INDEX CONCURRENTLY?): drop it and create it again; pg_dump leaves it out")
+             for i in bad]
     if not found:
         found.append(Finding("indexes", Status.OK, "no invalid or unready index"))
     if amcheck != "off":
@@ -235,7 +298,7 @@ def amcheck_checks(conn: psycopg.Connection, *, tables: str = "*", heapallindexe
     if not has_heap:
         return found + [Finding("amcheck heap", Status.UNKNOWN, f"amcheck {ext[0]} has no verify_heapam")]
     heap_bad = []
-    rels = [Rel(s, t) for s, t in catalog.tables(conn) if selected(Rel(s, t), tables)]
+    rels = [Rel(s, t) for s, t in catalog.heap_tables(conn) if selected(Rel(s, t), tables)]
     for rel in rels:
         try:
             rows = conn.execute("SELECT blkno, offnum, msg FROM verify_heapam(%s::regclass) LIMIT 3",
@@ -267,11 +330,21 @@ def wraparound(conn: psycopg.Connection, *, warn: int = WRAP_WARN, crit: int = W
 
 # -- 7. application assertions ----------------------------------------------------------
 
-def assertions(conn: psycopg.Connection, folder: Path, *, max_examples: int = 20) -> list[Finding]:
-    """Each *.sql file in `folder` returns the rows that break one rule of the application."""
-    files = sorted(Path(folder).glob("*.sql"))
+def assertion_folders(target: Target, checks_dir: str = "") -> list[Path]:
+    """The folders of SQL assertions for `target`: `checks_dir` when given, else its app's `checks`."""
+    names = [checks_dir] if checks_dir else list(target.app.checks)
+    return [guards.checks_path(n) for n in names]
+
+
+def assertions(conn: psycopg.Connection, folders: list[Path], *, max_examples: int = 20) -> list[Finding]:
+    """Each *.sql file in `folders` returns the rows that break one rule of the application.
+
+    A target configured with no assertions has none to break: that is OK, said so.
+    """
+    files = sorted(f for folder in folders for f in Path(folder).glob("*.sql"))
     if not files:
-        return [Finding("assertions", Status.UNKNOWN, f"no *.sql assertion files in {folder}")]
+        where = ", ".join(str(f) for f in folders) or "no checks folder is configured for this target"
+        return [Finding("assertions", Status.OK, f"no assertions to run ({where})", value=0)]
     found = []
     for f in files:
         text = f.read_text().strip().rstrip(";")
@@ -311,19 +384,31 @@ class Selection:
             raise ValueError(f"sample must be 0 (every row) or a number of rows, not {sample}")
         self.wanted, self.tables, self.max_examples, self.sample = wanted, tables, max_examples, sample
 
-    def run(self, name: str, check, conn, **options) -> list[Finding]:
+    def run(self, name: str, conn: psycopg.Connection, *, folders: list[Path] = (), amcheck: str = "btree"
+            ) -> list[Finding]:
+        """The findings of check `name` under this selection."""
         if name not in self.wanted:
             return [Finding(name, Status.OK, "not selected (checks=...)")]
-        kwargs = {"tables": self.tables, "max_examples": self.max_examples, "sample": self.sample, **options}
-        accepted = check.__code__.co_varnames[: check.__code__.co_argcount + check.__code__.co_kwonlyargcount]
-        return check(conn, **{k: v for k, v in kwargs.items() if k in accepted})
+        t, n, sample = self.tables, self.max_examples, self.sample
+        return {
+            "fk": lambda: foreign_keys(conn, tables=t, max_examples=n, sample=sample),
+            "unique": lambda: unique_keys(conn, tables=t, max_examples=n),
+            "notvalid": lambda: unvalidated(conn, tables=t, max_examples=n, sample=sample),
+            "sequences": lambda: sequences(conn, tables=t),
+            "indexes": lambda: indexes(conn, tables=t, amcheck=amcheck, max_examples=n),
+            "wraparound": lambda: wraparound(conn),
+            "assertions": lambda: assertions(conn, list(folders), max_examples=n),
+        }[name]()
 
-
-def checks_folder(name: str) -> Path:
-    from . import config
-
-    path = Path(name)
-    return path if path.is_absolute() else config.settings().home / path
+    def scope(self, conn: psycopg.Connection) -> Finding:
+        """Which tables the `tables` filter selects: a filter that selects none is WARN, never a green run."""
+        every = [Rel(s, t) for s, t in catalog.tables(conn)]
+        chosen = [r for r in every if selected(r, self.tables)]
+        if every and not chosen:
+            return Finding("tables", Status.WARN, f"tables={self.tables!r} matches none of the {len(every)} "
+                           "tables: nothing was checked", value=0)
+        return Finding("tables", Status.OK, f"{len(chosen)} of {len(every)} tables selected"
+                       + ("" if self.tables.strip() == "*" else f" by {self.tables!r}"), value=len(chosen))
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,8 +19,9 @@ import psycopg
 from alembic import command
 from psycopg import sql
 
-from . import backups, catalog, db, lint, migrations, reports, restore
+from . import backups, catalog, db, health, lint, migrations, reports, restore
 from .findings import Finding, Status
+from .limits import Limits
 from .migrations import Revision
 from .targets import Target
 
@@ -183,8 +183,9 @@ def _touched(p: Plan) -> set[str]:
     return tables
 
 
-def preflight(conn: psycopg.Connection, p: Plan, *, long_after_s: int = 60) -> list[Finding]:
-    """Sessions in the way, data a new constraint would reject, and free disk."""
+def preflight(conn: psycopg.Connection, p: Plan, *, target: Target | None = None, long_after_s: int = 60,
+              limits: Limits | None = None) -> list[Finding]:
+    """Sessions in the way, data a new constraint would reject, and the disk (health's own reading)."""
     found = []
     touched = sorted(t for t in _touched(p) if lint.table_facts(conn, t).exists)
     blockers = conn.execute(
@@ -203,7 +204,9 @@ def preflight(conn: psycopg.Connection, p: Plan, *, long_after_s: int = 60) -> l
                          if ex else f"nothing holds locks on {', '.join(touched) or 'the tables touched'}",
                          examples=ex))
     found += constraint_checks(conn, p)
-    found.append(disk_space(conn))
+    if target is not None:
+        lim = limits or Limits()
+        found.append(health.storage(conn, target, warn_pct=lim.storage_warn_pct, crit_pct=lim.storage_crit_pct))
     return found
 
 
@@ -268,18 +271,6 @@ def _violations_query(conn: psycopg.Connection, stmt: str):
         return sql.SQL("SELECT ctid FROM {} LIMIT 101").format(_ident(t)), \
             f"new NOT NULL column {t}.{col} without default: existing rows"
     return None, ""
-
-
-def disk_space(conn: psycopg.Connection) -> Finding:
-    """Free space where the data lives, when the server is on this machine and says where."""
-    try:
-        where = conn.execute("SELECT current_setting('data_directory')").fetchone()[0]
-        usage = shutil.disk_usage(where)
-    except (psycopg.Error, OSError):
-        return Finding("disk", Status.UNKNOWN, "free space not readable (remote or managed server)")
-    pct = 100 * usage.free / usage.total
-    return Finding("disk", Status.WARN if pct < 20 else Status.OK, f"{usage.free / 2**30:.1f} GiB free ({pct:.0f}%)",
-                   value=round(pct, 1), threshold="WARN < 20% free")
 
 
 # -- 5. staging first ---------------------------------------------------------
@@ -394,8 +385,7 @@ def current_revision(target: Target) -> str:
 
 def invalid_indexes(target: Target) -> list[str]:
     with db.connect(target) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid OR NOT indisready")]
+        return [i.index for i in catalog.invalid_indexes(conn)]
 
 
 def plot_times(applied: Applied):
@@ -422,7 +412,7 @@ def verify(target: Target, p: Plan, *, mode: str) -> list[Finding]:
                      f"at {at}" + ("" if at == p.to_revision else f", not {p.to_revision}"), value=at)]
     found.append(drift(target, tuple(at.split(","))).finding)
     with db.connect(target) as conn:
-        invalid = [r[0] for r in conn.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid")]
+        invalid = [i.index for i in catalog.invalid_indexes(conn)]
         unvalidated = [r[0] for r in conn.execute(
             "SELECT conrelid::regclass || '.' || conname FROM pg_constraint WHERE NOT convalidated")]
         behind = [s.sequence for s in catalog.sequence_states(conn) if s.behind]

@@ -23,6 +23,14 @@ from .findings import Finding, Status
 EXPLAINABLE = re.compile(r"^\s*(\(\s*)*(select|with|insert|update|delete|values|table)\b", re.I | re.S)
 WRITES = re.compile(r"\b(insert|update|delete|merge|create|drop|alter|truncate|copy|call|nextval|setval)\b", re.I)
 PARAM = re.compile(r"\$\d+")
+# pgrunbook's own work and its tools' (pg_dump, pg_restore, the seed's COPY, compare's hashing, amcheck):
+# never advice about the application
+OWN_WORK = re.compile(r"^\s*copy\b.*\b(to\s+stdout|from\s+stdin)\b"
+                      r"|\b(bt_index_check|verify_heapam|pg_export_snapshot|pg_terminate_backend"
+                      r"|hash\w*extended|pg_stat_statements)\s*\(", re.I | re.S)
+_RELATION = re.compile(r'\b(?:from|join)\s+(?:lateral\s+)?(?:only\s+)?'
+                       r'((?:"[^"]+"|[a-z_][\w$]*)(?:\.(?:"[^"]+"|[a-z_][\w$]*))?)(?!\s*\()', re.I)
+_CATALOG = re.compile(r'^(pg_catalog\.)?"?pg_|^information_schema\.', re.I)
 LARGE_ROWS = 10_000  # a scan or join over more rows than this is worth naming
 
 
@@ -52,8 +60,19 @@ def statements_available(conn: psycopg.Connection) -> Finding:
                    (f" since {since:%Y-%m-%d %H:%M} UTC" if since else ""))
 
 
+def own_work(query: str) -> bool:
+    """Whether a statement is pgrunbook's own or its tools' (dumps, restores, hashing, amcheck), or a read
+    of the catalog alone (introspection): work on the database, not the application's queries."""
+    if OWN_WORK.search(query):
+        return True
+    relations = _RELATION.findall(query)
+    return bool(relations) and all(_CATALOG.match(r) for r in relations)
+
+
 def statements(conn: psycopg.Connection, *, limit: int = 5000):
-    """Statements of this database from pg_stat_statements, by total time, with their share of it."""
+    """The application's statements in this database from pg_stat_statements (top-level only where the
+    server tells nested ones apart), by total time, with their share of it. The one reader of query
+    statistics: pgrunbook's own work and catalog reads are left out, and counted in `frame.attrs`."""
     import pandas as pd
 
     columns = ["queryid", "query", "calls", "total_ms", "mean_ms", "max_ms", "rows", "shared_read", "temp_written"]
@@ -67,10 +86,23 @@ def statements(conn: psycopg.Connection, *, limit: int = 5000):
         "{} AND query NOT LIKE %s ORDER BY total_exec_time DESC LIMIT %s").format(toplevel),
         ["%pg_stat_statements%", limit]).fetchall()
     frame = pd.DataFrame(rows, columns=columns)
+    own = frame["query"].map(own_work)
+    excluded = {"statements": int(own.sum()), "total_ms": float(frame.loc[own, "total_ms"].sum())}
+    frame = frame[~own].reset_index(drop=True)
     frame.insert(2, "kind", ["query" if EXPLAINABLE.match(q) else "utility" for q in frame["query"]])
     total = frame["total_ms"].sum()
     frame["share_pct"] = (100 * frame["total_ms"] / total).round(2) if total else 0.0
-    return frame.round({"total_ms": 2, "mean_ms": 3, "max_ms": 2})
+    frame = frame.round({"total_ms": 2, "mean_ms": 3, "max_ms": 2})
+    frame.attrs["excluded"] = excluded
+    return frame
+
+
+def own_work_finding(frame) -> Finding:
+    """What the rankings leave out: pgrunbook's own statements, its tools' and catalog reads."""
+    left = frame.attrs.get("excluded", {"statements": 0, "total_ms": 0.0})
+    return Finding("own work", Status.OK, f"{left['statements']} statements of pgrunbook, pg_dump, pg_restore "
+                   f"and catalog reads left out of the rankings ({left['total_ms'] / 1000:.1f} s)",
+                   value=left["statements"])
 
 
 def top(frame, by: str = "total_ms", n: int = 20):
@@ -231,7 +263,7 @@ SELECT n.nspname, t.relname, i.relname, x.indisunique OR x.indisprimary, x.indis
 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace JOIN pg_am am ON am.oid = i.relam
 LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = i.oid
-WHERE {USER_SCHEMAS.replace('%%', '%')}
+WHERE {USER_SCHEMAS}
 """
 
 
@@ -258,12 +290,56 @@ def indexes(conn: psycopg.Connection) -> list[Index]:
     return [Index(*r[:9], tuple(r[9]), r[10]) for r in conn.execute(_INDEXES).fetchall()]
 
 
-def unused_indexes(all_indexes: list[Index]) -> list[dict]:
-    """Indexes never scanned since statistics were reset, that back no constraint."""
-    return [{"kind": "unused", "table": f"{i.schema}.{i.table}", "index": i.name, "size": pretty_bytes(i.bytes),
-             "why": "0 scans since statistics were reset", "ddl": f"DROP INDEX CONCURRENTLY {i.ident};",
-             "cost": f"frees {pretty_bytes(i.bytes)}; writes to the table stop maintaining it"}
-            for i in all_indexes if i.scans == 0 and not i.unique and not i.backs_constraint]
+STATS_SINCE = """
+    SELECT coalesce(d.stats_reset, pg_postmaster_start_time()) AS since,
+           extract(epoch FROM now() - coalesce(d.stats_reset, pg_postmaster_start_time())) / 86400 AS days
+      FROM pg_stat_database d
+     WHERE d.datname = current_database()
+"""
+
+FK_LOOKUPS = f"""
+    SELECT n.nspname AS schema, t.relname AS table, c.conname AS name,
+           ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(num, ord)
+                   JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num ORDER BY k.ord) AS columns
+      FROM pg_constraint c
+      JOIN pg_class t ON t.oid = c.conrelid
+      JOIN pg_namespace n ON n.oid = t.relnamespace
+     WHERE c.contype = 'f'
+       AND {USER_SCHEMAS}
+"""
+
+
+def stats_window(conn: psycopg.Connection) -> tuple[object, float]:
+    """Since when this database's usage statistics count (their reset, else the server's start), in days."""
+    since, days = conn.execute(STATS_SINCE).fetchone()
+    return since, float(days)
+
+
+def unused_indexes(conn: psycopg.Connection, all_indexes: list[Index], *, min_days: float = 7) -> list[dict]:
+    """Indexes never scanned since statistics count, that back no constraint: advice to drop them only when
+    the statistics cover at least `min_days`; an index that serves a foreign key's lookups says so."""
+    since, days = stats_window(conn)
+    fks = {}
+    for schema, table, name, cols in conn.execute(FK_LOOKUPS).fetchall():
+        fks.setdefault((schema, table), []).append((name, tuple(cols)))
+    out = []
+    for i in all_indexes:
+        if i.scans or i.unique or i.backs_constraint:
+            continue
+        serves = [n for n, cols in fks.get((i.schema, i.table), []) if i.columns[: len(cols)] == cols]
+        why = f"0 scans in the {days:.1f} days since {since:%Y-%m-%d %H:%M} (statistics reset or server start)"
+        if days < min_days:
+            kind, ddl = "unused (too early)", f"-- wait until {min_days:g} days of statistics before deciding"
+        else:
+            kind, ddl = "unused", f"DROP INDEX CONCURRENTLY {i.ident};"
+        if serves:
+            why += f"; it serves the lookups of foreign key {', '.join(serves)}: deleting or updating a " \
+                   "referenced row scans the table without it"
+            ddl = f"-- keep unless those lookups are rare: {ddl.removeprefix('-- ')}"
+        out.append({"kind": kind, "table": f"{i.schema}.{i.table}", "index": i.name, "size": pretty_bytes(i.bytes),
+                    "why": why, "ddl": ddl,
+                    "cost": f"frees {pretty_bytes(i.bytes)}; writes to the table stop maintaining it"})
+    return out
 
 
 def redundant_indexes(all_indexes: list[Index]) -> list[dict]:
@@ -339,12 +415,13 @@ def missing_indexes(conn: psycopg.Connection, explained: list[Explained], all_in
     return list(advice.values())
 
 
-def index_advice(conn: psycopg.Connection, explained: list[Explained]):
+def index_advice(conn: psycopg.Connection, explained: list[Explained], *, unused_min_days: float = 7):
     """Unused, duplicate, redundant and missing indexes, each with the DDL to run and its cost."""
     import pandas as pd
 
     found = indexes(conn)  # read once for the three kinds of advice
-    rows = missing_indexes(conn, explained, found) + redundant_indexes(found) + unused_indexes(found)
+    rows = missing_indexes(conn, explained, found) + redundant_indexes(found) + \
+        unused_indexes(conn, found, min_days=unused_min_days)
     return pd.DataFrame(rows, columns=["kind", "table", "index", "size", "why", "ddl", "cost"])
 
 

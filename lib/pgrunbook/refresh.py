@@ -59,7 +59,7 @@ def source_backup(source: Target, ref: str = "new", *, jobs: int = 2, enabled: b
         return None
     if ref == "new":
         return backups.create(source, jobs=jobs, label="staging-refresh")
-    return backups.find(source.name, ref)
+    return backups.find(source, ref)
 
 
 def backup_finding(backup: Backup | None) -> Finding:

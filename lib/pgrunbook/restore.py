@@ -284,6 +284,7 @@ class RestoreResult:
     findings: list[Finding]
     timeline: Timeline
     kept_as: str | None = None
+    verified: bool = True  # False: the copy failed verification and replaced nothing
 
 
 def check_request(target: Target, backup: Backup, *, mode: str, confirm: str) -> Finding:
@@ -334,7 +335,12 @@ def execute(plan: Plan, *, jobs: int = 2, verify: bool = True) -> RestoreResult:
                         application="pgrunbook/restore") as conn:
             found += compare(conn, backup, repair_sequences=True, timeline=timeline)
     if any(f.status is Status.CRIT for f in found):
-        return RestoreResult(backup, new, found, timeline)
+        verb = "not swapped" if plan.mode == "swap" else "not proven"
+        found.append(Finding("restore", Status.CRIT, f"{verb}: the copy failed verification; "
+                             f"{target.database!r} is untouched; the copy is kept as {new!r} for inspection "
+                             f"(drop it with DROP DATABASE {sql.Identifier(new).as_string(None)})",
+                             value=new))
+        return RestoreResult(backup, new, found, timeline, verified=False)
     kept = None
     if plan.mode == "new-database":
         found.append(Finding("restore", Status.OK, f"restored into {new!r} beside {target.database!r}, "
@@ -384,10 +390,15 @@ def swap(target: Target, new: str, kept: str) -> None:
             conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(name)))
 
 
-def rto_finding(timeline: Timeline, *, objective_s: float = RTO_S) -> Finding:
+def rto_finding(timeline: Timeline, *, objective_s: float = RTO_S, result: RestoreResult | None = None) -> Finding:
+    """Time from start to a verified copy against the objective; no recovery time when nothing was recovered."""
+    threshold = f"<= {objective_s / 60:g} min"
+    if result is not None and not result.verified:
+        return Finding("rto", Status.CRIT, f"nothing recovered: the copy failed verification after "
+                       f"{timeline.total:.1f} s", value=round(timeline.total, 2), threshold=threshold)
     status = Status.OK if timeline.total <= objective_s else Status.CRIT
     return Finding("rto", status, f"{timeline.total:.1f} s from start to verified",
-                   value=round(timeline.total, 2), threshold=f"<= {objective_s / 60:g} min")
+                   value=round(timeline.total, 2), threshold=threshold)
 
 
 def kept(target: Target, *, kind: str = "pre_restore") -> dict[str, float]:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import difflib
 import getpass
+import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, db, reports, targets
+from . import __version__, config, db, guards, reports, targets
 from .errors import UnknownParameter, UnknownRunbook
 from .fileio import sha256_file, write_atomic
 from .findings import RUNNER_ENV, Finding, Status, read_recorded
@@ -28,12 +30,71 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
+_SPEC = re.compile(r"^\s*(\[[^\]]*\]|\{[^}]*\})\s*")
+
+
 @dataclass(frozen=True)
 class Parameter:
+    """A runbook parameter as its `parameters` cell declares it.
+
+    The help comment may open with what the value may be: `[a|b|c]` one of
+    those words, `{a,b,c}` a comma-separated set of them, `[lo..hi]` a number
+    in that range (either end may be left open).
+    """
+
     name: str
     type: str
     default: str
     help: str
+
+    @property
+    def spec(self) -> str:
+        m = _SPEC.match(self.help or "")
+        return m[1] if m else ""
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        s = self.spec
+        if s.startswith("[") and ".." not in s:
+            return tuple(c.strip() for c in s[1:-1].split("|") if c.strip())
+        return ()
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        s = self.spec
+        return tuple(c.strip() for c in s[1:-1].split(",") if c.strip()) if s.startswith("{") else ()
+
+    @property
+    def bounds(self) -> tuple[float | None, float | None]:
+        s = self.spec
+        if not (s.startswith("[") and ".." in s):
+            return None, None
+        low, high = (x.strip() for x in s[1:-1].split("..", 1))
+        return (float(low) if low else None), (float(high) if high else None)
+
+    def check(self, runbook: str, value: Any) -> None:
+        """Refuse a value outside what the parameter declares (one line saying what it may be)."""
+        def refuse(what: str) -> None:
+            raise UnknownParameter(f"parameter {self.name!r} of {runbook!r} {what}, not {value!r}")
+
+        if isinstance(value, float) and not math.isfinite(value):
+            refuse("takes a finite number")
+        if self.choices and value not in self.choices:
+            close = difflib.get_close_matches(str(value), self.choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            refuse(f"takes one of {', '.join(self.choices)}{hint}")
+        if self.members:
+            given = [v.strip() for v in str(value).split(",") if v.strip()]
+            wrong = [v for v in given if v not in self.members]
+            if wrong or not given:
+                close = difflib.get_close_matches(wrong[0], self.members, n=1) if wrong else []
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                refuse(f"takes a comma-separated set of {', '.join(self.members)}{hint}")
+        low, high = self.bounds
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f"from {low:g}" if low is not None else ""
+            span += (" " if span else "") + (f"to {high:g}" if high is not None else "or more")
+            refuse(f"takes a number {span}")
 
 
 @dataclass(frozen=True)
@@ -99,7 +160,15 @@ def coerce(runbook: str, given: dict[str, str], declared: dict[str, Parameter] |
             names = ", ".join(n for n in declared if n not in RESERVED)
             raise UnknownParameter(f"runbook {runbook!r} has no parameter {name!r}{hint}; it takes: {names}")
         values[name] = _convert(runbook, declared[name], str(text))
+        declared[name].check(runbook, values[name])
     return values
+
+
+def defaults(declared: dict[str, Parameter]) -> dict[str, Any]:
+    """Each parameter's default value, as the parameters cell writes it."""
+    import ast
+
+    return {name: ast.literal_eval(p.default) for name, p in declared.items()}
 
 
 def _convert(runbook: str, p: Parameter, text: str) -> Any:
@@ -155,6 +224,7 @@ def run(
     t = targets.resolve(target)
     with db.connect(t, application=f"pgrunbook/{runbook}") as conn:
         version = db.server_version(conn)
+        guards.before_run(runbook, t, {**defaults(declared), **values}, conn)
     started = datetime.now(timezone.utc)
     out = _report_path(runbook, target, started)
     error = _execute(source, out, values, progress=progress)

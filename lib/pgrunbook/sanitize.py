@@ -519,12 +519,16 @@ def _tokens(cols: list[Column], *, by_column: bool) -> sql.Composable:
 
 def contact_leaks(source: psycopg.Connection, copy: psycopg.Connection, rules: Rules, *,
                   max_examples: int = 20) -> Finding:
-    """Email- and phone-shaped strings of the source's text that appear in the copy's text columns.
+    """The source's personal emails and phones that appear in the copy's text columns.
 
-    Columns whose rule makes their values from a hash or a literal alone are
-    not searched (nothing of the source can be in them; the residual check
-    covers them); every other text column of the copy is. The copy is
-    searched first: when it holds no such string at all, the source is not read.
+    What is looked for are the email- and phone-shaped strings of the
+    source's masked columns: the personal values the rules replace. Data
+    kept on purpose is not a source of them (a title reading "1980-1990" is
+    not a phone number of anyone). Columns whose rule makes their values from
+    a hash or a literal alone are not searched (nothing of the source can be
+    in them; the residual check covers them); every other text column of the
+    copy is. The copy is searched first: when it holds no such string at
+    all, the source is not read.
     """
     synthetic = {(r.table, r.column) for r in rules.masked() if r.kind in SYNTHETIC}
     cols = [c for c in columns(copy) if c.type in TEXT_TYPES and (c.table, c.column) not in synthetic]
@@ -534,15 +538,19 @@ def contact_leaks(source: psycopg.Connection, copy: psycopg.Connection, rules: R
     copy.execute("TRUNCATE pgrb_copy_tokens")
     found = copy.execute(sql.SQL("INSERT INTO pgrb_copy_tokens {}").format(_tokens(cols, by_column=True))).rowcount
     if found:
-        src_cols = [c for c in columns(source) if c.type in TEXT_TYPES]
+        masked = {(r.table, r.column) for r in rules.masked()}
+        src_cols = [c for c in columns(source) if c.type in TEXT_TYPES and (c.table, c.column) in masked]
+        if not src_cols:
+            return Finding("contact leaks", Status.OK, "no masked text column in the source to take contact "
+                           f"values from ({found} email- or phone-shaped strings in the copy's kept text)")
         _stream(source, _tokens(src_cols, by_column=False), copy, "pgrb_source_hashes")
         leaks = copy.execute("SELECT n, sum(hits) FROM pgrb_copy_tokens WHERE h IN (SELECT h FROM"
                              " pg_temp.pgrb_source_hashes) GROUP BY n ORDER BY n").fetchall()
         if leaks:
-            named = [f"{cols[n].table}.{cols[n].column}: {hits} email- or phone-shaped strings from the source"
+            named = [f"{cols[n].table}.{cols[n].column}: {hits} emails or phones of the source's masked columns"
                      for n, hits in leaks]
             return Finding("contact leaks", Status.CRIT, f"{len(named)} columns hold the source's emails or "
                            f"phones: {named[0]}", examples=tuple(named[:max_examples]))
-    return Finding("contact leaks", Status.OK, f"no email- or phone-shaped string of the source in the copy's "
-                   f"{len(cols)} text columns not made by a rule ({found} distinct such strings there, none "
-                   "from the source)")
+    return Finding("contact leaks", Status.OK, f"no email or phone of the source's masked columns in the copy's "
+                   f"{len(cols)} text columns not made by a rule ({found} distinct email- or phone-shaped "
+                   "strings there, none of them personal values of the source)")

@@ -19,7 +19,10 @@ from .findings import Finding, Status
 from .catalog import NOT_EXTENSION, TEXT_TYPES, USER_SCHEMAS
 
 PERSONAL_NAME = re.compile(r"(e_?mail|phone|mobile|first_?name|last_?name|full_?name|surname|address|street|"
-                           r"city|zip|postcode|birth|dob|ssn|passport|iban|card|(^|_)ip($|_)|ip_?addr|location)", re.I)
+                           r"city|zip|post_?code|postal|birth|dob|ssn|passport|iban|card|(^|_)ip($|_)|ip_?addr|"
+                           r"location|pass_?word|passwd|(^|_)pwd($|_)|secret)", re.I)
+KEY_NAME = re.compile(r"(^|_)id$", re.I)  # address_id, city_id: a reference to a row, not personal itself
+KEY_TYPES = ("int2", "int4", "int8", "uuid")
 EMAIL_RE = r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$"
 PHONE_RE = r"^\+?[0-9][0-9 ().-]{6,}[0-9]$"
 
@@ -190,20 +193,32 @@ def access_findings(conn: psycopg.Connection, *, app_roles: list[str], protected
     found = [Finding("ssl", Status.WARN if plain else Status.OK,
                      f"{len(plain)} TCP sessions without SSL" if plain else "no TCP session without SSL",
                      examples=_names(plain))]
+    missing = [r for r in app_roles if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [r]).fetchone()]
+    if missing:
+        found.append(Finding("app roles", Status.WARN, f"the application roles {', '.join(missing)} do not exist "
+                             "on this server: fix app_roles (the parameter or the target's app), or create them",
+                             examples=tuple(missing)))
     if not protected:
         found.append(Finding("direct access", Status.OK, "not a protected target: direct access not checked"))
     elif not app_roles:
         found.append(Finding("direct access", Status.UNKNOWN, "no app_roles given: pass app_roles=... (or set "
                              "app_roles in [tool.pgrunbook]) to tell the application's sessions from direct ones"))
     else:
-        direct = conn.execute(
-            "SELECT 'pid ' || pid || ' ' || usename || ' (' || coalesce(nullif(application_name, ''), '-') || ', '"
-            " || coalesce(client_addr::text, 'local') || ')' FROM pg_stat_activity"
-            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND usename <> ALL(%s)"
-            " AND datname = current_database() ORDER BY 1", [app_roles]).fetchall()
-        found.append(Finding("direct access", Status.WARN if direct else Status.OK,
-                             f"{len(direct)} sessions by roles other than {', '.join(app_roles)}" if direct
-                             else f"only {', '.join(app_roles)} connected", examples=_names(direct)))
+        sessions = conn.execute(
+            "SELECT usename = ANY(%s), 'pid ' || pid || ' ' || usename || ' ('"
+            " || coalesce(nullif(application_name, ''), '-') || ', ' || coalesce(client_addr::text, 'local') || ')'"
+            " FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            " AND datname = current_database() ORDER BY 2", [app_roles]).fetchall()
+        direct = [(who,) for app, who in sessions if not app]
+        by_app = sum(1 for app, _ in sessions if app)
+        if direct:
+            summary = f"{len(direct)} sessions by roles other than {', '.join(app_roles)}"
+        elif by_app:
+            summary = f"{by_app} sessions, all by the application's roles ({', '.join(app_roles)})"
+        else:
+            summary = "no other session is connected"
+        found.append(Finding("direct access", Status.WARN if direct else Status.OK, summary,
+                             examples=_names(direct)))
     return found
 
 
@@ -266,17 +281,26 @@ def personal_columns(conn: psycopg.Connection, *, sample: int = 200) -> list[tup
     from psycopg import sql
 
     cols = conn.execute(
-        "SELECT n.nspname, c.relname, a.attname, t.typname = ANY(%s)"
+        "SELECT n.nspname, c.relname, a.attname, coalesce(bt.typname, t.typname) = ANY(%s),"
+        " coalesce(bt.typname, t.typname) = ANY(%s),"
+        " ARRAY(SELECT f.attname FROM pg_attribute f WHERE f.attrelid = t.typrelid AND f.attnum > 0)"
         " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
         " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid"
-        f" WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped AND {USER_SCHEMAS}"
-        f" AND {NOT_EXTENSION} ORDER BY 1, 2, a.attnum", [list(TEXT_TYPES)]
+        " LEFT JOIN pg_type bt ON bt.oid = t.typbasetype AND t.typtype = 'd'"
+        f" WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped"
+        f" AND {USER_SCHEMAS} AND {NOT_EXTENSION} ORDER BY 1, 2, a.attnum", [list(TEXT_TYPES), list(KEY_TYPES)]
     ).fetchall()
     out = []
-    for schema, table, column, textual in cols:
+    for schema, table, column, textual, key_type, fields in cols:
         name = f"{schema}.{table}.{column}"
+        if key_type and KEY_NAME.search(column):
+            continue
         if PERSONAL_NAME.search(column):
             out.append((name, "name"))
+            continue
+        personal_fields = [f for f in fields if PERSONAL_NAME.search(f)]
+        if personal_fields:
+            out.append((name, f"composite with {', '.join(personal_fields)}"))
             continue
         if not textual:
             continue
@@ -337,10 +361,12 @@ def drift(target: str, current: Finding, *, enabled: bool = True) -> Finding:
     return Finding("drift", Status.OK, f"no earlier security report of {target!r} to compare with")
 
 
-def app_roles_for(given: str) -> list[str]:
-    """The application's roles: the parameter, else [tool.pgrunbook] app_roles."""
+def app_roles_for(given: str, target=None) -> list[str]:
+    """The application's roles: the parameter, else the target's app, else [tool.pgrunbook] app_roles."""
     from . import config
 
     if given.strip():
         return [r.strip() for r in given.split(",") if r.strip()]
+    if target is not None and target.app.app_roles:
+        return list(target.app.app_roles)
     return list(config.settings().app_roles)

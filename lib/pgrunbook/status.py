@@ -116,8 +116,14 @@ def connection_use(conn: psycopg.Connection, *, pool_limit: int = 20, warn_pct: 
                    value=used, threshold=f"WARN >= {warn_pct:.0f}%, CRIT >= {pool_limit}")
 
 
-def migration_state(conn: psycopg.Connection) -> Finding:
-    """The alembic revision against the head of migrations/."""
+def migration_state(conn: psycopg.Connection, target) -> Finding:
+    """The alembic revision against the head of migrations/, where those migrations manage the target
+    (its app says so, or an alembic_version table is there); any other database is not judged by them."""
+    from . import guards
+
+    if not guards.migrations_managed(target, conn):
+        return Finding("migrations", Status.OK, "not managed by the migrations in migrations/ "
+                       "(no alembic_version table, no app with migrations): not checked")
     st = migrations.status(conn)
     pending = ", ".join(f"{r.revision} ({r.message.splitlines()[0]})" for r in st.pending)
     if st.unknown:
@@ -133,16 +139,9 @@ def migration_state(conn: psycopg.Connection) -> Finding:
     return Finding("migrations", Status.OK, f"at head {', '.join(st.heads)}", value=",".join(st.current))
 
 
-def latest_backup(target: str, *, max_age_h: float = 24, required: bool = False) -> Finding:
-    """Age of the newest backup of `target` in the backups folder, against the RPO."""
+def latest_backup(target, conn: psycopg.Connection, *, max_age_h: float = 24) -> Finding:
+    """The newest verified backup of the database `target` reaches, against the RPO (see backups.rpo_finding)."""
     from . import backups
 
-    found = backups.all_backups(target)
-    if not found:
-        status = Status.WARN if required else Status.OK
-        return Finding("latest backup", status, f"no backup of {target!r} in {backups.folder(target)}",
-                       threshold=f"WARN > {max_age_h:g} h")
-    age_h = found[-1].age_h()
-    status = Status.WARN if age_h > max_age_h else Status.OK
-    return Finding("latest backup", status, f"newest is {age_h:.1f} h old ({len(found)} backups)",
-                   value=round(age_h, 2), threshold=f"WARN > {max_age_h:g} h")
+    found = backups.all_backups(target, current=backups.identity(conn, target))
+    return backups.rpo_finding(found, rpo_h=max_age_h, required=backups.required(target), check="backup")

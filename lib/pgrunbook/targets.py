@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from . import config
+from .config import App
 from .errors import ConfirmationRequired, TargetNotConfigured, UnknownTarget
 from .secrets import redact_url
 
@@ -27,6 +28,7 @@ class Target:
     protected: bool = False
     sandbox: bool = False
     source: str = ""
+    app: App = field(default_factory=App)
 
     @property
     def display_url(self) -> str:
@@ -53,14 +55,15 @@ class Target:
 
 def names() -> list[str]:
     """Every target name that can be resolved here."""
-    return ["sandbox", *config.settings().targets]
+    return ["sandbox", *(n for n in config.settings().targets if n != "sandbox")]
 
 
 def resolve(name: str) -> Target:
     """The target called `name`, with its URL, or a one-line error saying what to set."""
+    settings = config.settings()
     if name == "sandbox":
-        return _sandbox_target("sandbox", "production", protected=False)
-    spec = config.settings().targets.get(name)
+        return _sandbox_target("sandbox", "production", protected=False, app=settings.app_of(name))
+    spec = settings.targets.get(name)
     if spec is None:
         close = difflib.get_close_matches(name, names(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -70,18 +73,19 @@ def resolve(name: str) -> Target:
         )
     env = spec["url_env"]
     protected = bool(spec.get("protected", False))
+    app = settings.app_of(name)
     if url := os.environ.get(env):
-        return Target(name, url, protected=protected, source=f"${env}")
+        return Target(name, url, protected=protected, source=f"${env}", app=app)
     if name in ("production", "staging"):
-        return _sandbox_target(name, name, protected=protected)
+        return _sandbox_target(name, name, protected=protected, app=app)
     raise TargetNotConfigured(
         f"target {name!r} reads its URL from ${env}, which is not set: "
         f"export {env}=postgresql://USER@HOST:PORT/DB (password in ~/.pgpass or PGPASSWORD)"
     )
 
 
-def _sandbox_target(name: str, database: str, *, protected: bool) -> Target:
+def _sandbox_target(name: str, database: str, *, protected: bool, app: App) -> Target:
     from . import sandbox
 
     url = sandbox.Sandbox.default().url(database)
-    return Target(name, url, protected=protected, sandbox=True, source=f"sandbox:{database}")
+    return Target(name, url, protected=protected, sandbox=True, source=f"sandbox:{database}", app=app)

@@ -1,0 +1,105 @@
+"""What each runbook refuses before it starts: checked by the runner, before any kernel or file.
+
+A refusal raises a `PgRunbookError` (one line, exit 3, nothing written): a
+missing confirm on a protected target, a procedure the target is not
+configured for, a backup, table or folder that does not exist. The runbooks
+call the same checks in their first step, so plain papermill and JupyterLab
+refuse the same things.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from . import config
+from .errors import ConfirmationRequired, PgRunbookError, UnknownParameter
+from .targets import Target
+
+
+class NotConfigured(PgRunbookError):
+    "The target is not configured for what the runbook would do"
+
+
+def migrations_managed(target: Target, conn: psycopg.Connection) -> bool:
+    """Whether the project's migrations manage `target`: configured so, or an alembic_version table found."""
+    if target.app.migrations:
+        return True
+    return conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()[0]
+
+
+def migrate(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
+    if v["mode"] in ("apply", "resolve", "rehearse") and not migrations_managed(target, conn):
+        raise NotConfigured(f"target {target.name!r} is not managed by the migrations in migrations/ "
+                            f"(no alembic_version table, no app with migrations): {v['mode']} refused; "
+                            "set app = \"NAME\" on the target if it is")
+    if v["mode"] in ("apply", "resolve"):
+        target.require_confirm(v["confirm"], action=f"migrate in {v['mode']} mode")
+
+
+def restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
+    from . import backups
+
+    backups.find(target, v["backup"])  # a backup that does not exist is bad input
+    target.require_confirm(v["confirm"], action=f"a restore ({v['mode']}) on the server of")
+
+
+def seed(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
+    from . import seed as seeding
+
+    if not target.app.seed:
+        raise NotConfigured(f"target {target.name!r} has no app whose schema the seed fits (Fixia's): "
+                            "the seed runbook is for the demo application's targets")
+    seeding.check(target, mode=v["mode"], users=v["users"], confirm=v["confirm"])
+
+
+def staging_refresh(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
+    from . import backups, refresh, sanitize, targets
+
+    source = targets.resolve(v["source"])
+    refresh.check_request(source, target, mode=v["mode"], confirm=v["confirm"])
+    if not sanitize.rules_path(v["rules"]).is_file():
+        raise UnknownParameter(f"rules file {v['rules']!r} does not exist: give a TOML file of masking rules")
+    if v["source_backup"] not in ("new", "latest"):
+        backups.find(source, v["source_backup"])
+
+
+def dr_drill(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
+    from . import drill
+
+    drill.check_target(target, v["disaster"])
+    if v["disaster"] != "dropped-database" and \
+            not conn.execute("SELECT to_regclass(%s) IS NOT NULL", [v["table"]]).fetchone()[0]:
+        raise UnknownParameter(f"table {v['table']!r} does not exist in {target.name!r}: "
+                               "name a table of the target with -p table (schema.table off the search_path)")
+
+
+def integrity(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
+    from . import targets
+
+    if v["compare_to"]:
+        targets.resolve(v["compare_to"])
+    if v["checks_dir"] and not checks_path(v["checks_dir"]).is_dir():
+        raise UnknownParameter(f"checks_dir {v['checks_dir']!r} is not a folder: give a folder of *.sql "
+                               "assertion files, or leave it empty for the target's configured ones")
+
+
+def checks_path(name: str) -> Path:
+    path = Path(name)
+    return path if path.is_absolute() else config.settings().home / path
+
+
+RULES = {"migrate": migrate, "restore": restore, "seed": seed, "staging_refresh": staging_refresh,
+         "dr_drill": dr_drill, "integrity": integrity}
+
+
+def before_run(runbook: str, target: Target, values: dict[str, Any], conn: psycopg.Connection) -> None:
+    """Refuse (raise) what `runbook` must not start with these parameter `values` on `target`."""
+    rule = RULES.get(runbook)
+    if rule is not None:
+        rule(target, values, conn)
+
+
+__all__ = ["ConfirmationRequired", "NotConfigured", "before_run", "migrations_managed"]
