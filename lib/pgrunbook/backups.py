@@ -175,12 +175,13 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
         args = ["--format", flag, "--file", str(partial / name), "--snapshot", snapshot, "--no-password"]
         proc = pgtools.start(tool, args + (["--jobs", str(jobs)] if format == "directory" else []), target.url)
         counts, facts = catalog.row_counts(conn), catalog.schema_facts(conn)  # same snapshot, meanwhile
+        left_out = [i.index for i in catalog.invalid_indexes(conn)]
         revision = migrations.current(conn)
         pgtools.wait(tool, proc)
         manifest = {
             "id": backup_id, "target": target.name, "database": target.database, "format": format,
             "label": label, "start": started.isoformat(), "end": datetime.now(timezone.utc).isoformat(),
-            "identity": identity(conn, target),
+            "identity": identity(conn, target), "left_out": left_out,
             "server_version": conn.info.parameter_status("server_version"), "pg_dump": str(tool),
             "pg_dump_version": tool.version, "alembic_revision": ",".join(revision or ()) or None,
             "schema_fingerprint": catalog.fingerprint(facts), "schema": facts, "row_counts": counts,
@@ -206,6 +207,16 @@ def summary(backup: Backup) -> Finding:
                    f"{sum(m['row_counts'].values()):,} rows, {backup.size / 2**20:.1f} MiB in {took:.1f} s "
                    f"with pg_dump {m['pg_dump_version']} for server {m['server_version']}",
                    value=str(backup.path))
+
+
+def left_out_finding(backup: Backup) -> Finding:
+    """What pg_dump leaves out by design and a restore will not bring back: invalid indexes."""
+    gone = backup.manifest.get("left_out") or []
+    if gone:
+        return Finding("left out", Status.WARN, f"{len(gone)} invalid indexes are not in the dump (pg_dump leaves "
+                       f"them out): {', '.join(gone[:5])}; drop and create them again on the target",
+                       examples=tuple(gone))
+    return Finding("left out", Status.OK, "no invalid index: the dump holds every index")
 
 
 def rows(backup: Backup):

@@ -76,6 +76,7 @@ def _sampled(sample: int) -> str:
 
 FK_QUERY = """
 SELECT c.conname, c.convalidated, c.confmatchtype, n.nspname, t.relname, fn.nspname, f.relname,
+  t.relkind = 'r', f.relkind = 'r',
   (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(c.conkey) WITH ORDINALITY k(num, ord)
      JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num),
   (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(c.confkey) WITH ORDINALITY k(num, ord)
@@ -83,8 +84,10 @@ SELECT c.conname, c.convalidated, c.confmatchtype, n.nspname, t.relname, fn.nspn
 FROM pg_constraint c
 JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
 JOIN pg_class f ON f.oid = c.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace
-WHERE c.contype = 'f' ORDER BY 4, 5, 1
+WHERE c.contype = 'f' AND c.conparentid = 0 ORDER BY 4, 5, 1
 """
+# conparentid <> 0: the copies a foreign key to or from a partitioned table makes per partition;
+# the constraint itself, on the partitioned tables, covers every partition's rows
 
 
 def foreign_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: int = 20,
@@ -94,7 +97,8 @@ def foreign_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: i
     With `sample`, about that many rows of each larger referencing table are read.
     """
     found, checked = [], 0
-    for name, valid, match, schema, table, fschema, ftable, cols, fcols in conn.execute(FK_QUERY):
+    for name, valid, match, schema, table, fschema, ftable, child_only, parent_only, cols, fcols in \
+            conn.execute(FK_QUERY):
         child, parent = Rel(schema, table), Rel(fschema, ftable)
         if not selected(child, tables):
             continue
@@ -103,9 +107,12 @@ def foreign_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: i
         present = sql.SQL(" AND " if match != "f" else " OR ").join(
             sql.SQL("{} IS NOT NULL").format(c) for c in _cols(cols, "t"))
         tablesample, read = _sample(conn, child, sample)
-        q = sql.SQL("SELECT {}, count(*) OVER () FROM {} t{} WHERE ({}) AND NOT EXISTS "
-                    "(SELECT 1 FROM {} p WHERE {}) LIMIT %s").format(
-            sql.SQL(", ").join(_cols(cols, "t")), child.ident, tablesample, present, parent.ident, join)
+        # as PostgreSQL's own checks read them: a plain table alone, a partitioned one with its partitions
+        only = {True: sql.SQL("ONLY "), False: sql.SQL("")}
+        q = sql.SQL("SELECT {}, count(*) OVER () FROM {}{} t{} WHERE ({}) AND NOT EXISTS "
+                    "(SELECT 1 FROM {}{} p WHERE {}) ORDER BY 1 LIMIT %s").format(
+            sql.SQL(", ").join(_cols(cols, "t")), only[child_only], child.ident, tablesample, present,
+            only[parent_only], parent.ident, join)
         rows = conn.execute(q, [max_examples]).fetchall()
         if rows:
             state = "" if valid else " (NOT VALID)"
@@ -286,8 +293,8 @@ def amcheck_checks(conn: psycopg.Connection, *, tables: str = "*", heapallindexe
                    max_examples: int = 20) -> list[Finding]:
     ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'amcheck'").fetchone()
     if ext is None:
-        return [Finding("amcheck", Status.UNKNOWN, "amcheck is not installed here: CREATE EXTENSION amcheck "
-                        "(contrib) to check indexes and heaps for corruption")]
+        return [Finding("amcheck", Status.WARN, "amcheck is not installed here, so indexes and heaps were not "
+                        "checked for corruption: CREATE EXTENSION amcheck (contrib); every other check holds")]
     checked, corrupt = catalog.amcheck_btree(conn, heapallindexed=heapallindexed,
                                              keep=lambda schema, table: selected(Rel(schema, table), tables))
     found = [Finding("amcheck btree", Status.CRIT if corrupt else Status.OK,
@@ -296,7 +303,8 @@ def amcheck_checks(conn: psycopg.Connection, *, tables: str = "*", heapallindexe
                      examples=tuple(corrupt[:max_examples]))]
     has_heap = conn.execute("SELECT 1 FROM pg_proc WHERE proname = 'verify_heapam'").fetchone()
     if not has_heap:
-        return found + [Finding("amcheck heap", Status.UNKNOWN, f"amcheck {ext[0]} has no verify_heapam")]
+        return found + [Finding("amcheck heap", Status.WARN, f"amcheck {ext[0]} has no verify_heapam: heaps not "
+                                "checked (ALTER EXTENSION amcheck UPDATE)")]
     heap_bad = []
     rels = [Rel(s, t) for s, t in catalog.heap_tables(conn) if selected(Rel(s, t), tables)]
     for rel in rels:

@@ -39,8 +39,10 @@ KINDS: dict[str, tuple[str, ...]] = {  # rule -> the column types it applies to 
     "city": TEXT_TYPES, "text": TEXT_TYPES, "token": TEXT_TYPES, "shift_date": DATE_TYPES,
 }
 UNIQUE_SAFE = ("keep", "email", "token")  # rules that keep distinct values distinct
-EMAIL_TOKEN = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
-PHONE_TOKEN = r"\+?[0-9][0-9 ().-]{6,}[0-9]"
+# bounded (an address's local part is at most 64 characters, a phone number at most 20), so that a
+# TOAST-sized value without any contact in it is scanned in linear time, not quadratic
+EMAIL_TOKEN = r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,24}"
+PHONE_TOKEN = r"\+?[0-9][0-9 ().-]{6,18}[0-9]"
 PLACEHOLDER = "Text removed in the staging copy."
 
 
