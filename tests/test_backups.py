@@ -112,7 +112,8 @@ def test_a_damaged_backup_stops_the_restore_runbook_with_crit(sandbox):
     before = databases(target.url)
     result = runner.run("restore", "staging", {"backup": backup.id, "mode": "swap"}, progress=False)
     assert result.exit_code == 2 and result.outcome == "CRIT"
-    assert [f.check for f in result.findings] == ["manifest"]
+    assert [f.check for f in result.findings] == ["backup chosen", "manifest"]
+    assert result.findings[0].status is Status.WARN and "never verified" in result.findings[0].summary
     assert databases(target.url) == before
 
 
@@ -127,7 +128,7 @@ def test_unknown_backup_id_is_one_clear_error(seeded):
     backups.create(seeded)
     with pytest.raises(backups.BackupNotFound, match="no backup 'nope'"):
         backups.find("scratch", "nope")
-    with pytest.raises(backups.BackupNotFound, match="no backups of 'nothing'"):
+    with pytest.raises(backups.BackupNotFound, match="no usable backup of 'nothing'"):
         backups.find("nothing")
 
 

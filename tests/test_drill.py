@@ -37,6 +37,6 @@ def test_drill_recovers_and_counts_what_was_lost(sandbox, disaster):
 
 def test_drill_is_refused_on_production(sandbox):
     before = _counts(targets.resolve("production"))
-    result = runner.run("dr_drill", "production", progress=False)
-    assert result.outcome == "FAILED" and "DrillRefused" in result.error
+    with pytest.raises(drill.DrillRefused, match="refused on protected target"):
+        runner.run("dr_drill", "production", progress=False)
     assert _counts(targets.resolve("production")) == before

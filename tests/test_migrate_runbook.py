@@ -5,6 +5,7 @@ import pytest
 from psycopg import sql
 
 from pgrunbook import db, migrations, runner
+from pgrunbook.errors import ConfirmationRequired
 from pgrunbook.findings import Status
 
 
@@ -55,8 +56,8 @@ def test_staging_then_production(environments):
     for step in ("revision", "drift", "plan", "lint", "sessions", "data", "staging first", "apply", "quick checks"):
         assert step in found, step
 
-    unconfirmed = runner.run("migrate", "production", {"mode": "apply"}, progress=False)
-    assert unconfirmed.exit_code == 2 and "confirm='production'" in _checks(unconfirmed)["apply"].summary
+    with pytest.raises(ConfirmationRequired, match="confirm='production'"):  # refused before it starts
+        runner.run("migrate", "production", {"mode": "apply"}, progress=False)
     assert _revision("production") == ("0002",)
 
     prod = runner.run("migrate", "production", {"mode": "apply", "confirm": "production"}, progress=False)
@@ -94,7 +95,7 @@ def test_migrations_cli(environments, capfd):
     capfd.readouterr()
     assert main(["migrations", "diff", "-t", "staging", "--against", "production"]) == 1
     assert "extra table public.reviews" in capfd.readouterr().out
-    assert main(["migrations", "resolve", "-t", "production", "--applied", "0003", "--no-progress"]) == 2
+    assert main(["migrations", "resolve", "-t", "production", "--applied", "0003", "--no-progress"]) == 3
     assert _revision("production") == ("0002",)  # protected: needs confirm
     assert main(["migrations", "resolve", "-t", "production", "--applied", "0003", "--confirm", "production",
                  "--no-progress"]) == 0

@@ -95,10 +95,15 @@ def test_index_advice_finds_unused_and_redundant_indexes(migrated):
     with db.connect(migrated, readonly=False) as conn:
         conn.execute("CREATE INDEX extra_users_type_location ON users (user_type, location)")
         conn.execute("CREATE INDEX same_as_type ON users (user_type)")
-        advice = perf.index_advice(conn, [])
+        early = perf.index_advice(conn, [])  # statistics of a new database: too early to call any unused
+        advice = perf.index_advice(conn, [], unused_min_days=0)
+    assert ("unused (too early)", "extra_users_type_location") in set(zip(early["kind"], early["index"]))
+    assert not early[early["kind"] == "unused (too early)"]["ddl"].str.startswith("DROP").any()
     rows = {(k, i) for k, i in zip(advice["kind"], advice["index"])}
     assert ("redundant", "ix_users_user_type") in rows or ("duplicate", "same_as_type") in rows
     assert ("unused", "extra_users_type_location") in rows
+    fk = advice[advice["index"] == "ix_projects_client_id"]
+    assert "foreign key" in fk["why"].iloc[0] and fk["ddl"].iloc[0].startswith("-- keep unless")
     assert not any(i.startswith(("pk_", "uq_")) for i in advice["index"])  # constraints are never advised away
 
 
@@ -154,17 +159,17 @@ def test_health_sees_a_long_and_an_idle_transaction(migrated):
 
 
 def test_health_writes_prometheus_and_json_and_exits_with_the_worst(migrated, monkeypatch, sandbox, tmp_path):
-    monkeypatch.setenv("STAGING_DATABASE_URL", migrated.url)
+    monkeypatch.setenv("DATABASE_URL", migrated.url)  # protected: a verified backup is required
     prom, summary = tmp_path / "textfile" / "pgrunbook.prom", tmp_path / "health.json"
-    result = runner.run("health", "staging", {"prometheus_file": str(prom), "json_file": str(summary)},
+    result = runner.run("health", "production", {"prometheus_file": str(prom), "json_file": str(summary)},
                         progress=False)
     data = json.loads(summary.read_text())
     assert data["status"] == max(result.findings, key=lambda f: f.status.severity).status.name
     assert result.exit_code == int(max((f.status for f in result.findings), key=lambda s: s.severity))
     lines = prom.read_text().splitlines()
-    assert 'pgrunbook_health_status{target="staging",check="backup"} 2' in lines  # no verified backup
+    assert 'pgrunbook_health_status{target="production",check="backup"} 2' in lines  # no verified backup
     for line in lines:
-        assert line.startswith("#") or re.fullmatch(r'pgrunbook_health_(status|value)\{target="staging",'
+        assert line.startswith("#") or re.fullmatch(r'pgrunbook_health_(status|value)\{target="production",'
                                                     r'check="[a-z ]+"\} -?[0-9.]+', line), line
     assert os.listdir(prom.parent) == ["pgrunbook.prom"]  # written beside and renamed: no temp file left
     assert result.html.read_text().count("data:image/png") == 1  # the status chart
@@ -195,12 +200,12 @@ def test_health_is_crit_after_a_failed_migration_and_warns_of_pending_ones(migra
                                                       "concurrent_index_fails"))
     with db.connect(migrated, readonly=False) as conn:
         seed.seed(conn, migrated, mode="development", users=300)  # last names repeat: the unique index fails
-        pending = health.migrations(conn, "staging")
+        pending = health.migrations(conn, runner.targets.resolve("staging"))
     assert pending.status is Status.WARN and "1 pending" in pending.summary
     failed = runner.run("migrate", "staging", {"mode": "apply"}, progress=False)
     assert failed.exit_code == 2, failed.findings
     with db.connect(migrated) as conn:
-        verdict = health.migrations(conn, "staging")
+        verdict = health.migrations(conn, runner.targets.resolve("staging"))
     assert verdict.status is Status.CRIT and failed.notebook.stem in str(verdict.value) + verdict.summary
 
 

@@ -254,7 +254,7 @@ def test_leak_in_a_kept_column_stops_the_swap_and_changes_nothing(pair, tmp_path
     result = _refresh(prod, stag, _rules(tmp_path))
     leak = next(f for f in result.findings if f.check == "contact leaks")
     assert leak.status is Status.CRIT
-    assert leak.examples == ("public.services.title: 1 email- or phone-shaped strings from the source",)
+    assert leak.examples == ("public.services.title: 1 emails or phones of the source's masked columns",)
     assert not result.swapped and result.database is None
     assert databases(prod.url) == before  # the masked copy was dropped
     assert _all_text(stag) == everything
@@ -292,8 +292,8 @@ def test_runbook_apply_writes_no_personal_value_and_no_salt(pair, tmp_path, monk
     backup = backups.create(prod)
     started = time.time()
     time.sleep(0.01)
-    refused = runner.run("staging_refresh", "staging", {"mode": "apply", "source_backup": backup.id}, progress=False)
-    assert refused.exit_code == 3 and "confirm staging" in refused.error
+    with pytest.raises(refresh.RefreshRefused, match="confirm staging"):  # before anything is written
+        runner.run("staging_refresh", "staging", {"mode": "apply", "source_backup": backup.id}, progress=False)
     result = runner.run("staging_refresh", "staging", {"mode": "apply", "confirm": "staging",
                                                        "source_backup": backup.id}, progress=False)
     assert result.exit_code == 0, (result.error, result.findings)
@@ -314,9 +314,9 @@ def test_runbook_refuses_production_as_target(pair, monkeypatch, sandbox):
     monkeypatch.setenv("DATABASE_URL", prod.url)
     monkeypatch.setenv("STAGING_DATABASE_URL", stag.url)
     before = _all_text(prod)
-    result = runner.run("staging_refresh", "production", {"source": "staging", "mode": "apply",
-                                                          "confirm": "production"}, progress=False)
-    assert result.exit_code == 3 and "is protected" in result.error
+    with pytest.raises(refresh.RefreshRefused, match="is protected"):
+        runner.run("staging_refresh", "production", {"source": "staging", "mode": "apply",
+                                                     "confirm": "production"}, progress=False)
     assert _all_text(prod) == before
 
 

@@ -123,8 +123,16 @@ def belongs(backup: Backup, current: dict[str, Any]) -> bool:
 
 
 def current_identity(target: Target) -> dict[str, Any]:
-    with db.connect(target, application="pgrunbook/backup") as conn:
-        return identity(conn, target)
+    """The identity of the database `target` reaches; read from the server's maintenance database
+    when the target's own is gone (a dropped database still has its backups)."""
+    for database in (None, "postgres", "template1"):
+        try:
+            with db.connect(target, application="pgrunbook/backup", database=database) as conn:
+                found = identity(conn, target)
+        except PgRunbookError:
+            continue
+        return found if database is None else {**found, "database": target.database, "database_oid": None}
+    raise BackupFailed(f"cannot reach the server of {target.name!r} to tell which backups are its own")
 
 
 def _hash_all(paths: list[Path]) -> list[str]:

@@ -519,13 +519,22 @@ def _tokens(cols: list[Column], *, by_column: bool) -> sql.Composable:
     return sql.SQL("SELECT DISTINCT h FROM ({}) s").format(union)
 
 
+def personal_sources(source: psycopg.Connection, rules: Rules) -> set[tuple[str, str]]:
+    """(table, column) of the source whose values are personal: those the rules mask, and those that
+    look personal (by name or content) and no rule keeps on purpose."""
+    kept = {(r.table, r.column) for r in rules.rules.values() if r.kind == "keep"}
+    looks = {tuple(name.rsplit(".", 1)) for name, _ in security.personal_columns(source)}
+    return ({(r.table, r.column) for r in rules.masked()} | looks) - kept
+
+
 def contact_leaks(source: psycopg.Connection, copy: psycopg.Connection, rules: Rules, *,
                   max_examples: int = 20) -> Finding:
     """The source's personal emails and phones that appear in the copy's text columns.
 
     What is looked for are the email- and phone-shaped strings of the
-    source's masked columns: the personal values the rules replace. Data
-    kept on purpose is not a source of them (a title reading "1980-1990" is
+    source's personal columns: those the rules mask, and those that look
+    personal and no rule keeps (see `personal_sources`). Data kept on
+    purpose is not a source of them (a title reading "1980-1990" is
     not a phone number of anyone). Columns whose rule makes their values from
     a hash or a literal alone are not searched (nothing of the source can be
     in them; the residual check covers them); every other text column of the
@@ -540,8 +549,8 @@ def contact_leaks(source: psycopg.Connection, copy: psycopg.Connection, rules: R
     copy.execute("TRUNCATE pgrb_copy_tokens")
     found = copy.execute(sql.SQL("INSERT INTO pgrb_copy_tokens {}").format(_tokens(cols, by_column=True))).rowcount
     if found:
-        masked = {(r.table, r.column) for r in rules.masked()}
-        src_cols = [c for c in columns(source) if c.type in TEXT_TYPES and (c.table, c.column) in masked]
+        src_cols = [c for c in columns(source) if c.type in TEXT_TYPES and (c.table, c.column) in
+                    personal_sources(source, rules)]
         if not src_cols:
             return Finding("contact leaks", Status.OK, "no masked text column in the source to take contact "
                            f"values from ({found} email- or phone-shaped strings in the copy's kept text)")
