@@ -141,7 +141,7 @@ class SequenceState:
         return (self.last_value if self.last_value is not None else 0) < self.column_max
 
 
-SEQUENCE_USES = f"""
+SEQUENCE_USES = """
     SELECT DISTINCT sn.nspname AS seq_schema, s.relname AS seq, tn.nspname AS schema, t.relname AS table,
            a.attname AS column, q.seqincrement AS increment
       FROM pg_depend d
