@@ -28,12 +28,12 @@ def _write(target, *statements):
 
 
 def test_a_clean_database_is_all_ok(fixia):
-    from pgrunbook.guards import checks_path
+    from pgrunbook.config import project_path
 
     for check in (integrity.foreign_keys, integrity.unique_keys, integrity.unvalidated, integrity.sequences,
                   integrity.wraparound):
         assert {f.status for f in _run(fixia, check)} == {Status.OK}, check
-    assert {f.status for f in _run(fixia, integrity.assertions, folders=[checks_path("checks/fixia")])} == {Status.OK}
+    assert {f.status for f in _run(fixia, integrity.assertions, folders=[project_path("checks/fixia")])} == {Status.OK}
     idx = _run(fixia, integrity.indexes, amcheck="btree")
     assert {f.status for f in idx} <= {Status.OK, Status.WARN}  # WARN where amcheck is not installed
 
@@ -100,9 +100,9 @@ def test_not_valid_check_re_evaluated(fixia):
     found = [f for f in _run(fixia, integrity.unvalidated) if f.status is Status.CRIT]
     assert len(found) == 1 and found[0].value == 2 and "ck_budget" in found[0].check
     assert sorted(found[0].examples) == ["1", "2"] and "rows by id" in found[0].summary  # by key, not ctid
-    from pgrunbook.guards import checks_path
+    from pgrunbook.config import project_path
 
-    broken = [f for f in _run(fixia, integrity.assertions, folders=[checks_path("checks/fixia")])
+    broken = [f for f in _run(fixia, integrity.assertions, folders=[project_path("checks/fixia")])
               if f.status is Status.CRIT]
     assert [f.check for f in broken] == ["assert budget_order"] and broken[0].value == 2
 

@@ -209,6 +209,22 @@ def test_health_is_crit_after_a_failed_migration_and_warns_of_pending_ones(migra
     assert verdict.status is Status.CRIT and failed.notebook.stem in str(verdict.value) + verdict.summary
 
 
+def test_a_migration_stopped_before_applying_is_not_a_failed_one(migrated, monkeypatch, sandbox):
+    """Lint stops an unsafe revision on a populated table: the run is CRIT, nothing was applied, and
+    health says the revision is pending, not that a migration failed."""
+    monkeypatch.setenv("STAGING_DATABASE_URL", migrated.url)
+    monkeypatch.setenv("PGRUNBOOK_EXTRA_VERSIONS", str(Path(__file__).parent / "fixtures" / "migrations" /
+                                                      "index_no_concurrently"))
+    with db.connect(migrated, readonly=False) as conn:
+        seed.seed(conn, migrated, mode="development", users=300)
+    blocked = runner.run("migrate", "staging", {"mode": "apply"}, progress=False)
+    apply = next(f for f in blocked.findings if f.check == "apply")
+    assert blocked.exit_code == 2 and apply.summary.startswith("not applied")
+    with db.connect(migrated) as conn:
+        verdict = health.migrations(conn, runner.targets.resolve("staging"))
+    assert verdict.status is Status.WARN and "1 pending" in verdict.summary
+
+
 def test_lock_waits_show_who_blocks_whom(migrated):
     import threading
 

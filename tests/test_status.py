@@ -50,13 +50,13 @@ def test_backup_age_against_the_rpo(tmp_path, monkeypatch):
 
     from pgrunbook import backups
 
-    def made(age_h: float, *, ok: bool | None):
+    def made(age_h: float, *, ok: bool | None, target: str = "x"):
         name = f"b{age_h}"
-        (tmp_path / "x" / name).mkdir(parents=True)
+        (tmp_path / target / name).mkdir(parents=True)
         end = datetime.now(timezone.utc) - timedelta(hours=age_h)
-        (tmp_path / "x" / name / "manifest.json").write_text(json.dumps({"end": end.isoformat()}))
+        (tmp_path / target / name / "manifest.json").write_text(json.dumps({"end": end.isoformat()}))
         if ok is not None:
-            (tmp_path / "x" / name / "verify.json").write_text(json.dumps({"ok": ok}))
+            (tmp_path / target / name / "verify.json").write_text(json.dumps({"ok": ok}))
 
     monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path))
     assert backups.rpo_finding(backups.all_backups("x")).status is Status.CRIT
@@ -69,6 +69,9 @@ def test_backup_age_against_the_rpo(tmp_path, monkeypatch):
     fresh = backups.rpo_finding(backups.all_backups("x"), rpo_h=24)
     assert fresh.status is Status.OK and 2.9 < fresh.value < 3.1
     assert backups.find("x").id == "b3"
+    made(5, ok=None, target="y")  # never verified, and a newer one that failed verification
+    made(1, ok=False, target="y")
+    assert backups.find("y").id == "b5"  # latest is never the one that failed
     assert backups.rpo_finding(backups.all_backups("x"), rpo_h=1).status is Status.CRIT
 
 

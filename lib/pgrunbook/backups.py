@@ -266,14 +266,14 @@ def all_backups(target: Target | str, *, current: dict[str, Any] | None = None) 
     return sorted(found, key=lambda b: b.end)
 
 
-def find(target: Target | str, ref: str = "latest") -> Backup:
+def find(target: Target | str, ref: str = "latest", *, current: dict[str, Any] | None = None) -> Backup:
     """A backup by id, or 'latest': the newest verified one, else the newest never verified.
 
     A backup whose verification failed is never 'latest'; a chosen backup
     that was never verified says so (see `choice_finding`).
     """
     name = getattr(target, "name", target)
-    backups = all_backups(target)
+    backups = all_backups(target, current=current)
     if ref == "latest":
         usable = [b for b in backups if not b.failed]
         if not usable:

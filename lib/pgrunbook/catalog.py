@@ -33,21 +33,42 @@ def primary_key(conn: psycopg.Connection, relation: str) -> tuple[tuple[str, ...
 
 
 def tables(conn: psycopg.Connection, *, kinds: str = "rp") -> list[tuple[str, str]]:
-    """(schema, table) of every table in user schemas: ordinary and partitioned ones by default;
-    kinds="r" for those holding rows of their own (partitions, not their parents)."""
+    """(schema, table) of every table in user schemas (temporary ones aside): ordinary and partitioned
+    ones by default; kinds="r" for those holding rows of their own (partitions, not their parents),
+    "rm" for every heap (materialized views too)."""
     return conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        f" WHERE c.relkind = ANY(%s) AND {USER_SCHEMAS} AND {NOT_EXTENSION} ORDER BY 1, 2", [list(kinds)]
+        f" WHERE c.relkind = ANY(%s) AND c.relpersistence <> 't' AND {USER_SCHEMAS} AND {NOT_EXTENSION}"
+        " ORDER BY 1, 2", [list(kinds)]
     ).fetchall()
 
 
-def heap_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
-    """(schema, table) of every table with storage of its own (partitioned parents have none)."""
-    return conn.execute(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        f" WHERE c.relkind IN ('r', 'm') AND c.relpersistence <> 't' AND {USER_SCHEMAS} AND {NOT_EXTENSION}"
-        " ORDER BY 1, 2"
-    ).fetchall()
+FOREIGN_KEYS = """
+    SELECT c.conname AS name, c.convalidated AS valid, c.confmatchtype AS match,
+           c.conparentid <> 0 AS partition_copy,
+           n.nspname AS schema, t.relname AS table, t.relkind = 'r' AS table_only,
+           fn.nspname AS ref_schema, f.relname AS ref_table, f.relkind = 'r' AS ref_only,
+           ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(num, ord)
+                   JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num ORDER BY k.ord) AS columns,
+           ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(num, ord)
+                   JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.num ORDER BY k.ord)
+               AS ref_columns
+      FROM pg_constraint c
+      JOIN pg_class t ON t.oid = c.conrelid
+      JOIN pg_namespace n ON n.oid = t.relnamespace
+      JOIN pg_class f ON f.oid = c.confrelid
+      JOIN pg_namespace fn ON fn.oid = f.relnamespace
+     WHERE c.contype = 'f'
+     ORDER BY n.nspname, t.relname, c.conname
+"""
+
+
+def foreign_keys(conn: psycopg.Connection) -> list:
+    """Every foreign key, with its columns on both sides. `partition_copy`: one of the copies a key to
+    or from a partitioned table makes per partition (the key itself covers their rows);
+    `table_only` / `ref_only`: the side is a plain table, read alone (ONLY) as PostgreSQL's own checks do."""
+    with conn.cursor(row_factory=namedtuple_row) as cur:
+        return cur.execute(FOREIGN_KEYS).fetchall()
 
 
 def row_counts(conn: psycopg.Connection) -> dict[str, int]:

@@ -162,6 +162,12 @@ def _load(home: Path, state: str, reports: str, backups: str, extra: str) -> Set
     )
 
 
+def project_path(name: str | Path) -> Path:
+    """`name` as given when absolute, else relative to the project home."""
+    path = Path(name)
+    return path if path.is_absolute() else settings().home / path
+
+
 def settings() -> Settings:
     """The settings in force now (environment variables are read on each call)."""
     env = os.environ

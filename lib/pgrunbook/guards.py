@@ -4,18 +4,18 @@ A refusal raises a `PgRunbookError` (one line, exit 3, nothing written): a
 missing confirm on a protected target, a procedure the target is not
 configured for, a backup, table or folder that does not exist. The runbooks
 call the same checks in their first step, so plain papermill and JupyterLab
-refuse the same things.
+refuse the same things. Each rule imports the procedure it asks, so a run
+of another runbook does not pay for importing it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from . import config
-from .errors import ConfirmationRequired, PgRunbookError, UnknownParameter
+from .errors import PgRunbookError, UnknownParameter
 from .targets import Target
 
 
@@ -23,15 +23,10 @@ class NotConfigured(PgRunbookError):
     "The target is not configured for what the runbook would do"
 
 
-def migrations_managed(target: Target, conn: psycopg.Connection) -> bool:
-    """Whether the project's migrations manage `target`: configured so, or an alembic_version table found."""
-    if target.app.migrations:
-        return True
-    return conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()[0]
-
-
 def migrate(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    if v["mode"] in ("apply", "resolve", "rehearse") and not migrations_managed(target, conn):
+    from . import migrations  # alembic and SQLAlchemy: imported only for the runbook that needs them
+
+    if v["mode"] in ("apply", "resolve", "rehearse") and not migrations.managed(target, conn):
         raise NotConfigured(f"target {target.name!r} is not managed by the migrations in migrations/ "
                             f"(no alembic_version table, no app with migrations): {v['mode']} refused; "
                             "set app = \"NAME\" on the target if it is")
@@ -42,7 +37,7 @@ def migrate(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None
 def restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
     from . import backups
 
-    backups.find(target, v["backup"])  # a backup that does not exist is bad input
+    backups.find(target, v["backup"], current=backups.identity(conn, target))  # one that does not exist: bad input
     target.require_confirm(v["confirm"], action=f"a restore ({v['mode']}) on the server of")
 
 
@@ -81,14 +76,9 @@ def integrity(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> No
 
     if v["compare_to"]:
         targets.resolve(v["compare_to"])
-    if v["checks_dir"] and not checks_path(v["checks_dir"]).is_dir():
+    if v["checks_dir"] and not config.project_path(v["checks_dir"]).is_dir():
         raise UnknownParameter(f"checks_dir {v['checks_dir']!r} is not a folder: give a folder of *.sql "
                                "assertion files, or leave it empty for the target's configured ones")
-
-
-def checks_path(name: str) -> Path:
-    path = Path(name)
-    return path if path.is_absolute() else config.settings().home / path
 
 
 RULES = {"migrate": migrate, "restore": restore, "seed": seed, "staging_refresh": staging_refresh,
@@ -101,5 +91,3 @@ def before_run(runbook: str, target: Target, values: dict[str, Any], conn: psyco
     if rule is not None:
         rule(target, values, conn)
 
-
-__all__ = ["ConfirmationRequired", "NotConfigured", "before_run", "migrations_managed"]

@@ -19,11 +19,8 @@ from psycopg.conninfo import conninfo_to_dict
 from . import perf, reports, status
 from .fileio import write_atomic
 from .findings import Finding, Status
+from .limits import level
 from .targets import Target
-
-
-def _level(value: float, warn: float, crit: float) -> Status:
-    return Status.CRIT if value >= crit else Status.WARN if value >= warn else Status.OK
 
 
 def is_local(target: Target) -> bool:
@@ -47,7 +44,7 @@ def storage(conn: psycopg.Connection, target: Target, *, warn_pct: float = 80, c
                        "watch it where the server runs", threshold=threshold)
     usage = shutil.disk_usage(data_dir)
     pct = 100 * usage.used / (usage.used + usage.free)  # as df counts: root's reserve is not free
-    return Finding("storage", _level(pct, warn_pct, crit_pct),
+    return Finding("storage", level(pct, warn_pct, crit_pct),
                    f"{pct:.1f}% used of {usage.total / 2**30:.1f} GiB ({usage.free / 2**30:.1f} GiB free) "
                    f"under {data_dir}", value=round(pct, 2), threshold=threshold)
 
@@ -75,7 +72,7 @@ def long_transactions(conn: psycopg.Connection, *, warn_s: float = 300, crit_s: 
         " WHERE xact_start IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
         " ORDER BY xact_start LIMIT 1").fetchone() or (None, None, 0)
     age = float(age or 0)
-    return Finding("long transactions", _level(age, warn_s, crit_s),
+    return Finding("long transactions", level(age, warn_s, crit_s),
                    f"the oldest open transaction is {age:.0f} s old" + (f" (pid {pid} on {database})" if pid else ""),
                    value=round(age, 1), threshold=f"WARN >= {warn_s:g} s, CRIT >= {crit_s:g} s")
 
@@ -87,7 +84,7 @@ def idle_in_transaction(conn: psycopg.Connection, *, warn_s: float = 60, crit_s:
         " WHERE state IN ('idle in transaction', 'idle in transaction (aborted)') AND pid <> pg_backend_pid()"
     ).fetchone()
     age = float(age)
-    return Finding("idle in transaction", _level(age, warn_s, crit_s) if n else Status.OK,
+    return Finding("idle in transaction", level(age, warn_s, crit_s) if n else Status.OK,
                    f"{n} sessions idle in transaction" + (f", the longest for {age:.0f} s" if n else ""),
                    value=round(age, 1), threshold=f"WARN >= {warn_s:g} s, CRIT >= {crit_s:g} s")
 
@@ -99,14 +96,14 @@ def replication(conn: psycopg.Connection, *, warn_s: float = 30, crit_s: float =
         lag = conn.execute("SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())").fetchone()[0]
         if lag is None:
             return Finding("replication", Status.UNKNOWN, "standby has replayed nothing yet", threshold=threshold)
-        return Finding("replication", _level(float(lag), warn_s, crit_s), f"this standby is {float(lag):.1f} s behind",
+        return Finding("replication", level(float(lag), warn_s, crit_s), f"this standby is {float(lag):.1f} s behind",
                        value=round(float(lag), 2), threshold=threshold)
     rows = conn.execute("SELECT application_name, extract(epoch FROM coalesce(replay_lag, '0'))"
                         " FROM pg_stat_replication").fetchall()
     if not rows:
         return Finding("replication", Status.OK, "no replicas attached", value=0, threshold=threshold)
     name, lag = max(rows, key=lambda r: r[1])
-    return Finding("replication", _level(float(lag), warn_s, crit_s),
+    return Finding("replication", level(float(lag), warn_s, crit_s),
                    f"{len(rows)} replicas; the furthest behind, {name}, {float(lag):.1f} s",
                    value=round(float(lag), 2), threshold=threshold)
 
@@ -158,7 +155,7 @@ def host(target: Target, *, cpu_warn_pct: float = 90, mem_warn_pct: float = 90, 
     return [Finding("host cpu", Status.WARN if cpu >= cpu_warn_pct else Status.OK,
                     f"{cpu:.0f}% busy over {sample_s:g} s on {os.cpu_count()} cores, 1-minute load "
                     f"{os.getloadavg()[0]:.2f}", value=cpu, threshold=f"WARN >= {cpu_warn_pct:g}%"),
-            Finding("host memory", _level(mem.percent, mem_warn_pct, mem_crit_pct),
+            Finding("host memory", level(mem.percent, mem_warn_pct, mem_crit_pct),
                     f"{mem.percent:.0f}% of {mem.total / 2**30:.1f} GiB in use", value=mem.percent,
                     threshold=f"WARN >= {mem_warn_pct:g}%, CRIT >= {mem_crit_pct:g}%")]
 

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import namedtuple_row
 
-from . import catalog, guards
+from . import catalog, config
 from .findings import Finding, Status
 from .targets import Target
 
@@ -74,22 +74,6 @@ def _sampled(sample: int) -> str:
 
 # -- 1. foreign keys ------------------------------------------------------------
 
-FK_QUERY = """
-SELECT c.conname, c.convalidated, c.confmatchtype, n.nspname, t.relname, fn.nspname, f.relname,
-  t.relkind = 'r', f.relkind = 'r',
-  (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(c.conkey) WITH ORDINALITY k(num, ord)
-     JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num),
-  (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(c.confkey) WITH ORDINALITY k(num, ord)
-     JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.num)
-FROM pg_constraint c
-JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
-JOIN pg_class f ON f.oid = c.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace
-WHERE c.contype = 'f' AND c.conparentid = 0 ORDER BY 4, 5, 1
-"""
-# conparentid <> 0: the copies a foreign key to or from a partitioned table makes per partition;
-# the constraint itself, on the partitioned tables, covers every partition's rows
-
-
 def foreign_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: int = 20,
                  sample: int = 0) -> list[Finding]:
     """Orphans of every foreign key, by anti-join (MATCH SIMPLE: rows with a NULL key are exempt).
@@ -97,10 +81,10 @@ def foreign_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: i
     With `sample`, about that many rows of each larger referencing table are read.
     """
     found, checked = [], 0
-    for name, valid, match, schema, table, fschema, ftable, child_only, parent_only, cols, fcols in \
-            conn.execute(FK_QUERY):
-        child, parent = Rel(schema, table), Rel(fschema, ftable)
-        if not selected(child, tables):
+    for fk in catalog.foreign_keys(conn):
+        name, valid, match, cols, fcols = fk.name, fk.valid, fk.match, fk.columns, fk.ref_columns
+        child, parent = Rel(fk.schema, fk.table), Rel(fk.ref_schema, fk.ref_table)
+        if fk.partition_copy or not selected(child, tables):
             continue
         checked += 1
         join = sql.SQL(" AND ").join(sql.SQL("{} = {}").format(p, c) for p, c in zip(_cols(fcols, "p"), _cols(cols, "t")))
@@ -111,8 +95,8 @@ def foreign_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: i
         only = {True: sql.SQL("ONLY "), False: sql.SQL("")}
         q = sql.SQL("SELECT {}, count(*) OVER () FROM {}{} t{} WHERE ({}) AND NOT EXISTS "
                     "(SELECT 1 FROM {}{} p WHERE {}) ORDER BY 1 LIMIT %s").format(
-            sql.SQL(", ").join(_cols(cols, "t")), only[child_only], child.ident, tablesample, present,
-            only[parent_only], parent.ident, join)
+            sql.SQL(", ").join(_cols(cols, "t")), only[fk.table_only], child.ident, tablesample, present,
+            only[fk.ref_only], parent.ident, join)
         rows = conn.execute(q, [max_examples]).fetchall()
         if rows:
             state = "" if valid else " (NOT VALID)"
@@ -306,7 +290,7 @@ def amcheck_checks(conn: psycopg.Connection, *, tables: str = "*", heapallindexe
         return found + [Finding("amcheck heap", Status.WARN, f"amcheck {ext[0]} has no verify_heapam: heaps not "
                                 "checked (ALTER EXTENSION amcheck UPDATE)")]
     heap_bad = []
-    rels = [Rel(s, t) for s, t in catalog.heap_tables(conn) if selected(Rel(s, t), tables)]
+    rels = [Rel(s, t) for s, t in catalog.tables(conn, kinds="rm") if selected(Rel(s, t), tables)]
     for rel in rels:
         try:
             rows = conn.execute("SELECT blkno, offnum, msg FROM verify_heapam(%s::regclass) LIMIT 3",
@@ -341,7 +325,7 @@ def wraparound(conn: psycopg.Connection, *, warn: int = WRAP_WARN, crit: int = W
 def assertion_folders(target: Target, checks_dir: str = "") -> list[Path]:
     """The folders of SQL assertions for `target`: `checks_dir` when given, else its app's `checks`."""
     names = [checks_dir] if checks_dir else list(target.app.checks)
-    return [guards.checks_path(n) for n in names]
+    return [config.project_path(n) for n in names]
 
 
 def assertions(conn: psycopg.Connection, folders: list[Path], *, max_examples: int = 20) -> list[Finding]:

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from . import config
 from .errors import ConfigError
 from .findings import Status
 
@@ -49,8 +50,6 @@ class Limits:
 
 def for_target(target: Any = None, **overrides: Any) -> "Limits":
     """The limits for `target` (a Target or a name): project config, then the target's, then `overrides`."""
-    from . import config
-
     s = config.settings()
     limits = Limits().with_values(s.limits, where="[tool.pgrunbook]")
     name = getattr(target, "name", target)

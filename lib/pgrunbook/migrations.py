@@ -90,6 +90,13 @@ def current(conn: psycopg.Connection) -> tuple[str, ...] | None:
     return tuple(r[0] for r in rows)
 
 
+def managed(target: Target, conn: psycopg.Connection) -> bool:
+    """Whether these migrations manage `target`: its app says so, or an alembic_version table is there."""
+    if target.app.migrations:
+        return True
+    return conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()[0]
+
+
 def status(conn: psycopg.Connection) -> MigrationStatus:
     """Where the database stands against the migrations in migrations/versions."""
     script = script_directory()

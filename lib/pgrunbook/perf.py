@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from . import reports
+from . import catalog, reports
 from .catalog import USER_SCHEMAS
 from .status import pretty_bytes
 from .findings import Finding, Status
@@ -297,18 +297,6 @@ STATS_SINCE = """
      WHERE d.datname = current_database()
 """
 
-FK_LOOKUPS = f"""
-    SELECT n.nspname AS schema, t.relname AS table, c.conname AS name,
-           ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(num, ord)
-                   JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num ORDER BY k.ord) AS columns
-      FROM pg_constraint c
-      JOIN pg_class t ON t.oid = c.conrelid
-      JOIN pg_namespace n ON n.oid = t.relnamespace
-     WHERE c.contype = 'f'
-       AND {USER_SCHEMAS}
-"""
-
-
 def stats_window(conn: psycopg.Connection) -> tuple[object, float]:
     """Since when this database's usage statistics count (their reset, else the server's start), in days."""
     since, days = conn.execute(STATS_SINCE).fetchone()
@@ -319,9 +307,9 @@ def unused_indexes(conn: psycopg.Connection, all_indexes: list[Index], *, min_da
     """Indexes never scanned since statistics count, that back no constraint: advice to drop them only when
     the statistics cover at least `min_days`; an index that serves a foreign key's lookups says so."""
     since, days = stats_window(conn)
-    fks = {}
-    for schema, table, name, cols in conn.execute(FK_LOOKUPS).fetchall():
-        fks.setdefault((schema, table), []).append((name, tuple(cols)))
+    fks: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = {}
+    for fk in catalog.foreign_keys(conn):
+        fks.setdefault((fk.schema, fk.table), []).append((fk.name, tuple(fk.columns)))
     out = []
     for i in all_indexes:
         if i.scans or i.unique or i.backs_constraint:

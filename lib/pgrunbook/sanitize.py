@@ -549,8 +549,8 @@ def contact_leaks(source: psycopg.Connection, copy: psycopg.Connection, rules: R
     copy.execute("TRUNCATE pgrb_copy_tokens")
     found = copy.execute(sql.SQL("INSERT INTO pgrb_copy_tokens {}").format(_tokens(cols, by_column=True))).rowcount
     if found:
-        src_cols = [c for c in columns(source) if c.type in TEXT_TYPES and (c.table, c.column) in
-                    personal_sources(source, rules)]
+        personal = personal_sources(source, rules)
+        src_cols = [c for c in columns(source) if c.type in TEXT_TYPES and (c.table, c.column) in personal]
         if not src_cols:
             return Finding("contact leaks", Status.OK, "no masked text column in the source to take contact "
                            f"values from ({found} email- or phone-shaped strings in the copy's kept text)")

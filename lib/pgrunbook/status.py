@@ -119,9 +119,7 @@ def connection_use(conn: psycopg.Connection, *, pool_limit: int = 20, warn_pct: 
 def migration_state(conn: psycopg.Connection, target) -> Finding:
     """The alembic revision against the head of migrations/, where those migrations manage the target
     (its app says so, or an alembic_version table is there); any other database is not judged by them."""
-    from . import guards
-
-    if not guards.migrations_managed(target, conn):
+    if not migrations.managed(target, conn):
         return Finding("migrations", Status.OK, "not managed by the migrations in migrations/ "
                        "(no alembic_version table, no app with migrations): not checked")
     st = migrations.status(conn)
