@@ -295,3 +295,17 @@ def test_replication_lag_is_read_on_the_primary_and_on_a_real_standby(sandbox, s
     assert behind.status is Status.WARN and behind.value >= 1 and "this standby is" in behind.summary
     with psycopg.connect(primary.url, autocommit=True) as conn:
         conn.execute("DROP TABLE pgrb_heartbeat")
+
+
+@pytest.mark.parametrize("query, own", [
+    ("COPY public.users (id, email) TO stdout;", True),  # pg_dump
+    ("COPY public.users (id, email) FROM stdin;", True),  # pg_restore, the seed
+    ("SELECT bit_xor(hashint8extended(id, $1)) FROM ONLY public.users", True),  # compare
+    ("SELECT bt_index_check($1::regclass, $2)", True),
+    ("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace", True),
+    ("SELECT * FROM users u JOIN pg_class c ON c.relname = u.first_name", False),  # touches an app table
+    ("CREATE TABLE t AS SELECT 1 AS n FROM pg_sleep($1)", False),  # a function, not a catalog table
+    ("SELECT * FROM reviews WHERE rating < $1", False),
+])
+def test_own_work_is_told_from_the_application_s(query, own):
+    assert perf.own_work(query) is own
