@@ -29,7 +29,7 @@ OWN_WORK = re.compile(r"^\s*copy\b.*\b(to\s+stdout|from\s+stdin)\b"
                       r"|\b(bt_index_check|verify_heapam|pg_export_snapshot|pg_terminate_backend"
                       r"|hash\w*extended|pg_stat_statements)\s*\(", re.I | re.S)
 _RELATION = re.compile(r'\b(?:from|join)\s+(?:lateral\s+)?(?:only\s+)?'
-                       r'((?:"[^"]+"|[a-z_][\w$]*)(?:\.(?:"[^"]+"|[a-z_][\w$]*))?)(?!\s*\()', re.I)
+                       r'((?:"[^"]+"|[a-z_][\w$]*)(?:\.(?:"[^"]+"|[a-z_][\w$]*))?)(?![\w$."]|\s*\()', re.I)
 _CATALOG = re.compile(r'^(pg_catalog\.)?"?pg_|^information_schema\.', re.I)
 LARGE_ROWS = 10_000  # a scan or join over more rows than this is worth naming
 
