@@ -13,7 +13,9 @@ import getpass
 import math
 import os
 import re
+import shutil
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -256,10 +258,11 @@ def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool)
     saved = {k: os.environ.get(k) for k in (RUNNER_ENV, "PGRUNBOOK_HOME")}
     os.environ[RUNNER_ENV] = "1"
     os.environ["PGRUNBOOK_HOME"] = str(config.settings().home)
+    sockets = tempfile.mkdtemp(prefix="pgrunbook-kernel-")  # 0700, this run's alone
     try:
         papermill.execute_notebook(
             str(source), str(out), parameters=values, progress_bar=progress,
-            cwd=str(source.parent), log_output=False, kernel_manager_class=_ipc_kernel_manager(),
+            cwd=str(source.parent), log_output=False, kernel_manager_class=_ipc_kernel_manager(sockets),
         )
         return None
     except PapermillExecutionError as e:
@@ -269,6 +272,7 @@ def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool)
     except Exception as e:  # the kernel died or could not start: still archived as failed
         return redact(f"{type(e).__name__}: {e}".splitlines()[0])
     finally:
+        shutil.rmtree(sockets, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -276,13 +280,16 @@ def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool)
                 os.environ[k] = v
 
 
-def _ipc_kernel_manager():
-    """A kernel manager on Unix sockets: query results never cross a TCP port."""
+def _ipc_kernel_manager(sockets: str):
+    """A kernel manager on Unix sockets in the private folder `sockets`: query results never cross a
+    TCP port, and runs started together never share a socket (jupyter_client's default, kernel-ipc-N
+    in the working folder, is picked by which files exist and so collides)."""
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", os.path.join(sockets, "kernel"))
             super().__init__(**kwargs)
 
     return IPCKernelManager
