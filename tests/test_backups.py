@@ -209,6 +209,57 @@ def test_a_full_backup_folder_fails_cleanly(seeded, tmp_path, monkeypatch):
     assert leftovers == [] and backups.all_backups("scratch") == []
 
 
+def test_backups_started_in_the_same_second_with_one_label_both_succeed(seeded):
+    start = threading.Barrier(3)
+    made, errors = [], []
+
+    def one():
+        start.wait()
+        try:
+            made.append(backups.create(seeded, format="custom", label="nightly"))
+        except Exception as e:  # noqa: BLE001  collected and asserted on below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len({b.id for b in made}) == 3
+    assert all(backups.check(b) == [] for b in made)
+    assert len(backups.all_backups("scratch")) == 3
+
+
+def test_a_disk_full_while_recording_verification_keeps_the_record(seeded, tmp_path, monkeypatch):
+    import shutil
+
+    backup = backups.create(seeded, format="custom")
+    verdict, _ = restore.verify(seeded, backup)
+    assert verdict.status is Status.OK
+    small = tmp_path / "small"
+    with _small_filesystem(small, 4096):
+        if not os.path.ismount(small):
+            pytest.skip("needs root to mount a small filesystem")
+        monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(small))
+        copy = small / "scratch" / backup.id
+        shutil.copytree(backup.path, copy)
+        fd = os.open(small / "filler", os.O_WRONLY | os.O_CREAT)  # fill the disk to the last byte
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        with pytest.raises(OSError):
+            backups.record_verification(backups.load(copy), {"ok": True, "at": "now", "findings": [],
+                                                             "phases": [], "note": "x" * 100_000})
+        again = backups.find("scratch", "latest")
+        assert again.id == backup.id and again.verified
+        assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in backup.path.iterdir())
+
+
 def test_retention_never_deletes_the_newest_verified(seeded):
     from datetime import datetime, timedelta, timezone
 

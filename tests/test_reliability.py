@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
+
+from tests.conftest import databases, written_files
 
 ROOT = Path(__file__).resolve().parents[1]
 PGRUNBOOK = str(Path(sys.executable).with_name("pgrunbook"))
@@ -30,3 +34,35 @@ def test_eight_runs_started_together_all_pass_and_leave_no_socket(sandbox, tmp_p
     assert not failed
     assert not list((ROOT / "runbooks").glob("kernel-ipc-*"))
     assert not list(tmp_path.glob("pgrunbook-kernel-*"))
+
+
+def _private_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "PGRUNBOOK_REPORTS_DIR": str(tmp_path / "reports"),
+            "PGRUNBOOK_BACKUPS_DIR": str(tmp_path / "backups"), "TMPDIR": str(tmp_path / "tmp")}
+
+
+def test_every_file_a_run_writes_is_private_whatever_the_umask(sandbox, tmp_path):
+    env = _private_env(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    loose = lambda: os.umask(0o022)  # noqa: E731  the common default: files 0644, folders 0755
+    runs = [["backup", "-p", "format", "custom"], ["restore"], ["status"],
+            ["health", "-p", "json_file", str(tmp_path / "out" / "health.json")]]
+    try:
+        for args in runs:
+            done = subprocess.run([PGRUNBOOK, "run", args[0], "--target", "sandbox", *args[1:], "--no-progress"],
+                                  env=env, preexec_fn=loose, capture_output=True, text=True, timeout=600)
+            assert done.returncode in (0, 1), done.stdout[-800:] + done.stderr[-800:]
+    finally:
+        with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
+            for name in databases(sandbox.url("postgres")):
+                if name.startswith("production_restore_"):
+                    conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    files = written_files(tmp_path / "reports", tmp_path / "backups", tmp_path / "out")
+    assert any(f.name == "dump.custom" for f in files) and any(f.suffix == ".html" for f in files)
+    assert len(files) >= 12
+    loose_files = [f"{f} {f.stat().st_mode & 0o777:o}" for f in files if f.stat().st_mode & 0o077]
+    folders = [p for root in ("reports", "backups") for p in [tmp_path / root, *(tmp_path / root).rglob("*")]
+               if p.is_dir()]
+    loose_folders = [f"{d} {d.stat().st_mode & 0o777:o}" for d in folders if d.stat().st_mode & 0o077]
+    assert not loose_files and not loose_folders
+    assert not list((tmp_path / "tmp").iterdir())  # no temporary file left behind

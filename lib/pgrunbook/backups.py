@@ -25,8 +25,8 @@ from typing import Any
 import psycopg
 
 from . import catalog, config, db, migrations, pgtools
-from .fileio import sha256_file
 from .errors import PgRunbookError
+from .fileio import DIR_MODE, private_dir, sha256_file, write_atomic
 from .findings import Finding, Status
 from .targets import Target
 
@@ -149,19 +149,32 @@ def _file_table(root: Path, dump: Path) -> dict[str, dict[str, Any]]:
             for p, h in zip(files, _hash_all(files))}
 
 
-def _new_id(target: str, started: datetime, label: str) -> str:
+def _reserve(target: str, started: datetime, label: str) -> tuple[str, Path]:
+    """A backup id no other call has, and its private `.partial` folder, created atomically.
+
+    Two backups of one target started in the same second with one label get
+    ids `..._label` and `..._label-2`: the folder is the reservation.
+    """
     clean = re.sub(r"[^A-Za-z0-9_-]+", "-", label).strip("-")[:40]
     base = f"{started:%Y%m%dT%H%M%SZ}" + (f"_{clean}" if clean else "")
-    n, candidate = 1, base
-    while (folder(target) / candidate).exists():
-        n, candidate = n + 1, f"{base}-{n}"
-    return candidate
+    where = private_dir(folder(target))
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else f"{base}-{n}"
+        if (where / candidate).exists():
+            continue
+        try:
+            (where / f".{candidate}.partial").mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(where / f".{candidate}.partial", DIR_MODE)
+        return candidate, where / f".{candidate}.partial"
+    raise RuntimeError(f"too many backups named {base} in {where}")
 
 
 def _write_manifest(where: Path, manifest: dict[str, Any]) -> None:
     data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    (where / MANIFEST).write_bytes(data)
-    (where / f"{MANIFEST}.sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
+    write_atomic(where / MANIFEST, data)
+    write_atomic(where / f"{MANIFEST}.sha256", hashlib.sha256(data).hexdigest() + "\n")
 
 
 def create(target: Target, *, format: str = "directory", jobs: int = 2, label: str = "") -> Backup:
@@ -176,9 +189,7 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         major = conn.info.server_version // 10000
         tool = pgtools.choose("pg_dump", major)
-        backup_id = _new_id(target.name, started, label)
-        partial = folder(target.name) / f".{backup_id}.partial"
-        partial.mkdir(parents=True)
+        backup_id, partial = _reserve(target.name, started, label)
         flag, name = FORMATS[format]
         args = ["--format", flag, "--file", str(partial / name), "--snapshot", snapshot, "--no-password"]
         proc = pgtools.start(tool, args + (["--jobs", str(jobs)] if format == "directory" else []), target.url)
@@ -243,7 +254,12 @@ def _why(error: Exception) -> str:
 def load(path: Path) -> Backup:
     """The backup in `path` as its manifest describes it (not checked: see `check`)."""
     manifest = json.loads((path / MANIFEST).read_text())
-    verification = json.loads((path / VERIFIED).read_text()) if (path / VERIFIED).exists() else None
+    try:
+        verification = json.loads((path / VERIFIED).read_text())
+    except FileNotFoundError:
+        verification = None
+    except ValueError:  # a record cut short (written by an older version): the backup is not proven
+        verification = None
     return Backup(path.name, path, manifest, verification)
 
 
@@ -337,7 +353,7 @@ def choice_finding(backup: Backup) -> Finding:
 
 
 def record_verification(backup: Backup, result: dict[str, Any]) -> Backup:
-    (backup.path / VERIFIED).write_text(json.dumps(result, indent=1, sort_keys=True))
+    write_atomic(backup.path / VERIFIED, json.dumps(result, indent=1, sort_keys=True))
     return load(backup.path)
 
 

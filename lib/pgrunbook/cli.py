@@ -8,6 +8,7 @@ failed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -237,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(0o077)  # dumps, reports and their temporaries hold production data: the operator's alone
     if args.command == "reports" and args.action == "show" and not args.ref:
         print("pgrunbook: error: `reports show` needs a run id (see `pgrunbook reports list`)", file=sys.stderr)
         return USAGE_ERROR

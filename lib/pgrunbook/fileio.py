@@ -1,4 +1,9 @@
-"""File helpers shared by the archive and the backups."""
+"""File helpers shared by the archive and the backups.
+
+Everything pgrunbook writes may hold production data (dumps, query results,
+findings), so it is private to the operator whatever the umask: files 0600,
+folders 0700.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +22,49 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one, never half.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
-    The text goes to a temporary file of its own beside `path` (two writers never
-    share one), readable by all like a plain file, then renamed over `path`.
+
+def private_dir(path: Path) -> Path:
+    """Create `path` and any missing parent as folders only the operator can enter (0700)."""
+    missing = []
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    for p in reversed(missing):
+        try:
+            p.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(p, DIR_MODE)  # mkdir's mode is masked by the umask
+    return path
+
+
+def create_private(path: Path, *, exclusive: bool = True) -> None:
+    """Create `path` as an empty private file; FileExistsError if `exclusive` and it exists."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else 0)
+    os.close(os.open(path, flags, FILE_MODE))
+    os.chmod(path, FILE_MODE)
+
+
+def write_atomic(path: Path, data: str | bytes, *, mode: int = FILE_MODE) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half.
+
+    The data goes to a private temporary file of its own beside `path` (two
+    writers never share one), is flushed to disk, then renamed over `path`.
+    A full disk raises OSError and leaves the old file as it was. `mode` other
+    than 0600 is for files another program must read (a metrics collector).
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode != FILE_MODE:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from . import perf, reports, status
-from .fileio import write_atomic
+from .fileio import FILE_MODE, write_atomic
 from .findings import Finding, Status
 from .limits import level
 from .targets import Target
@@ -212,11 +212,14 @@ def summary(findings: list[Finding], target: str) -> dict:
 def export(findings: list[Finding], target: str, *, prometheus_file: str = "", json_file: str = "") -> Finding:
     """Write the figures where asked; say where."""
     written = []
-    for name, text in ((prometheus_file, lambda: prometheus_text(findings, target)),
-                       (json_file, lambda: json.dumps(summary(findings, target), indent=1, default=str) + "\n")):
+    # node_exporter runs as its own user and reads figures only: that file is 0644; the JSON
+    # carries findings' examples (query text) and stays private
+    for name, text, mode in ((prometheus_file, lambda: prometheus_text(findings, target), 0o644),
+                             (json_file, lambda: json.dumps(summary(findings, target), indent=1,
+                                                            default=str) + "\n", FILE_MODE)):
         if name:  # written beside, then renamed: a collector never reads half a file
             Path(name).parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(Path(name), text())
+            write_atomic(Path(name), text(), mode=mode)
             written.append(name)
     return Finding("export", Status.OK, f"written to {', '.join(written)}" if written else
                    "nothing written (no prometheus_file or json_file)")

@@ -106,7 +106,7 @@ def start(tool: Tool, args: list[str], url: str, *, env: dict[str, str] | None =
     """Start `tool` with `args` against `url` (passed as -d, password and `env` through the environment)."""
     conninfo, child_env = connection_args(url)
     env = {**child_env, **(env or {})}
-    return subprocess.Popen([str(tool.path), *args, "-d", conninfo], env=env,
+    return subprocess.Popen([str(tool.path), *args, "-d", conninfo], env=env, umask=0o077,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import config
 from .errors import ReportNotFound
-from .fileio import sha256_file
+from .fileio import create_private, private_dir, sha256_file
 from .secrets import redact
 
 GENESIS = "0" * 64
@@ -36,7 +36,12 @@ def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, 
     """Add one run to the index (under an exclusive lock, so parallel runs chain correctly)."""
     root = config.settings().reports_dir
     path = index_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
+    if not path.exists():
+        try:
+            create_private(path)
+        except FileExistsError:  # another run created it meanwhile
+            pass
     with path.open("a+", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import __version__, config, db, guards, reports, targets
 from .errors import UnknownParameter, UnknownRunbook
-from .fileio import sha256_file, write_atomic
+from .fileio import create_private, private_dir, sha256_file, write_atomic
 from .findings import RUNNER_ENV, Finding, Status, read_recorded
 from .secrets import redact, redact_document
 
@@ -196,13 +196,12 @@ def _convert(runbook: str, p: Parameter, text: str) -> Any:
 
 
 def _report_path(runbook: str, target: str, started: datetime) -> Path:
-    folder = config.settings().reports_dir / runbook
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir(config.settings().reports_dir / runbook)
     stem = f"{started:%Y%m%dT%H%M%SZ}_{target}"
     for n in range(1000):
         path = folder / (f"{stem}.ipynb" if n == 0 else f"{stem}-{n}.ipynb")
         try:
-            path.touch(exist_ok=False)
+            create_private(path)
             return path
         except FileExistsError:
             continue
