@@ -37,8 +37,17 @@ def migrate(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None
 def restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
     from . import backups
 
+    not_busy(target)
     backups.find(target, v["backup"], current=backups.identity(conn, target))  # one that does not exist: bad input
     target.require_confirm(v["confirm"], action=f"a restore ({v['mode']}) on the server of")
+
+
+def not_busy(target: Target) -> None:
+    """Refuse while another restore or refresh of the same database runs (it holds the lock)."""
+    from . import swaps
+
+    if holder := swaps.busy(target):
+        raise swaps.Busy(holder)
 
 
 def seed(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
@@ -59,6 +68,8 @@ def staging_refresh(target: Target, v: dict[str, Any], conn: psycopg.Connection)
         raise UnknownParameter(f"rules file {v['rules']!r} does not exist: give a TOML file of masking rules")
     if v["source_backup"] not in ("new", "latest"):
         backups.find(source, v["source_backup"])
+    if v["mode"] == "apply":
+        not_busy(target)
 
 
 def dr_drill(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:

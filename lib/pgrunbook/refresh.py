@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 import psycopg
 
-from . import backups, db, integrity, restore, sanitize
+from . import backups, db, integrity, restore, sanitize, swaps
 from .backups import Backup
 from .errors import PgRunbookError
 from .findings import Finding, Status
@@ -125,8 +125,16 @@ def apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules,
     """Restore `backup` beside the target, mask, verify; swap only when nothing is CRIT.
 
     `verdict` is `backup_finding(backup)` when the caller already has it (the
-    files are then not hashed a second time).
+    files are then not hashed a second time). Holds the target database's lock
+    throughout: a second refresh or restore of it meanwhile is refused.
     """
+    with swaps.exclusive(target, "staging refresh"):
+        return _apply(source, target, backup, rules, salt, jobs=jobs, keep_previous_hours=keep_previous_hours,
+                      verdict=verdict)
+
+
+def _apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules, salt: sanitize.Salt, *,
+           jobs: int, keep_previous_hours: float, verdict: Finding | None) -> RefreshResult:
     timeline = Timeline()
     verdict = verdict or backup_finding(backup)
     if verdict.status is Status.CRIT:
@@ -155,7 +163,12 @@ def apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules,
     kept = f"{target.database}_{KIND}_{stamp}"[:63]
     existed = restore.database_exists(target, target.database)
     with timeline.phase("maintenance: swap"):
-        restore.swap(target, new, kept)
+        try:
+            found.append(restore.swap(target, new, kept, operation="staging refresh"))
+        except swaps.SwapFailed as e:
+            restore.drop_database(target, new)
+            found.append(Finding("swap", Status.CRIT, f"{e}; the sanitized copy was dropped"))
+            return RefreshResult(None, found, timeline, masked, row_counts=backup.manifest["row_counts"])
     kept = kept if existed else None
     found.append(Finding("swap", Status.OK, f"the sanitized copy is now {target.database!r}; " + (
         f"the previous one is kept as {kept!r} for {keep_previous_hours:g} h" if kept else

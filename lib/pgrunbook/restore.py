@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import backups, catalog, db, pgtools
+from . import backups, catalog, db, pgtools, swaps
 from .backups import Backup
 from .errors import PgRunbookError
 from .findings import Finding, Status
@@ -322,7 +322,16 @@ def prepare(target: Target, backup: Backup, *, mode: str = "new-database", confi
 
 
 def execute(plan: Plan, *, jobs: int = 2, verify: bool = True) -> RestoreResult:
-    """Restore beside the target and verify; in swap mode, then put the copy in its place."""
+    """Restore beside the target and verify; in swap mode, then put the copy in its place.
+
+    Holds the target database's lock throughout: a second restore or refresh
+    of it meanwhile is refused (swaps.Busy) before it changes anything.
+    """
+    with swaps.exclusive(plan.target, f"restore of {plan.backup.id}"):
+        return _execute(plan, jobs=jobs, verify=verify)
+
+
+def _execute(plan: Plan, *, jobs: int, verify: bool) -> RestoreResult:
     target, backup, timeline = plan.target, plan.backup, plan.timeline
     if plan.check.status is Status.CRIT:
         raise RestoreFailed(f"{plan.check.summary}; nothing was changed")
@@ -349,7 +358,11 @@ def execute(plan: Plan, *, jobs: int = 2, verify: bool = True) -> RestoreResult:
         kept = f"{target.database}_pre_restore_{stamp}"[:63]
         existed = database_exists(target, target.database)
         with timeline.phase("maintenance: swap"):
-            swap(target, new, kept)
+            try:
+                found.append(swap(target, new, kept))
+            except swaps.SwapFailed as e:
+                found.append(Finding("swap", Status.CRIT, f"{e}; the verified copy is kept as {new!r}", value=new))
+                return RestoreResult(backup, new, found, timeline, verified=False)
         kept = kept if existed else None
         found.append(Finding("swap", Status.OK, f"{new!r} is now {target.database!r}; " + (
             f"the old one is kept as {kept!r} for {KEEP_H} h" if kept else "there was no old one to keep")))
@@ -362,32 +375,9 @@ def restore(target: Target, backup: Backup, *, mode: str = "new-database", jobs:
     return execute(prepare(target, backup, mode=mode, confirm=confirm), jobs=jobs, verify=verify)
 
 
-def swap(target: Target, new: str, kept: str) -> None:
-    """Put database `new` in the target's place; the old one becomes `kept`. Undone on failure."""
-    current = target.database
-    ident = sql.Identifier
-    if not database_exists(target, current):  # the database itself was lost: nothing to keep
-        with admin(target) as conn:
-            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(new), ident(current)))
-        return
-    with admin(target) as conn:
-        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(current)))
-        try:
-            for _ in range(50):
-                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                             " WHERE datname = %s AND pid <> pg_backend_pid()", [current])
-                if not conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s", [current]).fetchone():
-                    break
-                time.sleep(0.1)
-            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(current), ident(kept)))
-            try:
-                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(new), ident(current)))
-            except psycopg.Error:
-                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(kept), ident(current)))
-                raise
-        finally:
-            name = kept if database_exists(target, kept) else current
-            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(name)))
+def swap(target: Target, new: str, kept: str, *, operation: str = "restore") -> Finding:
+    """Put database `new` in the target's place; the old one becomes `kept` (see `swaps`)."""
+    return swaps.swap(target, new, kept, operation=operation)
 
 
 def rto_finding(timeline: Timeline, *, objective_s: float = RTO_S, result: RestoreResult | None = None) -> Finding:

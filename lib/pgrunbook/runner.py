@@ -15,13 +15,14 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, db, guards, reports, targets
+from . import __version__, config, db, guards, reports, swaps, targets
 from .errors import UnknownParameter, UnknownRunbook
 from .fileio import create_private, private_dir, sha256_file, write_atomic
 from .findings import RUNNER_ENV, Finding, Status, read_recorded
@@ -223,6 +224,8 @@ def run(
     if "target" in declared:
         values["target"] = target
     t = targets.resolve(target)
+    if recovered := swaps.recover(t):  # before connecting: a crashed swap may have left the database away
+        print(f"pgrunbook: {recovered}", file=sys.stderr)
     with db.connect(t, application=f"pgrunbook/{runbook}") as conn:
         version = db.server_version(conn)
         guards.before_run(runbook, t, {**defaults(declared), **values}, conn)
