@@ -66,3 +66,27 @@ def test_every_file_a_run_writes_is_private_whatever_the_umask(sandbox, tmp_path
     loose_folders = [f"{d} {d.stat().st_mode & 0o777:o}" for d in folders if d.stat().st_mode & 0o077]
     assert not loose_files and not loose_folders
     assert not list((tmp_path / "tmp").iterdir())  # no temporary file left behind
+
+
+def test_a_killed_run_leaves_nothing_unredacted_in_the_archive(sandbox, tmp_path):
+    import signal
+    import time
+
+    env = {**_private_env(tmp_path), "PGRUNBOOK_STATE_DIR": os.environ["PGRUNBOOK_STATE_DIR"]}
+    proc = subprocess.Popen([PGRUNBOOK, "run", "performance", "--target", "sandbox", "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    running = Path(os.environ["PGRUNBOOK_STATE_DIR"]) / "running"
+    try:
+        for _ in range(600):  # until papermill has written the executing notebook
+            work = [p for p in running.glob("*performance*") if p.stat().st_size > 0] if running.exists() else []
+            if work:
+                break
+            time.sleep(0.1)
+        assert work, "the run never wrote its working copy"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert work[0].stat().st_mode & 0o077 == 0 and running.stat().st_mode & 0o077 == 0
+    archived = [p for p in written_files(tmp_path / "reports") if p.stat().st_size > 0]
+    assert archived == []  # only the run's empty reservation: no query result reached the archive
+    work[0].unlink()

@@ -26,8 +26,70 @@ def password_target(sandbox, monkeypatch):
     drop_role(sandbox, "pwsecret")
 
 
+FORMS = {PASSWORD, quote(PASSWORD, safe=""), "Tr0ub4dor&amp;3x", "Tr0ub4dor\\u00263x"}
+
+
+def _kv(url: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    return make_conninfo(**conninfo_to_dict(url))
+
+
+def _without_password(url: str) -> dict[str, str]:
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(url)
+    params.pop("password")
+    return params
+
+
+@pytest.mark.parametrize("form", ["key=value", "PGPASSWORD", "pgpass", "PGSERVICE"])
+def test_every_form_libpq_accepts_works_and_writes_no_password(password_target, form, monkeypatch, tmp_path,
+                                                               reports_dir, capfd):
+    from psycopg.conninfo import make_conninfo
+
+    params = _without_password(password_target)
+    if form == "key=value":
+        monkeypatch.setenv("STAGING_DATABASE_URL", _kv(password_target))
+    elif form == "PGPASSWORD":
+        monkeypatch.setenv("STAGING_DATABASE_URL", make_conninfo(**params))
+        monkeypatch.setenv("PGPASSWORD", PASSWORD)
+    elif form == "pgpass":
+        monkeypatch.setenv("STAGING_DATABASE_URL", make_conninfo(**params))
+        passfile = tmp_path / "pgpass"
+        escaped = PASSWORD.replace("\\", "\\\\").replace(":", "\\:")
+        passfile.write_text(f"*:*:*:{params['user']}:{escaped}\n")
+        passfile.chmod(0o600)
+        monkeypatch.setenv("PGPASSFILE", str(passfile))
+    else:
+        service = tmp_path / "pg_service.conf"
+        service.write_text("[fixia-staging]\n" + "".join(f"{k}={v}\n" for k, v in
+                                                        {**params, "password": PASSWORD}.items()))
+        monkeypatch.setenv("PGSERVICEFILE", str(service))
+        monkeypatch.setenv("STAGING_DATABASE_URL", "service=fixia-staging")
+    before = set(written_files(reports_dir))
+    for args in (["backup", "-p", "format", "custom"], ["restore"], ["status"]):
+        code = main(["run", *args, "--target", "staging", "--no-progress"])
+        assert code in (0, 1), (form, args)
+    log = capfd.readouterr()
+    files = [f for f in written_files(reports_dir, Path(os.environ["PGRUNBOOK_BACKUPS_DIR"]))
+             if f not in before]
+    assert any(f.name == "manifest.json" for f in files)
+    for f in files:
+        text = f.read_text(errors="replace")
+        assert not any(form in text for form in FORMS), f
+    assert not any(form in log.out + log.err for form in FORMS)
+    from pgrunbook import db, targets
+
+    staging = targets.resolve("staging")
+    assert staging.database == "staging"
+    with psycopg.connect(db.with_database(staging.url, "postgres"), autocommit=True) as conn:
+        for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'staging\\_restore\\_%'"):
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
 def test_every_runbook_on_a_password_url_writes_no_password(password_target, reports_dir, capfd):
-    forms = {PASSWORD, quote(PASSWORD, safe=""), "Tr0ub4dor&amp;3x"}
+    forms = FORMS
     for name in runner.available():
         code = main(["run", name, "--target", "staging", "--no-progress"])
         assert code in (0, 1, 2), name

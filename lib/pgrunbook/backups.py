@@ -94,14 +94,10 @@ IDENTITY = """
 def identity(conn: psycopg.Connection, target: Target) -> dict[str, Any]:
     """What a backup copies: the cluster (system identifier, where the role may read it), the
     server's address as the target reaches it, and the database's name and oid."""
-    from psycopg.conninfo import conninfo_to_dict
-
     database, oid, can_read = conn.execute(IDENTITY).fetchone()
     system = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0] \
         if can_read else None
-    info = conninfo_to_dict(target.url)
-    address = f"{info.get('host') or info.get('hostaddr') or 'localhost'}:{info.get('port') or 5432}"
-    return {"system_identifier": system, "address": address, "database": database, "database_oid": oid}
+    return {"system_identifier": system, "address": target.address, "database": database, "database_oid": oid}
 
 
 def belongs(backup: Backup, current: dict[str, Any]) -> bool:

@@ -10,7 +10,9 @@ with the password masked.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
+
+from psycopg.conninfo import make_conninfo
 
 import psycopg
 
@@ -70,9 +72,11 @@ def connect(
 
 
 def with_database(url: str, database: str) -> str:
-    """`url` pointing at another database on the same server."""
-    parts = urlsplit(url)
-    return parts._replace(path="/" + database).geturl()
+    """`url` (a URL or a key=value string) pointing at another database on the same server."""
+    if "://" in url:
+        parts = urlsplit(url)
+        return parts._replace(path="/" + quote(database, safe="")).geturl()
+    return make_conninfo(url, dbname=database)
 
 
 def explain_failure(target: Target, error: Exception) -> str:

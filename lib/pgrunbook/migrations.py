@@ -75,11 +75,11 @@ def engine(
     options = db.session_options(
         readonly=readonly, statement_timeout=statement_timeout, lock_timeout=lock_timeout
     )
-    return create_engine(
-        sqlalchemy_url(t.url),
-        poolclass=NullPool,
-        connect_args={"application_name": application, "options": options, "connect_timeout": 10},
-    )
+    args = {"application_name": application, "options": options, "connect_timeout": 10}
+    if "://" not in t.url:  # a key=value string: SQLAlchemy takes only URLs, psycopg takes both
+        return create_engine("postgresql+psycopg://", poolclass=NullPool,
+                             creator=lambda: psycopg.connect(t.url, **args))
+    return create_engine(sqlalchemy_url(t.url), poolclass=NullPool, connect_args=args)
 
 
 def current(conn: psycopg.Connection) -> tuple[str, ...] | None:

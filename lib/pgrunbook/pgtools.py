@@ -94,9 +94,13 @@ def choose(name: str, server_major: int) -> Tool:
 
 
 def connection_args(url: str) -> tuple[str, dict[str, str]]:
-    """(conninfo without password, environment with PGPASSWORD) for a child process."""
+    """(conninfo without password, environment) for a child process.
+
+    A password in the URL goes to the child as PGPASSWORD; without one, the
+    child reads what libpq would: $PGPASSWORD, ~/.pgpass, $PGSERVICE.
+    """
     params = conninfo_to_dict(url)
-    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    env = dict(os.environ)
     if password := params.pop("password", None):
         env["PGPASSWORD"] = str(password)
     return make_conninfo(**params), env

@@ -231,7 +231,10 @@ def run(
         guards.before_run(runbook, t, {**defaults(declared), **values}, conn)
     started = datetime.now(timezone.utc)
     out = _report_path(runbook, target, started)
-    error = _execute(source, out, values, progress=progress)
+    # papermill writes as the run goes: into a private working copy, never the archive, so that a
+    # killed run leaves nothing unredacted there (the next run names what it left: see debris)
+    work = private_dir(config.settings().state_dir / "running") / f"{out.parent.name}_{out.name}"
+    error = _execute(source, work, values, progress=progress)
     ended = datetime.now(timezone.utc)
     meta = {
         "runbook": runbook,
@@ -249,7 +252,7 @@ def run(
         "end": ended.isoformat(timespec="seconds"),
         "duration_s": round((ended - started).total_seconds(), 3),
     }
-    return _archive(out, meta, error)
+    return _archive(work, out, meta, error)
 
 
 def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool) -> str | None:
@@ -297,10 +300,11 @@ def _ipc_kernel_manager(sockets: str):
     return IPCKernelManager
 
 
-def _archive(out: Path, meta: dict[str, Any], error: str | None) -> RunResult:
+def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> RunResult:
+    """Redact the working copy into the archive (notebook, HTML, index line), then remove it."""
     import nbformat
 
-    nb = _read_or_empty(out)
+    nb = _read_or_empty(work)
     payload = read_recorded(nb)
     found = [Finding.from_dict(d) for d in (payload or {}).get("findings", [])]
     if payload is None or (error and payload["outcome"] != "CRIT"):
@@ -317,6 +321,7 @@ def _archive(out: Path, meta: dict[str, Any], error: str | None) -> RunResult:
     html_path = out.with_suffix(".html")
     write_atomic(html_path, redact_document(_html(nbformat.reads(text, as_version=4))))
     reports.append_index(meta, out, html_path)
+    work.unlink(missing_ok=True)
     return RunResult(meta["runbook"], meta["target"], out, html_path, outcome, code, found, error,
                      meta["duration_s"])
 

@@ -36,9 +36,21 @@ def known_secrets() -> set[str]:
         if "://" in value:
             if pw := url_password(value):
                 found.update({pw, _quoted(pw)})
+        elif "password" in value.lower() and "=" in value:  # a key=value connection string
+            if pw := _conninfo_password(value):
+                found.add(pw)
         elif name.upper().endswith(("PASSWORD", "SECRET", "TOKEN", "SALT")):
             found.add(value)
     return {s for s in found if len(s) >= 3}
+
+
+def _conninfo_password(value: str) -> str | None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return conninfo_to_dict(value).get("password")
+    except Exception:  # noqa: BLE001  not a connection string after all
+        return None
 
 
 def _quoted(password: str) -> str:

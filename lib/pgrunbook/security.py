@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from urllib.parse import urlsplit
 
 import psycopg
 
@@ -260,14 +259,14 @@ def separation() -> Finding:
         prod, stag = targets.resolve("production"), targets.resolve("staging")
     except Exception as e:  # one of them is not configured here
         return Finding("separation", Status.UNKNOWN, f"cannot resolve both production and staging: {e}")
-    p, s = urlsplit(prod.url), urlsplit(stag.url)
-    where = lambda u: (u.hostname or "", str(u.port or 5432), dict(x.split("=", 1) for x in u.query.split("&") if "=" in x).get("host", ""))  # noqa: E731
-    same_server = where(p) == where(s)
+    p, s = prod.params, stag.params
+    same_server = prod.address == stag.address
     if same_server and prod.database == stag.database:
         return Finding("separation", Status.CRIT, "staging and production are the same database")
     if prod.sandbox and stag.sandbox:
         return Finding("separation", Status.OK, "the sandbox holds both on one server by design")
-    creds = _fingerprint(p.username or "", p.password or "") == _fingerprint(s.username or "", s.password or "")
+    creds = _fingerprint(p.get("user", ""), p.get("password", "")) == \
+        _fingerprint(s.get("user", ""), s.get("password", ""))
     problems = (["the same server"] if same_server else []) + (["the same credentials"] if creds else [])
     return Finding("separation", Status.WARN if problems else Status.OK,
                    f"staging and production share {' and '.join(problems)}" if problems

@@ -36,7 +36,6 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from . import config, db
 from .errors import PgRunbookError
@@ -67,9 +66,7 @@ def _inject(step: str) -> None:
 
 def key(target: Target) -> str:
     """One name per database (server address and database name), whatever the target is called."""
-    info = conninfo_to_dict(target.url)
-    where = f"{info.get('host') or info.get('hostaddr') or 'localhost'}:{info.get('port') or 5432}"
-    return hashlib.sha256(f"{where}/{target.database}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{target.address}/{target.database}".encode()).hexdigest()[:16]
 
 
 def _folder(kind: str) -> Path:

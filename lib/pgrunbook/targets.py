@@ -10,15 +10,17 @@ database without the protection, for demos and tests.
 from __future__ import annotations
 
 import difflib
+import getpass
 import hashlib
 import os
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+
+from psycopg.conninfo import conninfo_to_dict
 
 from . import config
 from .config import App
 from .errors import ConfirmationRequired, TargetNotConfigured, UnknownTarget
-from .secrets import redact_url
+from .secrets import redact
 
 
 @dataclass(frozen=True)
@@ -32,12 +34,29 @@ class Target:
 
     @property
     def display_url(self) -> str:
-        """The URL with its password masked."""
-        return redact_url(self.url)
+        """The URL (or key=value string) with its password masked."""
+        return redact(self.url)
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The connection's parameters, from a URL or a key=value string alike (password included),
+        under them those of its service in pg_service.conf, as libpq reads them."""
+        given = {k: str(v) for k, v in conninfo_to_dict(self.url).items()}
+        return {**service_params(given.get("service") or os.environ.get("PGSERVICE")), **given}
+
+    @property
+    def address(self) -> str:
+        """host:port as libpq would reach them (the environment's PGHOST and PGPORT as defaults)."""
+        p = self.params
+        host = p.get("host") or p.get("hostaddr") or os.environ.get("PGHOST") or "localhost"
+        return f"{host}:{p.get('port') or os.environ.get('PGPORT') or 5432}"
 
     @property
     def database(self) -> str:
-        return urlsplit(self.url).path.lstrip("/") or urlsplit(self.url).username or ""
+        """The database libpq connects to: dbname, else $PGDATABASE, else the user name."""
+        p = self.params
+        return (p.get("dbname") or os.environ.get("PGDATABASE") or p.get("user") or os.environ.get("PGUSER")
+                or getpass.getuser())
 
     @property
     def fingerprint(self) -> str:
@@ -51,6 +70,28 @@ class Target:
                 f"{action} on protected target {self.name!r} needs confirm={self.name!r}: "
                 f"pass -p confirm {self.name} once you mean it"
             )
+
+
+def service_params(service: str | None) -> dict[str, str]:
+    """A pg_service.conf section as libpq finds it: $PGSERVICEFILE or ~/.pg_service.conf first,
+    then $PGSYSCONFDIR/pg_service.conf."""
+    import configparser
+    from pathlib import Path
+
+    if not service:
+        return {}
+    files = [Path(os.environ.get("PGSERVICEFILE") or Path.home() / ".pg_service.conf")]
+    if sysconf := os.environ.get("PGSYSCONFDIR"):
+        files.append(Path(sysconf) / "pg_service.conf")
+    for path in files:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path)
+        except (OSError, configparser.Error):
+            continue
+        if parser.has_section(service):
+            return dict(parser[service])
+    return {}
 
 
 def names() -> list[str]:
