@@ -90,3 +90,33 @@ def test_a_killed_run_leaves_nothing_unredacted_in_the_archive(sandbox, tmp_path
     archived = [p for p in written_files(tmp_path / "reports") if p.stat().st_size > 0]
     assert archived == []  # only the run's empty reservation: no query result reached the archive
     work[0].unlink()
+
+
+def _users(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM users").fetchone()[0]
+
+
+@pytest.mark.parametrize("spelling", ["same URL", "key=value"])
+def test_a_target_reaching_a_protected_database_is_protected_too(sandbox, monkeypatch, reports_dir, spelling,
+                                                               capsys):
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from pgrunbook import targets
+    from pgrunbook.cli import main
+
+    url = sandbox.url("production")
+    monkeypatch.setenv("DATABASE_URL", url if spelling == "same URL" else make_conninfo(**conninfo_to_dict(url)))
+    assert targets.resolve("sandbox").protected and targets.resolve("sandbox").protected_as == "production"
+    before, files = _users(url), sorted(reports_dir.rglob("*"))
+    for argv in (["migrations", "reset", "--target", "sandbox"],
+                 ["seed", "--target", "sandbox", "--mode", "development", "--users", "10"],
+                 ["run", "seed", "--target", "sandbox", "-p", "mode", "development", "--no-progress"],
+                 ["run", "dr_drill", "--target", "sandbox", "--no-progress"],
+                 ["run", "migrate", "--target", "sandbox", "-p", "mode", "resolve", "-p", "stamp", "0001",
+                  "--no-progress"]):
+        assert main(argv) == 3, argv
+        assert "protected" in capsys.readouterr().err, argv
+    assert _users(url) == before and sorted(reports_dir.rglob("*")) == files
+    monkeypatch.delenv("DATABASE_URL")  # production is then the sandbox's simulation: sandbox is not protected
+    assert not targets.resolve("sandbox").protected

@@ -93,8 +93,9 @@ def check(target: Target, *, mode: str, users: int = 0, confirm: str = "") -> Fi
     if mode == "production" and users:
         raise SeedRefused("production seeding never inserts user data: set users=0 or use mode=development")
     if mode == "development":
-        if target.protected and not target.sandbox:
-            raise SeedRefused(f"target {target.name!r} is protected: user data is never seeded there")
+        if target.protected and (not target.sandbox or target.protected_as):
+            also = f" (it reaches {target.protected_as!r}'s database)" if target.protected_as else ""
+            raise SeedRefused(f"target {target.name!r} is protected{also}: user data is never seeded there")
         target.require_confirm(confirm, action="seeding demo users")
         what = f"{users or DEFAULT_USERS} demo users with their services, projects and reviews"
     else:

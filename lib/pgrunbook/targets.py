@@ -13,7 +13,7 @@ import difflib
 import getpass
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from psycopg.conninfo import conninfo_to_dict
 
@@ -31,6 +31,7 @@ class Target:
     sandbox: bool = False
     source: str = ""
     app: App = field(default_factory=App)
+    protected_as: str = ""  # the protected target whose database this one reaches too
 
     @property
     def display_url(self) -> str:
@@ -66,10 +67,22 @@ class Target:
     def require_confirm(self, confirm: str, *, action: str) -> None:
         """Raise unless a protected target's name was given as `confirm`."""
         if self.protected and confirm != self.name:
+            why = f" (it reaches the database of protected target {self.protected_as!r})" if self.protected_as else ""
             raise ConfirmationRequired(
-                f"{action} on protected target {self.name!r} needs confirm={self.name!r}: "
+                f"{action} on protected target {self.name!r}{why} needs confirm={self.name!r}: "
                 f"pass -p confirm {self.name} once you mean it"
             )
+
+    @property
+    def place(self) -> tuple[str, str]:
+        """(server, database) this target reaches, with the server's name in one form: a socket folder
+        by its real path, localhost as 127.0.0.1; what two targets share when they share a database."""
+        host, port = self.address.rsplit(":", 1)
+        if host.startswith("/"):
+            host = os.path.realpath(host)
+        elif host.lower() in ("localhost", "::1", "127.0.0.1"):
+            host = "127.0.0.1"
+        return f"{host.lower()}:{port}", self.database
 
 
 def service_params(service: str | None) -> dict[str, str]:
@@ -100,7 +113,24 @@ def names() -> list[str]:
 
 
 def resolve(name: str) -> Target:
-    """The target called `name`, with its URL, or a one-line error saying what to set."""
+    """The target called `name`, with its URL, or a one-line error saying what to set.
+
+    Protection belongs to the database: a target that reaches the database of
+    a configured protected target (same server, same database, whatever the
+    URL's spelling) is protected too.
+    """
+    target = _resolve(name)
+    if target.protected:
+        return target
+    for other, spec in config.settings().targets.items():
+        if other == name or not spec.get("protected") or not os.environ.get(spec["url_env"]):
+            continue  # only configured protected targets: the sandbox's simulated production is not one
+        if _resolve(other).place == target.place:
+            return replace(target, protected=True, protected_as=other)
+    return target
+
+
+def _resolve(name: str) -> Target:
     settings = config.settings()
     if name == "sandbox":
         return _sandbox_target("sandbox", "production", protected=False, app=settings.app_of(name))
