@@ -120,3 +120,24 @@ def test_a_target_reaching_a_protected_database_is_protected_too(sandbox, monkey
     assert _users(url) == before and sorted(reports_dir.rglob("*")) == files
     monkeypatch.delenv("DATABASE_URL")  # production is then the sandbox's simulation: sandbox is not protected
     assert not targets.resolve("sandbox").protected
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-p", "json_file", "{reports}/index.jsonl"], "inside the archive"),
+    (["-p", "prometheus_file", "{backups}/x.prom"], "inside the backups"),
+    (["-p", "json_file", "../reports/index.jsonl"], "is relative"),
+    (["-p", "json_file", "/tmp"], "is a folder"),
+])
+def test_an_output_file_never_lands_on_the_archive(sandbox, reports_dir, capfd, argv, words):
+    from pgrunbook import reports
+    from pgrunbook.cli import main
+
+    assert main(["run", "status", "--target", "sandbox", "--no-progress"]) in (0, 1)
+    capfd.readouterr()
+    index = reports_dir / "index.jsonl"
+    before = index.read_bytes()
+    argv = [a.format(reports=reports_dir, backups=os.environ["PGRUNBOOK_BACKUPS_DIR"]) for a in argv]
+    assert main(["run", "health", "--target", "sandbox", *argv, "--no-progress"]) == 3
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert index.read_bytes() == before and reports.verify().ok

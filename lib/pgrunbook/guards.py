@@ -92,7 +92,14 @@ def integrity(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> No
                                "assertion files, or leave it empty for the target's configured ones")
 
 
-RULES = {"migrate": migrate, "restore": restore, "seed": seed, "staging_refresh": staging_refresh,
+def health(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
+    from . import health as checks
+
+    checks.output_path("prometheus_file", v["prometheus_file"])
+    checks.output_path("json_file", v["json_file"])
+
+
+RULES = {"health": health, "migrate": migrate, "restore": restore, "seed": seed, "staging_refresh": staging_refresh,
          "dr_drill": dr_drill, "integrity": integrity}
 
 

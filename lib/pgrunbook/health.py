@@ -209,8 +209,35 @@ def summary(findings: list[Finding], target: str) -> dict:
             "checks": [f.to_dict() for f in findings]}
 
 
+def output_path(parameter: str, name: str) -> Path | None:
+    """Where an output file may go: an absolute path outside pgrunbook's own folders (the archive,
+    the backups, the state and the project), so that a mistyped path never overwrites a record.
+    None for an empty name; UnknownParameter (bad input) otherwise."""
+    from . import config
+    from .errors import UnknownParameter
+
+    if not name:
+        return None
+    path = Path(name)
+    if not path.is_absolute():
+        raise UnknownParameter(f"{parameter} {name!r} is relative: give an absolute path (the runbook runs in "
+                               "its own folder, so a relative one would land somewhere unexpected)")
+    path = Path(os.path.realpath(path))
+    s = config.settings()
+    for place, what in ((s.reports_dir, "the archive"), (s.backups_dir, "the backups"),
+                        (s.state_dir, "pgrunbook's state"), (s.home, "the project")):
+        if path == Path(os.path.realpath(place)) or Path(os.path.realpath(place)) in path.parents:
+            raise UnknownParameter(f"{parameter} {name!r} is inside {what} ({place}): write it elsewhere, "
+                                   "for example node_exporter's textfile folder")
+    if path.is_dir():
+        raise UnknownParameter(f"{parameter} {name!r} is a folder: give a file name")
+    return path
+
+
 def export(findings: list[Finding], target: str, *, prometheus_file: str = "", json_file: str = "") -> Finding:
-    """Write the figures where asked; say where."""
+    """Write the figures where asked (see `output_path`); say where."""
+    output_path("prometheus_file", prometheus_file)
+    output_path("json_file", json_file)
     written = []
     # node_exporter runs as its own user and reads figures only: that file is 0644; the JSON
     # carries findings' examples (query text) and stays private
