@@ -117,3 +117,65 @@ def test_reports_list_filters(sandbox):
     assert not reports.select(until="2000-01-01")
     today = reports.select(incident="INC-7")[0]["start"][:10]
     assert reports.select(since=today, incident="INC-7")
+
+
+@pytest.fixture
+def own_archive(sandbox, tmp_path, monkeypatch):
+    """An archive of its own with three status runs."""
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+    runs = [runner.run("status", "sandbox", progress=False) for _ in range(3)]
+    assert reports.verify().ok and reports.verify().checked == 6
+    return runs
+
+
+def _cut(path, keep):
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:keep]))
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda p: _cut(p, 2), "the head record counts 3"),
+    (lambda p: p.write_text(""), "the head record counts 3"),
+    (lambda p: p.unlink(), "index is missing"),
+    (lambda p: p.write_text(p.read_text()[:-40]), "not a whole JSON record"),
+])
+def test_verify_names_a_cut_emptied_or_removed_index(own_archive, damage, said, capsys):
+    damage(reports.index_path())
+    check = reports.verify()
+    assert not check.ok and said in "\n".join(check.lines())
+    assert main(["reports", "verify"]) == 2
+    assert main(["reports", "list"]) == 0  # listing reads what it can, never crashes
+
+
+def test_a_rechained_index_is_caught_by_its_key(own_archive, monkeypatch):
+    monkeypatch.setenv(reports.KEY_ENV, "k3y-kept-apart")
+    runner.run("status", "sandbox", progress=False)  # from here on the chain is keyed
+    path = reports.index_path()
+    lines = path.read_text().splitlines()
+    del lines[1]  # remove a run, then recompute every link as someone without the key would
+    rebuilt = []
+    for line in lines:
+        entry = json.loads(line)
+        entry["prev"] = reports._line_hash(rebuilt[-1], keyed=False) if rebuilt else reports.GENESIS
+        rebuilt.append(json.dumps(entry, sort_keys=True))
+    path.write_text("\n".join(rebuilt) + "\n")
+    reports.head_path().unlink()  # and the head record too
+    check = reports.verify()
+    assert not check.ok and "no index line is chained under it" in "\n".join(check.lines())
+    monkeypatch.delenv(reports.KEY_ENV)
+    plain = reports.verify()  # without the key the chain itself looks whole; only the orphaned files tell
+    assert plain.broken_chain == [] and plain.index == [] and len(plain.unindexed) == 2
+
+
+def test_verify_names_a_report_that_a_killed_run_left_unindexed(own_archive):
+    stray = own_archive[0].notebook.with_name("20260101T000000Z_sandbox.ipynb")
+    stray.touch()  # what a killed run leaves: its reserved, never archived report
+    check = reports.verify()
+    assert not check.ok and check.unindexed == [str(stray.relative_to(reports.index_path().parent))]
+
+
+def test_an_archive_with_reports_but_no_index_is_not_ok(own_archive):
+    reports.index_path().unlink()
+    reports.head_path().unlink()
+    check = reports.verify()
+    assert not check.ok and "no index" in "\n".join(check.lines())

@@ -1,16 +1,25 @@
 """The archive of executed runbooks and its index.
 
 reports/index.jsonl holds one JSON line per run with the sha256 of the
-report and its HTML copy. Each line also carries the sha256 of the line
+report and its HTML copy. Each line also carries the hash of the line
 before it, so an edited or deleted line breaks the chain and `verify` names
 it, as it names a report whose bytes changed.
+
+Two anchors outside the index catch what a chain alone cannot: the head
+record (how many lines, and the hash of the last) is kept in the state
+folder, beside the archive rather than in it, so a removed, emptied or cut
+index, or its last lines deleted, is named; and with $PGRUNBOOK_INDEX_KEY set
+the chain's hashes are HMACs under that key, so a chain rewritten by someone
+without the key does not verify.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -18,7 +27,7 @@ from typing import Any
 
 from . import config
 from .errors import ReportNotFound
-from .fileio import create_private, private_dir, sha256_file
+from .fileio import create_private, private_dir, sha256_file, write_atomic
 from .secrets import redact
 
 GENESIS = "0" * 64
@@ -28,8 +37,30 @@ def index_path() -> Path:
     return config.settings().reports_dir / "index.jsonl"
 
 
-def _line_hash(line: str) -> str:
-    return hashlib.sha256(line.rstrip("\n").encode()).hexdigest()
+KEY_ENV = "PGRUNBOOK_INDEX_KEY"
+
+
+def _line_hash(line: str, *, keyed: bool | None = None) -> str:
+    """The chain link to `line`: its sha256, or its HMAC-SHA256 under the index key when there is one."""
+    data = line.rstrip("\n").encode()
+    key = os.environ.get(KEY_ENV, "")
+    if keyed is None:
+        keyed = bool(key)
+    if keyed:
+        return "hmac:" + hmac.new(key.encode(), data, hashlib.sha256).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+def head_path() -> Path:
+    """The head record of this archive: kept in the state folder, outside the archive it vouches for."""
+    archive = hashlib.sha256(str(index_path().resolve()).encode()).hexdigest()[:16]
+    return config.settings().state_dir / "index-heads" / f"{archive}.json"
+
+
+def _write_head(lines: int, last: str) -> None:
+    private_dir(head_path().parent)
+    write_atomic(head_path(), json.dumps({"index": str(index_path()), "lines": lines,
+                                          "last": _line_hash(last) if last else GENESIS}))
 
 
 def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, Any]:
@@ -57,17 +88,26 @@ def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, 
             },
             "prev": _line_hash(lines[-1]) if lines else GENESIS,
         }
-        f.write(redact(json.dumps(entry, sort_keys=True)) + "\n")
+        line = redact(json.dumps(entry, sort_keys=True))
+        f.write(line + "\n")
         f.flush()
+        os.fsync(f.fileno())
+        _write_head(len(lines) + 1, line)  # still under the lock: heads follow the index in order
     return entry
 
 
 def entries() -> list[dict[str, Any]]:
-    """Every indexed run, oldest first."""
+    """Every readable indexed run, oldest first (`verify` names the unreadable lines)."""
     path = index_path()
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue
+    return found
 
 
 def _day(value: str | date | None) -> date | None:
@@ -143,36 +183,86 @@ class Verification:
     changed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     broken_chain: list[int] = field(default_factory=list)
+    unreadable: list[int] = field(default_factory=list)
+    unindexed: list[str] = field(default_factory=list)
+    index: list[str] = field(default_factory=list)  # what is wrong with the index as a whole
 
     @property
     def ok(self) -> bool:
-        return not (self.changed or self.missing or self.broken_chain)
+        return not (self.changed or self.missing or self.broken_chain or self.unreadable or self.unindexed
+                    or self.index)
 
     def lines(self) -> list[str]:
-        out = [f"changed: {p}" for p in self.changed] + [f"missing: {p}" for p in self.missing]
+        out = list(self.index)
+        out += [f"changed: {p}" for p in self.changed] + [f"missing: {p}" for p in self.missing]
+        out += [f"index line {n} is not a whole JSON record (cut short or edited)" for n in self.unreadable]
         out += [f"index line {n} does not follow the line before it (edited or removed)"
                 for n in self.broken_chain]
+        out += [f"unindexed: {p} (a run killed before it was archived, or a file put there)"
+                for p in self.unindexed]
         verdict = "OK" if self.ok else "FAILED"
         return out + [f"{verdict}: {self.checked} files checked against {index_path()}"]
 
 
 def verify() -> Verification:
-    """Recompute every indexed file's sha256 and the index's chain of line hashes."""
+    """Recompute every indexed file's sha256, the chain of line hashes, and the head record; name files
+    in the archive that the index does not know."""
     root = config.settings().reports_dir
     result = Verification()
     path = index_path()
-    raw = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    prev = GENESIS
-    for number, line in enumerate((line for line in raw if line.strip()), start=1):
-        entry = json.loads(line)
-        if entry.get("prev") != prev:
+    raw = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if path.exists() else []
+    head = _read_head()
+    key_set = bool(os.environ.get(KEY_ENV))
+    indexed: set[str] = set()
+    seen_key = False
+    for number, line in enumerate(raw, start=1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            result.unreadable.append(number)
+            continue
+        link = entry.get("prev", "")
+        keyed = link.startswith("hmac:")
+        if keyed and not key_set:
+            result.index.append(f"index line {number} is chained under a key: set ${KEY_ENV} to verify it")
+            return result
+        # once the chain is keyed, a plain link is a line written by someone without the key
+        if link != (GENESIS if number == 1 else _line_hash(raw[number - 2], keyed=keyed)) or \
+                (seen_key and not keyed):
             result.broken_chain.append(number)
-        prev = _line_hash(line)
-        for info in entry["files"].values():
+        seen_key |= keyed
+        for info in entry.get("files", {}).values():
             file = root / info["path"]
+            indexed.add(info["path"])
             result.checked += 1
             if not file.exists():
                 result.missing.append(info["path"])
             elif sha256_file(file) != info["sha256"]:
                 result.changed.append(info["path"])
+    if key_set and raw and not seen_key:
+        result.index.append(f"${KEY_ENV} is set but no index line is chained under it: the chain was "
+                            "rewritten without the key, or no run was archived since the key was set")
+    if head is not None:
+        if head["lines"] > len(raw):
+            what = "is missing" if not path.exists() else f"has {len(raw)} lines"
+            result.index.append(f"index {what}; the head record counts {head['lines']}: runs were removed")
+        elif head["lines"] and _line_hash(raw[head["lines"] - 1], keyed=head["last"].startswith("hmac:")) \
+                != head["last"]:
+            result.index.append(f"index line {head['lines']} is not the one the head record names "
+                                "(the index was rewritten)")
+    if root.exists():
+        archived = {str(p.relative_to(root)) for p in root.rglob("*")
+                    if p.is_file() and p.suffix in (".ipynb", ".html")}
+        result.unindexed = sorted(archived - indexed)
+        if archived and head is None and not raw:
+            result.index.append(f"{len(archived)} reports in the archive but no index and no head record")
     return result
+
+
+def _read_head() -> dict[str, Any] | None:
+    try:
+        head = json.loads(head_path().read_text())
+    except (OSError, ValueError):
+        return None
+    return head if head.get("index") == str(index_path()) else None

@@ -39,7 +39,7 @@ def known_secrets() -> set[str]:
         elif "password" in value.lower() and "=" in value:  # a key=value connection string
             if pw := _conninfo_password(value):
                 found.add(pw)
-        elif name.upper().endswith(("PASSWORD", "SECRET", "TOKEN", "SALT")):
+        elif name.upper().endswith(("PASSWORD", "SECRET", "TOKEN", "SALT", "KEY")):
             found.add(value)
     return {s for s in found if len(s) >= 3}
 
