@@ -141,3 +141,33 @@ def test_an_output_file_never_lands_on_the_archive(sandbox, reports_dir, capfd, 
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
     assert index.read_bytes() == before and reports.verify().ok
+
+
+def test_a_full_archive_after_a_change_is_exit_2_naming_the_change(sandbox, tmp_path, monkeypatch, capfd):
+    from pgrunbook import backups
+    from pgrunbook.cli import main
+    from tests.test_backups import _small_filesystem
+
+    small = tmp_path / "reports"
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(small))
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "backups"))
+    with _small_filesystem(small, 256):
+        if not os.path.ismount(small):
+            pytest.skip("needs root to mount a small filesystem")
+        (small / "backup").mkdir()
+        fd = os.open(small / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        code = main(["run", "backup", "--target", "sandbox", "-p", "format", "custom", "--no-progress"])
+        err = capfd.readouterr().err
+    made = backups.all_backups("sandbox")
+    assert code == 2 and len(made) == 1 and made[0].verified  # the change happened, and is said
+    assert "could not be archived (No space left on device)" in err and made[0].id in err
+    kept = Path(err.split("kept at ")[1].split(";")[0])
+    assert kept.exists() and kept.stat().st_size > 0
+    kept.unlink()

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import PgRunbookError
+from .errors import ArchiveFailed, PgRunbookError
 from .secrets import redact
 
 USAGE_ERROR = 3
@@ -244,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE_ERROR
     try:
         return args.fn(args)
+    except ArchiveFailed as e:  # the run happened: not bad input
+        print(f"pgrunbook: error: {e}", file=sys.stderr)
+        return 2
     except PgRunbookError as e:
         if args.debug:
             raise

@@ -51,3 +51,8 @@ class RunbookCritical(PgRunbookError):
 
 class RunbookStopped(PgRunbookError):
     "A runbook stopped at a CRIT check, before the steps that would change anything"
+
+
+class ArchiveFailed(Exception):
+    """The run ended but its report could not be archived (a full disk, say). Not bad input: the run
+    may have changed things, which the message names; the CLI exits 2."""

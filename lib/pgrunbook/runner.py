@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, config, db, guards, reports, swaps, targets
-from .errors import UnknownParameter, UnknownRunbook
+from .errors import ArchiveFailed, UnknownParameter, UnknownRunbook
 from .fileio import create_private, private_dir, sha256_file, write_atomic
 from .findings import RUNNER_ENV, Finding, Status, read_recorded
 from .secrets import redact, redact_document
@@ -252,7 +252,20 @@ def run(
         "end": ended.isoformat(timespec="seconds"),
         "duration_s": round((ended - started).total_seconds(), 3),
     }
-    return _archive(work, out, meta, error)
+    try:
+        return _archive(work, out, meta, error)
+    except OSError as e:
+        raise ArchiveFailed(_unarchived(work, meta, e)) from None
+
+
+def _unarchived(work: Path, meta: dict[str, Any], error: OSError) -> str:
+    """What to say when a finished run cannot be archived: what it did, and where its notebook is."""
+    payload = read_recorded(_read_or_empty(work)) or {}
+    said = [f"{f['status']} {f['check']}: {f['summary']}" for f in payload.get("findings", [])]
+    outcome = payload.get("outcome", "FAILED")
+    return redact(f"{meta['runbook']} on {meta['target']} ended {outcome} but its report could not be archived "
+                  f"({error.strerror or error}): the executed notebook is kept at {work}; what the run did and "
+                  "found:\n" + "\n".join(f"  {line}" for line in said))
 
 
 def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool) -> str | None:
