@@ -171,3 +171,62 @@ def test_a_full_archive_after_a_change_is_exit_2_naming_the_change(sandbox, tmp_
     kept = Path(err.split("kept at ")[1].split(";")[0])
     assert kept.exists() and kept.stat().st_size > 0
     kept.unlink()
+
+
+def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(sandbox, reports_dir):
+    import signal
+    import time
+
+    import psutil
+
+    from pgrunbook import debris, targets
+
+    t = targets.resolve("sandbox")
+    blocker = psycopg.connect(sandbox.url("production"))
+    blocker.execute("LOCK TABLE reviews IN ACCESS EXCLUSIVE MODE")  # pg_dump waits here, mid-backup
+    runner = subprocess.Popen([PGRUNBOOK, "run", "backup", "--target", "sandbox", "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            dumps = [p for p in psutil.Process(runner.pid).children(recursive=True) if p.name() == "pg_dump"]
+            if dumps:
+                break
+            time.sleep(0.1)
+        assert dumps, "pg_dump never started"
+        runner.send_signal(signal.SIGKILL)  # the runner alone: its kernel and pg_dump must follow
+        runner.wait()
+        gone, alive = psutil.wait_procs(dumps, timeout=30)
+        assert alive == []
+    finally:
+        blocker.rollback()
+        blocker.close()
+    with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:  # what killed restores leave
+        for name in ("production_restore_20260101000000", "pgrb_verify_20260101t000000z",
+                     "production_pre_restore_20991231000000"):
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        for _ in range(100):  # the kernel ends a moment after its runner
+            left = {d.kind for d in debris.find(t)}
+            if "backup folder" in left:
+                break
+            time.sleep(0.1)
+        assert left == {"database", "backup folder", "working notebook"}
+        from pgrunbook.cli import main
+
+        assert main(["run", "status", "--target", "sandbox", "--no-progress"]) == 1
+        said = [f for f in runner_findings(reports_dir, "status") if f["check"] == "debris"][0]
+        assert said["status"] == "WARN" and "production_restore_20260101000000" in " ".join(said["examples"])
+        assert main(["cleanup", "--target", "sandbox", "--apply"]) == 0
+        assert debris.find(t) == []
+        assert "production_pre_restore_20991231000000" in databases(sandbox.url("postgres"))
+    finally:
+        with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
+            for name in ("production_restore_20260101000000", "pgrb_verify_20260101t000000z",
+                         "production_pre_restore_20991231000000"):
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def runner_findings(reports_dir: Path, runbook: str) -> list[dict]:
+    """The findings of the newest archived run of `runbook`."""
+    newest = max((reports_dir / runbook).glob("*.ipynb"), key=lambda p: p.stat().st_mtime)
+    return json.loads(newest.read_text())["metadata"]["pgrunbook"]["findings"]

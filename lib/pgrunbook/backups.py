@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from . import catalog, config, db, migrations, pgtools
+from . import catalog, config, db, debris, migrations, pgtools
 from .errors import PgRunbookError
 from .fileio import DIR_MODE, private_dir, sha256_file, write_atomic
 from .findings import Finding, Status
@@ -163,6 +163,7 @@ def _reserve(target: str, started: datetime, label: str) -> tuple[str, Path]:
         except FileExistsError:
             continue
         os.chmod(where / f".{candidate}.partial", DIR_MODE)
+        write_atomic(where / f".{candidate}.partial" / ".owner", debris.owner_tag())  # named if its run dies
         return candidate, where / f".{candidate}.partial"
     raise RuntimeError(f"too many backups named {base} in {where}")
 
@@ -204,6 +205,7 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
         }
         _write_manifest(partial, manifest)
         final = folder(target.name) / backup_id
+        (partial / debris.OWNER).unlink()
         os.rename(partial, final)
         return Backup(backup_id, final, manifest)
     except (pgtools.ToolFailed, OSError, psycopg.Error) as e:

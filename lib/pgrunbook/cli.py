@@ -45,6 +45,23 @@ def _print_result(result) -> None:
     print(f"  report: {result.notebook}\n  html:   {result.html}")
 
 
+def cmd_cleanup(args) -> int:
+    """List (or with --apply remove) what killed runs of the target left; never a kept database."""
+    from . import debris, swaps, targets
+
+    t = targets.resolve(args.target)
+    if recovered := swaps.recover(t):
+        print(recovered)
+    left = debris.clean(t) if args.apply else debris.find(t)
+    for item in left:
+        print(f"{'removed' if args.apply else 'left'}: {item}")
+    if not left:
+        print(f"nothing left behind by earlier runs of {args.target}")
+    elif not args.apply:
+        print(f"remove with: pgrunbook cleanup --target {args.target} --apply")
+    return 0 if args.apply or not left else 1
+
+
 def cmd_list(args) -> int:
     from . import runner
 
@@ -229,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--incident")
     mig.add_argument("--no-progress", action="store_true")
     mig.set_defaults(fn=cmd_migrations)
+
+    clean = sub.add_parser("cleanup", help="what killed runs left (scratch databases, partial backups): "
+                           "listed, removed with --apply")
+    clean.add_argument("--target", "-t", required=True)
+    clean.add_argument("--apply", action="store_true", help="remove what is listed")
+    clean.set_defaults(fn=cmd_cleanup)
 
     demo = sub.add_parser("demo", help="start the sandbox and run the status and seed runbooks")
     demo.add_argument("--no-progress", action="store_true")

@@ -19,7 +19,7 @@ import psycopg
 from alembic import command
 from psycopg import sql
 
-from . import backups, catalog, db, health, lint, migrations, reports, restore
+from . import backups, catalog, db, debris, health, lint, migrations, reports, restore
 from .findings import Finding, Status
 from .limits import Limits
 from .migrations import Revision
@@ -82,6 +82,11 @@ def scratch_target(target: Target, purpose: str) -> Target:
 def drift(target: Target, current: tuple[str, ...]) -> Drift:
     """The live schema against a scratch database built by the migrations up to `current`."""
     scratch = scratch_target(target, "drift")
+    with debris.working_on(target, scratch.database, "migrate drift"):
+        return _drift(target, scratch, current)
+
+
+def _drift(target: Target, scratch: Target, current: tuple[str, ...]) -> Drift:
     with restore.admin(target) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch.database)))
     try:
@@ -435,6 +440,11 @@ def rehearse(target: Target, p: Plan, *, mode: str, jobs: int = 2) -> list[Findi
     if not p.pending:
         return [Finding("rehearse", Status.OK, "nothing pending to rehearse")]
     copy = scratch_target(target, "rehearse")
+    with debris.working_on(target, copy.database, "migrate rehearse"):
+        return _rehearse(target, p, copy, jobs=jobs)
+
+
+def _rehearse(target: Target, p: Plan, copy: Target, *, jobs: int) -> list[Finding]:
     start = p.current[0] if p.current else "base"
     steps = [("upgrade", lambda: migrations.upgrade(copy, p.to_revision)),
              ("downgrade", lambda: migrations.downgrade(copy, start)),

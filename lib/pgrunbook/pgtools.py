@@ -111,7 +111,20 @@ def start(tool: Tool, args: list[str], url: str, *, env: dict[str, str] | None =
     conninfo, child_env = connection_args(url)
     env = {**child_env, **(env or {})}
     return subprocess.Popen([str(tool.path), *args, "-d", conninfo], env=env, umask=0o077,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            preexec_fn=_end_with_parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _end_with_parent() -> None:
+    """In the child, before exec: ask Linux to end it when the process that started it dies, so a
+    killed run leaves no pg_dump or pg_restore working on (or holding locks in) the server."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the child outlives a killed run
+        pass
 
 
 def run(tool: Tool, args: list[str], url: str, *, timeout: float | None = None,

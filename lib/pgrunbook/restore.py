@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import backups, catalog, db, pgtools, swaps
+from . import backups, catalog, db, debris, pgtools, swaps
 from .backups import Backup
 from .errors import PgRunbookError
 from .findings import Finding, Status
@@ -259,15 +259,16 @@ def verify(target: Target, backup: Backup, *, jobs: int = 2, enabled: bool = Tru
     if not enabled:
         return Finding("verify", Status.WARN, "skipped (verify=False): the backup is not trusted yet"), timeline
     scratch = _scratch_name(backup, "verify")
-    drop_database(target, scratch)
-    try:
-        restore_into(target, backup, scratch, jobs=jobs, timeline=timeline)
-        with db.connect(target, readonly=False, database=scratch, statement_timeout="0",
-                        application="pgrunbook/verify") as conn:
-            checks = compare(conn, backup, repair_sequences=False, timeline=timeline)
-    finally:
-        with timeline.phase("drop scratch"):
-            drop_database(target, scratch)
+    with debris.working_on(target, scratch, f"verification of {backup.id}"):
+        drop_database(target, scratch)
+        try:
+            restore_into(target, backup, scratch, jobs=jobs, timeline=timeline)
+            with db.connect(target, readonly=False, database=scratch, statement_timeout="0",
+                            application="pgrunbook/verify") as conn:
+                checks = compare(conn, backup, repair_sequences=False, timeline=timeline)
+        finally:
+            with timeline.phase("drop scratch"):
+                drop_database(target, scratch)
     bad = [f for f in checks if f.status is Status.CRIT]
     result = {"ok": not bad, "at": datetime.now(timezone.utc).isoformat(), "phases": timeline.phases,
               "findings": [f.to_dict() for f in checks]}
@@ -351,9 +352,14 @@ def _execute(plan: Plan, *, jobs: int, verify: bool) -> RestoreResult:
                              value=new))
         return RestoreResult(backup, new, found, timeline, verified=False)
     kept = None
-    if plan.mode == "new-database":
+    if plan.mode == "new-database":  # the copy is the result: renamed out of the work-in-progress names
+        done = f"{target.database}_restored_{stamp}"[:63]
+        with admin(target) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(new), sql.Identifier(done)))
+        new = done
         found.append(Finding("restore", Status.OK, f"restored into {new!r} beside {target.database!r}, "
-                             "which is untouched (new-database mode)"))
+                             f"which is untouched (new-database mode); kept {KEEP_H} h like a swap's old "
+                             "database"))
     if plan.mode == "swap":
         kept = f"{target.database}_pre_restore_{stamp}"[:63]
         existed = database_exists(target, target.database)
@@ -409,8 +415,8 @@ def kept(target: Target, *, kind: str = "pre_restore") -> dict[str, float]:
 
 
 def kept_databases(target: Target, *, older_than_h: float = KEEP_H) -> Finding:
-    """Databases kept by earlier swaps that are past their keeping time."""
-    ages = kept(target)
+    """Databases kept by earlier swaps, and copies left by new-database restores, past their keeping time."""
+    ages = {**kept(target), **kept(target, kind="restored")}
     old = [n for n, age in ages.items() if age > older_than_h]
     if old:
         return Finding("kept databases", Status.WARN, f"{len(old)} kept past {older_than_h:g} h: drop them",

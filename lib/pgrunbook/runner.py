@@ -233,7 +233,7 @@ def run(
     out = _report_path(runbook, target, started)
     # papermill writes as the run goes: into a private working copy, never the archive, so that a
     # killed run leaves nothing unredacted there (the next run names what it left: see debris)
-    work = private_dir(config.settings().state_dir / "running") / f"{out.parent.name}_{out.name}"
+    work = private_dir(config.settings().state_dir / "running") / f"{os.getpid()}_{out.parent.name}_{out.name}"
     error = _execute(source, work, values, progress=progress)
     ended = datetime.now(timezone.utc)
     meta = {

@@ -81,6 +81,10 @@ def _done_path(target: Target) -> Path:
     return _folder("swaps") / f"{key(target)}.recovered.json"
 
 
+def lock_path(target: Target) -> Path:
+    return _folder("locks") / f"{key(target)}.lock"
+
+
 @contextmanager
 def exclusive(target: Target, operation: str) -> Iterator[None]:
     """Hold the target database's lock for `operation`; Busy at once if another process holds it.
@@ -92,7 +96,7 @@ def exclusive(target: Target, operation: str) -> Iterator[None]:
     if k in _held:  # this process holds it already (a refresh's swap inside its own lock)
         yield
         return
-    path = _folder("locks") / f"{k}.lock"
+    path = lock_path(target)
     f = path.open("a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,0 +1,142 @@
+"""What killed runs leave behind, named by every later run and removed by `pgrunbook cleanup`.
+
+Work in progress is told from debris by a lock its owner holds (an flock,
+which the kernel releases when the owner dies):
+
+- databases on the target's server: a restore's or refresh's copy in progress
+  (`<db>_restore_<time>`, `<db>_refresh_<time>`) while nobody holds the
+  target's lock, and scratch databases (`pgrb_verify_...`, `pgrb_drift_...`,
+  `pgrb_rehearse_...`) while nobody holds their own;
+- files: a backup's `.partial` folder, and a run's working notebook in
+  state/running, whose owning process is gone.
+
+Never debris: databases kept by swaps (`_pre_restore_`, `_pre_refresh_`) and
+copies a new-database restore left on purpose (`_restored_`); those are kept
+for their hours and reported as kept databases.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from . import config, db, swaps
+from .errors import PgRunbookError
+from .findings import Finding, Status
+from .targets import Target
+
+OWNER = ".owner"  # inside a .partial folder: "host pid"
+
+
+@dataclass(frozen=True)
+class Debris:
+    kind: str  # "database", "backup folder", "working notebook"
+    name: str  # the database's name or the file's path
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+def owner_tag() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def _dead(tag: str) -> bool:
+    """Whether the process a tag names is gone (a tag from another host is never judged dead)."""
+    try:
+        host, pid = tag.split()
+        if host != socket.gethostname():
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):
+        return False
+    return False
+
+
+def scratch_key(target: Target, database: str) -> Target:
+    """The Target naming a scratch database beside `target`: its lock is that database's own."""
+    return Target(f"{target.name}:{database}", db.with_database(target.url, database), sandbox=target.sandbox)
+
+
+@contextmanager
+def working_on(target: Target, database: str, operation: str) -> Iterator[None]:
+    """Hold the lock of scratch database `database` while it exists for `operation`."""
+    key = scratch_key(target, database)
+    try:
+        with swaps.exclusive(key, operation):
+            yield
+    finally:
+        swaps.lock_path(key).unlink(missing_ok=True)  # scratch names are used once
+
+
+def _databases(target: Target) -> list[str]:
+    prefixes = [f"{target.database}_restore_", f"{target.database}_refresh_", "pgrb_"]
+    try:
+        with swaps._admin(target) as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT datname FROM pg_database"
+                " WHERE EXISTS (SELECT FROM unnest(%s::text[]) AS p WHERE starts_with(datname, p)) ORDER BY 1",
+                [prefixes])]
+    except PgRunbookError:  # the server cannot be reached: its debris cannot be listed either
+        return []
+
+
+def find(target: Target) -> list[Debris]:
+    """Everything an ended run of `target` left that no live run is working on."""
+    found = []
+    target_busy = swaps.busy(target) is not None
+    for name in _databases(target):
+        if name.startswith("pgrb_"):
+            if swaps.busy(scratch_key(target, name)) is None:
+                found.append(Debris("database", name))
+        elif not target_busy:
+            found.append(Debris("database", name))
+    folder = config.settings().backups_dir / target.name
+    for partial in sorted(folder.glob(".*.partial")) if folder.is_dir() else []:
+        try:
+            tag = (partial / OWNER).read_text().strip()
+        except OSError:
+            tag = ""
+        if not tag or _dead(tag):
+            found.append(Debris("backup folder", str(partial)))
+    running = config.settings().state_dir / "running"
+    for work in sorted(running.glob(f"*_{target.name}*.ipynb")) if running.is_dir() else []:
+        pid = work.name.split("_", 1)[0]
+        if pid.isdigit() and _dead(f"{socket.gethostname()} {pid}"):
+            found.append(Debris("working notebook", str(work)))
+    return found
+
+
+def finding(target: Target) -> Finding:
+    """WARN naming what earlier runs left, with the command that removes it."""
+    left = find(target)
+    if not left:
+        return Finding("debris", Status.OK, "nothing left behind by earlier runs")
+    return Finding("debris", Status.WARN, f"{len(left)} left behind by killed runs ({left[0]}"
+                   f"{' ...' if len(left) > 1 else ''}): remove with `pgrunbook cleanup --target {target.name} "
+                   "--apply`", examples=tuple(str(d) for d in left))
+
+
+def clean(target: Target) -> list[Debris]:
+    """Remove what `find` names (and only that); what was removed."""
+    removed = []
+    for item in find(target):
+        if item.kind == "database":
+            with swaps._admin(target) as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(item.name)))
+        elif item.kind == "backup folder":
+            shutil.rmtree(item.name, ignore_errors=True)
+        else:
+            Path(item.name).unlink(missing_ok=True)
+        removed.append(item)
+    return removed
