@@ -112,8 +112,8 @@ def test_a_damaged_backup_stops_the_restore_runbook_with_crit(sandbox):
     before = databases(target.url)
     result = runner.run("restore", "staging", {"backup": backup.id, "mode": "swap"}, progress=False)
     assert result.exit_code == 2 and result.outcome == "CRIT"
-    assert [f.check for f in result.findings] == ["unfinished swap", "backup chosen", "manifest"]
-    assert result.findings[1].status is Status.WARN and "never verified" in result.findings[1].summary
+    assert [f.check for f in result.findings] == ["unfinished swap", "debris", "backup chosen", "manifest"]
+    assert result.findings[2].status is Status.WARN and "never verified" in result.findings[2].summary
     assert databases(target.url) == before
 
 

@@ -260,6 +260,35 @@ def test_leak_in_a_kept_column_stops_the_swap_and_changes_nothing(pair, tmp_path
     assert _all_text(stag) == everything
 
 
+def test_a_name_and_street_inside_kept_free_text_are_found_in_plan_and_stop_the_swap(pair, tmp_path):
+    prod, stag = pair
+    with db.connect(prod, readonly=False) as conn:
+        conn.execute("ALTER TABLE projects ADD COLUMN notes text")
+        conn.execute("UPDATE projects SET notes = 'Call back on Monday' WHERE id % 3 = 0")
+        conn.execute("UPDATE projects SET notes = %s WHERE id = (SELECT min(id) FROM projects)",
+                     [f"customer {PLANTED['first_name']} {PLANTED['last_name']} lives at 221B  Baker street"])
+    _rules(tmp_path)
+    text = (tmp_path / "rules.toml").read_text().replace('[columns.projects]\n', '[columns.projects]\nnotes = "keep"\n')
+    (tmp_path / "rules.toml").write_text(text)
+    rules = sanitize.load(str(tmp_path / "rules.toml"))
+    plan = sanitize.plan_for(prod, rules)
+    seen = next(f for f in plan.findings if f.check == "names in text")
+    assert seen.status is Status.WARN and seen.examples == ("public.projects.notes: 2 phrases",)
+    assert not any(PLANTED["last_name"] in str(f) or "Baker" in str(f) for f in plan.findings)
+    before, everything = databases(prod.url), _all_text(stag)
+    result = _refresh(prod, stag, rules)
+    leak = next(f for f in result.findings if f.check == "names in text")
+    assert leak.status is Status.CRIT and leak.examples == ("public.projects.notes: 2 phrases",)
+    assert next(f for f in result.findings if f.check == "contact leaks").status is Status.OK
+    assert not result.swapped and _all_text(stag) == everything and databases(prod.url) == before
+
+
+def test_names_in_text_are_not_claimed_where_there_are_none(pair, tmp_path):
+    prod, _ = pair
+    seen = next(f for f in sanitize.plan_for(prod, _rules(tmp_path)).findings if f.check == "names in text")
+    assert seen.status is Status.OK, seen.summary
+
+
 def test_failure_while_masking_drops_the_copy_and_leaves_staging(pair, tmp_path):
     prod, stag = pair
     with db.connect(prod, readonly=False) as conn:  # a shifted date may break this check: the UPDATE fails

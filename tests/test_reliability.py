@@ -173,7 +173,7 @@ def test_a_full_archive_after_a_change_is_exit_2_naming_the_change(sandbox, tmp_
     kept.unlink()
 
 
-def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(sandbox, reports_dir):
+def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(sandbox, tmp_path, monkeypatch):
     import signal
     import time
 
@@ -182,6 +182,8 @@ def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(
     from pgrunbook import debris, targets
 
     t = targets.resolve("sandbox")
+    reports_dir = tmp_path / "reports"  # its own archive: the killed run's reserved report stays there
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(reports_dir))
     blocker = psycopg.connect(sandbox.url("production"))
     blocker.execute("LOCK TABLE reviews IN ACCESS EXCLUSIVE MODE")  # pg_dump waits here, mid-backup
     runner = subprocess.Popen([PGRUNBOOK, "run", "backup", "--target", "sandbox", "--no-progress"],

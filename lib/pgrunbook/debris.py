@@ -34,6 +34,7 @@ from .findings import Finding, Status
 from .targets import Target
 
 OWNER = ".owner"  # inside a .partial folder: "host pid"
+SCRATCH = ("pgrb_verify_", "pgrb_drift_", "pgrb_rehearse_")  # scratch databases pgrunbook creates
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def working_on(target: Target, database: str, operation: str) -> Iterator[None]:
 
 
 def _databases(target: Target) -> list[str]:
-    prefixes = [f"{target.database}_restore_", f"{target.database}_refresh_", "pgrb_"]
+    prefixes = [f"{target.database}_restore_", f"{target.database}_refresh_", *SCRATCH]
     try:
         with swaps._admin(target) as conn:
             return [r[0] for r in conn.execute(
@@ -96,7 +97,7 @@ def find(target: Target) -> list[Debris]:
     found = []
     target_busy = swaps.busy(target) is not None
     for name in _databases(target):
-        if name.startswith("pgrb_"):
+        if name.startswith(SCRATCH):
             if swaps.busy(scratch_key(target, name)) is None:
                 found.append(Debris("database", name))
         elif not target_busy:
@@ -125,6 +126,11 @@ def finding(target: Target) -> Finding:
     return Finding("debris", Status.WARN, f"{len(left)} left behind by killed runs ({left[0]}"
                    f"{' ...' if len(left) > 1 else ''}): remove with `pgrunbook cleanup --target {target.name} "
                    "--apply`", examples=tuple(str(d) for d in left))
+
+
+def earlier_runs(target: Target) -> list[Finding]:
+    """What earlier runs of `target` left: an unfinished swap (recovered here) and debris."""
+    return [swaps.finding(target), finding(target)]
 
 
 def clean(target: Target) -> list[Debris]:

@@ -260,6 +260,7 @@ def plan(conn: psycopg.Connection, rules: Rules, *, sample: int = 200) -> Plan:
     found.append(Finding("rule errors", Status.CRIT if wrong else Status.OK,
                          f"{len(wrong)} rules cannot apply: {wrong[0]}" if wrong else "every rule fits its column",
                          examples=tuple(wrong)))
+    found.append(phrases_in_source(conn, rules))
     return Plan(rows, found)
 
 
@@ -477,6 +478,7 @@ def prove(source: Target, copy: Target, rules: Rules, *, workers: int = 2, max_e
         for rule in _checked(conn, rules):
             jobs.put(rule)
     jobs.put(None)  # None: the contact-leak search
+    jobs.put("phrases")  # names and streets inside free text
 
     def work() -> list[tuple[Rule | None, Finding]]:
         done = []
@@ -488,13 +490,15 @@ def prove(source: Target, copy: Target, rules: Rules, *, workers: int = 2, max_e
                 except queue.Empty:
                     return done
                 done.append((rule, contact_leaks(src, dst, rules, max_examples=max_examples) if rule is None
+                             else phrase_leaks(src, dst, rules) if rule == "phrases"
                              else _residual_column(src, dst, rule, max_examples=max_examples)))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = [x for f in [pool.submit(work) for _ in range(workers)] for x in f.result()]
     order = {r: i for i, r in enumerate(rules.masked())}
-    per_column = sorted((pair for pair in results if pair[0] is not None), key=lambda p: order[p[0]])
-    return _summary([f for _, f in per_column]) + [f for r, f in results if r is None]
+    per_column = sorted((pair for pair in results if isinstance(pair[0], Rule)), key=lambda p: order[p[0]])
+    return _summary([f for _, f in per_column]) + [f for r, f in results if r is None] + \
+        [f for r, f in results if r == "phrases"]
 
 
 SYNTHETIC = ("email", "name", "phone", "token", "null", "text")  # output made from a hash or a literal only
@@ -517,6 +521,99 @@ def _tokens(cols: list[Column], *, by_column: bool) -> sql.Composable:
     if by_column:
         return sql.SQL("SELECT n, h, count(*) FROM ({}) s GROUP BY n, h").format(union)
     return sql.SQL("SELECT DISTINCT h FROM ({}) s").format(union)
+
+
+# -- names and streets inside free text -------------------------------------------------------------
+#
+# A masked name or street can still sit in a kept text column ("customer Leslie Collier lives at 814
+# Cortez Loop"). The source's masked names (first and last of one row together, and each name value)
+# and the streets the city rule removes are hashed as phrases of 2 to 4 words; every kept text column
+# is cut into its 2- to 4-word phrases and hashed alike; a phrase in both is a leak. One word alone (a
+# first name, a city) is too common to be evidence of anything: it is not looked for.
+
+PHRASE = r"^\S+( \S+){1,3}$"  # 2 to 4 words
+
+
+def _normal(expr: sql.Composable) -> sql.Composable:
+    """Lower case, every run of non-alphanumerics one space: 'Collier,  Leslie' -> 'collier leslie'."""
+    return sql.SQL("btrim(regexp_replace(lower({}), '[^[:alnum:]]+', ' ', 'g'))").format(expr)
+
+
+def _source_phrases(conn: psycopg.Connection, rules: Rules) -> sql.Composable | None:
+    """A query of the hashes of the source's masked names and streets, as phrases; None if it has none."""
+    present = {(c.table, c.column) for c in columns(conn)}
+    by_table: dict[str, list[Rule]] = {}
+    for r in rules.masked():
+        if r.kind in ("name", "city") and (r.table, r.column) in present:
+            by_table.setdefault(r.table, []).append(r)
+    parts = []
+    for rs in by_table.values():
+        names = [sql.SQL("{}::text").format(sql.Identifier(r.column)) for r in rs if r.kind == "name"]
+        values = [sql.SQL("concat_ws(' ', {})").format(sql.SQL(", ").join(names))] if len(names) > 1 else []
+        values += names + [sql.SQL("CASE WHEN {0}::text ~ ',' THEN split_part({0}::text, ',', 1) END").format(
+            sql.Identifier(r.column)) for r in rs if r.kind == "city"]
+        parts.append(sql.SQL("SELECT {} AS p FROM {} t, LATERAL (VALUES {}) v(x)").format(
+            _normal(sql.SQL("v.x")), rs[0].rel.ident,
+            sql.SQL(", ").join(sql.SQL("({})").format(v) for v in values)))
+    if not parts:
+        return None
+    return sql.SQL("SELECT DISTINCT hashtextextended(p, 0) AS h FROM ({}) s WHERE p ~ {}").format(
+        sql.SQL(" UNION ALL ").join(parts), sql.Literal(PHRASE))
+
+
+def _text_phrases(cols: list[Column]) -> sql.Composable:
+    """(n, h): the hash of every 2- to 4-word phrase of the text columns `cols` (n: the column's number)."""
+    tables: dict[str, list[tuple[int, Column]]] = {}
+    for n, c in enumerate(cols):
+        tables.setdefault(c.table, []).append((n, c))
+    parts = []
+    for table, numbered in tables.items():
+        values = sql.SQL(", ").join(sql.SQL("({}, t.{}::text)").format(sql.Literal(n), sql.Identifier(c.column))
+                                    for n, c in numbered)
+        parts.append(sql.SQL(
+            "SELECT v.n, hashtextextended(array_to_string(w.a[i:i + k - 1], ' '), 0) AS h"
+            " FROM {} t, LATERAL (VALUES {}) v(n, x),"
+            " LATERAL (SELECT regexp_split_to_array({}, ' ') AS a) w,"
+            " generate_series(2, 4) k, generate_series(1, cardinality(w.a) - k + 1) i"
+            " WHERE v.x ~ '[[:alnum:]][^[:alnum:]]+[[:alnum:]]'").format(
+            Rel(*table.split(".", 1)).ident, values, _normal(sql.SQL("v.x"))))
+    return sql.SQL(" UNION ALL ").join(parts)
+
+
+def _kept_text(conn: psycopg.Connection, rules: Rules) -> list[Column]:
+    masked = {(r.table, r.column) for r in rules.masked()}
+    return [c for c in columns(conn) if c.type in TEXT_TYPES and (c.table, c.column) not in masked]
+
+
+def _phrase_finding(cols: list[Column], hits: list[tuple[int, int]], *, status: Status, where: str) -> Finding:
+    if not hits:
+        return Finding("names in text", Status.OK, f"no masked name or street of the source in {where}'s "
+                       f"{len(cols)} kept text columns (phrases of 2 to 4 words, compared by hash)")
+    named = [f"{cols[n].table}.{cols[n].column}: {count} phrases" for n, count in hits]
+    return Finding("names in text", status, f"{len(named)} kept text columns of {where} hold names or streets "
+                   f"of the source's masked columns: {named[0]}; give them a rule (text or null)",
+                   examples=tuple(named))
+
+
+def phrases_in_source(conn: psycopg.Connection, rules: Rules) -> Finding:
+    """Plan mode: the source's kept text columns that hold its own masked names or streets (WARN)."""
+    cols, names = _kept_text(conn, rules), _source_phrases(conn, rules)
+    if not cols or names is None:
+        return Finding("names in text", Status.OK, "no masked name or street column, or no kept text to search")
+    hits = conn.execute(sql.SQL("WITH src AS ({}) SELECT n, count(*) FROM ({}) p WHERE h IN (SELECT h FROM src)"
+                                " GROUP BY n ORDER BY n").format(names, _text_phrases(cols))).fetchall()
+    return _phrase_finding(cols, hits, status=Status.WARN, where="the source")
+
+
+def phrase_leaks(source: psycopg.Connection, copy: psycopg.Connection, rules: Rules) -> Finding:
+    """The proof: the copy's kept text columns holding the source's masked names or streets (CRIT)."""
+    cols, names = _kept_text(copy, rules), _source_phrases(source, rules)
+    if not cols or names is None:
+        return Finding("names in text", Status.OK, "no masked name or street column, or no kept text to search")
+    _stream(source, names, copy, "pgrb_source_phrases")
+    hits = copy.execute(sql.SQL("SELECT n, count(*) FROM ({}) p WHERE h IN (SELECT h FROM pg_temp.pgrb_source_phrases)"
+                                " GROUP BY n ORDER BY n").format(_text_phrases(cols))).fetchall()
+    return _phrase_finding(cols, hits, status=Status.CRIT, where="the copy")
 
 
 def personal_sources(source: psycopg.Connection, rules: Rules) -> set[tuple[str, str]]:
