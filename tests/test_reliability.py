@@ -55,7 +55,7 @@ def test_every_file_a_run_writes_is_private_whatever_the_umask(sandbox, tmp_path
     finally:
         with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
             for name in databases(sandbox.url("postgres")):
-                if name.startswith("production_restore_"):
+                if name.startswith("production_restore"):
                     conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
     files = written_files(tmp_path / "reports", tmp_path / "backups", tmp_path / "out")
     assert any(f.name == "dump.custom" for f in files) and any(f.suffix == ".html" for f in files)
@@ -204,7 +204,7 @@ def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(
         blocker.close()
     with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:  # what killed restores leave
         for name in ("production_restore_20260101000000", "pgrb_verify_20260101t000000z",
-                     "production_pre_restore_20991231000000"):
+                     "production_pre_restore_20991231000000", "production_restored_20200101000000"):
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         for _ in range(100):  # the kernel ends a moment after its runner
@@ -220,11 +220,12 @@ def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(
         assert said["status"] == "WARN" and "production_restore_20260101000000" in " ".join(said["examples"])
         assert main(["cleanup", "--target", "sandbox", "--apply"]) == 0
         assert debris.find(t) == []
-        assert "production_pre_restore_20991231000000" in databases(sandbox.url("postgres"))
+        assert "production_pre_restore_20991231000000" in databases(sandbox.url("postgres"))  # within its hours
+        assert "production_restored_20200101000000" not in databases(sandbox.url("postgres"))  # past them
     finally:
         with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
             for name in ("production_restore_20260101000000", "pgrb_verify_20260101t000000z",
-                         "production_pre_restore_20991231000000"):
+                         "production_pre_restore_20991231000000", "production_restored_20200101000000"):
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 

@@ -119,13 +119,28 @@ def test_reports_list_filters(sandbox):
     assert reports.select(since=today, incident="INC-7")
 
 
+@pytest.fixture(scope="module")
+def _three_runs(sandbox, tmp_path_factory):
+    """An archive with three status runs, made once: each test damages a copy of it."""
+    folder = tmp_path_factory.mktemp("archive") / "reports"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PGRUNBOOK_REPORTS_DIR", str(folder))
+        runs = [runner.run("status", "sandbox", progress=False) for _ in range(3)]
+    return folder, runs
+
+
 @pytest.fixture
-def own_archive(sandbox, tmp_path, monkeypatch):
-    """An archive of its own with three status runs."""
+def own_archive(_three_runs, tmp_path, monkeypatch):
+    """A copy of the three-run archive, with its own head record."""
+    import shutil
+
+    folder, runs = _three_runs
+    shutil.copytree(folder, tmp_path / "reports")
     monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
-    runs = [runner.run("status", "sandbox", progress=False) for _ in range(3)]
+    lines = reports.index_path().read_text().splitlines()
+    reports._write_head(len(lines), lines[-1])
     assert reports.verify().ok and reports.verify().checked == 6
-    return runs
+    return [tmp_path / "reports" / r.notebook.relative_to(folder) for r in runs]
 
 
 def _cut(path, keep):
@@ -168,7 +183,7 @@ def test_a_rechained_index_is_caught_by_its_key(own_archive, monkeypatch):
 
 
 def test_verify_names_a_report_that_a_killed_run_left_unindexed(own_archive):
-    stray = own_archive[0].notebook.with_name("20260101T000000Z_sandbox.ipynb")
+    stray = own_archive[0].with_name("20260101T000000Z_sandbox.ipynb")
     stray.touch()  # what a killed run leaves: its reserved, never archived report
     check = reports.verify()
     assert not check.ok and check.unindexed == [str(stray.relative_to(reports.index_path().parent))]

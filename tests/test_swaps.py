@@ -87,8 +87,10 @@ def test_a_swap_keeps_owner_grants_settings_comment_and_limit(pair):
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_a_swap_killed_at_each_step_is_recovered_by_the_next_run(pair, step):
+def test_a_swap_killed_at_each_step_is_recovered_by_the_next_run(pair, step, server, sandbox):
     target, new, kept = pair
+    if server != sandbox.url("postgres") and step not in ("connections off", "inside the renaming transaction"):
+        pytest.skip("each step on the embedded server; the two that leave the server mid-change on both")
     done = subprocess.run([sys.executable, "-c", SWAP, target.url, new, kept], capture_output=True, text=True,
                           env={**os.environ, swaps.INJECT_ENV: step}, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr

@@ -10,9 +10,9 @@ which the kernel releases when the owner dies):
 - files: a backup's `.partial` folder, and a run's working notebook in
   state/running, whose owning process is gone.
 
-Never debris: databases kept by swaps (`_pre_restore_`, `_pre_refresh_`) and
-copies a new-database restore left on purpose (`_restored_`); those are kept
-for their hours and reported as kept databases.
+Databases kept by swaps (`_pre_restore_`, `_pre_refresh_`) and copies a
+new-database restore left on purpose (`_restored_`) are debris only once past
+the target's keeping hours (keep_h, 48 h); never within them.
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ def find(target: Target) -> list[Debris]:
                 found.append(Debris("database", name))
         elif not target_busy:
             found.append(Debris("database", name))
+    found += [Debris("database", name) for name in kept_past_hours(target)]
     folder = config.settings().backups_dir / target.name
     for partial in sorted(folder.glob(".*.partial")) if folder.is_dir() else []:
         try:
@@ -116,6 +117,35 @@ def find(target: Target) -> list[Debris]:
         if pid.isdigit() and _dead(f"{socket.gethostname()} {pid}"):
             found.append(Debris("working notebook", str(work)))
     return found
+
+
+KEPT = ("pre_restore", "pre_refresh", "restored")  # databases swaps and new-database restores keep
+
+
+def kept_past_hours(target: Target) -> list[str]:
+    """Databases kept by swaps and new-database restores of `target` past the target's keep_h (48 h):
+    debris now; never one still within its hours."""
+    from datetime import datetime, timezone
+
+    from . import limits
+
+    keep_h = limits.for_target(target).keep_h
+    try:
+        with swaps._admin(target) as conn:
+            names = [r[0] for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE EXISTS (SELECT FROM unnest(%s::text[]) AS p"
+                " WHERE starts_with(datname, p)) ORDER BY 1", [[f"{target.database}_{k}_" for k in KEPT]])]
+    except PgRunbookError:
+        return []
+    now, old = datetime.now(timezone.utc), []
+    for name in names:
+        try:
+            when = datetime.strptime(name.rsplit("_", 1)[-1], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+        if (now - when).total_seconds() / 3600 > keep_h:
+            old.append(name)
+    return old
 
 
 def finding(target: Target) -> Finding:
