@@ -163,3 +163,15 @@ def drop_role(sandbox, role: str) -> None:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
     with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def fill(folder: Path) -> None:
+    """Fill the filesystem holding `folder` to the last byte (a file named filler there)."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

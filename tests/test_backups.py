@@ -19,7 +19,7 @@ from pgrunbook import backups, db, pgtools, restore, runner, seed
 from pgrunbook.errors import ConfirmationRequired
 from pgrunbook.findings import Status
 from pgrunbook.targets import Target
-from tests.conftest import databases, forget_roles, make_roles
+from tests.conftest import databases, fill, forget_roles, make_roles
 
 
 @pytest.fixture(autouse=True)
@@ -244,14 +244,7 @@ def test_a_disk_full_while_recording_verification_keeps_the_record(seeded, tmp_p
         monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(small))
         copy = small / "scratch" / backup.id
         shutil.copytree(backup.path, copy)
-        fd = os.open(small / "filler", os.O_WRONLY | os.O_CREAT)  # fill the disk to the last byte
-        try:
-            while os.write(fd, b"\0" * 4096):
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fill(small)
         with pytest.raises(OSError):
             backups.record_verification(backups.load(copy), {"ok": True, "at": "now", "findings": [],
                                                              "phases": [], "note": "x" * 100_000})

@@ -17,7 +17,7 @@ from psycopg import sql
 from pgrunbook import db, swaps
 from pgrunbook.findings import Status
 from pgrunbook.targets import Target
-from tests.conftest import databases, forget_roles, make_roles
+from tests.conftest import forget_roles, make_roles
 
 STEPS = ["journal written", "properties copied", "connections off", "sessions ended",
          "inside the renaming transaction", "renamed"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgrunbook import backups, compare, db, health, integrity, perf, restore, runner, sanitize, security, targets
+from pgrunbook import backups, compare, db, health, perf, restore, runner, sanitize, security, targets
 from pgrunbook.cli import main
 from pgrunbook.findings import Status
 

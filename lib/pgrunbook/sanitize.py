@@ -505,18 +505,23 @@ SYNTHETIC = ("email", "name", "phone", "token", "null", "text")  # output made f
 CONTACT = f"({EMAIL_TOKEN})|({PHONE_TOKEN})"
 
 
-def _tokens(cols: list[Column], *, by_column: bool) -> sql.Composable:
-    """Hashes of the email- and phone-shaped substrings of `cols` (one scan per table), with the column's number."""
+def _numbered_values(cols: list[Column]) -> list[tuple[sql.Composable, sql.Composable]]:
+    """Per table of `cols`: the table, and a VALUES list of (the column's number in `cols`, its text),
+    so that one scan of each table reads all its columns."""
     tables: dict[str, list[tuple[int, Column]]] = {}
     for n, c in enumerate(cols):
         tables.setdefault(c.table, []).append((n, c))
-    parts = []
-    for table, numbered in tables.items():
-        values = sql.SQL(", ").join(sql.SQL("({}, t.{}::text)").format(sql.Literal(n), sql.Identifier(c.column))
-                                    for n, c in numbered)
-        parts.append(sql.SQL("SELECT v.n, hashtextextended(coalesce(m[1], m[2]), 0) AS h FROM {} t,"
-                             " LATERAL (VALUES {}) v(n, x), regexp_matches(v.x, {}, 'g') m").format(
-            Rel(*table.split(".", 1)).ident, values, sql.Literal(CONTACT)))
+    return [(Rel(*table.split(".", 1)).ident,
+             sql.SQL(", ").join(sql.SQL("({}, t.{}::text)").format(sql.Literal(n), sql.Identifier(c.column))
+                                for n, c in numbered))
+            for table, numbered in tables.items()]
+
+
+def _tokens(cols: list[Column], *, by_column: bool) -> sql.Composable:
+    """Hashes of the email- and phone-shaped substrings of `cols` (one scan per table), with the column's number."""
+    parts = [sql.SQL("SELECT v.n, hashtextextended(coalesce(m[1], m[2]), 0) AS h FROM {} t,"
+                     " LATERAL (VALUES {}) v(n, x), regexp_matches(v.x, {}, 'g') m").format(
+        rel, values, sql.Literal(CONTACT)) for rel, values in _numbered_values(cols)]
     union = sql.SQL(" UNION ALL ").join(parts)
     if by_column:
         return sql.SQL("SELECT n, h, count(*) FROM ({}) s GROUP BY n, h").format(union)
@@ -563,20 +568,13 @@ def _source_phrases(conn: psycopg.Connection, rules: Rules) -> sql.Composable | 
 
 def _text_phrases(cols: list[Column]) -> sql.Composable:
     """(n, h): the hash of every 2- to 4-word phrase of the text columns `cols` (n: the column's number)."""
-    tables: dict[str, list[tuple[int, Column]]] = {}
-    for n, c in enumerate(cols):
-        tables.setdefault(c.table, []).append((n, c))
-    parts = []
-    for table, numbered in tables.items():
-        values = sql.SQL(", ").join(sql.SQL("({}, t.{}::text)").format(sql.Literal(n), sql.Identifier(c.column))
-                                    for n, c in numbered)
-        parts.append(sql.SQL(
-            "SELECT v.n, hashtextextended(array_to_string(w.a[i:i + k - 1], ' '), 0) AS h"
-            " FROM {} t, LATERAL (VALUES {}) v(n, x),"
-            " LATERAL (SELECT regexp_split_to_array({}, ' ') AS a) w,"
-            " generate_series(2, 4) k, generate_series(1, cardinality(w.a) - k + 1) i"
-            " WHERE v.x ~ '[[:alnum:]][^[:alnum:]]+[[:alnum:]]'").format(
-            Rel(*table.split(".", 1)).ident, values, _normal(sql.SQL("v.x"))))
+    parts = [sql.SQL(
+        "SELECT v.n, hashtextextended(array_to_string(w.a[i:i + k - 1], ' '), 0) AS h"
+        " FROM {} t, LATERAL (VALUES {}) v(n, x),"
+        " LATERAL (SELECT regexp_split_to_array({}, ' ') AS a) w,"
+        " generate_series(2, 4) k, generate_series(1, cardinality(w.a) - k + 1) i"
+        " WHERE v.x ~ '[[:alnum:]][^[:alnum:]]+[[:alnum:]]'").format(rel, values, _normal(sql.SQL("v.x")))
+        for rel, values in _numbered_values(cols)]
     return sql.SQL(" UNION ALL ").join(parts)
 
 
