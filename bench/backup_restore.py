@@ -34,9 +34,11 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    from pgrunbook import backups, db, restore, runner
-    from pgrunbook.sandbox import bin_dir
-    from pgrunbook.targets import Target
+    from pgrunbook.procedures import dumps, restore
+    from pgrunbook.base import db
+    from pgrunbook.archive import runner
+    from pgrunbook.base.cluster import bin_dir
+    from pgrunbook.base.targets import Target
 
     with temporary_sandbox() as (box, tmp):
         restore.drop_database(Target("x", box.url("postgres")), "bench")
@@ -67,7 +69,7 @@ def main() -> None:
 
         made = []
         t: dict[str, list[float]] = {k: [] for k in (
-            "raw pg_dump -Fd -j 2", "backups.create", "backup runbook",
+            "raw pg_dump -Fd -j 2", "dumps.create", "backup runbook",
             "raw pg_restore -j 2", "restore.restore", "restore runbook", "verification")}
 
         def settled(fn) -> float:
@@ -83,7 +85,7 @@ def main() -> None:
         made_restores: list[str] = []
         dumps = {
             "raw pg_dump -Fd -j 2": raw_dump,
-            "backups.create": lambda: made.append(backups.create(target, jobs=2)),
+            "dumps.create": lambda: made.append(dumps.create(target, jobs=2)),
             "backup runbook": lambda: runner.run("backup", "staging", {"verify": "false"}, progress=False),
         }
         restores = {
@@ -113,7 +115,7 @@ def main() -> None:
         best = {k: min(v) for k, v in t.items()}
         for k, v in best.items():
             print(f"{k:<22} {v:7.2f} s   (runs: {', '.join(f'{x:.2f}' for x in t[k])})")
-        print(f"backup library / raw pg_dump:     {best['backups.create'] / best['raw pg_dump -Fd -j 2']:.3f}x (goal <= 1.10x)")
+        print(f"backup library / raw pg_dump:     {best['dumps.create'] / best['raw pg_dump -Fd -j 2']:.3f}x (goal <= 1.10x)")
         print(f"backup runbook / raw pg_dump:     {best['backup runbook'] / best['raw pg_dump -Fd -j 2']:.3f}x")
         print(f"restore library / raw pg_restore: {best['restore.restore'] / best['raw pg_restore -j 2']:.3f}x (goal <= 1.10x)")
         print(f"restore runbook / raw pg_restore: {best['restore runbook'] / best['raw pg_restore -j 2']:.3f}x")

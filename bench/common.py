@@ -18,7 +18,7 @@ def temporary_sandbox(**env: str):
     tmp = Path(tempfile.mkdtemp(prefix="pgrb-bench-"))
     os.environ.update(PGRUNBOOK_STATE_DIR=str(tmp / "state"), PGRUNBOOK_REPORTS_DIR=str(tmp / "reports"),
                       PGRUNBOOK_BACKUPS_DIR=str(tmp / "backups"), **env)
-    from pgrunbook.sandbox import Sandbox
+    from pgrunbook.procedures.sandbox import Sandbox
 
     box = Sandbox.default()
     try:

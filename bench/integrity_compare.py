@@ -49,9 +49,10 @@ def main() -> None:
     args = parser.parse_args()
     import psycopg
 
-    from pgrunbook import compare, db, integrity
-    from pgrunbook.sandbox import bin_dir
-    from pgrunbook.targets import Target
+    from pgrunbook.checks import compare, integrity
+    from pgrunbook.base import db
+    from pgrunbook.base.cluster import bin_dir
+    from pgrunbook.base.targets import Target
 
     with temporary_sandbox() as (box, tmp):
         admin = box.url("postgres")
@@ -135,7 +136,7 @@ def main() -> None:
 
 def runbook_peak_rss(tmp, a, b):
     """The integrity runbook comparing the pair through the runner, its memory sampled every 20 ms."""
-    from pgrunbook import runner
+    from pgrunbook.archive import runner
 
     home = make_home(tmp, "integrity")
     os.environ.update(PGRUNBOOK_HOME=str(home), STAGING_DATABASE_URL=a.url, DATABASE_URL=b.url)

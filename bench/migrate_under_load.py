@@ -62,8 +62,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--lock-timeout", default="3s")
     args = parser.parse_args()
-    from pgrunbook import db, migrate, migrations, seed
-    from pgrunbook.targets import Target
+    from pgrunbook.base import db, migrations
+    from pgrunbook.procedures import migrate, seed
+    from pgrunbook.base.targets import Target
 
     with temporary_sandbox() as (box, tmp):
         with db.connect(Target("a", box.url("postgres")), readonly=False) as conn:

@@ -27,8 +27,10 @@ def main() -> None:
     parser.add_argument("--statements", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    from pgrunbook import db, restore, runner
-    from pgrunbook.targets import Target
+    from pgrunbook.base import db
+    from pgrunbook.procedures import restore
+    from pgrunbook.archive import runner
+    from pgrunbook.base.targets import Target
 
     with temporary_sandbox() as (box, tmp):
         with db.connect(Target("x", box.url("postgres")), readonly=False, autocommit=True) as conn:

@@ -28,7 +28,7 @@ For measuring the runner's own cost.
 %%parameters
 target: str = "sandbox"  # environment
 %%code
-from pgrunbook.findings import Findings
+from pgrunbook.base.findings import Findings
 
 findings = Findings("noop", target)
 %%md
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     import papermill
 
-    from pgrunbook import runner
+    from pgrunbook.archive import runner
 
     with temporary_sandbox() as (box, tmp):
         home = make_home(tmp)

@@ -40,8 +40,9 @@ def main() -> None:
     args = parser.parse_args()
     from psycopg import sql
 
-    from pgrunbook import db, migrations, seed
-    from pgrunbook.targets import Target
+    from pgrunbook.base import db, migrations
+    from pgrunbook.procedures import seed
+    from pgrunbook.base.targets import Target
 
     with temporary_sandbox() as (box, tmp):
         admin = Target("admin", box.url("postgres"), sandbox=True)

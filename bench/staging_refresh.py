@@ -31,9 +31,10 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    from pgrunbook import backups, db, refresh, restore, sanitize, seed
-    from pgrunbook.sandbox import bin_dir
-    from pgrunbook.targets import Target
+    from pgrunbook.procedures import dumps, refresh, restore, sanitize, seed
+    from pgrunbook.base import db
+    from pgrunbook.base.cluster import bin_dir
+    from pgrunbook.base.targets import Target
 
     with temporary_sandbox(PGRUNBOOK_SANITIZE_SALT="bench-salt-0123456789abcdef") as (box, tmp):
         prod = Target("production", box.url("production"), sandbox=True)
@@ -81,7 +82,7 @@ def main() -> None:
             t["plain dump + restore"].append(plain_copy())
             t["CREATE DATABASE TEMPLATE"].append(template_copy())
             started = time.perf_counter()
-            backup = backups.create(prod, jobs=2, label="staging-refresh")
+            backup = dumps.create(prod, jobs=2, label="staging-refresh")
             dumped = time.perf_counter() - started
             done = refresh.apply(prod, stag, backup, rules, salt, jobs=2)
             total = time.perf_counter() - started

@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_unconfigure(config):
-    from pgrunbook.sandbox import Sandbox
+    from pgrunbook.procedures.sandbox import Sandbox
 
     box = Sandbox(_SESSION_DIR / "state" / "sandbox")
     if box.running:
@@ -52,7 +52,7 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="session")
 def sandbox():
     """The session's embedded sandbox (production and staging, at head, 300 demo users each)."""
-    from pgrunbook.sandbox import Sandbox
+    from pgrunbook.procedures.sandbox import Sandbox
 
     box = Sandbox.default()
     box.ensure(demo_users=300)
@@ -83,8 +83,8 @@ def server(request, sandbox) -> str:
 @pytest.fixture
 def scratch(server):
     """A new empty database on `server`, as a Target; dropped afterwards."""
-    from pgrunbook import db
-    from pgrunbook.targets import Target
+    from pgrunbook.base import db
+    from pgrunbook.base.targets import Target
 
     name = f"pgrb_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server, autocommit=True) as conn:
@@ -98,7 +98,7 @@ def scratch(server):
 @pytest.fixture
 def migrated(scratch):
     """`scratch` migrated to head."""
-    from pgrunbook import migrations
+    from pgrunbook.base import migrations
 
     migrations.upgrade(scratch, "head")
     return scratch
@@ -106,7 +106,7 @@ def migrated(scratch):
 
 def databases(url: str) -> set[str]:
     """Names of every database on the server of `url`."""
-    from pgrunbook import db
+    from pgrunbook.base import db
 
     with psycopg.connect(db.with_database(url, "postgres")) as conn:
         return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}

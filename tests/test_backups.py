@@ -15,10 +15,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgrunbook import backups, db, pgtools, restore, runner, seed
-from pgrunbook.errors import ConfirmationRequired
-from pgrunbook.findings import Status
-from pgrunbook.targets import Target
+from pgrunbook.procedures import dumps, restore, seed
+from pgrunbook.facts import backups
+from pgrunbook.checks import recovery
+from pgrunbook.base import db, pgtools
+from pgrunbook.archive import runner
+from pgrunbook.base.errors import ConfirmationRequired
+from pgrunbook.base.findings import Status
+from pgrunbook.base.targets import Target
 from tests.conftest import databases, fill, forget_roles, make_roles
 
 
@@ -40,7 +44,7 @@ def _users(target: Target) -> int:
 
 
 def test_backup_verify_and_restore_on_each_server(seeded):
-    backup = backups.create(seeded, label="pre-migration")
+    backup = dumps.create(seeded, label="pre-migration")
     with psycopg.connect(seeded.url) as conn:
         major = conn.info.server_version // 10000
     assert backups.check(backup) == []
@@ -59,7 +63,7 @@ def test_backup_verify_and_restore_on_each_server(seeded):
 
 
 def test_swap_keeps_the_old_database_and_repairs_sequences(seeded):
-    backup = backups.create(seeded)
+    backup = dumps.create(seeded)
     with db.connect(seeded, readonly=False) as conn:
         conn.execute("DELETE FROM reviews")  # the disaster the restore undoes
     with pytest.raises(ConfirmationRequired):
@@ -95,7 +99,7 @@ def _edit_manifest(backup):
 
 @pytest.mark.parametrize("fault", [_flip_byte, _remove_file, _edit_manifest])
 def test_a_damaged_backup_is_refused_before_anything_changes(seeded, fault):
-    backup = backups.create(seeded)
+    backup = dumps.create(seeded)
     named = fault(backup)
     before = databases(seeded.url)
     gate = restore.check_request(seeded, backups.find("scratch", backup.id), mode="swap", confirm="")
@@ -107,7 +111,7 @@ def test_a_damaged_backup_is_refused_before_anything_changes(seeded, fault):
 
 def test_a_damaged_backup_stops_the_restore_runbook_with_crit(sandbox):
     target = runner.targets.resolve("staging")
-    backup = backups.create(target)
+    backup = dumps.create(target)
     _flip_byte(backup)
     before = databases(target.url)
     result = runner.run("restore", "staging", {"backup": backup.id, "mode": "swap"}, progress=False)
@@ -118,14 +122,14 @@ def test_a_damaged_backup_stops_the_restore_runbook_with_crit(sandbox):
 
 
 def test_backup_of_another_database_is_refused(seeded):
-    backup = backups.create(seeded)
+    backup = dumps.create(seeded)
     other = Target("scratch", db.with_database(seeded.url, "postgres"), sandbox=True)
     gate = restore.check_request(other, backup, mode="new-database", confirm="")
     assert gate.status is Status.CRIT and "is of database" in gate.summary
 
 
 def test_unknown_backup_id_is_one_clear_error(seeded):
-    backups.create(seeded)
+    dumps.create(seeded)
     with pytest.raises(backups.BackupNotFound, match="no backup 'nope'"):
         backups.find("scratch", "nope")
     with pytest.raises(backups.BackupNotFound, match="no usable backup of 'nothing'"):
@@ -139,7 +143,7 @@ def test_restore_refuses_a_backup_naming_a_role_the_server_lacks(seeded):
     try:
         with psycopg.connect(seeded.url, autocommit=True) as conn:
             conn.execute(sql.SQL("ALTER TABLE reviews OWNER TO {}").format(sql.Identifier(role)))
-        backup = backups.create(seeded)
+        backup = dumps.create(seeded)
     finally:
         forget_roles(seeded.url, role)
     before = databases(seeded.url)
@@ -165,7 +169,7 @@ def _kill_pg_restore_when_it_writes(target_prefix: str, stop: threading.Event):
 def test_pg_restore_killed_midway_leaves_the_target_untouched(seeded):
     with db.connect(seeded, readonly=False) as conn:  # enough data that pg_restore takes a while
         seed.seed(conn, seeded, mode="development", users=20000, seed=2)
-    backup = backups.create(seeded)
+    backup = dumps.create(seeded)
     before, users = databases(seeded.url), _users(seeded)
     stop = threading.Event()
     killer = threading.Thread(target=_kill_pg_restore_when_it_writes, args=(seeded.database, stop))
@@ -204,7 +208,7 @@ def test_a_full_backup_folder_fails_cleanly(seeded, tmp_path, monkeypatch):
     monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(small))
     with _small_filesystem(small, 128):
         with pytest.raises(backups.BackupFailed, match="nothing kept"):
-            backups.create(seeded)
+            dumps.create(seeded)
         leftovers = [p for p in small.rglob("*") if p.is_file()]
     assert leftovers == [] and backups.all_backups("scratch") == []
 
@@ -216,7 +220,7 @@ def test_backups_started_in_the_same_second_with_one_label_both_succeed(seeded):
     def one():
         start.wait()
         try:
-            made.append(backups.create(seeded, format="custom", label="nightly"))
+            made.append(dumps.create(seeded, format="custom", label="nightly"))
         except Exception as e:  # noqa: BLE001  collected and asserted on below
             errors.append(e)
 
@@ -234,7 +238,7 @@ def test_backups_started_in_the_same_second_with_one_label_both_succeed(seeded):
 def test_a_disk_full_while_recording_verification_keeps_the_record(seeded, tmp_path, monkeypatch):
     import shutil
 
-    backup = backups.create(seeded, format="custom")
+    backup = dumps.create(seeded, format="custom")
     verdict, _ = restore.verify(seeded, backup)
     assert verdict.status is Status.OK
     small = tmp_path / "small"
@@ -246,7 +250,7 @@ def test_a_disk_full_while_recording_verification_keeps_the_record(seeded, tmp_p
         shutil.copytree(backup.path, copy)
         fill(small)
         with pytest.raises(OSError):
-            backups.record_verification(backups.load(copy), {"ok": True, "at": "now", "findings": [],
+            dumps.record_verification(backups.load(copy), {"ok": True, "at": "now", "findings": [],
                                                              "phases": [], "note": "x" * 100_000})
         again = backups.find("scratch", "latest")
         assert again.id == backup.id and again.verified
@@ -256,21 +260,21 @@ def test_a_disk_full_while_recording_verification_keeps_the_record(seeded, tmp_p
 def test_retention_never_deletes_the_newest_verified(seeded):
     from datetime import datetime, timedelta, timezone
 
-    first = backups.create(seeded)
+    first = dumps.create(seeded)
     restore.verify(seeded, first)
-    second = backups.create(seeded)
+    second = dumps.create(seeded)
     every = backups.all_backups("scratch")
     later = datetime.now(timezone.utc) + timedelta(days=30)
-    plan = backups.retention_plan(every, retention_days=7, now=later)
+    plan = dumps.retention_plan(every, retention_days=7, now=later)
     assert [b.id for b in plan] == [second.id]  # the only verified one stays
-    assert backups.prune(plan, enabled=False).examples == (second.id,) and second.path.exists()
-    backups.prune(plan, enabled=True)
+    assert dumps.prune(plan, enabled=False).examples == (second.id,) and second.path.exists()
+    dumps.prune(plan, enabled=True)
     assert not second.path.exists() and first.path.exists()
 
 
 def test_rpo_against_the_newest_verified_backup(seeded):
-    assert backups.rpo_finding([]).status is Status.CRIT
-    b = backups.create(seeded)
-    assert backups.rpo_finding(backups.all_backups("scratch")).status is Status.CRIT  # not verified
+    assert recovery.rpo_finding([], rpo_h=24).status is Status.CRIT
+    b = dumps.create(seeded)
+    assert recovery.rpo_finding(backups.all_backups("scratch"), rpo_h=24).status is Status.CRIT  # not verified
     restore.verify(seeded, b)
-    assert backups.rpo_finding(backups.all_backups("scratch")).status is Status.OK
+    assert recovery.rpo_finding(backups.all_backups("scratch"), rpo_h=24).status is Status.OK

@@ -3,8 +3,11 @@
 import psycopg
 import pytest
 
-from pgrunbook import catalog, db, drill, runner, targets
-from pgrunbook.findings import Status
+from pgrunbook.facts import catalog
+from pgrunbook.base import db, targets
+from pgrunbook.procedures import drill
+from pgrunbook.archive import runner
+from pgrunbook.base.findings import Status
 
 
 @pytest.fixture(autouse=True)

@@ -3,10 +3,13 @@
 import psycopg
 import pytest
 
-from pgrunbook import compare, db, integrity, runner, seed
-from pgrunbook.findings import Status
-from pgrunbook.sandbox import Sandbox
-from pgrunbook.targets import Target
+from pgrunbook.checks import compare, integrity
+from pgrunbook.base import db
+from pgrunbook.archive import runner
+from pgrunbook.procedures import seed
+from pgrunbook.base.findings import Status
+from pgrunbook.procedures.sandbox import Sandbox
+from pgrunbook.base.targets import Target
 
 
 @pytest.fixture
@@ -28,7 +31,7 @@ def _write(target, *statements):
 
 
 def test_a_clean_database_is_all_ok(fixia):
-    from pgrunbook.config import project_path
+    from pgrunbook.base.config import project_path
 
     for check in (integrity.foreign_keys, integrity.unique_keys, integrity.unvalidated, integrity.sequences,
                   integrity.wraparound):
@@ -100,7 +103,7 @@ def test_not_valid_check_re_evaluated(fixia):
     found = [f for f in _run(fixia, integrity.unvalidated) if f.status is Status.CRIT]
     assert len(found) == 1 and found[0].value == 2 and "ck_budget" in found[0].check
     assert sorted(found[0].examples) == ["1", "2"] and "rows by id" in found[0].summary  # by key, not ctid
-    from pgrunbook.config import project_path
+    from pgrunbook.base.config import project_path
 
     broken = [f for f in _run(fixia, integrity.assertions, folders=[project_path("checks/fixia")])
               if f.status is Status.CRIT]

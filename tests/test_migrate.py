@@ -7,8 +7,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgrunbook import catalog, db, migrate, migrations, seed
-from pgrunbook.findings import Status
+from pgrunbook.facts import catalog
+from pgrunbook.base import db, migrations
+from pgrunbook.procedures import migrate, seed
+from pgrunbook.base.findings import Status
 
 FIXTURES = Path(__file__).parent / "fixtures" / "migrations"
 
@@ -195,8 +197,8 @@ def test_a_connection_killed_mid_revision_leaves_the_previous_revision(fixia, sc
 
 
 def test_apply_refuses_blocked_or_unconfirmed_plans(fixia, scenario):
-    from pgrunbook.findings import Finding
-    from pgrunbook.targets import Target
+    from pgrunbook.base.findings import Finding
+    from pgrunbook.base.targets import Target
 
     scenario("safe_column")
     _, p = _plan(fixia)

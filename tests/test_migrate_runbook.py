@@ -4,9 +4,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgrunbook import db, migrations, runner
-from pgrunbook.errors import ConfirmationRequired
-from pgrunbook.findings import Status
+from pgrunbook.base import db, migrations
+from pgrunbook.archive import runner
+from pgrunbook.base.errors import ConfirmationRequired
+from pgrunbook.base.findings import Status
 
 
 @pytest.fixture
@@ -108,7 +109,7 @@ def test_migrations_cli(environments, capfd):
 def test_migrations_new_autogenerates_against_a_target(environments, tmp_path, monkeypatch):
     import shutil
 
-    from pgrunbook import migrate
+    from pgrunbook.procedures import migrate
 
     home = tmp_path / "home"
     shutil.copytree(runner.config.settings().home / "migrations", home / "migrations")

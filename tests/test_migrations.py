@@ -3,8 +3,10 @@
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from pgrunbook import db, migrations, schema, status
-from pgrunbook.findings import Status
+from pgrunbook.base import db, migrations
+from pgrunbook.facts import schema
+from pgrunbook.checks import status
+from pgrunbook.base.findings import Status
 
 
 def _diff(target):
@@ -59,7 +61,7 @@ def test_status_of_an_unmigrated_database(scratch):
     """Configured for the migrations and not migrated: WARN; not configured (any database): not judged."""
     import dataclasses
 
-    from pgrunbook.config import App
+    from pgrunbook.base.config import App
 
     fixia = dataclasses.replace(scratch, app=App("fixia", migrations="alembic"))
     with db.connect(scratch) as conn:

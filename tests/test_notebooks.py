@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from pgrunbook import runner
+from pgrunbook.archive import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "runbooks").glob("*.ipynb"))

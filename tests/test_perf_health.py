@@ -10,10 +10,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgrunbook import db, health, perf, runner, seed
-from pgrunbook.findings import Status
-from pgrunbook.sandbox import bin_dir
-from pgrunbook.targets import Target
+from pgrunbook.base import db
+from pgrunbook.checks import health, perf
+from pgrunbook.archive import runner
+from pgrunbook.procedures import seed
+from pgrunbook.base.findings import Status
+from pgrunbook.base.cluster import bin_dir
+from pgrunbook.base.targets import Target
 
 SLOW = """\\set n random(1, 60000)
 SELECT id, email FROM users WHERE phone = :n::text;

@@ -12,9 +12,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgrunbook import backups, db, refresh, restore, runner, sanitize, seed
-from pgrunbook.findings import Status
-from pgrunbook.targets import Target
+from pgrunbook.procedures import dumps, refresh, restore, sanitize, seed
+from pgrunbook.base import db
+from pgrunbook.archive import runner
+from pgrunbook.base.findings import Status
+from pgrunbook.base.targets import Target
 from tests.conftest import ROOT, databases, forget_roles, make_roles, written_files
 
 PLANTED = {"email": "zebulon.quartermaine@planted-mail.example.com", "first_name": "Zebulon",
@@ -39,7 +41,7 @@ def _new_database(server: str, prefix: str) -> str:
 @pytest.fixture
 def pair(server):
     """(production, staging) as configured servers on `server`: production seeded, with planted personal data."""
-    from pgrunbook import migrations
+    from pgrunbook.base import migrations
 
     names = [_new_database(server, "pgrb_prod"), _new_database(server, "pgrb_stag")]
     prod = Target("production", db.with_database(server, names[0]), protected=True, source="test")
@@ -87,7 +89,7 @@ def _emails(target: Target) -> dict[int, str]:
 
 
 def _refresh(prod: Target, stag: Target, rules: sanitize.Rules, salt: str = SALT) -> refresh.RefreshResult:
-    backup = backups.create(prod, label="staging-refresh")
+    backup = dumps.create(prod, label="staging-refresh")
     return refresh.apply(prod, stag, backup, rules, sanitize.Salt(salt, "test"))
 
 
@@ -222,7 +224,7 @@ def test_residual_check_finds_every_unmasked_row(pair, tmp_path):
     """The proof itself: on an unmasked copy, every masked column is CRIT with its exact count."""
     prod, stag = pair
     rules = _rules(tmp_path)
-    backup = backups.create(prod)
+    backup = dumps.create(prod)
     copy = f"{stag.database}_plain"
     restore.restore_into(stag, backup, copy, jobs=2, timeline=restore.Timeline())
     with db.connect(prod, readonly=False) as conn:
@@ -318,7 +320,7 @@ def test_runbook_apply_writes_no_personal_value_and_no_salt(pair, tmp_path, monk
     prod, stag = pair
     monkeypatch.setenv("DATABASE_URL", prod.url)
     monkeypatch.setenv("STAGING_DATABASE_URL", stag.url)
-    backup = backups.create(prod)
+    backup = dumps.create(prod)
     started = time.time()
     time.sleep(0.01)
     with pytest.raises(refresh.RefreshRefused, match="confirm staging"):  # before anything is written
@@ -382,7 +384,7 @@ def test_data_pass_killed_midway_drops_the_copy_and_leaves_staging(pair, tmp_pat
     prod, stag = pair
     with db.connect(prod, readonly=False) as conn:  # enough rows that the data pass takes a while
         seed.seed(conn, Target("fixture", prod.url), mode="development", users=30_000, seed=2)
-    backup = backups.create(prod)
+    backup = dumps.create(prod)
     before, everything = databases(prod.url), _all_text(stag)
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_data_pass, args=(stop, killed))
@@ -405,7 +407,7 @@ def test_roles_missing_where_staging_is_leave_the_copy_to_the_refreshing_role(pa
         with psycopg.connect(prod.url, autocommit=True) as conn:
             conn.execute(sql.SQL("ALTER TABLE users OWNER TO {}").format(sql.Identifier(owner)))
             conn.execute(sql.SQL("GRANT SELECT ON services TO {}").format(sql.Identifier(reader)))
-        backup = backups.create(prod, label="staging-refresh")
+        backup = dumps.create(prod, label="staging-refresh")
     finally:
         forget_roles(prod.url, owner, reader)  # as if production's roles lived on another server
     result = refresh.apply(prod, stag, backup, _rules(tmp_path), sanitize.Salt(SALT, "test"))
@@ -426,7 +428,7 @@ def test_refresh_across_servers_from_postgresql_15_into_18(sandbox, tmp_path):
 
     if not EXTERNAL:
         pytest.skip("PGRUNBOOK_TEST_EXTERNAL_URL is not set")
-    from pgrunbook import migrations
+    from pgrunbook.base import migrations
 
     names = [_new_database(EXTERNAL, "pgrb_prod"), _new_database(sandbox.url("postgres"), "pgrb_stag")]
     prod = Target("production", db.with_database(EXTERNAL, names[0]), protected=True, source="test")

@@ -86,7 +86,7 @@ def test_a_target_reaching_a_protected_database_is_protected_too(sandbox, monkey
                                                                capsys):
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    from pgrunbook import targets
+    from pgrunbook.base import targets
     from pgrunbook.cli import main
 
     url = sandbox.url("production")
@@ -113,7 +113,7 @@ def test_a_target_reaching_a_protected_database_is_protected_too(sandbox, monkey
     (["-p", "json_file", "/tmp"], "is a folder"),
 ])
 def test_an_output_file_never_lands_on_the_archive(sandbox, reports_dir, capfd, argv, words):
-    from pgrunbook import reports
+    from pgrunbook.archive import reports
     from pgrunbook.cli import main
 
     assert main(["run", "status", "--target", "sandbox", "--no-progress"]) in (0, 1)
@@ -128,7 +128,7 @@ def test_an_output_file_never_lands_on_the_archive(sandbox, reports_dir, capfd, 
 
 
 def test_a_full_archive_after_a_change_is_exit_2_naming_the_change(sandbox, tmp_path, monkeypatch, capfd):
-    from pgrunbook import backups
+    from pgrunbook.facts import backups
     from pgrunbook.cli import main
     from tests.test_backups import _small_filesystem
 
@@ -156,7 +156,8 @@ def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(
 
     import psutil
 
-    from pgrunbook import debris, targets
+    from pgrunbook.procedures import debris
+    from pgrunbook.base import targets
 
     t = targets.resolve("sandbox")
     reports_dir = tmp_path / "reports"  # its own archive: the killed run's reserved report stays there

@@ -9,7 +9,9 @@ import nbformat
 import psycopg
 import pytest
 
-from pgrunbook import reports, runner
+from pgrunbook.archive import reports, runner
+
+from pgrunbook.facts import history
 from pgrunbook.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +31,7 @@ def test_status_run_archives_report_html_and_metadata(sandbox, reports_dir):
     assert meta["incident"] == "INC-42" and meta["server_version"].startswith("18")
     assert {f["check"] for f in meta["findings"]} >= {"connectivity", "connections", "migrations"}
     assert "connectivity" in result.html.read_text()
-    assert reports.find(str(result.notebook))["outcome"] == "OK"
+    assert history.find(str(result.notebook))["outcome"] == "OK"
 
 
 def test_verify_passes_then_names_the_changed_report(sandbox, capsys):
@@ -39,7 +41,7 @@ def test_verify_passes_then_names_the_changed_report(sandbox, capsys):
     data[len(data) // 2] ^= 0x01
     result.html.write_bytes(bytes(data))
     check = reports.verify()
-    assert not check.ok and check.changed == [str(result.html.relative_to(reports.index_path().parent))]
+    assert not check.ok and check.changed == [str(result.html.relative_to(history.index_path().parent))]
     assert main(["reports", "verify"]) == 2
     assert result.html.name in capsys.readouterr().out
     data[len(data) // 2] ^= 0x01  # put the byte back: the archive verifies again
@@ -50,7 +52,7 @@ def test_verify_passes_then_names_the_changed_report(sandbox, capsys):
 def test_an_edited_index_line_breaks_the_chain(sandbox):
     runner.run("status", "sandbox", progress=False)
     runner.run("status", "sandbox", progress=False)
-    path = reports.index_path()
+    path = history.index_path()
     original = path.read_text()
     lines = original.splitlines()
     entry = json.loads(lines[-2])
@@ -82,7 +84,7 @@ def test_a_failed_run_is_archived_with_the_failing_cell(sandbox, tmp_path, monke
     failing = [c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     assert len(failing) == 1 and "the disk went away" in failing[0].source
     assert nb.metadata["pgrunbook"]["outcome"] == "FAILED"
-    assert reports.find(str(result.notebook))["outcome"] == "FAILED"
+    assert history.find(str(result.notebook))["outcome"] == "FAILED"
 
 
 @pytest.fixture
@@ -111,12 +113,12 @@ def test_plain_papermill_runs_status_and_fails_on_crit(extra_connection, tmp_pat
 
 def test_reports_list_filters(sandbox):
     runner.run("status", "staging", incident="INC-7", progress=False)
-    assert all(e["target"] == "staging" for e in reports.select(target="staging"))
-    assert [e["incident"] for e in reports.select(incident="INC-7")] == ["INC-7"]
-    assert reports.select(runbook="status", outcome="ok")
-    assert not reports.select(until="2000-01-01")
-    today = reports.select(incident="INC-7")[0]["start"][:10]
-    assert reports.select(since=today, incident="INC-7")
+    assert all(e["target"] == "staging" for e in history.select(target="staging"))
+    assert [e["incident"] for e in history.select(incident="INC-7")] == ["INC-7"]
+    assert history.select(runbook="status", outcome="ok")
+    assert not history.select(until="2000-01-01")
+    today = history.select(incident="INC-7")[0]["start"][:10]
+    assert history.select(since=today, incident="INC-7")
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +139,7 @@ def own_archive(_three_runs, tmp_path, monkeypatch):
     folder, runs = _three_runs
     shutil.copytree(folder, tmp_path / "reports")
     monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
-    lines = reports.index_path().read_text().splitlines()
+    lines = history.index_path().read_text().splitlines()
     reports._write_head(len(lines), lines[-1])
     assert reports.verify().ok and reports.verify().checked == 6
     return [tmp_path / "reports" / r.notebook.relative_to(folder) for r in runs]
@@ -155,7 +157,7 @@ def _cut(path, keep):
     (lambda p: p.write_text(p.read_text()[:-40]), "not a whole JSON record"),
 ])
 def test_verify_names_a_cut_emptied_or_removed_index(own_archive, damage, said, capsys):
-    damage(reports.index_path())
+    damage(history.index_path())
     check = reports.verify()
     assert not check.ok and said in "\n".join(check.lines())
     assert main(["reports", "verify"]) == 2
@@ -165,7 +167,7 @@ def test_verify_names_a_cut_emptied_or_removed_index(own_archive, damage, said, 
 def test_a_rechained_index_is_caught_by_its_key(own_archive, monkeypatch):
     monkeypatch.setenv(reports.KEY_ENV, "k3y-kept-apart")
     runner.run("status", "sandbox", progress=False)  # from here on the chain is keyed
-    path = reports.index_path()
+    path = history.index_path()
     lines = path.read_text().splitlines()
     del lines[1]  # remove a run, then recompute every link as someone without the key would
     rebuilt = []
@@ -186,11 +188,11 @@ def test_verify_names_a_report_that_a_killed_run_left_unindexed(own_archive):
     stray = own_archive[0].with_name("20260101T000000Z_sandbox.ipynb")
     stray.touch()  # what a killed run leaves: its reserved, never archived report
     check = reports.verify()
-    assert not check.ok and check.unindexed == [str(stray.relative_to(reports.index_path().parent))]
+    assert not check.ok and check.unindexed == [str(stray.relative_to(history.index_path().parent))]
 
 
 def test_an_archive_with_reports_but_no_index_is_not_ok(own_archive):
-    reports.index_path().unlink()
+    history.index_path().unlink()
     reports.head_path().unlink()
     check = reports.verify()
     assert not check.ok and "no index" in "\n".join(check.lines())

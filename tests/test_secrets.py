@@ -7,7 +7,8 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
-from pgrunbook import runner, secrets
+from pgrunbook.archive import runner
+from pgrunbook.base import secrets
 from pgrunbook.cli import main
 from tests.conftest import drop_role, password_role, written_files
 
@@ -81,7 +82,7 @@ def test_every_form_libpq_accepts_works_and_writes_no_password(password_target, 
         text = f.read_text(errors="replace")
         assert not any(form in text for form in FORMS), f
     assert not any(form in log.out + log.err for form in FORMS)
-    from pgrunbook import db, targets
+    from pgrunbook.base import db, targets
 
     staging = targets.resolve("staging")
     assert staging.database == "staging"

@@ -4,8 +4,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgrunbook import runner
-from pgrunbook.findings import Status
+from pgrunbook.archive import runner
+from pgrunbook.base.findings import Status
 from tests.conftest import written_files
 
 SECRET = "Sup3r-s3cret-pw"

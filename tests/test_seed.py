@@ -2,9 +2,10 @@
 
 import pytest
 
-from pgrunbook import db, seed
-from pgrunbook.errors import ConfirmationRequired, SeedRefused
-from pgrunbook.targets import Target
+from pgrunbook.base import db
+from pgrunbook.procedures import seed
+from pgrunbook.base.errors import ConfirmationRequired, SeedRefused
+from pgrunbook.base.targets import Target
 
 
 def _real_production(scratch: Target) -> Target:

@@ -3,9 +3,11 @@
 import psycopg
 import pytest
 
-from pgrunbook import db, runner, status
+from pgrunbook.base import db
+from pgrunbook.archive import runner
+from pgrunbook.checks import status
 from pgrunbook.cli import main
-from pgrunbook.findings import Status
+from pgrunbook.base.findings import Status
 
 
 def test_checks_on_a_migrated_database(migrated):
@@ -48,7 +50,8 @@ def test_backup_age_against_the_rpo(tmp_path, monkeypatch):
     import json
     from datetime import datetime, timedelta, timezone
 
-    from pgrunbook import backups
+    from pgrunbook.facts import backups
+    from pgrunbook.checks import recovery
 
     def made(age_h: float, *, ok: bool | None, target: str = "x"):
         name = f"b{age_h}"
@@ -59,20 +62,20 @@ def test_backup_age_against_the_rpo(tmp_path, monkeypatch):
             (tmp_path / target / name / "verify.json").write_text(json.dumps({"ok": ok}))
 
     monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path))
-    assert backups.rpo_finding(backups.all_backups("x")).status is Status.CRIT
-    assert backups.rpo_finding(backups.all_backups("x"), required=False).status is Status.OK
+    assert recovery.rpo_finding(backups.all_backups("x"), rpo_h=24).status is Status.CRIT
+    assert recovery.rpo_finding(backups.all_backups("x"), rpo_h=24, required=False).status is Status.OK
     made(30, ok=True)
     made(2, ok=None)  # newer, never verified: does not count
-    assert backups.rpo_finding(backups.all_backups("x"), rpo_h=24).status is Status.WARN
+    assert recovery.rpo_finding(backups.all_backups("x"), rpo_h=24).status is Status.WARN
     made(1, ok=False)  # newer, failed verification: does not count, and is never 'latest'
     made(3, ok=True)
-    fresh = backups.rpo_finding(backups.all_backups("x"), rpo_h=24)
+    fresh = recovery.rpo_finding(backups.all_backups("x"), rpo_h=24)
     assert fresh.status is Status.OK and 2.9 < fresh.value < 3.1
     assert backups.find("x").id == "b3"
     made(5, ok=None, target="y")  # never verified, and a newer one that failed verification
     made(1, ok=False, target="y")
     assert backups.find("y").id == "b5"  # latest is never the one that failed
-    assert backups.rpo_finding(backups.all_backups("x"), rpo_h=1).status is Status.CRIT
+    assert recovery.rpo_finding(backups.all_backups("x"), rpo_h=1).status is Status.CRIT
 
 
 def test_status_runbook_on_each_server(server, monkeypatch):

@@ -14,17 +14,18 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgrunbook import db, swaps
-from pgrunbook.findings import Status
-from pgrunbook.targets import Target
+from pgrunbook.base import db
+from pgrunbook.procedures import swaps
+from pgrunbook.base.findings import Status
+from pgrunbook.base.targets import Target
 from tests.conftest import forget_roles, make_roles
 
 STEPS = ["journal written", "properties copied", "connections off", "sessions ended",
          "inside the renaming transaction", "renamed"]
 SWAP = """
 import sys
-from pgrunbook import swaps
-from pgrunbook.targets import Target
+from pgrunbook.procedures import swaps
+from pgrunbook.base.targets import Target
 url, new, kept = sys.argv[1:4]
 swaps.swap(Target("scratch", url, sandbox=True, source="test"), new, kept, operation="restore")
 """
@@ -134,7 +135,7 @@ def test_a_swap_killed_while_its_rename_waits_for_a_lock_is_rolled_back(pair):
 
 
 def test_the_runner_recovers_before_it_connects_and_the_report_says_so(sandbox, tmp_path):
-    from pgrunbook import targets
+    from pgrunbook.base import targets
 
     staging = targets.resolve("staging")
     new, kept = "staging_swaptest_new", "staging_swaptest_kept"
@@ -163,7 +164,7 @@ def test_the_runner_recovers_before_it_connects_and_the_report_says_so(sandbox, 
 
 
 def test_a_second_restore_of_a_busy_target_is_refused_before_it_starts(sandbox, reports_dir):
-    from pgrunbook import targets
+    from pgrunbook.base import targets
 
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pgrunbook import swaps, targets\n"
                                "with swaps.exclusive(targets.resolve('sandbox'), 'restore of X'):\n"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pgrunbook import targets
-from pgrunbook.errors import ConfigError, ConfirmationRequired, TargetNotConfigured, UnknownTarget
+from pgrunbook.base import targets
+from pgrunbook.base.errors import ConfigError, ConfirmationRequired, TargetNotConfigured, UnknownTarget
 
 ROOT = Path(__file__).resolve().parents[1]
 

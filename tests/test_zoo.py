@@ -18,9 +18,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgrunbook import backups, compare, db, health, perf, restore, runner, sanitize, security, targets
+from pgrunbook.procedures import dumps, restore, sanitize
+from pgrunbook.facts import backups
+from pgrunbook.checks import compare, health, perf, security
+from pgrunbook.base import db, targets
+from pgrunbook.archive import runner
 from pgrunbook.cli import main
-from pgrunbook.findings import Status
+from pgrunbook.base.findings import Status
 
 from . import zoo as zoofix
 from .conftest import databases, written_files
@@ -108,7 +112,7 @@ def test_faults_planted_in_the_zoo_are_found_by_key(zoo):
 def test_restore_repairs_a_sequence_named_only_by_a_default(zoo):
     zoofix.plant_sequence_behind(zoo)
     t = targets.resolve("zoo")
-    backup = backups.create(t)
+    backup = dumps.create(t)
     result = restore.restore(t, backup, mode="new-database")
     seq = next(f for f in result.findings if f.check == "sequences")
     assert seq.status is Status.WARN and "public.legacy_id_seq" in seq.examples[0]
@@ -129,7 +133,7 @@ def test_backup_and_swap_keep_every_row_and_the_schema(zoo):
     assert left_out.status is Status.WARN and "ix_Invoice_amount" in left_out.summary
     swapped = runner.run("restore", "zoo", {"mode": "swap"}, progress=False)
     assert swapped.outcome == "OK", [str(f) for f in swapped.findings]
-    from pgrunbook import catalog
+    from pgrunbook.facts import catalog
 
     with db.connect(t) as conn:
         assert catalog.row_counts(conn) == before_counts
@@ -139,7 +143,7 @@ def test_backup_and_swap_keep_every_row_and_the_schema(zoo):
 
 def test_compare_the_zoo_with_its_restored_copy(zoo, monkeypatch):
     t = targets.resolve("zoo")
-    backup = backups.create(t)
+    backup = dumps.create(t)
     copy_db = restore.restore(t, backup, mode="new-database").database
     copy_url = db.with_database(zoo, copy_db)
     monkeypatch.setenv("ZOO_COPY_URL", copy_url)
@@ -160,13 +164,13 @@ def test_a_backup_belongs_to_the_database_it_copied(zoo, sandbox, monkeypatch):
     """The sandbox's backups of `production` are not those of a new server that `production` points at."""
     monkeypatch.delenv("DATABASE_URL", raising=False)
     sandboxed = targets.resolve("production")
-    made = backups.create(sandboxed)
+    made = dumps.create(sandboxed)
     assert [b.id for b in backups.all_backups(sandboxed)] == [made.id]
     monkeypatch.setenv("DATABASE_URL", zoo)
     elsewhere = targets.resolve("production")
     assert backups.all_backups(elsewhere) == []
     with db.connect(elsewhere) as conn:
-        from pgrunbook import status
+        from pgrunbook.checks import status
 
         finding = status.latest_backup(elsewhere, conn)
     assert finding.status is Status.CRIT and "no verified backup" in finding.summary
@@ -174,10 +178,10 @@ def test_a_backup_belongs_to_the_database_it_copied(zoo, sandbox, monkeypatch):
 
 def test_a_swap_that_fails_verification_says_not_swapped(zoo):
     t = targets.resolve("zoo")
-    backup = backups.create(t)
+    backup = dumps.create(t)
     manifest = json.loads((backup.path / "manifest.json").read_text())
     manifest["row_counts"]["public.products"] += 1  # the dump no longer holds what the manifest claims
-    backups._write_manifest(backup.path, manifest)
+    dumps._write_manifest(backup.path, manifest)
     result = restore.restore(t, backups.find(t, backup.id), mode="swap")
     said = next(f for f in result.findings if f.check == "restore")
     assert said.status is Status.CRIT and said.summary.startswith("not swapped") and result.database in said.summary
@@ -217,7 +221,7 @@ def test_bad_input_on_the_zoo_is_refused_before_anything(zoo, argv, words, capfd
 def test_a_missing_confirm_is_one_refusal(sandbox, argv, capfd, reports_dir, tmp_path, monkeypatch):
     """Refused before anything starts, one line, exit 3, nothing written: and health is not CRIT after it."""
     monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
-    backups.create(targets.resolve("production"))
+    dumps.create(targets.resolve("production"))
     before = set(written_files(tmp_path)), databases(sandbox.url("postgres"))
     assert main(argv) == 3
     err = capfd.readouterr().err.strip().splitlines()

@@ -21,7 +21,7 @@ def make_roles(admin_url: str) -> None:
 
 def create(admin_url: str, name: str | None = None) -> str:
     """A new database holding the zoo on the server of `admin_url`; its URL."""
-    from pgrunbook import db
+    from pgrunbook.base import db
 
     name = name or f"zoo_{uuid.uuid4().hex[:8]}"
     make_roles(admin_url)

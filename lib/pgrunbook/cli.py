@@ -12,8 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import ArchiveFailed, PgRunbookError
-from .secrets import redact
+from .base.errors import ArchiveFailed, PgRunbookError
+from .base.secrets import redact
 
 USAGE_ERROR = 3
 
@@ -28,7 +28,7 @@ def _params(pairs: list[list[str]] | None) -> dict[str, str]:
 
 
 def cmd_run(args) -> int:
-    from . import runner
+    from .archive import runner
 
     result = runner.run(args.runbook, args.target, _params(args.parameter),
                         incident=args.incident, progress=not args.no_progress)
@@ -47,7 +47,8 @@ def _print_result(result) -> None:
 
 def cmd_cleanup(args) -> int:
     """List (or with --apply remove) what killed runs of the target left; never a kept database."""
-    from . import debris, swaps, targets
+    from .procedures import debris, swaps
+    from .base import targets
 
     t = targets.resolve(args.target)
     if recovered := swaps.recover(t):
@@ -63,7 +64,7 @@ def cmd_cleanup(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from . import runner
+    from .archive import runner
 
     for name in runner.available():
         print(f"{name}: {runner.purpose(name)}")
@@ -73,14 +74,15 @@ def cmd_list(args) -> int:
 
 
 def cmd_reports(args) -> int:
-    from . import reports
+    from .archive import reports
+    from .facts import history
 
     if args.action == "verify":
         result = reports.verify()
         print("\n".join(result.lines()))
         return 0 if result.ok else 2
     if args.action == "show":
-        d = reports.details(args.ref)
+        d = history.details(args.ref)
         for key in ("id", "runbook", "target", "server_version", "outcome", "error", "incident",
                     "operator", "host", "start", "end", "duration_s", "parameters"):
             if d.get(key) not in (None, "", {}):
@@ -88,7 +90,7 @@ def cmd_reports(args) -> int:
         for f in d.get("findings", []):
             print(f"  {f['status']:<7} {f['check']}: {f['summary']}")
         return 0
-    rows = reports.select(runbook=args.runbook, target=args.target, outcome=args.outcome,
+    rows = history.select(runbook=args.runbook, target=args.target, outcome=args.outcome,
                           incident=args.incident, since=args.since, until=args.until)
     if not rows:
         print("no runs match")
@@ -98,7 +100,7 @@ def cmd_reports(args) -> int:
 
 
 def cmd_sandbox(args) -> int:
-    from .sandbox import Sandbox
+    from .procedures.sandbox import Sandbox
 
     box = Sandbox.default()
     if args.action == "url":
@@ -119,7 +121,7 @@ def cmd_sandbox(args) -> int:
 
 
 def cmd_seed(args) -> int:
-    from . import runner
+    from .archive import runner
 
     given = {"mode": args.mode, "users": str(args.users), "random_seed": str(args.seed),
              "confirm": args.confirm}
@@ -129,8 +131,8 @@ def cmd_seed(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from . import runner
-    from .sandbox import Sandbox
+    from .archive import runner
+    from .procedures.sandbox import Sandbox
 
     box = Sandbox.default()
     print(f"starting the sandbox in {box.root} ...", file=sys.stderr)
@@ -140,14 +142,16 @@ def cmd_demo(args) -> int:
         result = runner.run(runbook, "sandbox", progress=not args.no_progress)
         _print_result(result)
         codes.append(result.exit_code)
-    from . import config
+    from .base import config
 
     print(f"\nreports are in {config.settings().reports_dir} (`pgrunbook reports list`)")
     return max(codes)
 
 
 def cmd_migrations(args) -> int:
-    from . import db, migrate, migrations, runner, targets
+    from .base import db, migrations, targets
+    from .procedures import migrate
+    from .archive import runner
 
     t = targets.resolve(args.target)
     if args.action in ("deploy", "resolve"):
@@ -185,7 +189,7 @@ def cmd_migrations(args) -> int:
             return 2 if p.problem else 0
     if args.against:
         with db.connect(targets.resolve(args.against)) as a, db.connect(t) as b:
-            from . import catalog
+            from .facts import catalog
 
             diff = catalog.schema_difference(catalog.schema_facts(a), catalog.schema_facts(b))
         print(f"{args.target} against {args.against}: {len(diff)} differences")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from psycopg.conninfo import conninfo_to_dict
 
-from . import config
+from . import cluster, config
 from .config import App
 from .errors import ConfirmationRequired, TargetNotConfigured, UnknownTarget
 from .secrets import redact
@@ -156,7 +156,5 @@ def _resolve(name: str) -> Target:
 
 
 def _sandbox_target(name: str, database: str, *, protected: bool, app: App) -> Target:
-    from . import sandbox
-
-    url = sandbox.Sandbox.default().url(database)
+    url = cluster.Cluster.default().url(database)
     return Target(name, url, protected=protected, sandbox=True, source=f"sandbox:{database}", app=app)

@@ -10,7 +10,6 @@ the team's own SQL assertions.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,28 +18,14 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import namedtuple_row
 
-from . import catalog, config
-from .findings import Finding, Status
-from .targets import Target
+from ..base import config, targets
+from ..facts import catalog
+from ..facts.catalog import Rel, selected
+from . import compare
+from ..base.findings import Finding, Status
+from ..base.targets import Target
 
 WRAP_WARN, WRAP_CRIT = 1_300_000_000, 1_400_000_000  # check_postgres txn_wraparound defaults
-
-
-@dataclass(frozen=True)
-class Rel:
-    schema: str
-    name: str
-
-    @property
-    def ident(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
-
-    def __str__(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-
-def selected(rel: Rel, pattern: str) -> bool:
-    return any(fnmatch.fnmatch(s, p.strip()) for p in pattern.split(",") for s in (rel.name, str(rel)))
 
 
 def _cols(names: list[str], alias: str = "") -> list[sql.Composable]:
@@ -417,9 +402,7 @@ class CompareStep:
             return None
         from IPython.display import HTML
 
-        from .compare import highlight
-
-        parts = [f"<h4>{name}</h4>" + highlight(frame).to_html()
+        parts = [f"<h4>{name}</h4>" + compare.highlight(frame).to_html()
                  for name, frame in self.comparison.side_by_side.items()]
         return HTML("".join(parts))
 
@@ -427,8 +410,6 @@ class CompareStep:
 def compare_with(target: str, other: str, *, tables: str = "*", max_examples: int = 20) -> CompareStep:
     if not other:
         return CompareStep([Finding("compare", Status.OK, "no compare_to target: skipped")])
-    from . import compare, targets
-
     result = compare.compare(targets.resolve(target), targets.resolve(other), tables_glob=tables,
                              max_examples=max_examples)
     return CompareStep(result.findings(target, other, max_examples=max_examples), result)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from . import catalog, reports
-from .catalog import USER_SCHEMAS
+from ..facts import catalog
+from ..facts.catalog import USER_SCHEMAS
 from .status import pretty_bytes
-from .findings import Finding, Status
+from ..facts import history
+from ..base.findings import Finding, Status
 
 EXPLAINABLE = re.compile(r"^\s*(\(\s*)*(select|with|insert|update|delete|values|table)\b", re.I | re.S)
 WRITES = re.compile(r"\b(insert|update|delete|merge|create|drop|alter|truncate|copy|call|nextval|setval)\b", re.I)
@@ -516,11 +517,10 @@ def trend(target: str, current: Finding, *, enabled: bool = True):
     empty = pd.DataFrame(columns=["what", "name", "before", "now"])
     if not enabled:
         return Finding("trend", Status.OK, "not compared (compare_with_previous=False)"), empty
-    for entry in reversed([e for e in reports.select(runbook="performance", target=target) if e["outcome"] != "FAILED"]):
-        try:
-            before = next(f["value"] for f in reports.details(entry["id"])["findings"] if f["check"] == "snapshot")
-        except (StopIteration, reports.ReportNotFound):
-            continue
+    run = history.previous("performance", target, where=lambda r: r["outcome"] != "FAILED"
+                           and history.value(r, "snapshot") is not None)
+    if run is not None:
+        before = history.value(run, "snapshot")
         now, rows = current.value, []
         for t, size in now["table bytes"].items():
             old = before["table bytes"].get(t)
@@ -531,7 +531,7 @@ def trend(target: str, current: Finding, *, enabled: bool = True):
         rows += [("newly unused index", i, "", "unused") for i in now["unused indexes"]
                  if i not in before["unused indexes"]]
         frame = pd.DataFrame(rows, columns=["what", "name", "before", "now"])
-        return Finding("trend", Status.OK, f"since {entry['id']}: " + (
+        return Finding("trend", Status.OK, f"since {run['id']}: " + (
             ", ".join(f"{n} {k}" for k, n in frame["what"].value_counts().items()) if rows else "nothing notable"),
             examples=tuple(f"{w}: {n}" for w, n, _, _ in rows[:20])), frame
     return Finding("trend", Status.OK, f"no earlier performance report of {target!r} to compare with"), empty

@@ -37,11 +37,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import config, db
-from .errors import PgRunbookError
-from .fileio import private_dir, write_atomic
-from .findings import Finding, Status
-from .targets import Target
+from ..base import config, db
+from ..base.errors import PgRunbookError
+from ..base.fileio import private_dir, write_atomic
+from ..base.findings import Finding, Status
+from ..base.targets import Target
 
 INJECT_ENV = "PGRUNBOOK_INJECT_KILL"  # tests: SIGKILL this process at the named step
 _held: dict[str, Any] = {}  # locks this process holds, by key: their open file

@@ -14,9 +14,9 @@ from typing import Any
 
 import psycopg
 
-from . import config
-from .errors import PgRunbookError, UnknownParameter
-from .targets import Target
+from ..base import config
+from ..base.errors import PgRunbookError, UnknownParameter
+from ..base.targets import Target
 
 
 class NotConfigured(PgRunbookError):
@@ -24,7 +24,7 @@ class NotConfigured(PgRunbookError):
 
 
 def migrate(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from . import migrations  # alembic and SQLAlchemy: imported only for the runbook that needs them
+    from ..base import migrations  # alembic and SQLAlchemy: imported only for the runbook that needs them
 
     if v["mode"] in ("apply", "resolve", "rehearse") and not migrations.managed(target, conn):
         raise NotConfigured(f"target {target.name!r} is not managed by the migrations in migrations/ "
@@ -35,7 +35,7 @@ def migrate(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None
 
 
 def restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from . import backups
+    from ..facts import backups
 
     not_busy(target)
     backups.find(target, v["backup"], current=backups.identity(conn, target))  # one that does not exist: bad input
@@ -44,14 +44,14 @@ def restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None
 
 def not_busy(target: Target) -> None:
     """Refuse while another restore or refresh of the same database runs (it holds the lock)."""
-    from . import swaps
+    from ..procedures import swaps
 
     if holder := swaps.busy(target):
         raise swaps.Busy(holder)
 
 
 def seed(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from . import seed as seeding
+    from ..procedures import seed as seeding
 
     if not target.app.seed:
         raise NotConfigured(f"target {target.name!r} has no app whose schema the seed fits (Fixia's): "
@@ -60,7 +60,9 @@ def seed(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
 
 
 def staging_refresh(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from . import backups, refresh, sanitize, targets
+    from ..procedures import refresh, sanitize
+    from ..facts import backups
+    from ..base import targets
 
     source = targets.resolve(v["source"])
     refresh.check_request(source, target, mode=v["mode"], confirm=v["confirm"])
@@ -73,7 +75,7 @@ def staging_refresh(target: Target, v: dict[str, Any], conn: psycopg.Connection)
 
 
 def dr_drill(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from . import drill
+    from ..procedures import drill
 
     drill.check_target(target, v["disaster"])
     if v["disaster"] != "dropped-database" and \
@@ -83,7 +85,7 @@ def dr_drill(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> Non
 
 
 def integrity(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from . import targets
+    from ..base import targets
 
     if v["compare_to"]:
         targets.resolve(v["compare_to"])
@@ -93,7 +95,7 @@ def integrity(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> No
 
 
 def health(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from . import health as checks
+    from ..checks import health as checks
 
     checks.output_path("prometheus_file", v["prometheus_file"])
     checks.output_path("json_file", v["json_file"])

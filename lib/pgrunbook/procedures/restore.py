@@ -19,11 +19,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import backups, catalog, db, debris, pgtools, swaps
-from .backups import Backup
-from .errors import PgRunbookError
-from .findings import Finding, Status
-from .targets import Target
+from . import debris, dumps, swaps
+from ..facts import backups
+from ..checks import recovery
+from ..facts import catalog
+from ..base import db, pgtools
+from ..facts.backups import Backup
+from ..base.errors import PgRunbookError
+from ..base.findings import Finding, Status
+from ..base.targets import Target
 
 RTO_S = 15 * 60
 KEEP_H = 48
@@ -272,7 +276,7 @@ def verify(target: Target, backup: Backup, *, jobs: int = 2, enabled: bool = Tru
     bad = [f for f in checks if f.status is Status.CRIT]
     result = {"ok": not bad, "at": datetime.now(timezone.utc).isoformat(), "phases": timeline.phases,
               "findings": [f.to_dict() for f in checks]}
-    backups.record_verification(backup, result)
+    dumps.record_verification(backup, result)
     summary = "; ".join(f"{f.check}: {f.summary}" for f in (bad or checks))
     return Finding("verify", Status.CRIT if bad else Status.OK,
                    f"{'FAILED' if bad else 'verified'} in {timeline.total:.1f} s: {summary}"), timeline
@@ -299,7 +303,7 @@ def check_request(target: Target, backup: Backup, *, mode: str, confirm: str) ->
     if not problems and source != target.database:
         return Finding("manifest", Status.CRIT, f"backup {backup.id} is of database {source!r}, "
                        f"not {target.database!r}: restore it into its own target")
-    return backups.check_finding(backup, problems)
+    return recovery.check_finding(backup, problems)
 
 
 @dataclass

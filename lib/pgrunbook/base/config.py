@@ -86,7 +86,7 @@ def find_home() -> Path:
     for candidate in (here, *here.parents):
         if _looks_like_home(candidate):
             return candidate
-    source_tree = Path(__file__).resolve().parents[2]
+    source_tree = Path(__file__).resolve().parents[3]  # lib/pgrunbook/base/config.py
     if _looks_like_home(source_tree):
         return source_tree
     return here

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from .cluster import bin_dir
 from .errors import PgRunbookError
 from .secrets import redact
 
@@ -49,8 +50,6 @@ class Tool:
 
 
 def _candidate_dirs() -> list[Path]:
-    from .sandbox import bin_dir
-
     dirs = [Path(p) for p in os.environ.get("PGRUNBOOK_PG_BIN", "").split(os.pathsep) if p]
     dirs.append(bin_dir())
     dirs += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"))]

@@ -19,11 +19,16 @@ import psycopg
 from alembic import command
 from psycopg import sql
 
-from . import backups, catalog, db, debris, health, lint, migrations, reports, restore
-from .findings import Finding, Status
-from .limits import Limits
-from .migrations import Revision
-from .targets import Target
+from . import debris, dumps, restore
+from ..facts import backups
+from ..facts import catalog
+from ..facts import history
+from ..base import db, migrations
+from ..checks import health, lint
+from ..base.findings import Finding, Status
+from ..base.limits import Limits
+from ..base.migrations import Revision
+from ..base.targets import Target
 
 STAGING_WINDOW = timedelta(days=14)
 
@@ -280,19 +285,22 @@ def _violations_query(conn: psycopg.Connection, stmt: str):
 
 # -- 5. staging first ---------------------------------------------------------
 
+def _verified(run: dict) -> str | None:
+    """The revision an archived migrate run verified, or None."""
+    done = [f for f in run.get("findings", []) if f["check"] == "verify" and f["status"] == "OK"]
+    return done[0].get("value") if done else None
+
+
 def staging_first(target: Target, p: Plan, *, mode: str, override: str = "") -> Finding:
     """A protected target needs a successful staging apply of the same revision within 14 days."""
     if mode != "apply" or not target.protected:
         return Finding("staging first", Status.OK, "not required" + ("" if target.protected else " (target not protected)")
                        if mode == "apply" else f"not required in {mode} mode")
     since = (datetime.now(timezone.utc) - STAGING_WINDOW).date()
-    for entry in reversed(reports.select(runbook="migrate", target="staging", since=since)):
-        if entry["outcome"] not in ("OK", "WARN"):
-            continue
-        meta = reports.details(entry["id"])
-        done = [f for f in meta.get("findings", []) if f["check"] == "verify" and f["status"] == "OK"]
-        if meta.get("parameters", {}).get("mode") == "apply" and done and done[0].get("value") == p.to_revision:
-            return Finding("staging first", Status.OK, f"staging applied {p.to_revision} in run {entry['id']}")
+    run = history.previous("migrate", "staging", since=since, where=lambda r: r["outcome"] in ("OK", "WARN")
+                           and r.get("parameters", {}).get("mode") == "apply" and _verified(r) == p.to_revision)
+    if run is not None:
+        return Finding("staging first", Status.OK, f"staging applied {p.to_revision} in run {run['id']}")
     if override:
         return Finding("staging first", Status.WARN, f"no staging apply of {p.to_revision} within 14 days; "
                        f"overridden by the operator: {override}")
@@ -308,7 +316,7 @@ def backup_first(target: Target, p: Plan, *, mode: str, enabled: bool, blockers:
     if mode != "apply" or not p.pending or not enabled:
         why = "nothing pending" if not p.pending else f"{mode} mode" if mode != "apply" else "backup_first=False"
         return Finding("backup", Status.OK if mode != "apply" or not p.pending else Status.WARN, f"skipped ({why})")
-    b = backups.create(target, label=f"pre-migration-{p.to_revision}")
+    b = dumps.create(target, label=f"pre-migration-{p.to_revision}")
     manifest_sha = (b.path / f"{backups.MANIFEST}.sha256").read_text().strip()
     return Finding("backup", Status.OK, f"{b.id}: {b.size / 2**20:.1f} MiB, manifest sha256 {manifest_sha[:16]}...",
                    value=str(b.path))
@@ -487,7 +495,7 @@ def copy_database(target: Target, name: str, *, jobs: int = 2) -> None:
     import tempfile
     from pathlib import Path
 
-    from . import pgtools
+    from ..base import pgtools
 
     with restore.admin(target) as conn:
         major = conn.info.server_version // 10000
@@ -528,7 +536,7 @@ def reset(target: Target) -> list[Finding]:
     """Sandbox and development targets only: drop and recreate the database, migrate to head,
     seed the essential data. Like `prisma migrate reset`, it does not trust the recorded revision."""
     from . import sandbox, seed
-    from .errors import ConfirmationRequired
+    from ..base.errors import ConfirmationRequired
 
     if target.protected:
         raise ConfirmationRequired(f"reset drops the database: refused on protected target {target.name!r}")

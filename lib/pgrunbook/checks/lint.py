@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from .findings import Finding, Status
+from ..base.findings import Finding, Status
 
 IGNORED_SQUAWK = {"require-lock-timeout", "require-statement-timeout", "require-timeout-settings",
                   "prefer-robust-stmts", "transaction-nesting"}  # the session sets timeouts itself

@@ -14,10 +14,11 @@ from datetime import datetime
 
 from psycopg import sql
 
-from . import db, restore
-from .errors import PgRunbookError
-from .findings import Finding, Status
-from .targets import Target
+from ..base import db
+from . import restore
+from ..base.errors import PgRunbookError
+from ..base.findings import Finding, Status
+from ..base.targets import Target
 
 DISASTERS = ("dropped-table", "deleted-rows", "dropped-database")
 MARKER = "pgrunbook_drill_marker"
@@ -85,7 +86,7 @@ def assess(target: Target, backup) -> Finding:
     """What the disaster broke, against the backup's row counts."""
     if not restore.database_exists(target, target.database):
         return Finding("impact", Status.OK, f"database {target.database!r} is gone: restore needed")
-    from . import catalog
+    from ..facts import catalog
 
     with db.connect(target, application="pgrunbook/dr_drill") as conn:
         counts = catalog.row_counts(conn)

@@ -6,6 +6,7 @@ generated from the catalog, for any schema, not only Fixia's.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,24 @@ NOT_EXTENSION = "NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = c.oid AND
 
 
 TEXT_TYPES = ("text", "varchar", "bpchar", "citext")
+
+
+@dataclass(frozen=True)
+class Rel:
+    schema: str
+    name: str
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def selected(rel: Rel, pattern: str) -> bool:
+    """Whether `rel` matches one of the comma-separated globs of `pattern` (by name or schema.name)."""
+    return any(fnmatch.fnmatch(s, p.strip()) for p in pattern.split(",") for s in (rel.name, str(rel)))
 
 
 def primary_key(conn: psycopg.Connection, relation: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -18,9 +18,9 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 from psycopg import sql
 
-from .errors import SeedRefused
-from .findings import Finding, Status
-from .targets import Target
+from ..base.errors import SeedRefused
+from ..base.findings import Finding, Status
+from ..base.targets import Target
 
 DEFAULT_USERS = 1000
 

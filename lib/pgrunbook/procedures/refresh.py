@@ -20,12 +20,16 @@ from datetime import datetime, timezone
 
 import psycopg
 
-from . import backups, db, integrity, restore, sanitize, swaps
-from .backups import Backup
-from .errors import PgRunbookError
-from .findings import Finding, Status
+from . import dumps, restore, sanitize, swaps
+from ..facts import backups
+from ..checks import recovery
+from ..base import db
+from ..checks import integrity
+from ..facts.backups import Backup
+from ..base.errors import PgRunbookError
+from ..base.findings import Finding, Status
 from .restore import Timeline
-from .targets import Target
+from ..base.targets import Target
 
 MODES = ("plan", "apply")
 KIND = "pre_refresh"
@@ -58,7 +62,7 @@ def source_backup(source: Target, ref: str = "new", *, jobs: int = 2, enabled: b
     if not enabled:
         return None
     if ref == "new":
-        return backups.create(source, jobs=jobs, label="staging-refresh")
+        return dumps.create(source, jobs=jobs, label="staging-refresh")
     return backups.find(source, ref)
 
 
@@ -67,8 +71,8 @@ def backup_finding(backup: Backup | None) -> Finding:
         return Finding("source copy", Status.OK, "not taken (plan mode)")
     problems = backups.check(backup)
     if problems:
-        return backups.check_finding(backup, problems)
-    return backups.summary(backup)
+        return recovery.check_finding(backup, problems)
+    return recovery.summary(backup)
 
 
 @dataclass

@@ -13,9 +13,9 @@ import re
 
 import psycopg
 
-from . import reports
-from .findings import Finding, Status
-from .catalog import NOT_EXTENSION, TEXT_TYPES, USER_SCHEMAS
+from ..facts import history
+from ..base.findings import Finding, Status
+from ..facts.catalog import NOT_EXTENSION, TEXT_TYPES, USER_SCHEMAS
 
 PERSONAL_NAME = re.compile(r"(e_?mail|phone|mobile|first_?name|last_?name|full_?name|surname|address|street|"
                            r"city|zip|post_?code|postal|birth|dob|ssn|passport|iban|card|(^|_)ip($|_)|ip_?addr|"
@@ -253,7 +253,7 @@ def _fingerprint(*parts: str) -> str:
 
 def separation() -> Finding:
     """Staging and production: not one server and database, not one set of credentials."""
-    from . import targets
+    from ..base import targets
 
     try:
         prod, stag = targets.resolve("production"), targets.resolve("staging")
@@ -343,26 +343,24 @@ def drift(target: str, current: Finding, *, enabled: bool = True) -> Finding:
     """What changed since the previous archived security report of the same target."""
     if not enabled:
         return Finding("drift", Status.OK, "not compared (compare_with_previous=False)")
-    earlier = [e for e in reports.select(runbook="security", target=target) if e["outcome"] != "FAILED"]
-    for entry in reversed(earlier):
-        try:
-            before = next(f["value"] for f in reports.details(entry["id"])["findings"] if f["check"] == "snapshot")
-        except (StopIteration, reports.ReportNotFound):
-            continue
+    run = history.previous("security", target, where=lambda r: r["outcome"] != "FAILED"
+                           and history.value(r, "snapshot") is not None)
+    if run is not None:
+        before = history.value(run, "snapshot")
         now = current.value
         added = [f"+ {k}: {x}" for k in now for x in now[k] if x not in before.get(k, [])]
         removed = [f"- {k}: {x}" for k in now for x in before.get(k, []) if x not in now[k]]
         if added:
-            return Finding("drift", Status.WARN, f"since {entry['id']}: {len(added)} added, {len(removed)} removed",
+            return Finding("drift", Status.WARN, f"since {run['id']}: {len(added)} added, {len(removed)} removed",
                            examples=tuple(added + removed))
-        return Finding("drift", Status.OK, f"since {entry['id']}: nothing added" +
+        return Finding("drift", Status.OK, f"since {run['id']}: nothing added" +
                        (f", {len(removed)} removed" if removed else ""), examples=tuple(removed))
     return Finding("drift", Status.OK, f"no earlier security report of {target!r} to compare with")
 
 
 def app_roles_for(given: str, target=None) -> list[str]:
     """The application's roles: the parameter, else the target's app, else [tool.pgrunbook] app_roles."""
-    from . import config
+    from ..base import config
 
     if given.strip():
         return [r.strip() for r in given.split(",") if r.strip()]

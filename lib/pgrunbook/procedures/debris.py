@@ -27,10 +27,11 @@ from pathlib import Path
 
 from psycopg import sql
 
-from . import config, db, swaps
-from .errors import PgRunbookError
-from .findings import Finding, Status
-from .targets import Target
+from ..base import config, db
+from . import swaps
+from ..base.errors import PgRunbookError
+from ..base.findings import Finding, Status
+from ..base.targets import Target
 
 OWNER = ".owner"  # inside a .partial folder: "host pid"
 SCRATCH = ("pgrb_verify_", "pgrb_drift_", "pgrb_rehearse_")  # scratch databases pgrunbook creates
@@ -126,7 +127,7 @@ def kept_past_hours(target: Target) -> list[str]:
     debris now; never one still within its hours."""
     from datetime import datetime, timezone
 
-    from . import limits
+    from ..base import limits
 
     keep_h = limits.for_target(target).keep_h
     try:

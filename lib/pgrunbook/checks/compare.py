@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import catalog, db
-from .findings import Finding, Status
-from .integrity import Rel, selected
-from .targets import Target
+from ..facts import catalog
+from ..facts.catalog import Rel, selected
+from ..base import db
+from ..base.findings import Finding, Status
+from ..base.targets import Target
 
 HASHERS = {
     "int2": "hashint2extended", "int4": "hashint4extended", "int8": "hashint8extended",

@@ -41,6 +41,14 @@ class SeedRefused(PgRunbookError):
     "Seeding would put user data where it must never go"
 
 
+class BackupFailed(PgRunbookError):
+    "The backup could not be completed; nothing claims it succeeded"
+
+
+class BackupNotFound(PgRunbookError):
+    "No backup of that id for the target"
+
+
 class ReportNotFound(PgRunbookError):
     "No archived report matches"
 

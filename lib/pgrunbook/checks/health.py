@@ -16,11 +16,12 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from . import perf, reports, status
-from .fileio import FILE_MODE, write_atomic
-from .findings import Finding, Status
-from .limits import level
-from .targets import Target
+from . import perf, status
+from ..facts import history
+from ..base.fileio import FILE_MODE, write_atomic
+from ..base.findings import Finding, Status
+from ..base.limits import level
+from ..base.targets import Target
 
 
 def is_local(target: Target) -> bool:
@@ -121,19 +122,11 @@ def migrations(conn: psycopg.Connection, target: Target, *, look_back: int = 20)
     Only a run that applied something counts: one refused before it started,
     or stopped at a gate before applying, changed nothing and failed nothing.
     """
-    for entry in reversed(reports.select(runbook="migrate", target=target.name)[-look_back:]):
-        try:
-            details = reports.details(entry["id"])
-        except reports.ReportNotFound:
-            continue
-        if details.get("parameters", {}).get("mode") not in ("apply", "resolve"):
-            continue
-        if not _applied(details) and entry["outcome"] != "FAILED":
-            continue
-        if details["parameters"]["mode"] == "apply" and entry["outcome"] in ("FAILED", "CRIT"):
-            return Finding("migrations", Status.CRIT, f"the latest migration of {target.name!r} failed: report "
-                           f"{entry['id']} ({entry['outcome']})", value=entry["id"])
-        break
+    run = history.previous("migrate", target.name, look_back=look_back, where=lambda r: r.get(
+        "parameters", {}).get("mode") in ("apply", "resolve") and (_applied(r) or r["outcome"] == "FAILED"))
+    if run and run["parameters"]["mode"] == "apply" and run["outcome"] in ("FAILED", "CRIT"):
+        return Finding("migrations", Status.CRIT, f"the latest migration of {target.name!r} failed: report "
+                       f"{run['id']} ({run['outcome']})", value=run["id"])
     return status.migration_state(conn, target)
 
 
@@ -164,7 +157,7 @@ def plot(findings: list[Finding]):
     """Every check as one coloured row (its status), with the figure it measured and its threshold."""
     from matplotlib.figure import Figure
 
-    from .findings import STATUS_COLOURS
+    from ..base.findings import STATUS_COLOURS
 
     fig = Figure(figsize=(9, 0.45 + 0.32 * len(findings)))
     ax = fig.subplots()
@@ -203,7 +196,7 @@ def prometheus_text(findings: list[Finding], target: str) -> str:
 
 
 def summary(findings: list[Finding], target: str) -> dict:
-    from .findings import worst
+    from ..base.findings import worst
 
     return {"target": target, "status": worst(f.status for f in findings).name,
             "checks": [f.to_dict() for f in findings]}
@@ -213,8 +206,8 @@ def output_path(parameter: str, name: str) -> Path | None:
     """Where an output file may go: an absolute path outside pgrunbook's own folders (the archive,
     the backups, the state and the project), so that a mistyped path never overwrites a record.
     None for an empty name; UnknownParameter (bad input) otherwise."""
-    from . import config
-    from .errors import UnknownParameter
+    from ..base import config
+    from ..base.errors import UnknownParameter
 
     if not name:
         return None

@@ -22,11 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, db, guards, reports, swaps, targets
-from .errors import ArchiveFailed, UnknownParameter, UnknownRunbook
-from .fileio import create_private, private_dir, sha256_file, write_atomic
-from .findings import RUNNER_ENV, Finding, Status, read_recorded
-from .secrets import redact, redact_document
+from .. import __version__
+from ..base import config, db, targets
+from . import guards, reports
+from ..procedures import swaps
+from ..base.errors import ArchiveFailed, UnknownParameter, UnknownRunbook
+from ..base.fileio import create_private, private_dir, sha256_file, write_atomic
+from ..base.findings import RUNNER_ENV, Finding, Status, read_recorded
+from ..base.secrets import redact, redact_document
 
 RESERVED = {"target"}
 _TRUE = {"true", "yes", "on", "1"}

@@ -21,20 +21,15 @@ import hmac
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from . import config
-from .errors import ReportNotFound
-from .fileio import create_private, private_dir, sha256_file, write_atomic
-from .secrets import redact
+from ..base import config
+from ..base.fileio import create_private, private_dir, sha256_file, write_atomic
+from ..base.secrets import redact
+from ..facts.history import index_path
 
 GENESIS = "0" * 64
-
-
-def index_path() -> Path:
-    return config.settings().reports_dir / "index.jsonl"
 
 
 KEY_ENV = "PGRUNBOOK_INDEX_KEY"
@@ -96,85 +91,12 @@ def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, 
     return entry
 
 
-def entries() -> list[dict[str, Any]]:
-    """Every readable indexed run, oldest first (`verify` names the unreadable lines)."""
-    path = index_path()
-    if not path.exists():
-        return []
-    found = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            found.append(json.loads(line))
-        except ValueError:
-            continue
-    return found
-
-
-def _day(value: str | date | None) -> date | None:
-    if value is None or isinstance(value, date):
-        return value
-    return date.fromisoformat(value)
-
-
-def select(
-    *,
-    runbook: str | None = None,
-    target: str | None = None,
-    outcome: str | None = None,
-    incident: str | None = None,
-    since: str | date | None = None,
-    until: str | date | None = None,
-) -> list[dict[str, Any]]:
-    """Indexed runs matching every filter given (dates inclusive, UTC)."""
-    since, until = _day(since), _day(until)
-
-    def keep(e: dict[str, Any]) -> bool:
-        day = datetime.fromisoformat(e["start"]).date()
-        return all((
-            runbook is None or e["runbook"] == runbook,
-            target is None or e["target"] == target,
-            outcome is None or e["outcome"] == outcome.upper(),
-            incident is None or e.get("incident") == incident,
-            since is None or day >= since,
-            until is None or day <= until,
-        ))
-
-    return [e for e in entries() if keep(e)]
-
-
 def table(rows: list[dict[str, Any]]):
     """Runs as a DataFrame: one row each, newest last."""
     import pandas as pd
 
     cols = ["id", "runbook", "target", "outcome", "start", "duration_s", "incident", "operator"]
     return pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
-
-
-def find(ref: str) -> dict[str, Any]:
-    """One run by id (`status/20261123T101500Z_sandbox`), report path, or unique id prefix."""
-    root = config.settings().reports_dir
-    ref_id = ref
-    if ref.endswith((".ipynb", ".html")):
-        p = Path(ref).resolve()
-        ref_id = str(p.relative_to(root).with_suffix("")) if p.is_relative_to(root) else ref
-    matches = [e for e in entries() if e["id"] == ref_id] or [
-        e for e in entries() if e["id"].startswith(ref_id)
-    ]
-    if len(matches) != 1:
-        what = "no run" if not matches else f"{len(matches)} runs"
-        raise ReportNotFound(f"{what} matches {ref!r}: `pgrunbook reports list` shows the ids")
-    return matches[0]
-
-
-def details(ref: str) -> dict[str, Any]:
-    """The archived metadata of one run (parameters, findings, outcome, ...)."""
-    import nbformat
-
-    entry = find(ref)
-    path = config.settings().reports_dir / entry["files"]["ipynb"]["path"]
-    if not path.exists():
-        raise ReportNotFound(f"report {entry['id']} is indexed but its file is gone: {path}")
-    return {**entry, **nbformat.read(path, as_version=4).metadata.get("pgrunbook", {})}
 
 
 @dataclass

@@ -10,8 +10,8 @@ import time
 
 import psycopg
 
-from . import migrations
-from .findings import Finding, Status
+from ..base import migrations
+from ..base.findings import Finding, Status
 
 SETTINGS = (
     "max_connections", "shared_buffers", "work_mem", "maintenance_work_mem",
@@ -138,8 +138,9 @@ def migration_state(conn: psycopg.Connection, target) -> Finding:
 
 
 def latest_backup(target, conn: psycopg.Connection, *, max_age_h: float = 24) -> Finding:
-    """The newest verified backup of the database `target` reaches, against the RPO (see backups.rpo_finding)."""
-    from . import backups
+    """The newest verified backup of the database `target` reaches, against the RPO (see recovery.rpo_finding)."""
+    from ..facts import backups
+    from ..checks import recovery
 
     found = backups.all_backups(target, current=backups.identity(conn, target))
-    return backups.rpo_finding(found, rpo_h=max_age_h, required=backups.required(target), check="backup")
+    return recovery.rpo_finding(found, rpo_h=max_age_h, required=backups.required(target), check="backup")

@@ -25,11 +25,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import catalog, db, security
-from .errors import PgRunbookError
-from .findings import Finding, Status
-from .integrity import Rel
-from .targets import Target
+from ..facts import catalog
+from ..base import db
+from ..checks import security
+from ..base.errors import PgRunbookError
+from ..base.findings import Finding, Status
+from ..facts.catalog import Rel
+from ..base.targets import Target
 
 SALT_ENV = "PGRUNBOOK_SANITIZE_SALT"
 TEXT_TYPES = catalog.TEXT_TYPES
@@ -92,7 +94,7 @@ class Rules:
 
 def rules_path(name: str) -> Path:
     """`name` as given if it exists, else relative to the project home."""
-    from . import config
+    from ..base import config
 
     path = Path(name)
     return path if path.is_absolute() or path.exists() else config.settings().home / path
@@ -163,7 +165,7 @@ def salt(*, sandbox: bool) -> Salt:
     if not sandbox:
         raise SaltMissing(f"set {SALT_ENV} to a long random secret (e.g. `openssl rand -hex 32`) kept like a "
                           "password: the same salt gives the same fakes at every refresh")
-    from . import config
+    from ..base import config
 
     path = config.settings().state_dir / "sanitize.salt"
     if not path.exists():

@@ -1,0 +1,228 @@
+"""The backup catalogue: what backups of a target exist, what each holds, whose copy it is.
+
+A backup is a folder backups/<target>/<id>/ holding the dump (directory or
+custom format), manifest.json and manifest.json.sha256, and, once a restore
+proved it, verify.json. This module reads them and checks a folder against
+its manifest; taking a backup is `procedures.backup`, judging the catalogue
+against the RPO is `checks.recovery`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ..base import config, db
+from ..base.errors import BackupFailed, BackupNotFound, PgRunbookError
+from ..base.fileio import sha256_file
+from ..base.targets import Target
+
+
+MANIFEST = "manifest.json"
+
+
+VERIFIED = "verify.json"
+
+
+FORMATS = {"directory": ("d", "dump"), "custom": ("c", "dump.custom")}
+
+
+@dataclass(frozen=True)
+class Backup:
+    id: str
+    path: Path
+    manifest: dict[str, Any]
+    verification: dict[str, Any] | None = None
+
+    @property
+    def end(self) -> datetime:
+        return datetime.fromisoformat(self.manifest["end"])
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.verification and self.verification.get("ok"))
+
+    @property
+    def failed(self) -> bool:
+        """Verified, and the verification failed: never to be restored as 'latest'."""
+        return bool(self.verification) and not self.verified
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.manifest.get("identity") or {}
+
+    @property
+    def size(self) -> int:
+        return sum(f["size"] for f in self.manifest["files"].values())
+
+    @property
+    def dump_path(self) -> Path:
+        return self.path / FORMATS[self.manifest["format"]][1]
+
+    def age_h(self, now: datetime | None = None) -> float:
+        return ((now or datetime.now(timezone.utc)) - self.end).total_seconds() / 3600
+
+
+def folder(target: Target | str) -> Path:
+    return config.settings().backups_dir / getattr(target, "name", target)
+
+
+IDENTITY = """
+    SELECT current_database() AS database,
+           (SELECT oid FROM pg_database WHERE datname = current_database()) AS database_oid,
+           has_function_privilege('pg_control_system()', 'EXECUTE') AS can_read_control
+"""
+
+
+def identity(conn: psycopg.Connection, target: Target) -> dict[str, Any]:
+    """What a backup copies: the cluster (system identifier, where the role may read it), the
+    server's address as the target reaches it, and the database's name and oid."""
+    database, oid, can_read = conn.execute(IDENTITY).fetchone()
+    system = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0] \
+        if can_read else None
+    return {"system_identifier": system, "address": target.address, "database": database, "database_oid": oid}
+
+
+def belongs(backup: Backup, current: dict[str, Any]) -> bool:
+    """Whether `backup` is a copy of the database `current` identifies.
+
+    Same database name on the same cluster: by system identifier where both
+    sides know it, else by server address. The oid is recorded but not
+    compared: a restore recreates the database under a new one. A backup
+    made before identities were recorded is matched by its target's name.
+    """
+    mine = backup.identity
+    if not mine:
+        return True
+    if mine.get("database") != current.get("database"):
+        return False
+    if mine.get("system_identifier") and current.get("system_identifier"):
+        return mine["system_identifier"] == current["system_identifier"]
+    return mine.get("address") == current.get("address")
+
+
+def current_identity(target: Target) -> dict[str, Any]:
+    """The identity of the database `target` reaches; read from the server's maintenance database
+    when the target's own is gone (a dropped database still has its backups)."""
+    for database in (None, "postgres", "template1"):
+        try:
+            with db.connect(target, application="pgrunbook/backup", database=database) as conn:
+                found = identity(conn, target)
+        except PgRunbookError:
+            continue
+        return found if database is None else {**found, "database": target.database, "database_oid": None}
+    raise BackupFailed(f"cannot reach the server of {target.name!r} to tell which backups are its own")
+
+
+def hash_all(paths: list[Path]) -> list[str]:
+    """sha256 of each file, on as many threads as there are cores (hashlib releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return list(pool.map(sha256_file, paths))
+
+
+def rows(backup: Backup):
+    """Per-table row counts recorded in the manifest, as a DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(sorted(backup.manifest["row_counts"].items()), columns=["table", "rows"])
+
+
+def load(path: Path) -> Backup:
+    """The backup in `path` as its manifest describes it (not checked: see `check`)."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    try:
+        verification = json.loads((path / VERIFIED).read_text())
+    except FileNotFoundError:
+        verification = None
+    except ValueError:  # a record cut short (written by an older version): the backup is not proven
+        verification = None
+    return Backup(path.name, path, manifest, verification)
+
+
+def all_backups(target: Target | str, *, current: dict[str, Any] | None = None) -> list[Backup]:
+    """Backups of `target` with a readable manifest, oldest first.
+
+    For a Target, only those that copied the database it reaches now (see
+    `belongs`); `current` is its identity when the caller has read it already.
+    """
+    if isinstance(target, Target) and current is None:
+        current = current_identity(target)
+    found = []
+    for path in sorted(folder(target).glob("[!.]*")):
+        try:
+            backup = load(path)
+        except (OSError, ValueError, KeyError):
+            continue
+        if current is None or belongs(backup, current):
+            found.append(backup)
+    return sorted(found, key=lambda b: b.end)
+
+
+def find(target: Target | str, ref: str = "latest", *, current: dict[str, Any] | None = None) -> Backup:
+    """A backup by id, or 'latest': the newest verified one, else the newest never verified.
+
+    A backup whose verification failed is never 'latest'; a chosen backup
+    that was never verified says so (see `choice_finding`).
+    """
+    name = getattr(target, "name", target)
+    backups = all_backups(target, current=current)
+    if ref == "latest":
+        usable = [b for b in backups if not b.failed]
+        if not usable:
+            failed = f" ({len(backups)} failed verification)" if backups else ""
+            raise BackupNotFound(f"no usable backup of {name!r} in {folder(target)}{failed}: "
+                                 "run the backup runbook first")
+        verified = [b for b in usable if b.verified]
+        return (verified or usable)[-1]
+    path = folder(target) / ref
+    if ref.startswith(".") or "/" in ref or not path.is_dir():
+        ids = ", ".join(b.id for b in backups[-5:]) or "none"
+        raise BackupNotFound(f"no backup {ref!r} of {name!r} (newest: {ids}): see the backup runbook's status")
+    # a folder without its manifest is returned as such: `check` then says it is not a backup
+    return load(path) if (path / MANIFEST).exists() else Backup(ref, path, {})
+
+
+def check(backup: Backup) -> list[str]:
+    """Everything about `backup` that does not match its manifest (empty when sound)."""
+    path = backup.path
+    if not (path / MANIFEST).exists():
+        return [f"{path / MANIFEST} is missing: this folder is not a backup"]
+    data = (path / MANIFEST).read_bytes()
+    recorded = (path / f"{MANIFEST}.sha256")
+    if not recorded.exists() or recorded.read_text().strip() != hashlib.sha256(data).hexdigest():
+        return [f"{path / MANIFEST} was changed after the backup (its sha256 does not match)"]
+    files = json.loads(data)["files"]
+    problems = [f"missing: {path / rel}" for rel in files if not (path / rel).exists()]
+    problems += [f"checksum mismatch: {path / rel}" for rel, info in files.items()
+                 if (path / rel).exists() and (path / rel).stat().st_size != info["size"]]
+    sound = [rel for rel, info in files.items() if (path / rel).exists()
+             and (path / rel).stat().st_size == info["size"]]
+    problems += [f"checksum mismatch: {path / rel}" for rel, h in zip(sound, hash_all([path / r for r in sound]))
+                 if h != files[rel]["sha256"]]
+    dump = path / FORMATS[json.loads(data)["format"]][1]
+    on_disk = [dump] if dump.is_file() else [p for p in dump.rglob("*") if p.is_file()]
+    problems += [f"not in the manifest: {p}" for p in on_disk if str(p.relative_to(path)) not in files]
+    return problems
+
+
+def table(backups: list[Backup]):
+    """Backups as a DataFrame: id, end, age, size, verified, label."""
+    import pandas as pd
+
+    rows = [{"id": b.id, "end": b.manifest["end"], "age_h": round(b.age_h(), 2), "size_mb": round(b.size / 2**20, 2),
+             "format": b.manifest["format"], "verified": b.verified, "label": b.manifest.get("label", "")}
+            for b in backups]
+    return pd.DataFrame(rows, columns=["id", "end", "age_h", "size_mb", "format", "verified", "label"])
+
+
+def required(target: Target) -> bool:
+    """Whether the target must have a verified backup within the RPO: a protected one, not on the sandbox."""
+    return target.protected and not target.sandbox

@@ -1,0 +1,143 @@
+"""Taking a backup: pg_dump with a manifest that proves what it holds.
+
+A backup is a folder backups/<target>/<id>/ holding the dump (directory or
+custom format), manifest.json and manifest.json.sha256. The manifest lists
+every file's size and sha256, the exact row count of every table and the
+schema fingerprint, all read in the very snapshot pg_dump dumps (exported
+from a REPEATABLE READ transaction and handed to pg_dump --snapshot), so
+they describe the dump exactly. The dump is written into a hidden .partial
+folder and renamed into place only once its manifest is written: a folder
+without a manifest, or whose files do not match it, is not a backup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ..facts import catalog
+from ..base import db, migrations, pgtools
+from . import debris
+from ..base.errors import BackupFailed
+from ..facts.backups import FORMATS, MANIFEST, VERIFIED, Backup, folder, hash_all, identity, load
+from ..base.fileio import DIR_MODE, private_dir, write_atomic
+from ..base.findings import Finding, Status
+from ..base.targets import Target
+
+def _file_table(root: Path, dump: Path) -> dict[str, dict[str, Any]]:
+    files = [dump] if dump.is_file() else sorted(p for p in dump.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": h}
+            for p, h in zip(files, hash_all(files))}
+
+
+def _reserve(target: str, started: datetime, label: str) -> tuple[str, Path]:
+    """A backup id no other call has, and its private `.partial` folder, created atomically.
+
+    Two backups of one target started in the same second with one label get
+    ids `..._label` and `..._label-2`: the folder is the reservation.
+    """
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "-", label).strip("-")[:40]
+    base = f"{started:%Y%m%dT%H%M%SZ}" + (f"_{clean}" if clean else "")
+    where = private_dir(folder(target))
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else f"{base}-{n}"
+        if (where / candidate).exists():
+            continue
+        try:
+            (where / f".{candidate}.partial").mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(where / f".{candidate}.partial", DIR_MODE)
+        write_atomic(where / f".{candidate}.partial" / ".owner", debris.owner_tag())  # named if its run dies
+        return candidate, where / f".{candidate}.partial"
+    raise RuntimeError(f"too many backups named {base} in {where}")
+
+
+def _write_manifest(where: Path, manifest: dict[str, Any]) -> None:
+    data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    write_atomic(where / MANIFEST, data)
+    write_atomic(where / f"{MANIFEST}.sha256", hashlib.sha256(data).hexdigest() + "\n")
+
+
+def create(target: Target, *, format: str = "directory", jobs: int = 2, label: str = "") -> Backup:
+    """Dump `target` with its manifest. On any failure nothing is left that claims success."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be 'directory' or 'custom', not {format!r}")
+    started = datetime.now(timezone.utc)
+    conn = db.connect(target, application="pgrunbook/backup", autocommit=False, statement_timeout="0")
+    partial = None
+    try:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        major = conn.info.server_version // 10000
+        tool = pgtools.choose("pg_dump", major)
+        backup_id, partial = _reserve(target.name, started, label)
+        flag, name = FORMATS[format]
+        args = ["--format", flag, "--file", str(partial / name), "--snapshot", snapshot, "--no-password"]
+        proc = pgtools.start(tool, args + (["--jobs", str(jobs)] if format == "directory" else []), target.url)
+        counts, facts = catalog.row_counts(conn), catalog.schema_facts(conn)  # same snapshot, meanwhile
+        left_out = [i.index for i in catalog.invalid_indexes(conn)]
+        revision = migrations.current(conn)
+        pgtools.wait(tool, proc)
+        manifest = {
+            "id": backup_id, "target": target.name, "database": target.database, "format": format,
+            "label": label, "start": started.isoformat(), "end": datetime.now(timezone.utc).isoformat(),
+            "identity": identity(conn, target), "left_out": left_out,
+            "server_version": conn.info.parameter_status("server_version"), "pg_dump": str(tool),
+            "pg_dump_version": tool.version, "alembic_revision": ",".join(revision or ()) or None,
+            "schema_fingerprint": catalog.fingerprint(facts), "schema": facts, "row_counts": counts,
+            "files": _file_table(partial, partial / name),
+        }
+        _write_manifest(partial, manifest)
+        final = folder(target.name) / backup_id
+        (partial / debris.OWNER).unlink()
+        os.rename(partial, final)
+        return Backup(backup_id, final, manifest)
+    except (pgtools.ToolFailed, OSError, psycopg.Error) as e:
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise BackupFailed(f"backup of {target.name!r} failed, nothing kept: {_why(e)}") from None
+    finally:
+        conn.close()
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} ({error.filename})" if error.filename else error.strerror
+    return str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+
+
+def record_verification(backup: Backup, result: dict[str, Any]) -> Backup:
+    write_atomic(backup.path / VERIFIED, json.dumps(result, indent=1, sort_keys=True))
+    return load(backup.path)
+
+
+def retention_plan(backups: list[Backup], *, retention_days: float = 7,
+                   now: datetime | None = None) -> list[Backup]:
+    """Backups older than the retention, never the newest verified one."""
+    now = now or datetime.now(timezone.utc)
+    verified = [b for b in backups if b.verified]
+    keep = verified[-1].id if verified else None
+    limit = now - timedelta(days=retention_days)
+    return [b for b in backups if b.end < limit and b.id != keep]
+
+
+def prune(plan: list[Backup], *, enabled: bool) -> Finding:
+    """Delete the planned backups when `enabled`; otherwise only say what would go."""
+    names = tuple(b.id for b in plan)
+    if not plan:
+        return Finding("retention", Status.OK, "nothing to delete")
+    if not enabled:
+        return Finding("retention", Status.OK, f"{len(plan)} backups past retention (prune=False keeps them)",
+                       examples=names)
+    for b in plan:
+        shutil.rmtree(b.path)
+    return Finding("retention", Status.OK, f"deleted {len(plan)} backups past retention", examples=names)
