@@ -10,7 +10,8 @@ import os
 
 from alembic import context
 
-from pgrunbook import migrations, schema
+from pgrunbook.base import migrations
+from pgrunbook.facts import schema
 
 config = context.config
 target_metadata = schema.metadata
