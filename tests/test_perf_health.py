@@ -12,6 +12,7 @@ import pytest
 
 from pgrunbook.base import db
 from pgrunbook.checks import health, perf
+from pgrunbook.facts import activity
 from pgrunbook.archive import runner
 from pgrunbook.procedures import seed
 from pgrunbook.base.findings import Status
@@ -240,7 +241,7 @@ def test_lock_waits_show_who_blocks_whom(migrated):
     try:
         with db.connect(migrated) as conn:
             for _ in range(50):
-                waits = perf.lock_waits(conn)
+                waits = activity.lock_waits(conn)
                 if not waits.empty:
                     break
                 time.sleep(0.1)

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from pgrunbook.procedures import dumps, restore, sanitize
-from pgrunbook.facts import backups
+from pgrunbook.facts import backups, catalog
 from pgrunbook.checks import compare, health, perf, security
 from pgrunbook.base import db, targets
 from pgrunbook.archive import runner
@@ -125,7 +125,7 @@ def test_backup_and_swap_keep_every_row_and_the_schema(zoo):
     zoofix.plant_invalid_index(zoo)
     t = targets.resolve("zoo")
     with db.connect(t) as conn:
-        before_counts = {k: v for k, v in __import__("pgrunbook").catalog.row_counts(conn).items()}
+        before_counts = catalog.row_counts(conn)
     backed = runner.run("backup", "zoo", progress=False)
     left_out = next(f for f in backed.findings if f.check == "left out")
     verified = next(f for f in backed.findings if f.check == "verify")
@@ -133,7 +133,6 @@ def test_backup_and_swap_keep_every_row_and_the_schema(zoo):
     assert left_out.status is Status.WARN and "ix_Invoice_amount" in left_out.summary
     swapped = runner.run("restore", "zoo", {"mode": "swap"}, progress=False)
     assert swapped.outcome == "OK", [str(f) for f in swapped.findings]
-    from pgrunbook.facts import catalog
 
     with db.connect(t) as conn:
         assert catalog.row_counts(conn) == before_counts

@@ -50,7 +50,6 @@ class Settings:
     state_dir: Path
     reports_dir: Path
     backups_dir: Path
-    pool_limit: int = 20
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     app_roles: tuple[str, ...] = ()
     apps: dict[str, App] = field(default_factory=dict)
@@ -154,7 +153,6 @@ def _load(home: Path, state: str, reports: str, backups: str, extra: str) -> Set
         state_dir=state_dir,
         reports_dir=_dir("PGRUNBOOK_REPORTS_DIR", home / "reports"),
         backups_dir=_dir("PGRUNBOOK_BACKUPS_DIR", state_dir / "backups"),
-        pool_limit=int(config.get("pool_limit", 20)),
         targets=targets,
         app_roles=tuple(config.get("app_roles", ())),
         apps=apps,

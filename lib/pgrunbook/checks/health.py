@@ -17,10 +17,11 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from . import perf, status
+from ..facts import activity
 from ..facts import history
 from ..base.fileio import FILE_MODE, write_atomic
 from ..base.findings import Finding, Status
-from ..base.limits import level
+from ..base.limits import DEFAULTS, level
 from ..base.targets import Target
 
 
@@ -32,7 +33,8 @@ def is_local(target: Target) -> bool:
     return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
 
 
-def storage(conn: psycopg.Connection, target: Target, *, warn_pct: float = 80, crit_pct: float = 90) -> Finding:
+def storage(conn: psycopg.Connection, target: Target, *, warn_pct: float = DEFAULTS.storage_warn_pct,
+            crit_pct: float = DEFAULTS.storage_crit_pct) -> Finding:
     """Use of the filesystem holding the data directory, where this host can see it."""
     threshold = f"WARN >= {warn_pct:g}%, CRIT >= {crit_pct:g}%"
     try:
@@ -50,7 +52,7 @@ def storage(conn: psycopg.Connection, target: Target, *, warn_pct: float = 80, c
                    f"under {data_dir}", value=round(pct, 2), threshold=threshold)
 
 
-def slow_queries(conn: psycopg.Connection, *, slow_ms: float = 100) -> Finding:
+def slow_queries(conn: psycopg.Connection, *, slow_ms: float = DEFAULTS.slow_ms) -> Finding:
     """The application's queries averaging over `slow_ms`: the performance review's reading
     (perf.statements, perf.slow), so both runbooks count the same statements."""
     threshold = f"WARN when any averages > {slow_ms:g} ms"
@@ -66,31 +68,30 @@ def slow_queries(conn: psycopg.Connection, *, slow_ms: float = 100) -> Finding:
                    value=n, threshold=threshold)
 
 
-def long_transactions(conn: psycopg.Connection, *, warn_s: float = 300, crit_s: float = 3600) -> Finding:
+def long_transactions(conn: psycopg.Connection, *, warn_s: float = DEFAULTS.long_transaction_warn_s,
+                      crit_s: float = DEFAULTS.long_transaction_crit_s) -> Finding:
     """The oldest open transaction of any client session (this one excluded)."""
-    pid, database, age = conn.execute(
-        "SELECT pid, datname, extract(epoch FROM now() - xact_start) FROM pg_stat_activity"
-        " WHERE xact_start IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-        " ORDER BY xact_start LIMIT 1").fetchone() or (None, None, 0)
-    age = float(age or 0)
+    open_ = [s for s in activity.sessions(conn) if s.xact_s is not None]
+    oldest = max(open_, key=lambda s: s.xact_s, default=None)
+    age = oldest.xact_s if oldest else 0.0
     return Finding("long transactions", level(age, warn_s, crit_s),
-                   f"the oldest open transaction is {age:.0f} s old" + (f" (pid {pid} on {database})" if pid else ""),
+                   f"the oldest open transaction is {age:.0f} s old"
+                   + (f" (pid {oldest.pid} on {oldest.database})" if oldest else ""),
                    value=round(age, 1), threshold=f"WARN >= {warn_s:g} s, CRIT >= {crit_s:g} s")
 
 
-def idle_in_transaction(conn: psycopg.Connection, *, warn_s: float = 60, crit_s: float = 600) -> Finding:
+def idle_in_transaction(conn: psycopg.Connection, *, warn_s: float = DEFAULTS.idle_in_transaction_warn_s,
+                        crit_s: float = DEFAULTS.idle_in_transaction_crit_s) -> Finding:
     """Sessions idle inside an open transaction: they hold locks and stop vacuum."""
-    n, age = conn.execute(
-        "SELECT count(*), coalesce(max(extract(epoch FROM now() - state_change)), 0) FROM pg_stat_activity"
-        " WHERE state IN ('idle in transaction', 'idle in transaction (aborted)') AND pid <> pg_backend_pid()"
-    ).fetchone()
-    age = float(age)
-    return Finding("idle in transaction", level(age, warn_s, crit_s) if n else Status.OK,
-                   f"{n} sessions idle in transaction" + (f", the longest for {age:.0f} s" if n else ""),
+    idle = [s for s in activity.sessions(conn) if s.idle_in_transaction]
+    age = max((s.state_s or 0.0 for s in idle), default=0.0)
+    return Finding("idle in transaction", level(age, warn_s, crit_s) if idle else Status.OK,
+                   f"{len(idle)} sessions idle in transaction" + (f", the longest for {age:.0f} s" if idle else ""),
                    value=round(age, 1), threshold=f"WARN >= {warn_s:g} s, CRIT >= {crit_s:g} s")
 
 
-def replication(conn: psycopg.Connection, *, warn_s: float = 30, crit_s: float = 300) -> Finding:
+def replication(conn: psycopg.Connection, *, warn_s: float = DEFAULTS.replication_lag_warn_s,
+                crit_s: float = DEFAULTS.replication_lag_crit_s) -> Finding:
     """Replay lag of each replica (on a primary) or of this server (on a standby)."""
     threshold = f"WARN >= {warn_s:g} s, CRIT >= {crit_s:g} s"
     if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
@@ -130,8 +131,8 @@ def migrations(conn: psycopg.Connection, target: Target, *, look_back: int = 20)
     return status.migration_state(conn, target)
 
 
-def host(target: Target, *, cpu_warn_pct: float = 90, mem_warn_pct: float = 90, mem_crit_pct: float = 98,
-         sample_s: float = 0.5) -> list[Finding]:
+def host(target: Target, *, cpu_warn_pct: float = DEFAULTS.cpu_warn_pct, mem_warn_pct: float = DEFAULTS.memory_warn_pct,
+         mem_crit_pct: float = DEFAULTS.memory_crit_pct, sample_s: float = 0.5) -> list[Finding]:
     """CPU use (sampled) and memory of the host, when the server runs on this host.
 
     A busy CPU is a WARN (slowness), never a CRIT; memory near exhaustion is.
@@ -145,7 +146,7 @@ def host(target: Target, *, cpu_warn_pct: float = 90, mem_warn_pct: float = 90, 
 
     cpu = psutil.cpu_percent(interval=sample_s)
     mem = psutil.virtual_memory()
-    return [Finding("host cpu", Status.WARN if cpu >= cpu_warn_pct else Status.OK,
+    return [Finding("host cpu", level(cpu, cpu_warn_pct),
                     f"{cpu:.0f}% busy over {sample_s:g} s on {os.cpu_count()} cores, 1-minute load "
                     f"{os.getloadavg()[0]:.2f}", value=cpu, threshold=f"WARN >= {cpu_warn_pct:g}%"),
             Finding("host memory", level(mem.percent, mem_warn_pct, mem_crit_pct),

@@ -23,9 +23,9 @@ from ..facts import catalog
 from ..facts.catalog import Rel, selected
 from . import compare
 from ..base.findings import Finding, Status
+from ..base.limits import DEFAULTS, level
 from ..base.targets import Target
 
-WRAP_WARN, WRAP_CRIT = 1_300_000_000, 1_400_000_000  # check_postgres txn_wraparound defaults
 
 
 def _cols(names: list[str], alias: str = "") -> list[sql.Composable]:
@@ -293,14 +293,14 @@ def amcheck_checks(conn: psycopg.Connection, *, tables: str = "*", heapallindexe
 
 # -- 6. wraparound --------------------------------------------------------------------
 
-def wraparound(conn: psycopg.Connection, *, warn: int = WRAP_WARN, crit: int = WRAP_CRIT) -> list[Finding]:
+def wraparound(conn: psycopg.Connection, *, warn: int = DEFAULTS.wraparound_warn,
+               crit: int = DEFAULTS.wraparound_crit) -> list[Finding]:
     """Transaction-ID and multixact age of every database, as check_postgres txn_wraparound does."""
     found = []
     for label, expr in (("xid age", "age(datfrozenxid)"), ("multixact age", "mxid_age(datminmxid)")):
         name, age = conn.execute(sql.SQL("SELECT datname, {} FROM pg_database ORDER BY 2 DESC LIMIT 1").format(
             sql.SQL(expr))).fetchone()
-        status = Status.CRIT if age >= crit else Status.WARN if age >= warn else Status.OK
-        found.append(Finding(label, status, f"oldest is {name} at {age:,} ({100 * age / 2**31:.1f}% of the way to wraparound)",
+        found.append(Finding(label, level(age, warn, crit), f"oldest is {name} at {age:,} ({100 * age / 2**31:.1f}% of the way to wraparound)",
                              value=age, threshold=f"WARN >= {warn:,}, CRIT >= {crit:,}"))
     return found
 

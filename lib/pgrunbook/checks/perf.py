@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from ..base.limits import DEFAULTS, level
+from ..facts import activity
 from ..facts import catalog
 from ..facts.catalog import USER_SCHEMAS
 from .status import pretty_bytes
@@ -32,7 +34,6 @@ OWN_WORK = re.compile(r"^\s*copy\b.*\b(to\s+stdout|from\s+stdin)\b"
 _RELATION = re.compile(r'\b(?:from|join)\s+(?:lateral\s+)?(?:only\s+)?'
                        r'((?:"[^"]+"|[a-z_][\w$]*)(?:\.(?:"[^"]+"|[a-z_][\w$]*))?)(?![\w$."]|\s*\()', re.I)
 _CATALOG = re.compile(r'^(pg_catalog\.)?"?pg_|^information_schema\.', re.I)
-LARGE_ROWS = 10_000  # a scan or join over more rows than this is worth naming
 
 
 # -- query statistics ----------------------------------------------------------------------------
@@ -225,13 +226,13 @@ def costly_nodes(plan: dict) -> str:
     for n in _nodes(plan):
         rows = n.get("Actual Rows", n.get("Plan Rows", 0)) * max(n.get("Actual Loops", 1), 1)
         kind = n.get("Node Type")
-        if kind == "Seq Scan" and (rows >= LARGE_ROWS or n.get("Filter")):
+        if kind == "Seq Scan" and (rows >= DEFAULTS.large_scan_rows or n.get("Filter")):
             filt = f" filtering {n['Filter']}" if n.get("Filter") else ""
             notes.append(f"sequential scan on {n.get('Relation Name')} ({rows:,.0f} rows){filt}")
-        elif kind == "Sort" and (n.get("Sort Space Type") == "Disk" or rows >= LARGE_ROWS):
+        elif kind == "Sort" and (n.get("Sort Space Type") == "Disk" or rows >= DEFAULTS.large_scan_rows):
             disk = " spilling to disk" if n.get("Sort Space Type") == "Disk" else ""
             notes.append(f"sort of {rows:,.0f} rows{disk}")
-        elif kind == "Nested Loop" and rows >= LARGE_ROWS:
+        elif kind == "Nested Loop" and rows >= DEFAULTS.large_scan_rows:
             notes.append(f"nested loop over {rows:,.0f} rows")
     return "; ".join(notes) or "no costly node"
 
@@ -304,7 +305,8 @@ def stats_window(conn: psycopg.Connection) -> tuple[object, float]:
     return since, float(days)
 
 
-def unused_indexes(conn: psycopg.Connection, all_indexes: list[Index], *, min_days: float = 7) -> list[dict]:
+def unused_indexes(conn: psycopg.Connection, all_indexes: list[Index], *,
+                   min_days: float = DEFAULTS.unused_index_min_days) -> list[dict]:
     """Indexes never scanned since statistics count, that back no constraint: advice to drop them only when
     the statistics cover at least `min_days`; an index that serves a foreign key's lookups says so."""
     since, days = stats_window(conn)
@@ -364,7 +366,7 @@ def _filter_columns(expr: str, columns: set[str], alias: str, *, qualified_only:
 
 
 def missing_indexes(conn: psycopg.Connection, explained: list[Explained], all_indexes: list[Index], *,
-                    min_rows: int = LARGE_ROWS) -> list[dict]:
+                    min_rows: int = DEFAULTS.large_scan_rows) -> list[dict]:
     """Columns that slow queries filter or join on by sequential scan of a large table, with no index leading on them."""
     stats = {(s, t): (seq, rows) for s, t, seq, rows in conn.execute(
         "SELECT schemaname, relname, seq_scan, n_live_tup FROM pg_stat_user_tables").fetchall()}
@@ -404,7 +406,8 @@ def missing_indexes(conn: psycopg.Connection, explained: list[Explained], all_in
     return list(advice.values())
 
 
-def index_advice(conn: psycopg.Connection, explained: list[Explained], *, unused_min_days: float = 7):
+def index_advice(conn: psycopg.Connection, explained: list[Explained], *,
+                 unused_min_days: float = DEFAULTS.unused_index_min_days):
     """Unused, duplicate, redundant and missing indexes, each with the DDL to run and its cost."""
     import pandas as pd
 
@@ -446,17 +449,17 @@ def tables(conn: psycopg.Connection, *, limit: int = 50):
                                        "seq_scans", "index_scans", "cache_hit_pct"])
 
 
-def cache_finding(conn: psycopg.Connection, *, warn_pct: float = 99) -> Finding:
+def cache_finding(conn: psycopg.Connection, *, warn_pct: float = DEFAULTS.cache_hit_warn_pct) -> Finding:
     hit, read = conn.execute("SELECT sum(heap_blks_hit), sum(heap_blks_read) FROM pg_statio_user_tables").fetchone()
     if not (hit or read):
         return Finding("cache hit ratio", Status.OK, "no table reads yet")
     pct = 100 * float(hit) / float(hit + read)
-    return Finding("cache hit ratio", Status.OK if pct >= warn_pct else Status.WARN,
+    return Finding("cache hit ratio", level(pct, warn_pct, falling=True),
                    f"{pct:.2f}% of table block reads served from shared buffers", value=round(pct, 2),
                    threshold=f"WARN < {warn_pct:g}%")
 
 
-def dead_rows_finding(frame, *, warn_pct: float = 20, min_rows: int = 10_000) -> Finding:
+def dead_rows_finding(frame, *, warn_pct: float = DEFAULTS.dead_rows_warn_pct, min_rows: int = DEFAULTS.dead_rows_min) -> Finding:
     bad = frame[(frame["dead_pct"].fillna(0) > warn_pct) & (frame["dead_rows"] > min_rows)]
     if bad.empty:
         return Finding("dead rows", Status.OK, f"no table over {warn_pct:g}% dead rows")
@@ -464,28 +467,15 @@ def dead_rows_finding(frame, *, warn_pct: float = 20, min_rows: int = 10_000) ->
                    "tune autovacuum", examples=tuple(f"{t}: {p}%" for t, p in zip(bad["table"], bad["dead_pct"])))
 
 
-def activity(conn: psycopg.Connection):
-    """Client sessions by database, application and state."""
+def sessions(conn: psycopg.Connection):
+    """Client sessions (this one excluded) by database, application and state, with the oldest
+    open transaction of each group in seconds."""
     import pandas as pd
 
-    rows = conn.execute(
-        "SELECT datname, coalesce(nullif(application_name, ''), '(none)'), coalesce(state, '(unknown)'), count(*),"
-        " max(now() - xact_start) FROM pg_stat_activity WHERE backend_type = 'client backend'"
-        " AND pid <> pg_backend_pid() GROUP BY 1, 2, 3 ORDER BY 4 DESC").fetchall()
-    return pd.DataFrame(rows, columns=["database", "application", "state", "sessions", "oldest_transaction"])
-
-
-def lock_waits(conn: psycopg.Connection):
-    """Sessions waiting on a lock, each with the sessions blocking it (the blocking tree, one level per row)."""
-    import pandas as pd
-
-    rows = conn.execute(
-        "SELECT w.pid, w.usename, now() - w.query_start, left(w.query, 120), b.pid, b.state, left(b.query, 120)"
-        " FROM pg_stat_activity w CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS blocker(pid)"
-        " JOIN pg_stat_activity b ON b.pid = blocker.pid WHERE w.wait_event_type = 'Lock'"
-        " ORDER BY 3 DESC").fetchall()
-    return pd.DataFrame(rows, columns=["waiting_pid", "user", "waiting_for", "waiting_query",
-                                       "blocking_pid", "blocking_state", "blocking_query"])
+    frame = pd.DataFrame(activity.sessions(conn), columns=list(activity.Session.__annotations__))
+    groups = frame.groupby(["database", "application", "state"], dropna=False)
+    out = groups.agg(sessions=("pid", "size"), oldest_transaction_s=("xact_s", "max")).reset_index()
+    return out.sort_values("sessions", ascending=False, ignore_index=True).round({"oldest_transaction_s": 1})
 
 
 def locks_finding(waits) -> Finding:
@@ -510,7 +500,8 @@ def snapshot(frame, table_frame, advice) -> Finding:
                    f"{len(facts['unused indexes'])} unused indexes", value=facts)
 
 
-def trend(target: str, current: Finding, *, enabled: bool = True):
+def trend(target: str, current: Finding, *, enabled: bool = True,
+          growth_pct: float = DEFAULTS.table_growth_pct):
     """(finding, DataFrame of changes) since the previous archived performance report of `target`."""
     import pandas as pd
 
@@ -524,7 +515,7 @@ def trend(target: str, current: Finding, *, enabled: bool = True):
         now, rows = current.value, []
         for t, size in now["table bytes"].items():
             old = before["table bytes"].get(t)
-            if old is None or size > old * 1.1 + 2**20:
+            if old is None or size > old * (1 + growth_pct / 100) + 2**20:
                 rows.append(("table grew" if old is not None else "new table", t, pretty_bytes(old or 0),
                              pretty_bytes(size)))
         rows += [("newly slow", q, "", "slow") for q in now["slow"] if q not in before["slow"]]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from ..base.findings import Finding, Status
+from ..base.limits import level
 from ..facts.backups import Backup, check
 
 
@@ -56,7 +58,7 @@ def rpo_finding(backups: list[Backup], *, rpo_h: float, required: bool = True,
     """The one judgement of backup age: the newest *verified* backup against the RPO, OK within
     it, WARN within twice it, CRIT beyond; none at all is CRIT. Where backups are not `required`
     (see `required`), none is OK and an old one at most WARN."""
-    threshold = f"OK <= {rpo_h:g} h, WARN <= {2 * rpo_h:g} h" + ("" if required else " (not required here)")
+    threshold = f"OK < {rpo_h:g} h, WARN < {2 * rpo_h:g} h" + ("" if required else " (not required here)")
     verified = [b for b in backups if b.verified]
     if not verified:
         if not required:
@@ -64,6 +66,6 @@ def rpo_finding(backups: list[Backup], *, rpo_h: float, required: bool = True,
                            "of a target that is not protected", threshold=threshold)
         return Finding(check, Status.CRIT, f"no verified backup ({len(backups)} unverified)", threshold=threshold)
     age = verified[-1].age_h()
-    status = Status.OK if age <= rpo_h else Status.WARN if age <= 2 * rpo_h or not required else Status.CRIT
+    status = level(age, rpo_h, 2 * rpo_h if required else math.inf)
     return Finding(check, status, f"newest verified backup {verified[-1].id} is {age:.1f} h old",
                    value=round(age, 2), threshold=threshold)

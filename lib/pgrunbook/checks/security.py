@@ -13,6 +13,7 @@ import re
 
 import psycopg
 
+from ..facts import activity
 from ..facts import history
 from ..base.findings import Finding, Status
 from ..facts.catalog import NOT_EXTENSION, TEXT_TYPES, USER_SCHEMAS
@@ -175,20 +176,17 @@ def grant_findings(conn: psycopg.Connection, app_roles: list[str]) -> list[Findi
 # -- access ---------------------------------------------------------------------
 
 def sessions(conn: psycopg.Connection):
+    """Client sessions (this one excluded): who, from where, with SSL or not."""
     import pandas as pd
 
-    rows = conn.execute(
-        "SELECT a.pid, a.usename, a.application_name, a.client_addr::text, a.datname, a.state, s.ssl"
-        " FROM pg_stat_activity a LEFT JOIN pg_stat_ssl s ON s.pid = a.pid"
-        " WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() ORDER BY 2, 3").fetchall()
-    return pd.DataFrame(rows, columns=["pid", "role", "application", "client", "database", "state", "ssl"])
+    cols = ["pid", "role", "application", "client", "database", "state", "ssl"]
+    frame = pd.DataFrame(activity.sessions(conn), columns=list(activity.Session.__annotations__))
+    return frame[cols].sort_values(["role", "application"], ignore_index=True)
 
 
 def access_findings(conn: psycopg.Connection, *, app_roles: list[str], protected: bool) -> list[Finding]:
-    plain = conn.execute(
-        "SELECT a.usename || '@' || a.client_addr::text || ' (' || coalesce(nullif(a.application_name, ''), '-') || ')'"
-        " FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid"
-        " WHERE a.client_addr IS NOT NULL AND NOT s.ssl AND a.backend_type = 'client backend'").fetchall()
+    every = activity.sessions(conn)
+    plain = [(f"{x.role}@{x.client} ({x.application})",) for x in every if x.client and not x.ssl]
     found = [Finding("ssl", Status.WARN if plain else Status.OK,
                      f"{len(plain)} TCP sessions without SSL" if plain else "no TCP session without SSL",
                      examples=_names(plain))]
@@ -203,13 +201,9 @@ def access_findings(conn: psycopg.Connection, *, app_roles: list[str], protected
         found.append(Finding("direct access", Status.UNKNOWN, "no app_roles given: pass app_roles=... (or set "
                              "app_roles in [tool.pgrunbook]) to tell the application's sessions from direct ones"))
     else:
-        sessions = conn.execute(
-            "SELECT usename = ANY(%s), 'pid ' || pid || ' ' || usename || ' ('"
-            " || coalesce(nullif(application_name, ''), '-') || ', ' || coalesce(client_addr::text, 'local') || ')'"
-            " FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-            " AND datname = current_database() ORDER BY 2", [app_roles]).fetchall()
-        direct = [(who,) for app, who in sessions if not app]
-        by_app = sum(1 for app, _ in sessions if app)
+        here = [x for x in every if x.here]
+        direct = [(str(x),) for x in sorted(here, key=str) if x.role not in app_roles]
+        by_app = len(here) - len(direct)
         if direct:
             summary = f"{len(direct)} sessions by roles other than {', '.join(app_roles)}"
         elif by_app:

@@ -10,8 +10,12 @@ import time
 
 import psycopg
 
+from ..facts import activity
+from ..facts import backups
+from . import recovery
 from ..base import migrations
 from ..base.findings import Finding, Status
+from ..base.limits import DEFAULTS, level
 
 SETTINGS = (
     "max_connections", "shared_buffers", "work_mem", "maintenance_work_mem",
@@ -91,28 +95,23 @@ def table_sizes(conn: psycopg.Connection, *, top: int = 10):
 
 
 def connections(conn: psycopg.Connection):
-    """Client connections to this database by application and state."""
+    """Client sessions of this database (this one excluded) by application and state."""
     import pandas as pd
 
-    rows = conn.execute(
-        "SELECT coalesce(nullif(application_name, ''), '(none)'), coalesce(state, '(unknown)'), count(*)"
-        " FROM pg_stat_activity WHERE backend_type = 'client backend' AND datname = current_database()"
-        " GROUP BY 1, 2 ORDER BY 3 DESC"
-    ).fetchall()
-    return pd.DataFrame(rows, columns=["application", "state", "connections"])
+    frame = pd.DataFrame([s for s in activity.sessions(conn) if s.here], columns=list(activity.Session.__annotations__))
+    counts = frame.groupby(["application", "state"]).size().rename("connections").reset_index()
+    return counts.sort_values("connections", ascending=False, ignore_index=True)
 
 
-def connection_use(conn: psycopg.Connection, *, pool_limit: int = 20, warn_pct: float = 80) -> Finding:
-    """Client connections to this database (this session excluded) against the pool limit."""
-    used, total, maximum = conn.execute(
-        "SELECT count(*) FILTER (WHERE datname = current_database() AND pid <> pg_backend_pid()),"
-        " count(*), current_setting('max_connections')::int"
-        " FROM pg_stat_activity WHERE backend_type = 'client backend'"
-    ).fetchone()
+def connection_use(conn: psycopg.Connection, *, pool_limit: int = DEFAULTS.pool_limit,
+                   warn_pct: float = DEFAULTS.pool_warn_pct) -> Finding:
+    """Client sessions of this database (this one excluded) against the application's pool."""
+    every = activity.sessions(conn)
+    used = sum(1 for s in every if s.here)
     pct = 100 * used / pool_limit
-    status = Status.CRIT if used >= pool_limit else Status.WARN if pct >= warn_pct else Status.OK
-    return Finding("connections", status,
-                   f"{used} of the pool's {pool_limit} ({pct:.0f}%); server-wide {total} of {maximum}",
+    return Finding("connections", level(pct, warn_pct, 100),
+                   f"{used} of the pool's {pool_limit} ({pct:.0f}%); server-wide {len(every)} of "
+                   f"{activity.max_connections(conn)}",
                    value=used, threshold=f"WARN >= {warn_pct:.0f}%, CRIT >= {pool_limit}")
 
 
@@ -137,10 +136,7 @@ def migration_state(conn: psycopg.Connection, target) -> Finding:
     return Finding("migrations", Status.OK, f"at head {', '.join(st.heads)}", value=",".join(st.current))
 
 
-def latest_backup(target, conn: psycopg.Connection, *, max_age_h: float = 24) -> Finding:
+def latest_backup(target, conn: psycopg.Connection, *, max_age_h: float = DEFAULTS.rpo_h) -> Finding:
     """The newest verified backup of the database `target` reaches, against the RPO (see recovery.rpo_finding)."""
-    from ..facts import backups
-    from ..checks import recovery
-
     found = backups.all_backups(target, current=backups.identity(conn, target))
     return recovery.rpo_finding(found, rpo_h=max_age_h, required=backups.required(target), check="backup")

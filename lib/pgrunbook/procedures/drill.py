@@ -14,6 +14,8 @@ from datetime import datetime
 
 from psycopg import sql
 
+from ..base import limits
+from ..base.limits import level
 from ..base import db
 from . import restore
 from ..base.errors import PgRunbookError
@@ -22,7 +24,6 @@ from ..base.targets import Target
 
 DISASTERS = ("dropped-table", "deleted-rows", "dropped-database")
 MARKER = "pgrunbook_drill_marker"
-RPO_S = 24 * 3600
 
 
 class DrillRefused(PgRunbookError):
@@ -107,9 +108,10 @@ def resume(target: Target, traffic: Traffic, backup, *, kept: str | None = None)
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(MARKER)))
     lost = traffic.rows - survived
     window = (traffic.last_at - backup.end).total_seconds()
-    rpo = Finding("rpo achieved", Status.OK if window <= RPO_S else Status.CRIT,
+    rpo_h = limits.for_target(target).rpo_h
+    rpo = Finding("rpo achieved", level(window, rpo_h * 3600, rpo_h * 3600),
                   f"{lost} of {traffic.rows} rows written after the backup were lost "
-                  f"(the last {window:.1f} s before the disaster)", value=lost, threshold="<= 24 h of writes")
+                  f"(the last {window:.1f} s before the disaster)", value=lost, threshold=f"< {rpo_h:g} h of writes")
     note = f"; the damaged copy {kept!r} was dropped" if kept else ""
     return [Finding("resume", Status.OK, f"{target.name!r} serves again{note}"), rpo]
 
@@ -119,9 +121,10 @@ def now() -> float:
     return time.perf_counter()
 
 
-def rto_since(detected: float, *, objective_s: float = restore.RTO_S) -> Finding:
+def rto_since(detected: float, target: Target) -> Finding:
     """Time from the disaster's detection to the target serving verified data again."""
     elapsed = time.perf_counter() - detected
-    return Finding("rto achieved", Status.OK if elapsed <= objective_s else Status.CRIT,
+    objective_s = limits.for_target(target).rto_min * 60
+    return Finding("rto achieved", level(elapsed, objective_s, objective_s),
                    f"{elapsed:.1f} s from the disaster to service resumed", value=round(elapsed, 2),
                    threshold=f"<= {objective_s / 60:g} min")

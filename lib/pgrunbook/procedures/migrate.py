@@ -20,9 +20,12 @@ from alembic import command
 from psycopg import sql
 
 from . import debris, dumps, restore
+from ..facts import activity
 from ..facts import backups
 from ..facts import catalog
 from ..facts import history
+from ..base import limits
+from ..base.limits import DEFAULTS
 from ..base import db, migrations
 from ..checks import health, lint
 from ..base.findings import Finding, Status
@@ -30,7 +33,6 @@ from ..base.limits import Limits
 from ..base.migrations import Revision
 from ..base.targets import Target
 
-STAGING_WINDOW = timedelta(days=14)
 
 
 @dataclass
@@ -193,22 +195,17 @@ def _touched(p: Plan) -> set[str]:
     return tables
 
 
-def preflight(conn: psycopg.Connection, p: Plan, *, target: Target | None = None, long_after_s: int = 60,
+def preflight(conn: psycopg.Connection, p: Plan, *, target: Target | None = None, long_after_s: float = DEFAULTS.preflight_transaction_s,
               limits: Limits | None = None) -> list[Finding]:
     """Sessions in the way, data a new constraint would reject, and the disk (health's own reading)."""
     found = []
     touched = sorted(t for t in _touched(p) if lint.table_facts(conn, t).exists)
-    blockers = conn.execute(
-        "SELECT DISTINCT a.pid, a.usename, a.application_name, a.state, c.relname, l.mode,"
-        " (now() - a.xact_start)::text FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
-        " JOIN pg_stat_activity a ON a.pid = l.pid WHERE c.relname = ANY(%s) AND a.pid <> pg_backend_pid()"
-        " AND a.datname = current_database()", [touched]).fetchall()
-    longtx = conn.execute(
-        "SELECT pid, usename, application_name, state, (now() - xact_start)::text FROM pg_stat_activity"
-        " WHERE xact_start < now() - make_interval(secs => %s) AND pid <> pg_backend_pid()"
-        " AND datname = current_database()", [long_after_s]).fetchall()
-    ex = tuple(f"pid {r[0]} ({r[1]}, {r[2] or '-'}, {r[3]}) holds {r[5]} on {r[4]} for {r[6]}" for r in blockers)
-    ex += tuple(f"pid {r[0]} ({r[1]}, {r[2] or '-'}, {r[3]}) in a transaction for {r[4]}" for r in longtx)
+    blockers = activity.lock_holders(conn, touched)
+    longtx = [x for x in activity.sessions(conn) if x.here and (x.xact_s or 0) > long_after_s]
+    ex = tuple(f"pid {b.pid} ({b.role}, {b.application or '-'}, {b.state}) holds {b.mode} on {b.table} for "
+               f"{b.held_for}" for b in blockers)
+    ex += tuple(f"pid {x.pid} ({x.role}, {x.application}, {x.state}) in a transaction for {x.xact_s:.0f} s"
+                for x in longtx)
     found.append(Finding("sessions", Status.WARN if ex else Status.OK,
                          f"{len(ex)} sessions hold locks on the tables touched or run long transactions"
                          if ex else f"nothing holds locks on {', '.join(touched) or 'the tables touched'}",
@@ -292,20 +289,21 @@ def _verified(run: dict) -> str | None:
 
 
 def staging_first(target: Target, p: Plan, *, mode: str, override: str = "") -> Finding:
-    """A protected target needs a successful staging apply of the same revision within 14 days."""
+    """A protected target needs a successful staging apply of the same revision within the target's staging_window_days (14)."""
     if mode != "apply" or not target.protected:
         return Finding("staging first", Status.OK, "not required" + ("" if target.protected else " (target not protected)")
                        if mode == "apply" else f"not required in {mode} mode")
-    since = (datetime.now(timezone.utc) - STAGING_WINDOW).date()
+    window = limits.for_target(target).staging_window_days
+    since = (datetime.now(timezone.utc) - timedelta(days=window)).date()
     run = history.previous("migrate", "staging", since=since, where=lambda r: r["outcome"] in ("OK", "WARN")
                            and r.get("parameters", {}).get("mode") == "apply" and _verified(r) == p.to_revision)
     if run is not None:
         return Finding("staging first", Status.OK, f"staging applied {p.to_revision} in run {run['id']}")
     if override:
-        return Finding("staging first", Status.WARN, f"no staging apply of {p.to_revision} within 14 days; "
+        return Finding("staging first", Status.WARN, f"no staging apply of {p.to_revision} within {window:g} days; "
                        f"overridden by the operator: {override}")
-    return Finding("staging first", Status.CRIT, f"no successful staging apply of {p.to_revision} in the last 14 "
-                   "days: run `pgrunbook run migrate --target staging -p mode apply` first")
+    return Finding("staging first", Status.CRIT, f"no successful staging apply of {p.to_revision} in the last "
+                   f"{window:g} days: run `pgrunbook run migrate --target staging -p mode apply` first")
 
 
 # -- 6. backup ----------------------------------------------------------------

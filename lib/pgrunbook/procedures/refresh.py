@@ -23,6 +23,7 @@ import psycopg
 from . import dumps, restore, sanitize, swaps
 from ..facts import backups
 from ..checks import recovery
+from ..base.limits import DEFAULTS
 from ..base import db
 from ..checks import integrity
 from ..facts.backups import Backup
@@ -125,7 +126,7 @@ def owners_finding(target: Target, missing: list[str]) -> Finding:
 
 
 def apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules, salt: sanitize.Salt, *,
-          jobs: int = 2, keep_previous_hours: float = restore.KEEP_H, verdict: Finding | None = None) -> RefreshResult:
+          jobs: int = 2, keep_previous_hours: float = DEFAULTS.keep_h, verdict: Finding | None = None) -> RefreshResult:
     """Restore `backup` beside the target, mask, verify; swap only when nothing is CRIT.
 
     `verdict` is `backup_finding(backup)` when the caller already has it (the
@@ -182,7 +183,7 @@ def _apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules
 
 
 def run(source: Target, target: Target, backup: Backup | None, rules: sanitize.Rules, *, jobs: int = 2,
-        keep_previous_hours: float = restore.KEEP_H, enabled: bool = True,
+        keep_previous_hours: float = DEFAULTS.keep_h, enabled: bool = True,
         verdict: Finding | None = None) -> RefreshResult:
     """`apply` with the salt read here (never held by the notebook); in plan mode, nothing."""
     if not enabled or backup is None:

@@ -23,14 +23,14 @@ from . import debris, dumps, swaps
 from ..facts import backups
 from ..checks import recovery
 from ..facts import catalog
+from ..base import limits
+from ..base.limits import DEFAULTS, level
 from ..base import db, pgtools
 from ..facts.backups import Backup
 from ..base.errors import PgRunbookError
 from ..base.findings import Finding, Status
 from ..base.targets import Target
 
-RTO_S = 15 * 60
-KEEP_H = 48
 
 
 class RestoreFailed(PgRunbookError):
@@ -67,7 +67,7 @@ class Timeline:
                             columns=["phase", "start_s", "end_s", "seconds"])
 
 
-def plot_timeline(timeline: Timeline, *, objective_s: float | None = RTO_S, title: str = "Restore timeline"):
+def plot_timeline(timeline: Timeline, *, objective_s: float | None = DEFAULTS.rto_min * 60, title: str = "Restore timeline"):
     """Horizontal bars of the phases, with the total against the objective (None when nothing ran)."""
     from matplotlib.figure import Figure
 
@@ -362,7 +362,7 @@ def _execute(plan: Plan, *, jobs: int, verify: bool) -> RestoreResult:
             conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(new), sql.Identifier(done)))
         new = done
         found.append(Finding("restore", Status.OK, f"restored into {new!r} beside {target.database!r}, "
-                             f"which is untouched (new-database mode); kept {KEEP_H} h like a swap's old "
+                             f"which is untouched (new-database mode); kept {limits.for_target(target).keep_h:g} h like a swap's old "
                              "database"))
     if plan.mode == "swap":
         kept = f"{target.database}_pre_restore_{stamp}"[:63]
@@ -375,7 +375,7 @@ def _execute(plan: Plan, *, jobs: int, verify: bool) -> RestoreResult:
                 return RestoreResult(backup, new, found, timeline, verified=False)
         kept = kept if existed else None
         found.append(Finding("swap", Status.OK, f"{new!r} is now {target.database!r}; " + (
-            f"the old one is kept as {kept!r} for {KEEP_H} h" if kept else "there was no old one to keep")))
+            f"the old one is kept as {kept!r} for {limits.for_target(target).keep_h:g} h" if kept else "there was no old one to keep")))
     return RestoreResult(backup, target.database if plan.mode == "swap" else new, found, timeline, kept)
 
 
@@ -390,14 +390,13 @@ def swap(target: Target, new: str, kept: str, *, operation: str = "restore") -> 
     return swaps.swap(target, new, kept, operation=operation)
 
 
-def rto_finding(timeline: Timeline, *, objective_s: float = RTO_S, result: RestoreResult | None = None) -> Finding:
+def rto_finding(timeline: Timeline, *, objective_s: float = DEFAULTS.rto_min * 60, result: RestoreResult | None = None) -> Finding:
     """Time from start to a verified copy against the objective; no recovery time when nothing was recovered."""
     threshold = f"<= {objective_s / 60:g} min"
     if result is not None and not result.verified:
         return Finding("rto", Status.CRIT, f"nothing recovered: the copy failed verification after "
                        f"{timeline.total:.1f} s", value=round(timeline.total, 2), threshold=threshold)
-    status = Status.OK if timeline.total <= objective_s else Status.CRIT
-    return Finding("rto", status, f"{timeline.total:.1f} s from start to verified",
+    return Finding("rto", level(timeline.total, objective_s, objective_s), f"{timeline.total:.1f} s from start to verified",
                    value=round(timeline.total, 2), threshold=threshold)
 
 
@@ -418,7 +417,7 @@ def kept(target: Target, *, kind: str = "pre_restore") -> dict[str, float]:
     return ages
 
 
-def kept_databases(target: Target, *, older_than_h: float = KEEP_H) -> Finding:
+def kept_databases(target: Target, *, older_than_h: float = DEFAULTS.keep_h) -> Finding:
     """Databases kept by earlier swaps, and copies left by new-database restores, past their keeping time."""
     ages = {**kept(target), **kept(target, kind="restored")}
     old = [n for n, age in ages.items() if age > older_than_h]
