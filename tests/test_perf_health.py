@@ -12,7 +12,7 @@ import pytest
 
 from pgrunbook.base import db
 from pgrunbook.checks import health, perf
-from pgrunbook.facts import activity
+from pgrunbook.facts import activity, statements
 from pgrunbook.archive import runner
 from pgrunbook.procedures import seed
 from pgrunbook.base.findings import Status
@@ -312,4 +312,4 @@ def test_replication_lag_is_read_on_the_primary_and_on_a_real_standby(sandbox, s
     ("SELECT * FROM reviews WHERE rating < $1", False),
 ])
 def test_own_work_is_told_from_the_application_s(query, own):
-    assert perf.own_work(query) is own
+    assert statements.own_work(query) is own

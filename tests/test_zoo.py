@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from pgrunbook.procedures import dumps, restore, sanitize
-from pgrunbook.facts import backups, catalog
+from pgrunbook.facts import backups, catalog, statements
 from pgrunbook.checks import compare, health, perf, security
 from pgrunbook.base import db, targets
 from pgrunbook.archive import runner
@@ -303,7 +303,7 @@ def test_performance_leaves_its_own_work_out(sandbox):
         with conn.cursor().copy("COPY (SELECT 1) TO STDOUT") as out:
             list(out)
         conn.execute("SELECT count(*) FROM users WHERE email LIKE 'zz%'")
-        frame = perf.statements(conn)
+        frame = statements.statements(conn)
         queries = " ".join(frame["query"])
         assert "LIKE" in queries and "hashint8extended" not in queries and "pg_class" not in queries
         assert "COPY" not in queries and frame.attrs["excluded"]["statements"] >= 3
@@ -321,7 +321,7 @@ def test_slow_statements_read_once(sandbox):
         with conn.cursor().copy("COPY (SELECT pg_sleep(0.12)) TO STDOUT") as out:  # a tool's work
             list(out)
         conn.execute("CREATE TEMP TABLE pgrb_slow AS SELECT 1 AS n FROM pg_sleep(0.12)")  # utility: no plan to improve
-        frame = perf.statements(conn)
+        frame = statements.statements(conn)
         assert len(perf.slow(frame, 100)) == health.slow_queries(conn, slow_ms=100).value == 1
 
 

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from . import perf, status
-from ..facts import activity
+from ..facts import activity, statements
 from ..facts import history
 from ..base.fileio import FILE_MODE, write_atomic
 from ..base.findings import Finding, Status
@@ -54,13 +54,13 @@ def storage(conn: psycopg.Connection, target: Target, *, warn_pct: float = DEFAU
 
 def slow_queries(conn: psycopg.Connection, *, slow_ms: float = DEFAULTS.slow_ms) -> Finding:
     """The application's queries averaging over `slow_ms`: the performance review's reading
-    (perf.statements, perf.slow), so both runbooks count the same statements."""
+    (statements.statements, perf.slow), so both runbooks count the same statements."""
     threshold = f"WARN when any averages > {slow_ms:g} ms"
-    if not perf.has_statements(conn):
+    if not statements.has_statements(conn):
         return Finding("slow queries", Status.WARN, "pg_stat_statements is not installed in this database: "
                        "slow queries cannot be seen (see the performance runbook for how to enable it)",
                        threshold=threshold)
-    slow = perf.slow(perf.statements(conn), slow_ms)
+    slow = perf.slow(statements.statements(conn), slow_ms)
     n = len(slow)
     return Finding("slow queries", Status.WARN if n else Status.OK,
                    f"{n} queries average over {slow_ms:g} ms" +

@@ -20,6 +20,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from ..facts import space
 from ..base.findings import Finding, Status
 
 IGNORED_SQUAWK = {"require-lock-timeout", "require-statement-timeout", "require-timeout-settings",
@@ -166,13 +167,11 @@ class TableFacts:
 
 
 def table_facts(conn: psycopg.Connection, table: str) -> TableFacts:
-    oid = conn.execute("SELECT to_regclass(%s)", [table]).fetchone()[0]
-    if oid is None:
+    size = space.table_size(conn, table)
+    if size is None:
         return TableFacts(False)
-    est, size = conn.execute("SELECT greatest(reltuples, 0)::bigint, pg_total_relation_size(oid)"
-                             " FROM pg_class WHERE oid = %s::regclass", [table]).fetchone()
     has_rows = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))).fetchone()[0]
-    return TableFacts(True, est, has_rows, size)
+    return TableFacts(True, size.rows_estimate, has_rows, size.total_bytes)
 
 
 @dataclass

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from ..facts import space
+from ..facts.statements import EXPLAINABLE, has_statements
 from ..base.limits import DEFAULTS, level
 from ..facts import activity
 from ..facts import catalog
@@ -23,24 +25,11 @@ from .status import pretty_bytes
 from ..facts import history
 from ..base.findings import Finding, Status
 
-EXPLAINABLE = re.compile(r"^\s*(\(\s*)*(select|with|insert|update|delete|values|table)\b", re.I | re.S)
 WRITES = re.compile(r"\b(insert|update|delete|merge|create|drop|alter|truncate|copy|call|nextval|setval)\b", re.I)
 PARAM = re.compile(r"\$\d+")
-# pgrunbook's own work and its tools' (pg_dump, pg_restore, the seed's COPY, compare's hashing, amcheck):
-# never advice about the application
-OWN_WORK = re.compile(r"^\s*copy\b.*\b(to\s+stdout|from\s+stdin)\b"
-                      r"|\b(bt_index_check|verify_heapam|pg_export_snapshot|pg_terminate_backend"
-                      r"|hash\w*extended|pg_stat_statements)\s*\(", re.I | re.S)
-_RELATION = re.compile(r'\b(?:from|join)\s+(?:lateral\s+)?(?:only\s+)?'
-                       r'((?:"[^"]+"|[a-z_][\w$]*)(?:\.(?:"[^"]+"|[a-z_][\w$]*))?)(?![\w$."]|\s*\()', re.I)
-_CATALOG = re.compile(r'^(pg_catalog\.)?"?pg_|^information_schema\.', re.I)
 
 
 # -- query statistics ----------------------------------------------------------------------------
-
-def has_statements(conn: psycopg.Connection) -> bool:
-    """Whether pg_stat_statements is created in the connected database."""
-    return conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone() is not None
 
 
 def statements_available(conn: psycopg.Connection) -> Finding:
@@ -60,43 +49,6 @@ def statements_available(conn: psycopg.Connection) -> Finding:
         if conn.info.server_version >= 140000 else None
     return Finding("pg_stat_statements", Status.OK, "query statistics available" +
                    (f" since {since:%Y-%m-%d %H:%M} UTC" if since else ""))
-
-
-def own_work(query: str) -> bool:
-    """Whether a statement is pgrunbook's own or its tools' (dumps, restores, hashing, amcheck), or a read
-    of the catalog alone (introspection): work on the database, not the application's queries."""
-    if OWN_WORK.search(query):
-        return True
-    relations = _RELATION.findall(query)
-    return bool(relations) and all(_CATALOG.match(r) for r in relations)
-
-
-def statements(conn: psycopg.Connection, *, limit: int = 5000):
-    """The application's statements in this database from pg_stat_statements (top-level only where the
-    server tells nested ones apart), by total time, with their share of it. The one reader of query
-    statistics: pgrunbook's own work and catalog reads are left out, and counted in `frame.attrs`."""
-    import pandas as pd
-
-    columns = ["queryid", "query", "calls", "total_ms", "mean_ms", "max_ms", "rows", "shared_read", "temp_written"]
-    if not has_statements(conn):
-        return pd.DataFrame(columns=[*columns[:2], "kind", *columns[2:], "share_pct"])
-    toplevel = sql.SQL(" AND toplevel" if conn.info.server_version >= 140000 else "")  # not nested calls
-    rows = conn.execute(sql.SQL(
-        "SELECT queryid, query, calls, total_exec_time, mean_exec_time, max_exec_time, rows,"
-        " shared_blks_read, temp_blks_written FROM pg_stat_statements"
-        " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        "{} AND query NOT LIKE %s ORDER BY total_exec_time DESC LIMIT %s").format(toplevel),
-        ["%pg_stat_statements%", limit]).fetchall()
-    frame = pd.DataFrame(rows, columns=columns)
-    own = frame["query"].map(own_work)
-    excluded = {"statements": int(own.sum()), "total_ms": float(frame.loc[own, "total_ms"].sum())}
-    frame = frame[~own].reset_index(drop=True)
-    frame.insert(2, "kind", ["query" if EXPLAINABLE.match(q) else "utility" for q in frame["query"]])
-    total = frame["total_ms"].sum()
-    frame["share_pct"] = (100 * frame["total_ms"] / total).round(2) if total else 0.0
-    frame = frame.round({"total_ms": 2, "mean_ms": 3, "max_ms": 2})
-    frame.attrs["excluded"] = excluded
-    return frame
 
 
 def own_work_finding(frame) -> Finding:
@@ -433,20 +385,16 @@ def tables(conn: psycopg.Connection, *, limit: int = 50):
     """Largest tables: sizes, dead tuples and a bloat estimate, vacuum and analyze times, cache hit ratio."""
     import pandas as pd
 
-    rows = conn.execute(
-        "SELECT s.schemaname || '.' || s.relname, pg_relation_size(s.relid), pg_indexes_size(s.relid),"
-        " coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0), s.n_live_tup, s.n_dead_tup,"
-        " round(100.0 * s.n_dead_tup / nullif(s.n_live_tup + s.n_dead_tup, 0), 1),"
-        " (s.n_dead_tup * pg_relation_size(s.relid) / nullif(s.n_live_tup + s.n_dead_tup, 0))::bigint,"
-        " greatest(s.last_vacuum, s.last_autovacuum), greatest(s.last_analyze, s.last_autoanalyze),"
-        " s.seq_scan, s.idx_scan,"
-        " round(100.0 * io.heap_blks_hit / nullif(io.heap_blks_hit + io.heap_blks_read, 0), 2)"
-        " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
-        " JOIN pg_statio_user_tables io ON io.relid = s.relid"
-        " ORDER BY pg_total_relation_size(s.relid) DESC LIMIT %s", [limit]).fetchall()
-    return pd.DataFrame(rows, columns=["table", "heap_bytes", "index_bytes", "toast_bytes", "live_rows", "dead_rows",
-                                       "dead_pct", "bloat_bytes_est", "last_vacuum", "last_analyze",
-                                       "seq_scans", "index_scans", "cache_hit_pct"])
+    sizes = pd.DataFrame(space.table_sizes(conn, top=limit), columns=list(space.TableSize.__annotations__))
+    frame = sizes.merge(space.table_stats(conn), on=["schema", "table"], how="inner")
+    seen = frame["live_rows"] + frame["dead_rows"]
+    frame["dead_pct"] = (100 * frame["dead_rows"] / seen.where(seen > 0)).round(1)
+    frame["bloat_bytes_est"] = (frame["dead_rows"] * frame["heap_bytes"] / seen.where(seen > 0)).round()
+    reads = frame["blocks_hit"] + frame["blocks_read"]
+    frame["cache_hit_pct"] = (100 * frame["blocks_hit"] / reads.where(reads > 0)).round(2)
+    frame["table"] = frame["schema"] + "." + frame["table"]
+    return frame[["table", "heap_bytes", "index_bytes", "toast_bytes", "live_rows", "dead_rows", "dead_pct",
+                  "bloat_bytes_est", "last_vacuum", "last_analyze", "seq_scans", "index_scans", "cache_hit_pct"]]
 
 
 def cache_finding(conn: psycopg.Connection, *, warn_pct: float = DEFAULTS.cache_hit_warn_pct) -> Finding:

@@ -10,6 +10,7 @@ import time
 
 import psycopg
 
+from ..facts import space
 from ..facts import activity
 from ..facts import backups
 from . import recovery
@@ -72,7 +73,7 @@ def settings_check(conn: psycopg.Connection) -> Finding:
 
 
 def database_size(conn: psycopg.Connection) -> Finding:
-    size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    size = space.database_size(conn)
     return Finding("database size", Status.OK, f"{pretty_bytes(size)}", value=size)
 
 
@@ -80,18 +81,7 @@ def table_sizes(conn: psycopg.Connection, *, top: int = 10):
     """Largest tables: estimated rows, total, heap, indexes and toast sizes in bytes."""
     import pandas as pd
 
-    rows = conn.execute(
-        "SELECT n.nspname, c.relname, greatest(c.reltuples, 0)::bigint,"
-        " pg_total_relation_size(c.oid), pg_relation_size(c.oid), pg_indexes_size(c.oid),"
-        " coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)"
-        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE c.relkind IN ('r', 'p', 'm')"
-        " AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'"
-        " ORDER BY 4 DESC LIMIT %s",
-        [top],
-    ).fetchall()
-    return pd.DataFrame(rows, columns=["schema", "table", "rows_estimate", "total_bytes",
-                                       "heap_bytes", "index_bytes", "toast_bytes"])
+    return pd.DataFrame(space.table_sizes(conn, top=top), columns=list(space.TableSize.__annotations__))
 
 
 def connections(conn: psycopg.Connection):
