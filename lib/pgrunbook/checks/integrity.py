@@ -20,12 +20,15 @@ from psycopg.rows import namedtuple_row
 
 from ..base import config, targets
 from ..facts import catalog
+from ..facts import constraints
+from ..facts.indexes import amcheck_btree, invalid_indexes
+from ..facts.sequences import sequence_states
 from ..facts.catalog import Rel, selected
+from ..facts.constraints import NOT_VALID_DOMAIN_CHECKS, NOT_VALID_TABLE_CHECKS
 from . import compare
 from ..base.findings import Finding, Status
 from ..base.limits import DEFAULTS, level
 from ..base.targets import Target
-
 
 
 def _cols(names: list[str], alias: str = "") -> list[sql.Composable]:
@@ -66,7 +69,7 @@ def foreign_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: i
     With `sample`, about that many rows of each larger referencing table are read.
     """
     found, checked = [], 0
-    for fk in catalog.foreign_keys(conn):
+    for fk in constraints.foreign_keys(conn):
         name, valid, match, cols, fcols = fk.name, fk.valid, fk.match, fk.columns, fk.ref_columns
         child, parent = Rel(fk.schema, fk.table), Rel(fk.ref_schema, fk.ref_table)
         if fk.partition_copy or not selected(child, tables):
@@ -136,34 +139,6 @@ def unique_keys(conn: psycopg.Connection, *, tables: str = "*", max_examples: in
 
 # -- 3. CHECK and NOT NULL constraints that are NOT VALID, on tables and on domains --------
 
-NOT_VALID_TABLE_CHECKS = """
-    SELECT c.conname AS name, c.contype AS kind, n.nspname AS schema, t.relname AS table,
-           pg_get_expr(c.conbin, c.conrelid) AS expr,
-           (SELECT a.attname FROM pg_attribute a
-             WHERE a.attrelid = c.conrelid AND a.attnum = c.conkey[1]) AS column
-      FROM pg_constraint c
-      JOIN pg_class t ON t.oid = c.conrelid AND t.relkind = 'r'
-      JOIN pg_namespace n ON n.oid = t.relnamespace
-     WHERE c.contype IN ('c', 'n')
-       AND NOT c.convalidated
-     ORDER BY 3, 4, 1
-"""
-
-NOT_VALID_DOMAIN_CHECKS = f"""
-    SELECT c.conname AS name, 'd' AS kind, n.nspname AS schema, t.relname AS table,
-           pg_get_expr(c.conbin, 0) AS expr, a.attname AS column,
-           format('%s.%s', quote_ident(dn.nspname), quote_ident(d.typname)) AS domain
-      FROM pg_constraint c
-      JOIN pg_type d ON d.oid = c.contypid
-      JOIN pg_namespace dn ON dn.oid = d.typnamespace
-      JOIN pg_attribute a ON a.atttypid = d.oid AND a.attnum > 0 AND NOT a.attisdropped
-      JOIN pg_class t ON t.oid = a.attrelid AND t.relkind = 'r'
-      JOIN pg_namespace n ON n.oid = t.relnamespace
-     WHERE c.contype = 'c'
-       AND NOT c.convalidated
-       AND {catalog.USER_SCHEMAS}
-     ORDER BY 3, 4, 1, 6
-"""
 
 _QUOTED_OR_VALUE = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\bVALUE\b")
 
@@ -225,7 +200,7 @@ def unvalidated(conn: psycopg.Connection, *, tables: str = "*", max_examples: in
 def sequences(conn: psycopg.Connection, *, tables: str = "*") -> list[Finding]:
     """Every sequence a column draws from (owned, identity, or a nextval default; shared too) against
     the largest value in those columns."""
-    states = [s for s in catalog.sequence_states(conn)
+    states = [s for s in sequence_states(conn)
               if any(selected(Rel(*c.split(".")[:2]), tables) for c in s.columns)]
     behind = [s for s in states if s.behind]
     if behind:
@@ -246,7 +221,7 @@ def indexes(conn: psycopg.Connection, *, tables: str = "*", amcheck: str = "btre
     query, costs every write, and is left out of every dump (a unique one's
     duplicates are the unique check's CRIT).
     """
-    bad = [i for i in catalog.invalid_indexes(conn) if selected(Rel(i.schema, i.table), tables)]
+    bad = [i for i in invalid_indexes(conn) if selected(Rel(i.schema, i.table), tables)]
     found = [Finding(f"index {i.index}", Status.WARN, f"{i.index} on {i.schema}.{i.table} is {i.state}"
                      " (a failed CREATE INDEX CONCURRENTLY?): drop it and create it again; pg_dump leaves it out")
              for i in bad]
@@ -264,7 +239,7 @@ def amcheck_checks(conn: psycopg.Connection, *, tables: str = "*", heapallindexe
     if ext is None:
         return [Finding("amcheck", Status.WARN, "amcheck is not installed here, so indexes and heaps were not "
                         "checked for corruption: CREATE EXTENSION amcheck (contrib); every other check holds")]
-    checked, corrupt = catalog.amcheck_btree(conn, heapallindexed=heapallindexed,
+    checked, corrupt = amcheck_btree(conn, heapallindexed=heapallindexed,
                                              keep=lambda schema, table: selected(Rel(schema, table), tables))
     found = [Finding("amcheck btree", Status.CRIT if corrupt else Status.OK,
                      f"{len(corrupt)} of {checked} btree indexes corrupt: {corrupt[0]}" if corrupt else

@@ -16,11 +16,11 @@ import psycopg
 from psycopg import sql
 
 from ..facts import space
+from ..facts.indexes import Index, indexes, stats_window
 from ..facts.statements import EXPLAINABLE, has_statements
 from ..base.limits import DEFAULTS, level
 from ..facts import activity
-from ..facts import catalog
-from ..facts.catalog import USER_SCHEMAS
+from ..facts import constraints
 from .status import pretty_bytes
 from ..facts import history
 from ..base.findings import Finding, Status
@@ -207,55 +207,6 @@ def plans_frame(explained: list[Explained]):
 
 # -- index advice ------------------------------------------------------------------------------------
 
-_INDEXES = f"""
-SELECT n.nspname, t.relname, i.relname, x.indisunique OR x.indisprimary, x.indisvalid,
-       coalesce(s.idx_scan, 0), pg_relation_size(i.oid), am.amname,
-       (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL),
-       ARRAY(SELECT a.attname FROM unnest(x.indkey[0:x.indnkeyatts - 1]) WITH ORDINALITY k(num, ord)
-             JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.num ORDER BY k.ord),
-       EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid)
-FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
-JOIN pg_namespace n ON n.oid = t.relnamespace JOIN pg_am am ON am.oid = i.relam
-LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = i.oid
-WHERE {USER_SCHEMAS}
-"""
-
-
-@dataclass(frozen=True)
-class Index:
-    schema: str
-    table: str
-    name: str
-    unique: bool
-    valid: bool
-    scans: int
-    bytes: int
-    method: str
-    partial_or_expression: bool
-    columns: tuple[str, ...]
-    backs_constraint: bool
-
-    @property
-    def ident(self) -> str:
-        return sql.Identifier(self.schema, self.name).as_string(None)
-
-
-def indexes(conn: psycopg.Connection) -> list[Index]:
-    return [Index(*r[:9], tuple(r[9]), r[10]) for r in conn.execute(_INDEXES).fetchall()]
-
-
-STATS_SINCE = """
-    SELECT coalesce(d.stats_reset, pg_postmaster_start_time()) AS since,
-           extract(epoch FROM now() - coalesce(d.stats_reset, pg_postmaster_start_time())) / 86400 AS days
-      FROM pg_stat_database d
-     WHERE d.datname = current_database()
-"""
-
-def stats_window(conn: psycopg.Connection) -> tuple[object, float]:
-    """Since when this database's usage statistics count (their reset, else the server's start), in days."""
-    since, days = conn.execute(STATS_SINCE).fetchone()
-    return since, float(days)
-
 
 def unused_indexes(conn: psycopg.Connection, all_indexes: list[Index], *,
                    min_days: float = DEFAULTS.unused_index_min_days) -> list[dict]:
@@ -263,7 +214,7 @@ def unused_indexes(conn: psycopg.Connection, all_indexes: list[Index], *,
     the statistics cover at least `min_days`; an index that serves a foreign key's lookups says so."""
     since, days = stats_window(conn)
     fks: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = {}
-    for fk in catalog.foreign_keys(conn):
+    for fk in constraints.foreign_keys(conn):
         fks.setdefault((fk.schema, fk.table), []).append((fk.name, tuple(fk.columns)))
     out = []
     for i in all_indexes:

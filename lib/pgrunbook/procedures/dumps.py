@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 
 from ..facts import catalog
+from ..facts import indexes
 from ..base import db, migrations, pgtools
 from . import debris
 from ..base.errors import BackupFailed
@@ -84,7 +85,7 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
         args = ["--format", flag, "--file", str(partial / name), "--snapshot", snapshot, "--no-password"]
         proc = pgtools.start(tool, args + (["--jobs", str(jobs)] if format == "directory" else []), target.url)
         counts, facts = catalog.row_counts(conn), catalog.schema_facts(conn)  # same snapshot, meanwhile
-        left_out = [i.index for i in catalog.invalid_indexes(conn)]
+        left_out = [i.index for i in indexes.invalid_indexes(conn)]
         revision = migrations.current(conn)
         pgtools.wait(tool, proc)
         manifest = {

@@ -23,6 +23,8 @@ from . import debris, dumps, restore
 from ..facts import activity
 from ..facts import backups
 from ..facts import catalog
+from ..facts import sequences
+from ..facts import indexes
 from ..facts import history
 from ..base import limits
 from ..base.limits import DEFAULTS
@@ -396,7 +398,7 @@ def current_revision(target: Target) -> str:
 
 def invalid_indexes(target: Target) -> list[str]:
     with db.connect(target) as conn:
-        return [i.index for i in catalog.invalid_indexes(conn)]
+        return [i.index for i in indexes.invalid_indexes(conn)]
 
 
 def plot_times(applied: Applied):
@@ -423,10 +425,10 @@ def verify(target: Target, p: Plan, *, mode: str) -> list[Finding]:
                      f"at {at}" + ("" if at == p.to_revision else f", not {p.to_revision}"), value=at)]
     found.append(drift(target, tuple(at.split(","))).finding)
     with db.connect(target) as conn:
-        invalid = [i.index for i in catalog.invalid_indexes(conn)]
+        invalid = [i.index for i in indexes.invalid_indexes(conn)]
         unvalidated = [r[0] for r in conn.execute(
             "SELECT conrelid::regclass || '.' || conname FROM pg_constraint WHERE NOT convalidated")]
-        behind = [s.sequence for s in catalog.sequence_states(conn) if s.behind]
+        behind = [s.sequence for s in sequences.sequence_states(conn) if s.behind]
         for schema, table in catalog.tables(conn):
             conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(sql.Identifier(schema, table)))
     problems = [f"invalid index {i}" for i in invalid] + [f"sequence {s} behind its column" for s in behind]

@@ -23,6 +23,8 @@ from . import debris, dumps, swaps
 from ..facts import backups
 from ..checks import recovery
 from ..facts import catalog
+from ..facts import sequences
+from ..facts import indexes
 from ..base import limits
 from ..base.limits import DEFAULTS, level
 from ..base import db, pgtools
@@ -229,14 +231,14 @@ def compare(conn: psycopg.Connection, backup: Backup, *, repair_sequences: bool,
 
 
 def _sequences(conn: psycopg.Connection, *, repair: bool) -> Finding:
-    behind = [s for s in catalog.sequence_states(conn) if s.behind]
+    behind = [s for s in sequences.sequence_states(conn) if s.behind]
     if not behind:
         return Finding("sequences", Status.OK, "every owned sequence is at or past its column's max")
     names = tuple(f"{s.sequence} at {s.last_value}, {s.column} max {s.column_max}" for s in behind)
     if not repair:
         return Finding("sequences", Status.WARN, f"{len(behind)} behind their column", examples=names)
     for s in behind:
-        catalog.repair_sequence(conn, s)
+        sequences.repair_sequence(conn, s)
     return Finding("sequences", Status.WARN, f"{len(behind)} were behind their column and were moved to its max",
                    examples=names)
 
@@ -244,7 +246,7 @@ def _sequences(conn: psycopg.Connection, *, repair: bool) -> Finding:
 def _amcheck(conn: psycopg.Connection) -> Finding:
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")  # in the scratch copy only
-        checked, problems = catalog.amcheck_btree(conn)
+        checked, problems = indexes.amcheck_btree(conn)
     except psycopg.Error as e:
         return Finding("amcheck", Status.UNKNOWN, f"amcheck unavailable: {str(e).splitlines()[0]}")
     if problems:
