@@ -34,14 +34,14 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    from pgrunbook.procedures import dumps, restore
+    from pgrunbook.procedures import admin, dumps, restore
     from pgrunbook.base import db
     from pgrunbook.archive import runner
     from pgrunbook.base.cluster import bin_dir
     from pgrunbook.base.targets import Target
 
     with temporary_sandbox() as (box, tmp):
-        restore.drop_database(Target("x", box.url("postgres")), "bench")
+        admin.drop_database(Target("x", box.url("postgres")), "bench")
         with db.connect(Target("x", box.url("postgres")), readonly=False) as conn:
             conn.execute("CREATE DATABASE bench")
         url = box.url("bench")
@@ -62,7 +62,7 @@ def main() -> None:
             subprocess.run([pg_dump, "-Fd", "-j", "2", "-f", str(raw_dir), "-d", url], check=True)
 
         def raw_restore():
-            restore.drop_database(target, "bench_raw")
+            admin.drop_database(target, "bench_raw")
             with db.connect(target, readonly=False) as conn:
                 conn.execute("CREATE DATABASE bench_raw TEMPLATE template0")
             subprocess.run([pg_restore, "-j", "2", "-d", box.url("bench_raw"), str(raw_dir)], check=True)
@@ -99,19 +99,19 @@ def main() -> None:
                 names = list(group)
                 for name in names[round_ % len(names):] + names[:round_ % len(names)]:
                     t[name].append(settled(group[name]))
-                    restore.drop_database(target, "bench_raw")
+                    admin.drop_database(target, "bench_raw")
                     for database in made_restores:
-                        restore.drop_database(target, database)
+                        admin.drop_database(target, database)
                     made_restores.clear()
                     with db.connect(target, readonly=False) as conn:
                         for (db_name,) in conn.execute(
                                 "SELECT datname FROM pg_database WHERE datname LIKE 'bench_restore_%'").fetchall():
-                            restore.drop_database(target, db_name)
+                            admin.drop_database(target, db_name)
             verified = restore.restore(target, made[-1], jobs=2, verify=True)
             own = sum(e - s for name, s, e in verified.timeline.phases
                       if name in ("row counts", "schema fingerprint", "sequences", "amcheck"))
             t["verification"].append(own)
-            restore.drop_database(target, verified.database)
+            admin.drop_database(target, verified.database)
         best = {k: min(v) for k, v in t.items()}
         for k, v in best.items():
             print(f"{k:<22} {v:7.2f} s   (runs: {', '.join(f'{x:.2f}' for x in t[k])})")

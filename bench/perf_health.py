@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     from pgrunbook.base import db
-    from pgrunbook.procedures import restore
+    from pgrunbook.procedures import admin
     from pgrunbook.archive import runner
     from pgrunbook.base.targets import Target
 
@@ -37,10 +37,10 @@ def main() -> None:
             conn.execute("ALTER SYSTEM SET pg_stat_statements.max = 10000")
         box.down()
         box.up()
-        admin = Target("x", box.url("postgres"))
-        restore.drop_database(admin, "wide")
-        with restore.admin(admin) as conn:
-            conn.execute("CREATE DATABASE wide")
+        server = Target("x", box.url("postgres"))
+        admin.drop_database(server, "wide")
+        with admin.connect(server) as conn:
+            admin.create(conn, "wide")
         url = box.url("wide")
         target = Target("wide", url, sandbox=True)
         t0 = time.perf_counter()

@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    from pgrunbook.procedures import dumps, refresh, restore, sanitize, seed
+    from pgrunbook.procedures import admin, dumps, refresh, restore, sanitize, seed
     from pgrunbook.base import db
     from pgrunbook.base.cluster import bin_dir
     from pgrunbook.base.targets import Target
@@ -60,22 +60,22 @@ def main() -> None:
             started = time.perf_counter()
             shutil.rmtree(raw_dir, ignore_errors=True)
             subprocess.run([pg_dump, "-Fd", "-j", "2", "-f", str(raw_dir), "-d", prod.url], check=True)
-            restore.drop_database(stag, "plain_copy")
-            with restore.admin(stag) as conn:
+            admin.drop_database(stag, "plain_copy")
+            with admin.connect(stag) as conn:
                 conn.execute("CREATE DATABASE plain_copy TEMPLATE template0")
             subprocess.run([pg_restore, "-j", "2", "-d", box.url("plain_copy"), str(raw_dir)], check=True)
             took = time.perf_counter() - started
-            restore.drop_database(stag, "plain_copy")
+            admin.drop_database(stag, "plain_copy")
             shutil.rmtree(raw_dir, ignore_errors=True)
             return took
 
         def template_copy() -> float:
-            restore.drop_database(stag, "template_copy")
-            with restore.admin(stag) as conn:
+            admin.drop_database(stag, "template_copy")
+            with admin.connect(stag) as conn:
                 started = time.perf_counter()
                 conn.execute("CREATE DATABASE template_copy TEMPLATE production")
                 took = time.perf_counter() - started
-            restore.drop_database(stag, "template_copy")
+            admin.drop_database(stag, "template_copy")
             return took
 
         for _ in range(args.rounds):
@@ -95,7 +95,7 @@ def main() -> None:
             t["verification alone"].append(verify)
             print(f"round: dump {dumped:.1f} s, " + ", ".join(f"{n} {e - s:.1f} s" for n, s, e in done.timeline.phases))
             for name in restore.kept(stag, kind=refresh.KIND):
-                restore.drop_database(stag, name)
+                admin.drop_database(stag, name)
             shutil.rmtree(backup.path)
 
         best = {k: min(v) for k, v in t.items()}

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgrunbook.procedures import dumps, restore, seed
+from pgrunbook.procedures import admin, dumps, restore, seed
 from pgrunbook.facts import backups
 from pgrunbook.checks import recovery
 from pgrunbook.base import db, pgtools
@@ -59,7 +59,7 @@ def test_backup_verify_and_restore_on_each_server(seeded):
     result = restore.restore(seeded, backups.find("scratch", backup.id))
     assert all(f.status is Status.OK for f in result.findings), result.findings
     assert databases(seeded.url) == before | {result.database}
-    restore.drop_database(seeded, result.database)
+    admin.drop_database(seeded, result.database)
 
 
 def test_swap_keeps_the_old_database_and_repairs_sequences(seeded):
@@ -73,7 +73,7 @@ def test_swap_keeps_the_old_database_and_repairs_sequences(seeded):
     with db.connect(seeded) as conn:
         assert conn.execute("SELECT count(*) FROM reviews").fetchone()[0] == \
             backup.manifest["row_counts"]["public.reviews"]
-    restore.drop_database(seeded, result.kept_as)
+    admin.drop_database(seeded, result.kept_as)
 
 
 def _flip_byte(backup):

@@ -144,7 +144,7 @@ def test_the_runner_recovers_before_it_connects_and_the_report_says_so(sandbox, 
     try:
         done = subprocess.run([sys.executable, "-c", SWAP.replace('Target("scratch", url, sandbox=True, '
                                                                    'source="test")', 'targets.resolve("staging")')
-                               .replace("from pgrunbook import swaps", "from pgrunbook import swaps, targets"),
+                               .replace("import sys\n", "import sys\nfrom pgrunbook.base import targets\n"),
                                staging.url, new, kept],
                               env={**os.environ, swaps.INJECT_ENV: "connections off"}, capture_output=True,
                               text=True, timeout=120)
@@ -166,7 +166,7 @@ def test_the_runner_recovers_before_it_connects_and_the_report_says_so(sandbox, 
 def test_a_second_restore_of_a_busy_target_is_refused_before_it_starts(sandbox, reports_dir):
     from pgrunbook.base import targets
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pgrunbook import swaps, targets\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pgrunbook.base import targets\nfrom pgrunbook.procedures import swaps\n"
                                "with swaps.exclusive(targets.resolve('sandbox'), 'restore of X'):\n"
                                "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:

@@ -25,10 +25,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from psycopg import sql
 
+from ..base import limits
 from ..base import config, db
-from . import swaps
+from . import admin, swaps
 from ..base.errors import PgRunbookError
 from ..base.findings import Finding, Status
 from ..base.targets import Target
@@ -83,11 +83,8 @@ def working_on(target: Target, database: str, operation: str) -> Iterator[None]:
 def _databases(target: Target) -> list[str]:
     prefixes = [f"{target.database}_restore_", f"{target.database}_refresh_", *SCRATCH]
     try:
-        with swaps._admin(target) as conn:
-            return [r[0] for r in conn.execute(
-                "SELECT datname FROM pg_database"
-                " WHERE EXISTS (SELECT FROM unnest(%s::text[]) AS p WHERE starts_with(datname, p)) ORDER BY 1",
-                [prefixes])]
+        with admin.connect(target, application="pgrunbook/cleanup") as conn:
+            return admin.starting_with(conn, prefixes)
     except PgRunbookError:  # the server cannot be reached: its debris cannot be listed either
         return []
 
@@ -125,27 +122,13 @@ KEPT = ("pre_restore", "pre_refresh", "restored")  # databases swaps and new-dat
 def kept_past_hours(target: Target) -> list[str]:
     """Databases kept by swaps and new-database restores of `target` past the target's keep_h (48 h):
     debris now; never one still within its hours."""
-    from datetime import datetime, timezone
-
-    from ..base import limits
-
     keep_h = limits.for_target(target).keep_h
     try:
-        with swaps._admin(target) as conn:
-            names = [r[0] for r in conn.execute(
-                "SELECT datname FROM pg_database WHERE EXISTS (SELECT FROM unnest(%s::text[]) AS p"
-                " WHERE starts_with(datname, p)) ORDER BY 1", [[f"{target.database}_{k}_" for k in KEPT]])]
+        with admin.connect(target, application="pgrunbook/cleanup") as conn:
+            names = admin.starting_with(conn, [f"{target.database}_{k}_" for k in KEPT])
     except PgRunbookError:
         return []
-    now, old = datetime.now(timezone.utc), []
-    for name in names:
-        try:
-            when = datetime.strptime(name.rsplit("_", 1)[-1], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
-        except ValueError:
-            continue
-        if (now - when).total_seconds() / 3600 > keep_h:
-            old.append(name)
-    return old
+    return [name for name, age in admin.stamped_ages(names).items() if age > keep_h]
 
 
 def finding(target: Target) -> Finding:
@@ -168,8 +151,8 @@ def clean(target: Target) -> list[Debris]:
     removed = []
     for item in find(target):
         if item.kind == "database":
-            with swaps._admin(target) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(item.name)))
+            with admin.connect(target, application="pgrunbook/cleanup") as conn:
+                admin.drop(conn, item.name)
         elif item.kind == "backup folder":
             shutil.rmtree(item.name, ignore_errors=True)
         else:

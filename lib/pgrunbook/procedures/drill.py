@@ -17,7 +17,7 @@ from psycopg import sql
 from ..base import limits
 from ..base.limits import level
 from ..base import db
-from . import restore
+from . import admin
 from ..base.errors import PgRunbookError
 from ..base.findings import Finding, Status
 from ..base.targets import Target
@@ -68,7 +68,7 @@ def write_after_backup(target: Target, *, rows: int) -> Traffic:
 def simulate(target: Target, disaster: str, *, table: str) -> Finding:
     """Do the damage."""
     if disaster == "dropped-database":
-        restore.drop_database(target, target.database)
+        admin.drop_database(target, target.database)
         return Finding("disaster", Status.OK, f"database {target.database!r} dropped")
     with db.connect(target, readonly=False, application="pgrunbook/dr_drill") as conn:
         found = conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
@@ -85,7 +85,7 @@ def simulate(target: Target, disaster: str, *, table: str) -> Finding:
 
 def assess(target: Target, backup) -> Finding:
     """What the disaster broke, against the backup's row counts."""
-    if not restore.database_exists(target, target.database):
+    if not admin.database_exists(target, target.database):
         return Finding("impact", Status.OK, f"database {target.database!r} is gone: restore needed")
     from ..facts import catalog
 
@@ -101,7 +101,7 @@ def assess(target: Target, backup) -> Finding:
 def resume(target: Target, traffic: Traffic, backup, *, kept: str | None = None) -> list[Finding]:
     """Check the target serves again, count the rows lost, drop the marker table and the damaged copy."""
     if kept:
-        restore.drop_database(target, kept)
+        admin.drop_database(target, kept)
     with db.connect(target, readonly=False, application="pgrunbook/dr_drill") as conn:
         conn.execute("SELECT 1")
         survived = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(MARKER))).fetchone()[0]

@@ -19,7 +19,7 @@ import psycopg
 from alembic import command
 from psycopg import sql
 
-from . import debris, dumps, restore
+from . import admin, debris, dumps
 from ..facts import activity
 from ..facts import backups
 from ..facts import catalog
@@ -96,8 +96,8 @@ def drift(target: Target, current: tuple[str, ...]) -> Drift:
 
 
 def _drift(target: Target, scratch: Target, current: tuple[str, ...]) -> Drift:
-    with restore.admin(target) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch.database)))
+    with admin.connect(target, application="pgrunbook/migrate") as conn:
+        admin.create(conn, scratch.database)
     try:
         if current:
             migrations.upgrade(scratch, current[0])
@@ -106,7 +106,7 @@ def _drift(target: Target, scratch: Target, current: tuple[str, ...]) -> Drift:
         with db.connect(target) as c:
             live = catalog.schema_facts(c)
     finally:
-        restore.drop_database(target, scratch.database)
+        admin.drop_database(target, scratch.database)
     diff = catalog.schema_difference(expected, live)
     if diff:
         return Drift(Finding("drift", Status.WARN, f"{len(diff)} objects differ from what the migrations build: "
@@ -481,7 +481,7 @@ def _rehearse(target: Target, p: Plan, copy: Target, *, jobs: int) -> list[Findi
                                      f"upgrading again differs: {', '.join(again[:3])}" if again
                                      else f"upgrade, downgrade, upgrade to {p.to_revision}: same schema each way"))
     finally:
-        restore.drop_database(target, copy.database)
+        admin.drop_database(target, copy.database)
     return found
 
 
@@ -497,9 +497,9 @@ def copy_database(target: Target, name: str, *, jobs: int = 2) -> None:
 
     from ..base import pgtools
 
-    with restore.admin(target) as conn:
+    with admin.connect(target, application="pgrunbook/migrate") as conn:
         major = conn.info.server_version // 10000
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+        admin.create(conn, name, template="template0")
     with tempfile.TemporaryDirectory(prefix="pgrb-copy-") as tmp:
         dump = Path(tmp) / "dump"
         pgtools.run(pgtools.choose("pg_dump", major), ["-Fd", "-j", str(jobs), "-f", str(dump)], target.url)
@@ -540,13 +540,10 @@ def reset(target: Target) -> list[Finding]:
 
     if target.protected:
         raise ConfirmationRequired(f"reset drops the database: refused on protected target {target.name!r}")
-    name = sql.Identifier(target.database)
-    with restore.admin(target) as conn:
-        owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
-                             [target.database]).fetchone()
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-            name, sql.Identifier(owner[0] if owner else conn.info.user)))
+    with admin.connect(target, application="pgrunbook/migrate") as conn:
+        owner = admin.owner(conn, target.database) or conn.info.user
+        admin.drop(conn, target.database)
+        admin.create(conn, target.database, owner=owner)
     if target.sandbox:
         with db.connect(target, readonly=False, application="pgrunbook/reset") as conn:
             for ext in sandbox.EXTENSIONS:

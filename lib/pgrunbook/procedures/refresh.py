@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 import psycopg
 
-from . import dumps, restore, sanitize, swaps
+from . import admin, dumps, restore, sanitize, swaps
 from ..facts import backups
 from ..checks import recovery
 from ..base.limits import DEFAULTS
@@ -105,7 +105,7 @@ def _verify(source: Target, target: Target, new: str, backup: Backup, rules: san
 
 def _free_stamp(target: Target) -> str:
     """A UTC time (to the second) that names no database of an earlier refresh yet."""
-    with restore.admin(target) as conn:
+    with admin.connect(target, application="pgrunbook/refresh") as conn:
         while True:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
             names = [f"{target.database}_refresh_{stamp}"[:63], f"{target.database}_{KIND}_{stamp}"[:63]]
@@ -117,7 +117,7 @@ def _free_stamp(target: Target) -> str:
 def owners_finding(target: Target, missing: list[str]) -> Finding:
     if not missing:
         return Finding("owners", Status.OK, "owners and grants as in the source")
-    with restore.admin(target) as conn:
+    with admin.connect(target, application="pgrunbook/refresh") as conn:
         user = conn.info.user
     return Finding("owners", Status.WARN, f"{len(missing)} role(s) of the source do not exist on {target.name!r}'s "
                    f"server ({restore.listed(missing)}): every object is owned "
@@ -158,20 +158,20 @@ def _apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules
     try:
         found = [owners_finding(target, missing)] + _verify(source, target, new, backup, rules, timeline)
     except BaseException:
-        restore.drop_database(target, new)
+        admin.drop_database(target, new)
         raise
     if any(f.status is Status.CRIT for f in found):
-        restore.drop_database(target, new)
+        admin.drop_database(target, new)
         found.append(Finding("swap", Status.CRIT, f"not swapped: the copy failed verification and was dropped; "
                              f"{target.name!r} is untouched"))
         return RefreshResult(None, found, timeline, masked, row_counts=backup.manifest["row_counts"])
     kept = f"{target.database}_{KIND}_{stamp}"[:63]
-    existed = restore.database_exists(target, target.database)
+    existed = admin.database_exists(target, target.database)
     with timeline.phase("maintenance: swap"):
         try:
             found.append(restore.swap(target, new, kept, operation="staging refresh"))
         except swaps.SwapFailed as e:
-            restore.drop_database(target, new)
+            admin.drop_database(target, new)
             found.append(Finding("swap", Status.CRIT, f"{e}; the sanitized copy was dropped"))
             return RefreshResult(None, found, timeline, masked, row_counts=backup.manifest["row_counts"])
     kept = kept if existed else None
@@ -206,7 +206,7 @@ def prune_kept(target: Target, *, older_than_h: float, enabled: bool) -> Finding
         return Finding("kept databases", Status.OK, f"{len(ages)} kept by earlier refreshes, {len(old)} past "
                        f"{older_than_h:g} h (dropped only in apply mode)", examples=tuple(old))
     for name in old:
-        restore.drop_database(target, name)
+        admin.drop_database(target, name)
     return Finding("kept databases", Status.OK, f"{len(old)} dropped (past {older_than_h:g} h), "
                    f"{len(ages) - len(old)} kept", examples=tuple(old))
 

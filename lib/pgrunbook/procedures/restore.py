@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import debris, dumps, swaps
+from . import admin, debris, dumps, swaps
 from ..facts import backups
 from ..checks import recovery
 from ..facts import catalog
@@ -88,20 +88,9 @@ def plot_timeline(timeline: Timeline, *, objective_s: float | None = DEFAULTS.rt
     return fig
 
 
-def admin(target: Target) -> psycopg.Connection:
-    """A connection to the target's server, outside the target database."""
-    for maintenance in ("postgres", "template1"):
-        try:
-            return db.connect(target, readonly=False, database=maintenance,
-                              application="pgrunbook/restore", statement_timeout="5min")
-        except PgRunbookError:
-            continue
-    raise RestoreFailed(f"cannot reach a maintenance database (postgres, template1) on {target.name!r}")
-
-
-def database_exists(target: Target, name: str) -> bool:
-    with admin(target) as conn:
-        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+def admin_connection(target: Target) -> psycopg.Connection:
+    """A connection to the target's server, outside the target database, as this runbook."""
+    return admin.connect(target, application="pgrunbook/restore")
 
 
 _IDENT = r'"(?:[^"]|"")+"|[^\s,;"]+'
@@ -128,11 +117,6 @@ def roles_in(backup: Backup, tool: pgtools.Tool) -> set[str]:
     return roles - {"PUBLIC"}
 
 
-def drop_database(target: Target, name: str) -> None:
-    with admin(target) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, timeline: Timeline,
                  before_data: Callable[[psycopg.Connection], Any] | None = None,
                  after_data: Callable[[psycopg.Connection], Any] | None = None,
@@ -151,7 +135,7 @@ def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, ti
     are so built on the data as the hooks left it. On any failure the new
     database is dropped (or, if that fails too, named in the error).
     """
-    with admin(target) as conn:
+    with admin_connection(target) as conn:
         major = conn.info.server_version // 10000
         tool = pgtools.choose("pg_restore", major)
         with timeline.phase("roles"):
@@ -162,7 +146,7 @@ def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, ti
             raise RestoreFailed(f"{backup.id} names roles that {target.name!r}'s server does not have: "
                                 f"{listed(missing)}; create them first; nothing was changed")
         with timeline.phase("create database"):
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(database)))
+            admin.create(conn, database, template="template0")
     args = ["--exit-on-error", "--no-password", "--jobs", str(jobs)]
     if missing:
         args += ["--no-owner", "--no-privileges"]
@@ -191,7 +175,7 @@ def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, ti
         return missing
     except BaseException as e:
         try:
-            drop_database(target, database)
+            admin.drop_database(target, database)
             left = "the partial copy was dropped"
         except (PgRunbookError, psycopg.Error):
             left = f"drop the partial copy {database!r} by hand"
@@ -266,7 +250,7 @@ def verify(target: Target, backup: Backup, *, jobs: int = 2, enabled: bool = Tru
         return Finding("verify", Status.WARN, "skipped (verify=False): the backup is not trusted yet"), timeline
     scratch = _scratch_name(backup, "verify")
     with debris.working_on(target, scratch, f"verification of {backup.id}"):
-        drop_database(target, scratch)
+        admin.drop_database(target, scratch)
         try:
             restore_into(target, backup, scratch, jobs=jobs, timeline=timeline)
             with db.connect(target, readonly=False, database=scratch, statement_timeout="0",
@@ -274,7 +258,7 @@ def verify(target: Target, backup: Backup, *, jobs: int = 2, enabled: bool = Tru
                 checks = compare(conn, backup, repair_sequences=False, timeline=timeline)
         finally:
             with timeline.phase("drop scratch"):
-                drop_database(target, scratch)
+                admin.drop_database(target, scratch)
     bad = [f for f in checks if f.status is Status.CRIT]
     result = {"ok": not bad, "at": datetime.now(timezone.utc).isoformat(), "phases": timeline.phases,
               "findings": [f.to_dict() for f in checks]}
@@ -360,15 +344,15 @@ def _execute(plan: Plan, *, jobs: int, verify: bool) -> RestoreResult:
     kept = None
     if plan.mode == "new-database":  # the copy is the result: renamed out of the work-in-progress names
         done = f"{target.database}_restored_{stamp}"[:63]
-        with admin(target) as conn:
-            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(new), sql.Identifier(done)))
+        with admin_connection(target) as conn:
+            admin.rename(conn, new, done)
         new = done
         found.append(Finding("restore", Status.OK, f"restored into {new!r} beside {target.database!r}, "
                              f"which is untouched (new-database mode); kept {limits.for_target(target).keep_h:g} h like a swap's old "
                              "database"))
     if plan.mode == "swap":
         kept = f"{target.database}_pre_restore_{stamp}"[:63]
-        existed = database_exists(target, target.database)
+        existed = admin.database_exists(target, target.database)
         with timeline.phase("maintenance: swap"):
             try:
                 found.append(swap(target, new, kept))
@@ -404,19 +388,8 @@ def rto_finding(timeline: Timeline, *, objective_s: float = DEFAULTS.rto_min * 6
 
 def kept(target: Target, *, kind: str = "pre_restore") -> dict[str, float]:
     """Databases kept by earlier swaps of `target` (<database>_<kind>_<UTC time>), with their age in hours."""
-    with admin(target) as conn:
-        names = [r[0] for r in conn.execute(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1",
-            [f"{target.database}_{kind}_"])]
-    now = datetime.now(timezone.utc)
-    ages = {}
-    for name in names:
-        try:
-            when = datetime.strptime(name.rsplit("_", 1)[-1], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
-        except ValueError:
-            continue
-        ages[name] = (now - when).total_seconds() / 3600
-    return ages
+    with admin_connection(target) as conn:
+        return admin.stamped_ages(admin.starting_with(conn, [f"{target.database}_{kind}_"]))
 
 
 def kept_databases(target: Target, *, older_than_h: float = DEFAULTS.keep_h) -> Finding:

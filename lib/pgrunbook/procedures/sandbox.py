@@ -15,7 +15,7 @@ from ..base import db, migrations
 from ..base.cluster import Cluster, SandboxStatus, embedded
 from ..base.errors import SandboxError
 from ..base.targets import Target
-from . import seed
+from . import admin, seed
 
 DATABASES = ("production", "staging")
 PRELOAD = "pg_stat_statements"
@@ -52,8 +52,8 @@ class Sandbox(Cluster):
         return self.status()
 
     def _configure(self, ep, server) -> None:
-        admin = Target("sandbox-admin", server.get_uri("postgres"), sandbox=True)
-        with db.connect(admin, readonly=False) as conn:
+        maintenance = Target("sandbox-admin", server.get_uri("postgres"), sandbox=True)
+        with db.connect(maintenance, readonly=False) as conn:
             conn.execute(
                 sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {}").format(sql.Literal(PRELOAD))
             )
@@ -63,9 +63,8 @@ class Sandbox(Cluster):
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]).fetchone():
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(APP_ROLE)))
             for name in DATABASES:
-                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-                if not exists:
-                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                if not admin.exists(conn, name):
+                    admin.create(conn, name)
         ep.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
         server.ensure_postgres_running()
 

@@ -37,12 +37,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..base import config, db
+from . import admin
+from ..base import config
 from ..base.errors import PgRunbookError
 from ..base.fileio import private_dir, write_atomic
 from ..base.findings import Finding, Status
 from ..base.targets import Target
 
+APPLICATION = "pgrunbook/swap"  # the name of a swap's session: recovery ends a dead run's
 INJECT_ENV = "PGRUNBOOK_INJECT_KILL"  # tests: SIGKILL this process at the named step
 _held: dict[str, Any] = {}  # locks this process holds, by key: their open file
 # settings stored as quoted lists (pg_dump's variable_is_guc_list_quote)
@@ -233,18 +235,8 @@ def copy_properties(conn: psycopg.Connection, source: str, copy: str) -> Finding
                    f"{len(target_props.settings)} settings, comment and connection limit as {source!r}'s")
 
 
-def _exists(conn: psycopg.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
-
-
 def _admin(target: Target) -> psycopg.Connection:
-    for maintenance in ("postgres", "template1"):
-        try:
-            return db.connect(target, readonly=False, database=maintenance, application="pgrunbook/swap",
-                              statement_timeout="5min", lock_timeout="30s")
-        except PgRunbookError:
-            continue
-    raise SwapFailed(f"cannot reach a maintenance database (postgres, template1) on {target.name!r}")
+    return admin.connect(target, application=APPLICATION)
 
 
 def swap(target: Target, new: str, kept: str, *, operation: str) -> Finding:
@@ -254,10 +246,9 @@ def swap(target: Target, new: str, kept: str, *, operation: str) -> Finding:
     it was) when the copy cannot be given the old database's properties or a
     step fails; a crash at any instant is recovered by the next run.
     """
-    ident = sql.Identifier
     current = target.database
     with exclusive(target, operation), _admin(target) as conn:
-        existed = _exists(conn, current)
+        existed = admin.exists(conn, current)
         intent = Intent(target.name, current, new, kept, existed, operation, os.getpid(),
                         datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_atomic(journal_path(target), json.dumps(asdict(intent), indent=1))
@@ -268,17 +259,17 @@ def swap(target: Target, new: str, kept: str, *, operation: str) -> Finding:
                 raise SwapFailed(f"not swapped: {props.summary}")
             _inject("properties copied")
             if existed:
-                conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(current)))
+                admin.allow_connections(conn, current, False)
                 _inject("connections off")
-                _end_sessions(conn, current)
+                admin.end_sessions(conn, current)
                 _inject("sessions ended")
             conn.execute("SET client_connection_check_interval = '1s'")  # a dead client aborts a waiting rename
             with conn.transaction():
                 if existed:
-                    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(current), ident(kept)))
+                    admin.rename(conn, current, kept)
                     _inject("inside the renaming transaction")
-                    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(kept)))
-                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(new), ident(current)))
+                    admin.allow_connections(conn, kept, True)
+                admin.rename(conn, new, current)
             _inject("renamed")
         except BaseException as e:
             if isinstance(e, (psycopg.Error, PgRunbookError)):
@@ -290,32 +281,21 @@ def swap(target: Target, new: str, kept: str, *, operation: str) -> Finding:
         return props
 
 
-def _end_sessions(conn: psycopg.Connection, database: str) -> None:
-    for _ in range(100):
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                     " WHERE datname = %s AND pid <> pg_backend_pid()", [database])
-        if not conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s", [database]).fetchone():
-            return
-        time.sleep(0.1)
-    raise SwapFailed(f"sessions on {database!r} did not end within 10 s")
-
-
 def _undo(conn: psycopg.Connection, intent: Intent) -> str:
     """Bring the server back to the old state or on to the new one, whichever the renames left."""
-    ident = sql.Identifier
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         conn.rollback()
     current, new, kept = intent.database, intent.new, intent.kept
-    if _exists(conn, kept) and not _exists(conn, new):  # the renames committed
-        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(current)))
-        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(kept)))
+    if admin.exists(conn, kept) and not admin.exists(conn, new):  # the renames committed
+        admin.allow_connections(conn, current, True)
+        admin.allow_connections(conn, kept, True)
         return (f"completed: {new!r} is now {current!r}, the old one kept as {kept!r}")
-    if not intent.existed and _exists(conn, new) and not _exists(conn, current):
-        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(new), ident(current)))
+    if not intent.existed and admin.exists(conn, new) and not admin.exists(conn, current):
+        admin.rename(conn, new, current)
         return f"completed: {new!r} is now {current!r} (there was no old one)"
-    if _exists(conn, current):
-        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(current)))
-    left = f"; the copy is kept as {new!r}" if _exists(conn, new) else ""
+    if admin.exists(conn, current):
+        admin.allow_connections(conn, current, True)
+    left = f"; the copy is kept as {new!r}" if admin.exists(conn, new) else ""
     return f"rolled back: {current!r} is the old database, accepting connections{left}"
 
 
@@ -337,7 +317,7 @@ def recover(target: Target) -> str | None:
             # the dead run's session may still hold its renaming transaction open (waiting on a
             # lock): end it, so that it rolls back before the server's state is read
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                         " WHERE application_name = 'pgrunbook/swap' AND pid <> pg_backend_pid()")
+                         " WHERE application_name = %s AND pid <> pg_backend_pid()", [APPLICATION])
             time.sleep(0.2)
             message = _undo(conn, intent)
     except Busy as e:
