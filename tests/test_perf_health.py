@@ -15,7 +15,7 @@ from pgrunbook.checks import health, perf
 from pgrunbook.facts import activity, statements
 from pgrunbook.archive import runner
 from pgrunbook.procedures import seed
-from pgrunbook.base.findings import Status
+from pgrunbook.base.findings import Check, Status
 from pgrunbook.base.cluster import bin_dir
 from pgrunbook.base.targets import Target
 
@@ -172,6 +172,8 @@ def test_health_writes_prometheus_and_json_and_exits_with_the_worst(migrated, mo
     assert result.exit_code == int(max((f.status for f in result.findings), key=lambda s: s.severity))
     lines = prom.read_text().splitlines()
     assert 'pgrunbook_health_status{target="production",check="backup"} 2' in lines  # no verified backup
+    # the labels are one fixed set: a dashboard's series never change name
+    assert {f.check for f in result.findings} <= {c.value for c in Check}
     for line in lines:
         assert line.startswith("#") or re.fullmatch(r'pgrunbook_health_(status|value)\{target="production",'
                                                     r'check="[a-z ]+"\} -?[0-9.]+', line), line

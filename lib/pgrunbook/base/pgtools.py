@@ -25,6 +25,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .cluster import bin_dir
 from .errors import PgRunbookError
 from .secrets import redact
+import signal
+import ctypes
 
 
 class ToolNotFound(PgRunbookError):
@@ -117,8 +119,6 @@ def start(tool: Tool, args: list[str], url: str, *, env: dict[str, str] | None =
 def _end_with_parent() -> None:
     """In the child, before exec: ask Linux to end it when the process that started it dies, so a
     killed run leaves no pg_dump or pg_restore working on (or holding locks in) the server."""
-    import ctypes
-    import signal
 
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -10,6 +10,10 @@ from __future__ import annotations
 import os
 import re
 from urllib.parse import unquote, urlsplit
+import json
+import html
+from urllib.parse import quote
+from psycopg.conninfo import conninfo_to_dict
 
 MASK = "********"
 
@@ -45,7 +49,6 @@ def known_secrets() -> set[str]:
 
 
 def _conninfo_password(value: str) -> str | None:
-    from psycopg.conninfo import conninfo_to_dict
 
     try:
         return conninfo_to_dict(value).get("password")
@@ -54,7 +57,6 @@ def _conninfo_password(value: str) -> str | None:
 
 
 def _quoted(password: str) -> str:
-    from urllib.parse import quote
 
     return quote(password, safe="")
 
@@ -68,15 +70,8 @@ def redact(text: str, extra: set[str] | frozenset[str] = frozenset()) -> str:
     return text
 
 
-def redact_url(url: str) -> str:
-    """A URL fit to show: its password masked."""
-    return _URL_PASSWORD.sub(lambda m: m["head"] + MASK, url)
-
-
 def document_secrets() -> set[str]:
     """Known secrets in every form they take inside JSON and HTML documents."""
-    import html
-    import json
 
     forms: set[str] = set()
     for secret in known_secrets():

@@ -21,6 +21,8 @@ from . import cluster, config
 from .config import App
 from .errors import ConfirmationRequired, TargetNotConfigured, UnknownTarget
 from .secrets import redact
+import configparser
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,6 @@ class Target:
 def service_params(service: str | None) -> dict[str, str]:
     """A pg_service.conf section as libpq finds it: $PGSERVICEFILE or ~/.pg_service.conf first,
     then $PGSYSCONFDIR/pg_service.conf."""
-    import configparser
-    from pathlib import Path
 
     if not service:
         return {}

@@ -257,7 +257,7 @@ class Comparison:
     side_by_side: dict[str, object] = field(default_factory=dict)
 
     def table(self):
-        import pandas as pd
+        import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
         return pd.DataFrame([(r.table, r.rows_a, r.rows_b, r.same, len(r.changed), len(r.only_a), len(r.only_b),
                               ", ".join(r.columns), r.note) for r in self.results],
@@ -312,7 +312,7 @@ def name_in(tables_: dict, name: str) -> bool:
 
 def side_by_side(pair: Pair, t: Table, r: TableResult, a: str, b: str, *, limit: int = 20):
     """The differing rows from both sides, one line per key, each column as (a, b)."""
-    import pandas as pd
+    import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
     keys = (r.changed + r.only_a + r.only_b)[:limit]
     if len(t.key) == 1:

@@ -26,8 +26,8 @@ from ..facts.sequences import sequence_states
 from ..facts.catalog import Rel, selected
 from ..facts.constraints import NOT_VALID_DOMAIN_CHECKS, NOT_VALID_TABLE_CHECKS
 from . import compare
-from ..base.findings import Finding, Status
-from ..base.limits import DEFAULTS, level
+from ..base.findings import Check, Finding, Status
+from ..base.limits import DEFAULTS, Limits, level
 from ..base.targets import Target
 
 
@@ -272,7 +272,7 @@ def wraparound(conn: psycopg.Connection, *, warn: int = DEFAULTS.wraparound_warn
                crit: int = DEFAULTS.wraparound_crit) -> list[Finding]:
     """Transaction-ID and multixact age of every database, as check_postgres txn_wraparound does."""
     found = []
-    for label, expr in (("xid age", "age(datfrozenxid)"), ("multixact age", "mxid_age(datminmxid)")):
+    for label, expr in ((Check.XID_AGE, "age(datfrozenxid)"), (Check.MULTIXACT_AGE, "mxid_age(datminmxid)")):
         name, age = conn.execute(sql.SQL("SELECT datname, {} FROM pg_database ORDER BY 2 DESC LIMIT 1").format(
             sql.SQL(expr))).fetchone()
         found.append(Finding(label, level(age, warn, crit), f"oldest is {name} at {age:,} ({100 * age / 2**31:.1f}% of the way to wraparound)",
@@ -327,7 +327,8 @@ CHECKS = ("fk", "unique", "notvalid", "sequences", "indexes", "wraparound", "ass
 class Selection:
     """Which checks run (`checks`: all, or a comma-separated subset of CHECKS) and on which tables."""
 
-    def __init__(self, checks: str = "all", *, tables: str = "*", max_examples: int = 20, sample: int = 0):
+    def __init__(self, checks: str = "all", *, tables: str = "*", max_examples: int = 20, sample: int = 0,
+                 limits: Limits = DEFAULTS):
         wanted = set(CHECKS) if checks.strip() == "all" else {c.strip() for c in checks.split(",") if c.strip()}
         unknown = wanted - set(CHECKS)
         if unknown:
@@ -335,6 +336,7 @@ class Selection:
         if sample < 0:
             raise ValueError(f"sample must be 0 (every row) or a number of rows, not {sample}")
         self.wanted, self.tables, self.max_examples, self.sample = wanted, tables, max_examples, sample
+        self.limits = limits
 
     def run(self, name: str, conn: psycopg.Connection, *, folders: list[Path] = (), amcheck: str = "btree"
             ) -> list[Finding]:
@@ -348,7 +350,7 @@ class Selection:
             "notvalid": lambda: unvalidated(conn, tables=t, max_examples=n, sample=sample),
             "sequences": lambda: sequences(conn, tables=t),
             "indexes": lambda: indexes(conn, tables=t, amcheck=amcheck, max_examples=n),
-            "wraparound": lambda: wraparound(conn),
+            "wraparound": lambda: wraparound(conn, warn=self.limits.wraparound_warn, crit=self.limits.wraparound_crit),
             "assertions": lambda: assertions(conn, list(folders), max_examples=n),
         }[name]()
 
@@ -375,16 +377,17 @@ class CompareStep:
         """The differing rows side by side, cells that differ highlighted."""
         if not self.comparison or not self.comparison.side_by_side:
             return None
-        from IPython.display import HTML
+        from IPython.display import HTML  # here: spares IPython (~70 ms) at start-up
 
         parts = [f"<h4>{name}</h4>" + compare.highlight(frame).to_html()
                  for name, frame in self.comparison.side_by_side.items()]
         return HTML("".join(parts))
 
 
-def compare_with(target: str, other: str, *, tables: str = "*", max_examples: int = 20) -> CompareStep:
-    if not other:
+def compare_with(target: Target, compare_to: str, *, tables: str = "*", max_examples: int = 20) -> CompareStep:
+    """Every selected table of `target` compared row for row with the target named `compare_to`, if any."""
+    if not compare_to:
         return CompareStep([Finding("compare", Status.OK, "no compare_to target: skipped")])
-    result = compare.compare(targets.resolve(target), targets.resolve(other), tables_glob=tables,
+    result = compare.compare(target, targets.resolve(compare_to), tables_glob=tables,
                              max_examples=max_examples)
-    return CompareStep(result.findings(target, other, max_examples=max_examples), result)
+    return CompareStep(result.findings(target.name, compare_to, max_examples=max_examples), result)

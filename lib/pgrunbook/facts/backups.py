@@ -130,7 +130,7 @@ def hash_all(paths: list[Path]) -> list[str]:
 
 def rows(backup: Backup):
     """Per-table row counts recorded in the manifest, as a DataFrame."""
-    import pandas as pd
+    import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
     return pd.DataFrame(sorted(backup.manifest["row_counts"].items()), columns=["table", "rows"])
 
@@ -215,7 +215,7 @@ def check(backup: Backup) -> list[str]:
 
 def table(backups: list[Backup]):
     """Backups as a DataFrame: id, end, age, size, verified, label."""
-    import pandas as pd
+    import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
     rows = [{"id": b.id, "end": b.manifest["end"], "age_h": round(b.age_h(), 2), "size_mb": round(b.size / 2**20, 2),
              "format": b.manifest["format"], "verified": b.verified, "label": b.manifest.get("label", "")}

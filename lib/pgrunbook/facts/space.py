@@ -83,7 +83,7 @@ def table_size(conn: psycopg.Connection, table: str) -> TableSize | None:
 
 def table_stats(conn: psycopg.Connection):
     """Per-table activity statistics (live and dead rows, vacuum, scans, cache), as a DataFrame."""
-    import pandas as pd
+    import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
     cur = conn.execute(TABLE_STATS)
     return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])

@@ -60,7 +60,7 @@ def statements(conn: psycopg.Connection, *, limit: int = 5000):
     """The application's statements in this database from pg_stat_statements (top-level only where the
     server tells nested ones apart), by total time, with their share of it. The one reader of query
     statistics (see the module's docstring)."""
-    import pandas as pd
+    import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
     columns = ["queryid", "query", "calls", "total_ms", "mean_ms", "max_ms", "rows", "shared_read", "temp_written"]
     if not has_statements(conn):

@@ -30,7 +30,7 @@ from ..base import limits
 from ..base import config, db
 from . import admin, swaps
 from ..base.errors import PgRunbookError
-from ..base.findings import Finding, Status
+from ..base.findings import Check, Finding, Status
 from ..base.targets import Target
 
 OWNER = ".owner"  # inside a .partial folder: "host pid"
@@ -135,8 +135,8 @@ def finding(target: Target) -> Finding:
     """WARN naming what earlier runs left, with the command that removes it."""
     left = find(target)
     if not left:
-        return Finding("debris", Status.OK, "nothing left behind by earlier runs")
-    return Finding("debris", Status.WARN, f"{len(left)} left behind by killed runs ({left[0]}"
+        return Finding(Check.DEBRIS, Status.OK, "nothing left behind by earlier runs")
+    return Finding(Check.DEBRIS, Status.WARN, f"{len(left)} left behind by killed runs ({left[0]}"
                    f"{' ...' if len(left) > 1 else ''}): remove with `pgrunbook cleanup --target {target.name} "
                    "--apply`", examples=tuple(str(d) for d in left))
 

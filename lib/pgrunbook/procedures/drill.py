@@ -21,6 +21,7 @@ from . import admin
 from ..base.errors import PgRunbookError
 from ..base.findings import Finding, Status
 from ..base.targets import Target
+from ..facts import catalog
 
 DISASTERS = ("dropped-table", "deleted-rows", "dropped-database")
 MARKER = "pgrunbook_drill_marker"
@@ -87,7 +88,6 @@ def assess(target: Target, backup) -> Finding:
     """What the disaster broke, against the backup's row counts."""
     if not admin.database_exists(target, target.database):
         return Finding("impact", Status.OK, f"database {target.database!r} is gone: restore needed")
-    from ..facts import catalog
 
     with db.connect(target, application="pgrunbook/dr_drill") as conn:
         counts = catalog.row_counts(conn)

@@ -39,7 +39,7 @@ def _file_table(root: Path, dump: Path) -> dict[str, dict[str, Any]]:
             for p, h in zip(files, hash_all(files))}
 
 
-def _reserve(target: str, started: datetime, label: str) -> tuple[str, Path]:
+def _reserve(name: str, started: datetime, label: str) -> tuple[str, Path]:
     """A backup id no other call has, and its private `.partial` folder, created atomically.
 
     Two backups of one target started in the same second with one label get
@@ -47,7 +47,7 @@ def _reserve(target: str, started: datetime, label: str) -> tuple[str, Path]:
     """
     clean = re.sub(r"[^A-Za-z0-9_-]+", "-", label).strip("-")[:40]
     base = f"{started:%Y%m%dT%H%M%SZ}" + (f"_{clean}" if clean else "")
-    where = private_dir(folder(target))
+    where = private_dir(folder(name))
     for n in range(1, 10_000):
         candidate = base if n == 1 else f"{base}-{n}"
         if (where / candidate).exists():

@@ -32,6 +32,9 @@ from ..base.errors import PgRunbookError
 from ..base.findings import Finding, Status
 from ..facts.catalog import Rel
 from ..base.targets import Target
+import queue
+from concurrent.futures import ThreadPoolExecutor
+from ..base import config
 
 SALT_ENV = "PGRUNBOOK_SANITIZE_SALT"
 TEXT_TYPES = catalog.TEXT_TYPES
@@ -94,7 +97,6 @@ class Rules:
 
 def rules_path(name: str) -> Path:
     """`name` as given if it exists, else relative to the project home."""
-    from ..base import config
 
     path = Path(name)
     return path if path.is_absolute() or path.exists() else config.settings().home / path
@@ -165,7 +167,6 @@ def salt(*, sandbox: bool) -> Salt:
     if not sandbox:
         raise SaltMissing(f"set {SALT_ENV} to a long random secret (e.g. `openssl rand -hex 32`) kept like a "
                           "password: the same salt gives the same fakes at every refresh")
-    from ..base import config
 
     path = config.settings().state_dir / "sanitize.salt"
     if not path.exists():
@@ -222,7 +223,7 @@ class Plan:
 
     def frame(self):
         """Every column with its rule and verdict, as a DataFrame."""
-        import pandas as pd
+        import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
         return pd.DataFrame(self.rows, columns=["table", "column", "type", "rule", "status", "note"])
 
@@ -266,7 +267,7 @@ def plan(conn: psycopg.Connection, rules: Rules, *, sample: int = 200) -> Plan:
     return Plan(rows, found)
 
 
-def plan_for(target, rules: Rules) -> Plan:
+def plan_for(target: Target, rules: Rules) -> Plan:
     """`plan` on a read-only session of `target`."""
     with db.connect(target, application="pgrunbook/staging_refresh") as conn:
         return plan(conn, rules)
@@ -391,7 +392,7 @@ def data_env(s: Salt) -> dict[str, str]:
 
 
 def masked_frame(done: list[Masked], row_counts: dict[str, int] | None = None):
-    import pandas as pd
+    import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
     counts = row_counts or {}
     return pd.DataFrame([{"table": m.table, "columns": ", ".join(m.columns), "rows": counts.get(m.table)}
@@ -472,8 +473,6 @@ def residual(source: psycopg.Connection, copy: psycopg.Connection, rules: Rules,
 
 def prove(source: Target, copy: Target, rules: Rules, *, workers: int = 2, max_examples: int = 20) -> list[Finding]:
     """`residual` and `contact_leaks` together, spread over `workers` pairs of sessions."""
-    import queue
-    from concurrent.futures import ThreadPoolExecutor
 
     with db.connect(copy, statement_timeout="0", application="pgrunbook/refresh") as conn:
         jobs: queue.SimpleQueue = queue.SimpleQueue()

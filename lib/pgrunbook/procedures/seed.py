@@ -145,7 +145,7 @@ class _Pools:
 
 
 def _pools(seed: int) -> _Pools:
-    from faker import Faker
+    from faker import Faker  # here: spares Faker (~160 ms) at start-up
 
     fake = Faker("en_US")
     fake.seed_instance(seed)

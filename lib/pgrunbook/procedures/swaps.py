@@ -41,7 +41,7 @@ from . import admin
 from ..base import config
 from ..base.errors import PgRunbookError
 from ..base.fileio import private_dir, write_atomic
-from ..base.findings import Finding, Status
+from ..base.findings import Check, Finding, Status
 from ..base.targets import Target
 
 APPLICATION = "pgrunbook/swap"  # the name of a swap's session: recovery ends a dead run's
@@ -341,5 +341,5 @@ def finding(target: Target) -> Finding:
             done = None
     record.unlink(missing_ok=True)
     if done is None:
-        return Finding("unfinished swap", Status.OK, "none: every earlier swap of this database ended")
-    return Finding("unfinished swap", Status.WARN, done)
+        return Finding(Check.UNFINISHED_SWAP, Status.OK, "none: every earlier swap of this database ended")
+    return Finding(Check.UNFINISHED_SWAP, Status.WARN, done)
