@@ -14,10 +14,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 @contextmanager
 def temporary_sandbox(**env: str):
-    """A started sandbox in a temp folder (state, reports and backups inside it); stopped and deleted after."""
+    """A started sandbox in a temp folder (state, reports and backups inside it); stopped and
+    deleted after."""
     tmp = Path(tempfile.mkdtemp(prefix="pgrb-bench-"))
-    os.environ.update(PGRUNBOOK_STATE_DIR=str(tmp / "state"), PGRUNBOOK_REPORTS_DIR=str(tmp / "reports"),
-                      PGRUNBOOK_BACKUPS_DIR=str(tmp / "backups"), **env)
+    os.environ.update(
+        PGRUNBOOK_STATE_DIR=str(tmp / "state"),
+        PGRUNBOOK_REPORTS_DIR=str(tmp / "reports"),
+        PGRUNBOOK_BACKUPS_DIR=str(tmp / "backups"),
+        **env,
+    )
     from pgrunbook.procedures.sandbox import Sandbox
 
     box = Sandbox.default()

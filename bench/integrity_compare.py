@@ -33,8 +33,10 @@ import psutil
 from common import temporary_sandbox
 from runner_overhead import make_home
 
-FLOOR = ("SELECT count(*), sum(hashint4extended(aid, 0)), sum(hashint4extended(bid, 0)),"
-         " sum(hashint4extended(abalance, 0)), sum(hashbpcharextended(filler, 0)) FROM pgbench_accounts")
+FLOOR = (
+    "SELECT count(*), sum(hashint4extended(aid, 0)), sum(hashint4extended(bid, 0)),"
+    " sum(hashint4extended(abalance, 0)), sum(hashbpcharextended(filler, 0)) FROM pgbench_accounts"
+)
 
 
 def timed(fn):
@@ -49,20 +51,34 @@ def main() -> None:
     args = parser.parse_args()
     import psycopg
 
-    from pgrunbook.checks import compare, integrity
     from pgrunbook.base import db
     from pgrunbook.base.cluster import bin_dir
     from pgrunbook.base.targets import Target
+    from pgrunbook.checks import compare, integrity
 
     with temporary_sandbox() as (box, tmp):
         admin = box.url("postgres")
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute("CREATE DATABASE bench_a")
-        subprocess.run([str(bin_dir() / "pgbench"), "-i", "-q", "-s", str(args.scale), "-d", box.url("bench_a")],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                str(bin_dir() / "pgbench"),
+                "-i",
+                "-q",
+                "-s",
+                str(args.scale),
+                "-d",
+                box.url("bench_a"),
+            ],
+            check=True,
+            capture_output=True,
+        )
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute("CREATE DATABASE bench_b TEMPLATE bench_a STRATEGY FILE_COPY")
-        a, b = Target("a", box.url("bench_a"), sandbox=True), Target("b", box.url("bench_b"), sandbox=True)
+        a, b = (
+            Target("a", box.url("bench_a"), sandbox=True),
+            Target("b", box.url("bench_b"), sandbox=True),
+        )
         for t in (a, b):
             with psycopg.connect(t.url, autocommit=True) as conn:
                 conn.execute("VACUUM ANALYZE pgbench_accounts")
@@ -70,9 +86,11 @@ def main() -> None:
 
         def floor():
             with ThreadPoolExecutor(2) as pool:
+
                 def one(t):
                     with psycopg.connect(t.url) as c:
                         return c.execute(FLOOR).fetchone()
+
                 return list(pool.map(one, (a, b)))
 
         def ours():
@@ -90,52 +108,89 @@ def main() -> None:
         floor(), ours()  # warm the cache: both read the same pages
         f_same, t_same, same, fs, rs = rounds()
         assert same.results[0].same
-        print(f"identical:  floor {f_same:.2f} s, compare {t_same:.2f} s   ratio {t_same / f_same:.2f}x (goal <= 1.3x)"
-              f"   [floor {', '.join(f'{x:.2f}' for x in fs)}; compare {', '.join(f'{x:.2f}' for x in rs)}]")
+        print(
+            f"identical:  floor {f_same:.2f} s, compare {t_same:.2f} s   ratio"
+            f" {t_same / f_same:.2f}x (goal <= 1.3x)   [floor {', '.join(f'{x:.2f}' for x in fs)};"
+            f" compare {', '.join(f'{x:.2f}' for x in rs)}]"
+        )
         rd_same = reladiff_times(box, "pgbench_accounts")
         if rd_same:
-            print(f"reladiff identical: {rd_same:.2f} s   ours is {rd_same / t_same:.1f}x faster (goal >= 4x)")
+            print(
+                f"reladiff identical: {rd_same:.2f} s   ours is {rd_same / t_same:.1f}x faster"
+                " (goal >= 4x)"
+            )
         with psycopg.connect(b.url, autocommit=True) as conn:
-            conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN"
-                         " (SELECT (g * 499979) %% %s + 1 FROM generate_series(1, 10) g)", [args.scale * 100000])
+            conn.execute(
+                "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN"
+                " (SELECT (g * 499979) %% %s + 1 FROM generate_series(1, 10) g)",
+                [args.scale * 100000],
+            )
         f_ten, t_ten, ten, fs, rs = rounds()
         r = ten.results[0]
-        print(f"10 changed: floor {f_ten:.2f} s, compare {t_ten:.2f} s   ratio {t_ten / f_ten:.2f}x (goal <= 2x), "
-              f"found {len(r.changed)} changed, {len(ten.side_by_side['public.pgbench_accounts'])} shown side by side"
-              f"   [floor {', '.join(f'{x:.2f}' for x in fs)}; compare {', '.join(f'{x:.2f}' for x in rs)}]")
+        print(
+            f"10 changed: floor {f_ten:.2f} s, compare {t_ten:.2f} s   ratio {t_ten / f_ten:.2f}x"
+            f" (goal <= 2x), found {len(r.changed)} changed,"
+            f" {len(ten.side_by_side['public.pgbench_accounts'])} shown side by side   [floor"
+            f" {', '.join(f'{x:.2f}' for x in fs)}; compare {', '.join(f'{x:.2f}' for x in rs)}]"
+        )
 
         rd = reladiff_times(box, "pgbench_accounts")
         if rd:
-            print(f"reladiff 10 changed: {rd:.2f} s   ours is {rd / t_ten:.1f}x faster (goal >= 4x)")
+            print(
+                f"reladiff 10 changed: {rd:.2f} s   ours is {rd / t_ten:.1f}x faster (goal >= 4x)"
+            )
 
         with psycopg.connect(b.url, autocommit=True) as conn:
-            conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid %% 166 = 0 AND aid <= %s",
-                         [args.scale * 99600])
+            conn.execute(
+                "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid %% 166 = 0 AND aid"
+                " <= %s",
+                [args.scale * 99600],
+            )
             # pgbench starts every balance at 0: the changed rows are exactly those that are not 0
-            expected = conn.execute("SELECT count(*) FROM pgbench_accounts WHERE abalance <> 0").fetchone()[0]
+            expected = conn.execute(
+                "SELECT count(*) FROM pgbench_accounts WHERE abalance <> 0"
+            ).fetchone()[0]
         t_many, many = timed(ours)
         found = len(many.results[0].changed)
-        print(f"compare, {expected:,} changed: {t_many:.2f} s, found {found:,} ({'all' if found == expected else 'NOT all'})")
+        print(
+            f"compare, {expected:,} changed: {t_many:.2f} s, found {found:,}"
+            f" ({'all' if found == expected else 'NOT all'})"
+        )
 
         peak_runner, peak_kernel, result, names = runbook_peak_rss(tmp, a, b)
-        print(f"integrity runbook (compare_to, {result.outcome}, {result.duration_s:.1f} s): peak RSS of the kernel "
-              f"{peak_kernel:.0f} MB, of the runner and the kernel together {peak_runner:.0f} MB (goal < 300 MB)"
-              f"   [child processes: {', '.join(names)}]")
+        print(
+            f"integrity runbook (compare_to, {result.outcome}, {result.duration_s:.1f} s): peak RSS"
+            f" of the kernel {peak_kernel:.0f} MB, of the runner and the kernel together"
+            f" {peak_runner:.0f} MB (goal < 300 MB)   [child processes: {', '.join(names)}]"
+        )
 
         sock = str(box.status().socket_dir)
-        t_pg, _ = timed(lambda: subprocess.run([str(bin_dir() / "pg_amcheck"), "-h", sock, "-U", "postgres",
-                                                "bench_a"], check=True, capture_output=True))
+        t_pg, _ = timed(
+            lambda: subprocess.run(
+                [str(bin_dir() / "pg_amcheck"), "-h", sock, "-U", "postgres", "bench_a"],
+                check=True,
+                capture_output=True,
+            )
+        )
+
         def step():
             with db.connect(a, statement_timeout="1h") as conn:
                 return integrity.amcheck_checks(conn)
+
         t_am, found_am = timed(step)
-        print(f"pg_amcheck (heap + btree): {t_pg:.2f} s; integrity amcheck step: {t_am:.2f} s   "
-              f"ratio {t_am / t_pg:.2f}x (goal <= 1.2x)  [{'; '.join(f.summary for f in found_am)}]")
-        print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+        print(
+            f"pg_amcheck (heap + btree): {t_pg:.2f} s; integrity amcheck step: {t_am:.2f} s   "
+            f"ratio {t_am / t_pg:.2f}x (goal <= 1.2x)  [{'; '.join(f.summary for f in found_am)}]"
+        )
+        print(
+            "peak RSS of this process:"
+            f" {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+        )
 
 
 def runbook_peak_rss(tmp, a, b):
-    """The integrity runbook comparing the pair through the runner, its memory sampled every 20 ms."""
+    """The integrity runbook comparing the pair through the runner, its memory sampled every 20
+    ms."""
     from pgrunbook.archive import runner
 
     home = make_home(tmp, "integrity")
@@ -157,8 +212,17 @@ def runbook_peak_rss(tmp, a, b):
     watcher = threading.Thread(target=sample)
     watcher.start()
     try:
-        result = runner.run("integrity", "staging", {"compare_to": "production", "checks": "fk", "amcheck": "off",
-                                                      "tables": "pgbench_accounts"}, progress=False)
+        result = runner.run(
+            "integrity",
+            "staging",
+            {
+                "compare_to": "production",
+                "checks": "fk",
+                "amcheck": "off",
+                "tables": "pgbench_accounts",
+            },
+            progress=False,
+        )
     finally:
         done.set()
         watcher.join()
@@ -173,10 +237,16 @@ def reladiff_times(box, table: str) -> float | None:
         return None
     sock = box.status().socket_dir
     try:
-        t1 = connect_to_table({"driver": "postgresql", "host": str(sock), "user": "postgres",
-                               "database": "bench_a"}, table, "aid")
-        t2 = connect_to_table({"driver": "postgresql", "host": str(sock), "user": "postgres",
-                               "database": "bench_b"}, table, "aid")
+        t1 = connect_to_table(
+            {"driver": "postgresql", "host": str(sock), "user": "postgres", "database": "bench_a"},
+            table,
+            "aid",
+        )
+        t2 = connect_to_table(
+            {"driver": "postgresql", "host": str(sock), "user": "postgres", "database": "bench_b"},
+            table,
+            "aid",
+        )
         t0 = time.perf_counter()
         diff = list(diff_tables(t1, t2, extra_columns=("bid", "abalance", "filler")))
         took = time.perf_counter() - t0

@@ -33,7 +33,9 @@ def traffic(url: str, stop: threading.Event, out: list, errors: list, users: int
                 with conn.transaction():
                     conn.execute("UPDATE users SET location = location WHERE id = %s", [uid])
                     conn.execute("SELECT count(*) FROM services WHERE professional_id = %s", [uid])
-                    conn.execute("UPDATE services SET price = price WHERE professional_id = %s", [uid])
+                    conn.execute(
+                        "UPDATE services SET price = price WHERE professional_id = %s", [uid]
+                    )
             except psycopg.Error as e:
                 errors.append(str(e).splitlines()[0])
             out.append((t0, time.perf_counter() - t0))
@@ -41,7 +43,10 @@ def traffic(url: str, stop: threading.Event, out: list, errors: list, users: int
 
 def run_traffic(url, users, clients, seconds=None, during=None):
     stop, samples, errors = threading.Event(), [], []
-    threads = [threading.Thread(target=traffic, args=(url, stop, samples, errors, users)) for _ in range(clients)]
+    threads = [
+        threading.Thread(target=traffic, args=(url, stop, samples, errors, users))
+        for _ in range(clients)
+    ]
     for t in threads:
         t.start()
     time.sleep(1.0)  # let the traffic settle
@@ -63,8 +68,8 @@ def main() -> None:
     parser.add_argument("--lock-timeout", default="3s")
     args = parser.parse_args()
     from pgrunbook.base import db, migrations
-    from pgrunbook.procedures import migrate, seed
     from pgrunbook.base.targets import Target
+    from pgrunbook.procedures import migrate, seed
 
     with temporary_sandbox() as (box, tmp):
         with db.connect(Target("a", box.url("postgres")), readonly=False) as conn:
@@ -77,25 +82,40 @@ def main() -> None:
         migrations.downgrade(target, "0002")
         with db.connect(target, readonly=False, statement_timeout="1h") as conn:
             conn.execute("VACUUM ANALYZE")
-        print(f"seeded {args.users:,} users and went back to 0002 in {time.perf_counter() - t0:.0f} s")
+        print(
+            f"seeded {args.users:,} users and went back to 0002 in {time.perf_counter() - t0:.0f} s"
+        )
 
         _, base, base_err, base_s = run_traffic(target.url, args.users, args.clients, seconds=10)
         with db.connect(target) as conn:
             st = migrations.status(conn)
         p = migrate.plan(st, "head")
         applied, during, errors, mig_s = run_traffic(
-            target.url, args.users, args.clients,
-            during=lambda: migrate.apply(target, p, mode="apply", blockers=[], lock_timeout=args.lock_timeout))
+            target.url,
+            args.users,
+            args.clients,
+            during=lambda: migrate.apply(
+                target, p, mode="apply", blockers=[], lock_timeout=args.lock_timeout
+            ),
+        )
         limit = float(args.lock_timeout.rstrip("s"))
         worst, base_worst = max(during), max(base)
-        print(f"baseline traffic: {len(base):,} transactions in {base_s:.1f} s, longest {base_worst * 1000:.0f} ms, "
-              f"{len(base_err)} failed")
-        print(f"during the migration ({mig_s:.2f} s, {'; '.join(str(f) for f in applied.findings)}):")
-        print(f"  {len(during):,} transactions, longest {worst * 1000:.0f} ms, {len(errors)} failed"
-              + (f" ({errors[0]})" if errors else ""))
+        print(
+            f"baseline traffic: {len(base):,} transactions in {base_s:.1f} s, longest"
+            f" {base_worst * 1000:.0f} ms, {len(base_err)} failed"
+        )
+        print(
+            f"during the migration ({mig_s:.2f} s, {'; '.join(str(f) for f in applied.findings)}):"
+        )
+        print(
+            f"  {len(during):,} transactions, longest {worst * 1000:.0f} ms, {len(errors)} failed"
+            + (f" ({errors[0]})" if errors else "")
+        )
         wait = max(worst - base_worst, 0)
-        print(f"longest lock wait caused: {wait:.3f} s against lock_timeout {limit:g} s "
-              f"(goal <= {limit + 1:g} s): ratio {wait / limit:.3f}")
+        print(
+            f"longest lock wait caused: {wait:.3f} s against lock_timeout {limit:g} s "
+            f"(goal <= {limit + 1:g} s): ratio {wait / limit:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ findings.record()
 
 
 def make_home(tmp: Path, *runbooks: str) -> Path:
-    """A project home holding the noop runbook, copies of the project's `runbooks`, and its config."""
+    """A project home holding the noop runbook, copies of the project's `runbooks`, and its
+    config."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -47,8 +48,11 @@ def make_home(tmp: Path, *runbooks: str) -> Path:
     (home / "runbooks").mkdir(parents=True)
     shutil.copy(ROOT / "pyproject.toml", home / "pyproject.toml")
     (home / "migrations").symlink_to(ROOT / "migrations")
-    nb = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                               "language": "python"}})
+    nb = new_notebook(
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        }
+    )
     for chunk in NOOP.strip().split("\n%%"):
         kind, _, body = chunk.lstrip("%").partition("\n")
         cell = new_markdown_cell(body) if kind == "md" else new_code_cell(body)
@@ -76,8 +80,12 @@ def main() -> None:
 
         def bare() -> float:
             t0 = time.perf_counter()
-            papermill.execute_notebook(str(source), str(tmp / "bare.ipynb"),
-                                       parameters={"target": "sandbox"}, progress_bar=False)
+            papermill.execute_notebook(
+                str(source),
+                str(tmp / "bare.ipynb"),
+                parameters={"target": "sandbox"},
+                progress_bar=False,
+            )
             return time.perf_counter() - t0
 
         def run() -> float:
@@ -93,9 +101,14 @@ def main() -> None:
             times["pgrunbook run"].append(run())
         med = {k: statistics.median(v) for k, v in times.items()}
         for k, v in times.items():
-            print(f"{k:<15} median {med[k]:.3f} s  (min {min(v):.3f}, max {max(v):.3f}, n={len(v)})")
+            print(
+                f"{k:<15} median {med[k]:.3f} s  (min {min(v):.3f}, max {max(v):.3f}, n={len(v)})"
+            )
         ratio = med["pgrunbook run"] / med["bare papermill"]
-        print(f"runner overhead ratio: {ratio:.3f}x (goal < 1.2x)  [{sys.platform}, {os.cpu_count()} cpus]")
+        print(
+            f"runner overhead ratio: {ratio:.3f}x (goal < 1.2x)  [{sys.platform}, {os.cpu_count()}"
+            " cpus]"
+        )
 
 
 if __name__ == "__main__":

@@ -12,25 +12,35 @@ prints both times and the ratio.
 from __future__ import annotations
 
 import argparse
-import time
 import resource
+import time
 
 from common import temporary_sandbox
 
 FLOOR = {
-    "users": "INSERT INTO users (email, user_type, first_name, last_name, phone, location)"
-             " SELECT 'user' || g || '@example.com', 'client', 'First', 'Last', '+1-555-000-0000',"
-             " '1 Main St, Springfield, IL' FROM generate_series(1, %(n)s) g",
-    "categories": "INSERT INTO categories (slug, name) SELECT 'c' || g, 'C' FROM generate_series(1, %(n)s) g",
-    "services": "INSERT INTO services (professional_id, category_id, title, description, price)"
-                " SELECT 1 + g %% %(users)s, 1, 'Service', 'A sentence of about twelve words describing"
-                " the service on offer here.', 99.5 FROM generate_series(1, %(n)s) g",
-    "projects": "INSERT INTO projects (client_id, title, description, status, budget_min, budget_max)"
-                " SELECT 1 + g %% %(users)s, 'Project', 'A sentence of about twelve words describing"
-                " the project here.', 'open', 100, 900 FROM generate_series(1, %(n)s) g",
-    "reviews": "INSERT INTO reviews (service_id, professional_id, client_id, rating, comment)"
-               " SELECT 1 + g %% %(services)s, 1, 1, 5, 'Great work, on time and tidy.'"
-               " FROM generate_series(1, %(n)s) g",
+    "users": (
+        "INSERT INTO users (email, user_type, first_name, last_name, phone, location)"
+        " SELECT 'user' || g || '@example.com', 'client', 'First', 'Last', '+1-555-000-0000',"
+        " '1 Main St, Springfield, IL' FROM generate_series(1, %(n)s) g"
+    ),
+    "categories": (
+        "INSERT INTO categories (slug, name) SELECT 'c' || g, 'C' FROM generate_series(1, %(n)s) g"
+    ),
+    "services": (
+        "INSERT INTO services (professional_id, category_id, title, description, price)"
+        " SELECT 1 + g %% %(users)s, 1, 'Service', 'A sentence of about twelve words describing"
+        " the service on offer here.', 99.5 FROM generate_series(1, %(n)s) g"
+    ),
+    "projects": (
+        "INSERT INTO projects (client_id, title, description, status, budget_min, budget_max)"
+        " SELECT 1 + g %% %(users)s, 'Project', 'A sentence of about twelve words describing"
+        " the project here.', 'open', 100, 900 FROM generate_series(1, %(n)s) g"
+    ),
+    "reviews": (
+        "INSERT INTO reviews (service_id, professional_id, client_id, rating, comment)"
+        " SELECT 1 + g %% %(services)s, 1, 1, 5, 'Great work, on time and tidy.'"
+        " FROM generate_series(1, %(n)s) g"
+    ),
 }
 
 
@@ -41,8 +51,8 @@ def main() -> None:
     from psycopg import sql
 
     from pgrunbook.base import db, migrations
-    from pgrunbook.procedures import seed
     from pgrunbook.base.targets import Target
+    from pgrunbook.procedures import seed
 
     with temporary_sandbox() as (box, tmp):
         admin = Target("admin", box.url("postgres"), sandbox=True)
@@ -69,8 +79,10 @@ def main() -> None:
 
         rows = result.total
         print(f"rows: {n} (total {rows:,})")
-        print(f"seed (Faker pools + COPY): {t_seed:.1f} s, {rows / t_seed:,.0f} rows/s, "
-              f"client peak RSS {peak / 2**20:.0f} MiB")
+        print(
+            f"seed (Faker pools + COPY): {t_seed:.1f} s, {rows / t_seed:,.0f} rows/s, "
+            f"client peak RSS {peak / 2**20:.0f} MiB"
+        )
         print(f"floor (INSERT ... SELECT generate_series, same row counts): {t_floor:.1f} s")
         print(f"seed / floor ratio: {t_seed / t_floor:.2f}x")
 

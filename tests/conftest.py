@@ -92,7 +92,9 @@ def scratch(server):
     target = Target("scratch", db.with_database(server, name), sandbox=True, source="test")
     yield target
     with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture
@@ -127,8 +129,13 @@ def password_role(sandbox, role: str, password: str, *, superuser: bool = False)
         hba.write_text(rule + hba.read_text())
     with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN {} PASSWORD {}").format(
-            sql.Identifier(role), sql.SQL("SUPERUSER" if superuser else ""), sql.Literal(password)))
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN {} PASSWORD {}").format(
+                sql.Identifier(role),
+                sql.SQL("SUPERUSER" if superuser else ""),
+                sql.Literal(password),
+            )
+        )
         conn.execute("SELECT pg_reload_conf()")
     return f"{role}:{quote(password, safe='')}@"
 
@@ -141,11 +148,14 @@ def make_roles(url: str, *roles: str) -> None:
 
 
 def forget_roles(url: str, *roles: str) -> None:
-    """Drop roles that own objects or hold grants only in `url`'s database, giving those back to the caller."""
+    """Drop roles that own objects or hold grants only in `url`'s database, giving those back to the
+    caller."""
     with psycopg.connect(url, autocommit=True) as conn:
         for role in roles:
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
-                conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)))
+                conn.execute(
+                    sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role))
+                )
                 conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
                 conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
@@ -153,8 +163,12 @@ def forget_roles(url: str, *roles: str) -> None:
 def drop_role(sandbox, role: str) -> None:
     """Drop a test role, giving what it created (databases restored by it, say) back to postgres."""
     with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role])
-        databases = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datallowconn")]
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role]
+        )
+        databases = [
+            r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datallowconn")
+        ]
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
             return
     for name in databases:

@@ -9,20 +9,21 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from datetime import UTC
 
 import psutil
 import psycopg
 import pytest
 from psycopg import sql
 
-from pgrunbook.procedures import admin, dumps, restore, seed
-from pgrunbook.facts import backups
-from pgrunbook.checks import recovery
-from pgrunbook.base import db, pgtools
 from pgrunbook.archive import runner
+from pgrunbook.base import db, pgtools
 from pgrunbook.base.errors import ConfirmationRequired
 from pgrunbook.base.findings import Status
 from pgrunbook.base.targets import Target
+from pgrunbook.checks import recovery
+from pgrunbook.facts import backups
+from pgrunbook.procedures import admin, dumps, restore, seed
 from tests.conftest import databases, fill, forget_roles, make_roles
 
 
@@ -54,7 +55,12 @@ def test_backup_verify_and_restore_on_each_server(seeded):
     verdict, timeline = restore.verify(seeded, backup)
     assert verdict.status is Status.OK, verdict.summary
     assert backups.load(backup.path).verified
-    assert {p[0] for p in timeline.phases} >= {"pg_restore", "row counts", "amcheck", "drop scratch"}
+    assert {p[0] for p in timeline.phases} >= {
+        "pg_restore",
+        "row counts",
+        "amcheck",
+        "drop scratch",
+    }
     before = databases(seeded.url)
     result = restore.restore(seeded, backups.find("scratch", backup.id))
     assert all(f.status is Status.OK for f in result.findings), result.findings
@@ -71,8 +77,10 @@ def test_swap_keeps_the_old_database_and_repairs_sequences(seeded):
     result = restore.restore(seeded, backup, mode="swap")
     assert result.kept_as and result.kept_as in databases(seeded.url)
     with db.connect(seeded) as conn:
-        assert conn.execute("SELECT count(*) FROM reviews").fetchone()[0] == \
-            backup.manifest["row_counts"]["public.reviews"]
+        assert (
+            conn.execute("SELECT count(*) FROM reviews").fetchone()[0]
+            == backup.manifest["row_counts"]["public.reviews"]
+        )
     admin.drop_database(seeded, result.kept_as)
 
 
@@ -102,7 +110,9 @@ def test_a_damaged_backup_is_refused_before_anything_changes(seeded, fault):
     backup = dumps.create(seeded)
     named = fault(backup)
     before = databases(seeded.url)
-    gate = restore.check_request(seeded, backups.find("scratch", backup.id), mode="swap", confirm="")
+    gate = restore.check_request(
+        seeded, backups.find("scratch", backup.id), mode="swap", confirm=""
+    )
     assert gate.status is Status.CRIT and named in gate.summary
     with pytest.raises(restore.RestoreFailed, match=named.replace(".", r"\.")):
         restore.restore(seeded, backups.find("scratch", backup.id), mode="swap")
@@ -116,8 +126,15 @@ def test_a_damaged_backup_stops_the_restore_runbook_with_crit(sandbox):
     before = databases(target.url)
     result = runner.run("restore", "staging", {"backup": backup.id, "mode": "swap"}, progress=False)
     assert result.exit_code == 2 and result.outcome == "CRIT"
-    assert [f.check for f in result.findings] == ["unfinished swap", "debris", "backup chosen", "manifest"]
-    assert result.findings[2].status is Status.WARN and "never verified" in result.findings[2].summary
+    assert [f.check for f in result.findings] == [
+        "unfinished swap",
+        "debris",
+        "backup chosen",
+        "manifest",
+    ]
+    assert (
+        result.findings[2].status is Status.WARN and "never verified" in result.findings[2].summary
+    )
     assert databases(target.url) == before
 
 
@@ -147,7 +164,10 @@ def test_restore_refuses_a_backup_naming_a_role_the_server_lacks(seeded):
     finally:
         forget_roles(seeded.url, role)
     before = databases(seeded.url)
-    with pytest.raises(restore.RestoreFailed, match=f"does not have: {role}; create them first; nothing was changed"):
+    with pytest.raises(
+        restore.RestoreFailed,
+        match=f"does not have: {role}; create them first; nothing was changed",
+    ):
         restore.restore(seeded, backup)
     assert databases(seeded.url) == before
 
@@ -187,8 +207,14 @@ def test_pg_restore_killed_midway_leaves_the_target_untouched(seeded):
 def _small_filesystem(path, size_kb: int):
     """A tmpfs of `size_kb` at `path` (as root), else a file size limit on child processes."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
     old = resource.getrlimit(resource.RLIMIT_FSIZE)
     if not mounted:
         resource.setrlimit(resource.RLIMIT_FSIZE, (size_kb * 1024, old[1]))
@@ -250,21 +276,25 @@ def test_a_disk_full_while_recording_verification_keeps_the_record(seeded, tmp_p
         shutil.copytree(backup.path, copy)
         fill(small)
         with pytest.raises(OSError):
-            dumps.record_verification(backups.load(copy), {"ok": True, "at": "now", "findings": [],
-                                                             "phases": [], "note": "x" * 100_000})
+            dumps.record_verification(
+                backups.load(copy),
+                {"ok": True, "at": "now", "findings": [], "phases": [], "note": "x" * 100_000},
+            )
         again = backups.find("scratch", "latest")
         assert again.id == backup.id and again.verified
-        assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in backup.path.iterdir())
+        assert sorted(p.name for p in copy.iterdir()) == sorted(
+            p.name for p in backup.path.iterdir()
+        )
 
 
 def test_retention_never_deletes_the_newest_verified(seeded):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     first = dumps.create(seeded)
     restore.verify(seeded, first)
     second = dumps.create(seeded)
     every = backups.all_backups("scratch")
-    later = datetime.now(timezone.utc) + timedelta(days=30)
+    later = datetime.now(UTC) + timedelta(days=30)
     plan = dumps.retention_plan(every, retention_days=7, now=later)
     assert [b.id for b in plan] == [second.id]  # the only verified one stays
     assert dumps.prune(plan, enabled=False).examples == (second.id,) and second.path.exists()
@@ -275,6 +305,8 @@ def test_retention_never_deletes_the_newest_verified(seeded):
 def test_rpo_against_the_newest_verified_backup(seeded):
     assert recovery.rpo_finding([], rpo_h=24).status is Status.CRIT
     b = dumps.create(seeded)
-    assert recovery.rpo_finding(backups.all_backups("scratch"), rpo_h=24).status is Status.CRIT  # not verified
+    assert (
+        recovery.rpo_finding(backups.all_backups("scratch"), rpo_h=24).status is Status.CRIT
+    )  # not verified
     restore.verify(seeded, b)
     assert recovery.rpo_finding(backups.all_backups("scratch"), rpo_h=24).status is Status.OK

@@ -41,7 +41,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a[:4]) for a, _ in BAD])
-def test_bad_input_is_one_line_exit_3_and_writes_nothing(sandbox, reports_dir, capfd, args, message):
+def test_bad_input_is_one_line_exit_3_and_writes_nothing(
+    sandbox, reports_dir, capfd, args, message
+):
     before = _snapshot(reports_dir)
     with pytest.raises(SystemExit) if args == ["frobnicate"] else _nothing() as exit_info:
         code = main(args)
@@ -65,14 +67,19 @@ def test_connection_failures_are_one_line(sandbox, reports_dir, capfd, monkeypat
     urls = {
         "unreachable": "postgresql://postgres:hunter22@127.0.0.1:1/app",
         "missing database": sandbox.url("no_such_db"),
-        "wrong password": request.getfixturevalue("wrong_password_url") if case == "wrong password" else "",
+        "wrong password": (
+            request.getfixturevalue("wrong_password_url") if case == "wrong password" else ""
+        ),
     }
     monkeypatch.setenv("STAGING_DATABASE_URL", urls[case])
     before = _snapshot(reports_dir)
     assert main(["run", "status", "--target", "staging"]) == 3
     err = capfd.readouterr().err.strip()
-    expected = {"unreachable": "cannot reach", "missing database": "'no_such_db' does not exist",
-                "wrong password": "login refused"}[case]
+    expected = {
+        "unreachable": "cannot reach",
+        "missing database": "'no_such_db' does not exist",
+        "wrong password": "login refused",
+    }[case]
     assert len(err.splitlines()) == 1 and expected in err, err
     assert "hunter22" not in err and "wrong-one" not in err
     assert _snapshot(reports_dir) == before
@@ -112,8 +119,11 @@ def test_list_shows_every_runbook_with_parameters(capfd):
 
 
 def test_debug_shows_the_traceback():
-    proc = subprocess.run([sys.executable, "-m", "pgrunbook.cli", "--debug", "run", "nope", "--target", "sandbox"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pgrunbook.cli", "--debug", "run", "nope", "--target", "sandbox"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
@@ -125,7 +135,9 @@ def test_every_command_is_in_the_readme():
         for action in parser._actions:
             if action.choices and action.dest == "action":
                 for choice in action.choices:
-                    assert re.search(rf"pgrunbook {name}[^\n]*\b{choice}\b", readme), f"{name} {choice}"
+                    assert re.search(rf"pgrunbook {name}[^\n]*\b{choice}\b", readme), (
+                        f"{name} {choice}"
+                    )
 
 
 def test_ci_runs_the_readme_test_command():

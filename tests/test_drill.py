@@ -3,11 +3,11 @@
 import psycopg
 import pytest
 
-from pgrunbook.facts import catalog
-from pgrunbook.base import db, targets
-from pgrunbook.procedures import drill
 from pgrunbook.archive import runner
+from pgrunbook.base import db, targets
 from pgrunbook.base.findings import Status
+from pgrunbook.facts import catalog
+from pgrunbook.procedures import drill
 
 
 @pytest.fixture(autouse=True)
@@ -17,7 +17,9 @@ def own_backups_dir(tmp_path, monkeypatch):
 
 def _side_databases(target):
     with psycopg.connect(db.with_database(target.url, "postgres")) as conn:
-        return conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'staging_%'").fetchall()
+        return conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'staging_%'"
+        ).fetchall()
 
 
 def _counts(target):
@@ -29,7 +31,9 @@ def _counts(target):
 def test_drill_recovers_and_counts_what_was_lost(sandbox, disaster):
     staging = targets.resolve("staging")
     before, side = _counts(staging), _side_databases(staging)
-    result = runner.run("dr_drill", "staging", {"disaster": disaster, "writes_after_backup": "7"}, progress=False)
+    result = runner.run(
+        "dr_drill", "staging", {"disaster": disaster, "writes_after_backup": "7"}, progress=False
+    )
     assert result.exit_code == 0, (result.error, [str(f) for f in result.findings])
     by_check = {f.check: f for f in result.findings}
     assert by_check["rpo achieved"].value == 7  # every row written after the backup is lost

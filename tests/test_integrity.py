@@ -3,13 +3,13 @@
 import psycopg
 import pytest
 
-from pgrunbook.checks import compare, integrity
-from pgrunbook.base import db
 from pgrunbook.archive import runner
-from pgrunbook.procedures import seed
+from pgrunbook.base import db
 from pgrunbook.base.findings import Status
-from pgrunbook.procedures.sandbox import Sandbox
 from pgrunbook.base.targets import Target
+from pgrunbook.checks import compare, integrity
+from pgrunbook.procedures import seed
+from pgrunbook.procedures.sandbox import Sandbox
 
 
 @pytest.fixture
@@ -33,19 +33,32 @@ def _write(target, *statements):
 def test_a_clean_database_is_all_ok(fixia):
     from pgrunbook.base.config import project_path
 
-    for check in (integrity.foreign_keys, integrity.unique_keys, integrity.unvalidated, integrity.sequences,
-                  integrity.wraparound):
+    for check in (
+        integrity.foreign_keys,
+        integrity.unique_keys,
+        integrity.unvalidated,
+        integrity.sequences,
+        integrity.wraparound,
+    ):
         assert {f.status for f in _run(fixia, check)} == {Status.OK}, check
-    assert {f.status for f in _run(fixia, integrity.assertions, folders=[project_path("checks/fixia")])} == {Status.OK}
+    assert {
+        f.status for f in _run(fixia, integrity.assertions, folders=[project_path("checks/fixia")])
+    } == {Status.OK}
     idx = _run(fixia, integrity.indexes, amcheck="btree")
-    assert {f.status for f in idx} <= {Status.OK, Status.WARN}  # WARN where amcheck is not installed
+    assert {f.status for f in idx} <= {
+        Status.OK,
+        Status.WARN,
+    }  # WARN where amcheck is not installed
 
 
 def test_orphans_under_a_not_valid_foreign_key(fixia):
-    _write(fixia, "ALTER TABLE reviews DROP CONSTRAINT fk_reviews_client_id_users",
-           "UPDATE reviews SET client_id = 900000 + id WHERE id IN (3, 5, 8)",
-           "ALTER TABLE reviews ADD CONSTRAINT fk_reviews_client_id_users FOREIGN KEY (client_id)"
-           " REFERENCES users (id) NOT VALID")
+    _write(
+        fixia,
+        "ALTER TABLE reviews DROP CONSTRAINT fk_reviews_client_id_users",
+        "UPDATE reviews SET client_id = 900000 + id WHERE id IN (3, 5, 8)",
+        "ALTER TABLE reviews ADD CONSTRAINT fk_reviews_client_id_users FOREIGN KEY (client_id)"
+        " REFERENCES users (id) NOT VALID",
+    )
     found = [f for f in _run(fixia, integrity.foreign_keys) if f.status is Status.CRIT]
     assert len(found) == 1 and found[0].check == "foreign key fk_reviews_client_id_users"
     assert found[0].value == 3 and "(NOT VALID)" in found[0].summary
@@ -53,33 +66,53 @@ def test_orphans_under_a_not_valid_foreign_key(fixia):
 
 
 def test_orphans_under_a_composite_foreign_key(fixia):
-    _write(fixia, "CREATE TABLE parent (a int, b int, PRIMARY KEY (a, b))",
-           "CREATE TABLE child (id int PRIMARY KEY, a int, b int)",
-           "INSERT INTO parent VALUES (1, 1), (1, 2)",
-           "INSERT INTO child VALUES (1, 1, 1), (2, 1, 3), (3, NULL, 9)",
-           "ALTER TABLE child ADD FOREIGN KEY (a, b) REFERENCES parent NOT VALID")
-    found = [f for f in _run(fixia, integrity.foreign_keys, tables="child") if f.status is Status.CRIT]
-    assert len(found) == 1 and found[0].value == 1 and found[0].examples == ("1, 3",)  # (NULL, 9) is exempt
+    _write(
+        fixia,
+        "CREATE TABLE parent (a int, b int, PRIMARY KEY (a, b))",
+        "CREATE TABLE child (id int PRIMARY KEY, a int, b int)",
+        "INSERT INTO parent VALUES (1, 1), (1, 2)",
+        "INSERT INTO child VALUES (1, 1, 1), (2, 1, 3), (3, NULL, 9)",
+        "ALTER TABLE child ADD FOREIGN KEY (a, b) REFERENCES parent NOT VALID",
+    )
+    found = [
+        f for f in _run(fixia, integrity.foreign_keys, tables="child") if f.status is Status.CRIT
+    ]
+    assert (
+        len(found) == 1 and found[0].value == 1 and found[0].examples == ("1, 3",)
+    )  # (NULL, 9) is exempt
 
 
 def test_sample_reads_part_of_larger_tables_and_says_so(scratch):
-    """60,000 rows, every tenth an orphan under a NOT VALID foreign key and breaking a NOT VALID check."""
-    _write(scratch, "CREATE TABLE parent (id int PRIMARY KEY)",
-           "INSERT INTO parent SELECT generate_series(1, 10)",
-           "CREATE TABLE child (id int PRIMARY KEY, parent_id int, n int)",
-           "INSERT INTO child SELECT g, CASE WHEN g % 10 = 0 THEN 99 ELSE 1 END, CASE WHEN g % 10 = 0 THEN -1 ELSE 1 END"
-           " FROM generate_series(1, 60000) g",
-           "ALTER TABLE child ADD FOREIGN KEY (parent_id) REFERENCES parent NOT VALID",
-           "ALTER TABLE child ADD CONSTRAINT ck_n CHECK (n > 0) NOT VALID", "VACUUM ANALYZE child")
+    """60,000 rows, every tenth an orphan under a NOT VALID foreign key and breaking a NOT VALID
+    check."""
+    _write(
+        scratch,
+        "CREATE TABLE parent (id int PRIMARY KEY)",
+        "INSERT INTO parent SELECT generate_series(1, 10)",
+        "CREATE TABLE child (id int PRIMARY KEY, parent_id int, n int)",
+        "INSERT INTO child SELECT g, CASE WHEN g % 10 = 0 THEN 99 ELSE 1 END, CASE WHEN g % 10 = 0"
+        " THEN -1 ELSE 1 END FROM generate_series(1, 60000) g",
+        "ALTER TABLE child ADD FOREIGN KEY (parent_id) REFERENCES parent NOT VALID",
+        "ALTER TABLE child ADD CONSTRAINT ck_n CHECK (n > 0) NOT VALID",
+        "VACUUM ANALYZE child",
+    )
     for check in (integrity.foreign_keys, integrity.unvalidated):
         every = [f for f in _run(scratch, check, tables="child") if f.status is Status.CRIT]
         assert len(every) == 1 and every[0].value == 6000 and "sample" not in every[0].summary
-        part = [f for f in _run(scratch, check, tables="child", sample=6000) if f.status is Status.CRIT]
+        part = [
+            f for f in _run(scratch, check, tables="child", sample=6000) if f.status is Status.CRIT
+        ]
         # about 10 % of the pages: some orphans, far from all of them (each page holds some)
         assert len(part) == 1 and 0 < part[0].value < 3000, part
         assert "in a sample of about 6,000 of 60,000 rows" in part[0].summary
-        whole = [f for f in _run(scratch, check, tables="child", sample=100_000) if f.status is Status.CRIT]
-        assert whole[0].value == 6000 and "sample" not in whole[0].summary  # a table under the sample: read whole
+        whole = [
+            f
+            for f in _run(scratch, check, tables="child", sample=100_000)
+            if f.status is Status.CRIT
+        ]
+        assert (
+            whole[0].value == 6000 and "sample" not in whole[0].summary
+        )  # a table under the sample: read whole
     with pytest.raises(ValueError, match="sample must be 0"):
         integrity.Selection("all", sample=-1)
 
@@ -88,8 +121,9 @@ def test_duplicates_under_an_invalid_unique_index_and_the_index_itself(fixia):
     with psycopg.connect(fixia.url, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute("CREATE UNIQUE INDEX CONCURRENTLY ux_users_last_name ON users (last_name)")
-        expected = conn.execute("SELECT count(*) FROM (SELECT last_name FROM users GROUP BY 1"
-                                " HAVING count(*) > 1) d").fetchone()[0]
+        expected = conn.execute(
+            "SELECT count(*) FROM (SELECT last_name FROM users GROUP BY 1 HAVING count(*) > 1) d"
+        ).fetchone()[0]
     dup = [f for f in _run(fixia, integrity.unique_keys) if f.status is Status.CRIT]
     assert len(dup) == 1 and dup[0].value == expected and "ux_users_last_name" in dup[0].summary
     idx = [f for f in _run(fixia, integrity.indexes, amcheck="off") if f.status is not Status.OK]
@@ -98,22 +132,34 @@ def test_duplicates_under_an_invalid_unique_index_and_the_index_itself(fixia):
 
 
 def test_not_valid_check_re_evaluated(fixia):
-    _write(fixia, "UPDATE projects SET budget_min = budget_max + 1 WHERE id IN (1, 2)",
-           "ALTER TABLE projects ADD CONSTRAINT ck_budget CHECK (budget_min <= budget_max) NOT VALID")
+    _write(
+        fixia,
+        "UPDATE projects SET budget_min = budget_max + 1 WHERE id IN (1, 2)",
+        "ALTER TABLE projects ADD CONSTRAINT ck_budget CHECK (budget_min <= budget_max) NOT VALID",
+    )
     found = [f for f in _run(fixia, integrity.unvalidated) if f.status is Status.CRIT]
     assert len(found) == 1 and found[0].value == 2 and "ck_budget" in found[0].check
-    assert sorted(found[0].examples) == ["1", "2"] and "rows by id" in found[0].summary  # by key, not ctid
+    assert (
+        sorted(found[0].examples) == ["1", "2"] and "rows by id" in found[0].summary
+    )  # by key, not ctid
     from pgrunbook.base.config import project_path
 
-    broken = [f for f in _run(fixia, integrity.assertions, folders=[project_path("checks/fixia")])
-              if f.status is Status.CRIT]
+    broken = [
+        f
+        for f in _run(fixia, integrity.assertions, folders=[project_path("checks/fixia")])
+        if f.status is Status.CRIT
+    ]
     assert [f.check for f in broken] == ["assert budget_order"] and broken[0].value == 2
 
 
 def test_a_sequence_behind_its_column(fixia):
     _write(fixia, "SELECT setval(pg_get_serial_sequence('users', 'id'), 5)")
     found = [f for f in _run(fixia, integrity.sequences) if f.status is Status.CRIT]
-    assert len(found) == 1 and found[0].check == "sequence public.users_id_seq" and found[0].value == 295
+    assert (
+        len(found) == 1
+        and found[0].check == "sequence public.users_id_seq"
+        and found[0].value == 295
+    )
 
 
 def test_a_corrupted_btree_page_is_found(tmp_path):
@@ -133,17 +179,20 @@ def test_a_corrupted_btree_page_is_found(tmp_path):
         found = _run(target, integrity.indexes, amcheck="btree")
         crit = [f for f in found if f.status is Status.CRIT]
         assert len(crit) == 1 and crit[0].check == "amcheck btree"
-        assert "ix_users_location" in crit[0].summary and crit[0].examples[0].startswith("ix_users_location")
+        assert "ix_users_location" in crit[0].summary and crit[0].examples[0].startswith(
+            "ix_users_location"
+        )
     finally:
         if box.running:
             box.down()
 
 
 TYPES_TABLE = """
-CREATE TABLE typed (id bigint PRIMARY KEY, i int, s smallint, t text, v varchar(20), n numeric(12, 3),
-  f float8, b bool, d date, ts timestamptz, u uuid, j jsonb, by bytea);
-INSERT INTO typed SELECT g, g * 7, (g % 100)::smallint, 'text ' || g, 'v' || g, g / 7.0, g / 3.0, g % 2 = 0,
-  date '2024-01-01' + g % 400, timestamptz '2024-01-01 00:00+00' + g * interval '1 minute',
+CREATE TABLE typed (id bigint PRIMARY KEY, i int, s smallint, t text, v varchar(20),
+  n numeric(12, 3), f float8, b bool, d date, ts timestamptz, u uuid, j jsonb, by bytea);
+INSERT INTO typed SELECT g, g * 7, (g % 100)::smallint, 'text ' || g, 'v' || g, g / 7.0, g / 3.0,
+  g % 2 = 0, date '2024-01-01' + g % 400,
+  timestamptz '2024-01-01 00:00+00' + g * interval '1 minute',
   md5(g::text)::uuid, jsonb_build_object('g', g, 'even', g % 2 = 0), decode(md5(g::text), 'hex')
 FROM generate_series(1, 20000) g;
 UPDATE typed SET t = NULL WHERE id % 97 = 0;
@@ -151,7 +200,8 @@ UPDATE typed SET t = NULL WHERE id % 97 = 0;
 
 
 def test_compare_finds_changed_added_and_deleted_rows_across_servers(scratch, sandbox):
-    """One side on the server under test, the other on the embedded 18: hashes agree across versions."""
+    """One side on the server under test, the other on the embedded 18: hashes agree across
+    versions."""
     other_name = f"{scratch.database}_b"
     with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{other_name}"')
@@ -165,12 +215,17 @@ def test_compare_finds_changed_added_and_deleted_rows_across_servers(scratch, sa
         _write(other, "UPDATE typed SET f = f + 1 WHERE id = 3")
         one = compare.compare(scratch, other).results[0]
         assert (one.changed, one.only_a, one.only_b, one.columns) == ([3], [], [], ["f"])
-        _write(other, "UPDATE typed SET n = n + 1 WHERE id = 17", "UPDATE typed SET t = NULL WHERE id = 1234",
-               "DELETE FROM typed WHERE id = 19999", "INSERT INTO typed (id, i) VALUES (50000, 1)",
-               # values moved, not changed: between two rows, and between two text columns of one row
-               "UPDATE typed SET i = CASE id WHEN 5 THEN 42 ELSE 35 END WHERE id IN (5, 6)",
-               "UPDATE typed SET t = v, v = t WHERE id = 9",
-               "UPDATE typed SET n = n + 1 WHERE id = 97")  # a row that holds a NULL
+        _write(
+            other,
+            "UPDATE typed SET n = n + 1 WHERE id = 17",
+            "UPDATE typed SET t = NULL WHERE id = 1234",
+            "DELETE FROM typed WHERE id = 19999",
+            "INSERT INTO typed (id, i) VALUES (50000, 1)",
+            # values moved, not changed: between two rows, and between two text columns of one row
+            "UPDATE typed SET i = CASE id WHEN 5 THEN 42 ELSE 35 END WHERE id IN (5, 6)",
+            "UPDATE typed SET t = v, v = t WHERE id = 9",
+            "UPDATE typed SET n = n + 1 WHERE id = 97",
+        )  # a row that holds a NULL
         diff = compare.compare(scratch, other)
         r = diff.results[0]
         assert (r.changed, r.only_a, r.only_b) == ([3, 5, 6, 9, 17, 97, 1234], [19999], [50000])
@@ -205,11 +260,20 @@ def test_compare_text_composite_and_missing_keys(scratch):
         for t in (scratch, other):
             _write(t, *[s for s in OTHER_KEYS.split(";\n") if s.strip()])
         assert all(r.same for r in compare.compare(scratch, other).results)
-        _write(other, "UPDATE tagged SET n = -1 WHERE code = 'c42'", "DELETE FROM tagged WHERE code = 'c7'",
-               "UPDATE pairs SET v = 'moved' WHERE (a, b) = (3, 14)", "UPDATE loose SET y = 'z' WHERE x = 5")
+        _write(
+            other,
+            "UPDATE tagged SET n = -1 WHERE code = 'c42'",
+            "DELETE FROM tagged WHERE code = 'c7'",
+            "UPDATE pairs SET v = 'moved' WHERE (a, b) = (3, 14)",
+            "UPDATE loose SET y = 'z' WHERE x = 5",
+        )
         diff = compare.compare(scratch, other)
         results = {r.table: r for r in diff.results}
-        tagged, pairs, loose = results["public.tagged"], results["public.pairs"], results["public.loose"]
+        tagged, pairs, loose = (
+            results["public.tagged"],
+            results["public.pairs"],
+            results["public.loose"],
+        )
         assert (tagged.changed, tagged.only_a, tagged.only_b) == (["c42"], ["c7"], [])
         assert (pairs.changed, pairs.only_a, pairs.columns) == ([(3, 14)], [], ["v"])
         assert not loose.same and "no primary key" in loose.note
@@ -228,7 +292,12 @@ def test_integrity_runbook_exit_codes(sandbox, monkeypatch):
     _write(staging, "SELECT setval(pg_get_serial_sequence('categories', 'id'), 1)")
     try:
         bad = runner.run("integrity", "staging", {"checks": "sequences,fk"}, progress=False)
-        assert bad.exit_code == 2 and [f.check for f in bad.findings if f.status is Status.CRIT] == \
-            ["sequence public.categories_id_seq"]
+        assert bad.exit_code == 2 and [
+            f.check for f in bad.findings if f.status is Status.CRIT
+        ] == ["sequence public.categories_id_seq"]
     finally:
-        _write(staging, "SELECT setval(pg_get_serial_sequence('categories', 'id'), (SELECT max(id) FROM categories))")
+        _write(
+            staging,
+            "SELECT setval(pg_get_serial_sequence('categories', 'id'), (SELECT max(id) FROM"
+            " categories))",
+        )

@@ -7,10 +7,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgrunbook.facts import catalog
 from pgrunbook.base import db, migrations
-from pgrunbook.procedures import migrate, seed
 from pgrunbook.base.findings import Status
+from pgrunbook.facts import catalog
+from pgrunbook.procedures import migrate, seed
 
 FIXTURES = Path(__file__).parent / "fixtures" / "migrations"
 
@@ -19,6 +19,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "migrations"
 def scenario(monkeypatch):
     def use(name: str):
         monkeypatch.setenv("PGRUNBOOK_EXTRA_VERSIONS", str(FIXTURES / name))
+
     return use
 
 
@@ -45,7 +46,9 @@ def test_plan_renders_each_revisions_sql(scratch):
     migrations.upgrade(scratch, "0002")
     _, p = _plan(scratch, "head")
     assert [r.revision for r in p.pending] == ["0003", "0004"]
-    assert "CREATE TABLE projects" in p.scripts["0003"] and "CREATE TABLE reviews" in p.scripts["0004"]
+    assert (
+        "CREATE TABLE projects" in p.scripts["0003"] and "CREATE TABLE reviews" in p.scripts["0004"]
+    )
     assert "CREATE TABLE projects" not in p.scripts["0004"]
 
 
@@ -67,9 +70,11 @@ def test_lint_and_preflight_catch_a_required_column(fixia, scenario):
 
 def test_lint_catches_an_index_without_concurrently_on_a_million_rows(migrated, scenario):
     with db.connect(migrated, readonly=False, statement_timeout="10min") as conn:
-        conn.execute("INSERT INTO users (email, user_type, first_name, last_name)"
-                     " SELECT 'u' || g || '@example.com', 'client', 'F' || g % 1000, 'L'"
-                     " FROM generate_series(1, 1000000) g")
+        conn.execute(
+            "INSERT INTO users (email, user_type, first_name, last_name)"
+            " SELECT 'u' || g || '@example.com', 'client', 'F' || g % 1000, 'L'"
+            " FROM generate_series(1, 1000000) g"
+        )
         conn.execute("ANALYZE users")
     scenario("index_no_concurrently")
     _, p = _plan(migrated)
@@ -92,7 +97,11 @@ def test_preflight_and_rehearse_catch_a_foreign_key_existing_rows_violate(fixia,
         pre = migrate.preflight(conn, p)
         lint = migrate.lint_plan(conn, p)
     data = next(f for f in pre if f.check.startswith("data"))
-    assert data.status is Status.CRIT and data.value == 4 and "fk_users_referrer_id_users" in data.summary
+    assert (
+        data.status is Status.CRIT
+        and data.value == 4
+        and "fk_users_referrer_id_users" in data.summary
+    )
     assert any("foreign key" in f.summary for f in lint.findings if f.status is Status.CRIT)
     rehearsal = migrate.rehearse(fixia, p, mode="rehearse")
     assert rehearsal[0].check == "rehearse upgrade" and rehearsal[0].status is Status.CRIT
@@ -123,10 +132,15 @@ def test_drift_names_objects_changed_by_hand(migrated):
         conn.execute("ALTER TABLE services ADD COLUMN notes text")
     d = migrate.drift(migrated, ("0004",))
     assert d.finding.status is Status.WARN
-    assert set(d.differences) == {"extra index public.ix_by_hand", "extra column public.services.notes"}
+    assert set(d.differences) == {
+        "extra index public.ix_by_hand",
+        "extra column public.services.notes",
+    }
 
 
-def _hold_lock(url: str, table: str, release_after: float | None, ready: threading.Event, done: threading.Event):
+def _hold_lock(
+    url: str, table: str, release_after: float | None, ready: threading.Event, done: threading.Event
+):
     with psycopg.connect(url) as conn:
         conn.execute(f"SELECT count(*) FROM {table}")  # AccessShareLock until the transaction ends
         ready.set()
@@ -144,14 +158,18 @@ def test_lock_conflict_retries_then_stops_with_nothing_changed(fixia, scenario):
     ready.wait(10)
     try:
         t0 = time.perf_counter()
-        applied = migrate.apply(fixia, p, mode="apply", blockers=[], lock_timeout="200ms", max_retries=2,
-                                backoff_s=0.05)
+        applied = migrate.apply(
+            fixia, p, mode="apply", blockers=[], lock_timeout="200ms", max_retries=2, backoff_s=0.05
+        )
         elapsed = time.perf_counter() - t0
     finally:
         done.set()
         holder.join()
     assert applied.findings[0].status is Status.CRIT
-    assert "lock timeout after 3 attempts" in applied.findings[0].summary and "stays at 0004" in applied.findings[0].summary
+    assert (
+        "lock timeout after 3 attempts" in applied.findings[0].summary
+        and "stays at 0004" in applied.findings[0].summary
+    )
     assert elapsed < 5
     assert _state(fixia) == before
 
@@ -164,12 +182,15 @@ def test_lock_conflict_resolved_during_retries_applies(fixia, scenario):
     holder.start()
     ready.wait(10)
     try:
-        applied = migrate.apply(fixia, p, mode="apply", blockers=[], lock_timeout="200ms", max_retries=5,
-                                backoff_s=0.2)
+        applied = migrate.apply(
+            fixia, p, mode="apply", blockers=[], lock_timeout="200ms", max_retries=5, backoff_s=0.2
+        )
     finally:
         holder.join()
     assert applied.findings[-1].status is Status.OK
-    assert applied.times[0][0] == "f501" and applied.times[0][2] > 1  # it took more than one attempt
+    assert (
+        applied.times[0][0] == "f501" and applied.times[0][2] > 1
+    )  # it took more than one attempt
     assert _state(fixia)[0] == ("f501",)
 
 
@@ -181,8 +202,10 @@ def test_a_connection_killed_mid_revision_leaves_the_previous_revision(fixia, sc
     def kill():
         with psycopg.connect(fixia.url, autocommit=True) as conn:
             for _ in range(200):
-                pids = conn.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'"
-                                    " AND pid <> pg_backend_pid()").fetchall()
+                pids = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'"
+                    " AND pid <> pg_backend_pid()"
+                ).fetchall()
                 if pids:
                     conn.execute("SELECT pg_terminate_backend(%s)", [pids[0][0]])
                     return
@@ -192,7 +215,9 @@ def test_a_connection_killed_mid_revision_leaves_the_previous_revision(fixia, sc
     killer.start()
     applied = migrate.apply(fixia, p, mode="apply", blockers=[], max_retries=0)
     killer.join()
-    assert applied.findings[0].status is Status.CRIT and "stays at 0004" in applied.findings[0].summary
+    assert (
+        applied.findings[0].status is Status.CRIT and "stays at 0004" in applied.findings[0].summary
+    )
     assert _state(fixia) == before  # no nickname column: nothing half-applied
 
 
@@ -202,11 +227,18 @@ def test_apply_refuses_blocked_or_unconfirmed_plans(fixia, scenario):
 
     scenario("safe_column")
     _, p = _plan(fixia)
-    blocked = migrate.apply(fixia, p, mode="apply", blockers=[Finding("lint x", Status.CRIT, "unsafe")])
-    assert blocked.findings[0].status is Status.CRIT and "not applied" in blocked.findings[0].summary
+    blocked = migrate.apply(
+        fixia, p, mode="apply", blockers=[Finding("lint x", Status.CRIT, "unsafe")]
+    )
+    assert (
+        blocked.findings[0].status is Status.CRIT and "not applied" in blocked.findings[0].summary
+    )
     protected = Target("production", fixia.url, protected=True)
     refused = migrate.apply(protected, p, mode="apply", blockers=[])
-    assert refused.findings[0].status is Status.CRIT and "confirm='production'" in refused.findings[0].summary
+    assert (
+        refused.findings[0].status is Status.CRIT
+        and "confirm='production'" in refused.findings[0].summary
+    )
     assert _state(fixia)[0] == ("0004",)
 
 
@@ -215,11 +247,15 @@ def test_a_failed_concurrent_index_is_named_as_left_behind(fixia, scenario):
     _, p = _plan(fixia)
     with db.connect(fixia) as conn:
         lint = migrate.lint_plan(conn, p)
-    assert not [f for f in lint.findings if f.status is Status.CRIT]  # concurrently: lint has no objection
+    assert not [
+        f for f in lint.findings if f.status is Status.CRIT
+    ]  # concurrently: lint has no objection
     applied = migrate.apply(fixia, p, mode="apply", blockers=[])
     finding = applied.findings[0]
     assert finding.status is Status.CRIT and "stays at 0004" in finding.summary
-    assert "public.ux_users_last_name" in finding.summary or "ux_users_last_name" in finding.examples
+    assert (
+        "public.ux_users_last_name" in finding.summary or "ux_users_last_name" in finding.examples
+    )
 
 
 def test_a_deadlock_with_app_traffic_is_retried(fixia, scenario):
@@ -231,7 +267,9 @@ def test_a_deadlock_with_app_traffic_is_retried(fixia, scenario):
     def app():
         with psycopg.connect(fixia.url) as conn:
             conn.execute("UPDATE users SET location = location WHERE id = 1")
-            time.sleep(0.8)  # by now the revision holds services and has waited for users since 0.5 s
+            time.sleep(
+                0.8
+            )  # by now the revision holds services and has waited for users since 0.5 s
             conn.execute("UPDATE services SET price = price WHERE professional_id = 1")
             conn.commit()
             app_done.append(True)
@@ -239,16 +277,30 @@ def test_a_deadlock_with_app_traffic_is_retried(fixia, scenario):
     def start_app_when_migration_locks_services():
         with psycopg.connect(fixia.url, autocommit=True) as conn:
             for _ in range(400):
-                if conn.execute("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.5)%%'").fetchone():
+                if conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.5)%%'"
+                ).fetchone():
                     return
                 time.sleep(0.01)
 
-    # the app takes users first, so the revision's second LOCK waits, and the app then needs services
+    # the app takes users first, so the revision's second LOCK waits, and the app then needs
+    # services
     holder = threading.Thread(target=app)
     waiter = threading.Thread(target=start_app_when_migration_locks_services)
     waiter.start()
-    migration = threading.Thread(target=lambda: app_done.append(
-        migrate.apply(fixia, p, mode="apply", blockers=[], lock_timeout="10s", max_retries=3, backoff_s=0.1)))
+    migration = threading.Thread(
+        target=lambda: app_done.append(
+            migrate.apply(
+                fixia,
+                p,
+                mode="apply",
+                blockers=[],
+                lock_timeout="10s",
+                max_retries=3,
+                backoff_s=0.1,
+            )
+        )
+    )
     migration.start()
     waiter.join()
     holder.start()

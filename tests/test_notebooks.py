@@ -32,7 +32,8 @@ def test_one_parameters_cell_first_after_the_title(nb):
 def test_every_parameter_has_a_default_help_and_no_secret(nb):
     _, name = nb
     params = runner.parameters(name)
-    # the sandbox by default; a staging refresh copies production into staging (in plan mode: reads only)
+    # the sandbox by default; a staging refresh copies production into staging (in plan mode: reads
+    # only)
     assert params["target"].default == ('"staging"' if name == "staging_refresh" else '"sandbox"')
     for p in params.values():
         assert p.default not in ("", None) and p.help, p.name
@@ -48,7 +49,9 @@ def test_outputs_are_stripped(nb):
 
 def test_steps_are_headings_and_cells_stay_thin(nb):
     notebook, _ = nb
-    headings = [c.source for c in notebook.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
+    headings = [
+        c.source for c in notebook.cells if c.cell_type == "markdown" and c.source.startswith("## ")
+    ]
     assert len(headings) >= 3 and headings[-1] == "## Result"
     for cell in notebook.cells:
         if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):

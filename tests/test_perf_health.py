@@ -1,4 +1,5 @@
-"""Performance review and health under real load: pgbench, slow queries, held connections, open transactions."""
+"""Performance review and health under real load: pgbench, slow queries, held connections, open
+transactions."""
 
 import json
 import os
@@ -10,14 +11,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pgrunbook.archive import runner
 from pgrunbook.base import db
+from pgrunbook.base.cluster import bin_dir
+from pgrunbook.base.findings import Check, Status
+from pgrunbook.base.targets import Target
 from pgrunbook.checks import health, perf
 from pgrunbook.facts import activity, statements
-from pgrunbook.archive import runner
 from pgrunbook.procedures import seed
-from pgrunbook.base.findings import Check, Status
-from pgrunbook.base.cluster import bin_dir
-from pgrunbook.base.targets import Target
 
 SLOW = """\\set n random(1, 60000)
 SELECT id, email FROM users WHERE phone = :n::text;
@@ -32,47 +33,94 @@ def own_reports(tmp_path, monkeypatch):
 
 @pytest.fixture
 def loaded(migrated, monkeypatch, tmp_path):
-    """A Fixia database with 60,000 users under a pgbench workload and two deliberately slow queries."""
+    """A Fixia database with 60,000 users under a pgbench workload and two deliberately slow
+    queries."""
     with db.connect(migrated, readonly=False, statement_timeout="0") as conn:
         seed.seed(conn, migrated, mode="development", users=60_000)
         conn.execute("ANALYZE")
-        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone() is None:
-            preloaded = "pg_stat_statements" in conn.execute("SHOW shared_preload_libraries").fetchone()[0]
+        if (
+            conn.execute(
+                "SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'"
+            ).fetchone()
+            is None
+        ):
+            preloaded = (
+                "pg_stat_statements" in conn.execute("SHOW shared_preload_libraries").fetchone()[0]
+            )
             if preloaded:
                 conn.execute("CREATE EXTENSION pg_stat_statements")
     pgbench = str(bin_dir() / "pgbench")
-    subprocess.run([pgbench, "-i", "-q", "-s", "1", "-d", migrated.url], check=True, capture_output=True)
+    subprocess.run(
+        [pgbench, "-i", "-q", "-s", "1", "-d", migrated.url], check=True, capture_output=True
+    )
     script = tmp_path / "slow.sql"
     script.write_text(SLOW)
-    subprocess.run([pgbench, "-n", "-S", "-c", "2", "-t", "200", "-d", migrated.url], check=True, capture_output=True)
-    subprocess.run([pgbench, "-n", "-M", "extended", "-f", str(script), "-c", "2", "-t", "15", "-d", migrated.url],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [pgbench, "-n", "-S", "-c", "2", "-t", "200", "-d", migrated.url],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            pgbench,
+            "-n",
+            "-M",
+            "extended",
+            "-f",
+            str(script),
+            "-c",
+            "2",
+            "-t",
+            "15",
+            "-d",
+            migrated.url,
+        ],
+        check=True,
+        capture_output=True,
+    )
     monkeypatch.setenv("STAGING_DATABASE_URL", migrated.url)
     return migrated
 
 
 def _has_statements(target: Target) -> bool:
     with db.connect(target) as conn:
-        return conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone() is not None
+        return (
+            conn.execute(
+                "SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'"
+            ).fetchone()
+            is not None
+        )
 
 
 def test_performance_names_the_slow_queries_and_the_right_indexes(loaded, sandbox):
     result = runner.run("performance", "staging", {"slow_ms": "1"}, progress=False)
     assert result.exit_code in (0, 1), result.error
     found = {f.check: f for f in result.findings}
-    if not _has_statements(loaded):  # the external server does not preload it: said, and the review goes on
+    if not _has_statements(
+        loaded
+    ):  # the external server does not preload it: said, and the review goes on
         assert found["pg_stat_statements"].status is Status.WARN
         assert "shared_preload_libraries" in found["pg_stat_statements"].summary
-        assert found["slow queries"].status is Status.OK and "no query" in found["slow queries"].summary
+        assert (
+            found["slow queries"].status is Status.OK
+            and "no query" in found["slow queries"].summary
+        )
         assert "cache hit ratio" in found and "lock waits" in found
         return
     slow = found["slow queries"]
     assert slow.status is Status.WARN
-    assert any("WHERE phone" in q for q in slow.examples) and any("r.client_id" in q for q in slow.examples)
-    assert not any("pgbench_accounts" in q for q in slow.examples)  # the fast pgbench reads are not slow
+    assert any("WHERE phone" in q for q in slow.examples) and any(
+        "r.client_id" in q for q in slow.examples
+    )
+    assert not any(
+        "pgbench_accounts" in q for q in slow.examples
+    )  # the fast pgbench reads are not slow
     ddl = found["index advice"].examples
     assert 'CREATE INDEX CONCURRENTLY "ix_users_phone" ON "public"."users" ("phone");' in ddl
-    assert 'CREATE INDEX CONCURRENTLY "ix_reviews_client_id" ON "public"."reviews" ("client_id");' in ddl
+    assert (
+        'CREATE INDEX CONCURRENTLY "ix_reviews_client_id" ON "public"."reviews" ("client_id");'
+        in ddl
+    )
     html = result.html.read_text()
     assert html.count("data:image/png") >= 1 and "sequential scan on users" in html
 
@@ -99,32 +147,45 @@ def test_index_advice_finds_unused_and_redundant_indexes(migrated):
     with db.connect(migrated, readonly=False) as conn:
         conn.execute("CREATE INDEX extra_users_type_location ON users (user_type, location)")
         conn.execute("CREATE INDEX same_as_type ON users (user_type)")
-        early = perf.index_advice(conn, [])  # statistics of a new database: too early to call any unused
+        early = perf.index_advice(
+            conn, []
+        )  # statistics of a new database: too early to call any unused
         advice = perf.index_advice(conn, [], unused_min_days=0)
-    assert ("unused (too early)", "extra_users_type_location") in set(zip(early["kind"], early["index"]))
+    assert ("unused (too early)", "extra_users_type_location") in set(
+        zip(early["kind"], early["index"], strict=True)
+    )
     assert not early[early["kind"] == "unused (too early)"]["ddl"].str.startswith("DROP").any()
-    rows = {(k, i) for k, i in zip(advice["kind"], advice["index"])}
+    rows = {(k, i) for k, i in zip(advice["kind"], advice["index"], strict=True)}
     assert ("redundant", "ix_users_user_type") in rows or ("duplicate", "same_as_type") in rows
     assert ("unused", "extra_users_type_location") in rows
     fk = advice[advice["index"] == "ix_projects_client_id"]
     assert "foreign key" in fk["why"].iloc[0] and fk["ddl"].iloc[0].startswith("-- keep unless")
-    assert not any(i.startswith(("pk_", "uq_")) for i in advice["index"])  # constraints are never advised away
+    assert not any(
+        i.startswith(("pk_", "uq_")) for i in advice["index"]
+    )  # constraints are never advised away
 
 
 def test_trend_shows_what_changed_since_the_previous_review(loaded, sandbox):
-    first = runner.run("performance", "staging", {"slow_ms": "1", "explain": "false"}, progress=False)
+    first = runner.run(
+        "performance", "staging", {"slow_ms": "1", "explain": "false"}, progress=False
+    )
     assert first.exit_code in (0, 1), first.error
     with db.connect(loaded, readonly=False) as conn:
-        conn.execute("INSERT INTO categories (slug, name, description) SELECT 'c' || g, 'n', repeat('x', 500)"
-                     " FROM generate_series(1, 5000) g")
+        conn.execute(
+            "INSERT INTO categories (slug, name, description) SELECT 'c' || g, 'n', repeat('x',"
+            " 500) FROM generate_series(1, 5000) g"
+        )
         conn.execute("ANALYZE categories")
-    second = runner.run("performance", "staging", {"slow_ms": "1", "explain": "false"}, progress=False)
+    second = runner.run(
+        "performance", "staging", {"slow_ms": "1", "explain": "false"}, progress=False
+    )
     trend = next(f for f in second.findings if f.check == "trend")
     assert first.notebook.stem.split("_")[0] in trend.summary or "since" in trend.summary
     assert any("public.categories" in e for e in trend.examples), trend
 
 
-# -- health ----------------------------------------------------------------------------------------------
+# -- health ----------------------------------------------------------------------------------------
+
 
 def _hold(target: Target, n: int) -> list[psycopg.Connection]:
     return [psycopg.connect(target.url, autocommit=True, application_name="app") for _ in range(n)]
@@ -135,13 +196,17 @@ def test_health_follows_the_pool_limit(migrated, monkeypatch, sandbox, held, exp
     monkeypatch.setenv("STAGING_DATABASE_URL", migrated.url)
     conns = _hold(migrated, held)
     try:
-        result = runner.run("health", "staging", {"pool_limit": "20", "backup_max_age_h": "24"}, progress=False)
+        result = runner.run(
+            "health", "staging", {"pool_limit": "20", "backup_max_age_h": "24"}, progress=False
+        )
     finally:
         for c in conns:
             c.close()
     found = {f.check: f for f in result.findings}
     assert found["connections"].status is expected and found["connections"].value == held
-    assert result.exit_code >= code  # the run's code follows the worst check (no backup here is CRIT too)
+    assert (
+        result.exit_code >= code
+    )  # the run's code follows the worst check (no backup here is CRIT too)
 
 
 def test_health_sees_a_long_and_an_idle_transaction(migrated):
@@ -162,22 +227,36 @@ def test_health_sees_a_long_and_an_idle_transaction(migrated):
         assert health.idle_in_transaction(conn, warn_s=1).status is Status.OK
 
 
-def test_health_writes_prometheus_and_json_and_exits_with_the_worst(migrated, monkeypatch, sandbox, tmp_path):
+def test_health_writes_prometheus_and_json_and_exits_with_the_worst(
+    migrated, monkeypatch, sandbox, tmp_path
+):
     monkeypatch.setenv("DATABASE_URL", migrated.url)  # protected: a verified backup is required
     prom, summary = tmp_path / "textfile" / "pgrunbook.prom", tmp_path / "health.json"
-    result = runner.run("health", "production", {"prometheus_file": str(prom), "json_file": str(summary)},
-                        progress=False)
+    result = runner.run(
+        "health",
+        "production",
+        {"prometheus_file": str(prom), "json_file": str(summary)},
+        progress=False,
+    )
     data = json.loads(summary.read_text())
     assert data["status"] == max(result.findings, key=lambda f: f.status.severity).status.name
-    assert result.exit_code == int(max((f.status for f in result.findings), key=lambda s: s.severity))
+    assert result.exit_code == int(
+        max((f.status for f in result.findings), key=lambda s: s.severity)
+    )
     lines = prom.read_text().splitlines()
-    assert 'pgrunbook_health_status{target="production",check="backup"} 2' in lines  # no verified backup
+    assert (
+        'pgrunbook_health_status{target="production",check="backup"} 2' in lines
+    )  # no verified backup
     # the labels are one fixed set: a dashboard's series never change name
     assert {f.check for f in result.findings} <= {c.value for c in Check}
     for line in lines:
-        assert line.startswith("#") or re.fullmatch(r'pgrunbook_health_(status|value)\{target="production",'
-                                                    r'check="[a-z ]+"\} -?[0-9.]+', line), line
-    assert os.listdir(prom.parent) == ["pgrunbook.prom"]  # written beside and renamed: no temp file left
+        assert line.startswith("#") or re.fullmatch(
+            r'pgrunbook_health_(status|value)\{target="production",' r'check="[a-z ]+"\} -?[0-9.]+',
+            line,
+        ), line
+    assert os.listdir(prom.parent) == [
+        "pgrunbook.prom"
+    ]  # written beside and renamed: no temp file left
     assert result.html.read_text().count("data:image/png") == 1  # the status chart
 
 
@@ -196,31 +275,46 @@ def test_health_and_performance_run_under_plain_papermill(sandbox, tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     for name in ("health", "performance"):
-        papermill.execute_notebook(str(root / "runbooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
-                                   parameters={"target": "sandbox"}, progress_bar=False)
+        papermill.execute_notebook(
+            str(root / "runbooks" / f"{name}.ipynb"),
+            str(tmp_path / f"{name}.ipynb"),
+            parameters={"target": "sandbox"},
+            progress_bar=False,
+        )
 
 
-def test_health_is_crit_after_a_failed_migration_and_warns_of_pending_ones(migrated, monkeypatch, sandbox):
+def test_health_is_crit_after_a_failed_migration_and_warns_of_pending_ones(
+    migrated, monkeypatch, sandbox
+):
     monkeypatch.setenv("STAGING_DATABASE_URL", migrated.url)
-    monkeypatch.setenv("PGRUNBOOK_EXTRA_VERSIONS", str(Path(__file__).parent / "fixtures" / "migrations" /
-                                                      "concurrent_index_fails"))
+    monkeypatch.setenv(
+        "PGRUNBOOK_EXTRA_VERSIONS",
+        str(Path(__file__).parent / "fixtures" / "migrations" / "concurrent_index_fails"),
+    )
     with db.connect(migrated, readonly=False) as conn:
-        seed.seed(conn, migrated, mode="development", users=300)  # last names repeat: the unique index fails
+        seed.seed(
+            conn, migrated, mode="development", users=300
+        )  # last names repeat: the unique index fails
         pending = health.migrations(conn, runner.targets.resolve("staging"))
     assert pending.status is Status.WARN and "1 pending" in pending.summary
     failed = runner.run("migrate", "staging", {"mode": "apply"}, progress=False)
     assert failed.exit_code == 2, failed.findings
     with db.connect(migrated) as conn:
         verdict = health.migrations(conn, runner.targets.resolve("staging"))
-    assert verdict.status is Status.CRIT and failed.notebook.stem in str(verdict.value) + verdict.summary
+    assert (
+        verdict.status is Status.CRIT
+        and failed.notebook.stem in str(verdict.value) + verdict.summary
+    )
 
 
 def test_a_migration_stopped_before_applying_is_not_a_failed_one(migrated, monkeypatch, sandbox):
     """Lint stops an unsafe revision on a populated table: the run is CRIT, nothing was applied, and
     health says the revision is pending, not that a migration failed."""
     monkeypatch.setenv("STAGING_DATABASE_URL", migrated.url)
-    monkeypatch.setenv("PGRUNBOOK_EXTRA_VERSIONS", str(Path(__file__).parent / "fixtures" / "migrations" /
-                                                      "index_no_concurrently"))
+    monkeypatch.setenv(
+        "PGRUNBOOK_EXTRA_VERSIONS",
+        str(Path(__file__).parent / "fixtures" / "migrations" / "index_no_concurrently"),
+    )
     with db.connect(migrated, readonly=False) as conn:
         seed.seed(conn, migrated, mode="development", users=300)
     blocked = runner.run("migrate", "staging", {"mode": "apply"}, progress=False)
@@ -252,30 +346,67 @@ def test_lock_waits_show_who_blocks_whom(migrated):
         holder.close()
         blocked.join()
         waiter.close()
-    assert list(waits["waiting_pid"]) == [waiter_pid] and list(waits["blocking_pid"]) == [holder_pid]
+    assert list(waits["waiting_pid"]) == [waiter_pid] and list(waits["blocking_pid"]) == [
+        holder_pid
+    ]
     assert finding.status is Status.WARN and str(holder_pid) in finding.summary
 
 
 @pytest.fixture
 def standby(sandbox):
-    """A streaming replica of the sandbox (pg_basebackup -R), on its own socket; stopped and removed afterwards."""
+    """A streaming replica of the sandbox (pg_basebackup -R), on its own socket; stopped and removed
+    afterwards."""
     import pwd
     import shutil
     import tempfile
 
-    runas = "embedded_postgres" if os.geteuid() == 0 else None  # the sandbox's own server user, as root
+    runas = (
+        "embedded_postgres" if os.geteuid() == 0 else None
+    )  # the sandbox's own server user, as root
     root = Path(tempfile.mkdtemp(prefix="pgrb-standby-"))
     if runas:
         os.chown(root, pwd.getpwnam(runas).pw_uid, pwd.getpwnam(runas).pw_gid)
     data = root / "data"
-    subprocess.run([str(bin_dir() / "pg_basebackup"), "-D", str(data), "-R", "-X", "stream", "-c", "fast",
-                    "-d", f"host={sandbox.data_dir} user=postgres"], check=True, capture_output=True, user=runas)
+    subprocess.run(
+        [
+            str(bin_dir() / "pg_basebackup"),
+            "-D",
+            str(data),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-d",
+            f"host={sandbox.data_dir} user=postgres",
+        ],
+        check=True,
+        capture_output=True,
+        user=runas,
+    )
     options = f"-c port=5499 -c unix_socket_directories={root} -c listen_addresses=''"
-    subprocess.run([str(bin_dir() / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"),
-                    "-w", "start"], check=True, capture_output=True, user=runas)
+    subprocess.run(
+        [
+            str(bin_dir() / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(root / "log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        user=runas,
+    )
     yield Target("standby", f"postgresql://postgres@/postgres?host={root}&port=5499")
-    subprocess.run([str(bin_dir() / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True,
-                   user=runas)
+    subprocess.run(
+        [str(bin_dir() / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+        capture_output=True,
+        user=runas,
+    )
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -298,20 +429,37 @@ def test_replication_lag_is_read_on_the_primary_and_on_a_real_standby(sandbox, s
         behind = health.replication(s, warn_s=1, crit_s=60)
         s.execute("SELECT pg_wal_replay_resume()")
     assert on_primary.status is Status.OK and on_primary.summary.startswith("1 replicas")
-    assert behind.status is Status.WARN and behind.value >= 1 and "this standby is" in behind.summary
+    assert (
+        behind.status is Status.WARN and behind.value >= 1 and "this standby is" in behind.summary
+    )
     with psycopg.connect(primary.url, autocommit=True) as conn:
         conn.execute("DROP TABLE pgrb_heartbeat")
 
 
-@pytest.mark.parametrize("query, own", [
-    ("COPY public.users (id, email) TO stdout;", True),  # pg_dump
-    ("COPY public.users (id, email) FROM stdin;", True),  # pg_restore, the seed
-    ("SELECT bit_xor(hashint8extended(id, $1)) FROM ONLY public.users", True),  # compare
-    ("SELECT bt_index_check($1::regclass, $2)", True),
-    ("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace", True),
-    ("SELECT * FROM users u JOIN pg_class c ON c.relname = u.first_name", False),  # touches an app table
-    ("CREATE TABLE t AS SELECT 1 AS n FROM pg_sleep($1)", False),  # a function, not a catalog table
-    ("SELECT * FROM reviews WHERE rating < $1", False),
-])
+@pytest.mark.parametrize(
+    "query, own",
+    [
+        ("COPY public.users (id, email) TO stdout;", True),  # pg_dump
+        ("COPY public.users (id, email) FROM stdin;", True),  # pg_restore, the seed
+        ("SELECT bit_xor(hashint8extended(id, $1)) FROM ONLY public.users", True),  # compare
+        ("SELECT bt_index_check($1::regclass, $2)", True),
+        (
+            (
+                "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_namespace n ON n.oid ="
+                " c.relnamespace"
+            ),
+            True,
+        ),
+        (
+            "SELECT * FROM users u JOIN pg_class c ON c.relname = u.first_name",
+            False,
+        ),  # touches an app table
+        (
+            "CREATE TABLE t AS SELECT 1 AS n FROM pg_sleep($1)",
+            False,
+        ),  # a function, not a catalog table
+        ("SELECT * FROM reviews WHERE rating < $1", False),
+    ],
+)
 def test_own_work_is_told_from_the_application_s(query, own):
     assert statements.own_work(query) is own

@@ -12,15 +12,20 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgrunbook.procedures import dumps, refresh, restore, sanitize, seed
-from pgrunbook.base import db
 from pgrunbook.archive import runner
+from pgrunbook.base import db
 from pgrunbook.base.findings import Status
 from pgrunbook.base.targets import Target
+from pgrunbook.procedures import dumps, refresh, restore, sanitize, seed
 from tests.conftest import ROOT, databases, forget_roles, make_roles, written_files
 
-PLANTED = {"email": "zebulon.quartermaine@planted-mail.example.com", "first_name": "Zebulon",
-           "last_name": "Quartermaine", "phone": "+44 20 7946 0958", "location": "221B Baker Street, London, UK"}
+PLANTED = {
+    "email": "zebulon.quartermaine@planted-mail.example.com",
+    "first_name": "Zebulon",
+    "last_name": "Quartermaine",
+    "phone": "+44 20 7946 0958",
+    "location": "221B Baker Street, London, UK",
+}
 SALT = "test-salt-6f1c0d9e2b7a4c3f"
 
 
@@ -40,7 +45,8 @@ def _new_database(server: str, prefix: str) -> str:
 
 @pytest.fixture
 def pair(server):
-    """(production, staging) as configured servers on `server`: production seeded, with planted personal data."""
+    """(production, staging) as configured servers on `server`: production seeded, with planted
+    personal data."""
     from pgrunbook.base import migrations
 
     names = [_new_database(server, "pgrb_prod"), _new_database(server, "pgrb_stag")]
@@ -50,19 +56,31 @@ def pair(server):
         migrations.upgrade(t, "head")
     with db.connect(prod, readonly=False) as conn:
         seed.seed(conn, Target("fixture", prod.url), mode="development", users=200)
-        uid = conn.execute("INSERT INTO users (email, user_type, first_name, last_name, phone, location)"
-                           " VALUES (%(email)s, 'client', %(first_name)s, %(last_name)s, %(phone)s, %(location)s)"
-                           " RETURNING id", PLANTED).fetchone()[0]
-        conn.execute("INSERT INTO reviews (service_id, professional_id, client_id, rating, comment)"
-                     " SELECT id, professional_id, %s, 5, %s FROM services LIMIT 1",
-                     [uid, f"Great work! Call {PLANTED['first_name']} on {PLANTED['phone']}"])
+        uid = conn.execute(
+            "INSERT INTO users (email, user_type, first_name, last_name, phone, location)"
+            " VALUES (%(email)s, 'client', %(first_name)s, %(last_name)s, %(phone)s, %(location)s)"
+            " RETURNING id",
+            PLANTED,
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO reviews (service_id, professional_id, client_id, rating, comment)"
+            " SELECT id, professional_id, %s, 5, %s FROM services LIMIT 1",
+            [uid, f"Great work! Call {PLANTED['first_name']} on {PLANTED['phone']}"],
+        )
     with db.connect(stag, readonly=False) as conn:
         conn.execute("INSERT INTO categories (slug, name) VALUES ('staging-only', 'Staging only')")
     yield prod, stag
     with psycopg.connect(server, autocommit=True) as conn:
-        for name in [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE ANY(%s)",
-                                                 [[f"{n}%" for n in names]])]:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        for name in [
+            r[0]
+            for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE ANY(%s)",
+                [[f"{n}%" for n in names]],
+            )
+        ]:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 def _rules(tmp_path: Path, extra: str = "", drop: str = "") -> sanitize.Rules:
@@ -78,8 +96,15 @@ def _all_text(target: Target) -> str:
     """Every value of every user table, as one string (to search for planted values)."""
     out = []
     with db.connect(target) as conn:
-        for schema, table in conn.execute("SELECT schemaname, relname FROM pg_stat_user_tables").fetchall():
-            out += [r[0] for r in conn.execute(sql.SQL("SELECT t::text FROM {} t").format(sql.Identifier(schema, table)))]
+        for schema, table in conn.execute(
+            "SELECT schemaname, relname FROM pg_stat_user_tables"
+        ).fetchall():
+            out += [
+                r[0]
+                for r in conn.execute(
+                    sql.SQL("SELECT t::text FROM {} t").format(sql.Identifier(schema, table))
+                )
+            ]
     return "\n".join(out)
 
 
@@ -88,19 +113,30 @@ def _emails(target: Target) -> dict[int, str]:
         return dict(conn.execute("SELECT id, email FROM users").fetchall())
 
 
-def _refresh(prod: Target, stag: Target, rules: sanitize.Rules, salt: str = SALT) -> refresh.RefreshResult:
+def _refresh(
+    prod: Target, stag: Target, rules: sanitize.Rules, salt: str = SALT
+) -> refresh.RefreshResult:
     backup = dumps.create(prod, label="staging-refresh")
     return refresh.apply(prod, stag, backup, rules, sanitize.Salt(salt, "test"))
 
 
-# -- plan --------------------------------------------------------------------------------------------
+# -- plan ------------------------------------------------------------------------------------------
+
 
 def test_fixia_plan_is_complete_on_the_sandbox(sandbox):
     plan = sanitize.plan_for(Target("p", sandbox.url("production")), sanitize.load("sanitize.toml"))
     assert not plan.blocked, plan.findings
     frame = plan.frame()
     assert set(frame[frame["note"] == "masked"]["column"]) == {
-        "email", "first_name", "last_name", "phone", "location", "created_at", "description", "comment"}
+        "email",
+        "first_name",
+        "last_name",
+        "phone",
+        "location",
+        "created_at",
+        "description",
+        "comment",
+    }
 
 
 def test_plan_flags_personal_columns_without_a_rule_and_rules_that_cannot_apply(pair, tmp_path):
@@ -113,17 +149,23 @@ def test_plan_flags_personal_columns_without_a_rule_and_rules_that_cannot_apply(
     by_check = {f.check: f for f in plan.findings}
     unruled = by_check["unruled personal columns"]
     assert unruled.status is Status.CRIT
-    assert set(unruled.examples) == {"public.users.phone (name)", "public.contacts.contact (content: email-shaped values)"}
+    assert set(unruled.examples) == {
+        "public.users.phone (name)",
+        "public.contacts.contact (content: email-shaped values)",
+    }
     assert by_check["rule errors"].status is Status.CRIT
     assert by_check["rule errors"].examples == ("public.ghost.email: no such column in the source",)
     assert sanitize.verdict(plan, "apply").status is Status.CRIT
 
 
-@pytest.mark.parametrize("extra, problem", [
-    ('[columns.users]\nemail = "name"\n', "would break the column's unique index"),
-    ('[columns.users]\nemail = "null"\n', "NOT NULL"),
-    ('[columns.users]\nid = "phone"\n', "does not apply to type int8"),
-])
+@pytest.mark.parametrize(
+    "extra, problem",
+    [
+        ('[columns.users]\nemail = "name"\n', "would break the column's unique index"),
+        ('[columns.users]\nemail = "null"\n', "NOT NULL"),
+        ('[columns.users]\nid = "phone"\n', "does not apply to type int8"),
+    ],
+)
 def test_plan_refuses_rules_that_would_break_the_column(pair, tmp_path, extra, problem):
     prod, _ = pair
     text = (ROOT / "sanitize.toml").read_text().replace('email = "email"\n', "")
@@ -133,14 +175,17 @@ def test_plan_refuses_rules_that_would_break_the_column(pair, tmp_path, extra, p
     assert errors.status is Status.CRIT and problem in errors.summary
 
 
-@pytest.mark.parametrize("text, message", [
-    ('[columns.users]\nemail = "scramble"\n', "unknown rule 'scramble'"),
-    ('[columns.users]\nemail = { rule = "email", salt = "x" }\n', "takes no option 'salt'"),
-    ('[columns.users]\ncreated_at = { rule = "shift_date", days = 0 }\n', "days must be"),
-    ('[columns.users]\nemail = 3\n', "write a rule name"),
-    ("[colums.users]\n", "unknown section 'colums'"),
-    ("[columns.users\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[columns.users]\nemail = "scramble"\n', "unknown rule 'scramble'"),
+        ('[columns.users]\nemail = { rule = "email", salt = "x" }\n', "takes no option 'salt'"),
+        ('[columns.users]\ncreated_at = { rule = "shift_date", days = 0 }\n', "days must be"),
+        ("[columns.users]\nemail = 3\n", "write a rule name"),
+        ("[colums.users]\n", "unknown section 'colums'"),
+        ("[columns.users\n", "not valid TOML"),
+    ],
+)
 def test_bad_rules_file_is_one_clear_error(tmp_path, text, message):
     (tmp_path / "r.toml").write_text(text)
     with pytest.raises(sanitize.RulesError, match=message):
@@ -149,7 +194,8 @@ def test_bad_rules_file_is_one_clear_error(tmp_path, text, message):
         sanitize.load(str(tmp_path / "missing.toml"))
 
 
-# -- refusals ----------------------------------------------------------------------------------------
+# -- refusals --------------------------------------------------------------------------------------
+
 
 def test_refuses_protected_target_same_database_and_unconfirmed_apply(pair):
     prod, stag = pair
@@ -174,7 +220,8 @@ def test_salt_is_required_outside_the_sandbox(monkeypatch):
     assert first.value not in repr(first)
 
 
-# -- apply -------------------------------------------------------------------------------------------
+# -- apply -----------------------------------------------------------------------------------------
+
 
 def test_refresh_masks_every_personal_value_and_keeps_keys(pair, tmp_path):
     prod, stag = pair
@@ -191,8 +238,16 @@ def test_refresh_masks_every_personal_value_and_keeps_keys(pair, tmp_path):
         assert p.execute(count).fetchone() == s.execute(count).fetchone()
         fk = "SELECT count(*) FROM reviews r JOIN users u ON u.id = r.client_id"
         assert p.execute(fk).fetchone() == s.execute(fk).fetchone()
-        assert s.execute("SELECT count(*) FROM users WHERE email NOT LIKE '%%@fixia.invalid'").fetchone()[0] == 0
-        assert s.execute("SELECT count(*) FROM categories WHERE slug = 'staging-only'").fetchone()[0] == 0
+        assert (
+            s.execute(
+                "SELECT count(*) FROM users WHERE email NOT LIKE '%%@fixia.invalid'"
+            ).fetchone()[0]
+            == 0
+        )
+        assert (
+            s.execute("SELECT count(*) FROM categories WHERE slug = 'staging-only'").fetchone()[0]
+            == 0
+        )
         shifted = p.execute("SELECT id, created_at FROM users ORDER BY id").fetchall()
         moved = dict(s.execute("SELECT id, created_at FROM users").fetchall())
         days = [abs((moved[i] - t).total_seconds()) / 86400 for i, t in shifted]
@@ -200,7 +255,12 @@ def test_refresh_masks_every_personal_value_and_keeps_keys(pair, tmp_path):
     kept = result.kept_as
     assert kept and databases(prod.url) == before | {kept}
     with db.connect(Target("kept", db.with_database(stag.url, kept))) as conn:
-        assert conn.execute("SELECT count(*) FROM categories WHERE slug = 'staging-only'").fetchone()[0] == 1
+        assert (
+            conn.execute("SELECT count(*) FROM categories WHERE slug = 'staging-only'").fetchone()[
+                0
+            ]
+            == 1
+        )
 
 
 def test_masking_is_deterministic_for_a_salt_across_refreshes_and_tables(pair, tmp_path):
@@ -229,7 +289,9 @@ def test_residual_check_finds_every_unmasked_row(pair, tmp_path):
     restore.restore_into(stag, backup, copy, jobs=2, timeline=restore.Timeline())
     with db.connect(prod, readonly=False) as conn:
         n = conn.execute("SELECT count(*) FROM users").fetchone()[0]
-        comments = conn.execute("SELECT count(*) FROM reviews WHERE comment IS NOT NULL").fetchone()[0]
+        comments = conn.execute(
+            "SELECT count(*) FROM reviews WHERE comment IS NOT NULL"
+        ).fetchone()[0]
         street = conn.execute("SELECT count(*) FROM users WHERE location ~ ','").fetchone()[0]
     plain = Target("plain", db.with_database(stag.url, copy))
     with db.connect(prod) as src, db.connect(plain, readonly=False) as dst:
@@ -241,36 +303,60 @@ def test_residual_check_finds_every_unmasked_row(pair, tmp_path):
     assert found["residual public.users.location"].value == street
     assert found["residual public.reviews.comment"].value == comments
     assert found["residual values"].status is Status.CRIT
-    assert leaks.status is Status.OK  # what the rules make is not searched: the residual check covers it
+    assert (
+        leaks.status is Status.OK
+    )  # what the rules make is not searched: the residual check covers it
     assert unruled.status is Status.CRIT and {e.split(":")[0] for e in unruled.examples} == {
-        "public.users.email", "public.users.phone", "public.reviews.comment"}
-    assert not any(v in " ".join(f.summary + " ".join(f.examples) for f in found.values()) for v in PLANTED.values())
+        "public.users.email",
+        "public.users.phone",
+        "public.reviews.comment",
+    }
+    assert not any(
+        v in " ".join(f.summary + " ".join(f.examples) for f in found.values())
+        for v in PLANTED.values()
+    )
 
 
 def test_leak_in_a_kept_column_stops_the_swap_and_changes_nothing(pair, tmp_path):
     prod, stag = pair
     with db.connect(prod, readonly=False) as conn:
-        conn.execute("UPDATE services SET title = title || ' - write to ' || %s WHERE id = (SELECT min(id) FROM"
-                     " services)", [PLANTED["email"]])
+        conn.execute(
+            "UPDATE services SET title = title || ' - write to ' || %s WHERE id = (SELECT min(id)"
+            " FROM services)",
+            [PLANTED["email"]],
+        )
     before, everything = databases(prod.url), _all_text(stag)
     result = _refresh(prod, stag, _rules(tmp_path))
     leak = next(f for f in result.findings if f.check == "contact leaks")
     assert leak.status is Status.CRIT
-    assert leak.examples == ("public.services.title: 1 emails or phones of the source's masked columns",)
+    assert leak.examples == (
+        "public.services.title: 1 emails or phones of the source's masked columns",
+    )
     assert not result.swapped and result.database is None
     assert databases(prod.url) == before  # the masked copy was dropped
     assert _all_text(stag) == everything
 
 
-def test_a_name_and_street_inside_kept_free_text_are_found_in_plan_and_stop_the_swap(pair, tmp_path):
+def test_a_name_and_street_inside_kept_free_text_are_found_in_plan_and_stop_the_swap(
+    pair, tmp_path
+):
     prod, stag = pair
     with db.connect(prod, readonly=False) as conn:
         conn.execute("ALTER TABLE projects ADD COLUMN notes text")
         conn.execute("UPDATE projects SET notes = 'Call back on Monday' WHERE id % 3 = 0")
-        conn.execute("UPDATE projects SET notes = %s WHERE id = (SELECT min(id) FROM projects)",
-                     [f"customer {PLANTED['first_name']} {PLANTED['last_name']} lives at 221B  Baker street"])
+        conn.execute(
+            "UPDATE projects SET notes = %s WHERE id = (SELECT min(id) FROM projects)",
+            [
+                f"customer {PLANTED['first_name']} {PLANTED['last_name']} lives at 221B  Baker"
+                " street"
+            ],
+        )
     _rules(tmp_path)
-    text = (tmp_path / "rules.toml").read_text().replace('[columns.projects]\n', '[columns.projects]\nnotes = "keep"\n')
+    text = (
+        (tmp_path / "rules.toml")
+        .read_text()
+        .replace("[columns.projects]\n", '[columns.projects]\nnotes = "keep"\n')
+    )
     (tmp_path / "rules.toml").write_text(text)
     rules = sanitize.load(str(tmp_path / "rules.toml"))
     plan = sanitize.plan_for(prod, rules)
@@ -287,17 +373,25 @@ def test_a_name_and_street_inside_kept_free_text_are_found_in_plan_and_stop_the_
 
 def test_names_in_text_are_not_claimed_where_there_are_none(pair, tmp_path):
     prod, _ = pair
-    seen = next(f for f in sanitize.plan_for(prod, _rules(tmp_path)).findings if f.check == "names in text")
+    seen = next(
+        f for f in sanitize.plan_for(prod, _rules(tmp_path)).findings if f.check == "names in text"
+    )
     assert seen.status is Status.OK, seen.summary
 
 
 def test_failure_while_masking_drops_the_copy_and_leaves_staging(pair, tmp_path):
     prod, stag = pair
-    with db.connect(prod, readonly=False) as conn:  # a shifted date may break this check: the UPDATE fails
+    with db.connect(
+        prod, readonly=False
+    ) as conn:  # a shifted date may break this check: the UPDATE fails
         conn.execute("ALTER TABLE users ADD CONSTRAINT created_in_past CHECK (created_at <= now())")
-        conn.execute("UPDATE users SET created_at = now() - id * interval '1 minute'")  # some shift forward
+        conn.execute(
+            "UPDATE users SET created_at = now() - id * interval '1 minute'"
+        )  # some shift forward
     before, everything = databases(prod.url), _all_text(stag)
-    with pytest.raises(restore.RestoreFailed, match="the partial copy was dropped.*created_in_past"):
+    with pytest.raises(
+        restore.RestoreFailed, match="the partial copy was dropped.*created_in_past"
+    ):
         _refresh(prod, stag, _rules(tmp_path))
     assert databases(prod.url) == before
     assert _all_text(stag) == everything
@@ -314,7 +408,8 @@ def test_kept_databases_pruned_after_their_time(pair, tmp_path):
     assert dropped.examples == (old,) and old not in databases(stag.url)
 
 
-# -- the runbook --------------------------------------------------------------------------------------
+# -- the runbook -----------------------------------------------------------------------------------
+
 
 def test_runbook_apply_writes_no_personal_value_and_no_salt(pair, tmp_path, monkeypatch, sandbox):
     prod, stag = pair
@@ -323,15 +418,28 @@ def test_runbook_apply_writes_no_personal_value_and_no_salt(pair, tmp_path, monk
     backup = dumps.create(prod)
     started = time.time()
     time.sleep(0.01)
-    with pytest.raises(refresh.RefreshRefused, match="confirm staging"):  # before anything is written
-        runner.run("staging_refresh", "staging", {"mode": "apply", "source_backup": backup.id}, progress=False)
-    result = runner.run("staging_refresh", "staging", {"mode": "apply", "confirm": "staging",
-                                                       "source_backup": backup.id}, progress=False)
+    with pytest.raises(
+        refresh.RefreshRefused, match="confirm staging"
+    ):  # before anything is written
+        runner.run(
+            "staging_refresh",
+            "staging",
+            {"mode": "apply", "source_backup": backup.id},
+            progress=False,
+        )
+    result = runner.run(
+        "staging_refresh",
+        "staging",
+        {"mode": "apply", "confirm": "staging", "source_backup": backup.id},
+        progress=False,
+    )
     assert result.exit_code == 0, (result.error, result.findings)
     assert PLANTED["email"] not in _all_text(stag)
     state = Path(os.environ["PGRUNBOOK_STATE_DIR"])
     roots = [Path(os.environ[v]) for v in ("PGRUNBOOK_REPORTS_DIR", "PGRUNBOOK_BACKUPS_DIR")]
-    roots += [p for p in state.iterdir() if p.name != "sandbox"] + [sandbox.data_dir / "log"]  # not the data files
+    roots += [p for p in state.iterdir() if p.name != "sandbox"] + [
+        sandbox.data_dir / "log"
+    ]  # not the data files
     written = [p for p in written_files(*roots) if p.stat().st_mtime >= started]
     assert result.notebook in written and result.html in written
     for path in written:
@@ -346,8 +454,12 @@ def test_runbook_refuses_production_as_target(pair, monkeypatch, sandbox):
     monkeypatch.setenv("STAGING_DATABASE_URL", stag.url)
     before = _all_text(prod)
     with pytest.raises(refresh.RefreshRefused, match="is protected"):
-        runner.run("staging_refresh", "production", {"source": "staging", "mode": "apply",
-                                                     "confirm": "production"}, progress=False)
+        runner.run(
+            "staging_refresh",
+            "production",
+            {"source": "staging", "mode": "apply", "confirm": "production"},
+            progress=False,
+        )
     assert _all_text(prod) == before
 
 
@@ -399,7 +511,8 @@ def test_data_pass_killed_midway_drops_the_copy_and_leaves_staging(pair, tmp_pat
 
 
 def test_roles_missing_where_staging_is_leave_the_copy_to_the_refreshing_role(pair, tmp_path):
-    """Production's owner and grantee roles do not exist on staging's server: no error, owned by who refreshes."""
+    """Production's owner and grantee roles do not exist on staging's server: no error, owned by who
+    refreshes."""
     prod, stag = pair
     owner, reader = (f"pgrb_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("owner", "reader"))
     make_roles(prod.url, owner, reader)
@@ -417,20 +530,29 @@ def test_roles_missing_where_staging_is_leave_the_copy_to_the_refreshing_role(pa
     assert all(f.status is Status.OK for f in result.findings if f is not roles), result.findings
     with db.connect(stag) as conn:
         me = conn.execute("SELECT current_user").fetchone()[0]
-        assert conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'users'").fetchone() == (me,)
-        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == backup.manifest["row_counts"]["public.users"]
+        assert conn.execute(
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'users'"
+        ).fetchone() == (me,)
+        assert (
+            conn.execute("SELECT count(*) FROM users").fetchone()[0]
+            == backup.manifest["row_counts"]["public.users"]
+        )
         assert PLANTED["email"] not in _all_text(stag)
 
 
 def test_refresh_across_servers_from_postgresql_15_into_18(sandbox, tmp_path):
-    """Production on the external (older) server, staging on the embedded 18: dump by 15's tools, restore by 18's."""
+    """Production on the external (older) server, staging on the embedded 18: dump by 15's tools,
+    restore by 18's."""
     from tests.conftest import EXTERNAL
 
     if not EXTERNAL:
         pytest.skip("PGRUNBOOK_TEST_EXTERNAL_URL is not set")
     from pgrunbook.base import migrations
 
-    names = [_new_database(EXTERNAL, "pgrb_prod"), _new_database(sandbox.url("postgres"), "pgrb_stag")]
+    names = [
+        _new_database(EXTERNAL, "pgrb_prod"),
+        _new_database(sandbox.url("postgres"), "pgrb_stag"),
+    ]
     prod = Target("production", db.with_database(EXTERNAL, names[0]), protected=True, source="test")
     stag = Target("staging", db.with_database(sandbox.url("postgres"), names[1]), source="test")
     try:
@@ -438,13 +560,24 @@ def test_refresh_across_servers_from_postgresql_15_into_18(sandbox, tmp_path):
         with db.connect(prod, readonly=False) as conn:
             seed.seed(conn, Target("fixture", prod.url), mode="development", users=150)
         result = _refresh(prod, stag, _rules(tmp_path))
-        assert result.swapped and all(f.status is Status.OK for f in result.findings), result.findings
+        assert result.swapped and all(f.status is Status.OK for f in result.findings), (
+            result.findings
+        )
         with db.connect(prod) as p, db.connect(stag) as s:
             assert p.info.server_version // 10000 < s.info.server_version // 10000
-            assert p.execute("SELECT count(*) FROM users").fetchone() == s.execute("SELECT count(*) FROM users").fetchone()
-            assert not set(p.execute("SELECT email FROM users").fetchall()) & set(s.execute("SELECT email FROM users").fetchall())
+            assert (
+                p.execute("SELECT count(*) FROM users").fetchone()
+                == s.execute("SELECT count(*) FROM users").fetchone()
+            )
+            assert not set(p.execute("SELECT email FROM users").fetchall()) & set(
+                s.execute("SELECT email FROM users").fetchall()
+            )
     finally:
         for server, name in ((EXTERNAL, names[0]), (sandbox.url("postgres"), names[1])):
             with psycopg.connect(server, autocommit=True) as conn:
-                for (n,) in conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [name]).fetchall():
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(n)))
+                for (n,) in conn.execute(
+                    "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [name]
+                ).fetchall():
+                    conn.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(n))
+                    )

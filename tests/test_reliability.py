@@ -1,4 +1,5 @@
-"""Reliability under faults: concurrent runs, crashes at chosen moments, private files, atomic records."""
+"""Reliability under faults: concurrent runs, crashes at chosen moments, private files, atomic
+records."""
 
 from __future__ import annotations
 
@@ -19,36 +20,68 @@ PGRUNBOOK = str(Path(sys.executable).with_name("pgrunbook"))
 
 
 def _private_env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "PGRUNBOOK_REPORTS_DIR": str(tmp_path / "reports"),
-            "PGRUNBOOK_BACKUPS_DIR": str(tmp_path / "backups"), "TMPDIR": str(tmp_path / "tmp")}
+    return {
+        **os.environ,
+        "PGRUNBOOK_REPORTS_DIR": str(tmp_path / "reports"),
+        "PGRUNBOOK_BACKUPS_DIR": str(tmp_path / "backups"),
+        "TMPDIR": str(tmp_path / "tmp"),
+    }
 
 
-def test_eight_runs_together_all_pass_leave_no_socket_and_write_only_private_files(sandbox, tmp_path):
+def test_eight_runs_together_all_pass_leave_no_socket_and_write_only_private_files(
+    sandbox, tmp_path
+):
     """Eight runs of different runbooks started at once, under the common umask 022."""
-    runs = [("backup", ["-p", "format", "custom"]), ("health", ["-p", "json_file", str(tmp_path / "out" / "h.json")]),
-            ("integrity", ["-p", "checks", "fk,sequences"]), ("security", []),
-            ("performance", ["-p", "explain", "false"]), ("migrate", []), ("staging_refresh", []), ("status", [])]
+    runs = [
+        ("backup", ["-p", "format", "custom"]),
+        ("health", ["-p", "json_file", str(tmp_path / "out" / "h.json")]),
+        ("integrity", ["-p", "checks", "fk,sequences"]),
+        ("security", []),
+        ("performance", ["-p", "explain", "false"]),
+        ("migrate", []),
+        ("staging_refresh", []),
+        ("status", []),
+    ]
     env = _private_env(tmp_path)
     (tmp_path / "tmp").mkdir()
     loose = lambda: os.umask(0o022)  # noqa: E731  the common default: files 0644, folders 0755
     procs = []
     for runbook, extra in runs:
         target = ["--target", "staging" if runbook == "staging_refresh" else "sandbox"]
-        procs.append(subprocess.Popen([PGRUNBOOK, "run", runbook, *target, *extra, "--no-progress"], env=env,
-                                      preexec_fn=loose, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [PGRUNBOOK, "run", runbook, *target, *extra, "--no-progress"],
+                env=env,
+                preexec_fn=loose,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [(p.wait(timeout=600), p.stdout.read()) for p in procs]
-    failed = [(name, code, out[-600:]) for (name, _), (code, out) in zip(runs, outputs)
-              if code not in (0, 1) or "FAILED" in out]
+    failed = [
+        (name, code, out[-600:])
+        for (name, _), (code, out) in zip(runs, outputs, strict=True)
+        if code not in (0, 1) or "FAILED" in out
+    ]
     assert not failed
     assert not list((ROOT / "runbooks").glob("kernel-ipc-*"))
     assert not list((tmp_path / "tmp").iterdir())  # no socket folder, no temporary file left behind
     files = written_files(tmp_path / "reports", tmp_path / "backups", tmp_path / "out")
-    assert any(f.name == "dump.custom" for f in files) and any(f.name == "verify.json" for f in files)
+    assert any(f.name == "dump.custom" for f in files) and any(
+        f.name == "verify.json" for f in files
+    )
     assert len([f for f in files if f.suffix == ".html"]) == 8
     loose_files = [f"{f} {f.stat().st_mode & 0o777:o}" for f in files if f.stat().st_mode & 0o077]
-    folders = [p for root in ("reports", "backups") for p in [tmp_path / root, *(tmp_path / root).rglob("*")]
-               if p.is_dir()]
-    loose_folders = [f"{d} {d.stat().st_mode & 0o777:o}" for d in folders if d.stat().st_mode & 0o077]
+    folders = [
+        p
+        for root in ("reports", "backups")
+        for p in [tmp_path / root, *(tmp_path / root).rglob("*")]
+        if p.is_dir()
+    ]
+    loose_folders = [
+        f"{d} {d.stat().st_mode & 0o777:o}" for d in folders if d.stat().st_mode & 0o077
+    ]
     assert not loose_files and not loose_folders
 
 
@@ -57,12 +90,21 @@ def test_a_killed_run_leaves_nothing_unredacted_in_the_archive(sandbox, tmp_path
     import time
 
     env = {**_private_env(tmp_path), "PGRUNBOOK_STATE_DIR": os.environ["PGRUNBOOK_STATE_DIR"]}
-    proc = subprocess.Popen([PGRUNBOOK, "run", "performance", "--target", "sandbox", "--no-progress"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [PGRUNBOOK, "run", "performance", "--target", "sandbox", "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     running = Path(os.environ["PGRUNBOOK_STATE_DIR"]) / "running"
     try:
         for _ in range(600):  # until papermill has written the executing notebook
-            work = [p for p in running.glob("*performance*") if p.stat().st_size > 0] if running.exists() else []
+            work = (
+                [p for p in running.glob("*performance*") if p.stat().st_size > 0]
+                if running.exists()
+                else []
+            )
             if work:
                 break
             time.sleep(0.1)
@@ -82,36 +124,60 @@ def _users(url: str) -> int:
 
 
 @pytest.mark.parametrize("spelling", ["same URL", "key=value"])
-def test_a_target_reaching_a_protected_database_is_protected_too(sandbox, monkeypatch, reports_dir, spelling,
-                                                               capsys):
+def test_a_target_reaching_a_protected_database_is_protected_too(
+    sandbox, monkeypatch, reports_dir, spelling, capsys
+):
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     from pgrunbook.base import targets
     from pgrunbook.cli import main
 
     url = sandbox.url("production")
-    monkeypatch.setenv("DATABASE_URL", url if spelling == "same URL" else make_conninfo(**conninfo_to_dict(url)))
-    assert targets.resolve("sandbox").protected and targets.resolve("sandbox").protected_as == "production"
+    monkeypatch.setenv(
+        "DATABASE_URL", url if spelling == "same URL" else make_conninfo(**conninfo_to_dict(url))
+    )
+    assert (
+        targets.resolve("sandbox").protected
+        and targets.resolve("sandbox").protected_as == "production"
+    )
     before, files = _users(url), sorted(reports_dir.rglob("*"))
-    for argv in (["migrations", "reset", "--target", "sandbox"],
-                 ["seed", "--target", "sandbox", "--mode", "development", "--users", "10"],
-                 ["run", "seed", "--target", "sandbox", "-p", "mode", "development", "--no-progress"],
-                 ["run", "dr_drill", "--target", "sandbox", "--no-progress"],
-                 ["run", "migrate", "--target", "sandbox", "-p", "mode", "resolve", "-p", "stamp", "0001",
-                  "--no-progress"]):
+    for argv in (
+        ["migrations", "reset", "--target", "sandbox"],
+        ["seed", "--target", "sandbox", "--mode", "development", "--users", "10"],
+        ["run", "seed", "--target", "sandbox", "-p", "mode", "development", "--no-progress"],
+        ["run", "dr_drill", "--target", "sandbox", "--no-progress"],
+        [
+            "run",
+            "migrate",
+            "--target",
+            "sandbox",
+            "-p",
+            "mode",
+            "resolve",
+            "-p",
+            "stamp",
+            "0001",
+            "--no-progress",
+        ],
+    ):
         assert main(argv) == 3, argv
         assert "protected" in capsys.readouterr().err, argv
     assert _users(url) == before and sorted(reports_dir.rglob("*")) == files
-    monkeypatch.delenv("DATABASE_URL")  # production is then the sandbox's simulation: sandbox is not protected
+    monkeypatch.delenv(
+        "DATABASE_URL"
+    )  # production is then the sandbox's simulation: sandbox is not protected
     assert not targets.resolve("sandbox").protected
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["-p", "json_file", "{reports}/index.jsonl"], "inside the archive"),
-    (["-p", "prometheus_file", "{backups}/x.prom"], "inside the backups"),
-    (["-p", "json_file", "../reports/index.jsonl"], "is relative"),
-    (["-p", "json_file", "/tmp"], "is a folder"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["-p", "json_file", "{reports}/index.jsonl"], "inside the archive"),
+        (["-p", "prometheus_file", "{backups}/x.prom"], "inside the backups"),
+        (["-p", "json_file", "../reports/index.jsonl"], "is relative"),
+        (["-p", "json_file", "/tmp"], "is a folder"),
+    ],
+)
 def test_an_output_file_never_lands_on_the_archive(sandbox, reports_dir, capfd, argv, words):
     from pgrunbook.archive import reports
     from pgrunbook.cli import main
@@ -120,16 +186,20 @@ def test_an_output_file_never_lands_on_the_archive(sandbox, reports_dir, capfd, 
     capfd.readouterr()
     index = reports_dir / "index.jsonl"
     before = index.read_bytes()
-    argv = [a.format(reports=reports_dir, backups=os.environ["PGRUNBOOK_BACKUPS_DIR"]) for a in argv]
+    argv = [
+        a.format(reports=reports_dir, backups=os.environ["PGRUNBOOK_BACKUPS_DIR"]) for a in argv
+    ]
     assert main(["run", "health", "--target", "sandbox", *argv, "--no-progress"]) == 3
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
     assert index.read_bytes() == before and reports.verify().ok
 
 
-def test_a_full_archive_after_a_change_is_exit_2_naming_the_change(sandbox, tmp_path, monkeypatch, capfd):
-    from pgrunbook.facts import backups
+def test_a_full_archive_after_a_change_is_exit_2_naming_the_change(
+    sandbox, tmp_path, monkeypatch, capfd
+):
     from pgrunbook.cli import main
+    from pgrunbook.facts import backups
     from tests.test_backups import _small_filesystem
 
     small = tmp_path / "reports"
@@ -140,7 +210,9 @@ def test_a_full_archive_after_a_change_is_exit_2_naming_the_change(sandbox, tmp_
             pytest.skip("needs root to mount a small filesystem")
         (small / "backup").mkdir()
         fill(small)
-        code = main(["run", "backup", "--target", "sandbox", "-p", "format", "custom", "--no-progress"])
+        code = main(
+            ["run", "backup", "--target", "sandbox", "-p", "format", "custom", "--no-progress"]
+        )
         err = capfd.readouterr().err
     made = backups.all_backups("sandbox")
     assert code == 2 and len(made) == 1 and made[0].verified  # the change happened, and is said
@@ -150,25 +222,36 @@ def test_a_full_archive_after_a_change_is_exit_2_naming_the_change(sandbox, tmp_
     kept.unlink()
 
 
-def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(sandbox, tmp_path, monkeypatch):
+def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(
+    sandbox, tmp_path, monkeypatch
+):
     import signal
     import time
 
     import psutil
 
-    from pgrunbook.procedures import debris
     from pgrunbook.base import targets
+    from pgrunbook.procedures import debris
 
     t = targets.resolve("sandbox")
-    reports_dir = tmp_path / "reports"  # its own archive: the killed run's reserved report stays there
+    reports_dir = (
+        tmp_path / "reports"
+    )  # its own archive: the killed run's reserved report stays there
     monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(reports_dir))
     blocker = psycopg.connect(sandbox.url("production"))
     blocker.execute("LOCK TABLE reviews IN ACCESS EXCLUSIVE MODE")  # pg_dump waits here, mid-backup
-    runner = subprocess.Popen([PGRUNBOOK, "run", "backup", "--target", "sandbox", "--no-progress"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runner = subprocess.Popen(
+        [PGRUNBOOK, "run", "backup", "--target", "sandbox", "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(600):
-            dumps = [p for p in psutil.Process(runner.pid).children(recursive=True) if p.name() == "pg_dump"]
+            dumps = [
+                p
+                for p in psutil.Process(runner.pid).children(recursive=True)
+                if p.name() == "pg_dump"
+            ]
             if dumps:
                 break
             time.sleep(0.1)
@@ -180,9 +263,15 @@ def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(
     finally:
         blocker.rollback()
         blocker.close()
-    with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:  # what killed restores leave
-        for name in ("production_restore_20260101000000", "pgrb_verify_20260101t000000z",
-                     "production_pre_restore_20991231000000", "production_restored_20200101000000"):
+    with psycopg.connect(
+        sandbox.url("postgres"), autocommit=True
+    ) as conn:  # what killed restores leave
+        for name in (
+            "production_restore_20260101000000",
+            "pgrb_verify_20260101t000000z",
+            "production_pre_restore_20991231000000",
+            "production_restored_20200101000000",
+        ):
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         for _ in range(100):  # the kernel ends a moment after its runner
@@ -195,15 +284,25 @@ def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(
 
         assert main(["run", "status", "--target", "sandbox", "--no-progress"]) == 1
         said = [f for f in runner_findings(reports_dir, "status") if f["check"] == "debris"][0]
-        assert said["status"] == "WARN" and "production_restore_20260101000000" in " ".join(said["examples"])
+        assert said["status"] == "WARN" and "production_restore_20260101000000" in " ".join(
+            said["examples"]
+        )
         assert main(["cleanup", "--target", "sandbox", "--apply"]) == 0
         assert debris.find(t) == []
-        assert "production_pre_restore_20991231000000" in databases(sandbox.url("postgres"))  # within its hours
-        assert "production_restored_20200101000000" not in databases(sandbox.url("postgres"))  # past them
+        assert "production_pre_restore_20991231000000" in databases(
+            sandbox.url("postgres")
+        )  # within its hours
+        assert "production_restored_20200101000000" not in databases(
+            sandbox.url("postgres")
+        )  # past them
     finally:
         with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
-            for name in ("production_restore_20260101000000", "pgrb_verify_20260101t000000z",
-                         "production_pre_restore_20991231000000", "production_restored_20200101000000"):
+            for name in (
+                "production_restore_20260101000000",
+                "pgrb_verify_20260101t000000z",
+                "production_pre_restore_20991231000000",
+                "production_restored_20200101000000",
+            ):
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 

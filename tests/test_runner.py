@@ -10,18 +10,32 @@ import psycopg
 import pytest
 
 from pgrunbook.archive import reports, runner
-
-from pgrunbook.facts import history
 from pgrunbook.cli import main
+from pgrunbook.facts import history
 
 ROOT = Path(__file__).resolve().parents[1]
 
-METADATA = ("runbook", "runbook_version", "parameters", "target", "server_version", "operator",
-            "host", "start", "end", "duration_s", "outcome", "findings", "incident")
+METADATA = (
+    "runbook",
+    "runbook_version",
+    "parameters",
+    "target",
+    "server_version",
+    "operator",
+    "host",
+    "start",
+    "end",
+    "duration_s",
+    "outcome",
+    "findings",
+    "incident",
+)
 
 
 def test_status_run_archives_report_html_and_metadata(sandbox, reports_dir):
-    result = runner.run("status", "sandbox", {"pool_limit": "25"}, incident="INC-42", progress=False)
+    result = runner.run(
+        "status", "sandbox", {"pool_limit": "25"}, incident="INC-42", progress=False
+    )
     assert result.exit_code == 0 and result.outcome == "OK"
     assert result.notebook.parent == reports_dir / "status"
     assert result.notebook.name.endswith("_sandbox.ipynb") and result.html.exists()
@@ -41,7 +55,9 @@ def test_verify_passes_then_names_the_changed_report(sandbox, capsys):
     data[len(data) // 2] ^= 0x01
     result.html.write_bytes(bytes(data))
     check = reports.verify()
-    assert not check.ok and check.changed == [str(result.html.relative_to(history.index_path().parent))]
+    assert not check.ok and check.changed == [
+        str(result.html.relative_to(history.index_path().parent))
+    ]
     assert main(["reports", "verify"]) == 2
     assert result.html.name in capsys.readouterr().out
     data[len(data) // 2] ^= 0x01  # put the byte back: the archive verifies again
@@ -81,7 +97,9 @@ def test_a_failed_run_is_archived_with_the_failing_cell(sandbox, tmp_path, monke
     assert result.outcome == "FAILED" and result.exit_code == 3
     assert "RuntimeError: the disk went away" in result.error
     nb = nbformat.read(result.notebook, as_version=4)
-    failing = [c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    failing = [
+        c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    ]
     assert len(failing) == 1 and "the disk went away" in failing[0].source
     assert nb.metadata["pgrunbook"]["outcome"] == "FAILED"
     assert history.find(str(result.notebook))["outcome"] == "FAILED"
@@ -102,12 +120,36 @@ def test_crit_findings_exit_2_from_the_runner(extra_connection):
 
 def test_plain_papermill_runs_status_and_fails_on_crit(extra_connection, tmp_path):
     root = Path(runner.config.settings().runbooks_dir)
-    ok = subprocess.run([sys.executable, "-m", "papermill", str(root / "status.ipynb"),
-                         str(tmp_path / "ok.ipynb"), "-p", "target", "sandbox"], capture_output=True)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(root / "status.ipynb"),
+            str(tmp_path / "ok.ipynb"),
+            "-p",
+            "target",
+            "sandbox",
+        ],
+        capture_output=True,
+    )
     assert ok.returncode == 0, ok.stderr[-2000:]
-    crit = subprocess.run([sys.executable, "-m", "papermill", str(root / "status.ipynb"),
-                           str(tmp_path / "crit.ipynb"), "-p", "target", "sandbox", "-p", "pool_limit", "1"],
-                          capture_output=True)
+    crit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(root / "status.ipynb"),
+            str(tmp_path / "crit.ipynb"),
+            "-p",
+            "target",
+            "sandbox",
+            "-p",
+            "pool_limit",
+            "1",
+        ],
+        capture_output=True,
+    )
     assert crit.returncode != 0 and b"RunbookCritical" in crit.stderr
 
 
@@ -150,12 +192,15 @@ def _cut(path, keep):
     path.write_text("".join(lines[:keep]))
 
 
-@pytest.mark.parametrize("damage, said", [
-    (lambda p: _cut(p, 2), "the head record counts 3"),
-    (lambda p: p.write_text(""), "the head record counts 3"),
-    (lambda p: p.unlink(), "index is missing"),
-    (lambda p: p.write_text(p.read_text()[:-40]), "not a whole JSON record"),
-])
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        (lambda p: _cut(p, 2), "the head record counts 3"),
+        (lambda p: p.write_text(""), "the head record counts 3"),
+        (lambda p: p.unlink(), "index is missing"),
+        (lambda p: p.write_text(p.read_text()[:-40]), "not a whole JSON record"),
+    ],
+)
 def test_verify_names_a_cut_emptied_or_removed_index(own_archive, damage, said, capsys):
     damage(history.index_path())
     check = reports.verify()
@@ -180,7 +225,9 @@ def test_a_rechained_index_is_caught_by_its_key(own_archive, monkeypatch):
     check = reports.verify()
     assert not check.ok and "no index line is chained under it" in "\n".join(check.lines())
     monkeypatch.delenv(reports.KEY_ENV)
-    plain = reports.verify()  # without the key the chain itself looks whole; only the orphaned files tell
+    plain = (
+        reports.verify()
+    )  # without the key the chain itself looks whole; only the orphaned files tell
     assert plain.broken_chain == [] and plain.index == [] and len(plain.unindexed) == 2
 
 

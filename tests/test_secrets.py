@@ -45,8 +45,9 @@ def _without_password(url: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("form", ["key=value", "PGPASSWORD", "pgpass", "PGSERVICE"])
-def test_every_form_libpq_accepts_works_and_writes_no_password(password_target, form, monkeypatch, tmp_path,
-                                                               reports_dir, capfd):
+def test_every_form_libpq_accepts_works_and_writes_no_password(
+    password_target, form, monkeypatch, tmp_path, reports_dir, capfd
+):
     from psycopg.conninfo import make_conninfo
 
     params = _without_password(password_target)
@@ -64,19 +65,27 @@ def test_every_form_libpq_accepts_works_and_writes_no_password(password_target, 
         monkeypatch.setenv("PGPASSFILE", str(passfile))
     else:
         service = tmp_path / "pg_service.conf"
-        service.write_text("[fixia-staging]\n" + "".join(f"{k}={v}\n" for k, v in
-                                                        {**params, "password": PASSWORD}.items()))
+        service.write_text(
+            "[fixia-staging]\n"
+            + "".join(f"{k}={v}\n" for k, v in {**params, "password": PASSWORD}.items())
+        )
         monkeypatch.setenv("PGSERVICEFILE", str(service))
         monkeypatch.setenv("STAGING_DATABASE_URL", "service=fixia-staging")
     before = set(written_files(reports_dir))
     # backup runs pg_dump and, to verify, pg_restore; restore prints and records its source
-    for args in (["backup", "-p", "format", "custom"], ["restore"]) if form == "key=value" else \
-            (["backup", "-p", "format", "custom"],):
+    for args in (
+        (["backup", "-p", "format", "custom"], ["restore"])
+        if form == "key=value"
+        else (["backup", "-p", "format", "custom"],)
+    ):
         code = main(["run", *args, "--target", "staging", "--no-progress"])
         assert code in (0, 1), (form, args)
     log = capfd.readouterr()
-    files = [f for f in written_files(reports_dir, Path(os.environ["PGRUNBOOK_BACKUPS_DIR"]))
-             if f not in before]
+    files = [
+        f
+        for f in written_files(reports_dir, Path(os.environ["PGRUNBOOK_BACKUPS_DIR"]))
+        if f not in before
+    ]
     assert any(f.name == "manifest.json" for f in files)
     for f in files:
         text = f.read_text(errors="replace")
@@ -87,7 +96,9 @@ def test_every_form_libpq_accepts_works_and_writes_no_password(password_target, 
     staging = targets.resolve("staging")
     assert staging.database == "staging"
     with psycopg.connect(db.with_database(staging.url, "postgres"), autocommit=True) as conn:
-        for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'staging\\_restored\\_%'"):
+        for (name,) in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'staging\\_restored\\_%'"
+        ):
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
@@ -101,7 +112,9 @@ def test_every_runbook_on_a_password_url_writes_no_password(password_target, rep
     log = capfd.readouterr()
     backups_dir = Path(os.environ["PGRUNBOOK_BACKUPS_DIR"])
     files = written_files(reports_dir, backups_dir)
-    assert any(f.name == "manifest.json" for f in files)  # the backup runbook's files are checked too
+    assert any(
+        f.name == "manifest.json" for f in files
+    )  # the backup runbook's files are checked too
     assert len([f for f in files if f.suffix == ".ipynb"]) >= len(runner.available())
     for f in files:
         text = f.read_text(errors="replace")
@@ -109,11 +122,14 @@ def test_every_runbook_on_a_password_url_writes_no_password(password_target, rep
     assert not any(form in log.out + log.err for form in forms)
 
 
-@pytest.mark.parametrize("text, hidden", [
-    ("postgresql://app:s3cret@db:5432/x", "s3cret"),
-    ("host=db password=s3cret dbname=x", "s3cret"),
-    ("postgres+psycopg://app:s3cret@db/x", "s3cret"),
-])
+@pytest.mark.parametrize(
+    "text, hidden",
+    [
+        ("postgresql://app:s3cret@db:5432/x", "s3cret"),
+        ("host=db password=s3cret dbname=x", "s3cret"),
+        ("postgres+psycopg://app:s3cret@db/x", "s3cret"),
+    ],
+)
 def test_redact_masks_credentials_it_does_not_know(text, hidden):
     assert hidden not in secrets.redact(text)
 

@@ -23,30 +23,53 @@ def _checks(result):
 
 @pytest.fixture
 def planted(sandbox):
-    _admin(sandbox, "CREATE ROLE admin2 LOGIN SUPERUSER", "GRANT SELECT ON users TO PUBLIC",
-           "CREATE FUNCTION public.whoami() RETURNS text SECURITY DEFINER LANGUAGE sql AS 'SELECT current_user'",
-           f"CREATE ROLE intruder LOGIN PASSWORD '{SECRET}'")
+    _admin(
+        sandbox,
+        "CREATE ROLE admin2 LOGIN SUPERUSER",
+        "GRANT SELECT ON users TO PUBLIC",
+        "CREATE FUNCTION public.whoami() RETURNS text SECURITY DEFINER LANGUAGE sql AS 'SELECT"
+        " current_user'",
+        f"CREATE ROLE intruder LOGIN PASSWORD '{SECRET}'",
+    )
     intruder = psycopg.connect(sandbox.url("production").replace("postgres:@", "intruder:@"))
     yield intruder
     intruder.close()
-    _admin(sandbox, "DROP FUNCTION IF EXISTS public.whoami()", "REVOKE SELECT ON users FROM PUBLIC",
-           "DROP ROLE IF EXISTS admin2", "DROP ROLE IF EXISTS intruder")
+    _admin(
+        sandbox,
+        "DROP FUNCTION IF EXISTS public.whoami()",
+        "REVOKE SELECT ON users FROM PUBLIC",
+        "DROP ROLE IF EXISTS admin2",
+        "DROP ROLE IF EXISTS intruder",
+    )
 
 
-def test_planted_problems_are_found_then_the_run_is_ok_again(sandbox, planted, reports_dir, tmp_path, monkeypatch):
+def test_planted_problems_are_found_then_the_run_is_ok_again(
+    sandbox, planted, reports_dir, tmp_path, monkeypatch
+):
     monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
     baseline = runner.run("security", "production", progress=False)
     assert baseline.exit_code == 2
     found = _checks(baseline)
     assert found["superusers"].status is Status.CRIT and found["superusers"].examples == ("admin2",)
-    assert found["grants to PUBLIC"].status is Status.CRIT and found["grants to PUBLIC"].examples == ("public.users: SELECT",)
-    assert found["security definer"].status is Status.CRIT and found["security definer"].examples == ("public.whoami()",)
-    assert found["password expiry"].status is Status.WARN and found["password expiry"].examples == ("intruder",)
+    assert found["grants to PUBLIC"].status is Status.CRIT and found[
+        "grants to PUBLIC"
+    ].examples == ("public.users: SELECT",)
+    assert found["security definer"].status is Status.CRIT and found[
+        "security definer"
+    ].examples == ("public.whoami()",)
+    assert found["password expiry"].status is Status.WARN and found["password expiry"].examples == (
+        "intruder",
+    )
     assert found["direct access"].status is Status.WARN
     assert [e for e in found["direct access"].examples if " intruder " in e]
     planted.close()
-    _admin(sandbox, "DROP FUNCTION public.whoami()", "REVOKE SELECT ON users FROM PUBLIC", "DROP ROLE admin2",
-           "DROP ROLE intruder")
+    _admin(
+        sandbox,
+        "DROP FUNCTION public.whoami()",
+        "REVOKE SELECT ON users FROM PUBLIC",
+        "DROP ROLE admin2",
+        "DROP ROLE intruder",
+    )
     clean = runner.run("security", "production", progress=False)
     assert clean.exit_code == 0, [str(f) for f in clean.findings if f.status is not Status.OK]
     assert "nothing added" in _checks(clean)["drift"].summary
@@ -66,7 +89,10 @@ def test_drift_shows_exactly_what_was_added(sandbox, tmp_path, monkeypatch):
         _admin(sandbox, "REVOKE SELECT ON categories FROM PUBLIC", "DROP ROLE newcomer")
     drift = _checks(second)["drift"]
     assert drift.status is Status.WARN and second.findings[0].check == "drift"  # shown first
-    assert sorted(drift.examples) == ["+ grants to PUBLIC: public.categories SELECT", "+ login roles: newcomer"]
+    assert sorted(drift.examples) == [
+        "+ grants to PUBLIC: public.categories SELECT",
+        "+ login roles: newcomer",
+    ]
 
 
 def test_runs_on_each_server_as_a_role_the_catalog_hides_things_from(server, monkeypatch):
@@ -76,8 +102,10 @@ def test_runs_on_each_server_as_a_role_the_catalog_hides_things_from(server, mon
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     try:
         url = psycopg.conninfo.make_conninfo(server, user=role)
-        monkeypatch.setenv("STAGING_DATABASE_URL", "postgresql://" + role + "@" + server.split("@", 1)[1]
-                           if "@" in server else url)
+        monkeypatch.setenv(
+            "STAGING_DATABASE_URL",
+            "postgresql://" + role + "@" + server.split("@", 1)[1] if "@" in server else url,
+        )
         result = runner.run("security", "staging", progress=False)
         assert result.outcome != "FAILED", result.error
         assert _checks(result)["password hashes"].status is Status.UNKNOWN

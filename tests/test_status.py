@@ -1,13 +1,15 @@
 """The status checks, on each server, and the status runbook end to end."""
 
+from datetime import UTC
+
 import psycopg
 import pytest
 
-from pgrunbook.base import db
 from pgrunbook.archive import runner
+from pgrunbook.base import db
+from pgrunbook.base.findings import Status
 from pgrunbook.checks import status
 from pgrunbook.cli import main
-from pgrunbook.base.findings import Status
 
 
 def test_checks_on_a_migrated_database(migrated):
@@ -26,14 +28,24 @@ def test_checks_on_a_migrated_database(migrated):
 
 def test_inspection_sessions_are_read_only_with_timeouts(migrated):
     with db.connect(migrated, application="pgrunbook/test", lock_timeout="3s") as conn:
-        shown = [conn.execute(f"SHOW {s}").fetchone()[0] for s in
-                 ("default_transaction_read_only", "lock_timeout", "statement_timeout", "application_name")]
+        shown = [
+            conn.execute(f"SHOW {s}").fetchone()[0]
+            for s in (
+                "default_transaction_read_only",
+                "lock_timeout",
+                "statement_timeout",
+                "application_name",
+            )
+        ]
         assert shown == ["on", "3s", "1min", "pgrunbook/test"]
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute("DELETE FROM users")
 
 
-@pytest.mark.parametrize("held, limit, expected", [(0, 20, Status.OK), (3, 5, Status.OK), (4, 5, Status.WARN), (5, 5, Status.CRIT)])
+@pytest.mark.parametrize(
+    "held, limit, expected",
+    [(0, 20, Status.OK), (3, 5, Status.OK), (4, 5, Status.WARN), (5, 5, Status.CRIT)],
+)
 def test_connection_use_against_the_pool_limit(migrated, held, limit, expected):
     others = [psycopg.connect(migrated.url) for _ in range(held)]
     try:
@@ -48,22 +60,26 @@ def test_connection_use_against_the_pool_limit(migrated, held, limit, expected):
 def test_backup_age_against_the_rpo(tmp_path, monkeypatch):
     """One judgement of backup age: the newest verified backup against the RPO."""
     import json
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    from pgrunbook.facts import backups
     from pgrunbook.checks import recovery
+    from pgrunbook.facts import backups
 
     def made(age_h: float, *, ok: bool | None, target: str = "x"):
         name = f"b{age_h}"
         (tmp_path / target / name).mkdir(parents=True)
-        end = datetime.now(timezone.utc) - timedelta(hours=age_h)
-        (tmp_path / target / name / "manifest.json").write_text(json.dumps({"end": end.isoformat()}))
+        end = datetime.now(UTC) - timedelta(hours=age_h)
+        (tmp_path / target / name / "manifest.json").write_text(
+            json.dumps({"end": end.isoformat()})
+        )
         if ok is not None:
             (tmp_path / target / name / "verify.json").write_text(json.dumps({"ok": ok}))
 
     monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path))
     assert recovery.rpo_finding(backups.all_backups("x"), rpo_h=24).status is Status.CRIT
-    assert recovery.rpo_finding(backups.all_backups("x"), rpo_h=24, required=False).status is Status.OK
+    assert (
+        recovery.rpo_finding(backups.all_backups("x"), rpo_h=24, required=False).status is Status.OK
+    )
     made(30, ok=True)
     made(2, ok=None)  # newer, never verified: does not count
     assert recovery.rpo_finding(backups.all_backups("x"), rpo_h=24).status is Status.WARN
@@ -90,4 +106,6 @@ def test_status_runbook_on_each_server(server, monkeypatch):
 def test_demo_runs_status_and_seed(sandbox, capfd):
     assert main(["demo", "--no-progress"]) == 0
     out = capfd.readouterr().out
-    assert "status on sandbox: OK" in out and "seed on sandbox: OK" in out and "reports are in" in out
+    assert (
+        "status on sandbox: OK" in out and "seed on sandbox: OK" in out and "reports are in" in out
+    )

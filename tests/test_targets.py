@@ -6,7 +6,12 @@ from pathlib import Path
 import pytest
 
 from pgrunbook.base import targets
-from pgrunbook.base.errors import ConfigError, ConfirmationRequired, TargetNotConfigured, UnknownTarget
+from pgrunbook.base.errors import (
+    ConfigError,
+    ConfirmationRequired,
+    TargetNotConfigured,
+    UnknownTarget,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +40,9 @@ def test_the_url_variable_wins(sandbox, monkeypatch):
 
 
 def test_custom_target_from_pgrunbook_toml(home, monkeypatch):
-    (home / "pgrunbook.toml").write_text('[targets.analytics]\nurl_env = "ANALYTICS_URL"\nprotected = true\n')
+    (home / "pgrunbook.toml").write_text(
+        '[targets.analytics]\nurl_env = "ANALYTICS_URL"\nprotected = true\n'
+    )
     with pytest.raises(TargetNotConfigured, match=r"\$ANALYTICS_URL, which is not set"):
         targets.resolve("analytics")
     monkeypatch.setenv("ANALYTICS_URL", "postgresql://ro@warehouse/analytics")
@@ -44,7 +51,7 @@ def test_custom_target_from_pgrunbook_toml(home, monkeypatch):
 
 
 def test_a_target_without_url_env_is_a_config_error(home):
-    (home / "pgrunbook.toml").write_text('[targets.broken]\nprotected = true\n')
+    (home / "pgrunbook.toml").write_text("[targets.broken]\nprotected = true\n")
     with pytest.raises(ConfigError, match="url_env"):
         targets.resolve("broken")
 

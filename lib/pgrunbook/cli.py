@@ -28,10 +28,17 @@ def _params(pairs: list[list[str]] | None) -> dict[str, str]:
 
 
 def cmd_run(args) -> int:
-    from .archive import runner  # here: each command imports only what it needs, so --help stays fast
+    from .archive import (
+        runner,
+    )  # here: each command imports only what it needs, so --help stays fast
 
-    result = runner.run(args.runbook, args.target, _params(args.parameter),
-                        incident=args.incident, progress=not args.no_progress)
+    result = runner.run(
+        args.runbook,
+        args.target,
+        _params(args.parameter),
+        incident=args.incident,
+        progress=not args.no_progress,
+    )
     _print_result(result)
     return result.exit_code
 
@@ -47,8 +54,11 @@ def _print_result(result) -> None:
 
 def cmd_cleanup(args) -> int:
     """List (or with --apply remove) what killed runs of the target left; never a kept database."""
-    from .procedures import debris, swaps  # here: each command imports only what it needs, so --help stays fast
     from .base import targets  # here: each command imports only what it needs, so --help stays fast
+    from .procedures import (
+        debris,
+        swaps,
+    )  # here: each command imports only what it needs, so --help stays fast
 
     t = targets.resolve(args.target)
     if recovered := swaps.recover(t):
@@ -64,7 +74,9 @@ def cmd_cleanup(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .archive import runner  # here: each command imports only what it needs, so --help stays fast
+    from .archive import (
+        runner,
+    )  # here: each command imports only what it needs, so --help stays fast
 
     for name in runner.available():
         print(f"{name}: {runner.purpose(name)}")
@@ -74,8 +86,12 @@ def cmd_list(args) -> int:
 
 
 def cmd_reports(args) -> int:
-    from .archive import reports  # here: each command imports only what it needs, so --help stays fast
-    from .facts import history  # here: each command imports only what it needs, so --help stays fast
+    from .archive import (
+        reports,
+    )  # here: each command imports only what it needs, so --help stays fast
+    from .facts import (
+        history,
+    )  # here: each command imports only what it needs, so --help stays fast
 
     if args.action == "verify":
         result = reports.verify()
@@ -83,15 +99,34 @@ def cmd_reports(args) -> int:
         return 0 if result.ok else 2
     if args.action == "show":
         d = history.details(args.ref)
-        for key in ("id", "runbook", "target", "server_version", "outcome", "error", "incident",
-                    "operator", "host", "start", "end", "duration_s", "parameters"):
+        for key in (
+            "id",
+            "runbook",
+            "target",
+            "server_version",
+            "outcome",
+            "error",
+            "incident",
+            "operator",
+            "host",
+            "start",
+            "end",
+            "duration_s",
+            "parameters",
+        ):
             if d.get(key) not in (None, "", {}):
                 print(f"{key}: {d[key]}")
         for f in d.get("findings", []):
             print(f"  {f['status']:<7} {f['check']}: {f['summary']}")
         return 0
-    rows = history.select(runbook=args.runbook, target=args.target, outcome=args.outcome,
-                          incident=args.incident, since=args.since, until=args.until)
+    rows = history.select(
+        runbook=args.runbook,
+        target=args.target,
+        outcome=args.outcome,
+        incident=args.incident,
+        since=args.since,
+        until=args.until,
+    )
     if not rows:
         print("no runs match")
         return 0
@@ -100,7 +135,9 @@ def cmd_reports(args) -> int:
 
 
 def cmd_sandbox(args) -> int:
-    from .procedures.sandbox import Sandbox  # here: each command imports only what it needs, so --help stays fast
+    from .procedures.sandbox import (
+        Sandbox,
+    )  # here: each command imports only what it needs, so --help stays fast
 
     box = Sandbox.default()
     if args.action == "url":
@@ -111,8 +148,11 @@ def cmd_sandbox(args) -> int:
         print(f"sandbox stopped ({box.data_dir})")
         return 0
     if args.action in ("up", "reset"):
-        print(f"{'resetting' if args.action == 'reset' else 'starting'} the sandbox in {box.root} ...",
-              file=sys.stderr)
+        print(
+            f"{'resetting' if args.action == 'reset' else 'starting'} the sandbox in"
+            f" {box.root} ...",
+            file=sys.stderr,
+        )
         st = box.up() if args.action == "up" else box.reset()
     else:
         st = box.status()
@@ -121,18 +161,28 @@ def cmd_sandbox(args) -> int:
 
 
 def cmd_seed(args) -> int:
-    from .archive import runner  # here: each command imports only what it needs, so --help stays fast
+    from .archive import (
+        runner,
+    )  # here: each command imports only what it needs, so --help stays fast
 
-    given = {"mode": args.mode, "users": str(args.users), "random_seed": str(args.seed),
-             "confirm": args.confirm}
+    given = {
+        "mode": args.mode,
+        "users": str(args.users),
+        "random_seed": str(args.seed),
+        "confirm": args.confirm,
+    }
     result = runner.run("seed", args.target, given, progress=not args.no_progress)
     _print_result(result)
     return result.exit_code
 
 
 def cmd_demo(args) -> int:
-    from .archive import runner  # here: each command imports only what it needs, so --help stays fast
-    from .procedures.sandbox import Sandbox  # here: each command imports only what it needs, so --help stays fast
+    from .archive import (
+        runner,
+    )  # here: each command imports only what it needs, so --help stays fast
+    from .procedures.sandbox import (
+        Sandbox,
+    )  # here: each command imports only what it needs, so --help stays fast
 
     box = Sandbox.default()
     print(f"starting the sandbox in {box.root} ...", file=sys.stderr)
@@ -149,20 +199,33 @@ def cmd_demo(args) -> int:
 
 
 def cmd_migrations(args) -> int:
-    from .base import db, migrations, targets  # here: each command imports only what it needs, so --help stays fast
-    from .procedures import migrate  # here: each command imports only what it needs, so --help stays fast
-    from .archive import runner  # here: each command imports only what it needs, so --help stays fast
+    from .archive import (
+        runner,
+    )  # here: each command imports only what it needs, so --help stays fast
+    from .base import (
+        db,
+        migrations,
+        targets,
+    )  # here: each command imports only what it needs, so --help stays fast
+    from .procedures import (
+        migrate,
+    )  # here: each command imports only what it needs, so --help stays fast
 
     t = targets.resolve(args.target)
     if args.action in ("deploy", "resolve"):
         given = {"mode": "apply", "to_revision": args.to, "confirm": args.confirm}
         if args.action == "resolve":
             if bool(args.applied) == bool(args.rolled_back):
-                print("pgrunbook: error: resolve needs one of --applied REV or --rolled-back REV", file=sys.stderr)
+                print(
+                    "pgrunbook: error: resolve needs one of --applied REV or --rolled-back REV",
+                    file=sys.stderr,
+                )
                 return USAGE_ERROR
             stamp = args.applied or migrate.down_revision(args.rolled_back)
             given = {"mode": "resolve", "stamp": stamp, "confirm": args.confirm}
-        result = runner.run("migrate", args.target, given, incident=args.incident, progress=not args.no_progress)
+        result = runner.run(
+            "migrate", args.target, given, incident=args.incident, progress=not args.no_progress
+        )
         _print_result(result)
         return result.exit_code
     if args.action == "new":
@@ -189,13 +252,18 @@ def cmd_migrations(args) -> int:
             return 2 if p.problem else 0
     if args.against:
         with db.connect(targets.resolve(args.against)) as a, db.connect(t) as b:
-            from .facts import catalog  # here: each command imports only what it needs, so --help stays fast
+            from .facts import (
+                catalog,
+            )  # here: each command imports only what it needs, so --help stays fast
 
             diff = catalog.schema_difference(catalog.schema_facts(a), catalog.schema_facts(b))
         print(f"{args.target} against {args.against}: {len(diff)} differences")
     else:
         diff = migrate.drift(t, st.current).differences
-        print(f"{args.target} against its migrations at {', '.join(st.current) or 'base'}: {len(diff)} differences")
+        print(
+            f"{args.target} against its migrations at {', '.join(st.current) or 'base'}:"
+            f" {len(diff)} differences"
+        )
     print("\n".join(f"  {d}" for d in diff))
     return 1 if diff else 0
 
@@ -207,13 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a runbook against a target and archive the report")
     run.add_argument("runbook")
-    run.add_argument("--target", "-t", required=True, help="environment name (sandbox, staging, ...)")
+    run.add_argument(
+        "--target", "-t", required=True, help="environment name (sandbox, staging, ...)"
+    )
     run.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
     run.add_argument("--incident", help="incident id to file the report under")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(fn=cmd_run)
 
-    sub.add_parser("list", help="the runbooks, their purpose and parameters").set_defaults(fn=cmd_list)
+    sub.add_parser("list", help="the runbooks, their purpose and parameters").set_defaults(
+        fn=cmd_list
+    )
 
     rep = sub.add_parser("reports", help="the archive of executed runbooks")
     rep.add_argument("action", choices=["list", "show", "verify"])
@@ -226,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     box = sub.add_parser("sandbox", help="the embedded PostgreSQL 18 sandbox")
     box.add_argument("action", choices=["up", "status", "url", "down", "reset"])
-    box.add_argument("database", nargs="?", default="production", help="with url: production or staging")
+    box.add_argument(
+        "database", nargs="?", default="production", help="with url: production or staging"
+    )
     box.set_defaults(fn=cmd_sandbox)
 
     seed = sub.add_parser("seed", help="seed a target (through the seed runbook, archived)")
@@ -238,8 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--no-progress", action="store_true")
     seed.set_defaults(fn=cmd_seed)
 
-    mig = sub.add_parser("migrations", help="migration status, SQL, schema diff, deploy, new, reset, resolve")
-    mig.add_argument("action", choices=["status", "plan", "diff", "deploy", "new", "reset", "resolve"])
+    mig = sub.add_parser(
+        "migrations", help="migration status, SQL, schema diff, deploy, new, reset, resolve"
+    )
+    mig.add_argument(
+        "action", choices=["status", "plan", "diff", "deploy", "new", "reset", "resolve"]
+    )
     mig.add_argument("message", nargs="?", help="with new: the revision's message")
     mig.add_argument("--target", "-t", default="sandbox")
     mig.add_argument("--to", default="head", help="with plan and deploy: the revision to reach")
@@ -251,8 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--no-progress", action="store_true")
     mig.set_defaults(fn=cmd_migrations)
 
-    clean = sub.add_parser("cleanup", help="what killed runs left (scratch databases, partial backups): "
-                           "listed, removed with --apply")
+    clean = sub.add_parser(
+        "cleanup",
+        help=(
+            "what killed runs left (scratch databases, partial backups): "
+            "listed, removed with --apply"
+        ),
+    )
     clean.add_argument("--target", "-t", required=True)
     clean.add_argument("--apply", action="store_true", help="remove what is listed")
     clean.set_defaults(fn=cmd_cleanup)
@@ -265,9 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.umask(0o077)  # dumps, reports and their temporaries hold production data: the operator's alone
+    os.umask(
+        0o077
+    )  # dumps, reports and their temporaries hold production data: the operator's alone
     if args.command == "reports" and args.action == "show" and not args.ref:
-        print("pgrunbook: error: `reports show` needs a run id (see `pgrunbook reports list`)", file=sys.stderr)
+        print(
+            "pgrunbook: error: `reports show` needs a run id (see `pgrunbook reports list`)",
+            file=sys.stderr,
+        )
         return USAGE_ERROR
     try:
         return args.fn(args)
@@ -286,8 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         first = redact(str(e)).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"pgrunbook: error: {type(e).__name__}: {first} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"pgrunbook: error: {type(e).__name__}: {first} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return USAGE_ERROR
 
 

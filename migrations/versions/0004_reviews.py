@@ -30,7 +30,9 @@ def upgrade() -> None:
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.PrimaryKeyConstraint("id", name="pk_reviews"),
-        sa.ForeignKeyConstraint(["service_id"], ["services.id"], name="fk_reviews_service_id_services"),
+        sa.ForeignKeyConstraint(
+            ["service_id"], ["services.id"], name="fk_reviews_service_id_services"
+        ),
         sa.ForeignKeyConstraint(
             ["professional_id"], ["users.id"], name="fk_reviews_professional_id_users"
         ),

@@ -24,12 +24,16 @@ class NotConfigured(PgRunbookError):
 
 
 def migrate(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..base import migrations  # alembic and SQLAlchemy: imported only for the runbook that needs them
+    from ..base import (
+        migrations,
+    )  # alembic and SQLAlchemy: imported only for the runbook that needs them
 
     if v["mode"] in ("apply", "resolve", "rehearse") and not migrations.managed(target, conn):
-        raise NotConfigured(f"target {target.name!r} is not managed by the migrations in migrations/ "
-                            f"(no alembic_version table, no app with migrations): {v['mode']} refused; "
-                            "set app = \"NAME\" on the target if it is")
+        raise NotConfigured(
+            f"target {target.name!r} is not managed by the migrations in migrations/ "
+            f"(no alembic_version table, no app with migrations): {v['mode']} refused; "
+            'set app = "NAME" on the target if it is'
+        )
     if v["mode"] in ("apply", "resolve"):
         target.require_confirm(v["confirm"], action=f"migrate in {v['mode']} mode")
 
@@ -38,7 +42,9 @@ def restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None
     from ..facts import backups  # here: a guard imports only its own runbook's modules
 
     not_busy(target)
-    backups.find(target, v["backup"], current=backups.identity(conn, target))  # one that does not exist: bad input
+    backups.find(
+        target, v["backup"], current=backups.identity(conn, target)
+    )  # one that does not exist: bad input
     target.require_confirm(v["confirm"], action=f"a restore ({v['mode']}) on the server of")
 
 
@@ -54,20 +60,27 @@ def seed(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
     from ..procedures import seed as seeding  # here: a guard imports only its own runbook's modules
 
     if not target.app.seed:
-        raise NotConfigured(f"target {target.name!r} has no app whose schema the seed fits (Fixia's): "
-                            "the seed runbook is for the demo application's targets")
+        raise NotConfigured(
+            f"target {target.name!r} has no app whose schema the seed fits (Fixia's): "
+            "the seed runbook is for the demo application's targets"
+        )
     seeding.check(target, mode=v["mode"], users=v["users"], confirm=v["confirm"])
 
 
 def staging_refresh(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..procedures import refresh, sanitize  # here: a guard imports only its own runbook's modules
-    from ..facts import backups  # here: a guard imports only its own runbook's modules
     from ..base import targets  # here: a guard imports only its own runbook's modules
+    from ..facts import backups  # here: a guard imports only its own runbook's modules
+    from ..procedures import (
+        refresh,
+        sanitize,
+    )  # here: a guard imports only its own runbook's modules
 
     source = targets.resolve(v["source"])
     refresh.check_request(source, target, mode=v["mode"], confirm=v["confirm"])
     if not sanitize.rules_path(v["rules"]).is_file():
-        raise UnknownParameter(f"rules file {v['rules']!r} does not exist: give a TOML file of masking rules")
+        raise UnknownParameter(
+            f"rules file {v['rules']!r} does not exist: give a TOML file of masking rules"
+        )
     if v["source_backup"] not in ("new", "latest"):
         backups.find(source, v["source_backup"])
     if v["mode"] == "apply":
@@ -78,10 +91,14 @@ def dr_drill(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> Non
     from ..procedures import drill  # here: a guard imports only its own runbook's modules
 
     drill.check_target(target, v["disaster"])
-    if v["disaster"] != "dropped-database" and \
-            not conn.execute("SELECT to_regclass(%s) IS NOT NULL", [v["table"]]).fetchone()[0]:
-        raise UnknownParameter(f"table {v['table']!r} does not exist in {target.name!r}: "
-                               "name a table of the target with -p table (schema.table off the search_path)")
+    if (
+        v["disaster"] != "dropped-database"
+        and not conn.execute("SELECT to_regclass(%s) IS NOT NULL", [v["table"]]).fetchone()[0]
+    ):
+        raise UnknownParameter(
+            f"table {v['table']!r} does not exist in {target.name!r}: "
+            "name a table of the target with -p table (schema.table off the search_path)"
+        )
 
 
 def integrity(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
@@ -90,8 +107,10 @@ def integrity(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> No
     if v["compare_to"]:
         targets.resolve(v["compare_to"])
     if v["checks_dir"] and not config.project_path(v["checks_dir"]).is_dir():
-        raise UnknownParameter(f"checks_dir {v['checks_dir']!r} is not a folder: give a folder of *.sql "
-                               "assertion files, or leave it empty for the target's configured ones")
+        raise UnknownParameter(
+            f"checks_dir {v['checks_dir']!r} is not a folder: give a folder of *.sql "
+            "assertion files, or leave it empty for the target's configured ones"
+        )
 
 
 def health(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
@@ -101,13 +120,21 @@ def health(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
     checks.output_path("json_file", v["json_file"])
 
 
-RULES = {"health": health, "migrate": migrate, "restore": restore, "seed": seed, "staging_refresh": staging_refresh,
-         "dr_drill": dr_drill, "integrity": integrity}
+RULES = {
+    "health": health,
+    "migrate": migrate,
+    "restore": restore,
+    "seed": seed,
+    "staging_refresh": staging_refresh,
+    "dr_drill": dr_drill,
+    "integrity": integrity,
+}
 
 
-def before_run(runbook: str, target: Target, values: dict[str, Any], conn: psycopg.Connection) -> None:
+def before_run(
+    runbook: str, target: Target, values: dict[str, Any], conn: psycopg.Connection
+) -> None:
     """Refuse (raise) what `runbook` must not start with these parameter `values` on `target`."""
     rule = RULES.get(runbook)
     if rule is not None:
         rule(target, values, conn)
-

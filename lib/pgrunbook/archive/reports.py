@@ -36,7 +36,8 @@ KEY_ENV = "PGRUNBOOK_INDEX_KEY"
 
 
 def _line_hash(line: str, *, keyed: bool | None = None) -> str:
-    """The chain link to `line`: its sha256, or its HMAC-SHA256 under the index key when there is one."""
+    """The chain link to `line`: its sha256, or its HMAC-SHA256 under the index key when there is
+    one."""
     data = line.rstrip("\n").encode()
     key = os.environ.get(KEY_ENV, "")
     if keyed is None:
@@ -47,15 +48,24 @@ def _line_hash(line: str, *, keyed: bool | None = None) -> str:
 
 
 def head_path() -> Path:
-    """The head record of this archive: kept in the state folder, outside the archive it vouches for."""
+    """The head record of this archive: kept in the state folder, outside the archive it vouches
+    for."""
     archive = hashlib.sha256(str(index_path().resolve()).encode()).hexdigest()[:16]
     return config.settings().state_dir / "index-heads" / f"{archive}.json"
 
 
 def _write_head(lines: int, last: str) -> None:
     private_dir(head_path().parent)
-    write_atomic(head_path(), json.dumps({"index": str(index_path()), "lines": lines,
-                                          "last": _line_hash(last) if last else GENESIS}))
+    write_atomic(
+        head_path(),
+        json.dumps(
+            {
+                "index": str(index_path()),
+                "lines": lines,
+                "last": _line_hash(last) if last else GENESIS,
+            }
+        ),
+    )
 
 
 def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, Any]:
@@ -74,8 +84,21 @@ def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, 
         lines = [line for line in f.read().splitlines() if line.strip()]
         entry = {
             "id": str(notebook.relative_to(root).with_suffix("")),
-            **{k: meta[k] for k in ("runbook", "target", "outcome", "exit_code", "incident",
-                                     "operator", "host", "start", "end", "duration_s")},
+            **{
+                k: meta[k]
+                for k in (
+                    "runbook",
+                    "target",
+                    "outcome",
+                    "exit_code",
+                    "incident",
+                    "operator",
+                    "host",
+                    "start",
+                    "end",
+                    "duration_s",
+                )
+            },
             "summary": meta.get("summary", {}),
             "files": {
                 "ipynb": {"path": str(notebook.relative_to(root)), "sha256": sha256_file(notebook)},
@@ -111,29 +134,46 @@ class Verification:
 
     @property
     def ok(self) -> bool:
-        return not (self.changed or self.missing or self.broken_chain or self.unreadable or self.unindexed
-                    or self.index)
+        return not (
+            self.changed
+            or self.missing
+            or self.broken_chain
+            or self.unreadable
+            or self.unindexed
+            or self.index
+        )
 
     def lines(self) -> list[str]:
         out = list(self.index)
         out += [f"changed: {p}" for p in self.changed] + [f"missing: {p}" for p in self.missing]
-        out += [f"index line {n} is not a whole JSON record (cut short or edited)" for n in self.unreadable]
-        out += [f"index line {n} does not follow the line before it (edited or removed)"
-                for n in self.broken_chain]
-        out += [f"unindexed: {p} (a run killed before it was archived, or a file put there)"
-                for p in self.unindexed]
+        out += [
+            f"index line {n} is not a whole JSON record (cut short or edited)"
+            for n in self.unreadable
+        ]
+        out += [
+            f"index line {n} does not follow the line before it (edited or removed)"
+            for n in self.broken_chain
+        ]
+        out += [
+            f"unindexed: {p} (a run killed before it was archived, or a file put there)"
+            for p in self.unindexed
+        ]
         verdict = "OK" if self.ok else "FAILED"
         return out + [f"{verdict}: {self.checked} files checked against {index_path()}"]
 
 
 def verify() -> Verification:
-    """Recompute every indexed file's sha256, the chain of line hashes, and the head record; name files
+    """Recompute every indexed file's sha256, the chain of line hashes, and the head record; name
+    files
     in the archive that the index does not know."""
     root = config.settings().reports_dir
     result = Verification()
     path = index_path()
-    raw = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if path.exists() else []
+    raw = (
+        [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
     head = _read_head()
     key_set = bool(os.environ.get(KEY_ENV))
     indexed: set[str] = set()
@@ -147,11 +187,14 @@ def verify() -> Verification:
         link = entry.get("prev", "")
         keyed = link.startswith("hmac:")
         if keyed and not key_set:
-            result.index.append(f"index line {number} is chained under a key: set ${KEY_ENV} to verify it")
+            result.index.append(
+                f"index line {number} is chained under a key: set ${KEY_ENV} to verify it"
+            )
             return result
         # once the chain is keyed, a plain link is a line written by someone without the key
-        if link != (GENESIS if number == 1 else _line_hash(raw[number - 2], keyed=keyed)) or \
-                (seen_key and not keyed):
+        if link != (GENESIS if number == 1 else _line_hash(raw[number - 2], keyed=keyed)) or (
+            seen_key and not keyed
+        ):
             result.broken_chain.append(number)
         seen_key |= keyed
         for info in entry.get("files", {}).values():
@@ -163,22 +206,36 @@ def verify() -> Verification:
             elif sha256_file(file) != info["sha256"]:
                 result.changed.append(info["path"])
     if key_set and raw and not seen_key:
-        result.index.append(f"${KEY_ENV} is set but no index line is chained under it: the chain was "
-                            "rewritten without the key, or no run was archived since the key was set")
+        result.index.append(
+            f"${KEY_ENV} is set but no index line is chained under it: the chain was "
+            "rewritten without the key, or no run was archived since the key was set"
+        )
     if head is not None:
         if head["lines"] > len(raw):
             what = "is missing" if not path.exists() else f"has {len(raw)} lines"
-            result.index.append(f"index {what}; the head record counts {head['lines']}: runs were removed")
-        elif head["lines"] and _line_hash(raw[head["lines"] - 1], keyed=head["last"].startswith("hmac:")) \
-                != head["last"]:
-            result.index.append(f"index line {head['lines']} is not the one the head record names "
-                                "(the index was rewritten)")
+            result.index.append(
+                f"index {what}; the head record counts {head['lines']}: runs were removed"
+            )
+        elif (
+            head["lines"]
+            and _line_hash(raw[head["lines"] - 1], keyed=head["last"].startswith("hmac:"))
+            != head["last"]
+        ):
+            result.index.append(
+                f"index line {head['lines']} is not the one the head record names "
+                "(the index was rewritten)"
+            )
     if root.exists():
-        archived = {str(p.relative_to(root)) for p in root.rglob("*")
-                    if p.is_file() and p.suffix in (".ipynb", ".html")}
+        archived = {
+            str(p.relative_to(root))
+            for p in root.rglob("*")
+            if p.is_file() and p.suffix in (".ipynb", ".html")
+        }
         result.unindexed = sorted(archived - indexed)
         if archived and head is None and not raw:
-            result.index.append(f"{len(archived)} reports in the archive but no index and no head record")
+            result.index.append(
+                f"{len(archived)} reports in the archive but no index and no head record"
+            )
     return result
 
 

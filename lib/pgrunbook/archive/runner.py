@@ -8,6 +8,7 @@ an HTML copy, and a line in the index with both files' sha256.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import getpass
 import math
@@ -18,19 +19,18 @@ import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..base import config, db, targets
-from . import guards, reports
-from ..procedures import swaps
 from ..base.errors import ArchiveFailed, UnknownParameter, UnknownRunbook
 from ..base.fileio import create_private, private_dir, sha256_file, write_atomic
 from ..base.findings import RUNNER_ENV, Finding, Status, read_recorded
 from ..base.secrets import redact, redact_document
-import ast
+from ..procedures import swaps
+from . import guards, reports
 
 RESERVED = {"target"}
 _TRUE = {"true", "yes", "on", "1"}
@@ -69,7 +69,9 @@ class Parameter:
     @property
     def members(self) -> tuple[str, ...]:
         s = self.spec
-        return tuple(c.strip() for c in s[1:-1].split(",") if c.strip()) if s.startswith("{") else ()
+        return (
+            tuple(c.strip() for c in s[1:-1].split(",") if c.strip()) if s.startswith("{") else ()
+        )
 
     @property
     def bounds(self) -> tuple[float | None, float | None]:
@@ -81,6 +83,7 @@ class Parameter:
 
     def check(self, runbook: str, value: Any) -> None:
         """Refuse a value outside what the parameter declares (one line saying what it may be)."""
+
         def refuse(what: str) -> None:
             raise UnknownParameter(f"parameter {self.name!r} of {runbook!r} {what}, not {value!r}")
 
@@ -128,17 +131,22 @@ def notebook_path(runbook: str) -> Path:
         close = difflib.get_close_matches(runbook, available(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UnknownRunbook(
-            f"unknown runbook {runbook!r}{hint}: `pgrunbook list` shows the {len(available())} there are"
+            f"unknown runbook {runbook!r}{hint}: `pgrunbook list` shows the {len(available())}"
+            " there are"
         )
     return path
 
 
 def parameters(runbook: str) -> dict[str, Parameter]:
     """The runbook's parameters as its `parameters` cell declares them."""
-    from papermill.inspection import inspect_notebook  # here: spares papermill (~320 ms) at start-up
+    from papermill.inspection import (
+        inspect_notebook,
+    )  # here: spares papermill (~320 ms) at start-up
 
     found = inspect_notebook(str(notebook_path(runbook)))
-    return {n: Parameter(n, p["inferred_type_name"], p["default"], p["help"]) for n, p in found.items()}
+    return {
+        n: Parameter(n, p["inferred_type_name"], p["default"], p["help"]) for n, p in found.items()
+    }
 
 
 def purpose(runbook: str) -> str:
@@ -154,7 +162,9 @@ def purpose(runbook: str) -> str:
     return ""
 
 
-def coerce(runbook: str, given: dict[str, str], declared: dict[str, Parameter] | None = None) -> dict[str, Any]:
+def coerce(
+    runbook: str, given: dict[str, str], declared: dict[str, Parameter] | None = None
+) -> dict[str, Any]:
     """Check `given` (NAME -> text) against the declared parameters and convert each value."""
     declared = parameters(runbook) if declared is None else declared
     values: dict[str, Any] = {}
@@ -165,7 +175,9 @@ def coerce(runbook: str, given: dict[str, str], declared: dict[str, Parameter] |
             close = difflib.get_close_matches(name, declared, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             names = ", ".join(n for n in declared if n not in RESERVED)
-            raise UnknownParameter(f"runbook {runbook!r} has no parameter {name!r}{hint}; it takes: {names}")
+            raise UnknownParameter(
+                f"runbook {runbook!r} has no parameter {name!r}{hint}; it takes: {names}"
+            )
         values[name] = _convert(runbook, declared[name], str(text))
         declared[name].check(runbook, values[name])
     return values
@@ -194,7 +206,8 @@ def _convert(runbook: str, p: Parameter, text: str) -> Any:
             raise ValueError
     except ValueError:
         raise UnknownParameter(
-            f"parameter {p.name!r} of {runbook!r} takes {p.type}, not {text!r} (default {p.default})"
+            f"parameter {p.name!r} of {runbook!r} takes {p.type}, not {text!r} (default"
+            f" {p.default})"
         ) from None
     return text
 
@@ -220,25 +233,31 @@ def run(
     incident: str | None = None,
     progress: bool = True,
 ) -> RunResult:
-    """Run `runbook` against `target` and archive it. Bad input raises before anything is written."""
+    """Run `runbook` against `target` and archive it. Bad input raises before anything is
+    written."""
     source = notebook_path(runbook)
     declared = parameters(runbook)
     values = coerce(runbook, given or {}, declared)
     if "target" in declared:
         values["target"] = target
     t = targets.resolve(target)
-    if recovered := swaps.recover(t):  # before connecting: a crashed swap may have left the database away
+    if recovered := swaps.recover(
+        t
+    ):  # before connecting: a crashed swap may have left the database away
         print(f"pgrunbook: {recovered}", file=sys.stderr)
     with db.connect(t, application=f"pgrunbook/{runbook}") as conn:
         version = db.server_version(conn)
         guards.before_run(runbook, t, {**defaults(declared), **values}, conn)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     out = _report_path(runbook, target, started)
     # papermill writes as the run goes: into a private working copy, never the archive, so that a
     # killed run leaves nothing unredacted there (the next run names what it left: see debris)
-    work = private_dir(config.settings().state_dir / "running") / f"{os.getpid()}_{out.parent.name}_{out.name}"
+    work = (
+        private_dir(config.settings().state_dir / "running")
+        / f"{os.getpid()}_{out.parent.name}_{out.name}"
+    )
     error = _execute(source, work, values, progress=progress)
-    ended = datetime.now(timezone.utc)
+    ended = datetime.now(UTC)
     meta = {
         "runbook": runbook,
         "runbook_version": _runbook_version(source),
@@ -262,19 +281,24 @@ def run(
 
 
 def _unarchived(work: Path, meta: dict[str, Any], error: OSError) -> str:
-    """What to say when a finished run cannot be archived: what it did, and where its notebook is."""
+    """What to say when a finished run cannot be archived: what it did, and where its notebook
+    is."""
     payload = read_recorded(_read_or_empty(work)) or {}
     said = [f"{f['status']} {f['check']}: {f['summary']}" for f in payload.get("findings", [])]
     outcome = payload.get("outcome", "FAILED")
-    return redact(f"{meta['runbook']} on {meta['target']} ended {outcome} but its report could not be archived "
-                  f"({error.strerror or error}): the executed notebook is kept at {work}; what the run did and "
-                  "found:\n" + "\n".join(f"  {line}" for line in said))
+    return redact(
+        f"{meta['runbook']} on {meta['target']} ended {outcome} but its report could not be"
+        f" archived ({error.strerror or error}): the executed notebook is kept at {work}; what the"
+        " run did and found:\n" + "\n".join(f"  {line}" for line in said)
+    )
 
 
 def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool) -> str | None:
     """Run the notebook into `out`; the error that stopped it, if any."""
     import papermill  # here: spares papermill (~320 ms) at start-up
-    from papermill.exceptions import PapermillExecutionError  # here: spares papermill (~320 ms) at start-up
+    from papermill.exceptions import (
+        PapermillExecutionError,
+    )  # here: spares papermill (~320 ms) at start-up
 
     saved = {k: os.environ.get(k) for k in (RUNNER_ENV, "PGRUNBOOK_HOME")}
     os.environ[RUNNER_ENV] = "1"
@@ -282,8 +306,13 @@ def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool)
     sockets = tempfile.mkdtemp(prefix="pgrunbook-kernel-")  # 0700, this run's alone
     try:
         papermill.execute_notebook(
-            str(source), str(out), parameters=values, progress_bar=progress,
-            cwd=str(source.parent), log_output=False, kernel_manager_class=_ipc_kernel_manager(sockets),
+            str(source),
+            str(out),
+            parameters=values,
+            progress_bar=progress,
+            cwd=str(source.parent),
+            log_output=False,
+            kernel_manager_class=_ipc_kernel_manager(sockets),
         )
         return None
     except PapermillExecutionError as e:
@@ -328,9 +357,13 @@ def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> 
         error = error or "the runbook ended without recording its findings"
     else:  # finished, or stopped at a CRIT gate after recording its findings
         outcome, code = payload["outcome"], Status[payload["outcome"]].value
-    meta.update(outcome=outcome, exit_code=code, error=error,
-                findings=[f.to_dict() for f in found],
-                summary={s.name: sum(f.status is s for f in found) for s in Status})
+    meta.update(
+        outcome=outcome,
+        exit_code=code,
+        error=error,
+        findings=[f.to_dict() for f in found],
+        summary={s.name: sum(f.status is s for f in found) for s in Status},
+    )
     nb.metadata["pgrunbook"] = meta
     text = redact_document(nbformat.writes(nb))
     write_atomic(out, text)
@@ -338,8 +371,17 @@ def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> 
     write_atomic(html_path, redact_document(_html(nbformat.reads(text, as_version=4))))
     reports.append_index(meta, out, html_path)
     work.unlink(missing_ok=True)
-    return RunResult(meta["runbook"], meta["target"], out, html_path, outcome, code, found, error,
-                     meta["duration_s"])
+    return RunResult(
+        meta["runbook"],
+        meta["target"],
+        out,
+        html_path,
+        outcome,
+        code,
+        found,
+        error,
+        meta["duration_s"],
+    )
 
 
 def _read_or_empty(path: Path):
@@ -362,8 +404,6 @@ def _html(nb) -> str:
         _exporter = HTMLExporter()
     body, _ = _exporter.from_notebook_node(nb)
     return body
-
-
 
 
 def _runbook_version(source: Path) -> str:

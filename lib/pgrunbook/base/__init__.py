@@ -1,4 +1,5 @@
-"""The foundation: errors, configuration, targets, connections, limits, findings, files, secrets and tools.
+"""The foundation: errors, configuration, targets, connections, limits, findings, files, secrets and
+tools.
 
 Imports nothing of the layers above it.
 """

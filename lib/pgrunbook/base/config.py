@@ -116,7 +116,9 @@ def _project_config(home: Path, extra: str) -> dict[str, Any]:
     config = _merge(config, _read_toml(home / "pgrunbook.toml"))
     if extra:
         if not Path(extra).is_file():
-            raise ConfigError(f"$PGRUNBOOK_CONFIG names {extra}, which is not a file: fix or unset it")
+            raise ConfigError(
+                f"$PGRUNBOOK_CONFIG names {extra}, which is not a file: fix or unset it"
+            )
         config = _merge(config, _read_toml(Path(extra)))
     return config
 
@@ -127,9 +129,16 @@ def _app(name: str, spec: Any) -> App:
     checks = spec.get("checks", ())
     kind = spec.get("migrations", "")
     if kind and kind not in MIGRATION_KINDS:
-        raise ConfigError(f"[apps.{name}] migrations = {kind!r}: choose from {', '.join(MIGRATION_KINDS)}")
-    return App(name, (checks,) if isinstance(checks, str) else tuple(checks), kind,
-               tuple(spec.get("app_roles", ())), bool(spec.get("seed", False)))
+        raise ConfigError(
+            f"[apps.{name}] migrations = {kind!r}: choose from {', '.join(MIGRATION_KINDS)}"
+        )
+    return App(
+        name,
+        (checks,) if isinstance(checks, str) else tuple(checks),
+        kind,
+        tuple(spec.get("app_roles", ())),
+        bool(spec.get("seed", False)),
+    )
 
 
 def _dir(env: str, default: Path) -> Path:
@@ -144,9 +153,12 @@ def _load(home: Path, state: str, reports: str, backups: str, extra: str) -> Set
     targets = {**DEFAULT_TARGETS}
     for name, spec in config.get("targets", {}).items():
         if not isinstance(spec, dict) or ("url_env" not in spec and name != "sandbox"):
-            raise ConfigError(f"target {name!r} needs url_env = \"VARIABLE\" in its table")
+            raise ConfigError(f'target {name!r} needs url_env = "VARIABLE" in its table')
         if spec.get("app") and spec["app"] not in apps:
-            raise ConfigError(f"target {name!r} names app {spec['app']!r}, which has no [apps.{spec['app']}] table")
+            raise ConfigError(
+                f"target {name!r} names app {spec['app']!r}, which has no [apps.{spec['app']}]"
+                " table"
+            )
         targets[name] = {"protected": name == "production", **targets.get(name, {}), **spec}
     return Settings(
         home=home,

@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, urlsplit
 
-from psycopg.conninfo import make_conninfo
-
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from .errors import ConnectionFailed
 from .secrets import redact
@@ -31,9 +30,7 @@ def _check_timeout(value: str) -> str:
     return str(value).strip().replace(" ", "")
 
 
-def session_options(
-    *, readonly: bool, statement_timeout: str, lock_timeout: str
-) -> str:
+def session_options(*, readonly: bool, statement_timeout: str, lock_timeout: str) -> str:
     """The libpq `options` string that sets the session's guards at start-up."""
     opts = [
         f"-c statement_timeout={_check_timeout(statement_timeout)}",
@@ -84,13 +81,22 @@ def explain_failure(target: Target, error: Exception) -> str:
     message = redact(str(error)).strip()
     where = f"target {target.name!r} ({target.display_url})"
     if "password authentication failed" in message or "no password supplied" in message:
-        return f"login refused by {where}: check the user and password in {target.source or 'its URL'}"
+        return (
+            f"login refused by {where}: check the user and password in {target.source or 'its URL'}"
+        )
     if m := re.search(r'database "([^"]+)" does not exist', message):
         return f"database {m[1]!r} does not exist on {where}: create it or fix {target.source}"
     if m := re.search(r'role "([^"]+)" does not exist', message):
         return f"role {m[1]!r} does not exist on {where}: fix the user in {target.source}"
-    if any(s in message for s in ("Connection refused", "No such file", "timeout", "could not translate")):
-        hint = "start it with `pgrunbook sandbox up`" if target.sandbox else "is the server up and reachable?"
+    if any(
+        s in message
+        for s in ("Connection refused", "No such file", "timeout", "could not translate")
+    ):
+        hint = (
+            "start it with `pgrunbook sandbox up`"
+            if target.sandbox
+            else "is the server up and reachable?"
+        )
         return f"cannot reach the server of {where}: {hint}"
     first = message.splitlines()[0] if message else type(error).__name__
     return f"cannot connect to {where}: {first}"

@@ -36,8 +36,11 @@ class Status(IntEnum):
 
 
 class Check(StrEnum):
-    """The check names other code relies on: the health runbook's (Prometheus labels, so a dashboard's
-    series never change name) and those an archived run is looked up by (trend, drift, staging first)."""
+    """The check names other code relies on: the health runbook's (Prometheus labels, so a
+    dashboard's
+    series never change name) and those an archived run is looked up by (trend, drift, staging
+    first).
+    """
 
     SNAPSHOT = "snapshot"
     VERIFY = "verify"
@@ -80,9 +83,15 @@ class Finding:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Finding":
-        return cls(d["check"], Status[d["status"]], d["summary"], d.get("value"),
-                   d.get("threshold"), tuple(d.get("examples", ())))
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
+        return cls(
+            d["check"],
+            Status[d["status"]],
+            d["summary"],
+            d.get("value"),
+            d.get("threshold"),
+            tuple(d.get("examples", ())),
+        )
 
     def _repr_html_(self) -> str:
         return _html_table([self])
@@ -96,7 +105,8 @@ STATUS_COLOURS = {"OK": "#1a7f37", "WARN": "#9a6700", "CRIT": "#cf222e", "UNKNOW
 
 def _html_table(items: list[Finding]) -> str:
     rows = "".join(
-        f"<tr><td style='color:{STATUS_COLOURS[f.status.name]};font-weight:bold'>{f.status.name}</td>"
+        "<tr><td"
+        f" style='color:{STATUS_COLOURS[f.status.name]};font-weight:bold'>{f.status.name}</td>"
         f"<td>{html.escape(f.check)}</td><td style='text-align:left'>{html.escape(f.summary)}</td>"
         f"<td>{html.escape('' if f.value is None else str(f.value))}</td>"
         f"<td>{html.escape(f.threshold or '')}</td></tr>"
@@ -124,7 +134,9 @@ class Findings:
         self.add(finding)
         if finding.status is Status.CRIT:
             self.record()
-            raise RunbookStopped(f"stopped before changing anything: {finding.check}: {finding.summary}")
+            raise RunbookStopped(
+                f"stopped before changing anything: {finding.check}: {finding.summary}"
+            )
         return finding
 
     @property
@@ -135,20 +147,32 @@ class Findings:
         """The findings as a DataFrame."""
         import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
-        return pd.DataFrame([f.to_dict() for f in self.items],
-                            columns=["check", "status", "summary", "value", "threshold", "examples"])
+        return pd.DataFrame(
+            [f.to_dict() for f in self.items],
+            columns=["check", "status", "summary", "value", "threshold", "examples"],
+        )
 
     def payload(self) -> dict[str, Any]:
-        return {"runbook": self.runbook, "target": self.target, "outcome": self.worst.name,
-                "findings": [f.to_dict() for f in self.items]}
+        return {
+            "runbook": self.runbook,
+            "target": self.target,
+            "outcome": self.worst.name,
+            "findings": [f.to_dict() for f in self.items],
+        }
 
     def record(self) -> None:
         """Show the findings and publish them for the runner; CRIT fails plain papermill."""
         from IPython.display import display  # here: spares IPython (~70 ms) at start-up
 
         text = "\n".join(str(f) for f in self.items) or "no findings"
-        display({MIMETYPE: self.payload(), "text/html": _html_table(self.items),
-                 "text/plain": f"outcome {self.worst.name}\n{text}"}, raw=True)
+        display(
+            {
+                MIMETYPE: self.payload(),
+                "text/html": _html_table(self.items),
+                "text/plain": f"outcome {self.worst.name}\n{text}",
+            },
+            raw=True,
+        )
         if self.worst is Status.CRIT and not os.environ.get(RUNNER_ENV):
             crit = [f.check for f in self.items if f.status is Status.CRIT]
             raise RunbookCritical(f"CRIT findings: {', '.join(crit)}")

@@ -28,10 +28,14 @@ class Limits:
     rto_min: float = 15  # a restore, start to verified, within this
     keep_h: float = 48  # databases kept by swaps, and pre-migration backups
     retention_days: float = 7  # backups older than this are past retention (7 free tier, 30 pro)
-    unused_index_min_days: float = 7  # index statistics younger than this cannot call an index unused
+    unused_index_min_days: float = (
+        7  # index statistics younger than this cannot call an index unused
+    )
     long_transaction_warn_s: float = 300  # an open transaction this old holds back vacuum
     long_transaction_crit_s: float = 3600
-    idle_in_transaction_warn_s: float = 60  # a session idle inside a transaction this long holds its locks
+    idle_in_transaction_warn_s: float = (
+        60  # a session idle inside a transaction this long holds its locks
+    )
     idle_in_transaction_crit_s: float = 600
     replication_lag_warn_s: float = 30  # replay lag of a replica, or of this standby
     replication_lag_crit_s: float = 300
@@ -41,52 +45,75 @@ class Limits:
     cache_hit_warn_pct: float = 99  # WARN below this share of reads served from shared buffers
     dead_rows_warn_pct: float = 20  # WARN when a table's dead rows reach this share ...
     dead_rows_min: int = 10_000  # ... and it has at least this many rows
-    wraparound_warn: int = 1_300_000_000  # transaction-ID and multixact age (check_postgres's defaults)
+    wraparound_warn: int = (
+        1_300_000_000  # transaction-ID and multixact age (check_postgres's defaults)
+    )
     wraparound_crit: int = 1_400_000_000
     staging_window_days: float = 14  # a protected migration needs staging's apply within this
-    preflight_transaction_s: float = 60  # a migration's pre-flight names transactions open longer than this
+    preflight_transaction_s: float = (
+        60  # a migration's pre-flight names transactions open longer than this
+    )
     large_scan_rows: int = 10_000  # a plan's scan, sort or join over more rows than this is named
-    table_growth_pct: float = 10  # a performance trend names a table grown by more than this (and 1 MiB)
+    table_growth_pct: float = (
+        10  # a performance trend names a table grown by more than this (and 1 MiB)
+    )
 
-    PAIRS = (("storage_warn_pct", "storage_crit_pct"), ("long_transaction_warn_s", "long_transaction_crit_s"),
-             ("idle_in_transaction_warn_s", "idle_in_transaction_crit_s"),
-             ("replication_lag_warn_s", "replication_lag_crit_s"), ("memory_warn_pct", "memory_crit_pct"),
-             ("wraparound_warn", "wraparound_crit"))
+    PAIRS = (
+        ("storage_warn_pct", "storage_crit_pct"),
+        ("long_transaction_warn_s", "long_transaction_crit_s"),
+        ("idle_in_transaction_warn_s", "idle_in_transaction_crit_s"),
+        ("replication_lag_warn_s", "replication_lag_crit_s"),
+        ("memory_warn_pct", "memory_crit_pct"),
+        ("wraparound_warn", "wraparound_crit"),
+    )
 
     @classmethod
     def names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
 
-    def with_values(self, values: dict[str, Any], *, where: str) -> "Limits":
-        """These limits with `values` (config or parameters) applied; 0, None or "" leave one as it is."""
+    def with_values(self, values: dict[str, Any], *, where: str) -> Limits:
+        """These limits with `values` (config or parameters) applied; 0, None or "" leave one as it
+        is."""
         changes = {}
         for name, value in values.items():
             if name not in self.names() or value in (None, "", 0):
                 continue
             kind = type(getattr(self, name))
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ConfigError(f"{name} = {value!r} in {where}: give a positive number")
             changes[name] = kind(value)
         limits = replace(self, **changes)
         for warn, crit in self.PAIRS:
             if getattr(limits, warn) > getattr(limits, crit):
-                raise ConfigError(f"{warn} = {getattr(limits, warn):g} is above {crit} = {getattr(limits, crit):g} "
-                                  f"in {where}: give a WARN level at or below the CRIT level")
+                raise ConfigError(
+                    f"{warn} = {getattr(limits, warn):g} is above {crit} ="
+                    f" {getattr(limits, crit):g} in {where}: give a WARN level at or below the CRIT"
+                    " level"
+                )
         return limits
 
 
-def for_target(target: Any = None, **overrides: Any) -> "Limits":
-    """The limits for `target` (a Target or a name): project config, then the target's, then `overrides`."""
+def for_target(target: Any = None, **overrides: Any) -> Limits:
+    """The limits for `target` (a Target or a name): project config, then the target's, then
+    `overrides`."""
     s = config.settings()
     limits = Limits().with_values(s.limits, where="[tool.pgrunbook]")
     name = getattr(target, "name", target)
     if name:
-        limits = limits.with_values(s.targets.get(name, {}), where=f"[tool.pgrunbook.targets.{name}]")
+        limits = limits.with_values(
+            s.targets.get(name, {}), where=f"[tool.pgrunbook.targets.{name}]"
+        )
     return limits.with_values(overrides, where="the runbook's parameters")
 
 
-DEFAULTS = Limits()  # the guide's numbers, for the defaults of check functions called without a target
+DEFAULTS = (
+    Limits()
+)  # the guide's numbers, for the defaults of check functions called without a target
 
 
 def level(value: float, warn: float, crit: float = math.inf, *, falling: bool = False) -> Status:

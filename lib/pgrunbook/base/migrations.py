@@ -36,16 +36,19 @@ class MigrationStatus:
     managed: bool = True
 
 
-
 def alembic_config() -> Config:
     """The project's alembic configuration ([tool.alembic] in pyproject.toml)."""
     s = config.settings()
     cfg = Config(toml_file=str(s.home / "pyproject.toml"))
     cfg.set_main_option("script_location", str(s.migrations_dir))
     extra = [p for p in os.environ.get("PGRUNBOOK_EXTRA_VERSIONS", "").split(os.pathsep) if p]
-    if extra:  # more revision folders on top of migrations/versions (test fixtures, hotfix branches)
+    if (
+        extra
+    ):  # more revision folders on top of migrations/versions (test fixtures, hotfix branches)
         cfg.set_main_option("path_separator", "os")
-        cfg.set_main_option("version_locations", os.pathsep.join([str(s.migrations_dir / "versions"), *extra]))
+        cfg.set_main_option(
+            "version_locations", os.pathsep.join([str(s.migrations_dir / "versions"), *extra])
+        )
     return cfg
 
 
@@ -74,8 +77,11 @@ def engine(
     )
     args = {"application_name": application, "options": options, "connect_timeout": 10}
     if "://" not in t.url:  # a key=value string: SQLAlchemy takes only URLs, psycopg takes both
-        return create_engine("postgresql+psycopg://", poolclass=NullPool,
-                             creator=lambda: psycopg.connect(t.url, **args))
+        return create_engine(
+            "postgresql+psycopg://",
+            poolclass=NullPool,
+            creator=lambda: psycopg.connect(t.url, **args),
+        )
     return create_engine(sqlalchemy_url(t.url), poolclass=NullPool, connect_args=args)
 
 
@@ -88,7 +94,8 @@ def current(conn: psycopg.Connection) -> tuple[str, ...] | None:
 
 
 def managed(target: Target, conn: psycopg.Connection) -> bool:
-    """Whether these migrations manage `target`: its app says so, or an alembic_version table is there."""
+    """Whether these migrations manage `target`: its app says so, or an alembic_version table is
+    there."""
     if target.app.migrations:
         return True
     return conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()[0]

@@ -11,10 +11,12 @@ PGPASSWORD, never on its command line.
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from functools import cache
@@ -25,8 +27,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .cluster import bin_dir
 from .errors import PgRunbookError
 from .secrets import redact
-import signal
-import ctypes
 
 
 class ToolNotFound(PgRunbookError):
@@ -63,7 +63,9 @@ def _candidate_dirs() -> list[Path]:
 @cache
 def _version(path: Path) -> str | None:
     try:
-        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            [str(path), "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
     except OSError:
         return None
     m = re.search(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?", out)
@@ -107,13 +109,22 @@ def connection_args(url: str) -> tuple[str, dict[str, str]]:
     return make_conninfo(**params), env
 
 
-def start(tool: Tool, args: list[str], url: str, *, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `tool` with `args` against `url` (passed as -d, password and `env` through the environment)."""
+def start(
+    tool: Tool, args: list[str], url: str, *, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Start `tool` with `args` against `url` (passed as -d, password and `env` through the
+    environment)."""
     conninfo, child_env = connection_args(url)
     env = {**child_env, **(env or {})}
-    return subprocess.Popen([str(tool.path), *args, "-d", conninfo], env=env, umask=0o077,
-                            preexec_fn=_end_with_parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [str(tool.path), *args, "-d", conninfo],
+        env=env,
+        umask=0o077,
+        preexec_fn=_end_with_parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _end_with_parent() -> None:
@@ -126,19 +137,30 @@ def _end_with_parent() -> None:
         pass
 
 
-def run(tool: Tool, args: list[str], url: str, *, timeout: float | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run(
+    tool: Tool,
+    args: list[str],
+    url: str,
+    *,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """Run `tool` to the end; ToolFailed with its last error line."""
     return wait(tool, start(tool, args, url, env=env), timeout=timeout)
 
 
 def output(tool: Tool, args: list[str], *, timeout: float | None = None) -> str:
-    """Run `tool` with no connection (pg_restore reading a dump to a script, say); its standard output."""
-    proc = subprocess.Popen([str(tool.path), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Run `tool` with no connection (pg_restore reading a dump to a script, say); its standard
+    output."""
+    proc = subprocess.Popen(
+        [str(tool.path), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     return wait(tool, proc, timeout=timeout).stdout
 
 
-def wait(tool: Tool, proc: subprocess.Popen, *, timeout: float | None = None) -> subprocess.CompletedProcess:
+def wait(
+    tool: Tool, proc: subprocess.Popen, *, timeout: float | None = None
+) -> subprocess.CompletedProcess:
     """Wait for a started tool; ToolFailed with its last error line."""
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -149,7 +171,10 @@ def wait(tool: Tool, proc: subprocess.Popen, *, timeout: float | None = None) ->
     if proc.returncode != 0:
         lines = [line for line in redact(err).splitlines() if line.strip()]
         causes = [line for line in lines if "error:" in line and "worker process died" not in line]
-        why = (causes or lines)[0 if causes else -1] if lines else (
-            f"killed by signal {-proc.returncode}" if proc.returncode < 0 else "")
+        why = (
+            (causes or lines)[0 if causes else -1]
+            if lines
+            else (f"killed by signal {-proc.returncode}" if proc.returncode < 0 else "")
+        )
         raise ToolFailed(f"{tool.name} exited {proc.returncode}: {why}")
     return subprocess.CompletedProcess(proc.args, 0, out, err)

@@ -7,12 +7,12 @@ URL, `password=...` in a conninfo string) is masked even when not known.
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
-from urllib.parse import unquote, urlsplit
-import json
-import html
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
+
 from psycopg.conninfo import conninfo_to_dict
 
 MASK = "********"
@@ -75,8 +75,14 @@ def document_secrets() -> set[str]:
 
     forms: set[str] = set()
     for secret in known_secrets():
-        forms.update({secret, json.dumps(secret)[1:-1], html.escape(secret),
-                      html.escape(json.dumps(secret)[1:-1])})
+        forms.update(
+            {
+                secret,
+                json.dumps(secret)[1:-1],
+                html.escape(secret),
+                html.escape(json.dumps(secret)[1:-1]),
+            }
+        )
     return forms
 
 

@@ -9,11 +9,13 @@ database without the protection, for demos and tests.
 
 from __future__ import annotations
 
+import configparser
 import difflib
 import getpass
 import hashlib
 import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
@@ -21,8 +23,6 @@ from . import cluster, config
 from .config import App
 from .errors import ConfirmationRequired, TargetNotConfigured, UnknownTarget
 from .secrets import redact
-import configparser
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,13 @@ class Target:
     def database(self) -> str:
         """The database libpq connects to: dbname, else $PGDATABASE, else the user name."""
         p = self.params
-        return (p.get("dbname") or os.environ.get("PGDATABASE") or p.get("user") or os.environ.get("PGUSER")
-                or getpass.getuser())
+        return (
+            p.get("dbname")
+            or os.environ.get("PGDATABASE")
+            or p.get("user")
+            or os.environ.get("PGUSER")
+            or getpass.getuser()
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -69,7 +74,11 @@ class Target:
     def require_confirm(self, confirm: str, *, action: str) -> None:
         """Raise unless a protected target's name was given as `confirm`."""
         if self.protected and confirm != self.name:
-            why = f" (it reaches the database of protected target {self.protected_as!r})" if self.protected_as else ""
+            why = (
+                f" (it reaches the database of protected target {self.protected_as!r})"
+                if self.protected_as
+                else ""
+            )
             raise ConfirmationRequired(
                 f"{action} on protected target {self.name!r}{why} needs confirm={self.name!r}: "
                 f"pass -p confirm {self.name} once you mean it"
@@ -77,8 +86,10 @@ class Target:
 
     @property
     def place(self) -> tuple[str, str]:
-        """(server, database) this target reaches, with the server's name in one form: a socket folder
-        by its real path, localhost as 127.0.0.1; what two targets share when they share a database."""
+        """(server, database) this target reaches, with the server's name in one form: a socket
+        folder
+        by its real path, localhost as 127.0.0.1; what two targets share when they share a database.
+        """
         host, port = self.address.rsplit(":", 1)
         if host.startswith("/"):
             host = os.path.realpath(host)
@@ -124,7 +135,8 @@ def resolve(name: str) -> Target:
         return target
     for other, spec in config.settings().targets.items():
         if other == name or not spec.get("protected") or not os.environ.get(spec["url_env"]):
-            continue  # only configured protected targets: the sandbox's simulated production is not one
+            # only configured protected targets: the sandbox's simulated production is not one
+            continue
         if _resolve(other).place == target.place:
             return replace(target, protected=True, protected_as=other)
     return target
@@ -157,4 +169,6 @@ def _resolve(name: str) -> Target:
 
 def _sandbox_target(name: str, database: str, *, protected: bool, app: App) -> Target:
     url = cluster.Cluster.default().url(database)
-    return Target(name, url, protected=protected, sandbox=True, source=f"sandbox:{database}", app=app)
+    return Target(
+        name, url, protected=protected, sandbox=True, source=f"sandbox:{database}", app=app
+    )

@@ -20,23 +20,38 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from ..facts import catalog
-from ..facts.catalog import Rel, selected
 from ..base import db
 from ..base.findings import Finding, Status
 from ..base.targets import Target
+from ..facts import catalog
+from ..facts.catalog import Rel, selected
 
 HASHERS = {
-    "int2": "hashint2extended", "int4": "hashint4extended", "int8": "hashint8extended",
-    "text": "hashtextextended", "varchar": "hashtextextended", "bpchar": "hashbpcharextended",
-    "numeric": "hash_numeric_extended", "float4": "hashfloat4extended", "float8": "hashfloat8extended",
-    "timestamp": "timestamp_hash_extended", "timestamptz": "timestamp_hash_extended",
-    "date": "hashint4extended", "uuid": "uuid_hash_extended",
-    "jsonb": "jsonb_hash_extended", "oid": "hashoidextended", "bool": "hashint4extended",
+    "int2": "hashint2extended",
+    "int4": "hashint4extended",
+    "int8": "hashint8extended",
+    "text": "hashtextextended",
+    "varchar": "hashtextextended",
+    "bpchar": "hashbpcharextended",
+    "numeric": "hash_numeric_extended",
+    "float4": "hashfloat4extended",
+    "float8": "hashfloat8extended",
+    "timestamp": "timestamp_hash_extended",
+    "timestamptz": "timestamp_hash_extended",
+    "date": "hashint4extended",
+    "uuid": "uuid_hash_extended",
+    "jsonb": "jsonb_hash_extended",
+    "oid": "hashoidextended",
+    "bool": "hashint4extended",
 }
 CASTS = {"bool": "int4", "timestamptz": "timestamp"}
-SESSION = ("SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET extra_float_digits = 1",
-           "SET IntervalStyle = 'iso_8601'", "SET bytea_output = 'hex'")  # text forms equal on both sides
+SESSION = (
+    "SET TimeZone = 'UTC'",
+    "SET DateStyle = 'ISO, YMD'",
+    "SET extra_float_digits = 1",
+    "SET IntervalStyle = 'iso_8601'",
+    "SET bytea_output = 'hex'",
+)  # text forms equal on both sides
 FIRST_BUCKETS = 4096  # the first split is a full scan: make it fine, so few levels follow
 BUCKETS = 64
 LEAF = 8192
@@ -63,11 +78,14 @@ def tables(conn: psycopg.Connection, pattern: str = "*") -> dict[str, Table]:
     for rel in rels:
         cols = conn.execute(
             "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
-            " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            [rel.ident.as_string(conn)]).fetchall()
+            " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY"
+            " a.attnum",
+            [rel.ident.as_string(conn)],
+        ).fetchall()
         names, types = catalog.primary_key(conn, rel.ident.as_string(conn))
-        out[str(rel)] = Table(rel, tuple(cols), names,
-                              len(names) == 1 and types[0] in ("int2", "int4", "int8"))
+        out[str(rel)] = Table(
+            rel, tuple(cols), names, len(names) == 1 and types[0] in ("int2", "int4", "int8")
+        )
     return out
 
 
@@ -84,7 +102,8 @@ def _column_hash(name: str, typ: str, seed: sql.Composable) -> sql.Composable:
 
 
 def row_hash(columns, seed: sql.Composable | None = None) -> sql.Composable:
-    """SQL for one bigint hash of a whole row (or of `columns` of it), from the columns' own hash functions.
+    """SQL for one bigint hash of a whole row (or of `columns` of it), from the columns' own hash
+    functions.
 
     Each column's hash is seeded with the hash of the columns before it (the
     first with `seed`, 0 by default): one call per column and nothing else,
@@ -98,8 +117,11 @@ def row_hash(columns, seed: sql.Composable | None = None) -> sql.Composable:
     parts = [] if seed is None else [seed]
     for position, (name, typ) in enumerate(columns, start=1):
         chain = _column_hash(name, typ, chain)
-        parts.append(sql.SQL("coalesce({}, {})").format(_column_hash(name, typ, sql.Literal(position)),
-                                                        sql.Literal(-position)))
+        parts.append(
+            sql.SQL("coalesce({}, {})").format(
+                _column_hash(name, typ, sql.Literal(position)), sql.Literal(-position)
+            )
+        )
     if not columns:
         return sql.SQL("hashint8extended({}, 0)").format(chain)
     null_safe = sql.SQL("hashint8extended({}, 0)").format(sql.SQL(" # ").join(parts))
@@ -137,8 +159,11 @@ class Pair:
         self.a, self.b = _connect(a), _connect(b)
         self.pool = ThreadPoolExecutor(max_workers=2)
         # bit_xor (PostgreSQL 14+) aggregates row hashes much faster than sum()'s numeric
-        self.agg = sql.SQL("bit_xor" if min(self.a.info.server_version, self.b.info.server_version) >= 140000
-                           else "sum")
+        self.agg = sql.SQL(
+            "bit_xor"
+            if min(self.a.info.server_version, self.b.info.server_version) >= 140000
+            else "sum"
+        )
 
     def both(self, query, params=None):
         fa = self.pool.submit(lambda: self.a.execute(query, params).fetchall())
@@ -163,8 +188,10 @@ def column_fingerprints(t: Table, agg: sql.Composable) -> sql.Composable:
     if not t.key:
         return sql.SQL("count(*), {}({})").format(agg, row_hash(t.columns))
     seed = _key_seed(t)
-    parts = [sql.SQL("{}({})").format(agg, _column_hash(n, typ, sql.Literal(0) if n in t.key else seed))
-             for n, typ in t.columns]
+    parts = [
+        sql.SQL("{}({})").format(agg, _column_hash(n, typ, sql.Literal(0) if n in t.key else seed))
+        for n, typ in t.columns
+    ]
     return sql.SQL("count(*), {}").format(sql.SQL(", ").join(parts))
 
 
@@ -178,18 +205,35 @@ def _key_seed(t: Table) -> sql.Composable:
 def compare_table(pair: Pair, t: Table) -> TableResult:
     # level 0: one plain aggregate of per-column fingerprints, about the price of the plainest
     # full-content check; equal tables stop here, others learn which columns differ
-    ra, rb = pair.both(sql.SQL("SELECT {} FROM {}").format(column_fingerprints(t, pair.agg), t.source))
+    ra, rb = pair.both(
+        sql.SQL("SELECT {} FROM {}").format(column_fingerprints(t, pair.agg), t.source)
+    )
     (fa,), (fb,) = ra, rb
     if fa == fb or not t.key:
-        return TableResult(str(t.rel), fa[0], fb[0], fa == fb,
-                           note="" if fa == fb else "no primary key: the differing rows cannot be located")
-    columns = [c for c, x, y in zip(t.columns, fa[1:], fb[1:]) if x != y and c[0] not in t.key]
+        return TableResult(
+            str(t.rel),
+            fa[0],
+            fb[0],
+            fa == fb,
+            note="" if fa == fb else "no primary key: the differing rows cannot be located",
+        )
+    columns = [
+        c for c, x, y in zip(t.columns, fa[1:], fb[1:], strict=True) if x != y and c[0] not in t.key
+    ]
     # only the key and the columns that differ are hashed from here on
     rh = row_hash(columns, seed=_key_seed(t))
     changed, only_a, only_b = _bisect(pair, t, rh) if t.key_is_int else _merge(pair, t, rh)
     same = not (changed or only_a or only_b) and fa[0] == fb[0]
-    return TableResult(str(t.rel), fa[0], fb[0], same, sorted(changed), sorted(only_a), sorted(only_b),
-                       columns=[c for c, _ in columns])
+    return TableResult(
+        str(t.rel),
+        fa[0],
+        fb[0],
+        same,
+        sorted(changed),
+        sorted(only_a),
+        sorted(only_b),
+        columns=[c for c, _ in columns],
+    )
 
 
 def _bisect(pair: Pair, t: Table, rh):
@@ -206,13 +250,17 @@ def _bisect(pair: Pair, t: Table, rh):
         lo_, hi_ = pending.pop()
         width = hi_ - lo_
         step = -(-width // (FIRST_BUCKETS if first else BUCKETS))  # keys per bucket, rounded up
-        # bucket i holds the keys lo + i * step <= k < lo + (i + 1) * step; the arithmetic stays in the
+        # bucket i holds the keys lo + i * step <= k < lo + (i + 1) * step; the arithmetic stays in
+        # the
         # key's own type where it cannot overflow (no cast per row); the first pass covers the whole
         # table, so it needs no range condition (a seq scan)
-        kind = sql.SQL("int8" if hi_ - lo_ > 2**31 - 1 or dict(t.columns)[t.key[0]] == "int8" else "int4")
+        kind = sql.SQL(
+            "int8" if hi_ - lo_ > 2**31 - 1 or dict(t.columns)[t.key[0]] == "int8" else "int4"
+        )
         where = sql.SQL("") if first else sql.SQL(" WHERE {k} >= %s AND {k} < %s").format(k=key)
-        q = sql.SQL("SELECT ({k}::{kind} - %s::{kind}) / %s::{kind}, {agg}({h}) FROM {t}{w}"
-                    " GROUP BY 1").format(k=key, kind=kind, h=rh, t=t.source, agg=pair.agg, w=where)
+        q = sql.SQL(
+            "SELECT ({k}::{kind} - %s::{kind}) / %s::{kind}, {agg}({h}) FROM {t}{w} GROUP BY 1"
+        ).format(k=key, kind=kind, h=rh, t=t.source, agg=pair.agg, w=where)
         ra, rb = pair.both(q, [lo_, step] + ([] if first else [lo_, hi_]))
         a, b = dict(ra), dict(rb)
         first = False
@@ -230,7 +278,9 @@ def _bisect(pair: Pair, t: Table, rh):
 
 
 def _leaf(pair: Pair, t: Table, key, rh, lo: int, hi: int):
-    q = sql.SQL("SELECT {k}, {h} FROM {t} WHERE {k} >= %s AND {k} < %s").format(k=key, h=rh, t=t.source)
+    q = sql.SQL("SELECT {k}, {h} FROM {t} WHERE {k} >= %s AND {k} < %s").format(
+        k=key, h=rh, t=t.source
+    )
     ra, rb = pair.both(q, [lo, hi])
     a, b = dict(ra), dict(rb)
     changed = [k for k in a.keys() & b.keys() if a[k] != b[k]]
@@ -259,26 +309,65 @@ class Comparison:
     def table(self):
         import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
-        return pd.DataFrame([(r.table, r.rows_a, r.rows_b, r.same, len(r.changed), len(r.only_a), len(r.only_b),
-                              ", ".join(r.columns), r.note) for r in self.results],
-                            columns=["table", "rows_a", "rows_b", "same", "changed", "only_in_a", "only_in_b",
-                                     "columns_differing", "note"])
+        return pd.DataFrame(
+            [
+                (
+                    r.table,
+                    r.rows_a,
+                    r.rows_b,
+                    r.same,
+                    len(r.changed),
+                    len(r.only_a),
+                    len(r.only_b),
+                    ", ".join(r.columns),
+                    r.note,
+                )
+                for r in self.results
+            ],
+            columns=[
+                "table",
+                "rows_a",
+                "rows_b",
+                "same",
+                "changed",
+                "only_in_a",
+                "only_in_b",
+                "columns_differing",
+                "note",
+            ],
+        )
 
     def findings(self, a: str, b: str, *, max_examples: int = 20) -> list[Finding]:
         found = []
         for r in self.results:
             if r.same:
                 continue
-            keys = [f"changed {k}" for k in r.changed] + [f"only in {a}: {k}" for k in r.only_a] + \
-                   [f"only in {b}: {k}" for k in r.only_b]
-            found.append(Finding(f"compare {r.table}", Status.CRIT, f"{r.rows_a} rows in {a}, {r.rows_b} in {b}: "
-                                 f"{len(r.changed)} changed, {len(r.only_a)} only in {a}, {len(r.only_b)} only in {b}"
-                                 + (f" (columns differing: {', '.join(r.columns)})" if r.changed else "")
-                                 + (f"; {r.note}" if r.note else ""), value=r.differing,
-                                 examples=tuple(keys[:max_examples])))
+            keys = (
+                [f"changed {k}" for k in r.changed]
+                + [f"only in {a}: {k}" for k in r.only_a]
+                + [f"only in {b}: {k}" for k in r.only_b]
+            )
+            found.append(
+                Finding(
+                    f"compare {r.table}",
+                    Status.CRIT,
+                    f"{r.rows_a} rows in {a}, {r.rows_b} in {b}: {len(r.changed)} changed,"
+                    f" {len(r.only_a)} only in {a}, {len(r.only_b)} only in {b}"
+                    + (f" (columns differing: {', '.join(r.columns)})" if r.changed else "")
+                    + (f"; {r.note}" if r.note else ""),
+                    value=r.differing,
+                    examples=tuple(keys[:max_examples]),
+                )
+            )
         if not found:
-            found.append(Finding("compare", Status.OK, f"{len(self.results)} tables identical in {a} and {b} "
-                                 f"({sum(r.rows_a for r in self.results):,} rows)"))
+            found.append(
+                Finding(
+                    "compare",
+                    Status.OK,
+                    f"{len(self.results)} tables identical in {a} and {b} "
+                    f"({sum(r.rows_a for r in self.results):,} rows)",
+                )
+            )
         return found
 
 
@@ -294,13 +383,17 @@ def compare(a: Target, b: Target, *, tables_glob: str = "*", max_examples: int =
                 results.append(TableResult(name, 0, 0, False, note=f"table only in {side}"))
                 continue
             if ta[name].columns != tb[name].columns:
-                results.append(TableResult(name, 0, 0, False, note="columns differ: compare the schemas first"))
+                results.append(
+                    TableResult(name, 0, 0, False, note="columns differ: compare the schemas first")
+                )
                 continue
             results.append(compare_table(pair, ta[name]))
         out = Comparison(results)
         for r in results:
             if r.differing and name_in(ta, r.table):
-                out.side_by_side[r.table] = side_by_side(pair, ta[r.table], r, a.name, b.name, limit=max_examples)
+                out.side_by_side[r.table] = side_by_side(
+                    pair, ta[r.table], r, a.name, b.name, limit=max_examples
+                )
         return out
     finally:
         pair.close()
@@ -316,12 +409,17 @@ def side_by_side(pair: Pair, t: Table, r: TableResult, a: str, b: str, *, limit:
 
     keys = (r.changed + r.only_a + r.only_b)[:limit]
     if len(t.key) == 1:
-        q = sql.SQL("SELECT * FROM {} WHERE {} = ANY(%s)").format(t.source, sql.Identifier(t.key[0]))
+        q = sql.SQL("SELECT * FROM {} WHERE {} = ANY(%s)").format(
+            t.source, sql.Identifier(t.key[0])
+        )
         ra, rb = pair.both(q, [keys])
     else:
-        rows = sql.SQL(", ").join(sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Literal, k))) for k in keys)
+        rows = sql.SQL(", ").join(
+            sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Literal, k))) for k in keys
+        )
         q = sql.SQL("SELECT * FROM {} WHERE ({}) IN ({})").format(
-            t.source, sql.SQL(", ").join(sql.Identifier(k) for k in t.key), rows)
+            t.source, sql.SQL(", ").join(sql.Identifier(k) for k in t.key), rows
+        )
         ra, rb = pair.both(q)
     names = [c for c, _ in t.columns]
     fa = pd.DataFrame(ra, columns=names).set_index(list(t.key))
@@ -332,6 +430,7 @@ def side_by_side(pair: Pair, t: Table, r: TableResult, a: str, b: str, *, limit:
 
 def highlight(frame):
     """A Styler marking, for each column, the cells where the two sides differ."""
+
     def mark(row):
         styles = []
         for col in row.index:
@@ -339,4 +438,5 @@ def highlight(frame):
             differs = other and str(row[col]) != str(row[other[0]])
             styles.append("background-color: #ffd7d5" if differs else "")
         return styles
+
     return frame.style.apply(mark, axis=1)

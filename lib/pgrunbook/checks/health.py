@@ -13,20 +13,19 @@ import os
 import shutil
 from pathlib import Path
 
+import psutil
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from . import perf, status
-from ..facts import activity, statements
-from ..facts import replication as replication_facts
-from ..facts import history
 from ..base import config
 from ..base.errors import UnknownParameter
 from ..base.fileio import FILE_MODE, write_atomic
-from ..base.findings import Check, Finding, STATUS_COLOURS, Status, worst
+from ..base.findings import STATUS_COLOURS, Check, Finding, Status, worst
 from ..base.limits import DEFAULTS, level
 from ..base.targets import Target
-import psutil
+from ..facts import activity, history, statements
+from ..facts import replication as replication_facts
+from . import perf, status
 
 
 def is_local(target: Target) -> bool:
@@ -37,23 +36,42 @@ def is_local(target: Target) -> bool:
     return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
 
 
-def storage(conn: psycopg.Connection, target: Target, *, warn_pct: float = DEFAULTS.storage_warn_pct,
-            crit_pct: float = DEFAULTS.storage_crit_pct) -> Finding:
+def storage(
+    conn: psycopg.Connection,
+    target: Target,
+    *,
+    warn_pct: float = DEFAULTS.storage_warn_pct,
+    crit_pct: float = DEFAULTS.storage_crit_pct,
+) -> Finding:
     """Use of the filesystem holding the data directory, where this host can see it."""
     threshold = f"WARN >= {warn_pct:g}%, CRIT >= {crit_pct:g}%"
     try:
         data_dir = conn.execute("SELECT current_setting('data_directory')").fetchone()[0]
     except psycopg.Error:
-        return Finding(Check.STORAGE, Status.UNKNOWN, "data_directory is not readable by this role "
-                       "(grant pg_read_all_settings)", threshold=threshold)
+        return Finding(
+            Check.STORAGE,
+            Status.UNKNOWN,
+            "data_directory is not readable by this role (grant pg_read_all_settings)",
+            threshold=threshold,
+        )
     if not is_local(target) or not os.path.isdir(data_dir):
-        return Finding(Check.STORAGE, Status.UNKNOWN, f"the server's disk is not visible from this host ({data_dir}): "
-                       "watch it where the server runs", threshold=threshold)
+        return Finding(
+            Check.STORAGE,
+            Status.UNKNOWN,
+            f"the server's disk is not visible from this host ({data_dir}): "
+            "watch it where the server runs",
+            threshold=threshold,
+        )
     usage = shutil.disk_usage(data_dir)
     pct = 100 * usage.used / (usage.used + usage.free)  # as df counts: root's reserve is not free
-    return Finding(Check.STORAGE, level(pct, warn_pct, crit_pct),
-                   f"{pct:.1f}% used of {usage.total / 2**30:.1f} GiB ({usage.free / 2**30:.1f} GiB free) "
-                   f"under {data_dir}", value=round(pct, 2), threshold=threshold)
+    return Finding(
+        Check.STORAGE,
+        level(pct, warn_pct, crit_pct),
+        f"{pct:.1f}% used of {usage.total / 2**30:.1f} GiB ({usage.free / 2**30:.1f} GiB free) "
+        f"under {data_dir}",
+        value=round(pct, 2),
+        threshold=threshold,
+    )
 
 
 def slow_queries(conn: psycopg.Connection, *, slow_ms: float = DEFAULTS.slow_ms) -> Finding:
@@ -61,112 +79,201 @@ def slow_queries(conn: psycopg.Connection, *, slow_ms: float = DEFAULTS.slow_ms)
     (statements.statements, perf.slow), so both runbooks count the same statements."""
     threshold = f"WARN when any averages > {slow_ms:g} ms"
     if not statements.has_statements(conn):
-        return Finding(Check.SLOW_QUERIES, Status.WARN, "pg_stat_statements is not installed in this database: "
-                       "slow queries cannot be seen (see the performance runbook for how to enable it)",
-                       threshold=threshold)
+        return Finding(
+            Check.SLOW_QUERIES,
+            Status.WARN,
+            "pg_stat_statements is not installed in this database: "
+            "slow queries cannot be seen (see the performance runbook for how to enable it)",
+            threshold=threshold,
+        )
     slow = perf.slow(statements.statements(conn), slow_ms)
     n = len(slow)
-    return Finding(Check.SLOW_QUERIES, Status.WARN if n else Status.OK,
-                   f"{n} queries average over {slow_ms:g} ms" +
-                   (f", the slowest {slow['mean_ms'].iloc[0]:.0f} ms" if n else ""),
-                   value=n, threshold=threshold)
+    return Finding(
+        Check.SLOW_QUERIES,
+        Status.WARN if n else Status.OK,
+        f"{n} queries average over {slow_ms:g} ms"
+        + (f", the slowest {slow['mean_ms'].iloc[0]:.0f} ms" if n else ""),
+        value=n,
+        threshold=threshold,
+    )
 
 
-def long_transactions(conn: psycopg.Connection, *, warn_s: float = DEFAULTS.long_transaction_warn_s,
-                      crit_s: float = DEFAULTS.long_transaction_crit_s) -> Finding:
+def long_transactions(
+    conn: psycopg.Connection,
+    *,
+    warn_s: float = DEFAULTS.long_transaction_warn_s,
+    crit_s: float = DEFAULTS.long_transaction_crit_s,
+) -> Finding:
     """The oldest open transaction of any client session (this one excluded)."""
     open_ = [s for s in activity.sessions(conn) if s.xact_s is not None]
     oldest = max(open_, key=lambda s: s.xact_s, default=None)
     age = oldest.xact_s if oldest else 0.0
-    return Finding(Check.LONG_TRANSACTIONS, level(age, warn_s, crit_s),
-                   f"the oldest open transaction is {age:.0f} s old"
-                   + (f" (pid {oldest.pid} on {oldest.database})" if oldest else ""),
-                   value=round(age, 1), threshold=f"WARN >= {warn_s:g} s, CRIT >= {crit_s:g} s")
+    return Finding(
+        Check.LONG_TRANSACTIONS,
+        level(age, warn_s, crit_s),
+        f"the oldest open transaction is {age:.0f} s old"
+        + (f" (pid {oldest.pid} on {oldest.database})" if oldest else ""),
+        value=round(age, 1),
+        threshold=f"WARN >= {warn_s:g} s, CRIT >= {crit_s:g} s",
+    )
 
 
-def idle_in_transaction(conn: psycopg.Connection, *, warn_s: float = DEFAULTS.idle_in_transaction_warn_s,
-                        crit_s: float = DEFAULTS.idle_in_transaction_crit_s) -> Finding:
+def idle_in_transaction(
+    conn: psycopg.Connection,
+    *,
+    warn_s: float = DEFAULTS.idle_in_transaction_warn_s,
+    crit_s: float = DEFAULTS.idle_in_transaction_crit_s,
+) -> Finding:
     """Sessions idle inside an open transaction: they hold locks and stop vacuum."""
     idle = [s for s in activity.sessions(conn) if s.idle_in_transaction]
     age = max((s.state_s or 0.0 for s in idle), default=0.0)
-    return Finding(Check.IDLE_IN_TRANSACTION, level(age, warn_s, crit_s) if idle else Status.OK,
-                   f"{len(idle)} sessions idle in transaction" + (f", the longest for {age:.0f} s" if idle else ""),
-                   value=round(age, 1), threshold=f"WARN >= {warn_s:g} s, CRIT >= {crit_s:g} s")
+    return Finding(
+        Check.IDLE_IN_TRANSACTION,
+        level(age, warn_s, crit_s) if idle else Status.OK,
+        f"{len(idle)} sessions idle in transaction"
+        + (f", the longest for {age:.0f} s" if idle else ""),
+        value=round(age, 1),
+        threshold=f"WARN >= {warn_s:g} s, CRIT >= {crit_s:g} s",
+    )
 
 
-def replication(conn: psycopg.Connection, *, warn_s: float = DEFAULTS.replication_lag_warn_s,
-                crit_s: float = DEFAULTS.replication_lag_crit_s) -> Finding:
+def replication(
+    conn: psycopg.Connection,
+    *,
+    warn_s: float = DEFAULTS.replication_lag_warn_s,
+    crit_s: float = DEFAULTS.replication_lag_crit_s,
+) -> Finding:
     """Replay lag of each replica (on a primary) or of this server (on a standby)."""
     threshold = f"WARN >= {warn_s:g} s, CRIT >= {crit_s:g} s"
     me = replication_facts.standby(conn)
     if me.standby:
         if me.replay_lag_s is None:
-            return Finding(Check.REPLICATION, Status.UNKNOWN, "standby has replayed nothing yet", threshold=threshold)
-        return Finding(Check.REPLICATION, level(me.replay_lag_s, warn_s, crit_s),
-                       f"this standby is {me.replay_lag_s:.1f} s behind", value=round(me.replay_lag_s, 2),
-                       threshold=threshold)
+            return Finding(
+                Check.REPLICATION,
+                Status.UNKNOWN,
+                "standby has replayed nothing yet",
+                threshold=threshold,
+            )
+        return Finding(
+            Check.REPLICATION,
+            level(me.replay_lag_s, warn_s, crit_s),
+            f"this standby is {me.replay_lag_s:.1f} s behind",
+            value=round(me.replay_lag_s, 2),
+            threshold=threshold,
+        )
     replicas = replication_facts.replicas(conn)
     if not replicas:
-        return Finding(Check.REPLICATION, Status.OK, "no replicas attached", value=0, threshold=threshold)
+        return Finding(
+            Check.REPLICATION, Status.OK, "no replicas attached", value=0, threshold=threshold
+        )
     far = replicas[0]
-    return Finding(Check.REPLICATION, level(far.replay_lag_s, warn_s, crit_s),
-                   f"{len(replicas)} replicas; the furthest behind, {far.name}, {far.replay_lag_s:.1f} s",
-                   value=round(far.replay_lag_s, 2), threshold=threshold)
+    return Finding(
+        Check.REPLICATION,
+        level(far.replay_lag_s, warn_s, crit_s),
+        f"{len(replicas)} replicas; the furthest behind, {far.name}, {far.replay_lag_s:.1f} s",
+        value=round(far.replay_lag_s, 2),
+        threshold=threshold,
+    )
 
 
 def _applied(details: dict) -> bool:
     """Whether an archived migrate run got as far as applying (or recording) a revision."""
-    return any(f["check"] in (Check.APPLY, Check.RESOLVE) and not f["summary"].startswith(("not applied", "not recorded",
-                                                                                     "skipped"))
-               for f in details.get("findings", []))
+    return any(
+        f["check"] in (Check.APPLY, Check.RESOLVE)
+        and not f["summary"].startswith(("not applied", "not recorded", "skipped"))
+        for f in details.get("findings", [])
+    )
 
 
 def migrations(conn: psycopg.Connection, target: Target, *, look_back: int = 20) -> Finding:
-    """A failed migration as the latest change of this target (CRIT, from the archive), else pending revisions.
+    """A failed migration as the latest change of this target (CRIT, from the archive), else pending
+    revisions.
 
     Only a run that applied something counts: one refused before it started,
     or stopped at a gate before applying, changed nothing and failed nothing.
     """
-    run = history.previous("migrate", target.name, look_back=look_back, where=lambda r: r.get(
-        "parameters", {}).get("mode") in ("apply", "resolve") and (_applied(r) or r["outcome"] == "FAILED"))
+    run = history.previous(
+        "migrate",
+        target.name,
+        look_back=look_back,
+        where=lambda r: (
+            r.get("parameters", {}).get("mode") in ("apply", "resolve")
+            and (_applied(r) or r["outcome"] == "FAILED")
+        ),
+    )
     if run and run["parameters"]["mode"] == "apply" and run["outcome"] in ("FAILED", "CRIT"):
-        return Finding(Check.MIGRATIONS, Status.CRIT, f"the latest migration of {target.name!r} failed: report "
-                       f"{run['id']} ({run['outcome']})", value=run["id"])
+        return Finding(
+            Check.MIGRATIONS,
+            Status.CRIT,
+            f"the latest migration of {target.name!r} failed: report "
+            f"{run['id']} ({run['outcome']})",
+            value=run["id"],
+        )
     return status.migration_state(conn, target)
 
 
-def host(target: Target, *, cpu_warn_pct: float = DEFAULTS.cpu_warn_pct, mem_warn_pct: float = DEFAULTS.memory_warn_pct,
-         mem_crit_pct: float = DEFAULTS.memory_crit_pct, sample_s: float = 0.5) -> list[Finding]:
+def host(
+    target: Target,
+    *,
+    cpu_warn_pct: float = DEFAULTS.cpu_warn_pct,
+    mem_warn_pct: float = DEFAULTS.memory_warn_pct,
+    mem_crit_pct: float = DEFAULTS.memory_crit_pct,
+    sample_s: float = 0.5,
+) -> list[Finding]:
     """CPU use (sampled) and memory of the host, when the server runs on this host.
 
     A busy CPU is a WARN (slowness), never a CRIT; memory near exhaustion is.
     """
     if not is_local(target):
         why = "the server is not on this host: watch its CPU and memory where it runs"
-        return [Finding(Check.HOST_CPU, Status.UNKNOWN, why, threshold=f"WARN >= {cpu_warn_pct:g}%"),
-                Finding(Check.HOST_MEMORY, Status.UNKNOWN, why,
-                        threshold=f"WARN >= {mem_warn_pct:g}%, CRIT >= {mem_crit_pct:g}%")]
+        return [
+            Finding(Check.HOST_CPU, Status.UNKNOWN, why, threshold=f"WARN >= {cpu_warn_pct:g}%"),
+            Finding(
+                Check.HOST_MEMORY,
+                Status.UNKNOWN,
+                why,
+                threshold=f"WARN >= {mem_warn_pct:g}%, CRIT >= {mem_crit_pct:g}%",
+            ),
+        ]
 
     cpu = psutil.cpu_percent(interval=sample_s)
     mem = psutil.virtual_memory()
-    return [Finding(Check.HOST_CPU, level(cpu, cpu_warn_pct),
-                    f"{cpu:.0f}% busy over {sample_s:g} s on {os.cpu_count()} cores, 1-minute load "
-                    f"{os.getloadavg()[0]:.2f}", value=cpu, threshold=f"WARN >= {cpu_warn_pct:g}%"),
-            Finding(Check.HOST_MEMORY, level(mem.percent, mem_warn_pct, mem_crit_pct),
-                    f"{mem.percent:.0f}% of {mem.total / 2**30:.1f} GiB in use", value=mem.percent,
-                    threshold=f"WARN >= {mem_warn_pct:g}%, CRIT >= {mem_crit_pct:g}%")]
+    return [
+        Finding(
+            Check.HOST_CPU,
+            level(cpu, cpu_warn_pct),
+            f"{cpu:.0f}% busy over {sample_s:g} s on {os.cpu_count()} cores, 1-minute load "
+            f"{os.getloadavg()[0]:.2f}",
+            value=cpu,
+            threshold=f"WARN >= {cpu_warn_pct:g}%",
+        ),
+        Finding(
+            Check.HOST_MEMORY,
+            level(mem.percent, mem_warn_pct, mem_crit_pct),
+            f"{mem.percent:.0f}% of {mem.total / 2**30:.1f} GiB in use",
+            value=mem.percent,
+            threshold=f"WARN >= {mem_warn_pct:g}%, CRIT >= {mem_crit_pct:g}%",
+        ),
+    ]
 
 
 def plot(findings: list[Finding]):
-    """Every check as one coloured row (its status), with the figure it measured and its threshold."""
+    """Every check as one coloured row (its status), with the figure it measured and its
+    threshold."""
     from matplotlib.figure import Figure  # here: spares matplotlib (~450 ms) at start-up
 
     fig = Figure(figsize=(9, 0.45 + 0.32 * len(findings)))
     ax = fig.subplots()
     for i, f in enumerate(findings):
         ax.barh(i, 1, color=STATUS_COLOURS[f.status.name])
-        figure = f"{f.value:g}" if isinstance(f.value, (int, float)) and not isinstance(f.value, bool) else ""
-        ax.text(0.02, i, f"{f.check}: {f.status.name} {figure}", va="center", color="white", fontsize=9)
+        figure = (
+            f"{f.value:g}"
+            if isinstance(f.value, (int, float)) and not isinstance(f.value, bool)
+            else ""
+        )
+        ax.text(
+            0.02, i, f"{f.check}: {f.status.name} {figure}", va="center", color="white", fontsize=9
+        )
         ax.text(1.02, i, f.threshold or "", va="center", fontsize=8, color="#57606a")
     ax.set_ylim(len(findings) - 0.5, -0.5)
     ax.set_xlim(0, 1.9)
@@ -176,30 +283,44 @@ def plot(findings: list[Finding]):
     return fig
 
 
-# -- output for other tools -------------------------------------------------------------------------
+# -- output for other tools ------------------------------------------------------------------------
+
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
 def prometheus_text(findings: list[Finding], target: Target) -> str:
-    """The findings in Prometheus text format: a status gauge per check, and its figure where numeric."""
-    lines = ["# HELP pgrunbook_health_status Check status: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN.",
-             "# TYPE pgrunbook_health_status gauge"]
+    """The findings in Prometheus text format: a status gauge per check, and its figure where
+    numeric."""
+    lines = [
+        "# HELP pgrunbook_health_status Check status: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN.",
+        "# TYPE pgrunbook_health_status gauge",
+    ]
     for f in findings:
-        lines.append(f'pgrunbook_health_status{{target="{_label(target.name)}",check="{_label(f.check)}"}} '
-                     f"{int(f.status)}")
-    lines += ["# HELP pgrunbook_health_value The figure each check measured (see its threshold).",
-              "# TYPE pgrunbook_health_value gauge"]
+        lines.append(
+            f'pgrunbook_health_status{{target="{_label(target.name)}",check="{_label(f.check)}"}} '
+            f"{int(f.status)}"
+        )
+    lines += [
+        "# HELP pgrunbook_health_value The figure each check measured (see its threshold).",
+        "# TYPE pgrunbook_health_value gauge",
+    ]
     for f in findings:
         if isinstance(f.value, (int, float)) and not isinstance(f.value, bool):
-            lines.append(f'pgrunbook_health_value{{target="{_label(target.name)}",check="{_label(f.check)}"}} {f.value}')
+            lines.append(
+                f'pgrunbook_health_value{{target="{_label(target.name)}",check="{_label(f.check)}"}}'
+                f" {f.value}"
+            )
     return "\n".join(lines) + "\n"
 
 
 def summary(findings: list[Finding], target: Target) -> dict:
-    return {"target": target.name, "status": worst(f.status for f in findings).name,
-            "checks": [f.to_dict() for f in findings]}
+    return {
+        "target": target.name,
+        "status": worst(f.status for f in findings).name,
+        "checks": [f.to_dict() for f in findings],
+    }
 
 
 def output_path(parameter: str, name: str) -> Path | None:
@@ -210,33 +331,55 @@ def output_path(parameter: str, name: str) -> Path | None:
         return None
     path = Path(name)
     if not path.is_absolute():
-        raise UnknownParameter(f"{parameter} {name!r} is relative: give an absolute path (the runbook runs in "
-                               "its own folder, so a relative one would land somewhere unexpected)")
+        raise UnknownParameter(
+            f"{parameter} {name!r} is relative: give an absolute path (the runbook runs in "
+            "its own folder, so a relative one would land somewhere unexpected)"
+        )
     path = Path(os.path.realpath(path))
     s = config.settings()
-    for place, what in ((s.reports_dir, "the archive"), (s.backups_dir, "the backups"),
-                        (s.state_dir, "pgrunbook's state"), (s.home, "the project")):
+    for place, what in (
+        (s.reports_dir, "the archive"),
+        (s.backups_dir, "the backups"),
+        (s.state_dir, "pgrunbook's state"),
+        (s.home, "the project"),
+    ):
         if path == Path(os.path.realpath(place)) or Path(os.path.realpath(place)) in path.parents:
-            raise UnknownParameter(f"{parameter} {name!r} is inside {what} ({place}): write it elsewhere, "
-                                   "for example node_exporter's textfile folder")
+            raise UnknownParameter(
+                f"{parameter} {name!r} is inside {what} ({place}): write it elsewhere, "
+                "for example node_exporter's textfile folder"
+            )
     if path.is_dir():
         raise UnknownParameter(f"{parameter} {name!r} is a folder: give a file name")
     return path
 
 
-def export(findings: list[Finding], target: Target, *, prometheus_file: str = "", json_file: str = "") -> Finding:
+def export(
+    findings: list[Finding], target: Target, *, prometheus_file: str = "", json_file: str = ""
+) -> Finding:
     """Write the figures where asked (see `output_path`); say where."""
     output_path("prometheus_file", prometheus_file)
     output_path("json_file", json_file)
     written = []
     # node_exporter runs as its own user and reads figures only: that file is 0644; the JSON
     # carries findings' examples (query text) and stays private
-    for name, text, mode in ((prometheus_file, lambda: prometheus_text(findings, target), 0o644),
-                             (json_file, lambda: json.dumps(summary(findings, target), indent=1,
-                                                            default=str) + "\n", FILE_MODE)):
+    for name, text, mode in (
+        (prometheus_file, lambda: prometheus_text(findings, target), 0o644),
+        (
+            json_file,
+            lambda: json.dumps(summary(findings, target), indent=1, default=str) + "\n",
+            FILE_MODE,
+        ),
+    ):
         if name:  # written beside, then renamed: a collector never reads half a file
             Path(name).parent.mkdir(parents=True, exist_ok=True)
             write_atomic(Path(name), text(), mode=mode)
             written.append(name)
-    return Finding(Check.EXPORT, Status.OK, f"written to {', '.join(written)}" if written else
-                   "nothing written (no prometheus_file or json_file)")
+    return Finding(
+        Check.EXPORT,
+        Status.OK,
+        (
+            f"written to {', '.join(written)}"
+            if written
+            else "nothing written (no prometheus_file or json_file)"
+        ),
+    )

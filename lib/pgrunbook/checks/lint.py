@@ -20,14 +20,21 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from ..facts import space
 from ..base.findings import Finding, Status
+from ..facts import space
 
-IGNORED_SQUAWK = {"require-lock-timeout", "require-statement-timeout", "require-timeout-settings",
-                  "prefer-robust-stmts", "transaction-nesting"}  # the session sets timeouts itself
+IGNORED_SQUAWK = {
+    "require-lock-timeout",
+    "require-statement-timeout",
+    "require-timeout-settings",
+    "prefer-robust-stmts",
+    "transaction-nesting",
+}  # the session sets timeouts itself
 
 NAME = r'(?:"[^"]+"|[\w$]+)(?:\.(?:"[^"]+"|[\w$]+))?'
-VOLATILE = re.compile(r"\b(random|clock_timestamp|gen_random_uuid|uuid_generate_v\d|nextval|timeofday)\s*\(", re.I)
+VOLATILE = re.compile(
+    r"\b(random|clock_timestamp|gen_random_uuid|uuid_generate_v\d|nextval|timeofday)\s*\(", re.I
+)
 
 
 def split(script: str) -> list[str]:
@@ -43,7 +50,7 @@ def split(script: str) -> list[str]:
             j = i + 1
             while j < n and not (script[j] == "'" and not script.startswith("''", j)):
                 j += 2 if script.startswith("''", j) else 1
-            buf.append(script[i:j + 1])
+            buf.append(script[i : j + 1])
             i = j + 1
             continue
         if c == "$" and (m := re.match(r"\$[A-Za-z_]*\$", script[i:])):
@@ -91,70 +98,200 @@ def classify(stmt: str) -> Classified | None:
     u = s.upper()
     if u in ("BEGIN", "COMMIT") or "ALEMBIC_VERSION" in u:
         return None
-    if m := re.match(rf"CREATE (?:UNIQUE )?INDEX (CONCURRENTLY )?(?:IF NOT EXISTS )?(?:{NAME} )?ON (?:ONLY )?({NAME})", s, re.I):
+    if m := re.match(
+        rf"CREATE (?:UNIQUE )?INDEX (CONCURRENTLY )?(?:IF NOT EXISTS )?(?:{NAME} )?ON (?:ONLY"
+        rf" )?({NAME})",
+        s,
+        re.I,
+    ):
         if m[1]:
-            return Classified(s, Rule("index concurrently", "SHARE UPDATE EXCLUSIVE", False, False), (_unquote(m[2]),))
-        return Classified(s, Rule("index without CONCURRENTLY", "SHARE", False, True,
-                                  "CREATE INDEX CONCURRENTLY inside op.get_context().autocommit_block()"),
-                          (_unquote(m[2]),))
+            return Classified(
+                s,
+                Rule("index concurrently", "SHARE UPDATE EXCLUSIVE", False, False),
+                (_unquote(m[2]),),
+            )
+        return Classified(
+            s,
+            Rule(
+                "index without CONCURRENTLY",
+                "SHARE",
+                False,
+                True,
+                "CREATE INDEX CONCURRENTLY inside op.get_context().autocommit_block()",
+            ),
+            (_unquote(m[2]),),
+        )
     if m := re.match(rf"CREATE TABLE (?:IF NOT EXISTS )?({NAME})", s, re.I):
         refs = tuple(_unquote(r) for r in re.findall(rf"REFERENCES ({NAME})", s, re.I))
-        return Classified(s, Rule("create table", "none on existing tables" + (
-            "; SHARE ROW EXCLUSIVE on referenced" if refs else ""), False, False), (_unquote(m[1]),), refs)
+        return Classified(
+            s,
+            Rule(
+                "create table",
+                "none on existing tables" + ("; SHARE ROW EXCLUSIVE on referenced" if refs else ""),
+                False,
+                False,
+            ),
+            (_unquote(m[1]),),
+            refs,
+        )
     if m := re.match(rf"DROP TABLE (?:IF EXISTS )?({NAME})", s, re.I):
-        return Classified(s, Rule("drop table", "ACCESS EXCLUSIVE", False, True,
-                                  "deploy an app version that no longer uses the table first, then drop it"),
-                          (_unquote(m[1]),))
+        return Classified(
+            s,
+            Rule(
+                "drop table",
+                "ACCESS EXCLUSIVE",
+                False,
+                True,
+                "deploy an app version that no longer uses the table first, then drop it",
+            ),
+            (_unquote(m[1]),),
+        )
     if m := re.match(rf"ALTER TABLE (?:IF EXISTS )?(?:ONLY )?({NAME}) (.*)", s, re.I):
         return _alter(s, _unquote(m[1]), m[2])
     if m := re.match(rf"(?:UPDATE|DELETE FROM) (?:ONLY )?({NAME})", s, re.I):
-        return Classified(s, Rule("data change", "ROW EXCLUSIVE", False, False,
-                                  "batch large updates by key range, each in its own transaction"), (_unquote(m[1]),))
+        return Classified(
+            s,
+            Rule(
+                "data change",
+                "ROW EXCLUSIVE",
+                False,
+                False,
+                "batch large updates by key range, each in its own transaction",
+            ),
+            (_unquote(m[1]),),
+        )
     return Classified(s, Rule("other", "unknown", False, False), ())
 
 
 def _alter(s: str, table: str, action: str) -> Classified:
     a = action.upper()
     t = (table,)
-    if a.startswith("ADD CONSTRAINT") or a.startswith("ADD FOREIGN KEY") or a.startswith("ADD CHECK") \
-            or a.startswith("ADD UNIQUE") or a.startswith("ADD PRIMARY KEY"):
+    if (
+        a.startswith("ADD CONSTRAINT")
+        or a.startswith("ADD FOREIGN KEY")
+        or a.startswith("ADD CHECK")
+        or a.startswith("ADD UNIQUE")
+        or a.startswith("ADD PRIMARY KEY")
+    ):
         refs = tuple(_unquote(r) for r in re.findall(rf"REFERENCES ({NAME})", action, re.I))
         not_valid = "NOT VALID" in a
         if "FOREIGN KEY" in a:
-            return Classified(s, Rule("foreign key" + (" NOT VALID" if not_valid else ""), "SHARE ROW EXCLUSIVE",
-                                      False, not not_valid, "ADD it NOT VALID, then VALIDATE CONSTRAINT in a "
-                                      "later revision"), t, refs)
+            return Classified(
+                s,
+                Rule(
+                    "foreign key" + (" NOT VALID" if not_valid else ""),
+                    "SHARE ROW EXCLUSIVE",
+                    False,
+                    not not_valid,
+                    "ADD it NOT VALID, then VALIDATE CONSTRAINT in a later revision",
+                ),
+                t,
+                refs,
+            )
         if "CHECK" in a:
-            return Classified(s, Rule("check" + (" NOT VALID" if not_valid else ""), "ACCESS EXCLUSIVE", False,
-                                      not not_valid, "ADD it NOT VALID, then VALIDATE CONSTRAINT in a later "
-                                      "revision"), t)
+            return Classified(
+                s,
+                Rule(
+                    "check" + (" NOT VALID" if not_valid else ""),
+                    "ACCESS EXCLUSIVE",
+                    False,
+                    not not_valid,
+                    "ADD it NOT VALID, then VALIDATE CONSTRAINT in a later revision",
+                ),
+                t,
+            )
         if "USING INDEX" in a:
-            return Classified(s, Rule("constraint using index", "ACCESS EXCLUSIVE", False, False), t)
-        return Classified(s, Rule("unique or primary key", "ACCESS EXCLUSIVE", False, True,
-                                  "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... USING INDEX"), t)
+            return Classified(
+                s, Rule("constraint using index", "ACCESS EXCLUSIVE", False, False), t
+            )
+        return Classified(
+            s,
+            Rule(
+                "unique or primary key",
+                "ACCESS EXCLUSIVE",
+                False,
+                True,
+                "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... USING INDEX",
+            ),
+            t,
+        )
     if a.startswith("VALIDATE CONSTRAINT"):
         return Classified(s, Rule("validate constraint", "SHARE UPDATE EXCLUSIVE", False, False), t)
     if a.startswith("ADD COLUMN") or a.startswith("ADD "):
         if "NOT NULL" in a and "DEFAULT" not in a:
-            return Classified(s, Rule("NOT NULL column without default", "ACCESS EXCLUSIVE", False, True,
-                                      "add it nullable (or with a constant DEFAULT), backfill in batches, "
-                                      "then SET NOT NULL after a validated CHECK (col IS NOT NULL)"), t)
+            return Classified(
+                s,
+                Rule(
+                    "NOT NULL column without default",
+                    "ACCESS EXCLUSIVE",
+                    False,
+                    True,
+                    "add it nullable (or with a constant DEFAULT), backfill in batches, "
+                    "then SET NOT NULL after a validated CHECK (col IS NOT NULL)",
+                ),
+                t,
+            )
         if "DEFAULT" in a and VOLATILE.search(action):
-            return Classified(s, Rule("column with volatile default", "ACCESS EXCLUSIVE", True, True,
-                                      "add it without a default, set the default, then backfill in batches"), t)
+            return Classified(
+                s,
+                Rule(
+                    "column with volatile default",
+                    "ACCESS EXCLUSIVE",
+                    True,
+                    True,
+                    "add it without a default, set the default, then backfill in batches",
+                ),
+                t,
+            )
         return Classified(s, Rule("add column", "ACCESS EXCLUSIVE", False, False), t)
     if re.match(r"ALTER (?:COLUMN )?\S+ (?:SET DATA )?TYPE", a):
-        return Classified(s, Rule("column type change", "ACCESS EXCLUSIVE", True, True,
-                                  "add a column of the new type, backfill, switch the app, then drop the old"), t)
+        return Classified(
+            s,
+            Rule(
+                "column type change",
+                "ACCESS EXCLUSIVE",
+                True,
+                True,
+                "add a column of the new type, backfill, switch the app, then drop the old",
+            ),
+            t,
+        )
     if re.match(r"ALTER (?:COLUMN )?\S+ SET NOT NULL", a):
-        return Classified(s, Rule("set not null", "ACCESS EXCLUSIVE", False, True,
-                                  "add CHECK (col IS NOT NULL) NOT VALID, VALIDATE it, then SET NOT NULL"), t)
+        return Classified(
+            s,
+            Rule(
+                "set not null",
+                "ACCESS EXCLUSIVE",
+                False,
+                True,
+                "add CHECK (col IS NOT NULL) NOT VALID, VALIDATE it, then SET NOT NULL",
+            ),
+            t,
+        )
     if a.startswith("DROP COLUMN") or re.match(r"DROP \S+$", a):
-        return Classified(s, Rule("drop column", "ACCESS EXCLUSIVE", False, True,
-                                  "deploy an app version that no longer reads the column first, then drop it"), t)
+        return Classified(
+            s,
+            Rule(
+                "drop column",
+                "ACCESS EXCLUSIVE",
+                False,
+                True,
+                "deploy an app version that no longer reads the column first, then drop it",
+            ),
+            t,
+        )
     if a.startswith("RENAME"):
-        return Classified(s, Rule("rename", "ACCESS EXCLUSIVE", False, True,
-                                  "add the new name beside the old, write both, switch the app, drop the old"), t)
+        return Classified(
+            s,
+            Rule(
+                "rename",
+                "ACCESS EXCLUSIVE",
+                False,
+                True,
+                "add the new name beside the old, write both, switch the app, drop the old",
+            ),
+            t,
+        )
     return Classified(s, Rule("alter table", "ACCESS EXCLUSIVE", False, False), t)
 
 
@@ -170,7 +307,9 @@ def table_facts(conn: psycopg.Connection, table: str) -> TableFacts:
     size = space.table_size(conn, table)
     if size is None:
         return TableFacts(False)
-    has_rows = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))).fetchone()[0]
+    has_rows = conn.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))
+    ).fetchone()[0]
     return TableFacts(True, size.rows_estimate, has_rows, size.total_bytes)
 
 
@@ -182,32 +321,52 @@ class LintResult:
     findings: list[Finding] = field(default_factory=list)
 
 
-def lint_revision(conn: psycopg.Connection, revision: str, script: str, *, allow_unsafe: bool = False,
-                  created: set[str] | None = None) -> LintResult:
-    """Lint one revision's SQL against the live tables (`created`: tables made earlier in the plan)."""
+def lint_revision(
+    conn: psycopg.Connection,
+    revision: str,
+    script: str,
+    *,
+    allow_unsafe: bool = False,
+    created: set[str] | None = None,
+) -> LintResult:
+    """Lint one revision's SQL against the live tables (`created`: tables made earlier in the
+    plan)."""
     created = created if created is not None else set()
     result = LintResult(revision)
     for stmt in split(script):
         c = classify(stmt)
         if c is None:
             continue
-        facts = {t: (TableFacts(False) if t in created else table_facts(conn, t)) for t in c.tables}
+        facts = {t: TableFacts(False) if t in created else table_facts(conn, t) for t in c.tables}
         if c.rule.name == "create table":
             created.update(c.tables)
         populated = any(f.has_rows for f in facts.values())
-        result.statements.append({
-            "revision": revision, "statement": c.statement[:200], "rule": c.rule.name, "lock": c.rule.lock,
-            "rewrites": c.rule.rewrites, "tables": ", ".join(c.tables),
-            "rows_estimate": sum(f.rows_estimate for f in facts.values()),
-            "bytes": sum(f.bytes for f in facts.values()), "unsafe": c.rule.unsafe and populated,
-        })
+        result.statements.append(
+            {
+                "revision": revision,
+                "statement": c.statement[:200],
+                "rule": c.rule.name,
+                "lock": c.rule.lock,
+                "rewrites": c.rule.rewrites,
+                "tables": ", ".join(c.tables),
+                "rows_estimate": sum(f.rows_estimate for f in facts.values()),
+                "bytes": sum(f.bytes for f in facts.values()),
+                "unsafe": c.rule.unsafe and populated,
+            }
+        )
         if c.rule.unsafe and populated:
             status = Status.WARN if allow_unsafe else Status.CRIT
-            result.findings.append(Finding(
-                f"lint {revision}", status, f"{c.rule.name} on {', '.join(c.tables)} "
-                f"({sum(f.rows_estimate for f in facts.values()):,} rows est.; takes {c.rule.lock}"
-                f"{', rewrites' if c.rule.rewrites else ''}): {c.rule.recipe}"
-                + (" (allowed by allow_unsafe)" if allow_unsafe else ""), examples=(c.statement[:300],)))
+            result.findings.append(
+                Finding(
+                    f"lint {revision}",
+                    status,
+                    f"{c.rule.name} on {', '.join(c.tables)}"
+                    f" ({sum(f.rows_estimate for f in facts.values()):,} rows est.; takes"
+                    f" {c.rule.lock}{', rewrites' if c.rule.rewrites else ''}): {c.rule.recipe}"
+                    + (" (allowed by allow_unsafe)" if allow_unsafe else ""),
+                    examples=(c.statement[:300],),
+                )
+            )
     result.squawk = squawk(script)
     return result
 
@@ -225,10 +384,21 @@ def squawk(script: str) -> list[dict]:
     with tempfile.NamedTemporaryFile("w", suffix=".sql") as f:
         f.write(script)
         f.flush()
-        proc = subprocess.run([exe, "--reporter", "json", f.name], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [exe, "--reporter", "json", f.name], capture_output=True, text=True, timeout=60
+        )
     try:
         found = json.loads(proc.stdout or "[]")
     except json.JSONDecodeError:
         return []
-    return [{"rule": d.get("rule_name"), "level": d.get("level"), "message": d.get("message"),
-             "help": d.get("help"), "line": d.get("line")} for d in found if d.get("rule_name") not in IGNORED_SQUAWK]
+    return [
+        {
+            "rule": d.get("rule_name"),
+            "level": d.get("level"),
+            "message": d.get("message"),
+            "help": d.get("help"),
+            "line": d.get("line"),
+        }
+        for d in found
+        if d.get("rule_name") not in IGNORED_SQUAWK
+    ]

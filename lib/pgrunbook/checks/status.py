@@ -10,20 +10,30 @@ import time
 
 import psycopg
 
-from ..facts import space
-from ..facts import activity
-from ..facts import backups
-from . import recovery
-from ..base.targets import Target
 from ..base import migrations
 from ..base.findings import Check, Finding, Status
 from ..base.limits import DEFAULTS, level
+from ..base.targets import Target
+from ..facts import activity, backups, space
+from . import recovery
 
 SETTINGS = (
-    "max_connections", "shared_buffers", "work_mem", "maintenance_work_mem",
-    "effective_cache_size", "statement_timeout", "lock_timeout",
-    "idle_in_transaction_session_timeout", "shared_preload_libraries", "wal_level",
-    "max_wal_size", "autovacuum", "fsync", "ssl", "log_min_duration_statement", "track_io_timing",
+    "max_connections",
+    "shared_buffers",
+    "work_mem",
+    "maintenance_work_mem",
+    "effective_cache_size",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "shared_preload_libraries",
+    "wal_level",
+    "max_wal_size",
+    "autovacuum",
+    "fsync",
+    "ssl",
+    "log_min_duration_statement",
+    "track_io_timing",
 )
 
 
@@ -44,9 +54,12 @@ def connectivity(conn: psycopg.Connection) -> Finding:
         "SELECT current_setting('server_version'), current_database(),"
         " date_trunc('second', now() - pg_postmaster_start_time())::text"
     ).fetchone()
-    return Finding("connectivity", Status.OK,
-                   f"PostgreSQL {version.split()[0]}, database {db}, round trip {ms:.1f} ms, up {up}",
-                   value=round(ms, 2))
+    return Finding(
+        "connectivity",
+        Status.OK,
+        f"PostgreSQL {version.split()[0]}, database {db}, round trip {ms:.1f} ms, up {up}",
+        value=round(ms, 2),
+    )
 
 
 def settings(conn: psycopg.Connection):
@@ -62,12 +75,18 @@ def settings(conn: psycopg.Connection):
 
 def settings_check(conn: psycopg.Connection) -> Finding:
     """WARN on settings that put data or operations at risk."""
-    values = dict(conn.execute(
-        "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'autovacuum', 'shared_preload_libraries')"
-    ).fetchall())
+    values = dict(
+        conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'autovacuum',"
+            " 'shared_preload_libraries')"
+        ).fetchall()
+    )
     risks = [f"{k} is off" for k in ("fsync", "autovacuum") if values.get(k) == "off"]
-    note = "" if "pg_stat_statements" in values.get("shared_preload_libraries", "") else (
-        "; pg_stat_statements is not preloaded (query statistics unavailable)")
+    note = (
+        ""
+        if "pg_stat_statements" in values.get("shared_preload_libraries", "")
+        else ("; pg_stat_statements is not preloaded (query statistics unavailable)")
+    )
     if risks:
         return Finding("settings", Status.WARN, ", ".join(risks) + note)
     return Finding("settings", Status.OK, "fsync and autovacuum on" + note)
@@ -82,52 +101,91 @@ def table_sizes(conn: psycopg.Connection, *, top: int = 10):
     """Largest tables: estimated rows, total, heap, indexes and toast sizes in bytes."""
     import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
-    return pd.DataFrame(space.table_sizes(conn, top=top), columns=list(space.TableSize.__annotations__))
+    return pd.DataFrame(
+        space.table_sizes(conn, top=top), columns=list(space.TableSize.__annotations__)
+    )
 
 
 def connections(conn: psycopg.Connection):
     """Client sessions of this database (this one excluded) by application and state."""
     import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
-    frame = pd.DataFrame([s for s in activity.sessions(conn) if s.here], columns=list(activity.Session.__annotations__))
+    frame = pd.DataFrame(
+        [s for s in activity.sessions(conn) if s.here],
+        columns=list(activity.Session.__annotations__),
+    )
     counts = frame.groupby(["application", "state"]).size().rename("connections").reset_index()
     return counts.sort_values("connections", ascending=False, ignore_index=True)
 
 
-def connection_use(conn: psycopg.Connection, *, pool_limit: int = DEFAULTS.pool_limit,
-                   warn_pct: float = DEFAULTS.pool_warn_pct) -> Finding:
+def connection_use(
+    conn: psycopg.Connection,
+    *,
+    pool_limit: int = DEFAULTS.pool_limit,
+    warn_pct: float = DEFAULTS.pool_warn_pct,
+) -> Finding:
     """Client sessions of this database (this one excluded) against the application's pool."""
     every = activity.sessions(conn)
     used = sum(1 for s in every if s.here)
     pct = 100 * used / pool_limit
-    return Finding(Check.CONNECTIONS, level(pct, warn_pct, 100),
-                   f"{used} of the pool's {pool_limit} ({pct:.0f}%); server-wide {len(every)} of "
-                   f"{activity.max_connections(conn)}",
-                   value=used, threshold=f"WARN >= {warn_pct:.0f}%, CRIT >= {pool_limit}")
+    return Finding(
+        Check.CONNECTIONS,
+        level(pct, warn_pct, 100),
+        f"{used} of the pool's {pool_limit} ({pct:.0f}%); server-wide {len(every)} of "
+        f"{activity.max_connections(conn)}",
+        value=used,
+        threshold=f"WARN >= {warn_pct:.0f}%, CRIT >= {pool_limit}",
+    )
 
 
 def migration_state(conn: psycopg.Connection, target) -> Finding:
-    """The alembic revision against the head of migrations/, where those migrations manage the target
-    (its app says so, or an alembic_version table is there); any other database is not judged by them."""
+    """The alembic revision against the head of migrations/, where those migrations manage the
+    target
+    (its app says so, or an alembic_version table is there); any other database is not judged by
+    them.
+    """
     if not migrations.managed(target, conn):
-        return Finding(Check.MIGRATIONS, Status.OK, "not managed by the migrations in migrations/ "
-                       "(no alembic_version table, no app with migrations): not checked")
+        return Finding(
+            Check.MIGRATIONS,
+            Status.OK,
+            "not managed by the migrations in migrations/ "
+            "(no alembic_version table, no app with migrations): not checked",
+        )
     st = migrations.status(conn)
     pending = ", ".join(f"{r.revision} ({r.message.splitlines()[0]})" for r in st.pending)
     if st.unknown:
-        return Finding(Check.MIGRATIONS, Status.CRIT,
-                       f"revision {', '.join(st.unknown)} is not in migrations/: the database is ahead "
-                       "of this checkout or was migrated by another tree", value=",".join(st.current))
+        return Finding(
+            Check.MIGRATIONS,
+            Status.CRIT,
+            f"revision {', '.join(st.unknown)} is not in migrations/: the database is ahead "
+            "of this checkout or was migrated by another tree",
+            value=",".join(st.current),
+        )
     if not st.managed:
-        return Finding(Check.MIGRATIONS, Status.WARN,
-                       f"no alembic_version table: not under migrations ({len(st.pending)} to head)")
+        return Finding(
+            Check.MIGRATIONS,
+            Status.WARN,
+            f"no alembic_version table: not under migrations ({len(st.pending)} to head)",
+        )
     if st.pending:
-        return Finding(Check.MIGRATIONS, Status.WARN, f"{len(st.pending)} pending: {pending}",
-                       value=",".join(st.current), examples=tuple(r.revision for r in st.pending))
-    return Finding(Check.MIGRATIONS, Status.OK, f"at head {', '.join(st.heads)}", value=",".join(st.current))
+        return Finding(
+            Check.MIGRATIONS,
+            Status.WARN,
+            f"{len(st.pending)} pending: {pending}",
+            value=",".join(st.current),
+            examples=tuple(r.revision for r in st.pending),
+        )
+    return Finding(
+        Check.MIGRATIONS, Status.OK, f"at head {', '.join(st.heads)}", value=",".join(st.current)
+    )
 
 
-def latest_backup(target: Target, conn: psycopg.Connection, *, max_age_h: float = DEFAULTS.rpo_h) -> Finding:
-    """The newest verified backup of the database `target` reaches, against the RPO (see recovery.rpo_finding)."""
+def latest_backup(
+    target: Target, conn: psycopg.Connection, *, max_age_h: float = DEFAULTS.rpo_h
+) -> Finding:
+    """The newest verified backup of the database `target` reaches, against the RPO (see
+    recovery.rpo_finding)."""
     found = backups.all_backups(target, current=backups.identity(conn, target))
-    return recovery.rpo_finding(found, rpo_h=max_age_h, required=backups.required(target), check=Check.BACKUP)
+    return recovery.rpo_finding(
+        found, rpo_h=max_age_h, required=backups.required(target), check=Check.BACKUP
+    )

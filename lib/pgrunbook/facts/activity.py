@@ -107,7 +107,8 @@ def max_connections(conn: psycopg.Connection) -> int:
 
 
 def lock_waits(conn: psycopg.Connection):
-    """Sessions waiting on a lock, each with a session blocking it (the blocking tree, one edge per row)."""
+    """Sessions waiting on a lock, each with a session blocking it (the blocking tree, one edge per
+    row)."""
     import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
     cur = conn.execute(LOCK_WAITS)

@@ -7,17 +7,19 @@ from psycopg.rows import namedtuple_row
 
 from .catalog import USER_SCHEMAS
 
-
 FOREIGN_KEYS = """
     SELECT c.conname AS name, c.convalidated AS valid, c.confmatchtype AS match,
            c.conparentid <> 0 AS partition_copy,
            n.nspname AS schema, t.relname AS table, t.relkind = 'r' AS table_only,
            fn.nspname AS ref_schema, f.relname AS ref_table, f.relkind = 'r' AS ref_only,
-           ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(num, ord)
-                   JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num ORDER BY k.ord) AS columns,
-           ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(num, ord)
-                   JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.num ORDER BY k.ord)
-               AS ref_columns
+           ARRAY(SELECT a.attname
+                   FROM unnest(c.conkey) WITH ORDINALITY k(num, ord)
+                   JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num
+                  ORDER BY k.ord) AS columns,
+           ARRAY(SELECT a.attname
+                   FROM unnest(c.confkey) WITH ORDINALITY k(num, ord)
+                   JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.num
+                  ORDER BY k.ord) AS ref_columns
       FROM pg_constraint c
       JOIN pg_class t ON t.oid = c.conrelid
       JOIN pg_namespace n ON n.oid = t.relnamespace
@@ -29,9 +31,12 @@ FOREIGN_KEYS = """
 
 
 def foreign_keys(conn: psycopg.Connection) -> list:
-    """Every foreign key, with its columns on both sides. `partition_copy`: one of the copies a key to
+    """Every foreign key, with its columns on both sides. `partition_copy`: one of the copies a key
+    to
     or from a partitioned table makes per partition (the key itself covers their rows);
-    `table_only` / `ref_only`: the side is a plain table, read alone (ONLY) as PostgreSQL's own checks do."""
+    `table_only` / `ref_only`: the side is a plain table, read alone (ONLY) as PostgreSQL's own
+    checks do.
+    """
     with conn.cursor(row_factory=namedtuple_row) as cur:
         return cur.execute(FOREIGN_KEYS).fetchall()
 

@@ -55,14 +55,16 @@ def select(
 
     def keep(e: dict[str, Any]) -> bool:
         day = datetime.fromisoformat(e["start"]).date()
-        return all((
-            runbook is None or e["runbook"] == runbook,
-            target is None or e["target"] == target,
-            outcome is None or e["outcome"] == outcome.upper(),
-            incident is None or e.get("incident") == incident,
-            since is None or day >= since,
-            until is None or day <= until,
-        ))
+        return all(
+            (
+                runbook is None or e["runbook"] == runbook,
+                target is None or e["target"] == target,
+                outcome is None or e["outcome"] == outcome.upper(),
+                incident is None or e.get("incident") == incident,
+                since is None or day >= since,
+                until is None or day <= until,
+            )
+        )
 
     return [e for e in entries() if keep(e)]
 
@@ -94,8 +96,9 @@ def details(ref: str) -> dict[str, Any]:
     return {**entry, **nbformat.read(path, as_version=4).metadata.get("pgrunbook", {})}
 
 
-def runs(runbook: str, target: str, *, since: str | date | None = None,
-         look_back: int | None = None) -> Iterator[dict[str, Any]]:
+def runs(
+    runbook: str, target: str, *, since: str | date | None = None, look_back: int | None = None
+) -> Iterator[dict[str, Any]]:
     """The archived runs of `runbook` on `target`, newest first, each with its metadata
     (parameters, findings, outcome); runs whose report is gone are passed over."""
     indexed = select(runbook=runbook, target=target, since=since)
@@ -106,11 +109,19 @@ def runs(runbook: str, target: str, *, since: str | date | None = None,
             continue
 
 
-def previous(runbook: str, target: str, *, where: Callable[[dict[str, Any]], bool] = lambda run: True,
-             since: str | date | None = None, look_back: int | None = None) -> dict[str, Any] | None:
+def previous(
+    runbook: str,
+    target: str,
+    *,
+    where: Callable[[dict[str, Any]], bool] = lambda run: True,
+    since: str | date | None = None,
+    look_back: int | None = None,
+) -> dict[str, Any] | None:
     """The newest archived run of `runbook` on `target` for which `where(run)` holds, or None:
     the one reading of "the previous run" that trend, drift, staging-first and health use."""
-    return next((run for run in runs(runbook, target, since=since, look_back=look_back) if where(run)), None)
+    return next(
+        (run for run in runs(runbook, target, since=since, look_back=look_back) if where(run)), None
+    )
 
 
 def value(run: dict[str, Any], check: str) -> Any:

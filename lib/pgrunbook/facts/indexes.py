@@ -1,4 +1,5 @@
-"""Indexes: every index with its use and size, the ones not valid or not ready, amcheck's verdict on btrees."""
+"""Indexes: every index with its use and size, the ones not valid or not ready, amcheck's verdict on
+btrees."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ class InvalidIndex:
     @property
     def state(self) -> str:
         return {(False, False): "invalid and not ready", (False, True): "invalid"}.get(
-            (self.valid, self.ready), "not ready")
+            (self.valid, self.ready), "not ready"
+        )
 
 
 INVALID_INDEXES = f"""
@@ -39,7 +41,8 @@ INVALID_INDEXES = f"""
 
 
 def invalid_indexes(conn: psycopg.Connection) -> list[InvalidIndex]:
-    """Indexes not valid or not ready (a failed or running CREATE INDEX CONCURRENTLY): pg_dump leaves them out."""
+    """Indexes not valid or not ready (a failed or running CREATE INDEX CONCURRENTLY): pg_dump
+    leaves them out."""
     with conn.cursor(row_factory=class_row(InvalidIndex)) as cur:
         return cur.execute(INVALID_INDEXES).fetchall()
 
@@ -61,12 +64,18 @@ BTREE_INDEXES = f"""
 """
 
 
-def amcheck_btree(conn: psycopg.Connection, *, heapallindexed: bool = False,
-                  keep: Callable[[str, str], bool] | None = None) -> tuple[int, list[str]]:
+def amcheck_btree(
+    conn: psycopg.Connection,
+    *,
+    heapallindexed: bool = False,
+    keep: Callable[[str, str], bool] | None = None,
+) -> tuple[int, list[str]]:
     """bt_index_check on every valid btree index (of the tables `keep(schema, table)` accepts);
     (indexes checked, problems). amcheck must be installed."""
     with conn.cursor(row_factory=namedtuple_row) as cur:
-        indexes = [r.index for r in cur.execute(BTREE_INDEXES) if keep is None or keep(r.schema, r.table)]
+        indexes = [
+            r.index for r in cur.execute(BTREE_INDEXES) if keep is None or keep(r.schema, r.table)
+        ]
     problems = []
     for index in indexes:
         try:
@@ -129,13 +138,15 @@ def indexes(conn: psycopg.Connection) -> list[Index]:
 
 STATS_SINCE = """
     SELECT coalesce(d.stats_reset, pg_postmaster_start_time()) AS since,
-           extract(epoch FROM now() - coalesce(d.stats_reset, pg_postmaster_start_time())) / 86400 AS days
+           extract(epoch FROM now() - coalesce(d.stats_reset, pg_postmaster_start_time()))
+               / 86400 AS days
       FROM pg_stat_database d
      WHERE d.datname = current_database()
 """
 
 
 def stats_window(conn: psycopg.Connection) -> tuple[object, float]:
-    """Since when this database's usage statistics count (their reset, else the server's start), in days."""
+    """Since when this database's usage statistics count (their reset, else the server's start), in
+    days."""
     since, days = conn.execute(STATS_SINCE).fetchone()
     return since, float(days)

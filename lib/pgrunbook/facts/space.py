@@ -73,7 +73,8 @@ def table_sizes(conn: psycopg.Connection, *, top: int | None = None) -> list[Tab
 
 
 def table_size(conn: psycopg.Connection, table: str) -> TableSize | None:
-    """The size of one table (a name as to_regclass reads it), or None when there is no such table."""
+    """The size of one table (a name as to_regclass reads it), or None when there is no such
+    table."""
     oid = conn.execute("SELECT to_regclass(%s)::oid", [table]).fetchone()[0]
     if oid is None:
         return None

@@ -34,12 +34,17 @@ STATEMENTS = """
 """
 
 
-EXPLAINABLE = re.compile(r"^\s*(\(\s*)*(select|with|insert|update|delete|values|table)\b", re.I | re.S)
+EXPLAINABLE = re.compile(
+    r"^\s*(\(\s*)*(select|with|insert|update|delete|values|table)\b", re.I | re.S
+)
 
 
-OWN_WORK = re.compile(r"^\s*copy\b.*\b(to\s+stdout|from\s+stdin)\b"
-                      r"|\b(bt_index_check|verify_heapam|pg_export_snapshot|pg_terminate_backend"
-                      r"|hash\w*extended|pg_stat_statements)\s*\(", re.I | re.S)
+OWN_WORK = re.compile(
+    r"^\s*copy\b.*\b(to\s+stdout|from\s+stdin)\b"
+    r"|\b(bt_index_check|verify_heapam|pg_export_snapshot|pg_terminate_backend"
+    r"|hash\w*extended|pg_stat_statements)\s*\(",
+    re.I | re.S,
+)
 
 
 def has_statements(conn: psycopg.Connection) -> bool:
@@ -48,7 +53,8 @@ def has_statements(conn: psycopg.Connection) -> bool:
 
 
 def own_work(query: str) -> bool:
-    """Whether a statement is pgrunbook's own or its tools' (dumps, restores, hashing, amcheck), or a read
+    """Whether a statement is pgrunbook's own or its tools' (dumps, restores, hashing, amcheck), or
+    a read
     of the catalog alone (introspection): work on the database, not the application's queries."""
     if OWN_WORK.search(query):
         return True
@@ -57,21 +63,36 @@ def own_work(query: str) -> bool:
 
 
 def statements(conn: psycopg.Connection, *, limit: int = 5000):
-    """The application's statements in this database from pg_stat_statements (top-level only where the
+    """The application's statements in this database from pg_stat_statements (top-level only where
+    the
     server tells nested ones apart), by total time, with their share of it. The one reader of query
     statistics (see the module's docstring)."""
     import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
-    columns = ["queryid", "query", "calls", "total_ms", "mean_ms", "max_ms", "rows", "shared_read", "temp_written"]
+    columns = [
+        "queryid",
+        "query",
+        "calls",
+        "total_ms",
+        "mean_ms",
+        "max_ms",
+        "rows",
+        "shared_read",
+        "temp_written",
+    ]
     if not has_statements(conn):
         return pd.DataFrame(columns=[*columns[:2], "kind", *columns[2:], "share_pct"])
-    toplevel = sql.SQL("AND toplevel" if conn.info.server_version >= 140000 else "")  # not nested calls
+    toplevel = sql.SQL(
+        "AND toplevel" if conn.info.server_version >= 140000 else ""
+    )  # not nested calls
     rows = conn.execute(sql.SQL(STATEMENTS).format(toplevel=toplevel), {"limit": limit}).fetchall()
     frame = pd.DataFrame(rows, columns=columns)
     own = frame["query"].map(own_work)
     excluded = {"statements": int(own.sum()), "total_ms": float(frame.loc[own, "total_ms"].sum())}
     frame = frame[~own].reset_index(drop=True)
-    frame.insert(2, "kind", ["query" if EXPLAINABLE.match(q) else "utility" for q in frame["query"]])
+    frame.insert(
+        2, "kind", ["query" if EXPLAINABLE.match(q) else "utility" for q in frame["query"]]
+    )
     total = frame["total_ms"].sum()
     frame["share_pct"] = (100 * frame["total_ms"] / total).round(2) if total else 0.0
     frame = frame.round({"total_ms": 2, "mean_ms": 3, "max_ms": 2})
@@ -79,8 +100,11 @@ def statements(conn: psycopg.Connection, *, limit: int = 5000):
     return frame
 
 
-_RELATION = re.compile(r'\b(?:from|join)\s+(?:lateral\s+)?(?:only\s+)?'
-                       r'((?:"[^"]+"|[a-z_][\w$]*)(?:\.(?:"[^"]+"|[a-z_][\w$]*))?)(?![\w$."]|\s*\()', re.I)
+_RELATION = re.compile(
+    r"\b(?:from|join)\s+(?:lateral\s+)?(?:only\s+)?"
+    r'((?:"[^"]+"|[a-z_][\w$]*)(?:\.(?:"[^"]+"|[a-z_][\w$]*))?)(?![\w$."]|\s*\()',
+    re.I,
+)
 
 
 _CATALOG = re.compile(r'^(pg_catalog\.)?"?pg_|^information_schema\.', re.I)

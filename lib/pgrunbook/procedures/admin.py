@@ -1,4 +1,5 @@
-"""Server administration: databases beside the target's, created, listed, renamed, emptied of sessions, dropped.
+"""Server administration: databases beside the target's, created, listed, renamed, emptied of
+sessions, dropped.
 
 Every procedure that works beside the target database (restore, refresh,
 swap, migrate's rehearsal and drift check, the drill, cleanup) does it
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg import sql
@@ -20,7 +21,9 @@ from ..base.errors import PgRunbookError
 from ..base.targets import Target
 
 MAINTENANCE = ("postgres", "template1")
-STAMP = "%Y%m%d%H%M%S"  # the UTC time that ends the names of databases kept or made beside the target
+STAMP = (  # the UTC time that ends the names of databases kept or made beside the target
+    "%Y%m%d%H%M%S"
+)
 
 EXISTS = "SELECT 1 FROM pg_database WHERE datname = %(name)s"
 STARTING_WITH = """
@@ -43,16 +46,29 @@ class AdminFailed(PgRunbookError):
     "The server's maintenance database cannot be reached, or an operation on a database failed"
 
 
-def connect(target: Target, *, application: str = "pgrunbook/admin", statement_timeout: str = "5min",
-            lock_timeout: str = "30s") -> psycopg.Connection:
+def connect(
+    target: Target,
+    *,
+    application: str = "pgrunbook/admin",
+    statement_timeout: str = "5min",
+    lock_timeout: str = "30s",
+) -> psycopg.Connection:
     """A connection to the target's server, outside the target database (autocommit, read-write)."""
     for maintenance in MAINTENANCE:
         try:
-            return db.connect(target, readonly=False, database=maintenance, application=application,
-                              statement_timeout=statement_timeout, lock_timeout=lock_timeout)
+            return db.connect(
+                target,
+                readonly=False,
+                database=maintenance,
+                application=application,
+                statement_timeout=statement_timeout,
+                lock_timeout=lock_timeout,
+            )
         except PgRunbookError:
             continue
-    raise AdminFailed(f"cannot reach a maintenance database ({', '.join(MAINTENANCE)}) on {target.name!r}")
+    raise AdminFailed(
+        f"cannot reach a maintenance database ({', '.join(MAINTENANCE)}) on {target.name!r}"
+    )
 
 
 def exists(conn: psycopg.Connection, name: str) -> bool:
@@ -74,7 +90,9 @@ def owner(conn: psycopg.Connection, name: str) -> str | None:
     return row[0] if row else None
 
 
-def create(conn: psycopg.Connection, name: str, *, template: str | None = None, owner: str | None = None) -> None:
+def create(
+    conn: psycopg.Connection, name: str, *, template: str | None = None, owner: str | None = None
+) -> None:
     query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
     if template:
         query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
@@ -84,12 +102,17 @@ def create(conn: psycopg.Connection, name: str, *, template: str | None = None, 
 
 
 def rename(conn: psycopg.Connection, old: str, new: str) -> None:
-    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
+    )
 
 
 def allow_connections(conn: psycopg.Connection, name: str, allowed: bool) -> None:
-    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
-        sql.Identifier(name), sql.SQL("true" if allowed else "false")))
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+            sql.Identifier(name), sql.SQL("true" if allowed else "false")
+        )
+    )
 
 
 def drop(conn: psycopg.Connection, name: str) -> None:
@@ -115,16 +138,17 @@ def end_sessions(conn: psycopg.Connection, name: str, *, within_s: float = 10) -
 
 
 def stamp(now: datetime | None = None) -> str:
-    return (now or datetime.now(timezone.utc)).strftime(STAMP)
+    return (now or datetime.now(UTC)).strftime(STAMP)
 
 
 def stamped_ages(names: Iterable[str], now: datetime | None = None) -> dict[str, float]:
-    """The age in hours of each database whose name ends with a UTC `stamp` (others are left out)."""
-    now = now or datetime.now(timezone.utc)
+    """The age in hours of each database whose name ends with a UTC `stamp` (others are left
+    out)."""
+    now = now or datetime.now(UTC)
     ages = {}
     for name in names:
         try:
-            when = datetime.strptime(name.rsplit("_", 1)[-1], STAMP).replace(tzinfo=timezone.utc)
+            when = datetime.strptime(name.rsplit("_", 1)[-1], STAMP).replace(tzinfo=UTC)
         except ValueError:
             continue
         ages[name] = (now - when).total_seconds() / 3600

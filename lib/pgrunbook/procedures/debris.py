@@ -25,13 +25,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from ..base import limits
-from ..base import config, db
-from . import admin, swaps
+from ..base import config, db, limits
 from ..base.errors import PgRunbookError
 from ..base.findings import Check, Finding, Status
 from ..base.targets import Target
+from . import admin, swaps
 
 OWNER = ".owner"  # inside a .partial folder: "host pid"
 SCRATCH = ("pgrb_verify_", "pgrb_drift_", "pgrb_rehearse_")  # scratch databases pgrunbook creates
@@ -66,7 +64,9 @@ def _dead(tag: str) -> bool:
 
 def scratch_key(target: Target, database: str) -> Target:
     """The Target naming a scratch database beside `target`: its lock is that database's own."""
-    return Target(f"{target.name}:{database}", db.with_database(target.url, database), sandbox=target.sandbox)
+    return Target(
+        f"{target.name}:{database}", db.with_database(target.url, database), sandbox=target.sandbox
+    )
 
 
 @contextmanager
@@ -120,7 +120,8 @@ KEPT = ("pre_restore", "pre_refresh", "restored")  # databases swaps and new-dat
 
 
 def kept_past_hours(target: Target) -> list[str]:
-    """Databases kept by swaps and new-database restores of `target` past the target's keep_h (48 h):
+    """Databases kept by swaps and new-database restores of `target` past the target's keep_h (48
+    h):
     debris now; never one still within its hours."""
     keep_h = limits.for_target(target).keep_h
     try:
@@ -136,9 +137,13 @@ def finding(target: Target) -> Finding:
     left = find(target)
     if not left:
         return Finding(Check.DEBRIS, Status.OK, "nothing left behind by earlier runs")
-    return Finding(Check.DEBRIS, Status.WARN, f"{len(left)} left behind by killed runs ({left[0]}"
-                   f"{' ...' if len(left) > 1 else ''}): remove with `pgrunbook cleanup --target {target.name} "
-                   "--apply`", examples=tuple(str(d) for d in left))
+    return Finding(
+        Check.DEBRIS,
+        Status.WARN,
+        f"{len(left)} left behind by killed runs ({left[0]}{' ...' if len(left) > 1 else ''}):"
+        f" remove with `pgrunbook cleanup --target {target.name} --apply`",
+        examples=tuple(str(d) for d in left),
+    )
 
 
 def earlier_runs(target: Target) -> list[Finding]:

@@ -17,26 +17,28 @@ import json
 import os
 import re
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from ..facts import catalog
-from ..facts import indexes
 from ..base import db, migrations, pgtools
-from . import debris
 from ..base.errors import BackupFailed
-from ..facts.backups import FORMATS, MANIFEST, VERIFIED, Backup, folder, hash_all, identity, load
 from ..base.fileio import DIR_MODE, private_dir, write_atomic
 from ..base.findings import Finding, Status
 from ..base.targets import Target
+from ..facts import catalog, indexes
+from ..facts.backups import FORMATS, MANIFEST, VERIFIED, Backup, folder, hash_all, identity, load
+from . import debris
+
 
 def _file_table(root: Path, dump: Path) -> dict[str, dict[str, Any]]:
     files = [dump] if dump.is_file() else sorted(p for p in dump.rglob("*") if p.is_file())
-    return {str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": h}
-            for p, h in zip(files, hash_all(files))}
+    return {
+        str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": h}
+        for p, h in zip(files, hash_all(files), strict=True)
+    }
 
 
 def _reserve(name: str, started: datetime, label: str) -> tuple[str, Path]:
@@ -57,7 +59,9 @@ def _reserve(name: str, started: datetime, label: str) -> tuple[str, Path]:
         except FileExistsError:
             continue
         os.chmod(where / f".{candidate}.partial", DIR_MODE)
-        write_atomic(where / f".{candidate}.partial" / ".owner", debris.owner_tag())  # named if its run dies
+        write_atomic(
+            where / f".{candidate}.partial" / ".owner", debris.owner_tag()
+        )  # named if its run dies
         return candidate, where / f".{candidate}.partial"
     raise RuntimeError(f"too many backups named {base} in {where}")
 
@@ -72,8 +76,10 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
     """Dump `target` with its manifest. On any failure nothing is left that claims success."""
     if format not in FORMATS:
         raise ValueError(f"format must be 'directory' or 'custom', not {format!r}")
-    started = datetime.now(timezone.utc)
-    conn = db.connect(target, application="pgrunbook/backup", autocommit=False, statement_timeout="0")
+    started = datetime.now(UTC)
+    conn = db.connect(
+        target, application="pgrunbook/backup", autocommit=False, statement_timeout="0"
+    )
     partial = None
     try:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -82,19 +88,42 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
         tool = pgtools.choose("pg_dump", major)
         backup_id, partial = _reserve(target.name, started, label)
         flag, name = FORMATS[format]
-        args = ["--format", flag, "--file", str(partial / name), "--snapshot", snapshot, "--no-password"]
-        proc = pgtools.start(tool, args + (["--jobs", str(jobs)] if format == "directory" else []), target.url)
-        counts, facts = catalog.row_counts(conn), catalog.schema_facts(conn)  # same snapshot, meanwhile
+        args = [
+            "--format",
+            flag,
+            "--file",
+            str(partial / name),
+            "--snapshot",
+            snapshot,
+            "--no-password",
+        ]
+        proc = pgtools.start(
+            tool, args + (["--jobs", str(jobs)] if format == "directory" else []), target.url
+        )
+        counts, facts = (
+            catalog.row_counts(conn),
+            catalog.schema_facts(conn),
+        )  # same snapshot, meanwhile
         left_out = [i.index for i in indexes.invalid_indexes(conn)]
         revision = migrations.current(conn)
         pgtools.wait(tool, proc)
         manifest = {
-            "id": backup_id, "target": target.name, "database": target.database, "format": format,
-            "label": label, "start": started.isoformat(), "end": datetime.now(timezone.utc).isoformat(),
-            "identity": identity(conn, target), "left_out": left_out,
-            "server_version": conn.info.parameter_status("server_version"), "pg_dump": str(tool),
-            "pg_dump_version": tool.version, "alembic_revision": ",".join(revision or ()) or None,
-            "schema_fingerprint": catalog.fingerprint(facts), "schema": facts, "row_counts": counts,
+            "id": backup_id,
+            "target": target.name,
+            "database": target.database,
+            "format": format,
+            "label": label,
+            "start": started.isoformat(),
+            "end": datetime.now(UTC).isoformat(),
+            "identity": identity(conn, target),
+            "left_out": left_out,
+            "server_version": conn.info.parameter_status("server_version"),
+            "pg_dump": str(tool),
+            "pg_dump_version": tool.version,
+            "alembic_revision": ",".join(revision or ()) or None,
+            "schema_fingerprint": catalog.fingerprint(facts),
+            "schema": facts,
+            "row_counts": counts,
             "files": _file_table(partial, partial / name),
         }
         _write_manifest(partial, manifest)
@@ -121,10 +150,11 @@ def record_verification(backup: Backup, result: dict[str, Any]) -> Backup:
     return load(backup.path)
 
 
-def retention_plan(backups: list[Backup], *, retention_days: float = 7,
-                   now: datetime | None = None) -> list[Backup]:
+def retention_plan(
+    backups: list[Backup], *, retention_days: float = 7, now: datetime | None = None
+) -> list[Backup]:
     """Backups older than the retention, never the newest verified one."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     verified = [b for b in backups if b.verified]
     keep = verified[-1].id if verified else None
     limit = now - timedelta(days=retention_days)
@@ -137,8 +167,14 @@ def prune(plan: list[Backup], *, enabled: bool) -> Finding:
     if not plan:
         return Finding("retention", Status.OK, "nothing to delete")
     if not enabled:
-        return Finding("retention", Status.OK, f"{len(plan)} backups past retention (prune=False keeps them)",
-                       examples=names)
+        return Finding(
+            "retention",
+            Status.OK,
+            f"{len(plan)} backups past retention (prune=False keeps them)",
+            examples=names,
+        )
     for b in plan:
         shutil.rmtree(b.path)
-    return Finding("retention", Status.OK, f"deleted {len(plan)} backups past retention", examples=names)
+    return Finding(
+        "retention", Status.OK, f"deleted {len(plan)} backups past retention", examples=names
+    )

@@ -16,21 +16,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 
-from . import admin, dumps, restore, sanitize, swaps
-from ..facts import backups
-from ..checks import recovery
-from ..base.limits import DEFAULTS
 from ..base import db
-from ..checks import integrity
-from ..facts.backups import Backup
 from ..base.errors import PgRunbookError
 from ..base.findings import Finding, Status
-from .restore import Timeline
+from ..base.limits import DEFAULTS
 from ..base.targets import Target
+from ..checks import integrity, recovery
+from ..facts import backups
+from ..facts.backups import Backup
+from . import admin, dumps, restore, sanitize, swaps
+from .restore import Timeline
 
 MODES = ("plan", "apply")
 KIND = "pre_refresh"
@@ -45,20 +44,33 @@ def check_request(source: Target, target: Target, *, mode: str, confirm: str) ->
     if mode not in MODES:
         raise ValueError(f"mode must be 'plan' or 'apply', not {mode!r}")
     if target.protected:
-        raise RefreshRefused(f"{target.name!r} is protected: a staging refresh never writes to it, "
-                             "whatever the parameters; refresh an unprotected target such as staging")
+        raise RefreshRefused(
+            f"{target.name!r} is protected: a staging refresh never writes to it, "
+            "whatever the parameters; refresh an unprotected target such as staging"
+        )
     if target.fingerprint == source.fingerprint or (
-            target.sandbox and source.sandbox and target.database == source.database):
-        raise RefreshRefused(f"{target.name!r} and {source.name!r} are the same database: "
-                             "the source is only ever read")
+        target.sandbox and source.sandbox and target.database == source.database
+    ):
+        raise RefreshRefused(
+            f"{target.name!r} and {source.name!r} are the same database: "
+            "the source is only ever read"
+        )
     if mode == "apply" and not target.sandbox and confirm != target.name:
-        raise RefreshRefused(f"apply replaces the database of {target.name!r} (the previous one is kept): "
-                             f"pass -p confirm {target.name} once you mean it")
-    return Finding("request", Status.OK, f"{source.name!r} is only read; {target.name!r} is not protected" +
-                   ("" if mode == "apply" else " (plan mode: nothing is written)"))
+        raise RefreshRefused(
+            f"apply replaces the database of {target.name!r} (the previous one is kept): "
+            f"pass -p confirm {target.name} once you mean it"
+        )
+    return Finding(
+        "request",
+        Status.OK,
+        f"{source.name!r} is only read; {target.name!r} is not protected"
+        + ("" if mode == "apply" else " (plan mode: nothing is written)"),
+    )
 
 
-def source_backup(source: Target, ref: str = "new", *, jobs: int = 2, enabled: bool = True) -> Backup | None:
+def source_backup(
+    source: Target, ref: str = "new", *, jobs: int = 2, enabled: bool = True
+) -> Backup | None:
     """A fresh backup of the source (`new`), its newest verified one (`latest`), or one by id."""
     if not enabled:
         return None
@@ -91,11 +103,23 @@ class RefreshResult:
         return sanitize.masked_frame(self.masked, self.row_counts)
 
 
-def _verify(source: Target, target: Target, new: str, backup: Backup, rules: sanitize.Rules,
-            timeline: Timeline) -> list[Finding]:
-    copy = Target(f"{target.name} (copy)", db.with_database(target.url, new), sandbox=target.sandbox)
-    with db.connect(copy, readonly=False, statement_timeout="0", application="pgrunbook/refresh") as conn:
-        found = restore.compare(conn, backup, repair_sequences=True, amcheck=False, timeline=timeline)
+def _verify(
+    source: Target,
+    target: Target,
+    new: str,
+    backup: Backup,
+    rules: sanitize.Rules,
+    timeline: Timeline,
+) -> list[Finding]:
+    copy = Target(
+        f"{target.name} (copy)", db.with_database(target.url, new), sandbox=target.sandbox
+    )
+    with db.connect(
+        copy, readonly=False, statement_timeout="0", application="pgrunbook/refresh"
+    ) as conn:
+        found = restore.compare(
+            conn, backup, repair_sequences=True, amcheck=False, timeline=timeline
+        )
         with timeline.phase("verify: foreign and unique keys"):
             found += integrity.foreign_keys(conn) + integrity.unique_keys(conn)
     with timeline.phase("verify: no personal value left"):
@@ -107,9 +131,14 @@ def _free_stamp(target: Target) -> str:
     """A UTC time (to the second) that names no database of an earlier refresh yet."""
     with admin.connect(target, application="pgrunbook/refresh") as conn:
         while True:
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
-            names = [f"{target.database}_refresh_{stamp}"[:63], f"{target.database}_{KIND}_{stamp}"[:63]]
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = ANY(%s)", [names]).fetchone():
+            stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+            names = [
+                f"{target.database}_refresh_{stamp}"[:63],
+                f"{target.database}_{KIND}_{stamp}"[:63],
+            ]
+            if not conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = ANY(%s)", [names]
+            ).fetchone():
                 return stamp
             time.sleep(1)
 
@@ -119,14 +148,27 @@ def owners_finding(target: Target, missing: list[str]) -> Finding:
         return Finding("owners", Status.OK, "owners and grants as in the source")
     with admin.connect(target, application="pgrunbook/refresh") as conn:
         user = conn.info.user
-    return Finding("owners", Status.WARN, f"{len(missing)} role(s) of the source do not exist on {target.name!r}'s "
-                   f"server ({restore.listed(missing)}): every object is owned "
-                   f"by {user!r}, the role the refresh connects as, and the source's grants were not restored",
-                   examples=tuple(missing[:20]))
+    return Finding(
+        "owners",
+        Status.WARN,
+        f"{len(missing)} role(s) of the source do not exist on {target.name!r}'s "
+        f"server ({restore.listed(missing)}): every object is owned "
+        f"by {user!r}, the role the refresh connects as, and the source's grants were not restored",
+        examples=tuple(missing[:20]),
+    )
 
 
-def apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules, salt: sanitize.Salt, *,
-          jobs: int = 2, keep_previous_hours: float = DEFAULTS.keep_h, verdict: Finding | None = None) -> RefreshResult:
+def apply(
+    source: Target,
+    target: Target,
+    backup: Backup,
+    rules: sanitize.Rules,
+    salt: sanitize.Salt,
+    *,
+    jobs: int = 2,
+    keep_previous_hours: float = DEFAULTS.keep_h,
+    verdict: Finding | None = None,
+) -> RefreshResult:
     """Restore `backup` beside the target, mask, verify; swap only when nothing is CRIT.
 
     `verdict` is `backup_finding(backup)` when the caller already has it (the
@@ -134,12 +176,29 @@ def apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules,
     throughout: a second refresh or restore of it meanwhile is refused.
     """
     with swaps.exclusive(target, "staging refresh"):
-        return _apply(source, target, backup, rules, salt, jobs=jobs, keep_previous_hours=keep_previous_hours,
-                      verdict=verdict)
+        return _apply(
+            source,
+            target,
+            backup,
+            rules,
+            salt,
+            jobs=jobs,
+            keep_previous_hours=keep_previous_hours,
+            verdict=verdict,
+        )
 
 
-def _apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules, salt: sanitize.Salt, *,
-           jobs: int, keep_previous_hours: float, verdict: Finding | None) -> RefreshResult:
+def _apply(
+    source: Target,
+    target: Target,
+    backup: Backup,
+    rules: sanitize.Rules,
+    salt: sanitize.Salt,
+    *,
+    jobs: int,
+    keep_previous_hours: float,
+    verdict: Finding | None,
+) -> RefreshResult:
     timeline = Timeline()
     verdict = verdict or backup_finding(backup)
     if verdict.status is Status.CRIT:
@@ -152,19 +211,37 @@ def _apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules
     def install(conn: psycopg.Connection) -> None:
         masked.extend(sanitize.install_masks(conn, rules))
 
-    missing = restore.restore_into(target, backup, new, jobs=jobs, timeline=timeline, before_data=install,
-                                   after_data=lambda conn: sanitize.remove_masks(conn, masked),
-                                   data_env=sanitize.data_env(salt), owners="connecting-user")
+    missing = restore.restore_into(
+        target,
+        backup,
+        new,
+        jobs=jobs,
+        timeline=timeline,
+        before_data=install,
+        after_data=lambda conn: sanitize.remove_masks(conn, masked),
+        data_env=sanitize.data_env(salt),
+        owners="connecting-user",
+    )
     try:
-        found = [owners_finding(target, missing)] + _verify(source, target, new, backup, rules, timeline)
+        found = [owners_finding(target, missing)] + _verify(
+            source, target, new, backup, rules, timeline
+        )
     except BaseException:
         admin.drop_database(target, new)
         raise
     if any(f.status is Status.CRIT for f in found):
         admin.drop_database(target, new)
-        found.append(Finding("swap", Status.CRIT, f"not swapped: the copy failed verification and was dropped; "
-                             f"{target.name!r} is untouched"))
-        return RefreshResult(None, found, timeline, masked, row_counts=backup.manifest["row_counts"])
+        found.append(
+            Finding(
+                "swap",
+                Status.CRIT,
+                "not swapped: the copy failed verification and was dropped; "
+                f"{target.name!r} is untouched",
+            )
+        )
+        return RefreshResult(
+            None, found, timeline, masked, row_counts=backup.manifest["row_counts"]
+        )
     kept = f"{target.database}_{KIND}_{stamp}"[:63]
     existed = admin.database_exists(target, target.database)
     with timeline.phase("maintenance: swap"):
@@ -173,24 +250,58 @@ def _apply(source: Target, target: Target, backup: Backup, rules: sanitize.Rules
         except swaps.SwapFailed as e:
             admin.drop_database(target, new)
             found.append(Finding("swap", Status.CRIT, f"{e}; the sanitized copy was dropped"))
-            return RefreshResult(None, found, timeline, masked, row_counts=backup.manifest["row_counts"])
+            return RefreshResult(
+                None, found, timeline, masked, row_counts=backup.manifest["row_counts"]
+            )
     kept = kept if existed else None
-    found.append(Finding("swap", Status.OK, f"the sanitized copy is now {target.database!r}; " + (
-        f"the previous one is kept as {kept!r} for {keep_previous_hours:g} h" if kept else
-        "there was no previous one to keep")))
-    return RefreshResult(target.database, found, timeline, masked, kept, swapped=True,
-                         row_counts=backup.manifest["row_counts"])
+    found.append(
+        Finding(
+            "swap",
+            Status.OK,
+            f"the sanitized copy is now {target.database!r}; "
+            + (
+                f"the previous one is kept as {kept!r} for {keep_previous_hours:g} h"
+                if kept
+                else "there was no previous one to keep"
+            ),
+        )
+    )
+    return RefreshResult(
+        target.database,
+        found,
+        timeline,
+        masked,
+        kept,
+        swapped=True,
+        row_counts=backup.manifest["row_counts"],
+    )
 
 
-def run(source: Target, target: Target, backup: Backup | None, rules: sanitize.Rules, *, jobs: int = 2,
-        keep_previous_hours: float = DEFAULTS.keep_h, enabled: bool = True,
-        verdict: Finding | None = None) -> RefreshResult:
+def run(
+    source: Target,
+    target: Target,
+    backup: Backup | None,
+    rules: sanitize.Rules,
+    *,
+    jobs: int = 2,
+    keep_previous_hours: float = DEFAULTS.keep_h,
+    enabled: bool = True,
+    verdict: Finding | None = None,
+) -> RefreshResult:
     """`apply` with the salt read here (never held by the notebook); in plan mode, nothing."""
     if not enabled or backup is None:
         return RefreshResult(None, [skipped("refresh")], Timeline())
     salt = sanitize.salt(sandbox=source.sandbox)
-    return apply(source, target, backup, rules, salt, jobs=jobs, keep_previous_hours=keep_previous_hours,
-                 verdict=verdict)
+    return apply(
+        source,
+        target,
+        backup,
+        rules,
+        salt,
+        jobs=jobs,
+        keep_previous_hours=keep_previous_hours,
+        verdict=verdict,
+    )
 
 
 def plot(result: RefreshResult):
@@ -199,16 +310,26 @@ def plot(result: RefreshResult):
 
 
 def prune_kept(target: Target, *, older_than_h: float, enabled: bool) -> Finding:
-    """Drop databases kept by earlier refreshes once past their keeping time (only when `enabled`)."""
+    """Drop databases kept by earlier refreshes once past their keeping time (only when
+    `enabled`)."""
     ages = restore.kept(target, kind=KIND)
     old = sorted(n for n, age in ages.items() if age > older_than_h)
     if not enabled:
-        return Finding("kept databases", Status.OK, f"{len(ages)} kept by earlier refreshes, {len(old)} past "
-                       f"{older_than_h:g} h (dropped only in apply mode)", examples=tuple(old))
+        return Finding(
+            "kept databases",
+            Status.OK,
+            f"{len(ages)} kept by earlier refreshes, {len(old)} past "
+            f"{older_than_h:g} h (dropped only in apply mode)",
+            examples=tuple(old),
+        )
     for name in old:
         admin.drop_database(target, name)
-    return Finding("kept databases", Status.OK, f"{len(old)} dropped (past {older_than_h:g} h), "
-                   f"{len(ages) - len(old)} kept", examples=tuple(old))
+    return Finding(
+        "kept databases",
+        Status.OK,
+        f"{len(old)} dropped (past {older_than_h:g} h), {len(ages) - len(old)} kept",
+        examples=tuple(old),
+    )
 
 
 def skipped(step: str) -> Finding:

@@ -13,26 +13,21 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from . import admin, debris, dumps, swaps
-from ..facts import backups
-from ..checks import recovery
-from ..facts import catalog
-from ..facts import sequences
-from ..facts import indexes
-from ..base import limits
-from ..base.limits import DEFAULTS, level
-from ..base import db, pgtools
-from ..facts.backups import Backup
+from ..base import db, limits, pgtools
 from ..base.errors import PgRunbookError
 from ..base.findings import Check, Finding, Status
+from ..base.limits import DEFAULTS, level
 from ..base.targets import Target
-
+from ..checks import recovery
+from ..facts import backups, catalog, indexes, sequences
+from ..facts.backups import Backup
+from . import admin, debris, dumps, swaps
 
 
 class RestoreFailed(PgRunbookError):
@@ -65,19 +60,27 @@ class Timeline:
     def table(self):
         import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
-        return pd.DataFrame([(n, round(s, 3), round(e, 3), round(e - s, 3)) for n, s, e in self.phases],
-                            columns=["phase", "start_s", "end_s", "seconds"])
+        return pd.DataFrame(
+            [(n, round(s, 3), round(e, 3), round(e - s, 3)) for n, s, e in self.phases],
+            columns=["phase", "start_s", "end_s", "seconds"],
+        )
 
 
-def plot_timeline(timeline: Timeline, *, objective_s: float | None = DEFAULTS.rto_min * 60, title: str = "Restore timeline"):
-    """Horizontal bars of the phases, with the total against the objective (None when nothing ran)."""
+def plot_timeline(
+    timeline: Timeline,
+    *,
+    objective_s: float | None = DEFAULTS.rto_min * 60,
+    title: str = "Restore timeline",
+):
+    """Horizontal bars of the phases, with the total against the objective (None when nothing
+    ran)."""
     from matplotlib.figure import Figure  # here: spares matplotlib (~450 ms) at start-up
 
     if not timeline.phases:
         return None
     fig = Figure(figsize=(8, 0.5 + 0.4 * max(len(timeline.phases), 1)))
     ax = fig.subplots()
-    for i, (name, start, end) in enumerate(timeline.phases):
+    for i, (_name, start, end) in enumerate(timeline.phases):
         ax.barh(i, end - start, left=start, color="#4c72b0")
     ax.set_yticks(range(len(timeline.phases)), [p[0] for p in timeline.phases])
     ax.invert_yaxis()
@@ -94,10 +97,14 @@ def admin_connection(target: Target) -> psycopg.Connection:
 
 
 _IDENT = r'"(?:[^"]|"")+"|[^\s,;"]+'
-_ROLE_LINES = (re.compile(rf"\bOWNER TO ({_IDENT});$"),
-               re.compile(rf"^(?:GRANT|REVOKE) .* (?:TO|FROM) ((?:{_IDENT})(?:, (?:{_IDENT}))*)"
-                          rf"(?: WITH GRANT OPTION)?(?: GRANTED BY {_IDENT})?;$"),
-               re.compile(rf"^ALTER DEFAULT PRIVILEGES FOR ROLE ({_IDENT})"))
+_ROLE_LINES = (
+    re.compile(rf"\bOWNER TO ({_IDENT});$"),
+    re.compile(
+        rf"^(?:GRANT|REVOKE) .* (?:TO|FROM) ((?:{_IDENT})(?:, (?:{_IDENT}))*)"
+        rf"(?: WITH GRANT OPTION)?(?: GRANTED BY {_IDENT})?;$"
+    ),
+    re.compile(rf"^ALTER DEFAULT PRIVILEGES FOR ROLE ({_IDENT})"),
+)
 
 
 def listed(names: list[str], most: int = 5) -> str:
@@ -112,15 +119,25 @@ def roles_in(backup: Backup, tool: pgtools.Tool) -> set[str]:
     for line in script.splitlines():
         for pattern in _ROLE_LINES:
             if m := pattern.search(line):
-                roles |= {r[1:-1].replace('""', '"') if r.startswith('"') else r
-                          for r in re.findall(_IDENT, m[1])}
+                roles |= {
+                    r[1:-1].replace('""', '"') if r.startswith('"') else r
+                    for r in re.findall(_IDENT, m[1])
+                }
     return roles - {"PUBLIC"}
 
 
-def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, timeline: Timeline,
-                 before_data: Callable[[psycopg.Connection], Any] | None = None,
-                 after_data: Callable[[psycopg.Connection], Any] | None = None,
-                 data_env: dict[str, str] | None = None, owners: str = "keep") -> list[str]:
+def restore_into(
+    target: Target,
+    backup: Backup,
+    database: str,
+    *,
+    jobs: int,
+    timeline: Timeline,
+    before_data: Callable[[psycopg.Connection], Any] | None = None,
+    after_data: Callable[[psycopg.Connection], Any] | None = None,
+    data_env: dict[str, str] | None = None,
+    owners: str = "keep",
+) -> list[str]:
     """Create `database` on the target's server and pg_restore the backup into it.
 
     Objects keep the owners and grants of the backup. Where the server lacks
@@ -140,11 +157,18 @@ def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, ti
         tool = pgtools.choose("pg_restore", major)
         with timeline.phase("roles"):
             named = roles_in(backup, tool)
-            have = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [list(named)])}
+            have = {
+                r
+                for (r,) in conn.execute(
+                    "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [list(named)]
+                )
+            }
         missing = sorted(named - have)
         if missing and owners == "keep":
-            raise RestoreFailed(f"{backup.id} names roles that {target.name!r}'s server does not have: "
-                                f"{listed(missing)}; create them first; nothing was changed")
+            raise RestoreFailed(
+                f"{backup.id} names roles that {target.name!r}'s server does not have: "
+                f"{listed(missing)}; create them first; nothing was changed"
+            )
         with timeline.phase("create database"):
             admin.create(conn, database, template="template0")
     args = ["--exit-on-error", "--no-password", "--jobs", str(jobs)]
@@ -155,8 +179,13 @@ def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, ti
 
     def hook(fn: Callable[[psycopg.Connection], Any] | None) -> None:
         if fn is not None:
-            with db.connect(target, readonly=False, database=database, statement_timeout="0",
-                            application="pgrunbook/restore") as conn:
+            with db.connect(
+                target,
+                readonly=False,
+                database=database,
+                statement_timeout="0",
+                application="pgrunbook/restore",
+            ) as conn:
                 fn(conn)
 
     try:
@@ -180,32 +209,58 @@ def restore_into(target: Target, backup: Backup, database: str, *, jobs: int, ti
         except (PgRunbookError, psycopg.Error):
             left = f"drop the partial copy {database!r} by hand"
         if isinstance(e, (pgtools.ToolFailed, OSError, psycopg.Error, PgRunbookError)):
-            raise RestoreFailed(f"restore of {backup.id} failed, {target.name!r} untouched, {left}: "
-                                f"{e}") from None
+            raise RestoreFailed(
+                f"restore of {backup.id} failed, {target.name!r} untouched, {left}: {e}"
+            ) from None
         raise
 
 
-def compare(conn: psycopg.Connection, backup: Backup, *, repair_sequences: bool, amcheck: bool = True,
-            timeline: Timeline | None = None) -> list[Finding]:
+def compare(
+    conn: psycopg.Connection,
+    backup: Backup,
+    *,
+    repair_sequences: bool,
+    amcheck: bool = True,
+    timeline: Timeline | None = None,
+) -> list[Finding]:
     """Check a restored copy against the backup's manifest."""
     timeline = timeline or Timeline()
     found = []
     with timeline.phase("row counts"):
         counts = catalog.row_counts(conn)
     expected = backup.manifest["row_counts"]
-    wrong = [f"{t}: {counts.get(t)} rows, manifest {n}" for t, n in expected.items() if counts.get(t) != n]
+    wrong = [
+        f"{t}: {counts.get(t)} rows, manifest {n}"
+        for t, n in expected.items()
+        if counts.get(t) != n
+    ]
     wrong += [f"{t}: not in the manifest" for t in counts.keys() - expected.keys()]
-    found.append(Finding("row counts", Status.CRIT if wrong else Status.OK,
-                         "; ".join(wrong[:3]) if wrong else f"{len(expected)} tables, "
-                         f"{sum(expected.values()):,} rows, as in the manifest", examples=tuple(wrong[:20])))
+    found.append(
+        Finding(
+            "row counts",
+            Status.CRIT if wrong else Status.OK,
+            (
+                "; ".join(wrong[:3])
+                if wrong
+                else f"{len(expected)} tables, {sum(expected.values()):,} rows, as in the manifest"
+            ),
+            examples=tuple(wrong[:20]),
+        )
+    )
     with timeline.phase("schema fingerprint"):
         facts = catalog.schema_facts(conn)
     if catalog.fingerprint(facts) == backup.manifest["schema_fingerprint"]:
         found.append(Finding("schema", Status.OK, "fingerprint matches the manifest"))
     else:
         diff = catalog.schema_difference(backup.manifest.get("schema", []), facts)
-        found.append(Finding("schema", Status.CRIT, f"fingerprint differs: {', '.join(diff[:3]) or 'see manifest'}",
-                             examples=tuple(diff[:20])))
+        found.append(
+            Finding(
+                "schema",
+                Status.CRIT,
+                f"fingerprint differs: {', '.join(diff[:3]) or 'see manifest'}",
+                examples=tuple(diff[:20]),
+            )
+        )
     with timeline.phase("sequences"):
         found.append(_sequences(conn, repair=repair_sequences))
     if amcheck:
@@ -217,14 +272,22 @@ def compare(conn: psycopg.Connection, backup: Backup, *, repair_sequences: bool,
 def _sequences(conn: psycopg.Connection, *, repair: bool) -> Finding:
     behind = [s for s in sequences.sequence_states(conn) if s.behind]
     if not behind:
-        return Finding("sequences", Status.OK, "every owned sequence is at or past its column's max")
+        return Finding(
+            "sequences", Status.OK, "every owned sequence is at or past its column's max"
+        )
     names = tuple(f"{s.sequence} at {s.last_value}, {s.column} max {s.column_max}" for s in behind)
     if not repair:
-        return Finding("sequences", Status.WARN, f"{len(behind)} behind their column", examples=names)
+        return Finding(
+            "sequences", Status.WARN, f"{len(behind)} behind their column", examples=names
+        )
     for s in behind:
         sequences.repair_sequence(conn, s)
-    return Finding("sequences", Status.WARN, f"{len(behind)} were behind their column and were moved to its max",
-                   examples=names)
+    return Finding(
+        "sequences",
+        Status.WARN,
+        f"{len(behind)} were behind their column and were moved to its max",
+        examples=names,
+    )
 
 
 def _amcheck(conn: psycopg.Connection) -> Finding:
@@ -234,8 +297,12 @@ def _amcheck(conn: psycopg.Connection) -> Finding:
     except psycopg.Error as e:
         return Finding("amcheck", Status.UNKNOWN, f"amcheck unavailable: {str(e).splitlines()[0]}")
     if problems:
-        return Finding("amcheck", Status.CRIT, f"{len(problems)} of {checked} btree indexes corrupt",
-                       examples=tuple(problems[:20]))
+        return Finding(
+            "amcheck",
+            Status.CRIT,
+            f"{len(problems)} of {checked} btree indexes corrupt",
+            examples=tuple(problems[:20]),
+        )
     return Finding("amcheck", Status.OK, f"{checked} btree indexes pass bt_index_check")
 
 
@@ -243,29 +310,52 @@ def _scratch_name(backup: Backup, kind: str) -> str:
     return f"pgrb_{kind}_{backup.id.lower().replace('-', '_')}"[:63]
 
 
-def verify(target: Target, backup: Backup, *, jobs: int = 2, enabled: bool = True) -> tuple[Finding, Timeline]:
-    """Restore into a scratch database, compare with the manifest, amcheck, drop. Records the result."""
+def verify(
+    target: Target, backup: Backup, *, jobs: int = 2, enabled: bool = True
+) -> tuple[Finding, Timeline]:
+    """Restore into a scratch database, compare with the manifest, amcheck, drop. Records the
+    result."""
     timeline = Timeline()
     if not enabled:
-        return Finding(Check.VERIFY, Status.WARN, "skipped (verify=False): the backup is not trusted yet"), timeline
+        return (
+            Finding(
+                Check.VERIFY, Status.WARN, "skipped (verify=False): the backup is not trusted yet"
+            ),
+            timeline,
+        )
     scratch = _scratch_name(backup, "verify")
     with debris.working_on(target, scratch, f"verification of {backup.id}"):
         admin.drop_database(target, scratch)
         try:
             restore_into(target, backup, scratch, jobs=jobs, timeline=timeline)
-            with db.connect(target, readonly=False, database=scratch, statement_timeout="0",
-                            application="pgrunbook/verify") as conn:
+            with db.connect(
+                target,
+                readonly=False,
+                database=scratch,
+                statement_timeout="0",
+                application="pgrunbook/verify",
+            ) as conn:
                 checks = compare(conn, backup, repair_sequences=False, timeline=timeline)
         finally:
             with timeline.phase("drop scratch"):
                 admin.drop_database(target, scratch)
     bad = [f for f in checks if f.status is Status.CRIT]
-    result = {"ok": not bad, "at": datetime.now(timezone.utc).isoformat(), "phases": timeline.phases,
-              "findings": [f.to_dict() for f in checks]}
+    result = {
+        "ok": not bad,
+        "at": datetime.now(UTC).isoformat(),
+        "phases": timeline.phases,
+        "findings": [f.to_dict() for f in checks],
+    }
     dumps.record_verification(backup, result)
-    summary = "; ".join(f"{f.check}: {f.summary}" for f in (bad or checks))
-    return Finding(Check.VERIFY, Status.CRIT if bad else Status.OK,
-                   f"{'FAILED' if bad else 'verified'} in {timeline.total:.1f} s: {summary}"), timeline
+    summary = "; ".join(f"{f.check}: {f.summary}" for f in bad or checks)
+    return (
+        Finding(
+            Check.VERIFY,
+            Status.CRIT if bad else Status.OK,
+            f"{'FAILED' if bad else 'verified'} in {timeline.total:.1f} s: {summary}",
+        ),
+        timeline,
+    )
 
 
 @dataclass
@@ -287,8 +377,12 @@ def check_request(target: Target, backup: Backup, *, mode: str, confirm: str) ->
     problems = backups.check(backup)
     source = backup.manifest.get("database")
     if not problems and source != target.database:
-        return Finding("manifest", Status.CRIT, f"backup {backup.id} is of database {source!r}, "
-                       f"not {target.database!r}: restore it into its own target")
+        return Finding(
+            "manifest",
+            Status.CRIT,
+            f"backup {backup.id} is of database {source!r}, "
+            f"not {target.database!r}: restore it into its own target",
+        )
     return recovery.check_finding(backup, problems)
 
 
@@ -304,7 +398,9 @@ class Plan:
     timeline: Timeline
 
 
-def prepare(target: Target, backup: Backup, *, mode: str = "new-database", confirm: str = "") -> Plan:
+def prepare(
+    target: Target, backup: Backup, *, mode: str = "new-database", confirm: str = ""
+) -> Plan:
     """Start the RTO clock and check everything that must hold before anything is touched."""
     timeline = Timeline()
     with timeline.phase("check manifest"):
@@ -326,30 +422,53 @@ def _execute(plan: Plan, *, jobs: int, verify: bool) -> RestoreResult:
     target, backup, timeline = plan.target, plan.backup, plan.timeline
     if plan.check.status is Status.CRIT:
         raise RestoreFailed(f"{plan.check.summary}; nothing was changed")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     new = f"{target.database}_restore_{stamp}"[:63]
     restore_into(target, backup, new, jobs=jobs, timeline=timeline)
-    found = [] if verify else [Finding(Check.VERIFY, Status.WARN, "skipped (verify=False): the copy is not proven")]
+    found = (
+        []
+        if verify
+        else [Finding(Check.VERIFY, Status.WARN, "skipped (verify=False): the copy is not proven")]
+    )
     if verify:
-        with db.connect(target, readonly=False, database=new, statement_timeout="0",
-                        application="pgrunbook/restore") as conn:
+        with db.connect(
+            target,
+            readonly=False,
+            database=new,
+            statement_timeout="0",
+            application="pgrunbook/restore",
+        ) as conn:
             found += compare(conn, backup, repair_sequences=True, timeline=timeline)
     if any(f.status is Status.CRIT for f in found):
         verb = "not swapped" if plan.mode == "swap" else "not proven"
-        found.append(Finding("restore", Status.CRIT, f"{verb}: the copy failed verification; "
-                             f"{target.database!r} is untouched; the copy is kept as {new!r} for inspection "
-                             f"(drop it with DROP DATABASE {sql.Identifier(new).as_string(None)})",
-                             value=new))
+        found.append(
+            Finding(
+                "restore",
+                Status.CRIT,
+                f"{verb}: the copy failed verification; "
+                f"{target.database!r} is untouched; the copy is kept as {new!r} for inspection "
+                f"(drop it with DROP DATABASE {sql.Identifier(new).as_string(None)})",
+                value=new,
+            )
+        )
         return RestoreResult(backup, new, found, timeline, verified=False)
     kept = None
-    if plan.mode == "new-database":  # the copy is the result: renamed out of the work-in-progress names
+    if (
+        plan.mode == "new-database"
+    ):  # the copy is the result: renamed out of the work-in-progress names
         done = f"{target.database}_restored_{stamp}"[:63]
         with admin_connection(target) as conn:
             admin.rename(conn, new, done)
         new = done
-        found.append(Finding("restore", Status.OK, f"restored into {new!r} beside {target.database!r}, "
-                             f"which is untouched (new-database mode); kept {limits.for_target(target).keep_h:g} h like a swap's old "
-                             "database"))
+        found.append(
+            Finding(
+                "restore",
+                Status.OK,
+                f"restored into {new!r} beside {target.database!r}, which is untouched"
+                f" (new-database mode); kept {limits.for_target(target).keep_h:g} h like a swap's"
+                " old database",
+            )
+        )
     if plan.mode == "swap":
         kept = f"{target.database}_pre_restore_{stamp}"[:63]
         existed = admin.database_exists(target, target.database)
@@ -357,16 +476,39 @@ def _execute(plan: Plan, *, jobs: int, verify: bool) -> RestoreResult:
             try:
                 found.append(swap(target, new, kept))
             except swaps.SwapFailed as e:
-                found.append(Finding("swap", Status.CRIT, f"{e}; the verified copy is kept as {new!r}", value=new))
+                found.append(
+                    Finding(
+                        "swap", Status.CRIT, f"{e}; the verified copy is kept as {new!r}", value=new
+                    )
+                )
                 return RestoreResult(backup, new, found, timeline, verified=False)
         kept = kept if existed else None
-        found.append(Finding("swap", Status.OK, f"{new!r} is now {target.database!r}; " + (
-            f"the old one is kept as {kept!r} for {limits.for_target(target).keep_h:g} h" if kept else "there was no old one to keep")))
-    return RestoreResult(backup, target.database if plan.mode == "swap" else new, found, timeline, kept)
+        found.append(
+            Finding(
+                "swap",
+                Status.OK,
+                f"{new!r} is now {target.database!r}; "
+                + (
+                    f"the old one is kept as {kept!r} for {limits.for_target(target).keep_h:g} h"
+                    if kept
+                    else "there was no old one to keep"
+                ),
+            )
+        )
+    return RestoreResult(
+        backup, target.database if plan.mode == "swap" else new, found, timeline, kept
+    )
 
 
-def restore(target: Target, backup: Backup, *, mode: str = "new-database", jobs: int = 2,
-            confirm: str = "", verify: bool = True) -> RestoreResult:
+def restore(
+    target: Target,
+    backup: Backup,
+    *,
+    mode: str = "new-database",
+    jobs: int = 2,
+    confirm: str = "",
+    verify: bool = True,
+) -> RestoreResult:
     """`prepare` then `execute`: raises RestoreFailed, changing nothing, when the check fails."""
     return execute(prepare(target, backup, mode=mode, confirm=confirm), jobs=jobs, verify=verify)
 
@@ -376,27 +518,49 @@ def swap(target: Target, new: str, kept: str, *, operation: str = "restore") -> 
     return swaps.swap(target, new, kept, operation=operation)
 
 
-def rto_finding(timeline: Timeline, *, objective_s: float = DEFAULTS.rto_min * 60, result: RestoreResult | None = None) -> Finding:
-    """Time from start to a verified copy against the objective; no recovery time when nothing was recovered."""
+def rto_finding(
+    timeline: Timeline,
+    *,
+    objective_s: float = DEFAULTS.rto_min * 60,
+    result: RestoreResult | None = None,
+) -> Finding:
+    """Time from start to a verified copy against the objective; no recovery time when nothing was
+    recovered."""
     threshold = f"<= {objective_s / 60:g} min"
     if result is not None and not result.verified:
-        return Finding("rto", Status.CRIT, f"nothing recovered: the copy failed verification after "
-                       f"{timeline.total:.1f} s", value=round(timeline.total, 2), threshold=threshold)
-    return Finding("rto", level(timeline.total, objective_s, objective_s), f"{timeline.total:.1f} s from start to verified",
-                   value=round(timeline.total, 2), threshold=threshold)
+        return Finding(
+            "rto",
+            Status.CRIT,
+            f"nothing recovered: the copy failed verification after {timeline.total:.1f} s",
+            value=round(timeline.total, 2),
+            threshold=threshold,
+        )
+    return Finding(
+        "rto",
+        level(timeline.total, objective_s, objective_s),
+        f"{timeline.total:.1f} s from start to verified",
+        value=round(timeline.total, 2),
+        threshold=threshold,
+    )
 
 
 def kept(target: Target, *, kind: str = "pre_restore") -> dict[str, float]:
-    """Databases kept by earlier swaps of `target` (<database>_<kind>_<UTC time>), with their age in hours."""
+    """Databases kept by earlier swaps of `target` (<database>_<kind>_<UTC time>), with their age in
+    hours."""
     with admin_connection(target) as conn:
         return admin.stamped_ages(admin.starting_with(conn, [f"{target.database}_{kind}_"]))
 
 
 def kept_databases(target: Target, *, older_than_h: float = DEFAULTS.keep_h) -> Finding:
-    """Databases kept by earlier swaps, and copies left by new-database restores, past their keeping time."""
+    """Databases kept by earlier swaps, and copies left by new-database restores, past their keeping
+    time."""
     ages = {**kept(target), **kept(target, kind="restored")}
     old = [n for n, age in ages.items() if age > older_than_h]
     if old:
-        return Finding("kept databases", Status.WARN, f"{len(old)} kept past {older_than_h:g} h: drop them",
-                       examples=tuple(old))
+        return Finding(
+            "kept databases",
+            Status.WARN,
+            f"{len(old)} kept past {older_than_h:g} h: drop them",
+            examples=tuple(old),
+        )
     return Finding("kept databases", Status.OK, f"{len(ages)} kept, none past {older_than_h:g} h")

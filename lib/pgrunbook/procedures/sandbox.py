@@ -55,11 +55,17 @@ class Sandbox(Cluster):
         maintenance = Target("sandbox-admin", server.get_uri("postgres"), sandbox=True)
         with db.connect(maintenance, readonly=False) as conn:
             conn.execute(
-                sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {}").format(sql.Literal(PRELOAD))
+                sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {}").format(
+                    sql.Literal(PRELOAD)
+                )
             )
             conn.execute("ALTER SYSTEM SET pg_stat_statements.track = 'all'")
             for setting, value in AUDIT_SETTINGS:
-                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(setting), sql.Literal(value)))
+                conn.execute(
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                        sql.Identifier(setting), sql.Literal(value)
+                    )
+                )
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]).fetchone():
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(APP_ROLE)))
             for name in DATABASES:
@@ -73,15 +79,26 @@ class Sandbox(Cluster):
             target = Target(f"sandbox-{name}", self.url(name), sandbox=True)
             with db.connect(target, readonly=False) as conn:
                 for ext in EXTENSIONS:
-                    conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(ext)))
+                    conn.execute(
+                        sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(ext))
+                    )
             migrations.upgrade(target, "head")
-            with db.connect(target, readonly=False) as conn:  # the app reads and writes, owns nothing
+            with db.connect(
+                target, readonly=False
+            ) as conn:  # the app reads and writes, owns nothing
                 role = sql.Identifier(APP_ROLE)
-                for grant in ("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}",
-                              "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}",
-                              "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE"
-                              " ON TABLES TO {}",
-                              "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {}"):
+                for grant in (
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}",
+                    "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}",
+                    (
+                        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE,"
+                        " DELETE ON TABLES TO {}"
+                    ),
+                    (
+                        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES"
+                        " TO {}"
+                    ),
+                ):
                     conn.execute(sql.SQL(grant).format(role))
             with db.connect(target, readonly=False, statement_timeout="30min") as conn:
                 seed.seed(conn, target, mode="production")

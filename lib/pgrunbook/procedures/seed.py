@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg import sql
@@ -91,11 +91,17 @@ def check(target: Target, *, mode: str, users: int = 0, confirm: str = "") -> Fi
     if mode not in ("production", "development"):
         raise ValueError(f"unknown seed mode {mode!r}: use 'production' or 'development'")
     if mode == "production" and users:
-        raise SeedRefused("production seeding never inserts user data: set users=0 or use mode=development")
+        raise SeedRefused(
+            "production seeding never inserts user data: set users=0 or use mode=development"
+        )
     if mode == "development":
         if target.protected and (not target.sandbox or target.protected_as):
-            also = f" (it reaches {target.protected_as!r}'s database)" if target.protected_as else ""
-            raise SeedRefused(f"target {target.name!r} is protected{also}: user data is never seeded there")
+            also = (
+                f" (it reaches {target.protected_as!r}'s database)" if target.protected_as else ""
+            )
+            raise SeedRefused(
+                f"target {target.name!r} is protected{also}: user data is never seeded there"
+            )
         target.require_confirm(confirm, action="seeding demo users")
         what = f"{users or DEFAULT_USERS} demo users with their services, projects and reviews"
     else:
@@ -110,7 +116,9 @@ def verify(before: dict[str, int], after: dict[str, int], result: SeedResult) ->
     if moved != claimed:
         return Finding("seed", Status.CRIT, f"row counts moved by {moved}, seed reported {claimed}")
     if result.total == 0:
-        return Finding("seed", Status.OK, "essential data already present: nothing inserted", value=0)
+        return Finding(
+            "seed", Status.OK, "essential data already present: nothing inserted", value=0
+        )
     listed = ", ".join(f"{n} {t}" for t, n in claimed.items() if n)
     return Finding("seed", Status.OK, f"inserted {listed}", value=result.total)
 
@@ -161,7 +169,7 @@ def _pools(seed: int) -> _Pools:
 
 
 def _weighted(rng: random.Random, mix, k: int) -> list:
-    values, weights = zip(*mix)
+    values, weights = zip(*mix, strict=True)
     return rng.choices(values, weights, k=k)
 
 
@@ -187,18 +195,24 @@ def _copy(conn: psycopg.Connection, table: str, columns: tuple[str, ...], rows: 
     return n
 
 
-def _development(conn: psycopg.Connection, users: int, rng: random.Random, seed: int) -> dict[str, int]:
+def _development(
+    conn: psycopg.Connection, users: int, rng: random.Random, seed: int
+) -> dict[str, int]:
     p = _pools(seed)
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     categories = [r[0] for r in conn.execute("SELECT id FROM categories ORDER BY id")]
     first_user = _next_id(conn, "users")
     kinds = _weighted(rng, USER_MIX, users)
     user_ids = range(first_user, first_user + users)
-    pros = [uid for uid, kind in zip(user_ids, kinds) if kind == "professional"] or [first_user]
-    clients = [uid for uid, kind in zip(user_ids, kinds) if kind == "client"] or [first_user]
+    pros = [uid for uid, kind in zip(user_ids, kinds, strict=True) if kind == "professional"] or [
+        first_user
+    ]
+    clients = [uid for uid, kind in zip(user_ids, kinds, strict=True) if kind == "client"] or [
+        first_user
+    ]
 
     def user_rows():
-        for uid, kind in zip(user_ids, kinds):
+        for uid, kind in zip(user_ids, kinds, strict=True):
             first, last = rng.choice(p.first), rng.choice(p.last)
             email = f"{first}.{last}.{uid}@{rng.choice(p.domains)}".lower()
             phone = f"+1-{rng.randint(201, 989)}-{rng.randint(200, 999)}-{rng.randint(0, 9999):04d}"
@@ -206,8 +220,23 @@ def _development(conn: psycopg.Connection, users: int, rng: random.Random, seed:
             created = now - timedelta(seconds=rng.randint(0, 3 * 365 * 86400))
             yield (uid, email, kind, first, last, phone, location, created)
 
-    inserted = {"users": _copy(conn, "users", ("id", "email", "user_type", "first_name",
-                                               "last_name", "phone", "location", "created_at"), user_rows())}
+    inserted = {
+        "users": _copy(
+            conn,
+            "users",
+            (
+                "id",
+                "email",
+                "user_type",
+                "first_name",
+                "last_name",
+                "phone",
+                "location",
+                "created_at",
+            ),
+            user_rows(),
+        )
+    }
     first_service = _next_id(conn, "services")
     service_owner: list[tuple[int, bool]] = []
 
@@ -220,12 +249,33 @@ def _development(conn: psycopg.Connection, users: int, rng: random.Random, seed:
                 created = now - timedelta(seconds=rng.randint(0, 2 * 365 * 86400))
                 active = rng.random() < 0.9
                 service_owner.append((pro, active))
-                yield (sid, pro, rng.choice(categories), f"{words.title()} service",
-                       rng.choice(p.sentences), price, active, created)
+                yield (
+                    sid,
+                    pro,
+                    rng.choice(categories),
+                    f"{words.title()} service",
+                    rng.choice(p.sentences),
+                    price,
+                    active,
+                    created,
+                )
                 sid += 1
 
-    inserted["services"] = _copy(conn, "services", ("id", "professional_id", "category_id", "title",
-                                                    "description", "price", "active", "created_at"), service_rows())
+    inserted["services"] = _copy(
+        conn,
+        "services",
+        (
+            "id",
+            "professional_id",
+            "category_id",
+            "title",
+            "description",
+            "price",
+            "active",
+            "created_at",
+        ),
+        service_rows(),
+    )
 
     def project_rows():
         for client in clients:
@@ -233,20 +283,43 @@ def _development(conn: psycopg.Connection, users: int, rng: random.Random, seed:
                 low = rng.randint(1, 50) * 100
                 created = now - timedelta(seconds=rng.randint(0, 2 * 365 * 86400))
                 status = _weighted(rng, STATUS_MIX, 1)[0]
-                yield (client, " ".join(rng.sample(p.words, 3)).capitalize(), rng.choice(p.sentences),
-                       status, low, low + rng.randint(0, 30) * 100, created)
+                yield (
+                    client,
+                    " ".join(rng.sample(p.words, 3)).capitalize(),
+                    rng.choice(p.sentences),
+                    status,
+                    low,
+                    low + rng.randint(0, 30) * 100,
+                    created,
+                )
 
-    inserted["projects"] = _copy(conn, "projects", ("client_id", "title", "description", "status",
-                                                    "budget_min", "budget_max", "created_at"), project_rows())
+    inserted["projects"] = _copy(
+        conn,
+        "projects",
+        ("client_id", "title", "description", "status", "budget_min", "budget_max", "created_at"),
+        project_rows(),
+    )
 
     def review_rows():
         for offset, (pro, active) in enumerate(service_owner):
-            for _ in range(rng.choice((0, 1, 1, 2, 3)) if active else 0):  # reviews are of active services
+            for _ in range(
+                rng.choice((0, 1, 1, 2, 3)) if active else 0
+            ):  # reviews are of active services
                 created = now - timedelta(seconds=rng.randint(0, 365 * 86400))
                 comment = rng.choice(p.sentences) if rng.random() < 0.8 else None
-                yield (first_service + offset, pro, rng.choice(clients),
-                       _weighted(rng, RATING_MIX, 1)[0], comment, created)
+                yield (
+                    first_service + offset,
+                    pro,
+                    rng.choice(clients),
+                    _weighted(rng, RATING_MIX, 1)[0],
+                    comment,
+                    created,
+                )
 
-    inserted["reviews"] = _copy(conn, "reviews", ("service_id", "professional_id", "client_id", "rating",
-                                                  "comment", "created_at"), review_rows())
+    inserted["reviews"] = _copy(
+        conn,
+        "reviews",
+        ("service_id", "professional_id", "client_id", "rating", "comment", "created_at"),
+        review_rows(),
+    )
     return inserted

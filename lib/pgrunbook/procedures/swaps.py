@@ -1,4 +1,5 @@
-"""Putting a database in another's place, so that a crash at any instant leaves the old one or the new.
+"""Putting a database in another's place, so that a crash at any instant leaves the old one or the
+new.
 
 A swap (restore in swap mode, staging refresh) is written down before its
 first step, in a journal under the state folder, and runs under a lock per
@@ -30,26 +31,32 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from . import admin
 from ..base import config
 from ..base.errors import PgRunbookError
 from ..base.fileio import private_dir, write_atomic
 from ..base.findings import Check, Finding, Status
 from ..base.targets import Target
+from . import admin
 
 APPLICATION = "pgrunbook/swap"  # the name of a swap's session: recovery ends a dead run's
 INJECT_ENV = "PGRUNBOOK_INJECT_KILL"  # tests: SIGKILL this process at the named step
 _held: dict[str, Any] = {}  # locks this process holds, by key: their open file
 # settings stored as quoted lists (pg_dump's variable_is_guc_list_quote)
-LIST_SETTINGS = {"local_preload_libraries", "search_path", "session_preload_libraries",
-                 "shared_preload_libraries", "temp_tablespaces", "unix_socket_directories"}
+LIST_SETTINGS = {
+    "local_preload_libraries",
+    "search_path",
+    "session_preload_libraries",
+    "shared_preload_libraries",
+    "temp_tablespaces",
+    "unix_socket_directories",
+}
 
 
 class Busy(PgRunbookError):
@@ -61,7 +68,8 @@ class SwapFailed(PgRunbookError):
 
 
 def _inject(step: str) -> None:
-    """Die here, as a crash would, when a test asks for it (PostgreSQL's injection points, in small)."""
+    """Die here, as a crash would, when a test asks for it (PostgreSQL's injection points, in
+    small)."""
     if os.environ.get(INJECT_ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -106,11 +114,13 @@ def exclusive(target: Target, operation: str) -> Iterator[None]:
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
-        raise Busy(f"{target.name!r} is busy: {holder}; wait for it to end, then run again") from None
+        raise Busy(
+            f"{target.name!r} is busy: {holder}; wait for it to end, then run again"
+        ) from None
     os.chmod(path, 0o600)
     f.seek(0)
     f.truncate()
-    f.write(f"{operation} by pid {os.getpid()} since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+    f.write(f"{operation} by pid {os.getpid()} since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
     f.flush()
     _held[k] = f
     try:
@@ -146,13 +156,16 @@ PROPERTIES = """
            pg_get_userbyid(d.datdba) AS owner,
            d.datconnlimit AS connection_limit,
            shobj_description(d.oid, 'pg_database') AS comment,
-           (SELECT coalesce(array_agg(format('%%s %%s%%s',
-                                  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
-                                  a.privilege_type, CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' END)
-                           ORDER BY 1), '{}')
+           (SELECT coalesce(array_agg(format(
+                       '%%s %%s%%s',
+                       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+                       a.privilege_type,
+                       CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' END) ORDER BY 1), '{}')
               FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) AS a) AS grants,
-           (SELECT coalesce(array_agg(format('%%s: %%s', coalesce(pg_get_userbyid(nullif(s.setrole, 0)), '*'),
-                                             c.setting) ORDER BY 1), '{}')
+           (SELECT coalesce(array_agg(format(
+                       '%%s: %%s',
+                       coalesce(pg_get_userbyid(nullif(s.setrole, 0)), '*'),
+                       c.setting) ORDER BY 1), '{}')
               FROM pg_db_role_setting AS s, unnest(s.setconfig) AS c(setting)
              WHERE s.setdatabase = d.oid) AS settings
       FROM pg_database AS d
@@ -172,9 +185,11 @@ class Properties:
     settings: tuple[str, ...]
 
     def same_as(self, other: Properties) -> list[str]:
-        return [f"{f}: {getattr(self, f)!r} vs {getattr(other, f)!r}"
-                for f in ("owner", "connection_limit", "comment", "grants", "settings")
-                if getattr(self, f) != getattr(other, f)]
+        return [
+            f"{f}: {getattr(self, f)!r} vs {getattr(other, f)!r}"
+            for f in ("owner", "connection_limit", "comment", "grants", "settings")
+            if getattr(self, f) != getattr(other, f)
+        ]
 
 
 def properties(conn: psycopg.Connection, database: str) -> Properties | None:
@@ -191,48 +206,83 @@ def copy_properties(conn: psycopg.Connection, source: str, copy: str) -> Finding
     ident, lit = sql.Identifier, sql.Literal
     target_props = properties(conn, source)
     if target_props is None:
-        return Finding("database properties", Status.OK, f"{source!r} does not exist: nothing to carry over")
+        return Finding(
+            "database properties", Status.OK, f"{source!r} does not exist: nothing to carry over"
+        )
     with conn.transaction():
-        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident(copy), ident(target_props.owner)))
-        conn.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
-            ident(copy), lit(target_props.connection_limit)))
-        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident(copy), lit(target_props.comment)))
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident(copy), ident(target_props.owner))
+        )
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
+                ident(copy), lit(target_props.connection_limit)
+            )
+        )
+        conn.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident(copy), lit(target_props.comment))
+        )
         conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident(copy)))
-        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(ident(copy), ident(target_props.owner)))
-        acl = conn.execute("""
+        conn.execute(
+            sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
+                ident(copy), ident(target_props.owner)
+            )
+        )
+        acl = conn.execute(
+            """
             SELECT a.grantee = 0, pg_get_userbyid(a.grantee), a.privilege_type, a.is_grantable
               FROM pg_database AS d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) AS a
-             WHERE d.datname = %s""", [source]).fetchall()
+             WHERE d.datname = %s""",
+            [source],
+        ).fetchall()
         for public, grantee, privilege, grantable in acl:
             if privilege not in ("CONNECT", "CREATE", "TEMPORARY"):
                 raise SwapFailed(f"unknown database privilege {privilege!r} on {source!r}")
-            conn.execute(sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
-                sql.SQL(privilege), ident(copy), sql.SQL("PUBLIC") if public else ident(grantee),
-                sql.SQL(" WITH GRANT OPTION" if grantable else "")))
-        rows = conn.execute("""
+            conn.execute(
+                sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+                    sql.SQL(privilege),
+                    ident(copy),
+                    sql.SQL("PUBLIC") if public else ident(grantee),
+                    sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+                )
+            )
+        rows = conn.execute(
+            """
             SELECT nullif(s.setrole, 0) IS NOT NULL, pg_get_userbyid(s.setrole),
                    split_part(c.setting, '=', 1), substr(c.setting, strpos(c.setting, '=') + 1)
               FROM pg_db_role_setting AS s JOIN pg_database AS d ON d.oid = s.setdatabase,
                    unnest(s.setconfig) AS c(setting)
-             WHERE d.datname = %s""", [source]).fetchall()
+             WHERE d.datname = %s""",
+            [source],
+        ).fetchall()
         for per_role, role, name, value in rows:
             guc = sql.SQL(".").join(ident(part) for part in name.split("."))
             if name.lower() in LIST_SETTINGS:
-                # stored as a quoted list: set_config parses it as the server does, FROM CURRENT stores it
+                # stored as a quoted list: set_config parses it as the server does, FROM CURRENT
+                # stores it
                 conn.execute("SELECT set_config(%s, %s, true)", [name, value])
                 value_sql = sql.SQL("FROM CURRENT")
             else:
                 value_sql = sql.SQL("TO {}").format(lit(value))
-            who = sql.SQL("ROLE {} IN DATABASE {}").format(ident(role), ident(copy)) if per_role \
+            who = (
+                sql.SQL("ROLE {} IN DATABASE {}").format(ident(role), ident(copy))
+                if per_role
                 else sql.SQL("DATABASE {}").format(ident(copy))
+            )
             conn.execute(sql.SQL("ALTER {} SET {} {}").format(who, guc, value_sql))
     differ = target_props.same_as(properties(conn, copy))
     if differ:
-        return Finding("database properties", Status.CRIT, f"the copy differs from {source!r}: {differ[0]}",
-                       examples=tuple(differ))
-    return Finding("database properties", Status.OK,
-                   f"owner {target_props.owner}, {len(target_props.grants)} grants, "
-                   f"{len(target_props.settings)} settings, comment and connection limit as {source!r}'s")
+        return Finding(
+            "database properties",
+            Status.CRIT,
+            f"the copy differs from {source!r}: {differ[0]}",
+            examples=tuple(differ),
+        )
+    return Finding(
+        "database properties",
+        Status.OK,
+        f"owner {target_props.owner}, {len(target_props.grants)} grants, "
+        f"{len(target_props.settings)} settings, comment and connection limit as {source!r}'s",
+    )
 
 
 def _admin(target: Target) -> psycopg.Connection:
@@ -240,7 +290,8 @@ def _admin(target: Target) -> psycopg.Connection:
 
 
 def swap(target: Target, new: str, kept: str, *, operation: str) -> Finding:
-    """Put database `new` in the target's place, keeping the old one as `kept`; journalled (see module).
+    """Put database `new` in the target's place, keeping the old one as `kept`; journalled (see
+    module).
 
     Returns the database-properties finding. Raises SwapFailed (the target as
     it was) when the copy cannot be given the old database's properties or a
@@ -249,8 +300,16 @@ def swap(target: Target, new: str, kept: str, *, operation: str) -> Finding:
     current = target.database
     with exclusive(target, operation), _admin(target) as conn:
         existed = admin.exists(conn, current)
-        intent = Intent(target.name, current, new, kept, existed, operation, os.getpid(),
-                        datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        intent = Intent(
+            target.name,
+            current,
+            new,
+            kept,
+            existed,
+            operation,
+            os.getpid(),
+            datetime.now(UTC).isoformat(timespec="seconds"),
+        )
         write_atomic(journal_path(target), json.dumps(asdict(intent), indent=1))
         _inject("journal written")
         try:
@@ -263,7 +322,9 @@ def swap(target: Target, new: str, kept: str, *, operation: str) -> Finding:
                 _inject("connections off")
                 admin.end_sessions(conn, current)
                 _inject("sessions ended")
-            conn.execute("SET client_connection_check_interval = '1s'")  # a dead client aborts a waiting rename
+            conn.execute(
+                "SET client_connection_check_interval = '1s'"
+            )  # a dead client aborts a waiting rename
             with conn.transaction():
                 if existed:
                     admin.rename(conn, current, kept)
@@ -275,7 +336,9 @@ def swap(target: Target, new: str, kept: str, *, operation: str) -> Finding:
             if isinstance(e, (psycopg.Error, PgRunbookError)):
                 message = _undo(conn, intent)
                 journal_path(target).unlink(missing_ok=True)
-                raise SwapFailed(f"swap of {current!r} failed ({str(e).splitlines()[0]}): {message}") from None
+                raise SwapFailed(
+                    f"swap of {current!r} failed ({str(e).splitlines()[0]}): {message}"
+                ) from None
             raise  # interrupted: the journal stays for the next run to recover
         journal_path(target).unlink(missing_ok=True)
         return props
@@ -289,7 +352,7 @@ def _undo(conn: psycopg.Connection, intent: Intent) -> str:
     if admin.exists(conn, kept) and not admin.exists(conn, new):  # the renames committed
         admin.allow_connections(conn, current, True)
         admin.allow_connections(conn, kept, True)
-        return (f"completed: {new!r} is now {current!r}, the old one kept as {kept!r}")
+        return f"completed: {new!r} is now {current!r}, the old one kept as {kept!r}"
     if not intent.existed and admin.exists(conn, new) and not admin.exists(conn, current):
         admin.rename(conn, new, current)
         return f"completed: {new!r} is now {current!r} (there was no old one)"
@@ -316,22 +379,30 @@ def recover(target: Target) -> str | None:
         with exclusive(target, "recovery"), _admin(target) as conn:
             # the dead run's session may still hold its renaming transaction open (waiting on a
             # lock): end it, so that it rolls back before the server's state is read
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                         " WHERE application_name = %s AND pid <> pg_backend_pid()", [APPLICATION])
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s AND pid <> pg_backend_pid()",
+                [APPLICATION],
+            )
             time.sleep(0.2)
             message = _undo(conn, intent)
     except Busy as e:
         return f"a swap of {intent.database!r} is in progress ({e})"
-    text = (f"an unfinished {intent.operation} swap of {intent.database!r} started {intent.started} "
-            f"(pid {intent.pid}) was {message}")
-    write_atomic(_done_path(target), json.dumps({"message": text,
-                                                 "at": datetime.now(timezone.utc).isoformat()}))
+    text = (
+        f"an unfinished {intent.operation} swap of {intent.database!r} started {intent.started} "
+        f"(pid {intent.pid}) was {message}"
+    )
+    write_atomic(
+        _done_path(target),
+        json.dumps({"message": text, "at": datetime.now(UTC).isoformat()}),
+    )
     path.unlink(missing_ok=True)
     return text
 
 
 def finding(target: Target) -> Finding:
-    """An unfinished swap, recovered here or by the runner just before: WARN, saying what was done."""
+    """An unfinished swap, recovered here or by the runner just before: WARN, saying what was
+    done."""
     done = recover(target)
     record = _done_path(target)
     if done is None and record.exists():
@@ -341,5 +412,7 @@ def finding(target: Target) -> Finding:
             done = None
     record.unlink(missing_ok=True)
     if done is None:
-        return Finding(Check.UNFINISHED_SWAP, Status.OK, "none: every earlier swap of this database ended")
+        return Finding(
+            Check.UNFINISHED_SWAP, Status.OK, "none: every earlier swap of this database ended"
+        )
     return Finding(Check.UNFINISHED_SWAP, Status.WARN, done)
