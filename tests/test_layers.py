@@ -27,16 +27,18 @@ LAYERS = [
 
 def _imports(path: Path) -> list[tuple[int, str]]:
     """(line, layer) of every pgrunbook module that `path` imports, at any depth in the file."""
-    layer = path.relative_to(LIB).parts[0]
+    package = ["pgrunbook", *path.relative_to(LIB).parent.parts]
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            if node.level == 1:  # from . import x / from .x import y: the same layer
-                found.append((node.lineno, layer))
-            else:
-                found.append((node.lineno, (node.module or "").split(".")[0] or "top"))
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pgrunbook."):
-            found.append((node.lineno, node.module.split(".")[1]))
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package[: len(package) - node.level + 1]
+            name = [*base, *(node.module or "").split(".")] if node.module else base
+        else:
+            name = (node.module or "").split(".")
+        if name[0] == "pgrunbook":
+            found.append((node.lineno, name[1] if len(name) > 1 and name[1] in LAYERS else "top"))
     return found
 
 
@@ -45,7 +47,7 @@ def test_a_layer_imports_only_the_layers_below_it(layer):
     allowed = set(LAYERS[: LAYERS.index(layer) + 1])
     upward = [
         f"{path.relative_to(LIB)}:{line} imports {to}"
-        for path in sorted((LIB / layer).glob("*.py"))
+        for path in sorted((LIB / layer).rglob("*.py"))
         for line, to in _imports(path)
         if to not in allowed and to != "top" or to == "top" and layer != "archive"
     ]

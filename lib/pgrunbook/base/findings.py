@@ -37,10 +37,8 @@ class Status(IntEnum):
 
 class Check(StrEnum):
     """The check names other code relies on: the health runbook's (Prometheus labels, so a
-    dashboard's
-    series never change name) and those an archived run is looked up by (trend, drift, staging
-    first).
-    """
+    dashboard's series never change name) and those an archived run is looked up by (trend, drift,
+    staging first)."""
 
     SNAPSHOT = "snapshot"
     VERIFY = "verify"

@@ -87,9 +87,8 @@ class Target:
     @property
     def place(self) -> tuple[str, str]:
         """(server, database) this target reaches, with the server's name in one form: a socket
-        folder
-        by its real path, localhost as 127.0.0.1; what two targets share when they share a database.
-        """
+        folder by its real path, localhost as 127.0.0.1; what two targets share when they share a
+        database."""
         host, port = self.address.rsplit(":", 1)
         if host.startswith("/"):
             host = os.path.realpath(host)

@@ -250,10 +250,9 @@ def _bisect(pair: Pair, t: Table, rh):
         lo_, hi_ = pending.pop()
         width = hi_ - lo_
         step = -(-width // (FIRST_BUCKETS if first else BUCKETS))  # keys per bucket, rounded up
-        # bucket i holds the keys lo + i * step <= k < lo + (i + 1) * step; the arithmetic stays in
-        # the
-        # key's own type where it cannot overflow (no cast per row); the first pass covers the whole
-        # table, so it needs no range condition (a seq scan)
+        # bucket i holds the keys lo + i * step <= k < lo + (i + 1) * step; the arithmetic stays
+        # in the key's own type where it cannot overflow (no cast per row); the first pass covers
+        # the whole table, so it needs no range condition (a seq scan)
         kind = sql.SQL(
             "int8" if hi_ - lo_ > 2**31 - 1 or dict(t.columns)[t.key[0]] == "int8" else "int4"
         )

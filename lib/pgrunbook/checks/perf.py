@@ -18,7 +18,7 @@ from psycopg import sql
 from ..base.findings import Check, Finding, Status
 from ..base.limits import DEFAULTS, level
 from ..base.targets import Target
-from ..facts import activity, constraints, history, space
+from ..facts import activity, constraints, history, server, space
 from ..facts.indexes import Index, indexes, stats_window
 from ..facts.statements import EXPLAINABLE, has_statements
 from .status import pretty_bytes
@@ -34,9 +34,9 @@ PARAM = re.compile(r"\$\d+")
 
 def statements_available(conn: psycopg.Connection) -> Finding:
     """Whether pg_stat_statements can be read here, and if not, how to enable it."""
-    preload = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
+    preload = server.preloaded(conn)
     installed = has_statements(conn)
-    if "pg_stat_statements" not in preload:
+    if preload is not None and "pg_stat_statements" not in preload:
         return Finding(
             "pg_stat_statements",
             Status.WARN,
@@ -48,7 +48,13 @@ def statements_available(conn: psycopg.Connection) -> Finding:
         return Finding(
             "pg_stat_statements",
             Status.WARN,
-            "preloaded but not created in this database: run CREATE EXTENSION pg_stat_statements; "
+            (
+                "preloaded"
+                if preload is not None
+                else "perhaps preloaded (this role cannot read shared_preload_libraries)"
+            )
+            + " but not created in this database: run CREATE "
+            "EXTENSION pg_stat_statements; "
             "the review goes on without query statistics",
         )
     since = (
@@ -282,9 +288,8 @@ def unused_indexes(
     min_days: float = DEFAULTS.unused_index_min_days,
 ) -> list[dict]:
     """Indexes never scanned since statistics count, that back no constraint: advice to drop them
-    only when
-    the statistics cover at least `min_days`; an index that serves a foreign key's lookups says so.
-    """
+    only when the statistics cover at least `min_days`; an index that serves a foreign key's lookups
+    says so."""
     since, days = stats_window(conn)
     fks: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = {}
     for fk in constraints.foreign_keys(conn):

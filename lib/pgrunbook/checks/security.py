@@ -17,7 +17,8 @@ from psycopg import sql
 from ..base import config, targets
 from ..base.findings import Check, Finding, Status
 from ..base.targets import Target
-from ..facts import activity, history
+from ..facts import activity, history, server
+from ..facts import roles as role_facts
 from ..facts.catalog import NOT_EXTENSION, TEXT_TYPES, USER_SCHEMAS
 
 PERSONAL_NAME = re.compile(
@@ -42,61 +43,49 @@ def _names(rows) -> tuple[str, ...]:
 
 
 def roles(conn: psycopg.Connection):
+    """Every role but PostgreSQL's own, with its attributes."""
     import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
-    rows = conn.execute(
-        "SELECT rolname, rolsuper, rolcanlogin, rolcreaterole, rolcreatedb, rolbypassrls,"
-        " rolreplication, rolvaliduntil FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1"
-    ).fetchall()
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "role",
-            "superuser",
-            "login",
-            "createrole",
-            "createdb",
-            "bypassrls",
-            "replication",
-            "valid_until",
-        ],
-    )
+    frame = pd.DataFrame(role_facts.roles(conn), columns=list(role_facts.Role.__annotations__))
+    return frame.drop(columns="bootstrap").rename(columns={"name": "role"})
 
 
 def password_expiry(conn: psycopg.Connection, app_roles: list[str]) -> Finding:
     """People's login roles (not the bootstrap or application roles) whose password never
     expires."""
-    try:
-        with conn.transaction():
-            rows = conn.execute(
-                "SELECT rolname FROM pg_authid WHERE rolcanlogin AND rolpassword IS NOT NULL AND"
-                " rolvaliduntil IS NULL AND oid <> 10 AND rolname <> ALL(%s) ORDER BY 1",
-                [app_roles],
-            ).fetchall()
-    except psycopg.errors.InsufficientPrivilege:
+    known = role_facts.passwords(conn)
+    if known is None:
         return Finding(
             "password expiry",
             Status.UNKNOWN,
             "pg_authid is not readable here: which roles have passwords cannot be told",
         )
+    never = [
+        (p.name,)
+        for p in known
+        if p.login
+        and p.has_password
+        and not p.expires
+        and not p.bootstrap
+        and p.name not in app_roles
+    ]
     return Finding(
         "password expiry",
-        Status.WARN if rows else Status.OK,
+        Status.WARN if never else Status.OK,
         (
-            f"{len(rows)} login roles besides the application's have passwords that never expire "
+            f"{len(never)} login roles besides the application's have passwords that never expire "
             "(ALTER ROLE ... VALID UNTIL ...)"
-            if rows
+            if never
             else "every personal password has an expiry"
         ),
-        examples=_names(rows),
+        examples=_names(never),
     )
 
 
 def role_findings(conn: psycopg.Connection, app_roles: list[str] = ()) -> list[Finding]:
-    supers = conn.execute(
-        "SELECT rolname FROM pg_roles WHERE rolsuper AND oid <> 10 ORDER BY 1"
-    ).fetchall()
-    boot = conn.execute("SELECT rolname FROM pg_roles WHERE oid = 10").fetchone()[0]
+    every = role_facts.roles(conn)
+    boot = next(r.name for r in every if r.bootstrap)
+    supers = [(r.name,) for r in every if r.superuser and not r.bootstrap]
     found = [
         Finding(
             "superusers",
@@ -109,13 +98,9 @@ def role_findings(conn: psycopg.Connection, app_roles: list[str] = ()) -> list[F
             examples=_names(supers),
         )
     ]
-    powerful = conn.execute(
-        "SELECT rolname || ' (' || concat_ws(', ', CASE WHEN rolcreaterole THEN 'CREATEROLE' END,"
-        " CASE WHEN rolcreatedb THEN 'CREATEDB' END, CASE WHEN rolbypassrls THEN 'BYPASSRLS' END,"
-        " CASE WHEN rolreplication THEN 'REPLICATION' END) || ')' FROM pg_roles WHERE NOT rolsuper"
-        " AND rolname !~ '^pg_' AND (rolcreaterole OR rolcreatedb OR rolbypassrls OR"
-        " rolreplication) ORDER BY 1"
-    ).fetchall()
+    powerful = [
+        (f"{r.name} ({', '.join(r.powers)})",) for r in every if not r.superuser and r.powers
+    ]
     found.append(
         Finding(
             "role attributes",
@@ -135,28 +120,25 @@ def role_findings(conn: psycopg.Connection, app_roles: list[str] = ()) -> list[F
 
 
 def password_hashes(conn: psycopg.Connection) -> Finding:
-    """Which login roles still have md5 password hashes (the hashes themselves are never read)."""
-    try:
-        with conn.transaction():
-            rows = conn.execute(
-                "SELECT rolname FROM pg_authid WHERE rolpassword LIKE 'md5%%' ORDER BY 1"
-            ).fetchall()
-    except psycopg.errors.InsufficientPrivilege:
+    """Which roles still have md5 password hashes (the hashes themselves are never read)."""
+    known = role_facts.passwords(conn)
+    if known is None:
         return Finding(
             "password hashes",
             Status.UNKNOWN,
             "pg_authid is not readable here (managed server or "
             "no superuser): md5 against SCRAM cannot be told",
         )
+    md5 = [(p.name,) for p in known if p.md5]
     return Finding(
         "password hashes",
-        Status.WARN if rows else Status.OK,
+        Status.WARN if md5 else Status.OK,
         (
-            f"{len(rows)} roles still have md5 password hashes: reset them under scram-sha-256"
-            if rows
+            f"{len(md5)} roles still have md5 password hashes: reset them under scram-sha-256"
+            if md5
             else "no md5 password hash"
         ),
-        examples=_names(rows),
+        examples=_names(md5),
     )
 
 
@@ -165,18 +147,7 @@ def password_hashes(conn: psycopg.Connection) -> Finding:
 
 def privileges(conn: psycopg.Connection):
     """Login roles against tables: the privileges each holds, as letters (S, I, U, D)."""
-    import pandas as pd  # here: spares pandas (~270 ms) at start-up
-
-    rows = conn.execute(
-        "SELECT r.rolname, n.nspname || '.' || c.relname, concat(CASE WHEN"
-        " has_table_privilege(r.oid, c.oid, 'SELECT') THEN 'S' END, CASE WHEN"
-        " has_table_privilege(r.oid, c.oid, 'INSERT') THEN 'I' END, CASE WHEN"
-        " has_table_privilege(r.oid, c.oid, 'UPDATE') THEN 'U' END, CASE WHEN"
-        " has_table_privilege(r.oid, c.oid, 'DELETE') THEN 'D' END) FROM pg_roles r CROSS JOIN"
-        " pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.rolcanlogin AND"
-        f" c.relkind IN ('r', 'p', 'v', 'm') AND {USER_SCHEMAS} AND {NOT_EXTENSION} ORDER BY 1, 2"
-    ).fetchall()
-    frame = pd.DataFrame(rows, columns=["role", "table", "privileges"])
+    frame = role_facts.table_privileges(conn)
     return frame.pivot(index="role", columns="table", values="privileges") if len(frame) else frame
 
 
@@ -198,12 +169,7 @@ def plot_privileges(matrix):
 
 
 def grant_findings(conn: psycopg.Connection, app_roles: list[str]) -> list[Finding]:
-    public = conn.execute(
-        "SELECT n.nspname || '.' || c.relname || ': ' || string_agg(a.privilege_type, ', ' ORDER"
-        " BY a.privilege_type) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,"
-        f" aclexplode(c.relacl) a WHERE a.grantee = 0 AND {USER_SCHEMAS} AND {NOT_EXTENSION} GROUP"
-        " BY n.nspname, c.relname ORDER BY 1"
-    ).fetchall()
+    public = [(f"{g.table}: {g.privileges}",) for g in role_facts.public_grants(conn)]
     found = [
         Finding(
             "grants to PUBLIC",
@@ -317,11 +283,8 @@ def access_findings(
             examples=_names(plain),
         )
     ]
-    missing = [
-        r
-        for r in app_roles
-        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [r]).fetchone()
-    ]
+    existing = {r.name for r in role_facts.roles(conn)}
+    missing = [r for r in app_roles if r not in existing]
     if missing:
         found.append(
             Finding(
@@ -371,12 +334,15 @@ def access_findings(
 
 
 def settings_findings(conn: psycopg.Connection) -> list[Finding]:
-    s = dict(
-        conn.execute(
-            "SELECT name, setting FROM pg_settings WHERE name IN ('ssl', 'password_encryption',"
-            " 'log_connections', 'log_disconnections', 'log_statement', 'listen_addresses')"
-        ).fetchall()
+    names = (
+        "ssl",
+        "password_encryption",
+        "log_connections",
+        "log_disconnections",
+        "log_statement",
+        "listen_addresses",
     )
+    s = {name: x.setting for name, x in server.settings(conn, names).items()}
     found = []
     tcp = s.get("listen_addresses", "") not in ("",)
     found.append(
@@ -420,9 +386,7 @@ def settings_findings(conn: psycopg.Connection) -> list[Finding]:
             ),
         )
     )
-    ext = conn.execute(
-        "SELECT extname || ' ' || extversion FROM pg_extension ORDER BY 1"
-    ).fetchall()
+    ext = [(f"{e.name} {e.version}",) for e in server.extensions(conn)]
     found.append(Finding("extensions", Status.OK, f"{len(ext)} installed", examples=_names(ext)))
     return found
 
@@ -529,21 +493,17 @@ def sensitive_findings(conn: psycopg.Connection) -> Finding:
 
 def snapshot(conn: psycopg.Connection) -> Finding:
     """The facts drift is measured on, recorded in the report."""
-    q = lambda text: sorted(_names(conn.execute(text).fetchall()))  # noqa: E731
+    every = role_facts.roles(conn)
     facts = {
-        "superusers": q("SELECT rolname FROM pg_roles WHERE rolsuper"),
-        "login roles": q("SELECT rolname FROM pg_roles WHERE rolcanlogin"),
-        "grants to PUBLIC": q(
-            "SELECT n.nspname || '.' || c.relname || ' ' || a.privilege_type FROM pg_class c"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a"
-            f" WHERE a.grantee = 0 AND {USER_SCHEMAS} AND {NOT_EXTENSION}"
+        "superusers": sorted(r.name for r in every if r.superuser),
+        "login roles": sorted(r.name for r in every if r.login),
+        "grants to PUBLIC": sorted(
+            f"{g.table} {p}"
+            for g in role_facts.public_grants(conn)
+            for p in g.privileges.split(", ")
         ),
-        "role attributes": q(
-            "SELECT rolname || ': ' || concat_ws(' ', CASE WHEN rolcreaterole THEN 'CREATEROLE'"
-            " END, CASE WHEN rolcreatedb THEN 'CREATEDB' END, CASE WHEN rolbypassrls THEN"
-            " 'BYPASSRLS' END, CASE WHEN rolreplication THEN 'REPLICATION' END) FROM pg_roles WHERE"
-            " rolname !~ '^pg_' AND NOT rolsuper AND (rolcreaterole OR rolcreatedb OR rolbypassrls"
-            " OR rolreplication)"
+        "role attributes": sorted(
+            f"{r.name}: {' '.join(r.powers)}" for r in every if not r.superuser and r.powers
         ),
     }
     return Finding(

@@ -61,9 +61,8 @@ def primary_key(conn: psycopg.Connection, relation: str) -> tuple[tuple[str, ...
 
 def tables(conn: psycopg.Connection, *, kinds: str = "rp") -> list[tuple[str, str]]:
     """(schema, table) of every table in user schemas (temporary ones aside): ordinary and
-    partitioned
-    ones by default; kinds="r" for those holding rows of their own (partitions, not their parents),
-    "rm" for every heap (materialized views too)."""
+    partitioned ones by default; kinds="r" for those holding rows of their own (partitions, not
+    their parents), "rm" for every heap (materialized views too)."""
     return conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         f" WHERE c.relkind = ANY(%s) AND c.relpersistence <> 't' AND {USER_SCHEMAS} AND"

@@ -32,11 +32,9 @@ FOREIGN_KEYS = """
 
 def foreign_keys(conn: psycopg.Connection) -> list:
     """Every foreign key, with its columns on both sides. `partition_copy`: one of the copies a key
-    to
-    or from a partitioned table makes per partition (the key itself covers their rows);
+    to or from a partitioned table makes per partition (the key itself covers their rows);
     `table_only` / `ref_only`: the side is a plain table, read alone (ONLY) as PostgreSQL's own
-    checks do.
-    """
+    checks do."""
     with conn.cursor(row_factory=namedtuple_row) as cur:
         return cur.execute(FOREIGN_KEYS).fetchall()
 

@@ -64,9 +64,8 @@ def own_work(query: str) -> bool:
 
 def statements(conn: psycopg.Connection, *, limit: int = 5000):
     """The application's statements in this database from pg_stat_statements (top-level only where
-    the
-    server tells nested ones apart), by total time, with their share of it. The one reader of query
-    statistics (see the module's docstring)."""
+    the server tells nested ones apart), by total time, with their share of it. The one reader of
+    query statistics (see the module's docstring)."""
     import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
     columns = [
