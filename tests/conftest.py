@@ -119,6 +119,44 @@ def written_files(*roots: Path) -> list[Path]:
     return [p for root in roots if root.exists() for p in root.rglob("*") if p.is_file()]
 
 
+def charts(notebook: Path) -> dict[str, list[bytes]]:
+    """Each code cell of an executed notebook that draws a chart (calls a plot function), with the
+    PNG images among its own outputs."""
+    import base64
+    import json
+    import re
+
+    found = {}
+    for cell in json.loads(notebook.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and re.search(r"\.plot\w*\(", source):
+            found[source] = [
+                base64.b64decode(out["data"]["image/png"])
+                for out in cell.get("outputs", [])
+                if "image/png" in out.get("data", {})
+            ]
+    return found
+
+
+def assert_charts_drawn(notebook: Path, html: Path) -> None:
+    """Every chart cell of the run holds one image that is not blank, and its HTML shows it."""
+    import io
+    import re
+
+    from PIL import Image
+
+    drawn = charts(notebook)
+    assert drawn, f"no chart cell in {notebook.name}"
+    for source, images in drawn.items():
+        assert len(images) == 1, f"{source!r}: {len(images)} images (text instead of a chart?)"
+        image = Image.open(io.BytesIO(images[0])).convert("L")
+        assert image.width > 200 and image.height > 100, source
+        assert len(set(image.getdata())) > 16, f"{source!r}: a blank image"
+    page = html.read_text()
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) == len(drawn)
+    assert "<Figure size" not in page.replace("&lt;", "<")
+
+
 def password_role(sandbox, role: str, password: str, *, superuser: bool = False) -> str:
     """A role the sandbox makes log in with a password (SCRAM), and a URL for it with `password`."""
     from urllib.parse import quote

@@ -8,6 +8,7 @@ from pgrunbook.archive import runner
 from pgrunbook.base import db, migrations
 from pgrunbook.base.errors import ConfirmationRequired
 from pgrunbook.base.findings import Status
+from tests.conftest import assert_charts_drawn
 
 
 @pytest.fixture
@@ -58,6 +59,7 @@ def test_staging_then_production(environments):
     staging = runner.run("migrate", "staging", {"mode": "apply"}, progress=False)
     found = _checks(staging)
     assert staging.exit_code == 0, [str(f) for f in staging.findings]
+    assert_charts_drawn(staging.notebook, staging.html)
     assert _revision("staging") == ("0004",) and found["verify"].value == "0004"
     assert found["backup"].status is Status.OK and "pre-migration-0004" in found["backup"].summary
     for step in (

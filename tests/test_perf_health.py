@@ -19,6 +19,7 @@ from pgrunbook.base.targets import Target
 from pgrunbook.checks import health, perf
 from pgrunbook.facts import activity, statements
 from pgrunbook.procedures import seed
+from tests.conftest import assert_charts_drawn
 
 SLOW = """\\set n random(1, 60000)
 SELECT id, email FROM users WHERE phone = :n::text;
@@ -257,7 +258,7 @@ def test_health_writes_prometheus_and_json_and_exits_with_the_worst(
     assert os.listdir(prom.parent) == [
         "pgrunbook.prom"
     ]  # written beside and renamed: no temp file left
-    assert result.html.read_text().count("data:image/png") == 1  # the status chart
+    assert_charts_drawn(result.notebook, result.html)  # the status chart, an image
 
 
 def test_what_cannot_be_seen_is_unknown_never_made_up(sandbox):

@@ -17,7 +17,14 @@ from pgrunbook.base import db
 from pgrunbook.base.findings import Status
 from pgrunbook.base.targets import Target
 from pgrunbook.procedures import dumps, refresh, restore, sanitize, seed
-from tests.conftest import ROOT, databases, forget_roles, make_roles, written_files
+from tests.conftest import (
+    ROOT,
+    assert_charts_drawn,
+    databases,
+    forget_roles,
+    make_roles,
+    written_files,
+)
 
 PLANTED = {
     "email": "zebulon.quartermaine@planted-mail.example.com",
@@ -435,6 +442,7 @@ def test_runbook_apply_writes_no_personal_value_and_no_salt(pair, tmp_path, monk
     )
     assert result.exit_code == 0, (result.error, result.findings)
     assert PLANTED["email"] not in _all_text(stag)
+    assert_charts_drawn(result.notebook, result.html)
     state = Path(os.environ["PGRUNBOOK_STATE_DIR"])
     roots = [Path(os.environ[v]) for v in ("PGRUNBOOK_REPORTS_DIR", "PGRUNBOOK_BACKUPS_DIR")]
     roots += [p for p in state.iterdir() if p.name != "sandbox"] + [

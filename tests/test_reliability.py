@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import databases, fill, written_files
+from tests.conftest import assert_charts_drawn, databases, fill, written_files
 
 ROOT = Path(__file__).resolve().parents[1]
 PGRUNBOOK = str(Path(sys.executable).with_name("pgrunbook"))
@@ -72,6 +72,9 @@ def test_eight_runs_together_all_pass_leave_no_socket_and_write_only_private_fil
         f.name == "verify.json" for f in files
     )
     assert len([f for f in files if f.suffix == ".html"]) == 8
+    for runbook in ("health", "security", "performance"):  # the charts are images, not text
+        (report,) = (tmp_path / "reports" / runbook).glob("*.ipynb")
+        assert_charts_drawn(report, report.with_suffix(".html"))
     loose_files = [f"{f} {f.stat().st_mode & 0o777:o}" for f in files if f.stat().st_mode & 0o077]
     folders = [
         p

@@ -28,7 +28,7 @@ from pgrunbook.facts import backups, catalog, statements
 from pgrunbook.procedures import dumps, restore, sanitize
 
 from . import zoo as zoofix
-from .conftest import databases, written_files
+from .conftest import assert_charts_drawn, databases, written_files
 
 # What each runbook documents on a clean zoo (README, "What the runbooks assume of a database").
 VERDICTS = {
@@ -189,6 +189,7 @@ def test_backup_and_swap_keep_every_row_and_the_schema(zoo):
     assert left_out.status is Status.WARN and "ix_Invoice_amount" in left_out.summary
     swapped = runner.run("restore", "zoo", {"mode": "swap"}, progress=False)
     assert swapped.outcome == "OK", [str(f) for f in swapped.findings]
+    assert_charts_drawn(swapped.notebook, swapped.html)
 
     with db.connect(t) as conn:
         assert catalog.row_counts(conn) == before_counts
@@ -464,6 +465,7 @@ def test_drill_and_refresh_plan_on_the_zoo(zoo, tmp_path, monkeypatch):
     columns."""
     drilled = runner.run("dr_drill", "zoo", {"table": "ledger.entries"}, progress=False)
     assert drilled.outcome == "OK", [str(f) for f in drilled.findings if f.status is not Status.OK]
+    assert_charts_drawn(drilled.notebook, drilled.html)
     with psycopg.connect(zoo) as conn:
         assert conn.execute("SELECT count(*) FROM ledger.entries").fetchone()[0] == 200
     monkeypatch.setenv(
