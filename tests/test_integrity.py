@@ -1,10 +1,13 @@
 """Integrity checks on real databases with planted faults: each found, named and counted exactly."""
 
+import dataclasses
+
 import psycopg
 import pytest
 
 from pgrunbook.archive import runner
 from pgrunbook.base import db
+from pgrunbook.base.errors import ConfirmationRequired
 from pgrunbook.base.findings import Status
 from pgrunbook.base.targets import Target
 from pgrunbook.checks import compare, integrity
@@ -300,4 +303,74 @@ def test_integrity_runbook_exit_codes(sandbox, monkeypatch):
             staging,
             "SELECT setval(pg_get_serial_sequence('categories', 'id'), (SELECT max(id) FROM"
             " categories))",
+        )
+
+
+PEOPLE = """
+CREATE TABLE people (id int PRIMARY KEY, email text, note text, n int);
+INSERT INTO people SELECT g, 'person' || g || '@example.org', 'note ' || g, g
+  FROM generate_series(1, 500) g;
+"""
+
+
+def test_compare_shows_personal_values_as_tokens_unless_asked(scratch):
+    """Differing rows keep what differs visible, not the personal values themselves."""
+    other_name = f"{scratch.database}_p"
+    admin = db.with_database(scratch.url, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{other_name}"')
+    other = Target("other", db.with_database(scratch.url, other_name), sandbox=True)
+    try:
+        for t in (scratch, other):
+            _write(t, *[s for s in PEOPLE.split(";\n") if s.strip()])
+        _write(
+            other,
+            "UPDATE people SET email = 'changed@example.org' WHERE id = 7",
+            "UPDATE people SET note = 'call +44 20 7946 0958' WHERE id = 8",
+            "UPDATE people SET n = -1 WHERE id = 9",
+        )
+        diff = compare.compare(scratch, other)
+        side = diff.side_by_side["public.people"]
+        shown = side.to_string() + " ".join(
+            f.summary + " ".join(f.examples) for f in diff.findings("a", "b")
+        )
+        for secret in ("person7@example.org", "changed@example.org", "7946", "person9@example.org"):
+            assert secret not in shown, secret
+        assert (
+            side.loc[7, ("email", "scratch")] != side.loc[7, ("email", "other")]
+        )  # what differs shows
+        assert side.loc[9, ("email", "scratch")] == side.loc[9, ("email", "other")]
+        assert side.loc[9, ("n", "other")] == -1 and side.loc[8, ("note", "scratch")] == "note 8"
+        plain = compare.compare(scratch, other, show_values=True).side_by_side["public.people"]
+        assert plain.loc[7, ("email", "other")] == "changed@example.org"
+        with pytest.raises(ConfirmationRequired, match="show_values is refused with protected"):
+            compare.compare(scratch, dataclasses.replace(other, protected=True), show_values=True)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{other_name}" WITH (FORCE)')
+
+
+def test_a_compare_with_production_writes_none_of_its_personal_values(sandbox):
+    """Staging against production, users differing row by row: the archive keeps no address."""
+    with psycopg.connect(sandbox.url("production")) as conn:
+        emails = [r[0] for r in conn.execute("SELECT email FROM users ORDER BY id LIMIT 40")]
+        phones = [
+            r[0] for r in conn.execute("SELECT phone FROM users WHERE phone IS NOT NULL LIMIT 40")
+        ]
+    result = runner.run(
+        "integrity",
+        "staging",
+        {"compare_to": "production", "tables": "users", "checks": "fk"},
+        progress=False,
+    )
+    assert any(f.check == "compare public.users" for f in result.findings)
+    for path in (result.notebook, result.html):
+        text = path.read_text()
+        assert not [e for e in emails + phones if e in text], path
+    with pytest.raises(ConfirmationRequired, match="show_values is refused"):
+        runner.run(
+            "integrity",
+            "staging",
+            {"compare_to": "production", "show_values": "true"},
+            progress=False,
         )

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from ..base import config
-from ..base.errors import PgRunbookError, UnknownParameter
+from ..base.errors import ConfirmationRequired, PgRunbookError, UnknownParameter
 from ..base.targets import Target
 
 
@@ -104,8 +104,13 @@ def dr_drill(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> Non
 def integrity(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
     from ..base import targets  # here: a guard imports only its own runbook's modules
 
-    if v["compare_to"]:
-        targets.resolve(v["compare_to"])
+    other = targets.resolve(v["compare_to"]) if v["compare_to"] else None
+    if v["show_values"] and (target.protected or (other is not None and other.protected)):
+        protected = target.name if target.protected else other.name
+        raise ConfirmationRequired(
+            f"show_values is refused with protected target {protected!r}: its personal data would "
+            "be written into the report; compare without it (values show as tokens)"
+        )
     if v["checks_dir"] and not config.project_path(v["checks_dir"]).is_dir():
         raise UnknownParameter(
             f"checks_dir {v['checks_dir']!r} is not a folder: give a folder of *.sql "

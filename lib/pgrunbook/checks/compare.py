@@ -14,17 +14,24 @@ just the differing rows are fetched, side by side.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from ..base import db
+from ..base.errors import ConfirmationRequired
 from ..base.findings import Finding, Status
 from ..base.targets import Target
 from ..facts import catalog
 from ..facts.catalog import Rel, selected
+from . import security
 
 HASHERS = {
     "int2": "hashint2extended",
@@ -300,10 +307,55 @@ def _merge(pair: Pair, t: Table, rh):
     return changed, sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
 
 
+EMAIL_IN_TEXT = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
+PHONE_IN_TEXT = re.compile(r"\+?[0-9][0-9 ().-]{6,}[0-9]")
+
+
+class Masker:
+    """Personal-looking values as short keyed hashes: within one comparison equal values show the
+    same token, so a reader still sees what differs, and nothing of the value itself.
+
+    A value is personal-looking when its column's name is (`security.PERSONAL_NAME`, the rule
+    the security review uses) or when it is text holding an e-mail address or a phone number.
+    The key is random per comparison: tokens cannot be matched across reports.
+    """
+
+    def __init__(self, *, enabled: bool = True):
+        self.enabled = enabled
+        self._key = secrets.token_bytes(16)
+
+    def personal(self, column: str) -> bool:
+        return bool(security.PERSONAL_NAME.search(column)) and not security.KEY_NAME.search(column)
+
+    def value(self, value: Any, column: str = "") -> Any:
+        if not self.enabled or value is None or isinstance(value, (bool, int, float)):
+            return value
+        text = str(value)
+        if not (
+            (column and self.personal(column))
+            or (
+                isinstance(value, str)
+                and (EMAIL_IN_TEXT.search(text) or PHONE_IN_TEXT.search(text))
+            )
+        ):
+            return value
+        return "#" + hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()[:10]
+
+    def row(self, row: tuple, columns: list[str]) -> tuple:
+        return tuple(self.value(v, c) for v, c in zip(row, columns, strict=True))
+
+    def key(self, key: Any, columns: tuple[str, ...]) -> Any:
+        if isinstance(key, tuple):
+            return self.row(key, list(columns))
+        return self.value(key, columns[0] if columns else "")
+
+
 @dataclass
 class Comparison:
     results: list[TableResult]
     side_by_side: dict[str, object] = field(default_factory=dict)
+    masker: Masker = field(default_factory=Masker)
+    keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # each table's key columns
 
     def table(self):
         import pandas as pd  # here: spares pandas (~270 ms) at start-up
@@ -341,11 +393,10 @@ class Comparison:
         for r in self.results:
             if r.same:
                 continue
-            keys = (
-                [f"changed {k}" for k in r.changed]
-                + [f"only in {a}: {k}" for k in r.only_a]
-                + [f"only in {b}: {k}" for k in r.only_b]
-            )
+            key_columns = self.keys.get(r.table, ())
+            keys = [f"changed {self.masker.key(k, key_columns)}" for k in r.changed]
+            keys += [f"only in {a}: {self.masker.key(k, key_columns)}" for k in r.only_a]
+            keys += [f"only in {b}: {self.masker.key(k, key_columns)}" for k in r.only_b]
             found.append(
                 Finding(
                     f"compare {r.table}",
@@ -370,8 +421,24 @@ class Comparison:
         return found
 
 
-def compare(a: Target, b: Target, *, tables_glob: str = "*", max_examples: int = 20) -> Comparison:
-    """Every selected table of `a` compared with the same table in `b`."""
+def compare(
+    a: Target,
+    b: Target,
+    *,
+    tables_glob: str = "*",
+    max_examples: int = 20,
+    show_values: bool = False,
+) -> Comparison:
+    """Every selected table of `a` compared with the same table in `b`. Personal-looking values
+    of the differing rows are shown as tokens (see `Masker`) unless `show_values`, which neither
+    side may be protected for."""
+    if show_values and (a.protected or b.protected):
+        protected = a.name if a.protected else b.name
+        raise ConfirmationRequired(
+            f"show_values is refused with protected target {protected!r}: its personal data would "
+            "be written into the report; compare without it (values show as tokens)"
+        )
+    masker = Masker(enabled=not show_values)
     pair = Pair(a, b)
     try:
         ta, tb = tables(pair.a, tables_glob), tables(pair.b, tables_glob)
@@ -387,11 +454,11 @@ def compare(a: Target, b: Target, *, tables_glob: str = "*", max_examples: int =
                 )
                 continue
             results.append(compare_table(pair, ta[name]))
-        out = Comparison(results)
+        out = Comparison(results, masker=masker, keys={n: t.key for n, t in ta.items()})
         for r in results:
             if r.differing and name_in(ta, r.table):
                 out.side_by_side[r.table] = side_by_side(
-                    pair, ta[r.table], r, a.name, b.name, limit=max_examples
+                    pair, ta[r.table], r, a.name, b.name, limit=max_examples, masker=masker
                 )
         return out
     finally:
@@ -402,8 +469,19 @@ def name_in(tables_: dict, name: str) -> bool:
     return name in tables_ and bool(tables_[name].key)
 
 
-def side_by_side(pair: Pair, t: Table, r: TableResult, a: str, b: str, *, limit: int = 20):
-    """The differing rows from both sides, one line per key, each column as (a, b)."""
+def side_by_side(
+    pair: Pair,
+    t: Table,
+    r: TableResult,
+    a: str,
+    b: str,
+    *,
+    limit: int = 20,
+    masker: Masker | None = None,
+):
+    """The differing rows from both sides, one line per key, each column as (a, b); personal-looking
+    values through `masker`."""
+    masker = masker or Masker()
     import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
     keys = (r.changed + r.only_a + r.only_b)[:limit]
@@ -421,6 +499,7 @@ def side_by_side(pair: Pair, t: Table, r: TableResult, a: str, b: str, *, limit:
         )
         ra, rb = pair.both(q)
     names = [c for c, _ in t.columns]
+    ra, rb = ([masker.row(row, names) for row in rows] for rows in (ra, rb))
     fa = pd.DataFrame(ra, columns=names).set_index(list(t.key))
     fb = pd.DataFrame(rb, columns=names).set_index(list(t.key))
     both = pd.concat({a: fa, b: fb}, axis=1).swaplevel(axis=1).sort_index()

@@ -623,13 +623,22 @@ class CompareStep:
 
 
 def compare_with(
-    target: Target, compare_to: str, *, tables: str = "*", max_examples: int = 20
+    target: Target,
+    compare_to: str,
+    *,
+    tables: str = "*",
+    max_examples: int = 20,
+    show_values: bool = False,
 ) -> CompareStep:
     """Every selected table of `target` compared row for row with the target named `compare_to`, if
     any."""
     if not compare_to:
         return CompareStep([Finding("compare", Status.OK, "no compare_to target: skipped")])
     result = compare.compare(
-        target, targets.resolve(compare_to), tables_glob=tables, max_examples=max_examples
+        target,
+        targets.resolve(compare_to),
+        tables_glob=tables,
+        max_examples=max_examples,
+        show_values=show_values,
     )
     return CompareStep(result.findings(target.name, compare_to, max_examples=max_examples), result)
