@@ -49,6 +49,8 @@ def test_planted_problems_are_found_then_the_run_is_ok_again(
     monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
     baseline = runner.run("security", "production", progress=False)
     assert baseline.exit_code == 2
+    page = baseline.html.read_text()  # the personal-looking columns are named in the report itself
+    assert "<td>public.users.email</td>" in page and "<td>public.users.phone</td>" in page
     found = _checks(baseline)
     assert found["superusers"].status is Status.CRIT and found["superusers"].examples == ("admin2",)
     assert found["grants to PUBLIC"].status is Status.CRIT and found[
