@@ -36,6 +36,8 @@ BAD = [
     (["run", "status", "--target", "prodution"], "did you mean 'production'"),
     (["run", "seed", "--target", "sandbox", "-p", "mode", "postgresql://u:pw@h/db"], "secret"),
     (["reports", "show", "nothing-like-this"], "no run matches"),
+    (["reports", "list", "--since", "2026-13-01"], "is not a date: give YYYY-MM-DD"),
+    (["reports", "list", "--until", "yesterday"], "is not a date"),
     (["frobnicate"], "invalid choice"),
 ]
 
@@ -85,9 +87,42 @@ def test_connection_failures_are_one_line(sandbox, reports_dir, capfd, monkeypat
     assert _snapshot(reports_dir) == before
 
 
-def test_sandbox_already_running(sandbox, capfd):
-    assert main(["sandbox", "up"]) == 3
-    assert "already running" in capfd.readouterr().err
+def test_sandbox_up_is_idempotent(sandbox, capfd):
+    """Scripts start it with `up`: on a running sandbox that says so and succeeds."""
+    assert main(["sandbox", "up"]) == 0
+    out = capfd.readouterr().out
+    assert "already running" in out and "running (pid" in out
+
+
+@pytest.mark.parametrize("url", ["host=db port", "postgresql://u:hunter22@h:5432/db?sslmode=a b"])
+def test_a_malformed_url_is_one_line(sandbox, reports_dir, capfd, monkeypatch, url):
+    monkeypatch.setenv("STAGING_DATABASE_URL", url)
+    before = _snapshot(reports_dir)
+    assert main(["run", "status", "--target", "staging"]) == 3
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "$STAGING_DATABASE_URL is not a connection URL" in err
+    assert "hunter22" not in err and "Traceback" not in err
+    assert _snapshot(reports_dir) == before
+
+
+def test_progress_only_on_a_terminal_and_the_paths_of_what_was_written(sandbox, reports_dir):
+    """Without a terminal (cron, CI) no progress bar; the report's paths are printed, and `reports
+    show` prints them again; a run without an incident lists an empty incident, not None."""
+    pgrunbook = str(Path(sys.executable).parent / "pgrunbook")
+    run = subprocess.run(
+        [pgrunbook, "run", "status", "--target", "sandbox"], capture_output=True, text=True
+    )
+    assert run.returncode in (0, 1), run.stderr
+    assert "Executing" not in run.stderr and "cell/s" not in run.stderr
+    html = re.search(r"html: +(\S+)", run.stdout)[1]
+    shown = subprocess.run(
+        [pgrunbook, "reports", "show", f"status/{Path(html).stem}", "--debug"],
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0 and f"html:   {html}" in shown.stdout
+    listed = subprocess.run([pgrunbook, "reports", "list"], capture_output=True, text=True).stdout
+    assert "None" not in listed and "NaN" not in listed
 
 
 def test_sandbox_not_running(sandbox, capfd, monkeypatch, tmp_path):

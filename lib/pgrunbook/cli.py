@@ -12,7 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .base.errors import ArchiveFailed, PgRunbookError
+from .base import config, targets
+from .base.errors import ArchiveFailed, PgRunbookError, UnknownParameter
 from .base.secrets import redact
 
 USAGE_ERROR = 3
@@ -27,17 +28,33 @@ def _params(pairs: list[list[str]] | None) -> dict[str, str]:
     return {name: value for name, value in pairs or []}
 
 
+def _progress(args) -> bool:
+    """A progress bar only for a person at a terminal: never in cron's mail or a CI log."""
+    return sys.stderr.isatty() and not args.quiet
+
+
+def _day(value: str | None, option: str) -> str | None:
+    """A YYYY-MM-DD option, refused in one line when it is not a date."""
+    from datetime import date
+
+    if value is None:
+        return None
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise UnknownParameter(f"{option} {value!r} is not a date: give YYYY-MM-DD") from None
+    return value
+
+
 def cmd_run(args) -> int:
-    from .archive import (
-        runner,
-    )  # here: each command imports only what it needs, so --help stays fast
+    from .archive import runner  # lazy: start-up time
 
     result = runner.run(
         args.runbook,
         args.target,
         _params(args.parameter),
         incident=args.incident,
-        progress=not args.no_progress,
+        progress=_progress(args),
     )
     _print_result(result)
     return result.exit_code
@@ -54,11 +71,7 @@ def _print_result(result) -> None:
 
 def cmd_cleanup(args) -> int:
     """List (or with --apply remove) what killed runs of the target left; never a kept database."""
-    from .base import targets  # here: each command imports only what it needs, so --help stays fast
-    from .procedures import (
-        debris,
-        swaps,
-    )  # here: each command imports only what it needs, so --help stays fast
+    from .procedures import debris, swaps  # lazy: start-up time
 
     t = targets.resolve(args.target)
     if recovered := swaps.recover(t):
@@ -74,9 +87,7 @@ def cmd_cleanup(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .archive import (
-        runner,
-    )  # here: each command imports only what it needs, so --help stays fast
+    from .archive import runner  # lazy: start-up time
 
     for name in runner.available():
         print(f"{name}: {runner.purpose(name)}")
@@ -86,12 +97,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_reports(args) -> int:
-    from .archive import (
-        reports,
-    )  # here: each command imports only what it needs, so --help stays fast
-    from .facts import (
-        history,
-    )  # here: each command imports only what it needs, so --help stays fast
+    from .archive import reports  # lazy: start-up time
+    from .facts import history  # lazy: start-up time
 
     if args.action == "verify":
         result = reports.verify()
@@ -118,26 +125,27 @@ def cmd_reports(args) -> int:
                 print(f"{key}: {d[key]}")
         for f in d.get("findings", []):
             print(f"  {f['status']:<7} {f['check']}: {f['summary']}")
+        root = config.settings().reports_dir
+        files = d["files"]
+        print(f"report: {root / files['ipynb']['path']}\nhtml:   {root / files['html']['path']}")
         return 0
     rows = history.select(
         runbook=args.runbook,
         target=args.target,
         outcome=args.outcome,
         incident=args.incident,
-        since=args.since,
-        until=args.until,
+        since=_day(args.since, "--since"),
+        until=_day(args.until, "--until"),
     )
     if not rows:
         print("no runs match")
         return 0
-    print(reports.table(rows).to_string(index=False))
+    print(reports.table(rows).fillna("").to_string(index=False))
     return 0
 
 
 def cmd_sandbox(args) -> int:
-    from .procedures.sandbox import (
-        Sandbox,
-    )  # here: each command imports only what it needs, so --help stays fast
+    from .procedures.sandbox import Sandbox  # lazy: start-up time
 
     box = Sandbox.default()
     if args.action == "url":
@@ -146,6 +154,10 @@ def cmd_sandbox(args) -> int:
     if args.action == "down":
         box.down()
         print(f"sandbox stopped ({box.data_dir})")
+        return 0
+    if args.action == "up" and box.running:  # idempotent, as scripts need it
+        print(f"the sandbox is already running ({box.data_dir})")
+        print("\n".join(box.status().lines()))
         return 0
     if args.action in ("up", "reset"):
         print(
@@ -161,9 +173,7 @@ def cmd_sandbox(args) -> int:
 
 
 def cmd_seed(args) -> int:
-    from .archive import (
-        runner,
-    )  # here: each command imports only what it needs, so --help stays fast
+    from .archive import runner  # lazy: start-up time
 
     given = {
         "mode": args.mode,
@@ -171,45 +181,32 @@ def cmd_seed(args) -> int:
         "random_seed": str(args.seed),
         "confirm": args.confirm,
     }
-    result = runner.run("seed", args.target, given, progress=not args.no_progress)
+    result = runner.run("seed", args.target, given, progress=_progress(args))
     _print_result(result)
     return result.exit_code
 
 
 def cmd_demo(args) -> int:
-    from .archive import (
-        runner,
-    )  # here: each command imports only what it needs, so --help stays fast
-    from .procedures.sandbox import (
-        Sandbox,
-    )  # here: each command imports only what it needs, so --help stays fast
+    from .archive import runner  # lazy: start-up time
+    from .procedures.sandbox import Sandbox  # lazy: start-up time
 
     box = Sandbox.default()
     print(f"starting the sandbox in {box.root} ...", file=sys.stderr)
     print("\n".join(box.ensure().lines()))
     codes = []
     for runbook in ("status", "seed"):
-        result = runner.run(runbook, "sandbox", progress=not args.no_progress)
+        result = runner.run(runbook, "sandbox", progress=_progress(args))
         _print_result(result)
         codes.append(result.exit_code)
-    from .base import config  # here: each command imports only what it needs, so --help stays fast
 
     print(f"\nreports are in {config.settings().reports_dir} (`pgrunbook reports list`)")
     return max(codes)
 
 
 def cmd_migrations(args) -> int:
-    from .archive import (
-        runner,
-    )  # here: each command imports only what it needs, so --help stays fast
-    from .base import (
-        db,
-        migrations,
-        targets,
-    )  # here: each command imports only what it needs, so --help stays fast
-    from .procedures import (
-        migrate,
-    )  # here: each command imports only what it needs, so --help stays fast
+    from .archive import runner  # lazy: start-up time
+    from .base import db, migrations  # lazy: alembic and SQLAlchemy (~360 ms)
+    from .procedures import migrate  # lazy: start-up time
 
     t = targets.resolve(args.target)
     if args.action in ("deploy", "resolve"):
@@ -224,7 +221,7 @@ def cmd_migrations(args) -> int:
             stamp = args.applied or migrate.down_revision(args.rolled_back)
             given = {"mode": "resolve", "stamp": stamp, "confirm": args.confirm}
         result = runner.run(
-            "migrate", args.target, given, incident=args.incident, progress=not args.no_progress
+            "migrate", args.target, given, incident=args.incident, progress=_progress(args)
         )
         _print_result(result)
         return result.exit_code
@@ -252,9 +249,7 @@ def cmd_migrations(args) -> int:
             return 2 if p.problem else 0
     if args.against:
         with db.connect(targets.resolve(args.against)) as a, db.connect(t) as b:
-            from .facts import (
-                catalog,
-            )  # here: each command imports only what it needs, so --help stays fast
+            from .facts import catalog  # lazy: start-up time
 
             diff = catalog.schema_difference(catalog.schema_facts(a), catalog.schema_facts(b))
         print(f"{args.target} against {args.against}: {len(diff)} differences")
@@ -271,23 +266,34 @@ def cmd_migrations(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pgrunbook", description="Operational runbooks for PostgreSQL.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    either = argparse.ArgumentParser(add_help=False)  # --debug before or after the subcommand
+    either.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run a runbook against a target and archive the report")
+    def add(name: str, **options) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[either], **options)
+
+    run = add("run", help="run a runbook against a target and archive the report")
     run.add_argument("runbook")
     run.add_argument(
         "--target", "-t", required=True, help="environment name (sandbox, staging, ...)"
     )
     run.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
     run.add_argument("--incident", help="incident id to file the report under")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--quiet",
+        "--no-progress",
+        dest="quiet",
+        action="store_true",
+        help="no progress bar (shown only on a terminal anyway)",
+    )
     run.set_defaults(fn=cmd_run)
 
-    sub.add_parser("list", help="the runbooks, their purpose and parameters").set_defaults(
-        fn=cmd_list
-    )
+    add("list", help="the runbooks, their purpose and parameters").set_defaults(fn=cmd_list)
 
-    rep = sub.add_parser("reports", help="the archive of executed runbooks")
+    rep = add("reports", help="the archive of executed runbooks")
     rep.add_argument("action", choices=["list", "show", "verify"])
     rep.add_argument("ref", nargs="?", help="with show: a run id or report path")
     for opt in ("runbook", "target", "outcome", "incident"):
@@ -296,25 +302,29 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--until", help="YYYY-MM-DD (UTC, inclusive)")
     rep.set_defaults(fn=cmd_reports)
 
-    box = sub.add_parser("sandbox", help="the embedded PostgreSQL 18 sandbox")
+    box = add("sandbox", help="the embedded PostgreSQL 18 sandbox")
     box.add_argument("action", choices=["up", "status", "url", "down", "reset"])
     box.add_argument(
         "database", nargs="?", default="production", help="with url: production or staging"
     )
     box.set_defaults(fn=cmd_sandbox)
 
-    seed = sub.add_parser("seed", help="seed a target (through the seed runbook, archived)")
+    seed = add("seed", help="seed a target (through the seed runbook, archived)")
     seed.add_argument("--target", "-t", default="sandbox")
     seed.add_argument("--mode", choices=["production", "development"], default="production")
     seed.add_argument("--users", type=int, default=0, help="development mode: users (0 = 1000)")
     seed.add_argument("--seed", type=int, default=1, help="development mode: random seed")
     seed.add_argument("--confirm", default="", help="the target's name, for a protected target")
-    seed.add_argument("--no-progress", action="store_true")
+    seed.add_argument(
+        "--quiet",
+        "--no-progress",
+        dest="quiet",
+        action="store_true",
+        help="no progress bar (shown only on a terminal anyway)",
+    )
     seed.set_defaults(fn=cmd_seed)
 
-    mig = sub.add_parser(
-        "migrations", help="migration status, SQL, schema diff, deploy, new, reset, resolve"
-    )
+    mig = add("migrations", help="migration status, SQL, schema diff, deploy, new, reset, resolve")
     mig.add_argument(
         "action", choices=["status", "plan", "diff", "deploy", "new", "reset", "resolve"]
     )
@@ -326,10 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--rolled-back", help="with resolve: record this revision as rolled back")
     mig.add_argument("--confirm", default="", help="the target's name, for a protected target")
     mig.add_argument("--incident")
-    mig.add_argument("--no-progress", action="store_true")
+    mig.add_argument(
+        "--quiet",
+        "--no-progress",
+        dest="quiet",
+        action="store_true",
+        help="no progress bar (shown only on a terminal anyway)",
+    )
     mig.set_defaults(fn=cmd_migrations)
 
-    clean = sub.add_parser(
+    clean = add(
         "cleanup",
         help=(
             "what killed runs left (scratch databases, partial backups): "
@@ -340,8 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--apply", action="store_true", help="remove what is listed")
     clean.set_defaults(fn=cmd_cleanup)
 
-    demo = sub.add_parser("demo", help="start the sandbox and run the status and seed runbooks")
-    demo.add_argument("--no-progress", action="store_true")
+    demo = add("demo", help="start the sandbox and run the status and seed runbooks")
+    demo.add_argument(
+        "--quiet",
+        "--no-progress",
+        dest="quiet",
+        action="store_true",
+        help="no progress bar (shown only on a terminal anyway)",
+    )
     demo.set_defaults(fn=cmd_demo)
     return p
 

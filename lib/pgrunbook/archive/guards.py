@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from ..base import config
+from ..base import config, targets
 from ..base.errors import ConfirmationRequired, PgRunbookError, UnknownParameter
 from ..base.targets import Target
 
@@ -39,7 +39,7 @@ def migrate(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None
 
 
 def restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..facts import backups  # here: a guard imports only its own runbook's modules
+    from ..facts import backups  # lazy: start-up time
 
     not_busy(target)
     backups.find(
@@ -50,14 +50,14 @@ def restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None
 
 def not_busy(target: Target) -> None:
     """Refuse while another restore or refresh of the same database runs (it holds the lock)."""
-    from ..procedures import swaps  # here: a guard imports only its own runbook's modules
+    from ..procedures import swaps  # lazy: start-up time
 
     if holder := swaps.busy(target):
         raise swaps.Busy(holder)
 
 
 def seed(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..procedures import seed as seeding  # here: a guard imports only its own runbook's modules
+    from ..procedures import seed as seeding  # lazy: start-up time
 
     if not target.app.seed:
         raise NotConfigured(
@@ -68,12 +68,8 @@ def seed(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
 
 
 def staging_refresh(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..base import targets  # here: a guard imports only its own runbook's modules
-    from ..facts import backups  # here: a guard imports only its own runbook's modules
-    from ..procedures import (
-        refresh,
-        sanitize,
-    )  # here: a guard imports only its own runbook's modules
+    from ..facts import backups  # lazy: start-up time
+    from ..procedures import refresh, sanitize  # lazy: start-up time
 
     source = targets.resolve(v["source"])
     refresh.check_request(source, target, mode=v["mode"], confirm=v["confirm"])
@@ -88,7 +84,7 @@ def staging_refresh(target: Target, v: dict[str, Any], conn: psycopg.Connection)
 
 
 def dr_drill(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..procedures import drill  # here: a guard imports only its own runbook's modules
+    from ..procedures import drill  # lazy: start-up time
 
     drill.check_target(target, v["disaster"])
     if (
@@ -102,7 +98,6 @@ def dr_drill(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> Non
 
 
 def integrity(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..base import targets  # here: a guard imports only its own runbook's modules
 
     other = targets.resolve(v["compare_to"]) if v["compare_to"] else None
     if v["show_values"] and (target.protected or (other is not None and other.protected)):
@@ -119,7 +114,7 @@ def integrity(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> No
 
 
 def health(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
-    from ..checks import health as checks  # here: a guard imports only its own runbook's modules
+    from ..checks import health as checks  # lazy: start-up time
 
     checks.output_path("prometheus_file", v["prometheus_file"])
     checks.output_path("json_file", v["json_file"])

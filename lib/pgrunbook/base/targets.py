@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from . import cluster, config
@@ -157,6 +158,13 @@ def _resolve(name: str) -> Target:
     protected = bool(spec.get("protected", False))
     app = settings.app_of(name)
     if url := os.environ.get(env):
+        try:
+            conninfo_to_dict(url)
+        except psycopg.ProgrammingError as e:
+            raise TargetNotConfigured(
+                f"${env} is not a connection URL libpq reads ({redact(str(e)).strip()}): set it to "
+                "postgresql://USER@HOST:PORT/DB or to key=value pairs"
+            ) from None
         return Target(name, url, protected=protected, source=f"${env}", app=app)
     if name in ("production", "staging"):
         return _sandbox_target(name, name, protected=protected, app=app)
