@@ -259,6 +259,12 @@ def test_health_writes_prometheus_and_json_and_exits_with_the_worst(
         "pgrunbook.prom"
     ]  # written beside and renamed: no temp file left
     assert_charts_drawn(result.notebook, result.html)  # the status chart, an image
+    # each step shows all of its findings, not only its last line's
+    cells = json.loads(result.notebook.read_text())["cells"]
+    step = next(c for c in cells if "health.long_transactions(" in "".join(c["source"]))
+    shown = "".join("".join(o.get("data", {}).get("text/html", "")) for o in step["outputs"])
+    for check in ("connections", "long transactions", "idle in transaction"):
+        assert f"<td>{check}</td>" in shown, check
 
 
 def test_what_cannot_be_seen_is_unknown_never_made_up(sandbox):

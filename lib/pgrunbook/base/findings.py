@@ -122,10 +122,11 @@ class Findings:
     target: str
     items: list[Finding] = field(default_factory=list)
 
-    def add(self, *found: Finding) -> Finding | list[Finding]:
-        """Record findings; returns them so a notebook cell shows them."""
+    def add(self, *found: Finding) -> None:
+        """Record findings and show them in the step that made them (in a notebook; nothing is
+        shown elsewhere), so every step shows all of its findings, not only its last line's."""
         self.items.extend(found)
-        return found[0] if len(found) == 1 else list(found)
+        _show(list(found))
 
     def gate(self, finding: Finding) -> Finding:
         """Record `finding`; when it is CRIT, record the run and stop it here."""
@@ -174,6 +175,20 @@ class Findings:
         if self.worst is Status.CRIT and not os.environ.get(RUNNER_ENV):
             crit = [f.check for f in self.items if f.status is Status.CRIT]
             raise RunbookCritical(f"CRIT findings: {', '.join(crit)}")
+
+
+def _show(items: list[Finding]) -> None:
+    """Display findings as a table where a notebook kernel runs this code."""
+    try:
+        from IPython import get_ipython  # here: spares IPython (~70 ms) at start-up
+    except ImportError:
+        return
+    if not items or get_ipython() is None:
+        return
+    from IPython.display import display  # here: spares IPython (~70 ms) at start-up
+
+    text = "\n".join(str(f) for f in items)
+    display({"text/html": _html_table(items), "text/plain": text}, raw=True)
 
 
 def read_recorded(nb) -> dict[str, Any] | None:
