@@ -46,6 +46,30 @@ def test_status_run_archives_report_html_and_metadata(sandbox, reports_dir):
     assert {f["check"] for f in meta["findings"]} >= {"connectivity", "connections", "migrations"}
     assert "connectivity" in result.html.read_text()
     assert history.find(str(result.notebook))["outcome"] == "OK"
+    _a_report_a_person_reads(result.html.read_text())
+
+
+def _a_report_a_person_reads(page: str) -> None:
+    """The header first (what ran where, how it ended, the findings worst first), then the
+    steps with their code folded away; no prompts, no parameter cells, no Python reprs."""
+    import re
+
+    title = re.search(r"<title>(.*)</title>", page)[1]
+    assert re.fullmatch(r"status on sandbox, \S+ UTC: OK", title), title
+    header = page.index('id="pgrb-header"')
+    first_step = page.index('class="jp-Cell ', page.index("<main>"))
+    assert header < page.index('id="pgrb-findings"') < first_step  # the summary comes first
+    head = page[header : page.index("</section>", header)]
+    for field in ("INC-42", "PostgreSQL 18", "pool_limit = 25", "operator", "started"):
+        assert field in head, field
+    assert "the embedded sandbox&#39;s production database" in head or (
+        "the embedded sandbox's production database" in head
+    )
+    body = page[page.index("<main>") :]
+    assert "In&nbsp;[" not in body and "Out[" not in body
+    assert "pool_limit: int = 0" not in body  # the parameters cell is not repeated
+    assert body.count('<details class="pgrb-code">') >= 5  # every step's code, folded
+    assert "Finding(" not in body and "<Figure size" not in body.replace("&lt;", "<")
 
 
 def test_verify_passes_then_names_the_changed_report(sandbox, capsys):

@@ -264,6 +264,9 @@ def run(
         "runbook_sha256": sha256_file(source),
         "pgrunbook_version": __version__,
         "parameters": values,
+        "parameters_changed": {
+            k: v for k, v in values.items() if k != "target" and v != defaults(declared).get(k)
+        },
         "target": target,
         "target_source": t.source,
         "server_version": version,
@@ -396,12 +399,27 @@ def _read_or_empty(path: Path):
 _exporter = None
 
 
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
 def _html(nb) -> str:
+    """The report as a person reads it: the project's nbconvert template (templates/pgrunbook),
+    a title naming runbook, target, time and outcome, no prompts."""
     global _exporter
     if _exporter is None:
         from nbconvert import HTMLExporter  # here: spares nbconvert (~390 ms) at start-up
 
-        _exporter = HTMLExporter()
+        _exporter = HTMLExporter(
+            template_name="pgrunbook",
+            extra_template_basedirs=[str(TEMPLATES)],
+            exclude_input_prompt=True,
+            exclude_output_prompt=True,
+        )
+    run = nb.metadata.get("pgrunbook", {})
+    if run:
+        nb.metadata["title"] = (
+            f"{run['runbook']} on {run['target']}, {run['start']} UTC: {run['outcome']}"
+        )
     body, _ = _exporter.from_notebook_node(nb)
     return body
 
