@@ -253,39 +253,42 @@ INSERT INTO loose SELECT g, 'y' || g FROM generate_series(1, 3000) g;
 """
 
 
-def test_compare_text_composite_and_missing_keys(scratch):
-    other_name = f"{scratch.database}_b"
+@pytest.fixture
+def other(scratch):
+    """A second, empty database beside `scratch` on the same server, as target 'other'."""
+    name = f"{scratch.database}_b"
     admin = db.with_database(scratch.url, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{other_name}"')
-    other = Target("other", db.with_database(scratch.url, other_name), sandbox=True)
-    try:
-        for t in (scratch, other):
-            _write(t, *[s for s in OTHER_KEYS.split(";\n") if s.strip()])
-        assert all(r.same for r in compare.compare(scratch, other).results)
-        _write(
-            other,
-            "UPDATE tagged SET n = -1 WHERE code = 'c42'",
-            "DELETE FROM tagged WHERE code = 'c7'",
-            "UPDATE pairs SET v = 'moved' WHERE (a, b) = (3, 14)",
-            "UPDATE loose SET y = 'z' WHERE x = 5",
-        )
-        diff = compare.compare(scratch, other)
-        results = {r.table: r for r in diff.results}
-        tagged, pairs, loose = (
-            results["public.tagged"],
-            results["public.pairs"],
-            results["public.loose"],
-        )
-        assert (tagged.changed, tagged.only_a, tagged.only_b) == (["c42"], ["c7"], [])
-        assert (pairs.changed, pairs.only_a, pairs.columns) == ([(3, 14)], [], ["v"])
-        assert not loose.same and "no primary key" in loose.note
-        side = diff.side_by_side["public.pairs"]
-        assert list(side.index) == [(3, 14)] and side.loc[(3, 14), ("v", "other")] == "moved"
-        assert list(diff.side_by_side["public.tagged"].index) == ["c42", "c7"]
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{other_name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield Target("other", db.with_database(scratch.url, name), sandbox=True)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_compare_text_composite_and_missing_keys(scratch, other):
+    for t in (scratch, other):
+        _write(t, *[s for s in OTHER_KEYS.split(";\n") if s.strip()])
+    assert all(r.same for r in compare.compare(scratch, other).results)
+    _write(
+        other,
+        "UPDATE tagged SET n = -1 WHERE code = 'c42'",
+        "DELETE FROM tagged WHERE code = 'c7'",
+        "UPDATE pairs SET v = 'moved' WHERE (a, b) = (3, 14)",
+        "UPDATE loose SET y = 'z' WHERE x = 5",
+    )
+    diff = compare.compare(scratch, other)
+    results = {r.table: r for r in diff.results}
+    tagged, pairs, loose = (
+        results["public.tagged"],
+        results["public.pairs"],
+        results["public.loose"],
+    )
+    assert (tagged.changed, tagged.only_a, tagged.only_b) == (["c42"], ["c7"], [])
+    assert (pairs.changed, pairs.only_a, pairs.columns) == ([(3, 14)], [], ["v"])
+    assert not loose.same and "no primary key" in loose.note
+    side = diff.side_by_side["public.pairs"]
+    assert list(side.index) == [(3, 14)] and side.loc[(3, 14), ("v", "other")] == "moved"
+    assert list(diff.side_by_side["public.tagged"].index) == ["c42", "c7"]
 
 
 def test_integrity_runbook_exit_codes(sandbox, monkeypatch):
@@ -313,41 +316,32 @@ INSERT INTO people SELECT g, 'person' || g || '@example.org', 'note ' || g, g
 """
 
 
-def test_compare_shows_personal_values_as_tokens_unless_asked(scratch):
+def test_compare_shows_personal_values_as_tokens_unless_asked(scratch, other):
     """Differing rows keep what differs visible, not the personal values themselves."""
-    other_name = f"{scratch.database}_p"
-    admin = db.with_database(scratch.url, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{other_name}"')
-    other = Target("other", db.with_database(scratch.url, other_name), sandbox=True)
-    try:
-        for t in (scratch, other):
-            _write(t, *[s for s in PEOPLE.split(";\n") if s.strip()])
-        _write(
-            other,
-            "UPDATE people SET email = 'changed@example.org' WHERE id = 7",
-            "UPDATE people SET note = 'call +44 20 7946 0958' WHERE id = 8",
-            "UPDATE people SET n = -1 WHERE id = 9",
-        )
-        diff = compare.compare(scratch, other)
-        side = diff.side_by_side["public.people"]
-        shown = side.to_string() + " ".join(
-            f.summary + " ".join(f.examples) for f in diff.findings("a", "b")
-        )
-        for secret in ("person7@example.org", "changed@example.org", "7946", "person9@example.org"):
-            assert secret not in shown, secret
-        assert (
-            side.loc[7, ("email", "scratch")] != side.loc[7, ("email", "other")]
-        )  # what differs shows
-        assert side.loc[9, ("email", "scratch")] == side.loc[9, ("email", "other")]
-        assert side.loc[9, ("n", "other")] == -1 and side.loc[8, ("note", "scratch")] == "note 8"
-        plain = compare.compare(scratch, other, show_values=True).side_by_side["public.people"]
-        assert plain.loc[7, ("email", "other")] == "changed@example.org"
-        with pytest.raises(ConfirmationRequired, match="show_values is refused with protected"):
-            compare.compare(scratch, dataclasses.replace(other, protected=True), show_values=True)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{other_name}" WITH (FORCE)')
+    for t in (scratch, other):
+        _write(t, *[s for s in PEOPLE.split(";\n") if s.strip()])
+    _write(
+        other,
+        "UPDATE people SET email = 'changed@example.org' WHERE id = 7",
+        "UPDATE people SET note = 'call +44 20 7946 0958' WHERE id = 8",
+        "UPDATE people SET n = -1 WHERE id = 9",
+    )
+    diff = compare.compare(scratch, other)
+    side = diff.side_by_side["public.people"]
+    shown = side.to_string() + " ".join(
+        f.summary + " ".join(f.examples) for f in diff.findings("a", "b")
+    )
+    for secret in ("person7@example.org", "changed@example.org", "7946", "person9@example.org"):
+        assert secret not in shown, secret
+    assert (
+        side.loc[7, ("email", "scratch")] != side.loc[7, ("email", "other")]
+    )  # what differs shows
+    assert side.loc[9, ("email", "scratch")] == side.loc[9, ("email", "other")]
+    assert side.loc[9, ("n", "other")] == -1 and side.loc[8, ("note", "scratch")] == "note 8"
+    plain = compare.compare(scratch, other, show_values=True).side_by_side["public.people"]
+    assert plain.loc[7, ("email", "other")] == "changed@example.org"
+    with pytest.raises(ConfirmationRequired, match="show_values is refused with protected"):
+        compare.compare(scratch, dataclasses.replace(other, protected=True), show_values=True)
 
 
 def test_a_compare_with_production_writes_none_of_its_personal_values(sandbox):
