@@ -267,3 +267,41 @@ def test_an_archive_with_reports_but_no_index_is_not_ok(own_archive):
     reports.head_path().unlink()
     check = reports.verify()
     assert not check.ok and "no index" in "\n".join(check.lines())
+
+
+def test_the_archive_as_a_site(sandbox, tmp_path, monkeypatch, capsys):
+    """Every run rewrites index.html; `reports site` adds a page per incident and per target,
+    with the target's health figures drawn across runs, and verify still names nothing."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+    runs = [
+        runner.run("health", "sandbox", incident="INC-9", progress=False),
+        runner.run("status", "sandbox", incident="INC-9", progress=False),
+        runner.run("health", "sandbox", progress=False),
+    ]
+    index = tmp_path / "reports" / "index.html"
+    page = index.read_text()  # written by the runs themselves
+    assert len(re.findall(r"<tr data-runbook=", page)) == 3 and runs[-1].html.name in page
+    assert main(["reports", "site"]) == 0
+    page = index.read_text()
+    links = re.findall(r'<a href="([^"#]+)"', page)
+    assert all((index.parent / link).is_file() for link in links), links
+    assert {r.html.name for r in runs} <= {Path(link).name for link in links}
+    assert page.count(">verified<") == 3 and 'data-filter="incident"' in page
+    incident = next(index.parent / link for link in links if "/incidents/" in link)
+    shown = incident.read_text()
+    assert "Incident INC-9" in shown and shown.count("<tr><td>") == 2
+    target = next(index.parent / link for link in links if "/targets/" in link)
+    charts = re.findall(
+        r'<img class="trend" alt="([^"]+)" src="data:image/png;base64,([^"]+)"', target.read_text()
+    )
+    assert charts and any(alt.startswith("storage ") for alt, _ in charts)
+    for _, data in charts:
+        image = Image.open(io.BytesIO(base64.b64decode(data))).convert("L")
+        assert len(set(image.getdata())) > 16  # a line was drawn
+    assert reports.verify().ok  # the site's pages are not runs the index lacks

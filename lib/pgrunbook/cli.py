@@ -100,6 +100,13 @@ def cmd_reports(args) -> int:
     from .archive import reports  # lazy: start-up time
     from .facts import history  # lazy: start-up time
 
+    if args.action == "site":
+        from .archive import site  # lazy: start-up time
+
+        print(
+            f"the archive's pages: {site.build(full=True)} (open it in a browser, no server needed)"
+        )
+        return 0
     if args.action == "verify":
         result = reports.verify()
         print("\n".join(result.lines()))
@@ -294,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("list", help="the runbooks, their purpose and parameters").set_defaults(fn=cmd_list)
 
     rep = add("reports", help="the archive of executed runbooks")
-    rep.add_argument("action", choices=["list", "show", "verify"])
+    rep.add_argument("action", choices=["list", "show", "verify", "site"])
     rep.add_argument("ref", nargs="?", help="with show: a run id or report path")
     for opt in ("runbook", "target", "outcome", "incident"):
         rep.add_argument(f"--{opt}")

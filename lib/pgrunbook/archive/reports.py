@@ -100,6 +100,11 @@ def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, 
                 )
             },
             "summary": meta.get("summary", {}),
+            "figures": {  # what the site draws across runs
+                f["check"]: f["value"]
+                for f in meta.get("findings", [])
+                if isinstance(f.get("value"), int | float) and not isinstance(f.get("value"), bool)
+            },
             "files": {
                 "ipynb": {"path": str(notebook.relative_to(root)), "sha256": sha256_file(notebook)},
                 "html": {"path": str(html.relative_to(root)), "sha256": sha256_file(html)},
@@ -160,6 +165,13 @@ class Verification:
         ]
         verdict = "OK" if self.ok else "FAILED"
         return out + [f"{verdict}: {self.checked} files checked against {index_path()}"]
+
+
+def site_pages(root: Path) -> set[str]:
+    """The archive's own pages (see `archive.site`): made from the index, not runs in it."""
+    pages = root / "_site"
+    made = {str(p.relative_to(root)) for p in pages.rglob("*")} if pages.is_dir() else set()
+    return made | {"index.html"}
 
 
 def verify() -> Verification:
@@ -230,7 +242,7 @@ def verify() -> Verification:
             str(p.relative_to(root))
             for p in root.rglob("*")
             if p.is_file() and p.suffix in (".ipynb", ".html")
-        }
+        } - site_pages(root)
         result.unindexed = sorted(archived - indexed)
         if archived and head is None and not raw:
             result.index.append(

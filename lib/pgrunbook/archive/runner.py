@@ -30,7 +30,7 @@ from ..base.fileio import create_private, private_dir, sha256_file, write_atomic
 from ..base.findings import RUNNER_ENV, Finding, Status, read_recorded
 from ..base.secrets import redact, redact_document
 from ..procedures import swaps
-from . import guards, reports
+from . import guards, reports, site
 
 RESERVED = {"target"}
 _TRUE = {"true", "yes", "on", "1"}
@@ -374,6 +374,10 @@ def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> 
     write_atomic(html_path, redact_document(_html(nbformat.reads(text, as_version=4))))
     reports.append_index(meta, out, html_path)
     work.unlink(missing_ok=True)
+    try:
+        site.build(full=False)  # the archive's front page lists this run now
+    except OSError as e:  # the run is archived and indexed: the page waits for the next build
+        print(f"pgrunbook: the archive's index.html was not updated: {e}", file=sys.stderr)
     return RunResult(
         meta["runbook"],
         meta["target"],

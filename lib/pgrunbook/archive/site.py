@@ -1,0 +1,169 @@
+"""The archive as a site: reports/index.html, a page per incident and a page per target.
+
+Static pages, relative links, filters in the page itself: they work from
+file:// with no server. Every run rewrites index.html (the table only);
+`pgrunbook reports site` writes every page, verifies every file first, and
+draws each target's health figures across its runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..base import config
+from ..base.fileio import private_dir, write_atomic
+from ..facts import history
+from . import reports
+
+TEMPLATES = Path(__file__).resolve().parent / "templates" / "site"
+FILTERS = ("runbook", "target", "outcome", "incident")
+PAGES = "_site"  # the folder of the pages per incident and per target, beside index.html
+
+
+def _environment():
+    import jinja2  # here: spares Jinja2 at start-up; the reports CLI needs it only for the site
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "j2")),
+    )
+
+
+def _page_name(value: str) -> str:
+    """A file name for a target or an incident: readable, and distinct for distinct names."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", value)[:60]
+    return f"{readable}-{hashlib.sha256(value.encode()).hexdigest()[:8]}.html"
+
+
+def _states_path() -> Path:
+    return config.settings().state_dir / "site" / "verified.json"
+
+
+def _states(check: reports.Verification | None) -> dict[str, str]:
+    """Each indexed file's state as of the last full verification, saved for incremental builds."""
+    path = _states_path()
+    if check is None:
+        try:
+            return json.loads(path.read_text())["files"]
+        except (OSError, ValueError, KeyError):
+            return {}
+    bad = {p: "changed" for p in check.changed} | {p: "missing" for p in check.missing}
+    states = {
+        f["path"]: bad.get(f["path"], "verified")
+        for e in history.entries()
+        for f in e.get("files", {}).values()
+    }
+    private_dir(path.parent)
+    write_atomic(path, json.dumps({"at": datetime.now().astimezone().isoformat(), "files": states}))
+    return states
+
+
+def _row(entry: dict[str, Any], states: dict[str, str]) -> dict[str, Any]:
+    files = entry.get("files", {})
+    paths = [f["path"] for f in files.values()]
+    found = [states.get(p, "unchecked") for p in paths]
+    state = next((s for s in ("missing", "changed", "unchecked") if s in found), "verified")
+    return {
+        "id": entry["id"],
+        "runbook": entry["runbook"],
+        "target": entry["target"],
+        "outcome": entry["outcome"],
+        "incident": entry.get("incident") or "",
+        "start": entry["start"][:19].replace("T", " "),
+        "day": entry["start"][:10],
+        "duration": f"{entry.get('duration_s', 0):.1f} s",
+        "html": files.get("html", {}).get("path", ""),
+        "state": state,
+        "target_page": _page_name(entry["target"]),
+        "incident_page": _page_name(entry["incident"]) if entry.get("incident") else "",
+        "figures": entry.get("figures") or {},
+    }
+
+
+def _chart(check: str, points: list[tuple[str, float]]) -> str:
+    """One figure of one target across its health runs, as a base64 PNG."""
+    from matplotlib.figure import Figure  # here: spares matplotlib (~450 ms) at start-up
+
+    fig = Figure(figsize=(8, 2.4))
+    ax = fig.subplots()
+    when = [datetime.fromisoformat(s.replace(" ", "T")) for s, _ in points]
+    ax.plot(when, [v for _, v in points], marker="o", markersize=3)
+    ax.set_title(check, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def build(*, full: bool = True) -> Path:
+    """Write the site into the archive folder; with `full`, verify every file and write the pages
+    per incident and per target too. Returns index.html's path."""
+    root = config.settings().reports_dir
+    private_dir(root)
+    check = reports.verify() if full else None
+    states = _states(check)
+    rows = [_row(e, states) for e in history.entries()]
+    env = _environment()
+    newest_first = sorted(rows, key=lambda r: r["start"], reverse=True)
+    choices = {f: sorted({r[f] for r in rows if r[f]}) for f in FILTERS}
+    verified = (
+        f"verified when this page was written: {check.lines()[-1]}"
+        + ("" if check.ok else f" ({len(check.lines()) - 1} problems: `pgrunbook reports verify`)")
+        if check is not None
+        else "runs since the last `pgrunbook reports site` are unchecked"
+    )
+    index = root / "index.html"
+    write_atomic(
+        index,
+        env.get_template("index.html.j2").render(
+            runs=newest_first, choices=choices, root="", verified=verified
+        ),
+    )
+    if full:
+        _pages(root, rows, env)
+    return index
+
+
+def _pages(root: Path, rows: list[dict[str, Any]], env) -> None:
+    by_incident: dict[str, list[dict[str, Any]]] = {}
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(rows, key=lambda r: r["start"]):
+        by_target.setdefault(r["target"], []).append(r)
+        if r["incident"]:
+            by_incident.setdefault(r["incident"], []).append(r)
+    for folder in ("incidents", "targets"):
+        private_dir(root / PAGES / folder)
+    page = env.get_template("incident.html.j2")
+    for incident, runs in by_incident.items():
+        first = datetime.fromisoformat(runs[0]["start"].replace(" ", "T"))
+        for r in runs:
+            since = datetime.fromisoformat(r["start"].replace(" ", "T")) - first
+            r["offset"] = f"+{since.total_seconds() / 60:.0f} min"
+        write_atomic(
+            root / PAGES / "incidents" / _page_name(incident),
+            page.render(incident=incident, runs=runs, root="../../"),
+        )
+    page = env.get_template("target.html.j2")
+    for target, runs in by_target.items():
+        series: dict[str, list[tuple[str, float]]] = {}
+        for r in runs:
+            if r["runbook"] == "health":
+                for check, value in r["figures"].items():
+                    series.setdefault(check, []).append((r["start"], value))
+        charts = [
+            {"check": check, "points": len(points), "png": _chart(check, points)}
+            for check, points in sorted(series.items())
+            if len(points) >= 2
+        ]
+        write_atomic(
+            root / PAGES / "targets" / _page_name(target),
+            page.render(target=target, runs=runs, charts=charts, root="../../"),
+        )
