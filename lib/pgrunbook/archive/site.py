@@ -115,7 +115,8 @@ def build(*, full: bool = True) -> Path:
     newest_first = sorted(rows, key=lambda r: r["start"], reverse=True)
     choices = {f: sorted({r[f] for r in rows if r[f]}) for f in FILTERS}
     verified = (
-        f"verified when this page was written: {check.lines()[-1]}"
+        f"verified when this page was written: {'OK' if check.ok else 'FAILED'}, "
+        f"{check.checked} files checked against the index"
         + ("" if check.ok else f" ({len(check.lines()) - 1} problems: `pgrunbook reports verify`)")
         if check is not None
         else "runs since the last `pgrunbook reports site` are unchecked"

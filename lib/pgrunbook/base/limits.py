@@ -67,6 +67,13 @@ class Limits:
         ("wraparound_warn", "wraparound_crit"),
     )
 
+    def _repr_html_(self) -> str:
+        """The limits in effect, as a table a report shows (not a Python repr)."""
+        rows = "".join(
+            f"<tr><td>{f.name}</td><td>{getattr(self, f.name):g}</td></tr>" for f in fields(self)
+        )
+        return f"<table><tr><th>limit</th><th>in effect</th></tr>{rows}</table>"
+
     @classmethod
     def names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
