@@ -55,7 +55,8 @@ def test_steps_are_headings_and_cells_stay_thin(nb):
     assert len(headings) >= 3 and headings[-1] == "## Result"
     for cell in notebook.cells:
         if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
-            assert len(cell.source.splitlines()) <= 6, cell.source
+            code = [line for line in cell.source.splitlines() if not line.startswith("%")]
+            assert len(code) <= 6, cell.source  # IPython magics (display set-up) aside
             for word in ("try:", "except", "SELECT ", "for ", "while ", "def "):
                 assert word not in cell.source, (word, cell.source)
     assert "findings.record()" in [c for c in notebook.cells if c.cell_type == "code"][-1].source

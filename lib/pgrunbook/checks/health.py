@@ -262,7 +262,7 @@ def plot(findings: list[Finding]):
     threshold."""
     from matplotlib.figure import Figure  # here: spares matplotlib (~450 ms) at start-up
 
-    fig = Figure(figsize=(9, 0.45 + 0.32 * len(findings)))
+    fig = Figure(figsize=(9, 0.45 + 0.32 * len(findings)), layout="constrained")
     ax = fig.subplots()
     for i, f in enumerate(findings):
         ax.barh(i, 1, color=STATUS_COLOURS[f.status.name])
@@ -279,7 +279,6 @@ def plot(findings: list[Finding]):
     ax.set_xlim(0, 1.9)
     ax.axis("off")
     ax.set_title("Health checks: status, figure and threshold", loc="left")
-    fig.tight_layout()
     return fig
 
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from ..base.display import pretty_bytes
 from ..base.findings import Check, Finding, Status
 from ..base.limits import DEFAULTS, level
 from ..base.targets import Target
 from ..facts import activity, constraints, history, server, space
 from ..facts.indexes import Index, indexes, stats_window
 from ..facts.statements import EXPLAINABLE, has_statements
-from .status import pretty_bytes
 
 WRITES = re.compile(
     r"\b(insert|update|delete|merge|create|drop|alter|truncate|copy|call|nextval|setval)\b", re.I
@@ -122,7 +122,7 @@ def plot_statements(frame, slow_ms: float, *, n: int = 15):
     """Total-time bars, calls against mean time with the slow threshold, and the share of time."""
     from matplotlib.figure import Figure  # here: spares matplotlib (~450 ms) at start-up
 
-    fig = Figure(figsize=(13, 4.5))
+    fig = Figure(figsize=(13, 4.5), layout="constrained")
     bars, scatter, pie = fig.subplots(1, 3)
     head = top(frame, "total_ms", n)
     labels = [f"#{i + 1}" for i in range(len(head))]
@@ -151,7 +151,6 @@ def plot_statements(frame, slow_ms: float, *, n: int = 15):
         textprops={"fontsize": 7},
     )
     pie.set_title("Share of total time")
-    fig.tight_layout()
     return fig
 
 

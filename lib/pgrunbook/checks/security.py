@@ -156,7 +156,14 @@ def plot_privileges(matrix):
     from matplotlib.figure import Figure  # here: spares matplotlib (~450 ms) at start-up
 
     counts = matrix.map(lambda v: len(v or "")) if len(matrix) else matrix
-    fig = Figure(figsize=(1.2 + 0.5 * max(counts.shape[1], 1), 1 + 0.4 * max(counts.shape[0], 1)))
+    label = max((len(str(c)) for c in counts.columns), default=0)  # rotated: they need height
+    fig = Figure(
+        figsize=(
+            2.5 + 0.5 * max(counts.shape[1], 1),
+            1.2 + 0.4 * max(counts.shape[0], 1) + 0.07 * label,
+        ),
+        layout="constrained",
+    )
     ax = fig.subplots()
     if len(counts):
         im = ax.imshow(counts.values, cmap="Reds", vmin=0, vmax=4, aspect="auto")
@@ -164,7 +171,6 @@ def plot_privileges(matrix):
         ax.set_yticks(range(counts.shape[0]), counts.index)
         fig.colorbar(im, ax=ax, label="privileges (of S, I, U, D)")
     ax.set_title("Table privileges of login roles")
-    fig.tight_layout()
     return fig
 
 

@@ -11,6 +11,7 @@ import time
 import psycopg
 
 from ..base import migrations
+from ..base.display import pretty_bytes
 from ..base.findings import Check, Finding, Status
 from ..base.limits import DEFAULTS, level
 from ..base.targets import Target
@@ -35,14 +36,6 @@ SETTINGS = (
     "log_min_duration_statement",
     "track_io_timing",
 )
-
-
-def pretty_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def connectivity(conn: psycopg.Connection) -> Finding:

@@ -78,7 +78,7 @@ def plot_timeline(
 
     if not timeline.phases:
         return None
-    fig = Figure(figsize=(8, 0.5 + 0.4 * max(len(timeline.phases), 1)))
+    fig = Figure(figsize=(8, 0.5 + 0.4 * max(len(timeline.phases), 1)), layout="constrained")
     ax = fig.subplots()
     for i, (_name, start, end) in enumerate(timeline.phases):
         ax.barh(i, end - start, left=start, color="#4c72b0")
@@ -87,7 +87,6 @@ def plot_timeline(
     ax.set_xlabel("seconds")
     goal = f" (objective {objective_s / 60:g} min)" if objective_s else ""
     ax.set_title(f"{title}: {timeline.total:.1f} s{goal}")
-    fig.tight_layout()
     return fig
 
 

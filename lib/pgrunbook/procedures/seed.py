@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg import sql
 
+from ..base import display
 from ..base.errors import SeedRefused
 from ..base.findings import Finding, Status
 from ..base.targets import Target
@@ -53,6 +54,11 @@ class SeedResult:
     @property
     def total(self) -> int:
         return sum(self.inserted.values())
+
+    def _repr_html_(self) -> str:
+        return f"<p>{self.mode} mode, rows inserted:</p>" + display.mapping_html(
+            self.inserted, "table", "rows inserted"
+        )
 
 
 def seed(

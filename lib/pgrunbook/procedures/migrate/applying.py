@@ -144,13 +144,12 @@ def invalid_indexes(target: Target) -> list[str]:
 def plot_times(applied: Applied):
     from matplotlib.figure import Figure  # here: spares matplotlib (~450 ms) at start-up
 
-    fig = Figure(figsize=(7, 0.6 + 0.4 * max(len(applied.times), 1)))
+    fig = Figure(figsize=(7, 0.6 + 0.4 * max(len(applied.times), 1)), layout="constrained")
     ax = fig.subplots()
     ax.barh([r for r, _, _ in applied.times], [s for _, s, _ in applied.times], color="#4c72b0")
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
     ax.set_title("Time per revision")
-    fig.tight_layout()
     return fig
 
 
