@@ -125,6 +125,41 @@ def test_progress_only_on_a_terminal_and_the_paths_of_what_was_written(sandbox, 
     assert "None" not in listed and "NaN" not in listed
 
 
+def test_a_target_served_by_the_sandbox_says_so(sandbox, reports_dir, monkeypatch):
+    """`production` without $DATABASE_URL runs on the sandbox: the console says it first, the
+    report's header too."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    pgrunbook = str(Path(sys.executable).parent / "pgrunbook")
+    run = subprocess.run(
+        [pgrunbook, "run", "status", "--target", "production"], capture_output=True, text=True
+    )
+    assert run.returncode in (0, 1), run.stderr
+    assert run.stderr.splitlines()[0] == (
+        "pgrunbook: target 'production' has no URL ($DATABASE_URL is not set): this run uses the"
+        " embedded sandbox's production database"
+    )
+    html = Path(re.search(r"html: +(\S+)", run.stdout)[1]).read_text()
+    assert re.search(r"the embedded sandbox(&#39;|')s production database", html)
+
+
+def test_a_backup_run_says_where_the_backup_is(sandbox, reports_dir):
+    """The console's last lines name every path the run wrote, the backup too; so does the
+    report's header."""
+    pgrunbook = str(Path(sys.executable).parent / "pgrunbook")
+    run = subprocess.run(
+        [pgrunbook, "run", "backup", "--target", "sandbox", "-p", "verify", "false"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode in (0, 1), run.stderr
+    tail = run.stdout.splitlines()[-3:]
+    assert tail[0].startswith("  report: ") and tail[1].startswith("  html:   ")
+    where = Path(re.fullmatch(r"  backup: +(\S+)", tail[2])[1])
+    assert (where / "manifest.json").is_file()
+    html = Path(tail[1].split()[-1]).read_text()
+    assert f"<th>backup</th><td>{where}</td>" in html
+
+
 def test_sandbox_not_running(sandbox, capfd, monkeypatch, tmp_path):
     monkeypatch.setenv("PGRUNBOOK_STATE_DIR", str(tmp_path))
     assert main(["sandbox", "status"]) == 0

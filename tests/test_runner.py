@@ -70,6 +70,42 @@ def _a_report_a_person_reads(page: str) -> None:
     assert "pool_limit: int = 0" not in body  # the parameters cell is not repeated
     assert body.count('<details class="pgrb-code">') >= 5  # every step's code, folded
     assert "Finding(" not in body and "<Figure size" not in body.replace("&lt;", "<")
+    # each finding in the summary links to the row of the step that made it
+    links = re.findall(r'<a href="#(pgrb-finding-\d+)">([^<]+)</a>', head)
+    assert links and len(links) == head.count("<tr><td style=")
+    for anchor, step in links:
+        row = body.index(f'id="{anchor}"')
+        assert body.rfind(step, 0, row) > body.rfind("<h2", 0, row) - 200  # under its heading
+    # tables in human units, without the index column or NaN
+    assert 'class="dataframe pgrb-table"' in body and "NaN" not in body
+    assert "<th></th>" not in body and " MB<" in body or " kB<" in body
+
+
+def test_warnings_go_to_the_metadata_not_the_report(sandbox, tmp_path, monkeypatch):
+    """A library warning printed by a step: kept in the run's metadata, out of the report."""
+    import shutil
+
+    home = tmp_path / "home"
+    (home / "runbooks").mkdir(parents=True)
+    shutil.copy(ROOT / "pyproject.toml", home)
+    shutil.copytree(ROOT / "migrations", home / "migrations")
+    nb = nbformat.read(ROOT / "runbooks" / "status.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "status.database_size(conn)" in c.source)
+    cell.source = (
+        "import warnings\nwarnings.warn('Tight layout not applied', UserWarning)\n" + cell.source
+    )
+    nbformat.write(nb, home / "runbooks" / "status.ipynb")
+    monkeypatch.setenv("PGRUNBOOK_HOME", str(home))
+    result = runner.run("status", "sandbox", progress=False)
+    assert result.outcome == "OK", result.error
+    archived = nbformat.read(result.notebook, as_version=4)
+    streams = [o for c in archived.cells for o in c.get("outputs", []) if o.output_type == "stream"]
+    assert not [o for o in streams if o.name == "stderr"]
+    [kept] = archived.metadata["pgrunbook"]["warnings"]
+    assert "Tight layout not applied" in kept["text"]
+    assert archived.cells[kept["cell"]].source.startswith("import warnings")
+    page = result.html.read_text()
+    assert "UserWarning: Tight layout" not in page and "1 step(s) wrote warnings" in page
 
 
 def test_verify_passes_then_names_the_changed_report(sandbox, capsys):
@@ -272,11 +308,8 @@ def test_an_archive_with_reports_but_no_index_is_not_ok(own_archive):
 def test_the_archive_as_a_site(sandbox, tmp_path, monkeypatch, capsys):
     """Every run rewrites index.html; `reports site` adds a page per incident and per target,
     with the target's health figures drawn across runs, and verify still names nothing."""
-    import base64
-    import io
+    import json
     import re
-
-    from PIL import Image
 
     monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
     runs = [
@@ -285,23 +318,44 @@ def test_the_archive_as_a_site(sandbox, tmp_path, monkeypatch, capsys):
         runner.run("health", "sandbox", progress=False),
     ]
     index = tmp_path / "reports" / "index.html"
+
+    def listed() -> list[dict]:
+        data = re.search(r'<script type="application/json" id="runs-data">(.*?)</script>', page)
+        return json.loads(data[1])
+
     page = index.read_text()  # written by the runs themselves
-    assert len(re.findall(r"<tr data-runbook=", page)) == 3 and runs[-1].html.name in page
+    assert [r["runbook"] for r in listed()] == ["health", "status", "health"]
+    assert listed()[0]["html"].endswith(runs[-1].html.name)  # newest first
     assert main(["reports", "site"]) == 0
     page = index.read_text()
-    links = re.findall(r'<a href="([^"#]+)"', page)
+    rows = listed()
+    links = [r["html"] for r in rows] + [f"_site/targets/{r['target_page']}" for r in rows]
+    links += [f"_site/incidents/{r['incident_page']}" for r in rows if r["incident"]]
     assert all((index.parent / link).is_file() for link in links), links
-    assert {r.html.name for r in runs} <= {Path(link).name for link in links}
-    assert page.count(">verified<") == 3 and 'data-filter="incident"' in page
+    assert [r["state"] for r in rows] == ["verified"] * 3 and 'data-filter="incident"' in page
     incident = next(index.parent / link for link in links if "/incidents/" in link)
     shown = incident.read_text()
     assert "Incident INC-9" in shown and shown.count("<tr><td>") == 2
-    target = next(index.parent / link for link in links if "/targets/" in link)
+    target = (index.parent / links[3]).read_text()
     charts = re.findall(
-        r'<img class="trend" alt="([^"]+)" src="data:image/png;base64,([^"]+)"', target.read_text()
+        r'<svg class="trend" [^>]*aria-label="([^"]+)">.*?<polyline class="line" points="([^"]+)"',
+        target,
+        flags=re.S,
     )
-    assert charts and any(alt.startswith("storage ") for alt, _ in charts)
-    for _, data in charts:
-        image = Image.open(io.BytesIO(base64.b64decode(data))).convert("L")
-        assert len(set(image.getdata())) > 16  # a line was drawn
+    assert charts and any(label.startswith("storage ") for label, _ in charts)
+    for _, line in charts:
+        points = [tuple(map(float, p.split(","))) for p in line.split()]
+        assert len(points) == 2 and points[0][0] == 0 and points[-1][0] == 600  # across the width
     assert reports.verify().ok  # the site's pages are not runs the index lacks
+
+
+def test_the_site_data_cannot_close_its_script():
+    """An incident id is the operator's text: in index.html's data it can end nothing."""
+    import json
+
+    from pgrunbook.archive import site
+
+    nasty = {"incident": "</script><img src=x onerror=alert(1)> & more"}
+    text = site._json_for_script([nasty])
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == [nasty]

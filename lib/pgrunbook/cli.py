@@ -67,6 +67,8 @@ def _print_result(result) -> None:
         print(f"  FAILED  {result.error}")
     print(f"{result.runbook} on {result.target}: {result.outcome} in {result.duration_s:.1f} s")
     print(f"  report: {result.notebook}\n  html:   {result.html}")
+    for what, path in result.written.items():
+        print(f"  {what + ':':<7} {path}")
 
 
 def cmd_cleanup(args) -> int:

@@ -27,7 +27,7 @@ from .. import __version__
 from ..base import config, db, targets
 from ..base.errors import ArchiveFailed, UnknownParameter, UnknownRunbook
 from ..base.fileio import create_private, private_dir, sha256_file, write_atomic
-from ..base.findings import RUNNER_ENV, Finding, Status, read_recorded
+from ..base.findings import RUNNER_ENV, Finding, Status, read_recorded, steps
 from ..base.secrets import redact, redact_document
 from ..procedures import swaps
 from . import guards, reports, site
@@ -118,6 +118,7 @@ class RunResult:
     findings: list[Finding] = field(default_factory=list)
     error: str | None = None
     duration_s: float = 0.0
+    written: dict[str, str] = field(default_factory=dict)
 
 
 def available() -> list[str]:
@@ -248,6 +249,8 @@ def run(
     with db.connect(t, application=f"pgrunbook/{runbook}") as conn:
         version = db.server_version(conn)
         guards.before_run(runbook, t, {**defaults(declared), **values}, conn)
+    if note := targets.fallback_note(t):  # said once the input is accepted: a refusal is one line
+        print(f"pgrunbook: {note}", file=sys.stderr)
     started = datetime.now(UTC)
     out = _report_path(runbook, target, started)
     # papermill writes as the run goes: into a private working copy, never the archive, so that a
@@ -353,6 +356,7 @@ def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> 
     import nbformat  # here: spares nbformat (~100 ms) at start-up
 
     nb = _read_or_empty(work)
+    warnings = _take_stderr(nb)
     payload = read_recorded(nb)
     found = [Finding.from_dict(d) for d in (payload or {}).get("findings", [])]
     if payload is None or (error and payload["outcome"] != "CRIT"):
@@ -360,11 +364,17 @@ def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> 
         error = error or "the runbook ended without recording its findings"
     else:  # finished, or stopped at a CRIT gate after recording its findings
         outcome, code = payload["outcome"], Status[payload["outcome"]].value
+    made_by = steps(nb)
     meta.update(
         outcome=outcome,
         exit_code=code,
         error=error,
-        findings=[f.to_dict() for f in found],
+        findings=[
+            {**f.to_dict(), **dict(zip(("step", "anchor"), made_by.get(n, ()), strict=False))}
+            for n, f in enumerate(found)
+        ],
+        warnings=warnings,
+        written=(payload or {}).get("written", {}),
         summary={s.name: sum(f.status is s for f in found) for s in Status},
     )
     nb.metadata["pgrunbook"] = meta
@@ -388,7 +398,22 @@ def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> 
         found,
         error,
         meta["duration_s"],
+        meta["written"],
     )
+
+
+def _take_stderr(nb) -> list[dict[str, Any]]:
+    """Move what cells wrote to stderr (library warnings, mostly) out of the reader's way: into
+    the run's metadata, with the step's cell number."""
+    taken = []
+    for n, cell in enumerate(nb.cells):
+        outputs = cell.get("outputs", [])
+        kept = [o for o in outputs if not (o.output_type == "stream" and o.name == "stderr")]
+        if len(kept) != len(outputs):
+            text = "".join(o.text for o in outputs if o not in kept)
+            taken.append({"cell": n, "text": text})
+            cell.outputs = kept
+    return taken
 
 
 def _read_or_empty(path: Path):

@@ -101,14 +101,20 @@ class Finding:
 STATUS_COLOURS = {"OK": "#1a7f37", "WARN": "#9a6700", "CRIT": "#cf222e", "UNKNOWN": "#57606a"}
 
 
-def _html_table(items: list[Finding]) -> str:
+def _html_table(items: list[Finding], first: int | None = None) -> str:
+    """The findings as an HTML table; numbered from `first`, each row is the anchor the report's
+    summary links to (`pgrb-finding-N`, N its place in the run's findings)."""
+
+    def anchor(i: int) -> str:
+        return "" if first is None else f" id='pgrb-finding-{first + i}'"
+
     rows = "".join(
-        "<tr><td"
+        f"<tr{anchor(i)}><td"
         f" style='color:{STATUS_COLOURS[f.status.name]};font-weight:bold'>{f.status.name}</td>"
         f"<td>{html.escape(f.check)}</td><td style='text-align:left'>{html.escape(f.summary)}</td>"
         f"<td>{html.escape('' if f.value is None else str(f.value))}</td>"
         f"<td>{html.escape(f.threshold or '')}</td></tr>"
-        for f in items
+        for i, f in enumerate(items)
     )
     head = "<tr><th>status</th><th>check</th><th>finding</th><th>value</th><th>threshold</th></tr>"
     return f"<table>{head}{rows}</table>"
@@ -121,12 +127,20 @@ class Findings:
     runbook: str
     target: str
     items: list[Finding] = field(default_factory=list)
+    written: dict[str, str] = field(default_factory=dict)
+
+    def wrote(self, what: str, path) -> None:
+        """Note a file or folder the run wrote besides its report (a backup, an export), which the
+        console prints at the end of the run and the report's header names."""
+        if path:
+            self.written[what] = str(path)
 
     def add(self, *found: Finding) -> None:
         """Record findings and show them in the step that made them (in a notebook; nothing is
         shown elsewhere), so every step shows all of its findings, not only its last line's."""
+        first = len(self.items)
         self.items.extend(found)
-        _show(list(found))
+        _show(list(found), first)
 
     def gate(self, finding: Finding) -> Finding:
         """Record `finding`; when it is CRIT, record the run and stop it here."""
@@ -157,6 +171,7 @@ class Findings:
             "target": self.target,
             "outcome": self.worst.name,
             "findings": [f.to_dict() for f in self.items],
+            "written": dict(self.written),
         }
 
     def record(self) -> None:
@@ -177,8 +192,12 @@ class Findings:
             raise RunbookCritical(f"CRIT findings: {', '.join(crit)}")
 
 
-def _show(items: list[Finding]) -> None:
-    """Display findings as a table where a notebook kernel runs this code."""
+STEP_MIMETYPE = "application/vnd.pgrunbook.step-findings+json"
+
+
+def _show(items: list[Finding], first: int) -> None:
+    """Display findings as a table where a notebook kernel runs this code, marked with their
+    place in the run's findings so that the report links each one to the step that made it."""
     try:
         from IPython import get_ipython  # here: spares IPython (~70 ms) at start-up
     except ImportError:
@@ -188,7 +207,36 @@ def _show(items: list[Finding]) -> None:
     from IPython.display import display  # here: spares IPython (~70 ms) at start-up
 
     text = "\n".join(str(f) for f in items)
-    display({"text/html": _html_table(items), "text/plain": text}, raw=True)
+    display(
+        {
+            STEP_MIMETYPE: {"first": first, "count": len(items)},
+            "text/html": _html_table(items, first),
+            "text/plain": text,
+        },
+        raw=True,
+    )
+
+
+def steps(nb) -> dict[int, tuple[str, str]]:
+    """Which step made each finding of an executed notebook: its place in the run's findings ->
+    (the heading of the step, the anchor of its row)."""
+    found: dict[int, tuple[str, str]] = {}
+    heading = ""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("#"):
+                    heading = line.lstrip("#").strip()
+                    break
+            continue
+        for output in cell.get("outputs", []):
+            mark = output.get("data", {}).get(STEP_MIMETYPE)
+            if isinstance(mark, str):
+                mark = json.loads(mark)
+            if mark:
+                for n in range(mark["first"], mark["first"] + mark["count"]):
+                    found[n] = (heading, f"pgrb-finding-{n}")
+    return found
 
 
 def read_recorded(nb) -> dict[str, Any] | None:

@@ -174,6 +174,17 @@ def _resolve(name: str) -> Target:
     )
 
 
+def fallback_note(target: Target) -> str | None:
+    """What to say when a named target runs on the sandbox because its URL is not set."""
+    if not target.sandbox or target.name == "sandbox":
+        return None
+    env = config.settings().targets.get(target.name, {}).get("url_env", "its url_env")
+    return (
+        f"target {target.name!r} has no URL (${env} is not set): this run uses the embedded "
+        f"sandbox's {target.source.removeprefix('sandbox:')} database"
+    )
+
+
 def _sandbox_target(name: str, database: str, *, protected: bool, app: App) -> Target:
     url = cluster.Cluster.default().url(database)
     return Target(
