@@ -1,13 +1,13 @@
-"""What a person looks at, in a real browser: a report and the archive's front page in headless
-Chromium (Debian's `chromium`; `.ci/run` installs it). Screenshots go to tests/artifacts/."""
+"""What a person looks at, in a real browser: three reports and the archive's front page in
+headless Chromium (Debian's `chromium` and `chromium-driver`, driven by Selenium; `.ci/run`
+installs them). Screenshots go to tests/artifacts/ (git-ignored)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import os
-import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,75 +18,141 @@ from pgrunbook.cli import main
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
 
-if not CHROMIUM:
+if not (CHROMIUM and DRIVER):
     if os.environ.get("PGRUNBOOK_TEST_BROWSER") == "required":
-        raise RuntimeError("Chromium is required here (PGRUNBOOK_TEST_BROWSER=required)")
-    pytest.skip("no chromium on this machine (apt-get install chromium)", allow_module_level=True)
-
-
-def _chromium(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        raise RuntimeError("Chromium and its driver are required here (PGRUNBOOK_TEST_BROWSER)")
+    pytest.skip(
+        "no chromium / chromedriver here (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
     )
 
+from selenium import webdriver  # noqa: E402  (only where a browser is)
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
 
-def dom(url: str) -> str:
-    """The page as the browser holds it once loaded (its scripts run)."""
-    done = _chromium("--virtual-time-budget=2000", "--dump-dom", url)
-    assert done.returncode == 0 and "<body" in done.stdout, done.stderr[-2000:]
-    return done.stdout
+RAW = ("<Figure", "Finding(", "Limits(", "Status.", "NaN", "NaT", "None", "In [", "Out[")
 
 
-def screenshot(url: str, name: str, height: int = 2400) -> Image.Image:
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=1280,1600")
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(DRIVER))
+    yield driver
+    driver.quit()
+
+
+def screenshot(browser, name: str) -> Image.Image:
+    """The whole page as drawn, kept as an artifact."""
     ARTIFACTS.mkdir(exist_ok=True)
+    height = browser.execute_script("return document.body.scrollHeight")
+    browser.set_window_size(1280, min(max(height, 600), 8000))
     path = ARTIFACTS / name
-    done = _chromium(f"--screenshot={path}", f"--window-size=1280,{height}", url)
-    assert done.returncode == 0 and path.exists(), done.stderr[-2000:]
+    browser.save_screenshot(str(path))
+    browser.set_window_size(1280, 1600)
     return Image.open(io.BytesIO(path.read_bytes())).convert("L")
 
 
-def visible_text(page: str) -> str:
-    """The body's text without folded code, styles and scripts."""
-    body = page[page.index("<body") :]
-    for tag in ("details", "style", "script"):
-        body = re.sub(rf"<{tag}\b.*?</{tag}>", " ", body, flags=re.S)
-    return re.sub(r"<[^>]+>", " ", body)
+def not_blank(png: bytes) -> bool:
+    pixels = Image.open(io.BytesIO(png)).convert("RGB")
+    return len(set(pixels.getdata())) > 16  # axes, labels and bars, not one flat colour
 
 
-def test_a_report_in_the_browser(sandbox, tmp_path, monkeypatch):
+def charts(browser) -> list[bytes]:
+    """Each chart image the page shows, checked loaded by the browser itself."""
+    found = browser.execute_script(
+        "return [...document.images].filter(i => i.src.startsWith('data:image/png'))"
+        ".map(i => [i.complete && i.naturalWidth > 0 && i.naturalHeight > 0, i.src])"
+    )
+    assert all(loaded for loaded, _ in found), "a chart did not load"
+    return [base64.b64decode(src.split(",", 1)[1]) for _, src in found]
+
+
+@pytest.mark.parametrize(
+    ("runbook", "expected_charts"),
+    [("health", 1), ("performance", 1), ("security", 1)],
+)
+def test_a_report_in_the_browser(sandbox, tmp_path, monkeypatch, browser, runbook, expected_charts):
     monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
-    result = runner.run("health", "sandbox", incident="INC-1", progress=False)
-    url = result.html.as_uri()
-    page = dom(url)
-    text = visible_text(page)
-    for field in ("health on sandbox", "INC-1", "PostgreSQL 18", "the embedded sandbox"):
-        assert field in text, field
-    for raw in ("<Figure", "Finding(", "Limits(", "NaN", "In [", "In&nbsp;["):
+    result = runner.run(runbook, "sandbox", incident="INC-1", progress=False)
+    browser.get(result.html.as_uri())
+    assert browser.title.startswith(f"{runbook} on sandbox, ")
+    header = browser.find_element(By.ID, "pgrb-header").text
+    for field in (f"{runbook} on sandbox", "INC-1", "PostgreSQL 18", "the embedded sandbox"):
+        assert field in header, field
+    text = browser.find_element(By.TAG_NAME, "body").text  # what is visible, no more
+    for raw in RAW:
         assert raw not in text, raw
-    folded = re.findall(r"<details class=\"pgrb-code\"( open)?>", page)
-    assert folded and not any(folded)  # code is there, folded: one click shows it
-    charts = re.findall(r'<img [^>]*src="data:image/png;base64,', page)
-    assert len(charts) == 1
-    shot = screenshot(url, "report-health.png")
-    assert len(set(shot.getdata())) > 64  # a page was drawn, not a blank window
+    images = charts(browser)
+    assert len(images) >= expected_charts and all(map(not_blank, images))
+
+    # code is folded away, and one click shows it
+    fold = browser.find_elements(By.CSS_SELECTOR, "details.pgrb-code")[0]
+    code = fold.find_element(By.CSS_SELECTOR, ".jp-InputArea, .input_area, pre")
+    assert fold.get_attribute("open") is None and not code.is_displayed()
+    fold.find_element(By.TAG_NAME, "summary").click()
+    assert code.is_displayed()
+
+    # each finding of the summary links to the row its step showed
+    link = browser.find_elements(By.CSS_SELECTOR, "#pgrb-findings a")[-1]
+    anchor = link.get_attribute("href").split("#", 1)[1]
+    link.click()
+    row = browser.find_element(By.ID, anchor)
+    assert browser.execute_script("return location.hash") == f"#{anchor}"
+    assert row.is_displayed() and link.text in _step_of(browser, row)
+    assert len(set(screenshot(browser, f"report-{runbook}.png").getdata())) > 64
+    pdf = base64.b64decode(browser.print_page())  # the page is also the PDF
+    assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
+    (ARTIFACTS / f"report-{runbook}.pdf").write_bytes(pdf)
 
 
-def test_the_archive_page_in_the_browser(sandbox, tmp_path, monkeypatch):
+def _step_of(browser, element) -> str:
+    """The heading of the step whose output holds `element`."""
+    return browser.execute_script(
+        "let cell = arguments[0].closest('.jp-Cell');"
+        "for (let c = cell; c; c = c.previousElementSibling) {"
+        "  const h = c.querySelector('h1, h2, h3'); if (h) return h.textContent; }"
+        "return '';",
+        element,
+    )
+
+
+def test_the_archive_page_in_the_browser(sandbox, tmp_path, monkeypatch, browser):
     monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
-    for runbook in ("status", "health", "status"):
+    for runbook in ("status", "health", "status", "health"):
         runner.run(runbook, "sandbox", progress=False)
     assert main(["reports", "site"]) == 0
     index = tmp_path / "reports" / "index.html"
-    every = dom(index.as_uri())
-    assert len(re.findall(r"<tr data-runbook=", every)) == 3
-    assert not re.findall(r"<tr [^>]*hidden", every)
-    health = dom(index.as_uri() + "#runbook=health")  # the filters narrow the list in the page
-    rows = re.findall(r"<tr data-runbook=\"(\w+)\"[^>]*?( hidden=\"\")?>", health)
-    assert [r for r, hidden in rows if not hidden] == ["health"]
-    assert "1 shown" in health
-    shot = screenshot(index.as_uri(), "archive.png", height=900)
-    assert len(set(shot.getdata())) > 64
+    browser.get(index.as_uri())
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-runbook]")
+    assert len(rows) == 4 and all(r.is_displayed() for r in rows)
+
+    # the runbook filter, chosen as a person does, narrows the list in the page
+    choose = Select(browser.find_element(By.CSS_SELECTOR, "select[data-filter='runbook']"))
+    choose.select_by_value("health")
+    shown = [r.get_attribute("data-runbook") for r in rows if r.is_displayed()]
+    assert shown == ["health", "health"]
+    assert "2 shown" in browser.find_element(By.TAG_NAME, "body").text
+
+    # a link to the page with a filter in its address opens filtered
+    browser.get(index.as_uri() + "#runbook=status")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-runbook]")
+    assert sorted(r.get_attribute("data-runbook") for r in rows if r.is_displayed()) == [
+        "status",
+        "status",
+    ]
+    browser.get(index.as_uri())
+    assert len(set(screenshot(browser, "archive.png").getdata())) > 64
+
+    # a target's page draws its health figures across runs
+    assert main(["reports", "site"]) == 0
+    browser.get(index.as_uri())
+    browser.find_element(By.LINK_TEXT, "sandbox").click()
+    trends = browser.find_elements(By.CSS_SELECTOR, "svg.trend")
+    assert trends and all(t.is_displayed() and t.size["width"] > 300 for t in trends)
+    assert len(set(screenshot(browser, "target.png").getdata())) > 16
