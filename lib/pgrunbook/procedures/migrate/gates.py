@@ -3,10 +3,10 @@ staging first, a backup first."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+from pglast import ast, enums
 from psycopg import sql
 
 from ...base import limits
@@ -19,13 +19,24 @@ from .. import dumps
 from .planning import Plan
 
 
-def _touched(p: Plan) -> set[str]:
-    tables = set()
-    for script in p.scripts.values():
-        for stmt in lint.split(script):
-            if c := lint.classify(stmt):
-                tables.update(c.tables + c.references)
-    return tables
+def statements(p: Plan) -> dict[str, list[lint.Statement]]:
+    """Each revision's statements as the parser reads them: the lint and these gates read the
+    same ones."""
+    return {
+        rev: [s for s in lint.parse(script) if not s.bookkeeping]
+        for rev, script in p.scripts.items()
+    }
+
+
+def _touched(conn: psycopg.Connection, p: Plan) -> list[str]:
+    """The existing tables the plan touches or references, by name."""
+    server, names = lint.Server(conn), set()
+    for stmts in statements(p).values():
+        for stmt in stmts:
+            for a in lint.judge(stmt, server, set()):
+                names.update(a.tables + a.references)
+    found = (server.relation(n) for n in names if n not in server.created)
+    return sorted({r.name for r in found if r is not None})
 
 
 def preflight(
@@ -39,7 +50,7 @@ def preflight(
     """Sessions in the way, data a new constraint would reject, and the disk (health's own
     reading)."""
     found = []
-    touched = sorted(t for t in _touched(p) if lint.table_facts(conn, t).exists)
+    touched = _touched(conn, p)
     blockers = activity.lock_holders(conn, touched)
     longtx = [x for x in activity.sessions(conn) if x.here and (x.xact_s or 0) > long_after_s]
     ex = tuple(
@@ -74,52 +85,25 @@ def preflight(
     return found
 
 
-_FK = re.compile(
-    r"ALTER TABLE (?:ONLY )?(\S+) ADD CONSTRAINT (\S+) FOREIGN KEY\s*\(([^)]+)\) REFERENCES (\S+)"
-    r" \(([^)]+)\)",
-    re.I,
-)
-
-
-_CHECK = re.compile(
-    r"ALTER TABLE (?:ONLY )?(\S+) ADD CONSTRAINT (\S+) CHECK \((.*)\)(?: NOT VALID)?$", re.I | re.S
-)
-
-
-_NOTNULL = re.compile(r"ALTER TABLE (?:ONLY )?(\S+) ALTER COLUMN (\S+) SET NOT NULL", re.I)
-
-
-_ADDREQ = re.compile(r"ALTER TABLE (?:ONLY )?(\S+) ADD (?:COLUMN )?(\S+) .*NOT NULL", re.I)
-
-
-def _ident(name: str) -> sql.Identifier:
-    return sql.Identifier(*[p.strip('"') for p in name.split(".")])
-
-
-def _cols(text: str) -> list[sql.Identifier]:
-    return [sql.Identifier(c.strip().strip('"')) for c in text.split(",")]
-
-
 def constraint_checks(conn: psycopg.Connection, p: Plan, *, sample: int = 5) -> list[Finding]:
     """Rows that the plan's new constraints would reject, counted and sampled, before applying."""
     found = []
-    for rev, script in p.scripts.items():
-        for stmt in (" ".join(s.split()) for s in lint.split(script)):
-            query, what = _violations_query(conn, stmt)
-            if query is None:
-                continue
-            rows = conn.execute(query).fetchall()
-            if rows:
-                found.append(
-                    Finding(
-                        f"data {rev}",
-                        Status.CRIT,
-                        f"{what}: {len(rows)}{'+' if len(rows) > sample * 20 else ''}"
-                        " rows would be rejected",
-                        value=len(rows),
-                        examples=tuple(str(r) for r in rows[:sample]),
+    server = lint.Server(conn)
+    for rev, stmts in statements(p).items():
+        for stmt in stmts:
+            for query, what in _violations(stmt, server):
+                rows = conn.execute(query).fetchall()
+                if rows:
+                    found.append(
+                        Finding(
+                            f"data {rev}",
+                            Status.CRIT,
+                            f"{what}: {len(rows)}{'+' if len(rows) > 100 else ''}"
+                            " rows would be rejected",
+                            value=len(rows),
+                            examples=tuple(str(r) for r in rows[:sample]),
+                        )
                     )
-                )
     if not found:
         found.append(
             Finding("data", Status.OK, "no existing row violates a constraint the plan adds")
@@ -127,54 +111,86 @@ def constraint_checks(conn: psycopg.Connection, p: Plan, *, sample: int = 5) -> 
     return found
 
 
-def _violations_query(conn: psycopg.Connection, stmt: str):
-    if m := _FK.match(stmt):
-        t, name, cols, ref, rcols = m.groups()
-        if not lint.table_facts(conn, t.strip('"')).exists:
-            return None, ""
-        c, r = _cols(cols), _cols(rcols)
-        join = sql.SQL(" AND ").join(
-            sql.SQL("r.{} = t.{}").format(rc, tc) for rc, tc in zip(r, c, strict=True)
-        )
-        notnull = sql.SQL(" AND ").join(sql.SQL("t.{} IS NOT NULL").format(tc) for tc in c)
-        q = sql.SQL(
-            "SELECT {} FROM {} t WHERE {} AND NOT EXISTS (SELECT 1 FROM {} r WHERE {}) LIMIT 101"
-        ).format(
-            sql.SQL(", ").join(sql.SQL("t.{}").format(tc) for tc in c),
-            _ident(t),
-            notnull,
-            _ident(ref),
-            join,
-        )
-        return q, f"foreign key {name}: orphans in {t}({cols})"
-    if m := _CHECK.match(stmt):
-        t, name, expr = m.groups()
-        if not lint.table_facts(conn, t.strip('"')).exists:
-            return None, ""
-        # the expression comes from the project's own migration files, not from user input
-        return (
-            sql.SQL("SELECT ctid FROM {} WHERE NOT ({}) LIMIT 101").format(
-                _ident(t), sql.SQL(expr)
-            ),
-            f"check {name} on {t}",
-        )
-    if m := _NOTNULL.match(stmt):
-        t, col = m.groups()
-        return (
-            sql.SQL("SELECT ctid FROM {} WHERE {} IS NULL LIMIT 101").format(
-                _ident(t), _ident(col)
-            ),
-            f"NOT NULL on {t}.{col}: NULLs",
-        )
-    if (m := _ADDREQ.match(stmt)) and "DEFAULT" not in stmt.upper():
-        t, col = m.groups()
-        if not lint.table_facts(conn, t.strip('"')).exists:
-            return None, ""
-        return (
-            sql.SQL("SELECT ctid FROM {} LIMIT 101").format(_ident(t)),
-            f"new NOT NULL column {t}.{col} without default: existing rows",
-        )
-    return None, ""
+def _table(rv) -> sql.Identifier:
+    return (
+        sql.Identifier(rv.schemaname, rv.relname) if rv.schemaname else sql.Identifier(rv.relname)
+    )
+
+
+def _violations(stmt: lint.Statement, server: lint.Server):
+    """For each constraint `stmt` adds to an existing table: a query for the rows it rejects (at
+    most 101), and what it is."""
+    n = stmt.node
+    if not isinstance(n, ast.AlterTableStmt) or n.relation is None:
+        return
+    name = (
+        n.relation.relname
+        if not n.relation.schemaname
+        else f"{n.relation.schemaname}.{n.relation.relname}"
+    )
+    if name in server.created or server.relation(name) is None:
+        return
+    t = _table(n.relation)
+    for cmd in n.cmds:
+        c = cmd.def_
+        if cmd.subtype == enums.AlterTableType.AT_AddConstraint and isinstance(c, ast.Constraint):
+            if c.contype == enums.ConstrType.CONSTR_FOREIGN:
+                cols = [sql.Identifier(a.sval) for a in c.fk_attrs]
+                refs = [sql.Identifier(a.sval) for a in c.pk_attrs or ()] or None
+                if refs is None:  # REFERENCES t without columns: its primary key; not sampled
+                    continue
+                yield (
+                    sql.SQL(
+                        "SELECT {cols} FROM {t} AS t WHERE {notnull} AND NOT EXISTS"
+                        " (SELECT 1 FROM {r} AS r WHERE {join}) LIMIT 101"
+                    ).format(
+                        cols=sql.SQL(", ").join(sql.SQL("t.{}").format(x) for x in cols),
+                        t=t,
+                        notnull=sql.SQL(" AND ").join(
+                            sql.SQL("t.{} IS NOT NULL").format(x) for x in cols
+                        ),
+                        r=_table(c.pktable),
+                        join=sql.SQL(" AND ").join(
+                            sql.SQL("r.{} = t.{}").format(rc, tc)
+                            for rc, tc in zip(refs, cols, strict=True)
+                        ),
+                    ),
+                    f"foreign key {c.conname or ''} on {name}: orphans",
+                )
+            elif c.contype == enums.ConstrType.CONSTR_CHECK:
+                # the expression is the migration's own, deparsed from PostgreSQL's parse tree
+                yield (
+                    sql.SQL("SELECT ctid FROM {} WHERE NOT ({}) LIMIT 101").format(
+                        t, sql.SQL(lint.sql_of(c.raw_expr))
+                    ),
+                    f"check {c.conname or ''} on {name}",
+                )
+        elif cmd.subtype == enums.AlterTableType.AT_SetNotNull:
+            yield (
+                sql.SQL("SELECT ctid FROM {} WHERE {} IS NULL LIMIT 101").format(
+                    t, sql.Identifier(cmd.name)
+                ),
+                f"NOT NULL on {name}.{cmd.name}: NULLs",
+            )
+        elif cmd.subtype == enums.AlterTableType.AT_AddColumn:
+            kinds = {k.contype for k in c.constraints or ()}
+            required = (
+                enums.ConstrType.CONSTR_NOTNULL in kinds or enums.ConstrType.CONSTR_PRIMARY in kinds
+            )
+            if (
+                required
+                and not kinds
+                & {
+                    enums.ConstrType.CONSTR_DEFAULT,
+                    enums.ConstrType.CONSTR_IDENTITY,
+                    enums.ConstrType.CONSTR_GENERATED,
+                }
+                and not lint.is_serial(c)
+            ):
+                yield (
+                    sql.SQL("SELECT ctid FROM {} LIMIT 101").format(t),
+                    f"new NOT NULL column {name}.{c.colname} without default: existing rows",
+                )
 
 
 def _verified(run: dict) -> str | None:

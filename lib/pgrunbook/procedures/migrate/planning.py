@@ -137,7 +137,8 @@ class Lint:
         import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
         return pd.DataFrame(
-            self.squawk, columns=["revision", "rule", "level", "message", "help", "line"]
+            self.squawk,
+            columns=["revision", "rule", "level", "verdict", "message", "help", "line"],
         )
 
 

@@ -1,0 +1,81 @@
+"""A migration's SQL as PostgreSQL's own parser reads it (pglast): each statement with its text,
+line, whether it runs inside a transaction, and the ignore comments before it."""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pglast import ast, enums, parse_sql
+from pglast.parser import ParseError
+
+from ...base.errors import PgRunbookError
+
+IGNORE = re.compile(r"--\s*pgrunbook:ignore\s+([\w-]+)\s*(.*)$", re.M)
+
+
+class LintParseError(PgRunbookError):
+    """A migration's SQL that PostgreSQL's parser rejects."""
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement of a script, as PostgreSQL's parser reads it."""
+
+    text: str
+    node: Any
+    line: int
+    in_transaction: bool
+    ignores: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return type(self.node).__name__
+
+    @property
+    def bookkeeping(self) -> bool:
+        """The history table's own rows (alembic_version, _prisma_migrations)."""
+        relation = getattr(self.node, "relation", None)
+        return getattr(relation, "relname", "") in ("alembic_version", "_prisma_migrations")
+
+
+def parse(script: str, *, in_transaction: bool = False) -> list[Statement]:
+    """The statements of `script` (BEGIN / COMMIT themselves left out, but followed: alembic's
+    offline SQL commits around an autocommit block). `in_transaction`: whether the script starts
+    inside one."""
+    try:
+        raw = parse_sql(script)
+    except ParseError as e:  # args: the message, and the byte offset where it stopped
+        at = e.args[1] if len(e.args) > 1 and isinstance(e.args[1], int) else None
+        line = script.encode()[:at].decode(errors="replace").count("\n") + 1 if at else "?"
+        raise LintParseError(f"line {line}: {e.args[0]}") from None
+    out, end = [], 0
+    encoded = script.encode()  # pglast's locations count bytes
+    newlines = [m.start() for m in re.finditer(b"\n", encoded)]
+    for r in raw:
+        start = r.stmt_location
+        text = (
+            encoded[start : start + r.stmt_len].decode() if r.stmt_len else encoded[start:].decode()
+        )
+        before = encoded[end:start].decode()
+        end = start + (r.stmt_len or len(encoded) - start)
+        node = r.stmt
+        if isinstance(node, ast.TransactionStmt):
+            kind = node.kind
+            if kind in (
+                enums.TransactionStmtKind.TRANS_STMT_BEGIN,
+                enums.TransactionStmtKind.TRANS_STMT_START,
+            ):
+                in_transaction = True
+            elif kind in (
+                enums.TransactionStmtKind.TRANS_STMT_COMMIT,
+                enums.TransactionStmtKind.TRANS_STMT_ROLLBACK,
+            ):
+                in_transaction = False
+            continue
+        ignores = tuple((m[1], m[2].strip()) for m in IGNORE.finditer(before))
+        line = bisect.bisect_right(newlines, start) + 1
+        out.append(Statement(text.strip(), node, line, in_transaction, ignores))
+    return out
