@@ -245,7 +245,7 @@ def cmd_migrations(args) -> int:
             print(f"  {f}")
         return 0
     with db.connect(t, application="pgrunbook/migrations") as conn:
-        st = migrations.status(conn)
+        st = migrations.status(conn, t)
         if args.action == "status":
             for f in migrate.status_findings(st):
                 print(f"  {f}")

@@ -28,6 +28,8 @@ def migrate(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None
         migrations,
     )  # alembic and SQLAlchemy: imported only for the runbook that needs them
 
+    if (h := migrations.history(target)) is not None:
+        h.migrations()  # a missing or foreign folder is bad configuration: refused here
     if v["mode"] in ("apply", "resolve", "rehearse") and not migrations.managed(target, conn):
         raise NotConfigured(
             f"target {target.name!r} is not managed by the migrations in migrations/ "

@@ -29,8 +29,8 @@ DEFAULT_TARGETS: dict[str, dict[str, Any]] = {
 }
 
 
-APP_KEYS = {"checks", "migrations", "app_roles", "seed"}
-MIGRATION_KINDS = ("alembic",)
+APP_KEYS = {"checks", "migrations", "migrations_path", "app_roles", "seed"}
+MIGRATION_KINDS = ("alembic", "prisma", "sql")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class App:
 
     name: str = ""
     checks: tuple[str, ...] = ()  # folders of SQL assertion files, relative to the project home
-    migrations: str = ""  # "alembic": the project's migrations/ folder manages the schema
+    migrations: str = ""  # alembic (migrations/), prisma (a Prisma Migrate folder) or sql (files)
+    migrations_path: str = ""  # prisma and sql: the folder, relative to the project home
     app_roles: tuple[str, ...] = ()  # roles the application connects as
     seed: bool = False  # the seed runbook's data fits this application's schema
 
@@ -136,6 +137,7 @@ def _app(name: str, spec: Any) -> App:
         name,
         (checks,) if isinstance(checks, str) else tuple(checks),
         kind,
+        str(spec.get("migrations_path", "")),
         tuple(spec.get("app_roles", ())),
         bool(spec.get("seed", False)),
     )

@@ -64,3 +64,7 @@ class RunbookStopped(PgRunbookError):
 class ArchiveFailed(Exception):
     """The run ended but its report could not be archived (a full disk, say). Not bad input: the run
     may have changed things, which the message names; the CLI exits 2."""
+
+
+class MigrationRefused(PgRunbookError):
+    """A migration step that cannot be taken as asked (unknown name, a failed one unresolved)."""

@@ -1,7 +1,9 @@
-"""The Fixia schema's alembic migrations, seen from the library.
+"""A target's migration history, seen from the library: alembic (the project's migrations/,
+the Fixia schema), or a folder of SQL files (Prisma Migrate's, or plain; see `sqlhistory`),
+as the target's app says.
 
-Status is read with a plain (read-only) connection; upgrades run through
-alembic with a SQLAlchemy connection whose session carries the timeouts.
+Status is read with a plain (read-only) connection; alembic upgrades run with a SQLAlchemy
+connection whose session carries the timeouts.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 
 from . import config, db, targets
+from .errors import MigrationRefused
+from .sqlhistory import SqlHistory
 from .targets import Target
+
+DEFAULT_FOLDERS = {"prisma": "prisma/migrations", "sql": "migrations/sql"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,22 @@ class MigrationStatus:
     pending: list[Revision] = field(default_factory=list)
     unknown: tuple[str, ...] = ()
     managed: bool = True
+    failed: tuple[str, ...] = ()  # SQL-file histories: started, never finished nor rolled back
+    modified: tuple[str, ...] = ()  # SQL-file histories: the file changed after it was applied
+    history: SqlHistory | None = None  # None: alembic
+
+    @property
+    def kind(self) -> str:
+        return self.history.kind if self.history else "alembic"
+
+
+def history(target: Target | None) -> SqlHistory | None:
+    """The SQL-file history that manages `target`, or None where alembic does."""
+    app = target.app if target is not None else None
+    if app is None or app.migrations not in DEFAULT_FOLDERS:
+        return None
+    folder = config.settings().home / (app.migrations_path or DEFAULT_FOLDERS[app.migrations])
+    return SqlHistory(app.migrations, folder)
 
 
 def alembic_config() -> Config:
@@ -85,8 +107,12 @@ def engine(
     return create_engine(sqlalchemy_url(t.url), poolclass=NullPool, connect_args=args)
 
 
-def current(conn: psycopg.Connection) -> tuple[str, ...] | None:
-    """Revisions recorded in alembic_version, or None when the database is not migrated."""
+def current(conn: psycopg.Connection, target: Target | None = None) -> tuple[str, ...] | None:
+    """Revisions recorded (the last applied migration of a SQL-file history), or None when the
+    database is not migrated."""
+    if h := history(target):
+        st = h.status(conn)
+        return None if st.records is None else tuple(st.applied[-1:])
     if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
         return None
     rows = conn.execute("SELECT version_num FROM alembic_version ORDER BY 1").fetchall()
@@ -101,8 +127,22 @@ def managed(target: Target, conn: psycopg.Connection) -> bool:
     return conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()[0]
 
 
-def status(conn: psycopg.Connection) -> MigrationStatus:
-    """Where the database stands against the migrations in migrations/versions."""
+def status(conn: psycopg.Connection, target: Target | None = None) -> MigrationStatus:
+    """Where the database stands against the target's migrations (migrations/versions where
+    alembic manages it)."""
+    if h := history(target):
+        st = h.status(conn)
+        names = [m.name for m in st.migrations]
+        return MigrationStatus(
+            tuple(st.applied[-1:]),
+            tuple(names[-1:]),
+            [Revision(n, "") for n in st.pending],
+            tuple(st.unknown),
+            managed=st.records is not None,
+            failed=tuple(st.failed),
+            modified=tuple(st.modified),
+            history=h,
+        )
     script = script_directory()
     heads = tuple(sorted(script.get_heads()))
     recorded = current(conn)
@@ -129,16 +169,28 @@ def _between(script: ScriptDirectory, upper, lower) -> list[Revision]:
 
 def upgrade(target: Target, revision: str = "head", **engine_options) -> None:
     """Apply migrations on `target` up to `revision`."""
+    if h := history(target):
+        timeouts = ("lock_timeout", "statement_timeout")
+        h.upgrade(target, revision, **{k: v for k, v in engine_options.items() if k in timeouts})
+        return
     _run(target, command.upgrade, revision, **engine_options)
 
 
 def downgrade(target: Target, revision: str, **engine_options) -> None:
     """Revert migrations on `target` down to `revision`."""
+    if h := history(target):
+        raise MigrationRefused(
+            f"a {h.kind} history has no down migrations: nothing reverts to {revision}"
+        )
     _run(target, command.downgrade, revision, **engine_options)
 
 
 def stamp(target: Target, revision: str) -> None:
-    """Record `revision` as current without running anything."""
+    """Record `revision` as current without running anything (a SQL-file history: as applied,
+    like `prisma migrate resolve --applied`)."""
+    if h := history(target):
+        h.resolve(target, revision, applied=True)
+        return
     _run(target, command.stamp, revision)
 
 

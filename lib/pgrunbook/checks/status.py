@@ -136,7 +136,7 @@ def migration_state(conn: psycopg.Connection, target) -> Finding:
             "not managed by the migrations in migrations/ "
             "(no alembic_version table, no app with migrations): not checked",
         )
-    st = migrations.status(conn)
+    st = migrations.status(conn, target)
     pending = ", ".join(f"{r.revision} ({r.message.splitlines()[0]})" for r in st.pending)
     if st.unknown:
         return Finding(

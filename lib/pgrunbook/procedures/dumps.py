@@ -105,7 +105,7 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
             catalog.schema_facts(conn),
         )  # same snapshot, meanwhile
         left_out = [i.index for i in indexes.invalid_indexes(conn)]
-        revision = migrations.current(conn)
+        revision = migrations.current(conn, target)
         pgtools.wait(tool, proc)
         manifest = {
             "id": backup_id,

@@ -1,10 +1,11 @@
 """Migration lint on PostgreSQL's own parser: what each statement locks, whether it rewrites or
 scans a table, whether it can run in a transaction, and whether it is safe on the live tables.
 
-`parsing` reads a script with pglast (the parser of PostgreSQL 18 itself); `judging` turns each
-statement into its actions, asking the live target where PostgreSQL decides; `rules` holds the
-catalogue with a safe recipe for each unsafe action. Squawk (the `squawk-cli` package) adds its
-rules, and those about locks, rewrites and what the app reads count like the suite's own.
+`base.sqlparse` reads a script with pglast (the parser of PostgreSQL 18 itself); `judging`
+turns each statement into its actions, asking the live target where PostgreSQL decides; `rules`
+holds the catalogue with a safe recipe for each unsafe action. Squawk (the `squawk-cli`
+package) adds its rules, and those about locks, rewrites and what the app reads count like the
+suite's own.
 
 A statement is excused only by a comment before it that names the rule and gives a reason,
 which the report keeps:
@@ -26,8 +27,8 @@ from typing import Any
 import psycopg
 
 from ...base.findings import Finding, Status
+from ...base.sqlparse import LintParseError, Statement, parse
 from .judging import Action, Server, is_serial, judge, sql_of
-from .parsing import LintParseError, Statement, parse
 from .rules import IGNORED_SQUAWK, RULES, SQUAWK_SAFETY, Rule
 
 __all__ = [

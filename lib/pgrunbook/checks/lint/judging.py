@@ -11,8 +11,8 @@ import psycopg
 from pglast import ast, enums
 from pglast.stream import RawStream
 
+from ...base.sqlparse import Statement
 from ...facts import ddl
-from .parsing import Statement
 from .rules import LOCKS, RULES, Rule
 
 SERIAL = {"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"}

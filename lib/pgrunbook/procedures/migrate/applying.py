@@ -133,7 +133,7 @@ def apply(
 
 def current_revision(target: Target) -> str:
     with db.connect(target) as conn:
-        return ",".join(migrations.current(conn) or ()) or "base"
+        return ",".join(migrations.current(conn, target) or ()) or "base"
 
 
 def invalid_indexes(target: Target) -> list[str]:

@@ -40,7 +40,39 @@ class Plan:
 
 def status_findings(st: migrations.MigrationStatus) -> list[Finding]:
     found = []
-    if len(st.heads) > 1:
+    if st.failed:
+        found.append(
+            Finding(
+                "failed",
+                Status.CRIT,
+                f"{', '.join(st.failed)} started and never finished: it may be half applied;"
+                " fix the database by hand, then resolve it (mode resolve, resolve_as"
+                " applied or rolled-back)",
+                examples=st.failed,
+            )
+        )
+    if st.modified:
+        found.append(
+            Finding(
+                "modified",
+                Status.WARN,
+                f"{', '.join(st.modified)} changed after it was applied: the file no longer"
+                " matches its recorded checksum",
+                examples=st.modified,
+            )
+        )
+    if st.history is not None:
+        folder = st.history.folder
+        found.append(
+            Finding(
+                "heads",
+                Status.OK if st.heads else Status.CRIT,
+                f"{st.kind} history in {folder}: last migration {st.heads[0]}"
+                if st.heads
+                else f"no migration in {folder}",
+            )
+        )
+    elif len(st.heads) > 1:
         found.append(
             Finding(
                 "heads",
@@ -56,7 +88,14 @@ def status_findings(st: migrations.MigrationStatus) -> list[Finding]:
         f"{r.revision} {r.message.splitlines()[0] if r.message else ''}" for r in st.pending
     )
     if st.unknown:
-        found.append(Finding("revision", Status.CRIT, f"at {current}, unknown to migrations/"))
+        where = st.history.folder if st.history else "migrations/"
+        found.append(
+            Finding(
+                "revision",
+                Status.CRIT,
+                f"at {current}; {', '.join(st.unknown)} recorded but unknown to {where}",
+            )
+        )
     else:
         found.append(
             Finding(
@@ -71,6 +110,8 @@ def status_findings(st: migrations.MigrationStatus) -> list[Finding]:
 
 def plan(st: migrations.MigrationStatus, to_revision: str = "head") -> Plan:
     """Pending revisions up to `to_revision`, with the SQL each will run."""
+    if st.history is not None:
+        return _plan_files(st, to_revision)
     script = migrations.script_directory()
     try:
         target_rev = script.get_revision(to_revision).revision
@@ -97,6 +138,33 @@ def plan(st: migrations.MigrationStatus, to_revision: str = "head") -> Plan:
         scripts[r.revision] = offline_sql(previous, r.revision)
         previous = r.revision
     return Plan(st.current, target_rev, pending, scripts)
+
+
+def _plan_files(st: migrations.MigrationStatus, to_revision: str) -> Plan:
+    """A plan over a folder of SQL files: the pending files up to `to_revision`, each as it will
+    run (in its transaction, or statement by statement)."""
+    h = st.history
+    names = [m.name for m in h.migrations()]
+    to = names[-1] if to_revision in ("head", "heads") and names else to_revision
+    if to not in names:
+        return Plan(
+            st.current, None, problem=Finding("plan", Status.CRIT, f"no migration named {to!r}")
+        )
+    if st.failed:
+        return Plan(
+            st.current,
+            to,
+            problem=Finding(
+                "plan",
+                Status.CRIT,
+                f"{', '.join(st.failed)} failed and may be half applied: resolve it first",
+            ),
+        )
+    waiting = [r.revision for r in st.pending]
+    if to not in waiting:
+        return Plan(st.current, to, [])
+    pending = st.pending[: waiting.index(to) + 1]
+    return Plan(st.current, to, pending, {r.revision: h.script(h.get(r.revision)) for r in pending})
 
 
 def offline_sql(start: str, end: str) -> str:

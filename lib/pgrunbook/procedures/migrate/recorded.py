@@ -7,15 +7,18 @@ from alembic import command
 from psycopg import sql
 
 from ...base import db, migrations
-from ...base.errors import ConfirmationRequired
+from ...base.errors import ConfirmationRequired, MigrationRefused
 from ...base.findings import Check, Finding, Status
 from ...base.targets import Target
 from .. import admin, sandbox, seed
 from .applying import current_revision
 
 
-def resolve(target: Target, *, mode: str, stamp: str, confirm: str = "") -> Finding:
-    """Record `stamp` as the current revision without running anything (alembic stamp)."""
+def resolve(
+    target: Target, *, mode: str, stamp: str, confirm: str = "", resolve_as: str = "applied"
+) -> Finding:
+    """Record `stamp` without running anything: alembic's stamp, or for a SQL-file history
+    Prisma's `migrate resolve --applied` / `--rolled-back` (`resolve_as`)."""
     if mode != "resolve":
         return Finding(Check.RESOLVE, Status.OK, f"skipped in {mode} mode")
     if target.protected and confirm != target.name:
@@ -23,6 +26,19 @@ def resolve(target: Target, *, mode: str, stamp: str, confirm: str = "") -> Find
             Check.RESOLVE,
             Status.CRIT,
             f"not recorded: pass confirm={target.name!r} on a protected target",
+        )
+    if (h := migrations.history(target)) is not None:
+        try:
+            done = h.resolve(target, stamp, applied=resolve_as != "rolled-back")
+        except MigrationRefused as e:
+            return Finding(Check.RESOLVE, Status.CRIT, f"not recorded: {e}")
+        return Finding(Check.RESOLVE, Status.OK, done, value=stamp)
+    if resolve_as == "rolled-back":
+        return Finding(
+            Check.RESOLVE,
+            Status.CRIT,
+            "not recorded: alembic records no failed revisions to roll back; stamp the revision"
+            " the database is at instead",
         )
     if stamp != "base":
         try:

@@ -34,6 +34,7 @@ def scratch_target(target: Target, purpose: str) -> Target:
         db.with_database(target.url, name),
         sandbox=target.sandbox,
         source=f"scratch on {target.name}",
+        app=target.app,  # the same migration history
     )
 
 
@@ -93,6 +94,16 @@ def _rehearse(target: Target, p: Plan, copy: Target, *, jobs: int) -> list[Findi
         ("upgrade again", lambda: migrations.upgrade(copy, p.to_revision)),
     ]
     found: list[Finding] = []
+    if (h := migrations.history(target)) is not None:  # no down migrations: the upgrade only
+        steps = steps[:1]
+        found.append(
+            Finding(
+                "rehearse downgrade",
+                Status.OK,
+                f"not rehearsed: a {h.kind} history has no down migrations (a failed deploy"
+                " is rolled back whole; restore the pre-migration backup to go back)",
+            )
+        )
     try:
         copy_database(target, copy.database, jobs=jobs)
         facts = [_facts(copy)]
@@ -110,6 +121,15 @@ def _rehearse(target: Target, p: Plan, copy: Target, *, jobs: int) -> list[Findi
                 )
                 break
             facts.append(_facts(copy))
+            if name == "upgrade" and h is not None:
+                found.append(
+                    Finding(
+                        "rehearse upgrade",
+                        Status.OK,
+                        f"{len(p.pending)} migrations to {p.to_revision} apply on a copy of"
+                        f" {target.name!r}",
+                    )
+                )
             if name == "downgrade":
                 back = catalog.schema_difference(facts[0], facts[2])
                 found.append(

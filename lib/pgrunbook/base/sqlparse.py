@@ -1,4 +1,4 @@
-"""A migration's SQL as PostgreSQL's own parser reads it (pglast): each statement with its text,
+"""SQL as PostgreSQL's own parser reads it (pglast): each statement with its text,
 line, whether it runs inside a transaction, and the ignore comments before it."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from pglast import ast, enums, parse_sql
 from pglast.parser import ParseError
 
-from ...base.errors import PgRunbookError
+from .errors import PgRunbookError
 
 IGNORE = re.compile(r"--\s*pgrunbook:ignore\s+([\w-]+)\s*(.*)$", re.M)
 
@@ -33,6 +33,25 @@ class Statement:
     @property
     def kind(self) -> str:
         return type(self.node).__name__
+
+    @property
+    def needs_autocommit(self) -> bool:
+        """A statement PostgreSQL refuses inside a transaction block."""
+        n = self.node
+        if isinstance(n, (ast.IndexStmt, ast.DropStmt)):
+            return bool(n.concurrent)
+        if isinstance(n, ast.ReindexStmt):
+            return any(p.defname == "concurrently" for p in n.params or ())
+        if isinstance(n, ast.VacuumStmt):
+            return bool(n.is_vacuumcmd)
+        if isinstance(n, ast.AlterTableStmt):
+            return any(
+                c.subtype == enums.AlterTableType.AT_DetachPartition and c.def_.concurrent
+                for c in n.cmds
+            )
+        return isinstance(
+            n, (ast.CreatedbStmt, ast.DropdbStmt, ast.AlterSystemStmt, ast.CreateTableSpaceStmt)
+        )
 
     @property
     def bookkeeping(self) -> bool:

@@ -1,0 +1,220 @@
+"""Migration histories a team already has: a Prisma Migrate folder and a plain folder of SQL
+files (both copies of the Fixia history in tests/fixtures), through plan, lint, deploy, status,
+verify, drift, resolve and rehearse, on both servers."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pgrunbook.base import db, migrations
+from pgrunbook.base.config import App
+from pgrunbook.base.findings import Status
+from pgrunbook.procedures import migrate
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+KINDS = {"prisma": "prisma_fixia", "sql": "sql_fixia"}
+PRISMA_COLUMNS = [
+    ("id", "character varying", 36, "NO"),
+    ("checksum", "character varying", 64, "NO"),
+    ("finished_at", "timestamp with time zone", None, "YES"),
+    ("migration_name", "character varying", 255, "NO"),
+    ("logs", "text", None, "YES"),
+    ("rolled_back_at", "timestamp with time zone", None, "YES"),
+    ("started_at", "timestamp with time zone", None, "NO"),
+    ("applied_steps_count", "integer", None, "NO"),
+]
+
+
+@pytest.fixture(params=list(KINDS))
+def history(request, scratch, tmp_path):
+    """`scratch` managed by a copy of the Fixia history in one of the SQL-file forms."""
+    folder = tmp_path / "migrations"
+    shutil.copytree(FIXTURES / KINDS[request.param], folder)
+    app = App("fixia", migrations=request.param, migrations_path=str(folder))
+    return replace(scratch, app=app), folder
+
+
+def _migration(folder: Path, kind: str, name: str, text: str) -> Path:
+    path = folder / name / "migration.sql" if kind == "prisma" else folder / f"{name}.sql"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _records(target, table: str) -> list[tuple]:
+    with db.connect(target) as conn:
+        return conn.execute(
+            f"SELECT migration_name, checksum, finished_at IS NOT NULL, rolled_back_at IS NOT NULL,"
+            f" applied_steps_count, logs FROM {table} ORDER BY started_at, migration_name"
+        ).fetchall()
+
+
+def _status(target):
+    with db.connect(target) as conn:
+        return migrations.status(conn, target)
+
+
+def test_plan_lint_deploy_status_verify_on_a_new_database(history):
+    target, folder = history
+    kind = target.app.migrations
+    st = _status(target)
+    assert not st.managed and len(st.pending) == 4 and st.kind == kind
+    p = migrate.plan(st)
+    assert p.problem is None and list(p.scripts) == [r.revision for r in st.pending]
+    assert all(s.startswith("BEGIN;\n") for s in p.scripts.values())  # each file: one transaction
+    with db.connect(target) as conn:
+        checked = migrate.lint_plan(conn, p)
+    assert {f.status for f in checked.findings} == {Status.OK}  # new tables: nothing to fear
+    applied = migrate.apply(target, p, mode="apply", blockers=[])
+    assert applied.findings[-1].status is Status.OK and len(applied.times) == 4
+    st = _status(target)
+    assert st.current == (p.to_revision,) and not st.pending and st.managed
+    table = migrations.history(target).table
+    rows = _records(target, table)
+    files = sorted(folder.glob("*/migration.sql") if kind == "prisma" else folder.glob("*.sql"))
+    assert [r[0] for r in rows] == [(f.parent.name if kind == "prisma" else f.stem) for f in files]
+    for row, f in zip(rows, files, strict=True):
+        name, checksum, finished, rolled_back, steps, _ = row
+        assert checksum == hashlib.sha256(f.read_bytes()).hexdigest()  # Prisma's checksum
+        assert finished and not rolled_back and steps >= 3
+    if kind == "prisma":  # the table as Prisma creates it, so `prisma migrate status` reads it
+        with db.connect(target) as conn:
+            columns = conn.execute(
+                "SELECT column_name, data_type, character_maximum_length, is_nullable"
+                " FROM information_schema.columns WHERE table_name = '_prisma_migrations'"
+                " ORDER BY ordinal_position"
+            ).fetchall()
+        assert columns == PRISMA_COLUMNS
+    found = {f.check: f for f in migrate.verify(target, p, mode="apply")}
+    assert found["verify"].status is Status.OK
+    assert found["drift"].status is Status.OK, found["drift"].summary
+
+
+def test_a_failing_file_changes_nothing_and_is_recorded_rolled_back(history):
+    target, folder = history
+    kind = target.app.migrations
+    migrations.upgrade(target, "head")
+    name = "20260105000000_broken" if kind == "prisma" else "0005_broken"
+    _migration(
+        folder,
+        kind,
+        name,
+        "ALTER TABLE users ADD COLUMN nickname text;\nALTER TABLE nope ADD COLUMN x int;\n",
+    )
+    p = migrate.plan(_status(target))
+    applied = migrate.apply(target, p, mode="apply", blockers=[])
+    assert applied.findings[-1].status is Status.CRIT
+    assert 'relation "nope" does not exist' in applied.findings[-1].summary
+    with db.connect(target) as conn:  # the first statement was rolled back with the second
+        assert not conn.execute(
+            "SELECT 1 FROM information_schema.columns WHERE column_name = 'nickname'"
+        ).fetchall()
+    *_, last = _records(target, migrations.history(target).table)
+    assert last[0] == name and last[3] and "rolled back" in last[5]
+    st = _status(target)
+    assert [r.revision for r in st.pending] == [name] and not st.failed  # fix it and deploy again
+
+
+def test_a_file_that_cannot_run_in_a_transaction_runs_statement_by_statement(history):
+    """CONCURRENTLY cannot run in a transaction: the file runs statement by statement, its
+    progress counted; a failure midway is recorded as failed (half applied) and blocks the plan
+    until it is resolved, as Prisma does."""
+    target, folder = history
+    kind = target.app.migrations
+    migrations.upgrade(target, "head")
+    name = "20260105000000_indexes" if kind == "prisma" else "0005_indexes"
+    path = _migration(
+        folder,
+        kind,
+        name,
+        "CREATE INDEX CONCURRENTLY ix_users_phone ON users (phone);\n"
+        "CREATE INDEX CONCURRENTLY ix_nope ON nope (x);\n",
+    )
+    p = migrate.plan(_status(target))
+    assert not p.scripts[name].startswith("BEGIN;")
+    with db.connect(target) as conn:
+        assert {f.status for f in migrate.lint_plan(conn, p).findings} == {Status.OK}
+    applied = migrate.apply(target, p, mode="apply", blockers=[])
+    assert applied.findings[-1].status is Status.CRIT
+    *_, last = _records(target, migrations.history(target).table)
+    assert last[0] == name and not last[2] and not last[3] and last[4] == 1
+    assert "failed at statement 2 of 2" in last[5]
+    st = _status(target)
+    assert st.failed == (name,)
+    assert {f.check: f.status for f in migrate.status_findings(st)}["failed"] is Status.CRIT
+    assert migrate.plan(st).problem.status is Status.CRIT  # nothing applies over it
+    # the operator drops what was half done, fixes the file, marks it rolled back, deploys again
+    with db.connect(target, readonly=False) as conn:
+        conn.execute("DROP INDEX ix_users_phone")
+    path.write_text("CREATE INDEX CONCURRENTLY ix_users_phone ON users (phone);\n")
+    done = migrate.resolve(target, mode="resolve", stamp=name, resolve_as="rolled-back")
+    assert done.status is Status.OK and "rolled back" in done.summary
+    applied = migrate.apply(target, migrate.plan(_status(target)), mode="apply", blockers=[])
+    assert applied.findings[-1].status is Status.OK
+    st = _status(target)
+    assert st.current == (name,) and not st.failed and not st.pending
+
+
+def test_resolve_applied_and_a_modified_file(history):
+    target, folder = history
+    kind = target.app.migrations
+    first = migrations.history(target).migrations()[0]
+    with db.connect(target, readonly=False) as conn:  # created by hand, recorded afterwards
+        conn.execute(first.sql)
+    done = migrate.resolve(target, mode="resolve", stamp=first.name)
+    assert done.status is Status.OK and "nothing was run" in done.summary
+    again = migrate.resolve(target, mode="resolve", stamp=first.name)
+    assert again.status is Status.CRIT and "already" in again.summary
+    missing = migrate.resolve(target, mode="resolve", stamp="nope")
+    assert missing.status is Status.CRIT and "no migration named 'nope'" in missing.summary
+    st = _status(target)
+    assert st.current == (first.name,) and len(st.pending) == 3
+    first.path.write_text(first.sql + "\n-- edited after it was applied\n")
+    st = _status(target)
+    assert st.modified == (first.name,)
+    assert {f.check: f.status for f in migrate.status_findings(st)}["modified"] is Status.WARN
+    assert kind in {f.summary.split()[0] for f in migrate.status_findings(st)}
+
+
+def test_rehearse_applies_on_a_copy_and_says_there_is_no_downgrade(history):
+    target, _ = history
+    p = migrate.plan(_status(target))
+    found = {f.check: f for f in migrate.rehearse(target, p, mode="rehearse")}
+    assert found["rehearse upgrade"].status is Status.OK
+    assert "no down migrations" in found["rehearse downgrade"].summary
+    assert not _status(target).managed  # the target itself was not touched
+
+
+def test_the_migrate_runbook_on_a_prisma_folder(scratch, tmp_path, monkeypatch):
+    """The runbook itself, on a target whose app says `migrations = "prisma"`: plan, apply
+    (backup first), status through the CLI, and a folder that is not Prisma's refused up front."""
+    from pgrunbook.archive import runner
+    from pgrunbook.cli import main
+
+    folder = tmp_path / "prisma" / "migrations"
+    shutil.copytree(FIXTURES / "prisma_fixia", folder)
+    config = tmp_path / "prisma.toml"
+    config.write_text(
+        f'[apps.shop]\nmigrations = "prisma"\nmigrations_path = "{folder}"\n\n'
+        '[targets.shop]\nurl_env = "SHOP_DATABASE_URL"\napp = "shop"\n'
+    )
+    monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+    monkeypatch.setenv("SHOP_DATABASE_URL", scratch.url)
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "backups"))
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+    plan = runner.run("migrate", "shop", progress=False)
+    found = {f.check: f for f in plan.findings}
+    assert plan.outcome == "OK", [str(f) for f in plan.findings]
+    assert "4 revisions to 20260104000000_reviews" in found["plan"].summary
+    applied = runner.run("migrate", "shop", {"mode": "apply"}, progress=False)
+    found = {f.check: f for f in applied.findings}
+    assert applied.outcome in ("OK", "WARN"), [str(f) for f in applied.findings]
+    assert found["apply"].status is Status.OK and found["verify"].status is Status.OK
+    assert main(["migrations", "status", "--target", "shop"]) == 0
+    (folder / "migration_lock.toml").unlink()
+    assert main(["run", "migrate", "--target", "shop", "--quiet"]) == 3  # refused, one line
