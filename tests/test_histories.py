@@ -120,6 +120,32 @@ def test_a_failing_file_changes_nothing_and_is_recorded_rolled_back(history):
     assert [r.revision for r in st.pending] == [name] and not st.failed  # fix it and deploy again
 
 
+def test_a_held_lock_is_retried_then_stops_with_nothing_changed(history):
+    """Another session holds users: the file waits lock_timeout, is retried with backoff, and
+    stops; each attempt is recorded rolled back and the schema is as it was."""
+    target, folder = history
+    kind = target.app.migrations
+    migrations.upgrade(target, "head")
+    name = "20260105000000_nickname" if kind == "prisma" else "0005_nickname"
+    _migration(folder, kind, name, "ALTER TABLE users ADD COLUMN nickname text;\n")
+    p = migrate.plan(_status(target))
+    with db.connect(target, readonly=False, autocommit=False) as holder:
+        holder.execute("LOCK TABLE users IN ACCESS SHARE MODE")
+        applied = migrate.apply(
+            target, p, mode="apply", blockers=[], lock_timeout="100ms", max_retries=2,
+            backoff_s=0.05,
+        )  # fmt: skip
+        holder.rollback()
+    assert applied.findings[-1].status is Status.CRIT
+    assert "lock timeout after 3 attempts" in applied.findings[-1].summary
+    attempts = [r for r in _records(target, migrations.history(target).table) if r[0] == name]
+    assert len(attempts) == 3 and all(r[3] and not r[2] for r in attempts)  # rolled back, each
+    st = _status(target)
+    assert [r.revision for r in st.pending] == [name] and not st.failed
+    applied = migrate.apply(target, p, mode="apply", blockers=[])  # the lock is gone: it applies
+    assert applied.findings[-1].status is Status.OK and _status(target).current == (name,)
+
+
 def test_a_file_that_cannot_run_in_a_transaction_runs_statement_by_statement(history):
     """CONCURRENTLY cannot run in a transaction: the file runs statement by statement, its
     progress counted; a failure midway is recorded as failed (half applied) and blocks the plan

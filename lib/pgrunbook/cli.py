@@ -227,8 +227,16 @@ def cmd_migrations(args) -> int:
                     file=sys.stderr,
                 )
                 return USAGE_ERROR
-            stamp = args.applied or migrate.down_revision(args.rolled_back)
-            given = {"mode": "resolve", "stamp": stamp, "confirm": args.confirm}
+            if migrations.history(t) is not None:  # Prisma's meaning: a failed one rolled back
+                given = {
+                    "mode": "resolve",
+                    "stamp": args.applied or args.rolled_back,
+                    "resolve_as": "applied" if args.applied else "rolled-back",
+                    "confirm": args.confirm,
+                }
+            else:  # alembic: rolled back to before it, by stamping the revision below
+                stamp = args.applied or migrate.down_revision(args.rolled_back)
+                given = {"mode": "resolve", "stamp": stamp, "confirm": args.confirm}
         result = runner.run(
             "migrate", args.target, given, incident=args.incident, progress=_progress(args)
         )
