@@ -280,6 +280,34 @@ def cmd_migrations(args) -> int:
     return 1 if diff else 0
 
 
+def cmd_fleet(args) -> int:
+    from .archive import fleet  # lazy: start-up time
+
+    if args.action == "list":
+        print(fleet.describe(args.name))
+        return 0
+    if not args.fleet:
+        print("pgrunbook: error: `fleet run RUNBOOK` needs --fleet NAME", file=sys.stderr)
+        return USAGE_ERROR
+    result = fleet.run(
+        args.name,
+        args.fleet,
+        _params(args.parameter),
+        parallel=args.parallel,
+        retries=args.retries,
+        incident=args.incident,
+    )
+    for r in result.runs:
+        where = r.html or r.error
+        tries = f" ({r.attempts} attempts)" if r.attempts > 1 else ""
+        print(f"  {r.outcome:<8}{r.target}: {where}{tries}")
+    counts = ", ".join(f"{n} {o}" for o, n in result.counts().items() if n)
+    print(f"{args.name} on fleet {args.fleet}: {counts}")
+    if result.report is not None:
+        print(f"  fleet report: {result.report.html}")
+    return result.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pgrunbook", description="Operational runbooks for PostgreSQL.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -309,6 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=cmd_run)
 
     add("list", help="the runbooks, their purpose and parameters").set_defaults(fn=cmd_list)
+
+    fl = add("fleet", help="one runbook across a fleet of targets ([tool.pgrunbook.fleets])")
+    fl.add_argument("action", choices=["list", "run"])
+    fl.add_argument("name", help="with list: the fleet; with run: the runbook")
+    fl.add_argument("--fleet", help="with run: the fleet to run it on")
+    fl.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
+    fl.add_argument("--parallel", type=int, help="runs at a time (default: the cores)")
+    fl.add_argument(
+        "--retries", type=int, default=2, help="retries of a target that cannot be reached"
+    )
+    fl.add_argument("--incident", help="incident id to file every report under")
+    fl.set_defaults(fn=cmd_fleet)
 
     rep = add("reports", help="the archive of executed runbooks")
     rep.add_argument("action", choices=["list", "show", "verify", "site"])

@@ -122,7 +122,14 @@ def health(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
     checks.output_path("json_file", v["json_file"])
 
 
+def fleet_report(target: Target | None, v: dict[str, Any], conn: Any) -> None:
+    from . import fleet  # lazy: start-up time
+
+    fleet.load(v["fleet_run"])  # a fleet run that was never recorded: bad input
+
+
 RULES = {
+    "fleet_report": fleet_report,
     "health": health,
     "migrate": migrate,
     "restore": restore,
@@ -134,7 +141,7 @@ RULES = {
 
 
 def before_run(
-    runbook: str, target: Target, values: dict[str, Any], conn: psycopg.Connection
+    runbook: str, target: Target | None, values: dict[str, Any], conn: psycopg.Connection | None
 ) -> None:
     """Refuse (raise) what `runbook` must not start with these parameter `values` on `target`."""
     rule = RULES.get(runbook)

@@ -101,6 +101,7 @@ def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, 
                 )
             },
             "summary": meta.get("summary", {}),
+            **({"fleet": meta["fleet"]} if meta.get("fleet") else {}),
             "figures": {  # what the site draws across runs
                 f["check"]: f["value"]
                 for f in meta.get("findings", [])

@@ -33,6 +33,7 @@ from ..procedures import swaps
 from . import guards, reports, site
 
 RESERVED = {"target"}
+FLEET_ENV = "PGRUNBOOK_FLEET"  # set by a fleet run: each target's run is filed under it
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -241,16 +242,20 @@ def run(
     values = coerce(runbook, given or {}, declared)
     if "target" in declared:
         values["target"] = target
-    t = targets.resolve(target)
-    if recovered := swaps.recover(
-        t
-    ):  # before connecting: a crashed swap may have left the database away
-        print(f"pgrunbook: {recovered}", file=sys.stderr)
-    with db.connect(t, application=f"pgrunbook/{runbook}") as conn:
-        version = db.server_version(conn)
-        guards.before_run(runbook, t, {**defaults(declared), **values}, conn)
-    if note := targets.fallback_note(t):  # said once the input is accepted: a refusal is one line
-        print(f"pgrunbook: {note}", file=sys.stderr)
+        t = targets.resolve(target)
+        if recovered := swaps.recover(
+            t
+        ):  # before connecting: a crashed swap may have left the database away
+            print(f"pgrunbook: {recovered}", file=sys.stderr)
+        with db.connect(t, application=f"pgrunbook/{runbook}") as conn:
+            version = db.server_version(conn)
+            guards.before_run(runbook, t, {**defaults(declared), **values}, conn)
+        if note := targets.fallback_note(t):  # once the input is accepted: a refusal is one line
+            print(f"pgrunbook: {note}", file=sys.stderr)
+        source_of, version_of = t.source, version
+    else:  # a runbook about the archive (the fleet report): no database to reach
+        guards.before_run(runbook, None, {**defaults(declared), **values}, None)
+        source_of, version_of = "the archive", ""
     started = datetime.now(UTC)
     out = _report_path(runbook, target, started)
     # papermill writes as the run goes: into a private working copy, never the archive, so that a
@@ -271,8 +276,9 @@ def run(
             k: v for k, v in values.items() if k != "target" and v != defaults(declared).get(k)
         },
         "target": target,
-        "target_source": t.source,
-        "server_version": version,
+        "target_source": source_of,
+        "server_version": version_of,
+        "fleet": os.environ.get(FLEET_ENV) or None,
         "operator": os.environ.get("PGRUNBOOK_OPERATOR") or getpass.getuser(),
         "host": socket.gethostname(),
         "incident": incident,

@@ -55,6 +55,7 @@ class Settings:
     app_roles: tuple[str, ...] = ()
     apps: dict[str, App] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
+    fleets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def app_of(self, target: str) -> App:
         """The application profile of target `target` (an empty one when it names none)."""
@@ -153,9 +154,16 @@ def _load(home: Path, state: str, reports: str, backups: str, extra: str) -> Set
     state_dir = _dir("PGRUNBOOK_STATE_DIR", home / ".pgrunbook")
     apps = {name: _app(name, spec) for name, spec in config.get("apps", {}).items()}
     targets = {**DEFAULT_TARGETS}
-    for name, spec in config.get("targets", {}).items():
-        if not isinstance(spec, dict) or ("url_env" not in spec and name != "sandbox"):
-            raise ConfigError(f'target {name!r} needs url_env = "VARIABLE" in its table')
+    fleets = {name: _fleet(name, spec, home) for name, spec in config.get("fleets", {}).items()}
+    listed = {t: s for f in fleets.values() for t, s in f.get("entries", {}).items()}
+    for name, spec in {**listed, **config.get("targets", {})}.items():
+        if not isinstance(spec, dict) or (
+            "url_env" not in spec and "service" not in spec and name != "sandbox"
+        ):
+            raise ConfigError(
+                f'target {name!r} needs url_env = "VARIABLE" (or service = "NAME" from'
+                " pg_service.conf) in its table"
+            )
         if spec.get("app") and spec["app"] not in apps:
             raise ConfigError(
                 f"target {name!r} names app {spec['app']!r}, which has no [apps.{spec['app']}]"
@@ -170,8 +178,55 @@ def _load(home: Path, state: str, reports: str, backups: str, extra: str) -> Set
         targets=targets,
         app_roles=tuple(config.get("app_roles", ())),
         apps=apps,
-        limits={k: v for k, v in config.items() if k not in ("targets", "apps", "app_roles")},
+        limits={
+            k: v for k, v in config.items() if k not in ("targets", "apps", "app_roles", "fleets")
+        },
+        fleets=fleets,
     )
+
+
+FLEET_KEYS = {"targets", "tags", "file"}
+FILE_COLUMNS = ("name", "url_env", "service", "tags", "protected", "app")
+
+
+def _fleet(name: str, spec: Any, home: Path) -> dict[str, Any]:
+    """A fleet's selection (`targets`: names or globs, `tags`) and, from its `file`, the targets
+    it brings (a CSV a team generates: name, url_env or service, tags, protected, app)."""
+    if not isinstance(spec, dict) or not spec or set(spec) - FLEET_KEYS:
+        raise ConfigError(
+            f"[fleets.{name}] takes {', '.join(sorted(FLEET_KEYS))} (at least one of them)"
+        )
+    out = {"targets": list(spec.get("targets", ())), "tags": list(spec.get("tags", ()))}
+    if file := spec.get("file"):
+        path = Path(file) if Path(file).is_absolute() else home / file
+        out["entries"] = _fleet_file(name, path)
+    return out
+
+
+def _fleet_file(fleet: str, path: Path) -> dict[str, dict[str, Any]]:
+    import csv  # here: only fleets with a file need it
+
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise ConfigError(f"[fleets.{fleet}] file {path} does not exist") from None
+    entries: dict[str, dict[str, Any]] = {}
+    for n, row in enumerate(rows, start=2):
+        unknown = set(row) - set(FILE_COLUMNS)
+        name = (row.get("name") or "").strip()
+        if unknown or not name or not (row.get("url_env") or row.get("service")):
+            raise ConfigError(
+                f"{path} line {n}: each row needs name and url_env or service (columns:"
+                f" {', '.join(FILE_COLUMNS)})"
+            )
+        spec: dict[str, Any] = {
+            k: row[k].strip() for k in ("url_env", "service", "app") if (row.get(k) or "").strip()
+        }
+        spec["tags"] = (row.get("tags") or "").split()
+        spec["protected"] = (row.get("protected") or "").strip().lower() in ("true", "yes", "1")
+        entries[name] = spec
+    return entries
 
 
 def project_path(name: str | Path) -> Path:

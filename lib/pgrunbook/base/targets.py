@@ -154,9 +154,12 @@ def _resolve(name: str) -> Target:
             f"unknown target {name!r}{hint}: known targets are {', '.join(names())}; "
             "add one under [tool.pgrunbook.targets.NAME] with url_env"
         )
-    env = spec["url_env"]
     protected = bool(spec.get("protected", False))
     app = settings.app_of(name)
+    if service := spec.get("service"):  # libpq reads host, port, database from pg_service.conf
+        return Target(name, f"service={service}", protected=protected, source=f"service {service}",
+                      app=app)  # fmt: skip
+    env = spec["url_env"]
     if url := os.environ.get(env):
         try:
             conninfo_to_dict(url)

@@ -1,0 +1,286 @@
+"""One runbook across a fleet, on this machine: every target's run executed and archived exactly
+as `pgrunbook run` does it (a `pgrunbook run` process per target), N at a time, then a fleet
+report of its own in the archive, and the exit code of the worst run.
+
+Parameters are checked once, before any run starts. A target whose server cannot be reached is
+retried (UNKNOWN only: never a run that finished, whatever it found); one that still cannot be
+reached is UNKNOWN in the report, and the others go on. Each target's run is filed under the
+fleet run's id (`fleet` in the index), which is how the report finds them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..base import config, fleets
+from ..base.errors import UnknownParameter
+from ..base.fileio import private_dir, write_atomic
+from ..base.findings import Finding, Status
+from ..base.secrets import redact
+from ..facts import history
+from . import runner
+
+REPORT_RUNBOOK = "fleet_report"
+UNREACHABLE = ("cannot reach the server of", "cannot connect to")
+ORDER = {"CRIT": 0, "FAILED": 1, "UNKNOWN": 2, "WARN": 3, "OK": 4}
+
+
+@dataclass
+class TargetRun:
+    target: str
+    outcome: str  # OK, WARN, CRIT, UNKNOWN (nothing archived), FAILED (archived, failed)
+    exit_code: int
+    attempts: int
+    duration_s: float
+    html: str = ""  # relative to the archive
+    error: str = ""
+
+
+@dataclass
+class FleetResult:
+    fleet: str
+    fleet_run: str
+    runbook: str
+    runs: list[TargetRun]
+    report: runner.RunResult | None
+
+    @property
+    def exit_code(self) -> int:
+        return max((r.exit_code for r in self.runs), key=_severity, default=0)
+
+    def counts(self) -> dict[str, int]:
+        return {o: sum(r.outcome == o for r in self.runs) for o in ORDER}
+
+
+def _severity(code: int) -> int:
+    return {0: 0, 3: 1, 1: 2, 2: 3}.get(code, 1)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A fleet run about to start: its id, its targets, the arguments every run gets."""
+
+    fleet: str
+    fleet_run: str
+    runbook: str
+    targets: list[str]
+    args: list[str]
+
+
+def prepare(
+    runbook: str, fleet: str, given: dict[str, str] | None = None, incident: str | None = None
+) -> Prepared:
+    """Check everything once, before any run starts: the fleet selects targets, the runbook
+    takes a target, the parameters are valid. Bad input raises here."""
+    members = fleets.members(fleet)
+    declared = runner.parameters(runbook)
+    if "target" not in declared:
+        raise UnknownParameter(f"runbook {runbook!r} takes no target: it cannot run on a fleet")
+    runner.coerce(runbook, given or {}, declared)
+    started = datetime.now(UTC)
+    fleet_run = f"{started:%Y%m%dT%H%M%SZ}_{fleet}_{uuid.uuid4().hex[:6]}"
+    args = [a for name, value in (given or {}).items() for a in ("-p", name, str(value))]
+    if incident:
+        args += ["--incident", incident]
+    return Prepared(fleet, fleet_run, runbook, members, args)
+
+
+def run(
+    runbook: str,
+    fleet: str,
+    given: dict[str, str] | None = None,
+    *,
+    parallel: int | None = None,
+    retries: int = 2,
+    retry_delay_s: float = 2.0,
+    incident: str | None = None,
+) -> FleetResult:
+    """Run `runbook` on every target of `fleet` on this machine, `parallel` at a time."""
+    if parallel is not None and parallel < 1:
+        raise UnknownParameter(f"--parallel takes 1 or more, not {parallel}")
+    plan = prepare(runbook, fleet, given, incident)
+
+    def one(target: str) -> TargetRun:
+        return run_target(plan, target, retries=retries, retry_delay_s=retry_delay_s)
+
+    with ThreadPoolExecutor(max_workers=parallel or os.cpu_count() or 1) as pool:
+        list(pool.map(one, plan.targets))
+    return finish(plan, incident=incident)
+
+
+def run_target(
+    plan: Prepared, target: str, *, retries: int = 0, retry_delay_s: float = 2.0
+) -> TargetRun:
+    """One target's `pgrunbook run`, filed under the fleet run; retried while its server cannot
+    be reached (and nothing was archived). What happened is kept for the fleet report, attempts
+    counted across calls (an Airflow retry calls this again)."""
+    env = dict(os.environ, **{runner.FLEET_ENV: plan.fleet_run})
+    command = [sys.executable, "-m", "pgrunbook", "run", plan.runbook, "--target", target]
+    earlier = _load_target(plan.fleet_run, target)
+    t0, attempt = time.perf_counter(), earlier.attempts if earlier else 0
+    while True:
+        attempt += 1
+        done = subprocess.run(
+            [*command, *plan.args, "--quiet"], env=env, capture_output=True, text=True
+        )
+        entry = _archived(plan.fleet_run, target)
+        said = [line for line in done.stderr.splitlines() if line.startswith("pgrunbook:")]
+        if not unreachable(entry, done.stderr) or retries <= 0:
+            break
+        retries -= 1
+        time.sleep(retry_delay_s * attempt)
+    took = round(time.perf_counter() - t0 + (earlier.duration_s if earlier else 0), 3)
+    if entry is not None:
+        html_path = entry.get("files", {}).get("html", {}).get("path", "")
+        result = TargetRun(target, entry["outcome"], done.returncode, attempt, took, html_path)
+    else:
+        error = redact(said[-1].removeprefix("pgrunbook: error: ") if said else done.stderr[-300:])
+        result = TargetRun(target, "UNKNOWN", done.returncode or 3, attempt, took, error=error)
+    _save_target(plan.fleet_run, result)
+    return result
+
+
+def unreachable(entry: dict[str, Any] | None, stderr: str) -> bool:
+    """Nothing archived because the server could not be reached: the one case worth a retry."""
+    return entry is None and any(u in stderr for u in UNREACHABLE)
+
+
+def finish(plan: Prepared, *, incident: str | None = None) -> FleetResult:
+    """Gather every target's run, write the fleet report into the archive."""
+    runs = [
+        _load_target(plan.fleet_run, t)
+        or TargetRun(t, "UNKNOWN", 3, 0, 0.0, error="never ran: the fleet run stopped first")
+        for t in plan.targets
+    ]
+    runs.sort(key=lambda r: (ORDER.get(r.outcome, 2), r.target))
+    result = FleetResult(plan.fleet, plan.fleet_run, plan.runbook, runs, None)
+    _save(result)
+    result.report = runner.run(
+        REPORT_RUNBOOK,
+        f"fleet-{plan.fleet}",
+        {"fleet_run": plan.fleet_run},
+        incident=incident,
+        progress=False,
+    )
+    return result
+
+
+def _archived(fleet_run: str, target: str) -> dict[str, Any] | None:
+    found = [e for e in history.entries() if e.get("fleet") == fleet_run and e["target"] == target]
+    return found[-1] if found else None
+
+
+def _target_path(fleet_run: str, target: str) -> Path:
+    return config.settings().state_dir / "fleets" / fleet_run / f"{target}.json"
+
+
+def _save_target(fleet_run: str, run: TargetRun) -> None:
+    path = _target_path(fleet_run, run.target)
+    private_dir(path.parent)
+    write_atomic(path, json.dumps(asdict(run)))
+
+
+def _load_target(fleet_run: str, target: str) -> TargetRun | None:
+    try:
+        return TargetRun(**json.loads(_target_path(fleet_run, target).read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def _results_path(fleet_run: str) -> Path:
+    return config.settings().state_dir / "fleets" / f"{fleet_run}.json"
+
+
+def _save(result: FleetResult) -> None:
+    path = _results_path(result.fleet_run)
+    private_dir(path.parent)
+    data = {
+        "fleet": result.fleet,
+        "fleet_run": result.fleet_run,
+        "runbook": result.runbook,
+        "runs": [asdict(r) for r in result.runs],
+    }
+    write_atomic(path, json.dumps(data, indent=1))
+
+
+def load(fleet_run: str = "") -> dict[str, Any]:
+    """What a fleet run did, for its report (none given: an empty report, as the runbook's
+    defaults make when it is opened by itself)."""
+    if not fleet_run:
+        return {"fleet": "none", "fleet_run": "", "runbook": "no runbook", "runs": []}
+    try:
+        return json.loads(_results_path(fleet_run).read_text())
+    except FileNotFoundError:
+        raise UnknownParameter(f"no fleet run {fleet_run!r} is recorded") from None
+
+
+def findings(data: dict[str, Any]) -> list[Finding]:
+    """One finding per target (its run's outcome), worst first, then the counts."""
+    status = {"OK": Status.OK, "WARN": Status.WARN, "CRIT": Status.CRIT}
+    out = []
+    for r in data["runs"]:
+        said = r["error"] or f"{data['runbook']} ended {r['outcome']}"
+        tries = f" after {r['attempts']} attempts" if r["attempts"] > 1 else ""
+        out.append(
+            Finding(
+                r["target"],
+                status.get(r["outcome"], Status.UNKNOWN),
+                f"{said}{tries}",
+                value=r["exit_code"],
+            )
+        )
+    counts = {o: sum(r["outcome"] == o for r in data["runs"]) for o in ORDER}
+    out.append(
+        Finding(
+            "fleet",
+            Status.OK,
+            f"{data['runbook']} on {len(data['runs'])} targets of {data['fleet']}: "
+            + ", ".join(f"{n} {o}" for o, n in counts.items() if n),
+            value=len(data["runs"]),
+        )
+    )
+    return out
+
+
+def table_html(data: dict[str, Any]) -> str:
+    """Targets worst first, each linked to its run's report (paths relative to the report's own
+    folder in the archive)."""
+    colours = {"OK": "#1a7f37", "WARN": "#9a6700", "CRIT": "#cf222e"}
+    rows = []
+    for r in data["runs"]:
+        link = (
+            f"<a href='../{html.escape(r['html'])}'>{html.escape(Path(r['html']).stem)}</a>"
+            if r["html"]
+            else html.escape(r["error"])
+        )
+        rows.append(
+            f"<tr><td>{html.escape(r['target'])}</td>"
+            f"<td style='color:{colours.get(r['outcome'], '#57606a')};font-weight:bold'>"
+            f"{html.escape(r['outcome'])}</td><td>{r['attempts']}</td>"
+            f"<td>{r['duration_s']:.1f} s</td><td>{link}</td></tr>"
+        )
+    head = "<tr><th>target</th><th>outcome</th><th>attempts</th><th>took</th><th>report</th></tr>"
+    return f"<table class='pgrb-table'><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def describe(fleet: str) -> str:
+    """`pgrunbook fleet list NAME`: what the fleet resolves to."""
+    rows = fleets.describe(fleet)
+    width = max(len(r["target"]) for r in rows)
+    lines = [
+        f"{r['target']:<{width}}  {r['from']}{'  protected' if r['protected'] else ''}"
+        + (f"  [{r['tags']}]" if r["tags"] else "")
+        for r in rows
+    ]
+    return "\n".join([*lines, f"{len(rows)} targets in fleet {fleet!r}"])

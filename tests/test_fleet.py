@@ -1,0 +1,215 @@
+"""Fleets: one runbook across many databases, and one archive written by many processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgrunbook.archive import reports
+from pgrunbook.facts import history
+
+from .conftest import EXTERNAL
+
+APPENDER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from pgrunbook.archive import reports
+    from pgrunbook.base import config
+
+    worker, count = int(sys.argv[1]), int(sys.argv[2])
+    root = config.settings().reports_dir / "fleet-test"
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        nb, html = root / f"w{worker}-{n}.ipynb", root / f"w{worker}-{n}.html"
+        nb.write_text(f"notebook {worker} {n}")
+        html.write_text(f"html {worker} {n}")
+        meta = dict(runbook="health", target=f"db{worker}", outcome="OK", exit_code=0,
+                    incident=None, operator="test", host=f"worker{worker}",
+                    start=f"2026-01-01T00:{worker:02d}:{n:02d}+00:00",
+                    end=f"2026-01-01T00:{worker:02d}:{n:02d}+00:00", duration_s=1.0)
+        reports.append_index(meta, nb, html)
+    """
+)
+
+
+def test_sixteen_processes_append_to_one_archive_and_it_verifies(tmp_path, monkeypatch):
+    """Workers on several machines share one archive folder: 16 processes append at once; every
+    line is there once, the chain holds, and `reports verify` is OK."""
+    env = dict(os.environ, PGRUNBOOK_REPORTS_DIR=str(tmp_path / "reports"))
+    env["PGRUNBOOK_STATE_DIR"] = str(tmp_path / "state")
+    script = tmp_path / "append.py"
+    script.write_text(APPENDER)
+    workers = [
+        subprocess.Popen([sys.executable, str(script), str(w), "10"], env=env) for w in range(16)
+    ]
+    assert [w.wait(timeout=300) for w in workers] == [0] * 16
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", env["PGRUNBOOK_REPORTS_DIR"])
+    monkeypatch.setenv("PGRUNBOOK_STATE_DIR", env["PGRUNBOOK_STATE_DIR"])
+    entries = history.entries()
+    assert len(entries) == 160 and len({e["id"] for e in entries}) == 160
+    check = reports.verify()
+    assert check.ok and check.checked == 320, check.lines()
+
+
+@pytest.fixture
+def fleet_of_21(sandbox, tmp_path, monkeypatch):
+    """21 targets from a fleet file: 14 databases on the embedded server, 6 on the external one
+    (or all 20 embedded without it), one that cannot be reached. One database carries a planted
+    fault: an orphan under a NOT VALID foreign key (integrity CRIT) and an alembic revision this
+    checkout does not know (health CRIT)."""
+    servers = [sandbox.url("postgres")] * 14 + [EXTERNAL or sandbox.url("postgres")] * 6
+    made, rows = [], ["name,url_env,service,tags,protected,app"]
+    for n, admin in enumerate(servers):
+        name = f"pgrb_fleet_{uuid.uuid4().hex[:6]}_{n:02d}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        url = psycopg.conninfo.make_conninfo(admin, dbname=name)
+        made.append((admin, name))
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")  # else integrity WARNs
+            conn.execute("CREATE TABLE parent (id int PRIMARY KEY)")
+            conn.execute("CREATE TABLE child (id int PRIMARY KEY, parent_id int)")
+            conn.execute("INSERT INTO parent VALUES (1); INSERT INTO child VALUES (1, 1)")
+            if n == 7:  # the planted fault
+                conn.execute("INSERT INTO child VALUES (2, 99)")
+                conn.execute(
+                    "ALTER TABLE child ADD CONSTRAINT fk FOREIGN KEY (parent_id)"
+                    " REFERENCES parent (id) NOT VALID"
+                )
+                conn.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+                conn.execute("INSERT INTO alembic_version VALUES ('zzzz_unknown')")
+        monkeypatch.setenv(f"FLEET_DB_{n:02d}", url)
+        app = "fixia" if n == 7 else ""
+        rows.append(f"tenant{n:02d},FLEET_DB_{n:02d},,tenant eu,false,{app}")
+    monkeypatch.setenv("FLEET_DB_GONE", "postgresql://nobody@127.0.0.1:1/gone?connect_timeout=2")
+    rows.append("tenant99,FLEET_DB_GONE,,tenant,false,")
+    (tmp_path / "tenants.csv").write_text("\n".join(rows) + "\n")
+    config = tmp_path / "fleet.toml"
+    config.write_text(
+        f'[fleets.tenants]\nfile = "{tmp_path / "tenants.csv"}"\n\n'
+        '[fleets.eu]\ntags = ["eu"]\n\n[fleets.none]\ntargets = ["nothing*"]\n'
+    )
+    monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+    yield made
+    for admin, name in made:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def test_a_fleet_of_21_targets_on_this_machine(fleet_of_21, capsys):
+    from pgrunbook.archive import fleet
+    from pgrunbook.cli import main
+
+    assert main(["fleet", "list", "eu"]) == 0
+    listed = capsys.readouterr().out
+    assert "20 targets in fleet 'eu'" in listed and "tenant99" not in listed
+    assert main(["fleet", "list", "none"]) == 3  # selects nothing: refused
+    assert main(["fleet", "run", "health", "--fleet", "tenants", "-p", "slow_ms", "x"]) == 3
+    assert not (Path(os.environ["PGRUNBOOK_REPORTS_DIR"]) / "index.jsonl").exists()
+    capsys.readouterr()
+
+    result = fleet.run("integrity", "tenants", parallel=2, retry_delay_s=0.2)
+    by = {r.target: r for r in result.runs}
+    assert len(by) == 21 and result.exit_code == 2
+    assert by["tenant07"].outcome == "CRIT" and result.runs[0].target == "tenant07"  # worst first
+    assert by["tenant99"].outcome == "UNKNOWN" and by["tenant99"].attempts == 3  # retried twice
+    assert "cannot reach the server" in by["tenant99"].error
+    assert all(by[f"tenant{n:02d}"].outcome == "OK" for n in range(20) if n != 7), {
+        t: r.outcome for t, r in by.items()
+    }
+    root = Path(os.environ["PGRUNBOOK_REPORTS_DIR"])
+    assert all((root / r.html).is_file() for r in result.runs if r.target != "tenant99")
+    report = result.report
+    assert report.outcome == "CRIT" and report.exit_code == 2
+    page = report.html.read_text()
+    links = re.findall(r"<a href=['\"]\.\./(integrity/[^'\"]+)['\"]", page)
+    assert len(links) == 20 and all((root / link).is_file() for link in links)
+    assert page.index("tenant07") < page.index("tenant99") < page.index("tenant00")
+
+    assert main(["fleet", "run", "health", "--fleet", "tenants", "--parallel", "2"]) == 2
+    out = capsys.readouterr().out
+    assert "CRIT    tenant07" in out and "UNKNOWN tenant99" in out and "fleet report:" in out
+    assert main(["reports", "verify"]) == 0
+
+
+AIRFLOW_RUN = textwrap.dedent(
+    """
+    import json, sys
+    from datetime import timedelta
+    from pgrunbook.airflow import fleet_dag
+
+    dag = fleet_dag("integrity", "tenants", retry_delay=timedelta(seconds=1))
+    if __name__ == "__main__":
+        run = dag.test()
+        tasks = [
+            {"task": ti.task_id, "map_index": ti.map_index, "state": str(ti.state),
+             "try_number": ti.try_number}
+            for ti in run.get_task_instances()
+        ]
+        print("RESULT " + json.dumps({"state": str(run.state), "tasks": tasks}))
+    """
+)
+
+
+def test_the_same_fleet_on_airflow(fleet_of_21, tmp_path):
+    """The DAG `pgrunbook.airflow.fleet_dag` builds, run by Airflow's own `dag.test()` in a
+    process of its own: one mapped task per target in a pool, the unreachable one retried by
+    Airflow, the planted CRIT failed without retry, the fleet report last and the run failed."""
+    if importlib.util.find_spec("airflow") is None:  # not imported here: it configures logging
+        pytest.skip("pip install 'pgrunbook[airflow]'")
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "fleet_integrity.py").write_text(AIRFLOW_RUN)
+    env = dict(
+        os.environ,
+        AIRFLOW_HOME=str(tmp_path / "airflow"),
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__UNIT_TEST_MODE="False",
+    )
+    airflow = str(Path(sys.executable).parent / "airflow")
+    for command in (["db", "migrate"], ["pools", "set", "pgrunbook", "2", "pgrunbook runs"]):
+        done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run(
+        [sys.executable, str(dags / "fleet_integrity.py")], env=env, capture_output=True,
+        text=True, timeout=900,
+    )  # fmt: skip
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, (done.stdout[-3000:], done.stderr[-3000:])
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["state"].endswith("failed")  # the worst target is CRIT
+    mapped = {t["map_index"]: t for t in result["tasks"] if t["task"] == "run_target"}
+    targets = sorted(f"tenant{n:02d}" for n in [*range(20), 99])
+    assert sorted(mapped) == list(range(21))
+    state = {targets[i]: t for i, t in mapped.items()}
+    assert state["tenant07"]["state"].endswith("failed") and state["tenant07"]["try_number"] == 1
+    assert state["tenant99"]["state"].endswith("failed") and state["tenant99"]["try_number"] == 3
+    assert all(
+        state[t]["state"].endswith("success") for t in targets if t not in ("tenant07", "tenant99")
+    )
+    [report] = [t for t in result["tasks"] if t["task"] == "report"]
+    assert report["state"].endswith("failed")
+    entries = history.entries()
+    fleet_runs = {e["fleet"] for e in entries if e.get("fleet")}
+    assert len(fleet_runs) == 1
+    archived = [e for e in entries if e.get("fleet")]
+    assert sorted(e["target"] for e in archived) == [t for t in targets if t != "tenant99"]
+    reported = [e for e in entries if e["runbook"] == "fleet_report"]
+    assert len(reported) == 1 and reported[0]["outcome"] == "CRIT"
+    assert reports.verify().ok
