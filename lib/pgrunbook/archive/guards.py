@@ -89,6 +89,16 @@ def dr_drill(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> Non
     from ..procedures import drill  # lazy: start-up time
 
     drill.check_target(target, v["disaster"])
+    if v["disaster"] == drill.PITR:
+        from ..facts import wal  # lazy: start-up time
+        from ..procedures import pitr as recovery  # lazy: start-up time
+
+        recovery.locate(target)  # a server whose files are out of reach: refused here
+        if not wal.archiving(conn).on:
+            raise recovery.PitrRefused(
+                f"{drill.PITR} needs continuous WAL archiving on {target.name!r}'s server: run "
+                "the pitr runbook first"
+            )
     if (
         v["disaster"] != "dropped-database"
         and not conn.execute("SELECT to_regclass(%s) IS NOT NULL", [v["table"]]).fetchone()[0]
@@ -122,6 +132,34 @@ def health(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
     checks.output_path("json_file", v["json_file"])
 
 
+def pitr(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
+    if v["incremental"] and conn.info.server_version < 170000:
+        raise UnknownParameter(
+            f"incremental base backups need PostgreSQL 17 or newer; {target.name!r} runs "
+            f"{conn.info.server_version // 10000}: leave incremental off"
+        )
+
+
+def pitr_restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
+    from datetime import UTC, datetime
+
+    from ..procedures import pitr as recovery  # lazy: start-up time
+
+    moment = recovery.Moment.parse(
+        time=v["to_time"], lsn=v["to_lsn"], xid=v["to_xid"], name=v["to_name"]
+    )
+    if moment.time and moment.time > datetime.now(UTC):
+        raise recovery.PitrRefused(
+            f"{moment.value} is in the future: name a moment that has passed"
+        )
+    recovery.check_copy(target, v["copy_table"], confirm=v["confirm"])
+    try:
+        server = recovery.locate(target)
+    except recovery.PitrUnavailable:
+        return  # not bad input: the run says so (UNKNOWN)
+    recovery.choose_base(server, moment)  # before the oldest base backup: the earliest is named
+
+
 def fleet_report(target: Target | None, v: dict[str, Any], conn: Any) -> None:
     from . import fleet  # lazy: start-up time
 
@@ -137,6 +175,8 @@ RULES = {
     "staging_refresh": staging_refresh,
     "dr_drill": dr_drill,
     "integrity": integrity,
+    "pitr": pitr,
+    "pitr_restore": pitr_restore,
 }
 
 

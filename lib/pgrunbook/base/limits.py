@@ -25,6 +25,8 @@ class Limits:
     storage_crit_pct: float = 90
     slow_ms: float = 100  # a statement averaging more than this is slow
     rpo_h: float = 24  # the newest verified backup must be younger than this
+    archive_wait_warn_s: float = 300  # WAL archiving: the oldest segment not yet archived ...
+    archive_wait_crit_s: float = 3600  # ... is the RPO of a restore to a moment
     rto_min: float = 15  # a restore, start to verified, within this
     keep_h: float = 48  # databases kept by swaps, and pre-migration backups
     retention_days: float = 7  # backups older than this are past retention (7 free tier, 30 pro)
@@ -60,6 +62,7 @@ class Limits:
 
     PAIRS = (
         ("storage_warn_pct", "storage_crit_pct"),
+        ("archive_wait_warn_s", "archive_wait_crit_s"),
         ("long_transaction_warn_s", "long_transaction_crit_s"),
         ("idle_in_transaction_warn_s", "idle_in_transaction_crit_s"),
         ("replication_lag_warn_s", "replication_lag_crit_s"),

@@ -23,9 +23,9 @@ from ..base.fileio import FILE_MODE, write_atomic
 from ..base.findings import STATUS_COLOURS, Check, Finding, Status, worst
 from ..base.limits import DEFAULTS, level
 from ..base.targets import Target
-from ..facts import activity, history, statements
+from ..facts import activity, history, statements, wal
 from ..facts import replication as replication_facts
-from . import perf, status
+from . import perf, recovery, status
 
 
 def is_local(target: Target) -> bool:
@@ -382,3 +382,13 @@ def export(
             else "nothing written (no prometheus_file or json_file)"
         ),
     )
+
+
+def archiving(
+    conn: psycopg.Connection,
+    *,
+    warn_s: float = DEFAULTS.archive_wait_warn_s,
+    crit_s: float = DEFAULTS.archive_wait_crit_s,
+) -> Finding:
+    """Continuous WAL archiving, as part of the RPO (see `recovery.archiving`)."""
+    return recovery.archiving(wal.archiving(conn), warn_s=warn_s, crit_s=crit_s)

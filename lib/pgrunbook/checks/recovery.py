@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from ..base.findings import Finding, Status
+from ..base.findings import Check, Finding, Status
 from ..base.limits import level
+from ..facts import wal
 from ..facts.backups import Backup, check
 
 
@@ -110,5 +111,70 @@ def rpo_finding(
         status,
         f"newest verified backup {verified[-1].id} is {age:.1f} h old",
         value=round(age, 2),
+        threshold=threshold,
+    )
+
+
+def archiving(state: wal.Archiving, *, warn_s: float, crit_s: float) -> Finding:
+    """Continuous WAL archiving as part of the RPO: a restore to a moment reaches what has been
+    archived, so the oldest segment still waiting is what a lost server would lose. A failing
+    archive command is CRIT (WAL piles up in pg_wal until the disk fills); a gap in pgrunbook's
+    archive folder is CRIT (replay cannot pass it). Off is said, not alarmed on: the RPO is then
+    the newest dump's age, judged by the backup check."""
+    name = Check.WAL_ARCHIVING
+    threshold = f"oldest unarchived WAL: OK < {warn_s:g} s, WARN < {crit_s:g} s"
+    if not state.on:
+        return Finding(
+            name,
+            Status.OK,
+            "off: the RPO is the age of the newest dump (the pitr runbook turns continuous "
+            "archiving on)",
+        )
+    if state.failing:
+        return Finding(
+            name,
+            Status.CRIT,
+            f"the archive command fails: {state.failed_count} failed attempts, segment "
+            f"{state.last_failed_wal} not archived since "
+            f"{state.last_failed_time:%Y-%m-%d %H:%M:%S%z}; WAL piles up in pg_wal and restores "
+            "to a moment stop before it",
+            value=state.failed_count,
+            threshold=threshold,
+        )
+    folder = state.folder
+    if folder is not None and folder.is_dir():
+        bases = wal.base_backups(folder.parent)
+        missing = wal.gaps(wal.segments(folder), since=bases[0].start_wal if bases else None)
+        if missing:
+            return Finding(
+                name,
+                Status.CRIT,
+                f"{len(missing)} WAL segments missing from the archive ({folder}): restores to "
+                f"a moment stop at {missing[0]}",
+                value=len(missing),
+                examples=tuple(missing[:20]),
+            )
+    if state.waiting is None:
+        return Finding(
+            name,
+            Status.UNKNOWN,
+            f"on; last segment archived {state.last_archived_wal or 'none yet'}: how much waits "
+            "cannot be read by this role (grant it pg_monitor)",
+            threshold=threshold,
+        )
+    waited = state.oldest_waiting_s or 0.0
+    where = f" into {folder}" if folder else ""
+    last = (
+        f"last segment {state.last_archived_wal} archived "
+        f"{(state.now - state.last_archived_time).total_seconds():.0f} s ago"
+        if state.last_archived_time
+        else "no segment archived yet"
+    )
+    return Finding(
+        name,
+        level(waited, warn_s, crit_s),
+        f"on{where}: {last}; {state.waiting} waiting"
+        + (f", the oldest for {waited:.0f} s" if state.waiting else ""),
+        value=round(waited, 1),
         threshold=threshold,
     )

@@ -264,7 +264,7 @@ def compare(
         found.append(_sequences(conn, repair=repair_sequences))
     if amcheck:
         with timeline.phase("amcheck"):
-            found.append(_amcheck(conn))
+            found.append(amcheck_finding(conn))
     return found
 
 
@@ -289,7 +289,7 @@ def _sequences(conn: psycopg.Connection, *, repair: bool) -> Finding:
     )
 
 
-def _amcheck(conn: psycopg.Connection) -> Finding:
+def amcheck_finding(conn: psycopg.Connection) -> Finding:
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")  # in the scratch copy only
         checked, problems = indexes.amcheck_btree(conn)

@@ -15,7 +15,7 @@ from ..base import db, migrations
 from ..base.cluster import Cluster, SandboxStatus, embedded
 from ..base.errors import SandboxError
 from ..base.targets import Target
-from . import admin, seed
+from . import admin, pitr, seed
 
 DATABASES = ("production", "staging")
 PRELOAD = "pg_stat_statements"
@@ -45,6 +45,7 @@ class Sandbox(Cluster):
         server = ep.get_server(self.data_dir, cleanup_mode=None)
         if not self.running:  # get_server hands back a cached handle after a stop in this process
             server.ensure_postgres_running()
+        self.share_handle_file()
         if fresh or not (self.root / "ready").exists():
             self._configure(ep, server)
             self._populate(demo_users)
@@ -71,6 +72,18 @@ class Sandbox(Cluster):
             for name in DATABASES:
                 if not admin.exists(conn, name):
                     admin.create(conn, name)
+        # continuous WAL archiving, on from the start: restores to any moment since the first
+        # base backup (the pitr runbook takes them)
+        box = pitr.locate(maintenance)
+        folder = pitr.archive_folder(box)
+        pitr.prepare_archive(box, folder)
+        with db.connect(maintenance, readonly=False) as conn:
+            for setting, value in pitr.settings_for(folder, box.major):
+                conn.execute(
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                        sql.Identifier(setting), sql.Literal(value)
+                    )
+                )
         ep.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
         server.ensure_postgres_running()
 

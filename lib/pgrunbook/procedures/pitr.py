@@ -1,0 +1,895 @@
+"""Point-in-time recovery: continuous WAL archiving, base backups, and restore to a moment.
+
+Where pgrunbook can reach a server's files (a self-hosted server on this host,
+the sandbox), it keeps, per server (by its system identifier):
+
+    backups/pitr/<system id>/wal/             the WAL archive the server's archive_command fills
+    backups/pitr/<system id>/base/<id>/       pg_basebackup (plain, WAL streamed, manifest)
+    backups/pitr/<system id>/restores/<id>/   clusters restored to a moment, beside the running one
+
+A base backup is written into a hidden .partial folder, checked by
+pg_verifybackup, and renamed into place only then. A restore copies a verified
+base backup (verified again first) into a folder of its own, replays the
+archive to the moment asked for in a cluster of its own (its own socket,
+archive_mode off so it never writes into the archive), promotes it there, and
+hands it back to be verified. The running cluster is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from ..base import config, db, pgtools
+from ..base.cluster import Cluster
+from ..base.errors import PgRunbookError
+from ..base.fileio import private_dir, write_atomic
+from ..base.findings import Finding, Status
+from ..base.targets import Target
+from ..facts import catalog, wal
+from . import restore as restoring
+
+MANAGED = "use the provider's point-in-time recovery"
+META = wal.META
+_LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
+
+
+class PitrUnavailable(PgRunbookError):
+    "pgrunbook cannot reach the server's files (a managed service, another host, another user)"
+
+
+class PitrRefused(PgRunbookError):
+    "The restore asked for cannot be done (a moment before the oldest base backup, ...)"
+
+
+class PitrFailed(PgRunbookError):
+    "A base backup or a restore failed; nothing was promoted or swapped"
+
+
+# -- the server's files ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server whose files pgrunbook can reach, and the folder of its PITR archive."""
+
+    system_id: str
+    data_dir: Path
+    major: int
+    version: str
+    owner: str  # the operating-system user the server runs as (owner of its data)
+    segment_size: int
+    root: Path  # the folder of its archive, base backups and restores
+
+    def tool(self, name: str) -> pgtools.Tool:
+        """Server-side programs (pg_ctl, pg_controldata) must be of the server's own version."""
+        tool = pgtools.choose(name, self.major)
+        if tool.major != self.major:
+            raise PitrUnavailable(
+                f"{name} {self.major} is not installed (found {tool.version}): install the"
+                f" PostgreSQL {self.major} server binaries or set PGRUNBOOK_PG_BIN"
+            )
+        return tool
+
+    def as_owner(self) -> dict:
+        """subprocess arguments that run a program as the server's user (when we are root)."""
+        if os.geteuid() == 0 and self.owner != "root":
+            return {"user": self.owner, "group": pwd.getpwnam(self.owner).pw_gid}
+        return {}
+
+    def give(self, path: Path) -> None:
+        """Hand a folder (and what is in it) to the server's user, private to it."""
+        if os.geteuid() == 0 and self.owner != "root":
+            entry = pwd.getpwnam(self.owner)
+            for p in [path, *path.rglob("*")]:
+                os.lchown(p, entry.pw_uid, entry.pw_gid)
+            for p in path.parents:  # traverse only: names in them stay unlistable
+                if p == config.settings().backups_dir.parent:
+                    break
+                p.chmod(p.stat().st_mode | 0o011)
+
+
+def locate(target: Target) -> Server:
+    """The target's server, if its files are on this host and pgrunbook may act on them."""
+    try:
+        with db.connect(target, application="pgrunbook/pitr") as conn:
+            row = conn.execute(
+                "SELECT (SELECT system_identifier::text FROM pg_control_system()),"
+                " current_setting('data_directory'), current_setting('server_version_num')::int,"
+                " current_setting('server_version'),"
+                " (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),"
+                " current_setting('archive_command')"
+            ).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        raise PitrUnavailable(
+            f"the role of {target.name!r} may not read the server's data directory: "
+            f"connect as a superuser, or {MANAGED}"
+        ) from None
+    system_id, data_dir, num, version, segment, command = row
+    data = Path(data_dir)
+    control = data / "global" / "pg_control"
+    try:
+        found = control.is_file() and os.access(control, os.R_OK)
+    except OSError:
+        found = False
+    if not found:
+        raise PitrUnavailable(
+            f"the server of {target.name!r} keeps its files in {data_dir}, which is not on this "
+            f"host (or not readable here): {MANAGED}"
+        )
+    if target.sandbox:
+        Cluster(data.parent).share_handle_file()
+    ours = wal.archive_folder_of(command)
+    root = ours.parent if ours else config.settings().backups_dir / "pitr" / system_id
+    server = Server(
+        system_id, data, num // 10000, version.split()[0], pwd.getpwuid(data.stat().st_uid).pw_name,
+        segment, root,
+    )  # fmt: skip
+    if os.geteuid() not in (0, data.stat().st_uid):
+        raise PitrUnavailable(
+            f"the server's files belong to {server.owner!r}: run pgrunbook as that user"
+        )
+    out = subprocess.run(
+        [str(server.tool("pg_controldata").path), "-D", str(data)],
+        capture_output=True, text=True, timeout=30,
+    ).stdout  # fmt: skip
+    if f"Database system identifier:           {system_id}" not in out:
+        raise PitrUnavailable(
+            f"{data_dir} on this host is not the data of {target.name!r}'s server (another "
+            f"system identifier): {MANAGED}"
+        )
+    return server
+
+
+# -- archiving ---------------------------------------------------------------------------
+
+
+def archive_command(folder: Path) -> str:
+    """A shell command for `archive_command`: copy the segment under a temporary name, flush it,
+    rename it into place. A segment already archived with the same bytes is success (the
+    archiver retries after a crash); with other bytes, failure: the archive is never
+    overwritten."""
+    if "'" in str(folder) or "%" in str(folder):
+        raise PitrRefused(f"the WAL archive folder {folder} may not hold ' or %: choose another")
+    return (
+        f'd=\'{folder}\'; if test -f "$d/%f"; then cmp -s "%p" "$d/%f"; '
+        f'else cp "%p" "$d/%f.part" && sync "$d/%f.part" && mv "$d/%f.part" "$d/%f"; fi'
+    )
+
+
+def archive_folder(server: Server) -> Path:
+    """Where this server's WAL is archived (or will be) by pgrunbook."""
+    return server.root / "wal"
+
+
+def settings_for(folder: Path, major: int) -> list[tuple[str, str]]:
+    """The settings that archive a server's WAL into `folder`."""
+    settings = [
+        ("archive_mode", "on"),
+        ("archive_command", archive_command(folder)),
+        ("archive_timeout", "60s"),  # a quiet server's last writes wait at most a minute
+    ]
+    if major >= 17:
+        settings.append(("summarize_wal", "on"))  # what incremental base backups need
+    return settings
+
+
+def setup(
+    target: Target, server: Server, *, restart: bool = False, enabled: bool = True
+) -> Finding:
+    """Turn continuous archiving on into the suite's archive folder. archive_mode needs a restart:
+    done for the sandbox, or with `restart`; otherwise the finding says it is needed."""
+    if not enabled:
+        return Finding("archiving set-up", Status.OK, "left as it is (setup=False)")
+    with db.connect(target, readonly=False, application="pgrunbook/pitr") as conn:
+        state = wal.archiving(conn)
+        folder = archive_folder(server)
+        if state.on and state.folder == folder:
+            return Finding("archiving", Status.OK, f"on, into {folder}")
+        if state.on and state.folder is None:
+            return Finding(
+                "archiving",
+                Status.OK,
+                f"on, by the server's own command ({state.command or state.library}): left as is",
+            )
+        prepare_archive(server, folder)
+        for name, value in settings_for(folder, server.major):
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+            )
+        conn.execute("SELECT pg_reload_conf()")
+    if state.mode in ("on", "always"):
+        return Finding("archiving", Status.OK, f"on, into {folder} (configuration reloaded)")
+    if not (restart or target.sandbox):
+        return Finding(
+            "archiving",
+            Status.WARN,
+            f"set to archive into {folder}: restart the server for archive_mode to take effect",
+        )
+    pg_ctl(server, ["-w", "-t", "120", "-m", "fast", "restart"])
+    return Finding("archiving", Status.OK, f"on, into {folder} (server restarted)")
+
+
+def prepare_archive(server: Server, folder: Path) -> None:
+    private_dir(folder)
+    server.give(folder)
+
+
+def pg_ctl(server: Server, args: list[str], *, data: Path | None = None, log: Path | None = None):
+    cmd = [str(server.tool("pg_ctl").path), "-D", str(data or server.data_dir)]
+    if log:
+        cmd += ["-l", str(log)]
+    done = subprocess.run(
+        cmd + args, capture_output=True, text=True, timeout=900, **server.as_owner()
+    )
+    if done.returncode != 0:
+        why = (done.stderr or done.stdout).strip().splitlines()
+        raise PitrFailed(f"pg_ctl {args[-1]} failed: {why[-1] if why else done.returncode}")
+    return done
+
+
+def switch_and_wait(target: Target, *, timeout_s: float = 60) -> str | None:
+    """Close the current WAL segment and wait until the archiver has it: then the archive holds
+    everything committed until now. The segment's name, or None when the server would not."""
+    try:
+        with db.connect(target, readonly=False, application="pgrunbook/pitr") as conn:
+            segment = conn.execute(
+                "SELECT pg_walfile_name(pg_switch_wal() - 1)"
+            ).fetchone()[0]  # fmt: skip
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                state = wal.archiving(conn)
+                done = state.last_archived_wal
+                if done and done[8:] >= segment[8:] and len(done) == 24:
+                    return segment
+                if state.failing:
+                    return None
+                time.sleep(0.1)
+    except psycopg.Error:
+        return None
+    return None
+
+
+def restore_point(target: Target, server: Server, name: str) -> Finding:
+    """A named restore point (pg_create_restore_point), recorded beside the archive so a restore
+    to it can choose its base backup."""
+    with db.connect(target, readonly=False, application="pgrunbook/pitr") as conn:
+        lsn, at = conn.execute(
+            "SELECT pg_create_restore_point(%s)::text, now()", [name]
+        ).fetchone()  # fmt: skip
+    private_dir(server.root)
+    with (server.root / "restore-points.jsonl").open("a") as f:
+        f.write(json.dumps({"name": name, "lsn": lsn, "at": at.isoformat()}) + "\n")
+    return Finding("restore point", Status.OK, f"{name!r} at {lsn}", value=lsn)
+
+
+def restore_points(server: Server) -> list[dict]:
+    path = server.root / "restore-points.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+# -- base backups ------------------------------------------------------------------------
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def take_base_backup(
+    target: Target, server: Server, *, label: str = "", incremental: bool = False
+) -> wal.BaseBackup:
+    """pg_basebackup with its manifest (plain format, the WAL it needs streamed into it), checked
+    by pg_verifybackup before it counts. `incremental` (PostgreSQL 17+) backs up only what changed
+    since the newest base backup."""
+    base = private_dir(server.root / "base")
+    with db.connect(target, application="pgrunbook/pitr") as conn:
+        started = conn.execute("SELECT now()").fetchone()[0]
+    stamp = started.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    partial = base / f".{stamp}.partial"
+    args = ["-D", str(partial), "-Fp", "-X", "stream", "-c", "fast", "-l", label or "pgrunbook"]
+    parent = None
+    if incremental:
+        if server.major < 17:
+            raise PitrRefused(
+                f"incremental base backups need PostgreSQL 17 or newer; {target.name!r} runs "
+                f"{server.version}: take a full one"
+            )
+        previous = wal.base_backups(server.root)
+        if not previous:
+            raise PitrRefused("an incremental base backup needs a full one first: take one")
+        parent = previous[-1]
+        args += ["--incremental", str(parent.path / "backup_manifest")]
+    clock = time.perf_counter()
+    try:
+        pgtools.run(pgtools.choose("pg_basebackup", server.major), args, target.url)
+        verify_base(server, partial)
+        with db.connect(target, application="pgrunbook/pitr") as conn:
+            finished = conn.execute("SELECT now()").fetchone()[0]
+        label_text = (partial / "backup_label").read_text()
+        m = re.search(r"START WAL LOCATION: (\S+) \(file (\w+)\)", label_text)
+        timeline = int(re.search(r"START TIMELINE: (\d+)", label_text)[1])
+        ranges = json.loads((partial / "backup_manifest").read_text())["WAL-Ranges"]
+        backup = wal.BaseBackup(
+            path=base / stamp, id=stamp, label=label, system_id=server.system_id,
+            server_version=server.version, timeline=timeline, start_wal=m[2], start_lsn=m[1],
+            end_lsn=ranges[-1]["End-LSN"], started_at=started, finished_at=finished,
+            size_bytes=_size(partial), seconds=round(time.perf_counter() - clock, 3),
+            incremental_of=parent.id if parent else None,
+        )  # fmt: skip
+        write_atomic(partial / META, backup.to_json())
+        partial.rename(backup.path)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return backup
+
+
+def verify_base(server: Server, path: Path) -> None:
+    """pg_verifybackup: every file against the manifest's checksums, and the WAL it needs."""
+    tool = pgtools.choose("pg_verifybackup", server.major)
+    args = [str(tool.path), "--quiet", "--ignore", META, str(path)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        lines = [x for x in done.stderr.splitlines() if x.strip()]
+        raise PitrFailed(
+            f"base backup {path.name} fails pg_verifybackup: {lines[0] if lines else 'exit'}"
+            f"{f' (and {len(lines) - 1} more)' if len(lines) > 1 else ''}"
+        )
+
+
+def base_finding(backup: wal.BaseBackup) -> Finding:
+    kind = f"incremental on {backup.incremental_of}" if backup.incremental_of else "full"
+    return Finding(
+        "base backup",
+        Status.OK,
+        f"{backup.id} ({kind}, {backup.size_bytes / 1e6:.1f} MB in {backup.seconds:.1f} s), "
+        f"verified by pg_verifybackup; restores reach moments from "
+        f"{backup.finished_at:%Y-%m-%d %H:%M:%S%z}",
+        value=backup.size_bytes,
+    )
+
+
+def retention(server: Server, *, keep: int, prune: bool = False) -> Finding:
+    """Keep the newest `keep` base backups (and those incrementals build on); remove older ones
+    and the WAL only they needed (pg_archivecleanup). What the newest verified base backup
+    needs is never removed."""
+    every = wal.base_backups(server.root)
+    if keep < 1:
+        raise PitrRefused("keep must be at least 1: the newest base backup is always kept")
+    kept = every[-keep:]
+    needed = {b.id for b in kept}
+    by_id = {b.id: b for b in every}
+    for b in list(kept):  # an incremental needs its chain
+        while b.incremental_of and b.incremental_of in by_id:
+            b = by_id[b.incremental_of]
+            needed.add(b.id)
+    old = [b for b in every if b.id not in needed]
+    if not every:
+        return Finding("retention", Status.OK, "no base backup yet: nothing to remove")
+    oldest = min((by_id[i] for i in needed), key=lambda b: b.finished_at)
+    folder = server.root / "wal"
+    expired = [s for s in wal.segments(folder) if s[8:] < oldest.start_wal[8:]]
+    what = f"{len(old)} base backups and {len(expired)} WAL segments older than {oldest.id}"
+    if not prune:
+        return Finding("retention", Status.OK, f"{what} could go (prune=True removes them)")
+    for b in old:
+        shutil.rmtree(b.path)
+    if expired:
+        tool = pgtools.choose("pg_archivecleanup", server.major)
+        subprocess.run(
+            [str(tool.path), str(folder), oldest.start_wal], check=True, capture_output=True,
+            timeout=600,
+        )  # fmt: skip
+    return Finding("retention", Status.OK, f"removed {what}")
+
+
+# -- restore to a moment -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Moment:
+    kind: str  # time, lsn, xid, name, latest
+    value: str
+
+    @classmethod
+    def parse(cls, *, time: str = "", lsn: str = "", xid: str = "", name: str = "") -> Moment:
+        given = [(k, v.strip()) for k, v in (("time", time), ("lsn", lsn), ("xid", xid),
+                                             ("name", name)) if str(v).strip()]  # fmt: skip
+        if len(given) > 1:
+            raise PitrRefused(
+                f"name one moment to restore to, not {len(given)}: "
+                f"{', '.join('to_' + k for k, _ in given)}"
+            )
+        if not given:
+            return cls("latest", "")
+        kind, value = given[0]
+        if kind == "time":
+            try:
+                when = datetime.fromisoformat(value)
+            except ValueError:
+                raise PitrRefused(
+                    f"to_time {value!r} is not a time: write it as 2026-11-25T10:42:00+00:00"
+                ) from None
+            if when.tzinfo is None:
+                raise PitrRefused(
+                    f"to_time {value!r} has no time zone: add one, e.g. {value}+00:00"
+                )
+            value = when.isoformat()
+        elif kind == "lsn" and not _LSN.match(value):
+            raise PitrRefused(f"to_lsn {value!r} is not an LSN such as 0/3000060")
+        elif kind == "xid" and not value.isdigit():
+            raise PitrRefused(f"to_xid {value!r} is not a transaction id (a number)")
+        return cls(kind, value)
+
+    @property
+    def time(self) -> datetime | None:
+        return datetime.fromisoformat(self.value) if self.kind == "time" else None
+
+    def settings(self) -> list[tuple[str, str]]:
+        if self.kind == "latest":
+            return [("recovery_target", "")]
+        return [(f"recovery_target_{self.kind}", self.value), ("recovery_target_action", "promote")]
+
+    def __str__(self) -> str:
+        return "the end of the archive" if self.kind == "latest" else f"{self.kind} {self.value}"
+
+
+def chain_of(server: Server, base: wal.BaseBackup) -> list[wal.BaseBackup]:
+    """The full base backup and the incrementals up to `base`, oldest first."""
+    by_id = {b.id: b for b in wal.base_backups(server.root)}
+    chain = [base]
+    while chain[0].incremental_of:
+        parent = by_id.get(chain[0].incremental_of)
+        if parent is None:
+            raise PitrFailed(
+                f"base backup {chain[0].id} is incremental on {chain[0].incremental_of}, which is "
+                "gone: restore from an older full one"
+            )
+        chain.insert(0, parent)
+    return chain
+
+
+def _lsn(value: str) -> int:
+    hi, lo = value.split("/")
+    return (int(hi, 16) << 32) + int(lo, 16)
+
+
+def choose_base(server: Server, moment: Moment) -> wal.BaseBackup:
+    """The newest verified base backup a restore to `moment` can start from."""
+    every = wal.base_backups(server.root)
+    if not every:
+        raise PitrRefused(
+            f"no base backup of this server yet ({server.root / 'base'}): run the pitr runbook"
+            " to take one"
+        )
+    earliest = every[0].finished_at
+    if moment.kind == "time":
+        fit = [b for b in every if b.finished_at <= moment.time]
+        if not fit:
+            raise PitrRefused(
+                f"{moment.value} is before the oldest base backup: the earliest reachable moment "
+                f"is {earliest.isoformat()}"
+            )
+        return fit[-1]
+    if moment.kind == "name":
+        points = [p for p in restore_points(server) if p["name"] == moment.value]
+        if not points:
+            return every[0]  # not recorded here: the oldest base reaches it if anything does
+        lsn = _lsn(points[-1]["lsn"])
+        fit = [b for b in every if _lsn(b.end_lsn) <= lsn]
+        if not fit:
+            raise PitrRefused(
+                f"restore point {moment.value!r} is before the oldest base backup: the earliest "
+                f"reachable moment is {earliest.isoformat()}"
+            )
+        return fit[-1]
+    if moment.kind == "lsn":
+        fit = [b for b in every if _lsn(b.end_lsn) <= _lsn(moment.value)]
+        if not fit:
+            raise PitrRefused(
+                f"LSN {moment.value} is before the oldest base backup: the earliest reachable "
+                f"is {every[0].end_lsn} ({earliest.isoformat()})"
+            )
+        return fit[-1]
+    return every[0] if moment.kind == "xid" else every[-1]
+
+
+@dataclass
+class Recovered:
+    """A cluster restored to a moment, running beside the original on a socket of its own."""
+
+    server: Server
+    base: wal.BaseBackup
+    moment: Moment
+    folder: Path
+    socket_dir: Path
+    port: int
+    url_params: dict = field(repr=False)
+    reached: str = ""  # what the server's log says it stopped at
+    last_transaction_at: datetime | None = None
+    timeline_id: int | None = None
+    phases: restoring.Timeline = field(default_factory=restoring.Timeline)
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "server.log"
+
+    def url(self, database: str) -> str:
+        return make_conninfo("", **{**self.url_params, "dbname": database})
+
+    def target(self, database: str) -> Target:
+        return Target(f"restored-{self.folder.name}", self.url(database), sandbox=False)
+
+    def stop(self, *, remove: bool = True) -> None:
+        if (self.data / "postmaster.pid").exists():
+            pg_ctl(self.server, ["-w", "-m", "fast", "stop"], data=self.data)
+        if remove:
+            shutil.rmtree(self.data, ignore_errors=True)
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    def finding(self) -> Finding:
+        when = (
+            f"; last transaction replayed committed at {self.last_transaction_at.isoformat()}"
+            if self.last_transaction_at
+            else ""
+        )
+        return Finding(
+            "moment reached",
+            Status.OK,
+            f"{self.reached or self.moment} on timeline {self.timeline_id}, from base backup "
+            f"{self.base.id}{when}",
+            value=self.last_transaction_at.isoformat() if self.last_transaction_at else None,
+        )
+
+
+def _log_time(text: str) -> datetime | None:
+    try:
+        return datetime.strptime(text.strip(), "%Y-%m-%d %H:%M:%S.%f%z")
+    except ValueError:
+        try:
+            return datetime.fromisoformat(text.strip())
+        except ValueError:
+            return None
+
+
+def _stopped_where(log: str, folder: Path, server: Server) -> str:
+    """Why replay ended before the moment: the segment missing from the archive, if one is."""
+    restored = re.findall(r'restored log file "([0-9A-F]{24})" from archive', log)
+    present = wal.segments(folder)
+    last = restored[-1] if restored else None
+    if last:
+        nxt = wal.segment_name(
+            int(last[:8], 16), wal.segment_number(last, server.segment_size) + 1,
+            server.segment_size,
+        )  # fmt: skip
+        later = [s for s in present if s[8:] > nxt[8:]]
+        if nxt not in present and later:
+            return (
+                f"replay stopped at the gap: WAL segment {nxt} is missing from the archive "
+                f"({folder}); the last one replayed is {last}"
+            )
+        return f"the archive ends at {last}: the moment is past the newest archived WAL"
+    fatal = [x for x in log.splitlines() if "FATAL" in x or "PANIC" in x]
+    return fatal[-1].split(":  ", 1)[-1] if fatal else "the server stopped during recovery"
+
+
+def restore(
+    target: Target,
+    server: Server,
+    moment: Moment,
+    *,
+    database: str | None = None,
+    verify_base_first: bool = True,
+    timeout_s: float = 3600,
+) -> Recovered:
+    """Restore the target's server to `moment` in a new cluster beside it, replayed from the
+    archive and promoted there. Raises PitrFailed (nothing promoted, the half-restored folder
+    removed, its log kept) when replay cannot reach the moment."""
+    if moment.time and moment.time > datetime.now(UTC):
+        raise PitrRefused(f"{moment.value} is in the future: name a moment that has passed")
+    base = choose_base(server, moment)
+    with db.connect(target, application="pgrunbook/pitr") as conn:
+        state = wal.archiving(conn)
+    folder_wal = archive_folder(server)
+    phases = restoring.Timeline()
+    if state.on:
+        with phases.phase("archive the current WAL"):
+            switch_and_wait(target)  # the archive then holds everything committed until now
+    chain = chain_of(server, base)
+    if verify_base_first:
+        with phases.phase("verify the base backup"):
+            for link in chain:
+                verify_base(server, link.path)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    folder = private_dir(server.root / "restores" / stamp)
+    data = folder / "data"
+    if len(chain) == 1:
+        with phases.phase("copy the base backup"):
+            shutil.copytree(base.path, data, ignore=shutil.ignore_patterns(META))
+    else:
+        with phases.phase("combine the incremental backups"):
+            combine = pgtools.choose("pg_combinebackup", server.major)
+            args = [str(combine.path), *(str(link.path) for link in chain), "-o", str(data)]
+            done = subprocess.run(args, capture_output=True, text=True, timeout=3600)
+            if done.returncode != 0:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise PitrFailed(f"pg_combinebackup failed: {done.stderr.strip()[-300:]}")
+            (data / META).unlink(missing_ok=True)
+    (data / "backup_manifest").unlink(missing_ok=True)
+    socket_dir = Path(tempfile.mkdtemp(prefix="pgrb-"))  # a socket path must stay short
+    port = 5432
+    params = dict(target.params)
+    params.update(host=str(socket_dir), port=str(port))
+    params.pop("hostaddr", None)
+    params.pop("service", None)
+    settings = [
+        ("restore_command", f'cp "{folder_wal}/%f" "%p"'),
+        ("recovery_target_timeline", "current"),
+        *moment.settings(),
+        ("archive_mode", "off"),  # a restored copy never writes into the archive
+        ("summarize_wal", "off"),
+        ("listen_addresses", ""),
+        ("port", str(port)),
+        ("unix_socket_directories", str(socket_dir)),
+        ("hot_standby", "on"),
+        ("logging_collector", "off"),
+    ]
+    with (data / "postgresql.auto.conf").open("a") as f:
+        f.write("\n# restored by pgrunbook\n")
+        for name, value in settings:
+            f.write(f"{name} = '{value}'\n")
+    (data / "recovery.signal").write_text("")
+    (data / "standby.signal").unlink(missing_ok=True)
+    os.chmod(data, 0o700)
+    server.give(folder)
+    server.give(socket_dir)
+    recovered = Recovered(server, base, moment, folder, socket_dir, port, params, phases=phases)
+    try:
+        with phases.phase("replay the archive and promote"):
+            pg_ctl(server, ["-w", "-t", str(int(timeout_s)), "start"], data=data, log=recovered.log)
+            _wait_promoted(recovered, database or target.database, timeout_s)
+    except (PitrFailed, psycopg.Error, subprocess.TimeoutExpired) as e:
+        log = recovered.log.read_text() if recovered.log.exists() else ""
+        try:
+            recovered.stop(remove=True)
+        except PitrFailed:
+            pass
+        why = _stopped_where(log, folder_wal, server) if log else str(e)
+        raise PitrFailed(
+            f"restore to {moment} did not complete, nothing was promoted: {why} "
+            f"(server log: {recovered.log})"
+        ) from None
+    _read_outcome(recovered)
+    return recovered
+
+
+def _wait_promoted(recovered: Recovered, database: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not (recovered.data / "postmaster.pid").exists():
+            raise PitrFailed("the server stopped during recovery")
+        try:
+            with psycopg.connect(recovered.url(database), autocommit=True, connect_timeout=5) as c:
+                if not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    return
+        except psycopg.OperationalError:
+            pass
+        time.sleep(0.1)
+    raise PitrFailed(f"replay did not finish within {timeout_s:.0f} s")
+
+
+def _read_outcome(recovered: Recovered) -> None:
+    log = recovered.log.read_text()
+    if m := re.findall(r"recovery stopping (.+?)(?:\n|$)", log):
+        recovered.reached = "stopped " + m[-1].strip()
+    elif recovered.moment.kind == "latest":
+        recovered.reached = "replayed to the end of the archive"
+    if m := re.findall(r"last completed transaction was at log time (.+?)(?:\n|$)", log):
+        recovered.last_transaction_at = _log_time(m[-1])
+    if m := re.findall(r"selected new timeline ID: (\d+)", log):
+        recovered.timeline_id = int(m[-1])
+
+
+def copy_table_back(recovered: Recovered, target: Target, table: str) -> Finding:
+    """Bring one table back from the restored cluster into the target, as it was at the moment
+    (pg_dump of that table, pg_restore into the target). Refused if the target still has it."""
+    with db.connect(target, application="pgrunbook/pitr") as conn:
+        if conn.execute("SELECT to_regclass(%s)", [table]).fetchone()[0] is not None:
+            raise PitrRefused(
+                f"{table!r} still exists in {target.name!r}: drop or rename it first, or copy the "
+                "rows you need from the restored cluster"
+            )
+        major = int(db.server_version(conn).split(".")[0])
+    dump = recovered.folder / "table.dump"
+    source = recovered.url(target.database)
+    pgtools.run(pgtools.choose("pg_dump", recovered.server.major),
+                ["-Fc", "-t", table, "-f", str(dump)], source)  # fmt: skip
+    pgtools.run(pgtools.choose("pg_restore", major), ["--exit-on-error", str(dump)], target.url)
+    dump.unlink()
+    with db.connect(target, application="pgrunbook/pitr") as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*table.split(".", 1)))
+        ).fetchone()[0]
+    return Finding(
+        "table back",
+        Status.OK,
+        f"{table} copied back into {target.name!r}: {rows} rows",
+        value=rows,
+    )
+
+
+# -- what the runbooks call --------------------------------------------------------------
+
+
+def reach(target: Target) -> tuple[Server | None, Finding]:
+    """The target's server and a finding saying so; where its files cannot be reached (a managed
+    service), None and UNKNOWN: point-in-time recovery is then the provider's."""
+    try:
+        server = locate(target)
+    except PitrUnavailable as e:
+        return None, Finding("server files", Status.UNKNOWN, str(e))
+    return server, Finding(
+        "server files",
+        Status.OK,
+        f"PostgreSQL {server.version} (system {server.system_id}), data in {server.data_dir}, "
+        f"run as {server.owner}; archive and base backups in {server.root}",
+    )
+
+
+def backup(
+    target: Target, server: Server, *, enabled: bool = True, incremental: bool = False,
+    label: str = "",
+) -> tuple[wal.BaseBackup | None, Finding]:  # fmt: skip
+    """Take a base backup (see `take_base_backup`); a failure is CRIT and leaves nothing."""
+    if not enabled:
+        return None, Finding("base backup", Status.OK, "none taken this run (base_backup=False)")
+    try:
+        taken = take_base_backup(target, server, label=label, incremental=incremental)
+    except (PitrFailed, pgtools.ToolFailed) as e:
+        return None, Finding("base backup", Status.CRIT, f"{e}: nothing was kept")
+    return taken, base_finding(taken)
+
+
+def coverage(server: Server) -> Finding:
+    """What a restore to a moment can reach: from the oldest base backup to the newest archived
+    segment, unless a segment is missing in between."""
+    bases = wal.base_backups(server.root)
+    segments = wal.segments(archive_folder(server))
+    if not bases:
+        return Finding(
+            "coverage",
+            Status.WARN,
+            f"no base backup yet ({len(segments)} WAL segments archived): nothing can be restored "
+            "to a moment until one is taken",
+        )
+    missing = wal.gaps(segments, since=bases[0].start_wal, segment_size=server.segment_size)
+    if missing:
+        return Finding(
+            "coverage",
+            Status.CRIT,
+            f"{len(missing)} WAL segments missing from the archive: restores to a moment stop "
+            f"at {missing[0]}",
+            value=len(missing),
+            examples=tuple(missing[:20]),
+        )
+    size = sum((archive_folder(server) / s).stat().st_size for s in segments)
+    return Finding(
+        "coverage",
+        Status.OK,
+        f"any moment from {bases[0].finished_at:%Y-%m-%d %H:%M:%S%z} to the newest archived WAL "
+        f"({segments[-1] if segments else 'none yet'}): {len(bases)} base backups, "
+        f"{len(segments)} WAL segments ({size / 1e6:.0f} MB), no gap",
+        value=len(segments),
+    )
+
+
+def table(server: Server):
+    """The base backups, newest first, as a table."""
+    import pandas as pd  # here: spares pandas (~270 ms) at start-up
+
+    rows = [
+        {
+            "base backup": b.id,
+            "kind": f"incremental on {b.incremental_of}" if b.incremental_of else "full",
+            "restores from": b.finished_at,
+            "first WAL": b.start_wal,
+            "size": b.size_bytes,
+            "label": b.label,
+        }
+        for b in reversed(wal.base_backups(server.root))
+    ]
+    return pd.DataFrame(rows, columns=["base backup", "kind", "restores from", "first WAL", "size",
+                                       "label"])  # fmt: skip
+
+
+def restore_checked(
+    target: Target, server: Server, moment: Moment, *, database: str | None = None
+) -> tuple[Recovered | None, Finding]:
+    """`restore`, with its failure as a CRIT finding (nothing was promoted)."""
+    try:
+        recovered = restore(target, server, moment, database=database)
+    except (PitrFailed, pgtools.ToolFailed) as e:
+        return None, Finding("restore", Status.CRIT, str(e))
+    return recovered, recovered.finding()
+
+
+def verify(recovered: Recovered, database: str) -> list[Finding]:
+    """The restored database checked as a restored dump is: amcheck on its btree indexes, its
+    foreign keys, unique keys and sequences, and its row counts."""
+    from ..checks import integrity  # here: spares the integrity checks at start-up
+
+    with db.connect(
+        recovered.target(database), readonly=False, statement_timeout="30min",
+        application="pgrunbook/pitr",
+    ) as conn:  # fmt: skip
+        found = [restoring.amcheck_finding(conn)]
+        found += integrity.foreign_keys(conn)
+        found += integrity.unique_keys(conn)
+        found += integrity.sequences(conn)
+        counts = catalog.row_counts(conn)
+    found.append(
+        Finding(
+            "row counts",
+            Status.OK,
+            f"{len(counts)} tables, {sum(counts.values()):,} rows in {database!r} as restored",
+            value=sum(counts.values()),
+        )
+    )
+    return found
+
+
+def finish(recovered: Recovered | None, *, keep_running: bool = False) -> Finding:
+    """Stop and remove the restored cluster, or leave it running for inspection."""
+    if recovered is None:
+        return Finding("restored cluster", Status.OK, "none running")
+    if keep_running:
+        return Finding(
+            "restored cluster",
+            Status.OK,
+            f"left running in {recovered.data} (socket {recovered.socket_dir}, port "
+            f"{recovered.port}); stop it with: pg_ctl -D {recovered.data} stop",
+        )
+    recovered.stop(remove=True)
+    return Finding("restored cluster", Status.OK, f"stopped and removed ({recovered.folder.name})")
+
+
+def check_copy(target: Target, table: str, *, confirm: str = "") -> None:
+    """Refuse, before anything starts, a copy back that cannot be done: a protected target
+    without its confirm, or a table the target still has."""
+    if not table:
+        return
+    target.require_confirm(confirm, action=f"copying table {table!r} back")
+    with db.connect(target, application="pgrunbook/pitr") as conn:
+        if conn.execute("SELECT to_regclass(%s)", [table]).fetchone()[0] is not None:
+            raise PitrRefused(
+                f"{table!r} still exists in {target.name!r}: copy_table brings back a table that "
+                "is gone; drop or rename it first, or read its rows from a restored cluster left "
+                "running (keep_running)"
+            )
+
+
+def copy_back(recovered: Recovered, target: Target, table: str) -> Finding:
+    """`copy_table_back` when a table was named; its failure is CRIT."""
+    if not table:
+        return Finding("table back", Status.OK, "none asked for (copy_table)")
+    try:
+        return copy_table_back(recovered, target, table)
+    except (PitrRefused, pgtools.ToolFailed) as e:
+        return Finding("table back", Status.CRIT, f"{table} was not copied back: {e}")
