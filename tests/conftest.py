@@ -31,6 +31,7 @@ def pytest_configure(config):
         PGRUNBOOK_STATE_DIR=str(_SESSION_DIR / "state"),
         PGRUNBOOK_REPORTS_DIR=str(_SESSION_DIR / "reports"),
         PGRUNBOOK_BACKUPS_DIR=str(_SESSION_DIR / "backups"),
+        PGRUNBOOK_PITR_DIR=str(_SESSION_DIR / "pitr"),  # the sandbox's WAL: scanned apart
     )
 
 
@@ -167,15 +168,30 @@ def password_role(sandbox, role: str, password: str, *, superuser: bool = False)
         hba.write_text(rule + hba.read_text())
     with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        conn.execute(
+        conn.execute(  # the verifier, as psql's \password sends it: no server log holds the text
             sql.SQL("CREATE ROLE {} LOGIN {} PASSWORD {}").format(
                 sql.Identifier(role),
                 sql.SQL("SUPERUSER" if superuser else ""),
-                sql.Literal(password),
+                sql.Literal(scram_verifier(password)),
             )
         )
         conn.execute("SELECT pg_reload_conf()")
     return f"{role}:{quote(password, safe='')}@"
+
+
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 secret PostgreSQL stores for `password` (RFC 5802/7677)."""
+    import base64
+    import hashlib
+    import hmac
+
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client = hmac.new(salted, b"Client Key", "sha256").digest()
+    server = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    stored = hashlib.sha256(client).digest()
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored)}:{b64(server)}"
 
 
 def make_roles(url: str, *roles: str) -> None:

@@ -111,11 +111,18 @@ def test_every_runbook_on_a_password_url_writes_no_password(password_target, rep
     main(["run", "status", "--target", "staging", "-p", "pool_limit", "oops"])
     log = capfd.readouterr()
     backups_dir = Path(os.environ["PGRUNBOOK_BACKUPS_DIR"])
-    files = written_files(reports_dir, backups_dir)
+    pitr = Path(os.environ["PGRUNBOOK_PITR_DIR"])  # its records, logs and settings, not the WAL
+    files = written_files(reports_dir, backups_dir) + [
+        f
+        for f in written_files(pitr)
+        if f.suffix in (".json", ".jsonl", ".log", ".conf") or f.name in ("log", "backup_label")
+    ]
     assert any(
         f.name == "manifest.json" for f in files
     )  # the backup runbook's files are checked too
     assert len([f for f in files if f.suffix == ".ipynb"]) >= len(runner.available())
+    assert any(f.name == "pgrunbook.json" for f in files)  # a base backup's record, and its copy
+    assert any(f.name == "log" for f in files)  # of the server's log, are checked too
     for f in files:
         text = f.read_text(errors="replace")
         assert not any(form in text for form in forms), f

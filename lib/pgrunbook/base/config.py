@@ -51,6 +51,7 @@ class Settings:
     state_dir: Path
     reports_dir: Path
     backups_dir: Path
+    pitr_dir: Path  # WAL archives, base backups and restored clusters, per server
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     app_roles: tuple[str, ...] = ()
     apps: dict[str, App] = field(default_factory=dict)
@@ -149,7 +150,7 @@ def _dir(env: str, default: Path) -> Path:
 
 
 @cache
-def _load(home: Path, state: str, reports: str, backups: str, extra: str) -> Settings:
+def _load(home: Path, state: str, reports: str, backups: str, pitr: str, extra: str) -> Settings:
     config = _project_config(home, extra)
     state_dir = _dir("PGRUNBOOK_STATE_DIR", home / ".pgrunbook")
     apps = {name: _app(name, spec) for name, spec in config.get("apps", {}).items()}
@@ -174,7 +175,8 @@ def _load(home: Path, state: str, reports: str, backups: str, extra: str) -> Set
         home=home,
         state_dir=state_dir,
         reports_dir=_dir("PGRUNBOOK_REPORTS_DIR", home / "reports"),
-        backups_dir=_dir("PGRUNBOOK_BACKUPS_DIR", state_dir / "backups"),
+        backups_dir=(backups_dir := _dir("PGRUNBOOK_BACKUPS_DIR", state_dir / "backups")),
+        pitr_dir=_dir("PGRUNBOOK_PITR_DIR", backups_dir / "pitr"),
         targets=targets,
         app_roles=tuple(config.get("app_roles", ())),
         apps=apps,
@@ -243,5 +245,6 @@ def settings() -> Settings:
         env.get("PGRUNBOOK_STATE_DIR", ""),
         env.get("PGRUNBOOK_REPORTS_DIR", ""),
         env.get("PGRUNBOOK_BACKUPS_DIR", ""),
+        env.get("PGRUNBOOK_PITR_DIR", ""),
         env.get("PGRUNBOOK_CONFIG", ""),
     )

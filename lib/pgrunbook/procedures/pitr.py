@@ -3,9 +3,11 @@
 Where pgrunbook can reach a server's files (a self-hosted server on this host,
 the sandbox), it keeps, per server (by its system identifier):
 
-    backups/pitr/<system id>/wal/             the WAL archive the server's archive_command fills
-    backups/pitr/<system id>/base/<id>/       pg_basebackup (plain, WAL streamed, manifest)
-    backups/pitr/<system id>/restores/<id>/   clusters restored to a moment, beside the running one
+    <pitr dir>/<system id>/wal/             the WAL archive the server's archive_command fills
+    <pitr dir>/<system id>/base/<id>/       pg_basebackup (plain, WAL streamed, manifest)
+    <pitr dir>/<system id>/restores/<id>/   clusters restored to a moment, beside the running one
+
+(<pitr dir> is backups/pitr unless PGRUNBOOK_PITR_DIR says otherwise: WAL on a disk of its own.)
 
 A base backup is written into a hidden .partial folder, checked by
 pg_verifybackup, and renamed into place only then. A restore copies a verified
@@ -133,7 +135,7 @@ def locate(target: Target) -> Server:
     if target.sandbox:
         Cluster(data.parent).share_handle_file()
     ours = wal.archive_folder_of(command)
-    root = ours.parent if ours else config.settings().backups_dir / "pitr" / system_id
+    root = ours.parent if ours else config.settings().pitr_dir / system_id
     server = Server(
         system_id, data, num // 10000, version.split()[0], pwd.getpwuid(data.stat().st_uid).pw_name,
         segment, root,
