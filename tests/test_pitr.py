@@ -326,3 +326,29 @@ def test_the_drill_recovers_a_dropped_table_to_within_seconds(box, target):
     assert _sql(target, "SELECT count(*) FROM reviews")[0] == reviews
     assert _sql(target, "SELECT to_regclass('pgrunbook_drill_marker')")[0] is None
     assert _restored_clusters(pitr.locate(target)) == []
+
+
+def test_a_migration_sets_a_restore_point_to_return_to(target):
+    """The migrate runbook's apply names a restore point first; a restore to it is the database
+    just before the change."""
+    from pgrunbook.base import migrations
+
+    server = pitr.locate(target)
+    migrations.downgrade(target, "0003")
+    pitr.take_base_backup(target, server, label="before-migration")
+    result = runner.run(
+        "migrate", "box", {"mode": "apply", "backup_first": False, "allow_unsafe": True},
+        progress=False,
+    )  # fmt: skip
+    assert result.exit_code in (0, 1), [str(f) for f in result.findings]
+    mark = next(f for f in result.findings if f.check == "restore point")
+    assert "pgrunbook-before-0004" in mark.summary
+    assert "pgrunbook-before-0004" in [p["name"] for p in pitr.restore_points(server)]
+    recovered = pitr.restore(target, server, pitr.Moment.parse(name="pgrunbook-before-0004"))
+    try:
+        with psycopg.connect(recovered.url("staging")) as conn:
+            assert migrations.current(conn) == ("0003",)
+    finally:
+        recovered.stop()
+    with db.connect(target) as conn:
+        assert migrations.current(conn) == ("0004",)  # the running one keeps the change

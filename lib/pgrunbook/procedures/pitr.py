@@ -278,6 +278,34 @@ def restore_point(target: Target, server: Server, name: str) -> Finding:
     return Finding("restore point", Status.OK, f"{name!r} at {lsn}", value=lsn)
 
 
+def mark(target: Target, name: str) -> Finding:
+    """A restore point before a change (the migrate runbook's apply), where the server archives
+    its WAL: `pitr_restore -p to_name NAME` then returns to just before it. Where it cannot be
+    made, said, not failed: the backup taken before the change is the way back."""
+    try:
+        with db.connect(target, readonly=False, application="pgrunbook/pitr") as conn:
+            if not wal.archiving(conn).on:
+                return Finding(
+                    "restore point", Status.OK, "none: the server does not archive its WAL"
+                )
+    except psycopg.Error as e:
+        return Finding("restore point", Status.OK, f"none: {str(e).splitlines()[0]}")
+    try:
+        server = locate(target)
+    except PitrUnavailable:
+        server = None
+    try:
+        if server is not None:
+            return restore_point(target, server, name)
+        with db.connect(target, readonly=False, application="pgrunbook/pitr") as conn:
+            lsn = conn.execute("SELECT pg_create_restore_point(%s)::text", [name]).fetchone()[0]
+        return Finding("restore point", Status.OK, f"{name!r} at {lsn}", value=lsn)
+    except psycopg.Error as e:
+        return Finding(
+            "restore point", Status.WARN, f"{name!r} not created: {str(e).splitlines()[0]}"
+        )
+
+
 def restore_points(server: Server) -> list[dict]:
     path = server.root / "restore-points.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []

@@ -13,6 +13,7 @@ from ...base import db, migrations
 from ...base.findings import Check, Finding, Status
 from ...base.targets import Target
 from ...facts import catalog, indexes, sequences
+from .. import pitr
 from .planning import Plan, root_cause
 from .scratch import drift
 
@@ -67,6 +68,21 @@ def apply(
         return Applied(
             [Finding(Check.APPLY, Status.CRIT, "not applied: " + "; ".join(f.check for f in crit))]
         )
+    # where the server archives its WAL, a way back to just before the change
+    mark = pitr.mark(target, f"pgrunbook-before-{p.pending[0].revision}") if p.pending else None
+    out = _apply_each(
+        target, p, lock_timeout=lock_timeout, statement_timeout=statement_timeout,
+        max_retries=max_retries, backoff_s=backoff_s,
+    )  # fmt: skip
+    if mark is not None:
+        out.findings.append(mark)
+    return out
+
+
+def _apply_each(
+    target: Target, p: Plan, *, lock_timeout: str, statement_timeout: str, max_retries: int,
+    backoff_s: float,
+) -> Applied:  # fmt: skip
     out = Applied([])
     for rev in p.pending:
         t0, attempt = time.perf_counter(), 0
