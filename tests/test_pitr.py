@@ -293,14 +293,19 @@ def test_retention_keeps_the_newest_and_the_wal_it_needs(target):
 
 def test_an_incremental_base_backup_restores_through_its_chain(target):
     server = pitr.locate(target)
-    full = pitr.take_base_backup(target, server, label="full")
-    _sql(target, "CREATE TABLE IF NOT EXISTS grown (n int)")
+    with pytest.raises(pitr.PitrRefused, match="summarize_wal"):  # not on by default
+        pitr.take_base_backup(target, server, incremental=True)
+    first = runner.run("pitr", "box", {"incremental": True}, progress=False)  # turns it on
+    assert first.exit_code == 0, [str(f) for f in first.findings]
+    full = wal.base_backups(server.root)[-1]  # a full one where summaries began after the last
+    _sql(target, "CREATE TABLE IF NOT EXISTS grown (n int PRIMARY KEY)")
     _sql(target, "INSERT INTO grown SELECT generate_series(1, 5000)")
     _archived(target)
     result = runner.run("pitr", "box", {"incremental": True}, progress=False)
     assert result.exit_code == 0, [str(f) for f in result.findings]
     newest = wal.base_backups(server.root)[-1]
-    assert newest.incremental_of == full.id and newest.size_bytes < full.size_bytes
+    assert newest.incremental_of == full.id
+    assert newest.size_bytes < pitr.chain_of(server, newest)[0].size_bytes / 2  # the changes only
     recovered = pitr.restore(target, server, pitr.Moment.parse())
     try:
         assert "combine the incremental backups" in [p[0] for p in recovered.phases.phases]
