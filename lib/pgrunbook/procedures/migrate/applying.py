@@ -22,6 +22,12 @@ from .scratch import drift
 class Applied:
     findings: list[Finding]
     times: list[tuple[str, float, int]] = field(default_factory=list)  # revision, seconds, attempts
+    restore_point: Finding | None = None  # named before the first revision, where WAL is archived
+
+    @property
+    def reported(self) -> list[Finding]:
+        """What the runbook records: the restore point first, then the apply's findings."""
+        return ([self.restore_point] if self.restore_point else []) + self.findings
 
     def table(self):
         import pandas as pd  # here: spares pandas (~270 ms) at start-up
@@ -74,8 +80,7 @@ def apply(
         target, p, lock_timeout=lock_timeout, statement_timeout=statement_timeout,
         max_retries=max_retries, backoff_s=backoff_s,
     )  # fmt: skip
-    if mark is not None:
-        out.findings.append(mark)
+    out.restore_point = mark
     return out
 
 
