@@ -219,16 +219,24 @@ def resume_point_in_time(target: Target, traffic: Traffic, damage: Damage) -> li
             conn.execute(sql.SQL("DROP TABLE {}").format(marker))
     lost = traffic.rows - came_back
     window = (damage.at - (last or traffic.first_at)).total_seconds()
-    rpo_h = limits.for_target(target).rpo_h
-    rpo = Finding(
-        "rpo achieved",
-        level(window, rpo_h * 3600, rpo_h * 3600),
+    rpo = _rpo(
+        target, window, lost,
         f"{came_back} of {traffic.rows} rows written before the disaster came back ({lost} lost);"
         f" the newest was written {window:.3f} s before it",
+    )  # fmt: skip
+    return [Finding("resume", Status.OK, f"{target.name!r} serves again"), rpo]
+
+
+def _rpo(target: Target, window_s: float, lost: int, summary: str) -> Finding:
+    """The RPO achieved: the writes lost, judged by the time they span against the objective."""
+    rpo_h = limits.for_target(target).rpo_h
+    return Finding(
+        "rpo achieved",
+        level(window_s, rpo_h * 3600, rpo_h * 3600),
+        summary,
         value=lost,
         threshold=f"< {rpo_h:g} h of writes",
     )
-    return [Finding("resume", Status.OK, f"{target.name!r} serves again"), rpo]
 
 
 def resume(
@@ -249,15 +257,11 @@ def resume(
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(MARKER)))
     lost = traffic.rows - survived
     window = (traffic.last_at - backup.end).total_seconds()
-    rpo_h = limits.for_target(target).rpo_h
-    rpo = Finding(
-        "rpo achieved",
-        level(window, rpo_h * 3600, rpo_h * 3600),
+    rpo = _rpo(
+        target, window, lost,
         f"{lost} of {traffic.rows} rows written after the backup were lost "
         f"(the last {window:.1f} s before the disaster)",
-        value=lost,
-        threshold=f"< {rpo_h:g} h of writes",
-    )
+    )  # fmt: skip
     note = f"; the damaged copy {kept!r} was dropped" if kept else ""
     return [Finding("resume", Status.OK, f"{target.name!r} serves again{note}"), rpo]
 

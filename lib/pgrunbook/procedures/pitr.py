@@ -525,24 +525,18 @@ def choose_base(server: Server, moment: Moment) -> wal.BaseBackup:
                 f"is {earliest.isoformat()}"
             )
         return fit[-1]
-    if moment.kind == "name":
-        points = [p for p in restore_points(server) if p["name"] == moment.value]
-        if not points:
-            return every[0]  # not recorded here: the oldest base reaches it if anything does
-        lsn = _lsn(points[-1]["lsn"])
-        fit = [b for b in every if _lsn(b.end_lsn) <= lsn]
+    if moment.kind in ("name", "lsn"):
+        lsn, what = moment.value, f"LSN {moment.value}"
+        if moment.kind == "name":
+            points = [p for p in restore_points(server) if p["name"] == moment.value]
+            if not points:
+                return every[0]  # not recorded here: the oldest base reaches it if anything does
+            lsn, what = points[-1]["lsn"], f"restore point {moment.value!r}"
+        fit = [b for b in every if _lsn(b.end_lsn) <= _lsn(lsn)]
         if not fit:
             raise PitrRefused(
-                f"restore point {moment.value!r} is before the oldest base backup: the earliest "
-                f"reachable moment is {earliest.isoformat()}"
-            )
-        return fit[-1]
-    if moment.kind == "lsn":
-        fit = [b for b in every if _lsn(b.end_lsn) <= _lsn(moment.value)]
-        if not fit:
-            raise PitrRefused(
-                f"LSN {moment.value} is before the oldest base backup: the earliest reachable "
-                f"is {every[0].end_lsn} ({earliest.isoformat()})"
+                f"{what} is before the oldest base backup: the earliest reachable moment is "
+                f"{every[0].end_lsn} ({earliest.isoformat()})"
             )
         return fit[-1]
     return every[0] if moment.kind == "xid" else every[-1]
