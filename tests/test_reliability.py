@@ -19,17 +19,75 @@ ROOT = Path(__file__).resolve().parents[1]
 PGRUNBOOK = str(Path(sys.executable).with_name("pgrunbook"))
 
 
-def _private_env(tmp_path: Path) -> dict[str, str]:
+def _private_env(tmp_path: Path, tmp: Path | None = None) -> dict[str, str]:
     return {
         **os.environ,
         "PGRUNBOOK_REPORTS_DIR": str(tmp_path / "reports"),
         "PGRUNBOOK_BACKUPS_DIR": str(tmp_path / "backups"),
-        "TMPDIR": str(tmp_path / "tmp"),
+        "TMPDIR": str(tmp or tmp_path / "tmp"),
     }
 
 
+@pytest.fixture
+def short_tmp():
+    """A temp folder short enough to hold the kernels' Unix sockets itself (pytest's tmp_path
+    under a worker is not), so that what the runs leave in it can be checked."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="pgrb-t-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_temp_folder_too_long_for_a_socket_still_runs(sandbox, tmp_path):
+    """ZeroMQ refuses a Unix socket whose path passes ~107 bytes: with TMPDIR that long, the
+    run's sockets go to a private folder of /tmp, and it is removed afterwards."""
+    from pgrunbook.archive import runner
+
+    deep = tmp_path / ("d" * 60) / ("e" * 40)
+    deep.mkdir(parents=True)
+    env = _private_env(tmp_path, deep)
+    done = subprocess.run(
+        [PGRUNBOOK, "run", "health", "--target", "sandbox", "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode in (0, 1), done.stdout[-2000:] + done.stderr[-2000:]
+    assert "FAILED" not in done.stdout
+    assert not list(deep.iterdir())
+    import tempfile
+
+    old = tempfile.tempdir
+    tempfile.tempdir = str(deep)
+    try:
+        folder = runner._socket_dir()
+    finally:
+        tempfile.tempdir = old
+    try:
+        assert folder.startswith("/tmp/pgrb-k-") and os.stat(folder).st_mode & 0o777 == 0o700
+        assert len(os.path.join(folder, "kernel-99")) <= runner.SOCKET_PATH_MAX
+    finally:
+        os.rmdir(folder)
+    assert not list(deep.iterdir())
+
+
+def _finish(proc: subprocess.Popen, name: str, timeout: float = 600) -> tuple[int, str]:
+    """A started run's exit code and output, read as it comes (a full pipe never stalls it);
+    one that outlives `timeout` is killed and its output shown."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"{name} still running after {timeout:g} s; its output:\n{out[-3000:]}")
+    return proc.returncode, out
+
+
 def test_eight_runs_together_all_pass_leave_no_socket_and_write_only_private_files(
-    sandbox, tmp_path
+    sandbox, tmp_path, short_tmp
 ):
     """Eight runs of different runbooks started at once, under the common umask 022."""
     runs = [
@@ -42,8 +100,7 @@ def test_eight_runs_together_all_pass_leave_no_socket_and_write_only_private_fil
         ("staging_refresh", []),
         ("status", []),
     ]
-    env = _private_env(tmp_path)
-    (tmp_path / "tmp").mkdir()
+    env = _private_env(tmp_path, short_tmp)
     loose = lambda: os.umask(0o022)  # noqa: E731  the common default: files 0644, folders 0755
     procs = []
     for runbook, extra in runs:
@@ -58,7 +115,7 @@ def test_eight_runs_together_all_pass_leave_no_socket_and_write_only_private_fil
                 text=True,
             )
         )
-    outputs = [(p.wait(timeout=600), p.stdout.read()) for p in procs]
+    outputs = [_finish(p, runbook) for p, (runbook, _) in zip(procs, runs, strict=True)]
     failed = [
         (name, code, out[-600:])
         for (name, _), (code, out) in zip(runs, outputs, strict=True)
@@ -66,7 +123,7 @@ def test_eight_runs_together_all_pass_leave_no_socket_and_write_only_private_fil
     ]
     assert not failed
     assert not list((ROOT / "runbooks").glob("kernel-ipc-*"))
-    assert not list((tmp_path / "tmp").iterdir())  # no socket folder, no temporary file left behind
+    assert not list(short_tmp.iterdir())  # no socket folder, no temporary file left behind
     files = written_files(tmp_path / "reports", tmp_path / "backups", tmp_path / "out")
     assert any(f.name == "dump.custom" for f in files) and any(
         f.name == "verify.json" for f in files

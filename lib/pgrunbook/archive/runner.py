@@ -18,6 +18,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -234,9 +235,11 @@ def run(
     *,
     incident: str | None = None,
     progress: bool = True,
+    fleet: str | None = None,
 ) -> RunResult:
     """Run `runbook` against `target` and archive it. Bad input raises before anything is
-    written."""
+    written. `fleet`: the fleet run this run belongs to (filed under it in the index). Safe to
+    call from several threads at once: a fleet runs its targets so."""
     source = notebook_path(runbook)
     declared = parameters(runbook)
     values = coerce(runbook, given or {}, declared)
@@ -278,7 +281,7 @@ def run(
         "target": target,
         "target_source": source_of,
         "server_version": version_of,
-        "fleet": os.environ.get(FLEET_ENV) or None,
+        "fleet": fleet or os.environ.get(FLEET_ENV) or None,
         "operator": os.environ.get("PGRUNBOOK_OPERATOR") or getpass.getuser(),
         "host": socket.gethostname(),
         "incident": incident,
@@ -312,10 +315,10 @@ def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool)
         PapermillExecutionError,
     )  # here: spares papermill (~320 ms) at start-up
 
-    saved = {k: os.environ.get(k) for k in (RUNNER_ENV, "PGRUNBOOK_HOME")}
-    os.environ[RUNNER_ENV] = "1"
-    os.environ["PGRUNBOOK_HOME"] = str(config.settings().home)
-    sockets = tempfile.mkdtemp(prefix="pgrunbook-kernel-")  # 0700, this run's alone
+    # the kernel's own environment, not this process's: runs in other threads keep theirs
+    env = {**os.environ, RUNNER_ENV: "1", "PGRUNBOOK_HOME": str(config.settings().home)}
+    sockets = _socket_dir()
+    contexts: list = []  # every ZeroMQ context the run's kernel manager and client use
     try:
         papermill.execute_notebook(
             str(source),
@@ -324,7 +327,7 @@ def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool)
             progress_bar=progress,
             cwd=str(source.parent),
             log_output=False,
-            kernel_manager_class=_ipc_kernel_manager(sockets),
+            kernel_manager_class=_ipc_kernel_manager(sockets, env, contexts),
         )
         return None
     except PapermillExecutionError as e:
@@ -334,18 +337,37 @@ def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool)
     except Exception as e:  # the kernel died or could not start: still archived as failed
         return redact(f"{type(e).__name__}: {e}".splitlines()[0])
     finally:
+        for context in contexts:  # closed here, never by the garbage collector: see below
+            if not context.closed:
+                context.destroy(linger=0)
         shutil.rmtree(sockets, ignore_errors=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
-def _ipc_kernel_manager(sockets: str):
+SOCKET_PATH_MAX = 100  # a Unix socket's path: 107 bytes on Linux, 103 on macOS, with room for "-N"
+
+
+def _socket_dir() -> str:
+    """A new private folder (0700, this run's alone) for the kernel's Unix sockets: in the temp
+    folder, or in /tmp where the temp folder's path is too long for a socket's (a long TMPDIR,
+    as macOS and pytest's workers give, makes ZeroMQ refuse to bind)."""
+    sockets = tempfile.mkdtemp(prefix="pgrunbook-kernel-")
+    if len(os.path.join(sockets, "kernel-99")) <= SOCKET_PATH_MAX:
+        return sockets
+    os.rmdir(sockets)
+    return tempfile.mkdtemp(prefix="pgrb-k-", dir="/tmp")
+
+
+def _ipc_kernel_manager(sockets: str, env: dict[str, str], contexts: list):
     """A kernel manager on Unix sockets in the private folder `sockets`: query results never cross a
     TCP port, and runs started together never share a socket (jupyter_client's default, kernel-ipc-N
-    in the working folder, is picked by which files exist and so collides)."""
+    in the working folder, is picked by which files exist and so collides). The kernel starts with
+    `env`.
+
+    The manager's and the client's ZeroMQ contexts go into `contexts` for the run to close: a
+    context left to the garbage collector in a reference cycle with its sockets hangs the
+    process for good (its finalizer waits in `term()` for sockets the same collection has not
+    closed yet; jupyter_client#482), which happened at random under load."""
+    import zmq.asyncio  # here: spares pyzmq at start-up
     from jupyter_client.manager import AsyncKernelManager  # here: spares jupyter_client at start-up
 
     class IPCKernelManager(AsyncKernelManager):
@@ -353,6 +375,17 @@ def _ipc_kernel_manager(sockets: str):
             kwargs.setdefault("transport", "ipc")
             kwargs.setdefault("ip", os.path.join(sockets, "kernel"))
             super().__init__(**kwargs)
+            contexts.append(self.context)
+
+        def client(self, **kwargs):
+            context = zmq.asyncio.Context()
+            contexts.append(context)
+            kwargs.setdefault("context", context)
+            return super().client(**kwargs)
+
+        async def start_kernel(self, **kwargs):
+            kwargs.setdefault("env", env)
+            return await super().start_kernel(**kwargs)
 
     return IPCKernelManager
 
@@ -433,6 +466,7 @@ def _read_or_empty(path: Path):
 
 
 _exporter = None
+_exporter_lock = threading.Lock()  # one exporter, its filters set per notebook: one at a time
 
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -442,21 +476,22 @@ def _html(nb) -> str:
     """The report as a person reads it: the project's nbconvert template (templates/pgrunbook),
     a title naming runbook, target, time and outcome, no prompts."""
     global _exporter
-    if _exporter is None:
-        from nbconvert import HTMLExporter  # here: spares nbconvert (~390 ms) at start-up
-
-        _exporter = HTMLExporter(
-            template_name="pgrunbook",
-            extra_template_basedirs=[str(TEMPLATES)],
-            exclude_input_prompt=True,
-            exclude_output_prompt=True,
-        )
     run = nb.metadata.get("pgrunbook", {})
     if run:
         nb.metadata["title"] = (
             f"{run['runbook']} on {run['target']}, {run['start']} UTC: {run['outcome']}"
         )
-    body, _ = _exporter.from_notebook_node(nb)
+    with _exporter_lock:
+        if _exporter is None:
+            from nbconvert import HTMLExporter  # here: spares nbconvert (~390 ms) at start-up
+
+            _exporter = HTMLExporter(
+                template_name="pgrunbook",
+                extra_template_basedirs=[str(TEMPLATES)],
+                exclude_input_prompt=True,
+                exclude_output_prompt=True,
+            )
+        body, _ = _exporter.from_notebook_node(nb)
     return body
 
 
