@@ -253,17 +253,17 @@ def switch_and_wait(target: Target, *, timeout_s: float = 60) -> str | None:
     everything committed until now. The segment's name, or None when the server would not."""
     try:
         with db.connect(target, readonly=False, application="pgrunbook/pitr") as conn:
-            segment = conn.execute(
-                "SELECT pg_walfile_name(pg_switch_wal() - 1)"
-            ).fetchone()[0]  # fmt: skip
+            segment, switched = conn.execute(
+                "SELECT pg_walfile_name(pg_switch_wal() - 1), clock_timestamp()"
+            ).fetchone()  # fmt: skip
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 state = wal.archiving(conn)
                 done = (state.last_archived_wal or "")[:24]  # a segment, or a .backup file's
                 if (state.folder / segment).is_file() if state.folder else done[8:] >= segment[8:]:
                     return segment
-                if state.failing:
-                    return None
+                if state.failing and state.last_failed_time >= switched:
+                    return None  # failed since the switch (an older failure may be retried now)
                 time.sleep(0.1)
     except psycopg.Error:
         return None
