@@ -1,6 +1,7 @@
 """One runbook across a fleet, on this machine: every target's run executed and archived exactly
-as `pgrunbook run` does it (a `pgrunbook run` process per target), N at a time, then a fleet
-report of its own in the archive, and the exit code of the worst run.
+as `pgrunbook run` does it (the runner's own `run`, each in a thread of this process with a kernel
+of its own), N at a time, then a fleet report of its own in the archive, and the exit code of the
+worst run.
 
 Parameters are checked once, before any run starts. A target whose server cannot be reached is
 retried (UNKNOWN only: never a run that finished, whatever it found); one that still cannot be
@@ -13,8 +14,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ..base import config, fleets
-from ..base.errors import UnknownParameter
+from ..base.errors import ArchiveFailed, PgRunbookError, UnknownParameter
 from ..base.fileio import private_dir, write_atomic
 from ..base.findings import Finding, Status
 from ..base.secrets import redact
-from ..facts import history
 from . import runner
 
 REPORT_RUNBOOK = "fleet_report"
@@ -69,13 +67,14 @@ def _severity(code: int) -> int:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A fleet run about to start: its id, its targets, the arguments every run gets."""
+    """A fleet run about to start: its id, its targets, the parameters every run gets."""
 
     fleet: str
     fleet_run: str
     runbook: str
     targets: list[str]
-    args: list[str]
+    given: dict[str, str]
+    incident: str | None = None
 
 
 def prepare(
@@ -90,10 +89,8 @@ def prepare(
     runner.coerce(runbook, given or {}, declared)
     started = datetime.now(UTC)
     fleet_run = f"{started:%Y%m%dT%H%M%SZ}_{fleet}_{uuid.uuid4().hex[:6]}"
-    args = [a for name, value in (given or {}).items() for a in ("-p", name, str(value))]
-    if incident:
-        args += ["--incident", incident]
-    return Prepared(fleet, fleet_run, runbook, members, args)
+    given = {name: str(value) for name, value in (given or {}).items()}
+    return Prepared(fleet, fleet_run, runbook, members, given, incident)
 
 
 def run(
@@ -114,46 +111,60 @@ def run(
     def one(target: str) -> TargetRun:
         return run_target(plan, target, retries=retries, retry_delay_s=retry_delay_s)
 
-    with ThreadPoolExecutor(max_workers=parallel or os.cpu_count() or 1) as pool:
+    pool = ThreadPoolExecutor(max_workers=parallel or os.cpu_count() or 1)
+    try:
         list(pool.map(one, plan.targets))
+    finally:  # interrupted: the runs under way finish and are archived, no other starts
+        pool.shutdown(wait=True, cancel_futures=True)
     return finish(plan, incident=incident)
 
 
 def run_target(
     plan: Prepared, target: str, *, retries: int = 0, retry_delay_s: float = 2.0
 ) -> TargetRun:
-    """One target's `pgrunbook run`, filed under the fleet run; retried while its server cannot
-    be reached (and nothing was archived). What happened is kept for the fleet report, attempts
-    counted across calls (an Airflow retry calls this again)."""
-    env = dict(os.environ, **{runner.FLEET_ENV: plan.fleet_run})
-    command = [sys.executable, "-m", "pgrunbook", "run", plan.runbook, "--target", target]
+    """One target's run, made and archived by the runner exactly as `pgrunbook run` makes it,
+    filed under the fleet run; retried while its server cannot be reached (nothing was archived
+    then). What happened is kept for the fleet report, attempts counted across calls (an Airflow
+    retry calls this again). Never raises for the target's sake: the others go on."""
     earlier = _load_target(plan.fleet_run, target)
     t0, attempt = time.perf_counter(), earlier.attempts if earlier else 0
+    root = config.settings().reports_dir
     while True:
         attempt += 1
-        done = subprocess.run(
-            [*command, *plan.args, "--quiet"], env=env, capture_output=True, text=True
-        )
-        entry = _archived(plan.fleet_run, target)
-        said = [line for line in done.stderr.splitlines() if line.startswith("pgrunbook:")]
-        if not unreachable(entry, done.stderr) or retries <= 0:
+        done, code, error = None, 3, ""
+        try:
+            done = runner.run(
+                plan.runbook,
+                target,
+                dict(plan.given),
+                incident=plan.incident,
+                progress=False,
+                fleet=plan.fleet_run,
+            )
+        except ArchiveFailed as e:  # it ran, but its report could not be kept: said, not retried
+            code, error = 2, str(e).splitlines()[0]
+        except PgRunbookError as e:  # refused before it started, or its server out of reach
+            error = str(e)
+        except Exception as e:  # the runner itself failed: this target only
+            error = f"{type(e).__name__}: {e}".splitlines()[0]
+        if done is not None or not unreachable(error) or retries <= 0:
             break
         retries -= 1
         time.sleep(retry_delay_s * attempt)
     took = round(time.perf_counter() - t0 + (earlier.duration_s if earlier else 0), 3)
-    if entry is not None:
-        html_path = entry.get("files", {}).get("html", {}).get("path", "")
-        result = TargetRun(target, entry["outcome"], done.returncode, attempt, took, html_path)
+    if done is not None:
+        html_path = str(done.html.relative_to(root)) if done.html.is_relative_to(root) else ""
+        result = TargetRun(target, done.outcome, done.exit_code, attempt, took, html_path)
     else:
-        error = redact(said[-1].removeprefix("pgrunbook: error: ") if said else done.stderr[-300:])
-        result = TargetRun(target, "UNKNOWN", done.returncode or 3, attempt, took, error=error)
+        result = TargetRun(target, "UNKNOWN", code, attempt, took, error=redact(error))
     _save_target(plan.fleet_run, result)
     return result
 
 
-def unreachable(entry: dict[str, Any] | None, stderr: str) -> bool:
-    """Nothing archived because the server could not be reached: the one case worth a retry."""
-    return entry is None and any(u in stderr for u in UNREACHABLE)
+def unreachable(error: str) -> bool:
+    """The run was refused because its server could not be reached: the one case worth a
+    retry (nothing ran, nothing was archived)."""
+    return any(u in error for u in UNREACHABLE)
 
 
 def finish(plan: Prepared, *, incident: str | None = None) -> FleetResult:
@@ -174,11 +185,6 @@ def finish(plan: Prepared, *, incident: str | None = None) -> FleetResult:
         progress=False,
     )
     return result
-
-
-def _archived(fleet_run: str, target: str) -> dict[str, Any] | None:
-    found = [e for e in history.entries() if e.get("fleet") == fleet_run and e["target"] == target]
-    return found[-1] if found else None
 
 
 def _target_path(fleet_run: str, target: str) -> Path:
