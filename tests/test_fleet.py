@@ -111,6 +111,7 @@ def fleet_of_21(sandbox, tmp_path, monkeypatch):
             )
 
 
+@pytest.mark.external_server
 def test_a_fleet_of_21_targets_on_this_machine(fleet_of_21, capsys):
     from pgrunbook.archive import fleet
     from pgrunbook.cli import main
@@ -166,11 +167,14 @@ AIRFLOW_RUN = textwrap.dedent(
 )
 
 
+@pytest.mark.external_server
 def test_the_same_fleet_on_airflow(fleet_of_21, tmp_path):
     """The DAG `pgrunbook.airflow.fleet_dag` builds, run by Airflow's own `dag.test()` in a
     process of its own: one mapped task per target in a pool, the unreachable one retried by
     Airflow, the planted CRIT failed without retry, the fleet report last and the run failed."""
     if importlib.util.find_spec("airflow") is None:  # not imported here: it configures logging
+        if os.environ.get("PGRUNBOOK_TEST_AIRFLOW") == "required":  # CI: never a silent skip
+            pytest.fail("Airflow is not installed: pip install -e '.[test,airflow]'")
         pytest.skip("pip install 'pgrunbook[airflow]'")
     dags = tmp_path / "dags"
     dags.mkdir()

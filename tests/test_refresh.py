@@ -548,6 +548,7 @@ def test_roles_missing_where_staging_is_leave_the_copy_to_the_refreshing_role(pa
         assert PLANTED["email"] not in _all_text(stag)
 
 
+@pytest.mark.external_server
 def test_refresh_across_servers_from_postgresql_15_into_18(sandbox, tmp_path):
     """Production on the external (older) server, staging on the embedded 18: dump by 15's tools,
     restore by 18's."""
