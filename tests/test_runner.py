@@ -165,6 +165,32 @@ def test_a_failed_run_is_archived_with_the_failing_cell(sandbox, tmp_path, monke
     assert history.find(str(result.notebook))["outcome"] == "FAILED"
 
 
+def test_the_kernels_own_output_stays_off_the_terminal_and_names_its_death(
+    sandbox, tmp_path, monkeypatch, capfd
+):
+    """What the kernel process itself writes (not a cell's output) goes to the run's kernel log,
+    not onto the terminal where runs side by side would mix; a kernel that dies leaves its last
+    line in the run's error."""
+    import shutil
+
+    home = tmp_path / "home"
+    (home / "runbooks").mkdir(parents=True)
+    shutil.copy(ROOT / "pyproject.toml", home)
+    nb = nbformat.read(ROOT / "runbooks" / "status.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "status.database_size(conn)" in c.source)
+    cell.source = (
+        "import os, signal\nos.write(2, b'the kernel process speaks\\n')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    nbformat.write(nb, home / "runbooks" / "status.ipynb")
+    monkeypatch.setenv("PGRUNBOOK_HOME", str(home))
+    result = runner.run("status", "sandbox", progress=False)
+    assert result.outcome == "FAILED" and result.exit_code == 3
+    assert "(kernel: the kernel process speaks)" in result.error
+    out, err = capfd.readouterr()
+    assert "the kernel process speaks" not in out + err
+
+
 @pytest.fixture
 def extra_connection(sandbox):
     with psycopg.connect(sandbox.url("production")) as conn:

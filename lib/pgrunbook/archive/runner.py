@@ -319,6 +319,7 @@ def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool)
     env = {**os.environ, RUNNER_ENV: "1", "PGRUNBOOK_HOME": str(config.settings().home)}
     sockets = _socket_dir()
     contexts: list = []  # every ZeroMQ context the run's kernel manager and client use
+    opened: list = []  # the kernel's log, open while it runs
     try:
         papermill.execute_notebook(
             str(source),
@@ -327,7 +328,7 @@ def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool)
             progress_bar=progress,
             cwd=str(source.parent),
             log_output=False,
-            kernel_manager_class=_ipc_kernel_manager(sockets, env, contexts),
+            kernel_manager_class=_ipc_kernel_manager(sockets, env, contexts, opened),
         )
         return None
     except PapermillExecutionError as e:
@@ -335,12 +336,28 @@ def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool)
     except KeyboardInterrupt:
         return "interrupted by the operator"
     except Exception as e:  # the kernel died or could not start: still archived as failed
-        return redact(f"{type(e).__name__}: {e}".splitlines()[0])
+        said = _last_line(Path(sockets) / KERNEL_LOG)
+        return redact(
+            f"{type(e).__name__}: {e}".splitlines()[0] + (f" (kernel: {said})" if said else "")
+        )
     finally:
         for context in contexts:  # closed here, never by the garbage collector: see below
             if not context.closed:
                 context.destroy(linger=0)
+        for f in opened:
+            f.close()
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+KERNEL_LOG = "kernel.log"  # the kernel's own stdout and stderr, in the run's socket folder
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip()[:300] if lines else ""
 
 
 SOCKET_PATH_MAX = 100  # a Unix socket's path: 107 bytes on Linux, 103 on macOS, with room for "-N"
@@ -357,11 +374,14 @@ def _socket_dir() -> str:
     return tempfile.mkdtemp(prefix="pgrb-k-", dir="/tmp")
 
 
-def _ipc_kernel_manager(sockets: str, env: dict[str, str], contexts: list):
+def _ipc_kernel_manager(sockets: str, env: dict[str, str], contexts: list, opened: list):
     """A kernel manager on Unix sockets in the private folder `sockets`: query results never cross a
     TCP port, and runs started together never share a socket (jupyter_client's default, kernel-ipc-N
     in the working folder, is picked by which files exist and so collides). The kernel starts with
-    `env`.
+    `env`, its stdout and stderr into the folder's kernel.log (`opened`, for the run to close):
+    not onto this process's terminal, where runs side by side would mix, and where its routine
+    shutdown notice ("KeyboardInterrupt caught in kernel": a shutdown interrupts it first) reads
+    as an error.
 
     The manager's and the client's ZeroMQ contexts go into `contexts` for the run to close: a
     context left to the garbage collector in a reference cycle with its sockets hangs the
@@ -385,6 +405,10 @@ def _ipc_kernel_manager(sockets: str, env: dict[str, str], contexts: list):
 
         async def start_kernel(self, **kwargs):
             kwargs.setdefault("env", env)
+            log = open(os.path.join(sockets, KERNEL_LOG), "ab")  # noqa: SIM115  closed by the run
+            opened.append(log)
+            kwargs.setdefault("stdout", log)
+            kwargs.setdefault("stderr", log)
             return await super().start_kernel(**kwargs)
 
     return IPCKernelManager
