@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -658,25 +659,32 @@ def restore(
                 "follows. Restore to a moment before it, or put the segment back"
             )
     chain = chain_of(server, base)
-    if verify_base_first:
-        with phases.phase("verify the base backup"):
-            for link in chain:
-                verify_base(server, link.path)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     folder = private_dir(server.root / "restores" / stamp)
     data = folder / "data"
-    if len(chain) == 1:
-        with phases.phase("copy the base backup"):
-            shutil.copytree(base.path, data, ignore=shutil.ignore_patterns(META))
-    else:
-        with phases.phase("combine the incremental backups"):
-            combine = pgtools.choose("pg_combinebackup", server.major)
-            args = [str(combine.path), *(str(link.path) for link in chain), "-o", str(data)]
-            done = subprocess.run(args, capture_output=True, text=True, timeout=3600)
-            if done.returncode != 0:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise PitrFailed(f"pg_combinebackup failed: {done.stderr.strip()[-300:]}")
-            (data / META).unlink(missing_ok=True)
+    # pg_verifybackup reads the base backup while it is copied (the same files, from the same
+    # page cache): nothing starts until both are done, and a failed verification removes the copy
+    verifying = _Verifying(server, chain) if verify_base_first else None
+    checked = " while pg_verifybackup checks it" if verifying else ""
+    try:
+        if len(chain) == 1:
+            with phases.phase(f"copy the base backup{checked}"):
+                shutil.copytree(base.path, data, ignore=shutil.ignore_patterns(META))
+                _verified(verifying)
+        else:
+            with phases.phase(f"combine the incremental backups{checked}"):
+                combine = pgtools.choose("pg_combinebackup", server.major)
+                args = [str(combine.path), *(str(link.path) for link in chain), "-o", str(data)]
+                done = subprocess.run(args, capture_output=True, text=True, timeout=3600)
+                _verified(verifying)
+                if done.returncode != 0:
+                    raise PitrFailed(f"pg_combinebackup failed: {done.stderr.strip()[-300:]}")
+                (data / META).unlink(missing_ok=True)
+    except BaseException:
+        if verifying:
+            verifying.cancel()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     (data / "backup_manifest").unlink(missing_ok=True)
     socket_dir = Path(tempfile.mkdtemp(prefix="pgrb-"))  # a socket path must stay short
     port = 5432
@@ -723,6 +731,40 @@ def restore(
         ) from None
     _read_outcome(recovered)
     return recovered
+
+
+class _Verifying:
+    """pg_verifybackup over a chain of base backups, in a thread; `result()` raises what it
+    found. `cancel()` lets the backup under check finish and checks no other."""
+
+    def __init__(self, server: Server, chain: list[wal.BaseBackup]):
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(server, chain), daemon=True)
+        self.thread.start()
+
+    def _run(self, server: Server, chain: list[wal.BaseBackup]) -> None:
+        try:
+            for link in chain:
+                if self.cancelled.is_set():
+                    return
+                verify_base(server, link.path)
+        except BaseException as e:  # handed to the restore, which raises it
+            self.error = e
+
+    def result(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.thread.join()
+
+
+def _verified(verifying: _Verifying | None) -> None:
+    if verifying is not None:
+        verifying.result()
 
 
 def _wait_promoted(recovered: Recovered, database: str, timeout_s: float) -> None:
@@ -806,6 +848,9 @@ def backup(
     if not enabled:
         return None, Finding("base backup", Status.OK, "none taken this run (base_backup=False)")
     note = ""
+    if incremental and not wal.base_backups(server.root):
+        incremental = False  # as pgBackRest does: the first one is full, and says so
+        note = " (a full one: there was none to build an incremental on; the next can be)"
     try:
         try:
             taken = take_base_backup(target, server, label=label, incremental=incremental)
