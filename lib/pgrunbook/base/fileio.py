@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -40,6 +41,38 @@ def private_dir(path: Path) -> Path:
             continue
         os.chmod(p, DIR_MODE)  # mkdir's mode is masked by the umask
     return path
+
+
+def sync_tree(path: Path, *, workers: int = 8) -> None:
+    """Flush every file under `path` to disk, then every folder (deepest first) and `path`'s
+    parent: what a program run with --no-sync wrote is then as durable as if it had synced.
+    The files are flushed several at a time, so that the disk gets them together (as
+    PostgreSQL's own sync starts every file's writeback before it waits on any)."""
+    folders, files = [], []
+    for root, _dirs, names in os.walk(path):
+        folders.append(root)
+        files += [os.path.join(root, name) for name in names]
+
+    def flush(file: str) -> None:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(flush, files))  # raises the first error
+    for folder in [*reversed(folders), str(path.parent)]:
+        fsync_dir(folder)
+
+
+def fsync_dir(folder: Path | str) -> None:
+    """Flush a folder's entries (a rename into it, a file made in it) to disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def create_private(path: Path, *, exclusive: bool = True) -> None:

@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +40,7 @@ from psycopg.conninfo import make_conninfo
 from ..base import config, db, pgtools
 from ..base.cluster import Cluster
 from ..base.errors import PgRunbookError
-from ..base.fileio import private_dir, write_atomic
+from ..base.fileio import fsync_dir, private_dir, sync_tree, write_atomic
 from ..base.findings import Finding, Status
 from ..base.targets import Target
 from ..facts import catalog, wal
@@ -335,7 +336,10 @@ def take_base_backup(
         started = conn.execute("SELECT now()").fetchone()[0]
     stamp = started.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     partial = base / f".{stamp}.partial"
+    # --no-sync: the backup is flushed to disk by this process while pg_verifybackup reads it
+    # (from the page cache), rather than before; it counts only once both are done
     args = ["-D", str(partial), "-Fp", "-X", "stream", "-c", "fast", "-l", label or "pgrunbook"]
+    args += ["--no-sync"]
     parent = None
     if incremental:
         if server.major < 17:
@@ -357,7 +361,12 @@ def take_base_backup(
     clock = time.perf_counter()
     try:
         pgtools.run(pgtools.choose("pg_basebackup", server.major), args, target.url)
-        verify_base(server, partial)
+        with ThreadPoolExecutor(max_workers=1) as flush:
+            flushed = flush.submit(sync_tree, partial)
+            try:
+                verify_base(server, partial)
+            finally:
+                flushed.result()
         with db.connect(target, application="pgrunbook/pitr") as conn:
             finished = conn.execute("SELECT now()").fetchone()[0]
         label_text = (partial / "backup_label").read_text()
@@ -373,6 +382,7 @@ def take_base_backup(
         )  # fmt: skip
         write_atomic(partial / META, backup.to_json())
         partial.rename(backup.path)
+        fsync_dir(base)  # the rename itself
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
