@@ -7,7 +7,8 @@
   wait for the promotion (goal: at most 1.10x);
 - the RPO the DR drill's point-in-time disaster achieves (goal: under 5 s).
 
-Runs alternate (library, raw, library, ...) and medians are compared.
+Runs alternate (which goes first rotates), each after `sync`, on the same file system, and
+medians are compared.
 
     python bench/pitr.py [--scale 50] [--traffic-s 120] [--repeat 3]
 """
@@ -32,11 +33,16 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def _runs(xs: list[float]) -> str:
+    return "runs " + ", ".join(f"{x:.2f}" for x in sorted(xs)) + " s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=int, default=50)
     parser.add_argument("--traffic-s", type=int, default=120)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--base-only", action="store_true", help="the base backup comparison only")
     args = parser.parse_args()
     with temporary_sandbox() as (box, tmp):
         from pgrunbook.archive import runner
@@ -60,23 +66,42 @@ def main() -> None:
 
         # -- base backup --------------------------------------------------------------------
         ours, raw = [], []
-        for _ in range(args.repeat):
+
+        def ours_once():
+            os.sync()  # every run starts with nothing of the last one's left to write back
             t0 = time.perf_counter()
             taken = pitr.take_base_backup(target, server, label="bench")
             ours.append(time.perf_counter() - t0)
-            out = Path(tempfile.mkdtemp(prefix="raw-", dir=tmp))
+            shutil.rmtree(taken.path)  # as the raw one is: both start from the same disk
+            return taken
+
+        def raw_once() -> None:
+            out = Path(tempfile.mkdtemp(prefix="raw-", dir=server.root))  # the same file system
+            os.sync()
             t0 = time.perf_counter()
             pgtools.run(
                 basebackup, ["-D", str(out / "b"), "-Fp", "-X", "stream", "-c", "fast"], url
             )
             raw.append(time.perf_counter() - t0)
             shutil.rmtree(out)
+
+        for i in range(args.repeat):  # the order alternates: neither always runs second
+            if i % 2 == 0:
+                taken = ours_once()
+                raw_once()
+            else:
+                raw_once()
+                taken = ours_once()
         size = taken.size_bytes / 1e6
         print(
             f"base backup of {size:.0f} MB: pgrunbook median {_median(ours):.2f} s, raw "
             f"pg_basebackup {_median(raw):.2f} s: {_median(ours) / _median(raw):.2f}x "
             "(goal <= 1.10x; pgrunbook includes pg_verifybackup)"
         )
+        print(f"  pgrunbook {_runs(ours)}; raw {_runs(raw)}")
+        print(f"  fastest against fastest: {min(ours) / min(raw):.2f}x")
+        if args.base_only:
+            return
 
         # -- traffic, archived ----------------------------------------------------------------
         base = pitr.take_base_backup(target, server, label="bench-restore")
@@ -101,25 +126,32 @@ def main() -> None:
 
         # -- restore to a moment ----------------------------------------------------------------
         ours, unverified, raw = [], [], []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            recovered = pitr.restore(target, server, pitr.Moment.parse(time=moment.isoformat()))
-            ours.append(time.perf_counter() - t0)
-            recovered.stop()
+
+        def restore_once(verify: bool) -> None:
+            os.sync()
             t0 = time.perf_counter()
             recovered = pitr.restore(
                 target, server, pitr.Moment.parse(time=moment.isoformat()),
-                verify_base_first=False,
+                verify_base_first=verify,
             )  # fmt: skip
-            unverified.append(time.perf_counter() - t0)
+            (ours if verify else unverified).append(time.perf_counter() - t0)
             recovered.stop()
-            raw.append(_by_hand(server, base, moment.isoformat(), tmp, url))
+
+        def by_hand_once() -> None:
+            os.sync()
+            raw.append(_by_hand(server, base, moment.isoformat(), server.root, url))
+
+        steps = [lambda: restore_once(True), lambda: restore_once(False), by_hand_once]
+        for i in range(args.repeat):  # rotated: each goes first, second and third in turn
+            for step in steps[i % 3 :] + steps[: i % 3]:
+                step()
         print(
             f"restore to a moment: pgrunbook median {_median(ours):.2f} s "
             f"({_median(unverified):.2f} s without verifying the base backup again), by hand "
             f"{_median(raw):.2f} s: {_median(ours) / _median(raw):.2f}x "
             f"({_median(unverified) / _median(raw):.2f}x) (goal <= 1.10x)"
         )
+        print(f"  pgrunbook {_runs(ours)}; unverified {_runs(unverified)}; by hand {_runs(raw)}")
 
         # -- the drill's RPO --------------------------------------------------------------------
         result = runner.run(
