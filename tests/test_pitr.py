@@ -180,6 +180,36 @@ def test_a_missing_segment_stops_the_restore_at_the_gap_and_health_says_so(targe
     _sql(target, "DROP TABLE gapped")
 
 
+def test_a_corrupted_segment_stops_the_restore_and_nothing_is_promoted(target):
+    """A segment in the archive with bytes flipped mid-way: replay stops at the bad record, and
+    a restore to the end of the archive must not take that for the end (it would promote a
+    cluster missing everything after it)."""
+    server = pitr.locate(target)
+    pitr.take_base_backup(target, server, label="bad-segment")
+    _sql(target, "CREATE TABLE IF NOT EXISTS spoiled (n int)")
+    segments = []
+    for _ in range(3):
+        _sql(target, "INSERT INTO spoiled SELECT generate_series(1, 1000)")
+        segments.append(_archived(target))
+    victim = pitr.archive_folder(server) / segments[1]
+    kept = victim.read_bytes()
+    victim.write_bytes(kept[:8192] + bytes(b ^ 0xFF for b in kept[8192:8400]) + kept[8400:])
+    before = _sql(target, "SELECT count(*) FROM spoiled")[0]
+    try:
+        for moment in (pitr.Moment.parse(time=_now(target).isoformat()), pitr.Moment.parse()):
+            with pytest.raises(pitr.PitrFailed, match="nothing was promoted") as failed:
+                recovered = pitr.restore(target, server, moment)
+                recovered.stop()
+            assert f"replay stopped in WAL segment {segments[1]}" in str(failed.value)
+            assert "the segment is damaged (" in str(failed.value)
+        assert _restored_clusters(server) == []
+        assert _sql(target, "SELECT count(*) FROM spoiled")[0] == before
+    finally:
+        victim.write_bytes(kept)
+        server.give(victim.parent)
+    _sql(target, "DROP TABLE spoiled")
+
+
 def test_a_corrupted_base_backup_is_never_restored(target):
     server = pitr.locate(target)
     base = pitr.take_base_backup(target, server, label="to-corrupt")

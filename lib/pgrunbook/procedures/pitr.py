@@ -615,6 +615,12 @@ def _log_time(text: str) -> datetime | None:
             return None
 
 
+_UNREADABLE = re.compile(
+    r"invalid record|incorrect resource manager data checksum|invalid magic number|"
+    r"unexpected pageaddr|contrecord|invalid info bits|invalid resource manager"
+)
+
+
 def _stopped_where(log: str, folder: Path, server: Server) -> str:
     """Why replay ended before the moment: the segment missing from the archive, if one is."""
     restored = re.findall(r'restored log file "([0-9A-F]{24})" from archive', log)
@@ -630,6 +636,13 @@ def _stopped_where(log: str, folder: Path, server: Server) -> str:
             return (
                 f"replay stopped at the gap: WAL segment {nxt} is missing from the archive "
                 f"({folder}); the last one replayed is {last}"
+            )
+        if nxt in present:  # the archive goes on: replay could not read a record of `last`
+            bad = [x.split(":  ", 1)[-1] for x in log.splitlines() if _UNREADABLE.search(x)]
+            return (
+                f"replay stopped in WAL segment {last}, though the archive holds the ones after "
+                f"it: the segment is damaged ({bad[-1] if bad else 'a record could not be read'})"
+                "; restore to a moment before it, or put back a good copy of the segment"
             )
         return f"the archive ends at {last}: the moment is past the newest archived WAL"
     fatal = [x for x in log.splitlines() if "FATAL" in x or "PANIC" in x]
@@ -655,8 +668,11 @@ def restore(
         state = wal.archiving(conn)
     folder_wal = archive_folder(server)
     phases = restoring.Timeline()
+    end_mark = None
     if state.on:
         with phases.phase("archive the current WAL"):
+            if moment.kind == "latest":
+                end_mark = _mark_the_end(target)
             switch_and_wait(target)  # the archive then holds everything committed until now
     if moment.kind == "latest":  # no target to miss: replay would end at a gap and promote
         missing = wal.gaps(
@@ -705,7 +721,13 @@ def restore(
     settings = [
         ("restore_command", f'cp "{folder_wal}/%f" "%p"'),
         ("recovery_target_timeline", "current"),
-        *moment.settings(),
+        # the end of the archive, marked: replay that stops short of the mark (a corrupted
+        # segment reads as the end of the WAL) fails instead of promoting what it has
+        *(
+            [("recovery_target_name", end_mark), ("recovery_target_action", "promote")]
+            if end_mark
+            else moment.settings()
+        ),
         ("archive_mode", "off"),  # a restored copy never writes into the archive
         ("summarize_wal", "off"),
         ("listen_addresses", ""),
@@ -775,6 +797,19 @@ class _Verifying:
 def _verified(verifying: _Verifying | None) -> None:
     if verifying is not None:
         verifying.result()
+
+
+def _mark_the_end(target: Target) -> str | None:
+    """A restore point at the end of the WAL, before it is switched and archived: a restore to
+    the end of the archive targets it, so replay must get there. Without the right to make one
+    (superuser or a grant), None: replay then ends where the archive's WAL does."""
+    name = f"pgrunbook-end-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+    try:
+        with db.connect(target, readonly=False, application="pgrunbook/pitr") as conn:
+            conn.execute("SELECT pg_create_restore_point(%s)", [name])
+    except psycopg.Error:
+        return None
+    return name
 
 
 def _wait_promoted(recovered: Recovered, database: str, timeout_s: float) -> None:
