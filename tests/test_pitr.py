@@ -149,14 +149,23 @@ def test_restore_to_an_lsn_a_restore_point_and_a_transaction(target):
     _sql(target, "DROP TABLE steps")
 
 
-def test_a_missing_segment_stops_the_restore_at_the_gap_and_health_says_so(target):
-    server = pitr.locate(target)
-    pitr.take_base_backup(target, server, label="gap")
-    _sql(target, "CREATE TABLE IF NOT EXISTS gapped (n int)")
+def _three_segments_after_a_base_backup(target: Target, server, table: str) -> list[str]:
+    """A base backup, then rows written into `table` across three archived segments: their names."""
+    pitr.take_base_backup(target, server, label=table)
+    _sql(target, sql.SQL("CREATE TABLE IF NOT EXISTS {} (n int)").format(sql.Identifier(table)))
     segments = []
     for _ in range(3):
-        _sql(target, "INSERT INTO gapped SELECT generate_series(1, 1000)")
+        _sql(
+            target,
+            sql.SQL("INSERT INTO {} SELECT generate_series(1, 1000)").format(sql.Identifier(table)),
+        )
         segments.append(_archived(target))
+    return segments
+
+
+def test_a_missing_segment_stops_the_restore_at_the_gap_and_health_says_so(target):
+    server = pitr.locate(target)
+    segments = _three_segments_after_a_base_backup(target, server, "gapped")
     folder = pitr.archive_folder(server)
     lost = folder / segments[1]
     kept = lost.read_bytes()
@@ -185,12 +194,7 @@ def test_a_corrupted_segment_stops_the_restore_and_nothing_is_promoted(target):
     a restore to the end of the archive must not take that for the end (it would promote a
     cluster missing everything after it)."""
     server = pitr.locate(target)
-    pitr.take_base_backup(target, server, label="bad-segment")
-    _sql(target, "CREATE TABLE IF NOT EXISTS spoiled (n int)")
-    segments = []
-    for _ in range(3):
-        _sql(target, "INSERT INTO spoiled SELECT generate_series(1, 1000)")
-        segments.append(_archived(target))
+    segments = _three_segments_after_a_base_backup(target, server, "spoiled")
     victim = pitr.archive_folder(server) / segments[1]
     kept = victim.read_bytes()
     victim.write_bytes(kept[:8192] + bytes(b ^ 0xFF for b in kept[8192:8400]) + kept[8400:])

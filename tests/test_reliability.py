@@ -43,7 +43,7 @@ def short_tmp():
 def test_a_temp_folder_too_long_for_a_socket_still_runs(sandbox, tmp_path):
     """ZeroMQ refuses a Unix socket whose path passes ~107 bytes: with TMPDIR that long, the
     run's sockets go to a private folder of /tmp, and it is removed afterwards."""
-    from pgrunbook.archive import runner
+    from pgrunbook.base import fileio
 
     deep = tmp_path / ("d" * 60) / ("e" * 40)
     deep.mkdir(parents=True)
@@ -63,12 +63,12 @@ def test_a_temp_folder_too_long_for_a_socket_still_runs(sandbox, tmp_path):
     old = tempfile.tempdir
     tempfile.tempdir = str(deep)
     try:
-        folder = runner._socket_dir()
+        folder = fileio.socket_dir("pgrb-k-", "kernel-99")
     finally:
         tempfile.tempdir = old
     try:
         assert folder.startswith("/tmp/pgrb-k-") and os.stat(folder).st_mode & 0o777 == 0o700
-        assert len(os.path.join(folder, "kernel-99")) <= runner.SOCKET_PATH_MAX
+        assert len(os.path.join(folder, "kernel-99")) <= fileio.SOCKET_PATH_MAX
     finally:
         os.rmdir(folder)
     assert not list(deep.iterdir())

@@ -17,7 +17,6 @@ import re
 import shutil
 import socket
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from typing import Any
 from .. import __version__
 from ..base import config, db, targets
 from ..base.errors import ArchiveFailed, UnknownParameter, UnknownRunbook
-from ..base.fileio import create_private, private_dir, sha256_file, write_atomic
+from ..base.fileio import create_private, private_dir, sha256_file, socket_dir, write_atomic
 from ..base.findings import RUNNER_ENV, Finding, Status, read_recorded, steps
 from ..base.secrets import redact, redact_document
 from ..procedures import swaps
@@ -317,7 +316,7 @@ def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool)
 
     # the kernel's own environment, not this process's: runs in other threads keep theirs
     env = {**os.environ, RUNNER_ENV: "1", "PGRUNBOOK_HOME": str(config.settings().home)}
-    sockets = _socket_dir()
+    sockets = socket_dir("pgrb-k-", "kernel-99")
     contexts: list = []  # every ZeroMQ context the run's kernel manager and client use
     opened: list = []  # the kernel's log, open while it runs
     try:
@@ -358,20 +357,6 @@ def _last_line(log: Path) -> str:
     except OSError:
         return ""
     return lines[-1].strip()[:300] if lines else ""
-
-
-SOCKET_PATH_MAX = 100  # a Unix socket's path: 107 bytes on Linux, 103 on macOS, with room for "-N"
-
-
-def _socket_dir() -> str:
-    """A new private folder (0700, this run's alone) for the kernel's Unix sockets: in the temp
-    folder, or in /tmp where the temp folder's path is too long for a socket's (a long TMPDIR,
-    as macOS and pytest's workers give, makes ZeroMQ refuse to bind)."""
-    sockets = tempfile.mkdtemp(prefix="pgrunbook-kernel-")
-    if len(os.path.join(sockets, "kernel-99")) <= SOCKET_PATH_MAX:
-        return sockets
-    os.rmdir(sockets)
-    return tempfile.mkdtemp(prefix="pgrb-k-", dir="/tmp")
 
 
 def _ipc_kernel_manager(sockets: str, env: dict[str, str], contexts: list, opened: list):

@@ -43,6 +43,20 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+SOCKET_PATH_MAX = 100  # a Unix socket's path: 107 bytes on Linux, 103 on macOS
+
+
+def socket_dir(prefix: str, longest: str) -> str:
+    """A new private folder (0700, its maker's alone) for Unix sockets named up to `longest`: in
+    the temp folder, or in /tmp where the temp folder's path is too long for a socket's (a long
+    TMPDIR, as macOS and pytest's workers give, makes ZeroMQ and PostgreSQL refuse to bind)."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    if len(os.path.join(folder, longest)) <= SOCKET_PATH_MAX:
+        return folder
+    os.rmdir(folder)
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
 def sync_tree(path: Path, *, workers: int = 8) -> None:
     """Flush every file under `path` to disk, then every folder (deepest first) and `path`'s
     parent: what a program run with --no-sync wrote is then as durable as if it had synced.

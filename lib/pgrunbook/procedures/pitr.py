@@ -25,7 +25,6 @@ import pwd
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +39,7 @@ from psycopg.conninfo import make_conninfo
 from ..base import config, db, pgtools
 from ..base.cluster import Cluster
 from ..base.errors import PgRunbookError
-from ..base.fileio import fsync_dir, private_dir, sync_tree, write_atomic
+from ..base.fileio import fsync_dir, private_dir, socket_dir, sync_tree, write_atomic
 from ..base.findings import Finding, Status
 from ..base.targets import Target
 from ..facts import catalog, wal
@@ -690,32 +689,34 @@ def restore(
     data = folder / "data"
     # pg_verifybackup reads the base backup while it is copied (the same files, from the same
     # page cache): nothing starts until both are done, and a failed verification removes the copy
-    verifying = _Verifying(server, chain) if verify_base_first else None
-    checked = " while pg_verifybackup checks it" if verifying else ""
-    try:
-        if len(chain) == 1:
-            with phases.phase(f"copy the base backup{checked}"):
-                shutil.copytree(base.path, data, ignore=shutil.ignore_patterns(META))
-                _verified(verifying)
-        else:
-            with phases.phase(f"combine the incremental backups{checked}"):
-                combine = pgtools.choose("pg_combinebackup", server.major)
-                args = [str(combine.path), *(str(link.path) for link in chain), "-o", str(data)]
-                done = subprocess.run(args, capture_output=True, text=True, timeout=3600)
-                _verified(verifying)
-                if done.returncode != 0:
-                    raise PitrFailed(f"pg_combinebackup failed: {done.stderr.strip()[-300:]}")
-                (data / META).unlink(missing_ok=True)
-    except BaseException:
-        if verifying:
-            verifying.cancel()
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+    checked = " while pg_verifybackup checks it" if verify_base_first else ""
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as checker:
+        verifying = checker.submit(_verify_chain, server, chain if verify_base_first else [], stop)
+        try:
+            if len(chain) == 1:
+                with phases.phase(f"copy the base backup{checked}"):
+                    shutil.copytree(base.path, data, ignore=shutil.ignore_patterns(META))
+                    verifying.result()
+            else:
+                with phases.phase(f"combine the incremental backups{checked}"):
+                    combine = pgtools.choose("pg_combinebackup", server.major)
+                    links = [str(link.path) for link in chain]
+                    args = [str(combine.path), *links, "-o", str(data)]
+                    done = subprocess.run(args, capture_output=True, text=True, timeout=3600)
+                    verifying.result()
+                    if done.returncode != 0:
+                        raise PitrFailed(f"pg_combinebackup failed: {done.stderr.strip()[-300:]}")
+                    (data / META).unlink(missing_ok=True)
+        except BaseException:
+            stop.set()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
     (data / "backup_manifest").unlink(missing_ok=True)
-    socket_dir = Path(tempfile.mkdtemp(prefix="pgrb-"))  # a socket path must stay short
+    sockets = Path(socket_dir("pgrb-", ".s.PGSQL.5432.lock"))
     port = 5432
     params = dict(target.params)
-    params.update(host=str(socket_dir), port=str(port))
+    params.update(host=str(sockets), port=str(port))
     params.pop("hostaddr", None)
     params.pop("service", None)
     settings = [
@@ -732,7 +733,7 @@ def restore(
         ("summarize_wal", "off"),
         ("listen_addresses", ""),
         ("port", str(port)),
-        ("unix_socket_directories", str(socket_dir)),
+        ("unix_socket_directories", str(sockets)),
         ("hot_standby", "on"),
         ("logging_collector", "off"),
     ]
@@ -744,8 +745,8 @@ def restore(
     (data / "standby.signal").unlink(missing_ok=True)
     os.chmod(data, 0o700)
     server.give(folder)
-    server.give(socket_dir)
-    recovered = Recovered(server, base, moment, folder, socket_dir, port, params, phases=phases)
+    server.give(sockets)
+    recovered = Recovered(server, base, moment, folder, sockets, port, params, phases=phases)
     try:
         with phases.phase("replay the archive and promote"):
             pg_ctl(server, ["-w", "-t", str(int(timeout_s)), "start"], data=data, log=recovered.log)
@@ -765,38 +766,13 @@ def restore(
     return recovered
 
 
-class _Verifying:
-    """pg_verifybackup over a chain of base backups, in a thread; `result()` raises what it
-    found. `cancel()` lets the backup under check finish and checks no other."""
-
-    def __init__(self, server: Server, chain: list[wal.BaseBackup]):
-        self.error: BaseException | None = None
-        self.cancelled = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(server, chain), daemon=True)
-        self.thread.start()
-
-    def _run(self, server: Server, chain: list[wal.BaseBackup]) -> None:
-        try:
-            for link in chain:
-                if self.cancelled.is_set():
-                    return
-                verify_base(server, link.path)
-        except BaseException as e:  # handed to the restore, which raises it
-            self.error = e
-
-    def result(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-        self.thread.join()
-
-
-def _verified(verifying: _Verifying | None) -> None:
-    if verifying is not None:
-        verifying.result()
+def _verify_chain(server: Server, chain: list[wal.BaseBackup], stop: threading.Event) -> None:
+    """pg_verifybackup over a chain of base backups; once `stop` is set, the one under check
+    finishes and no other is checked."""
+    for link in chain:
+        if stop.is_set():
+            return
+        verify_base(server, link.path)
 
 
 def _mark_the_end(target: Target) -> str | None:
