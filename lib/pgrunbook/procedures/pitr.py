@@ -36,7 +36,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from ..base import config, db, pgtools
+from ..base import config, db, pgrestore, pgtools
 from ..base.cluster import Cluster
 from ..base.errors import PgRunbookError
 from ..base.fileio import fsync_dir, private_dir, socket_dir, sync_tree, write_atomic
@@ -824,12 +824,12 @@ def copy_table_back(recovered: Recovered, target: Target, table: str) -> Finding
                 f"{table!r} still exists in {target.name!r}: drop or rename it first, or copy the "
                 "rows you need from the restored cluster"
             )
-        major = int(db.server_version(conn).split(".")[0])
+        dumper = pgtools.choose("pg_dump", recovered.server.major)
+        way = pgrestore.restorer_for(conn, made_by=dumper.major)
     dump = recovered.folder / "table.dump"
     source = recovered.url(target.database)
-    pgtools.run(pgtools.choose("pg_dump", recovered.server.major),
-                ["-Fc", "-t", table, "-f", str(dump)], source)  # fmt: skip
-    pgtools.run(pgtools.choose("pg_restore", major), ["--exit-on-error", str(dump)], target.url)
+    pgtools.run(dumper, ["-Fc", "-t", table, "-f", str(dump)], source)
+    way.run(dump, target.url)
     dump.unlink()
     with db.connect(target, application="pgrunbook/pitr") as conn:
         rows = conn.execute(

@@ -68,6 +68,21 @@ def check_request(source: Target, target: Target, *, mode: str, confirm: str) ->
     )
 
 
+def check_versions(
+    source: Target, target: Target, conn: psycopg.Connection, ref: str = "new"
+) -> None:
+    """Refuse (before anything starts) a refresh whose copy cannot go into the target's server:
+    a source, or a chosen backup of it, of a newer major version than the target's server."""
+    if ref != "new":
+        restore.check_versions(backups.find(source, ref), conn.info.server_version, target)
+        return
+    with db.connect(source, application="pgrunbook/refresh") as theirs:
+        version = db.server_version(theirs)
+    restore.refuse_downgrade(
+        version, conn.info.server_version, target, what=f"a copy of {source.name!r}"
+    )
+
+
 def source_backup(
     source: Target, ref: str = "new", *, jobs: int = 2, enabled: bool = True
 ) -> Backup | None:
@@ -221,7 +236,7 @@ def _apply(
         after_data=lambda conn: sanitize.remove_masks(conn, masked),
         data_env=sanitize.data_env(salt),
         owners="connecting-user",
-    )
+    ).missing_roles
     try:
         found = [owners_finding(target, missing)] + _verify(
             source, target, new, backup, rules, timeline

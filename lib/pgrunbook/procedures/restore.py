@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..base import db, limits, pgtools
+from ..base import db, limits, pgrestore, pgtools
 from ..base.errors import PgRunbookError
 from ..base.findings import Check, Finding, Status
 from ..base.limits import DEFAULTS, level
@@ -32,6 +32,10 @@ from . import admin, debris, dumps, swaps
 
 class RestoreFailed(PgRunbookError):
     "The restore did not complete; the target was not touched"
+
+
+class RestoreRefused(PgRunbookError):
+    "The backup cannot be restored into this server; nothing was started"
 
 
 @dataclass
@@ -111,9 +115,13 @@ def listed(names: list[str], most: int = 5) -> str:
     return ", ".join(names[:most]) + (" ..." if len(names) > most else "")
 
 
-def roles_in(backup: Backup, tool: pgtools.Tool) -> set[str]:
-    """The roles the backup's objects are owned by or granted to, read from its schema script."""
-    script = pgtools.output(tool, ["--schema-only", "--file=-", str(backup.dump_path)], timeout=600)
+def schema_script(backup: Backup, tool: pgtools.Tool) -> str:
+    """The backup's schema as the SQL script `tool` (a pg_restore that reads it) writes."""
+    return pgtools.output(tool, ["--schema-only", "--file=-", str(backup.dump_path)], timeout=600)
+
+
+def roles_in(script: str) -> set[str]:
+    """The roles a schema script's objects are owned by or granted to."""
     roles = set()
     for line in script.splitlines():
         for pattern in _ROLE_LINES:
@@ -136,26 +144,29 @@ def restore_into(
     after_data: Callable[[psycopg.Connection], Any] | None = None,
     data_env: dict[str, str] | None = None,
     owners: str = "keep",
-) -> list[str]:
-    """Create `database` on the target's server and pg_restore the backup into it.
+) -> Restored:
+    """Create `database` on the target's server and restore the backup into it.
 
     Objects keep the owners and grants of the backup. Where the server lacks
     a role the backup names, `owners="keep"` refuses before anything is
     created; `owners="connecting-user"` (a copy for another environment)
     restores without owners and grants, so the role that restores owns
-    everything. Returns the roles that were missing.
+    everything. A backup of a newer major version than the server's is
+    refused before anything is created.
 
     With hooks, the restore runs in three passes: the tables, then
-    `before_data(connection)`, the data (its pg_restore gets `data_env`),
+    `before_data(connection)`, the data (its restore gets `data_env`),
     `after_data(connection)`, then indexes, constraints and triggers, which
     are so built on the data as the hooks left it. On any failure the new
     database is dropped (or, if that fails too, named in the error).
     """
     with admin_connection(target) as conn:
-        major = conn.info.server_version // 10000
-        tool = pgtools.choose("pg_restore", major)
+        way = way_in(conn, target, backup)
         with timeline.phase("roles"):
-            named = roles_in(backup, tool)
+            script = schema_script(backup, way.reader)
+            named = roles_in(script)
+            if rejected := pgrestore.rejected_options(conn, pgrestore.column_options(script)):
+                way = way.leaving_out(rejected)
             have = {
                 r
                 for (r,) in conn.execute(
@@ -170,11 +181,12 @@ def restore_into(
             )
         with timeline.phase("create database"):
             admin.create(conn, database, template="template0")
-    args = ["--exit-on-error", "--no-password", "--jobs", str(jobs)]
+    options = ["--no-password"]
     if missing:
-        args += ["--no-owner", "--no-privileges"]
+        options += ["--no-owner", "--no-privileges"]
     url = db.with_database(target.url, database)
-    dump = str(backup.dump_path)
+    dump = backup.dump_path
+    left_out = pgrestore.LeftOut()
 
     def hook(fn: Callable[[psycopg.Connection], Any] | None) -> None:
         if fn is not None:
@@ -187,20 +199,21 @@ def restore_into(
             ) as conn:
                 fn(conn)
 
+    def load(name: str, section: list[str], env: dict[str, str] | None = None) -> None:
+        nonlocal left_out
+        with timeline.phase(name):
+            left_out |= way.run(dump, url, options=options + section, jobs=jobs, env=env)
+
     try:
         if before_data is None and after_data is None:
-            with timeline.phase("pg_restore"):
-                pgtools.run(tool, [*args, dump], url)
-            return missing
-        with timeline.phase("pg_restore: tables"):
-            pgtools.run(tool, [*args, "--section=pre-data", dump], url)
-        hook(before_data)
-        with timeline.phase("pg_restore: data"):
-            pgtools.run(tool, [*args, "--section=data", dump], url, env=data_env)
-        hook(after_data)
-        with timeline.phase("pg_restore: indexes and constraints"):
-            pgtools.run(tool, [*args, "--section=post-data", dump], url)
-        return missing
+            load("pg_restore", [])
+        else:
+            load("pg_restore: tables", ["--section=pre-data"])
+            hook(before_data)
+            load("pg_restore: data", ["--section=data"], data_env)
+            hook(after_data)
+            load("pg_restore: indexes and constraints", ["--section=post-data"])
+        return Restored(missing, way, left_out)
     except BaseException as e:
         try:
             admin.drop_database(target, database)
@@ -212,6 +225,82 @@ def restore_into(
                 f"restore of {backup.id} failed, {target.name!r} untouched, {left}: {e}"
             ) from None
         raise
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What `restore_into` did: the roles the server lacked, how the dump went in, and the
+    settings of the dump's header the server does not know (left out)."""
+
+    missing_roles: list[str]
+    way: pgrestore.Restorer
+    left_out: pgrestore.LeftOut = pgrestore.LeftOut()
+
+    def record(self) -> dict[str, Any]:
+        """For a verification's record: the client and the server that proved the backup."""
+        return {
+            "restored_with": self.way.describe(),
+            "pg_restore_version": self.way.reader.version,
+            "psql_version": self.way.psql.version if self.way.streamed else None,
+            "server_major": self.way.server_major,
+            "left_out_settings": list(self.left_out.settings),
+            "left_out_column_options": list(self.left_out.column_options),
+        }
+
+    def finding(self) -> Finding | None:
+        """WARN naming the column options of the source's build that the server rejected and
+        the copy therefore lacks (None when nothing was left out but header settings)."""
+        if not self.left_out.column_options:
+            return None
+        names = ", ".join(self.left_out.column_options)
+        return Finding(
+            "left out",
+            Status.WARN,
+            f"column options {names} of the source's server are unknown to this PostgreSQL "
+            f"{self.way.server_major} server and were left out of the copy (planner settings, "
+            "not data); set their equivalents by hand if they mattered",
+        )
+
+
+def source_major(backup: Backup) -> int | None:
+    """The major version of the server the backup was taken from."""
+    return pgtools.major_of(backup.manifest.get("server_version"))
+
+
+def dump_major(backup: Backup) -> int | None:
+    """The major version of the pg_dump that wrote the backup (older manifests name it in
+    'pg_dump' only)."""
+    found = pgtools.major_of(backup.manifest.get("pg_dump_version"))
+    if found is None and (m := re.search(r"pg_dump (\d+)", backup.manifest.get("pg_dump", ""))):
+        found = int(m[1])
+    return found
+
+
+def way_in(conn: psycopg.Connection, target: Target, backup: Backup) -> pgrestore.Restorer:
+    """How `backup` goes into the server `conn` reaches. A backup of a newer major version is
+    refused: a dump restores into the same or a newer PostgreSQL only."""
+    check_versions(backup, conn.info.server_version, target)
+    return pgrestore.restorer_for(conn, made_by=dump_major(backup))
+
+
+def check_versions(backup: Backup, server_version: int, target: Target) -> None:
+    """Refuse (RestoreRefused) a backup of a newer major version than `server_version`."""
+    refuse_downgrade(backup.manifest.get("server_version"), server_version, target,
+                     what=f"backup {backup.id}")  # fmt: skip
+
+
+def refuse_downgrade(source_version: str | None, server_version: int, target: Target, *,
+                     what: str) -> None:  # fmt: skip
+    """RestoreRefused, naming both versions, when `what` (a dump of PostgreSQL
+    `source_version`) would go into an older server: pg_dump's output is for the same or a newer
+    major version only."""
+    source, here = pgtools.major_of(source_version), server_version // 10000
+    if source is not None and source > here:
+        raise RestoreRefused(
+            f"{what} is of PostgreSQL {source_version} and {target.name!r}'s server runs "
+            f"PostgreSQL {here}: a dump restores into the same or a newer major version only; "
+            f"restore it into a PostgreSQL {source} or newer server"
+        )
 
 
 def compare(
@@ -326,7 +415,7 @@ def verify(
     with debris.working_on(target, scratch, f"verification of {backup.id}"):
         admin.drop_database(target, scratch)
         try:
-            restore_into(target, backup, scratch, jobs=jobs, timeline=timeline)
+            restored = restore_into(target, backup, scratch, jobs=jobs, timeline=timeline)
             with db.connect(
                 target,
                 readonly=False,
@@ -344,6 +433,7 @@ def verify(
         "at": datetime.now(UTC).isoformat(),
         "phases": timeline.phases,
         "findings": [f.to_dict() for f in checks],
+        **restored.record(),
     }
     dumps.record_verification(backup, result)
     summary = "; ".join(f"{f.check}: {f.summary}" for f in bad or checks)
@@ -423,12 +513,12 @@ def _execute(plan: Plan, *, jobs: int, verify: bool) -> RestoreResult:
         raise RestoreFailed(f"{plan.check.summary}; nothing was changed")
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     new = f"{target.database}_restore_{stamp}"[:63]
-    restore_into(target, backup, new, jobs=jobs, timeline=timeline)
-    found = (
-        []
-        if verify
-        else [Finding(Check.VERIFY, Status.WARN, "skipped (verify=False): the copy is not proven")]
-    )
+    restored = restore_into(target, backup, new, jobs=jobs, timeline=timeline)
+    found = [f for f in [restored.finding()] if f]
+    if not verify:
+        found.append(
+            Finding(Check.VERIFY, Status.WARN, "skipped (verify=False): the copy is not proven")
+        )
     if verify:
         with db.connect(
             target,

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...base import db, migrations, pgtools
+from ...base import db, migrations, pgrestore, pgtools
 from ...base.findings import Finding, Status
 from ...base.targets import Target
 from ...facts import catalog
@@ -176,15 +176,10 @@ def copy_database(target: Target, name: str, *, jobs: int = 2) -> None:
     target)."""
 
     with admin.connect(target, application="pgrunbook/migrate") as conn:
-        major = conn.info.server_version // 10000
+        dumper = pgtools.choose("pg_dump", conn.info.server_version // 10000)
+        way = pgrestore.restorer_for(conn, made_by=dumper.major)
         admin.create(conn, name, template="template0")
     with tempfile.TemporaryDirectory(prefix="pgrb-copy-") as tmp:
         dump = Path(tmp) / "dump"
-        pgtools.run(
-            pgtools.choose("pg_dump", major), ["-Fd", "-j", str(jobs), "-f", str(dump)], target.url
-        )
-        pgtools.run(
-            pgtools.choose("pg_restore", major),
-            ["--exit-on-error", "-j", str(jobs), str(dump)],
-            db.with_database(target.url, name),
-        )
+        pgtools.run(dumper, ["-Fd", "-j", str(jobs), "-f", str(dump)], target.url)
+        way.run(dump, db.with_database(target.url, name), jobs=jobs)
