@@ -48,3 +48,30 @@ def test_drill_is_refused_on_production(sandbox):
     with pytest.raises(drill.DrillRefused, match="refused on protected target"):
         runner.run("dr_drill", "production", progress=False)
     assert _counts(targets.resolve("production")) == before
+
+
+@pytest.fixture
+def staging_on(scratch, monkeypatch):
+    """A small Fixia database on `server`, configured as the target `staging`."""
+    from pgrunbook.base import migrations
+    from pgrunbook.procedures import seed
+
+    migrations.upgrade(scratch, "head")
+    with db.connect(scratch, readonly=False) as conn:
+        seed.seed(conn, scratch, mode="development", users=60)
+    monkeypatch.setenv("STAGING_DATABASE_URL", scratch.url)
+    return targets.resolve("staging")
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("disaster", [d for d in drill.DISASTERS if d != drill.PITR])
+def test_the_drill_on_each_server(staging_on, disaster):
+    before, side = _counts(staging_on), _side_databases(staging_on)
+    result = runner.run(
+        "dr_drill", "staging", {"disaster": disaster, "writes_after_backup": "3"}, progress=False
+    )
+    by_check = {f.check: f for f in result.findings}
+    assert result.exit_code in (0, 1), (result.error, [str(f) for f in result.findings])
+    assert by_check["rpo achieved"].value == 3
+    assert _counts(staging_on) == before
+    assert _side_databases(staging_on) == side

@@ -59,6 +59,7 @@ def _status(target):
         return migrations.status(conn, target)
 
 
+@pytest.mark.matrix
 def test_plan_lint_deploy_status_verify_on_a_new_database(history):
     target, folder = history
     kind = target.app.migrations

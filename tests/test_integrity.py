@@ -33,6 +33,7 @@ def _write(target, *statements):
             conn.execute(s)
 
 
+@pytest.mark.matrix
 def test_a_clean_database_is_all_ok(fixia):
     from pgrunbook.base.config import project_path
 
@@ -202,6 +203,7 @@ UPDATE typed SET t = NULL WHERE id % 97 = 0;
 """
 
 
+@pytest.mark.matrix
 def test_compare_finds_changed_added_and_deleted_rows_across_servers(scratch, sandbox):
     """One side on the server under test, the other on the embedded 18: hashes agree across
     versions."""

@@ -122,6 +122,7 @@ def test_rehearse_catches_a_broken_downgrade(fixia, scenario):
     assert _state(fixia) == before
 
 
+@pytest.mark.matrix
 def test_rehearse_passes_a_sound_plan(scratch):
     migrations.upgrade(scratch, "0002")
     _, p = _plan(scratch, "head")

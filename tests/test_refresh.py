@@ -230,6 +230,7 @@ def test_salt_is_required_outside_the_sandbox(monkeypatch):
 # -- apply -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.matrix
 def test_refresh_masks_every_personal_value_and_keeps_keys(pair, tmp_path):
     prod, stag = pair
     rules = _rules(tmp_path)

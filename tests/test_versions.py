@@ -74,7 +74,8 @@ def test_a_backup_of_16_by_the_18_client_restores_through_its_script(on16, monke
     assert backup.manifest["pg_dump_version"].startswith("18.")
     monkeypatch.setenv("PGRUNBOOK_PG_CLIENTS", "embedded,pgserver")
     verdict, _ = restore.verify(on16, backup)
-    assert verdict.status is Status.OK, verdict.summary
+    assert verdict.status is Status.WARN, verdict.summary  # the wheel's 16 has no amcheck
+    assert "amcheck is not available on this server" in verdict.summary
     record = backups.load(backup.path).verification
     assert record["psql_version"].startswith("18.") and record["server_major"] == 16
     assert record["left_out_settings"] == ["transaction_timeout"]
@@ -204,3 +205,17 @@ def test_a_refresh_into_an_older_server_is_refused_before_it_starts(
         assert backups.all_backups("production") == []
     finally:
         _drop(sandbox.url("postgres"), production.database)
+
+
+def test_doctor_names_the_client_programs_for_each_server(on16, capsys, monkeypatch):
+    from pgrunbook.cli import main
+
+    monkeypatch.setenv("STAGING_DATABASE_URL", on16.url)
+    assert main(["doctor", "-t", "staging"]) == 0
+    out = capsys.readouterr().out
+    assert "staging: PostgreSQL 16." in out and "backups by pg_dump 16." in out
+    monkeypatch.setenv("PGRUNBOOK_PG_CLIENTS", "embedded")  # no 16 client: a warning, the way
+    assert main(["doctor", "-t", "staging"]) == 1
+    out = capsys.readouterr().out
+    assert "WARN" in out and "no PostgreSQL 16 client is installed" in out
+    assert "as a script through psql 18." in out

@@ -71,6 +71,32 @@ def _print_result(result) -> None:
         print(f"  {what + ':':<7} {path}")
 
 
+def cmd_doctor(args) -> int:
+    """Per target: its server's version and the client programs used with it (exit: the worst)."""
+    from .base import db, pgtools  # lazy: start-up time
+    from .base.findings import Status, worst
+    from .checks import status  # lazy: start-up time
+
+    found = {t.version for t in pgtools.installed("pg_dump")}
+    where = ", ".join(pgtools.sources())
+    print(f"client programs: pg_dump {', '.join(sorted(found)) or 'none'} (from {where})")
+    verdicts = []
+    for name in [args.target] if args.target else targets.names():
+        try:
+            target = targets.resolve(name)
+            with db.connect(target, application="pgrunbook/doctor") as conn:
+                version, verdict = db.server_version(conn), status.clients(conn)
+            line = f"{name}: PostgreSQL {version}; {verdict.summary}"
+        except PgRunbookError as e:
+            if args.target:
+                raise
+            verdict, line = None, f"{name}: {redact(str(e))}"
+        state = verdict.status if verdict else Status.UNKNOWN
+        verdicts.append(state)
+        print(f"  {state.name:<8}{line}")
+    return worst(verdicts).value
+
+
 def cmd_cleanup(args) -> int:
     """List (or with --apply remove) what killed runs of the target left; never a kept database."""
     from .procedures import debris, swaps  # lazy: start-up time
@@ -401,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="no progress bar (shown only on a terminal anyway)",
     )
     mig.set_defaults(fn=cmd_migrations)
+
+    doc = add("doctor", help="per target: server version and the client programs used with it")
+    doc.add_argument("--target", "-t", help="one target (default: every configured one)")
+    doc.set_defaults(fn=cmd_doctor)
 
     clean = add(
         "cleanup",

@@ -96,6 +96,7 @@ def dr_drill(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> Non
         from ..facts import wal  # lazy: start-up time
         from ..procedures import pitr as recovery  # lazy: start-up time
 
+        recovery.require_powers(conn, target, archiving_on=True)
         recovery.locate(target)  # a server whose files are out of reach: refused here
         if not wal.archiving(conn).on:
             raise recovery.PitrRefused(
@@ -136,11 +137,15 @@ def health(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
 
 
 def pitr(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
+    from ..facts import wal  # lazy: start-up time
+    from ..procedures import pitr as recovery  # lazy: start-up time
+
     if v["incremental"] and conn.info.server_version < 170000:
         raise UnknownParameter(
             f"incremental base backups need PostgreSQL 17 or newer; {target.name!r} runs "
             f"{conn.info.server_version // 10000}: leave incremental off"
         )
+    recovery.require_powers(conn, target, archiving_on=wal.archiving(conn).on)
 
 
 def pitr_restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:

@@ -34,6 +34,7 @@ from .pgtools import (
     Tool,
     ToolFailed,
     ToolNotFound,
+    choose,
     connection_args,
     end_with_parent,
     installed,
@@ -313,3 +314,33 @@ def rejected_options(conn: psycopg.Connection, options: dict[str, str]) -> set[s
     except psycopg.Error:
         return set()
     return rejected
+
+
+@dataclass(frozen=True)
+class Clients:
+    """The client programs pgrunbook will use with one server, and what that means."""
+
+    server_major: int
+    dump: Tool | None  # the pg_dump backups of the server are made with
+    way: Restorer | None  # how those backups go back into it
+    problem: str = ""  # why none fits, when none does
+
+    @property
+    def own_version(self) -> bool:
+        return self.dump is not None and self.dump.major == self.server_major
+
+    def describe(self) -> str:
+        if self.dump is None or self.way is None:
+            return self.problem
+        return f"backups by pg_dump {self.dump.version}, restored by {self.way.describe()}"
+
+
+def clients_for(conn: psycopg.Connection) -> Clients:
+    """Which pg_dump and which way back a backup of the server of `conn` would take."""
+    major = conn.info.server_version // 10000
+    try:
+        dump = choose("pg_dump", major)
+        way = restorer_for(conn, made_by=dump.major)
+    except ToolNotFound as e:
+        return Clients(major, None, None, str(e))
+    return Clients(major, dump, way)

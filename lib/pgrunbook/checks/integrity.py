@@ -25,7 +25,7 @@ from ..base.targets import Target
 from ..facts import catalog, constraints
 from ..facts.catalog import Rel, selected
 from ..facts.constraints import NOT_VALID_DOMAIN_CHECKS, NOT_VALID_TABLE_CHECKS
-from ..facts.indexes import amcheck_btree, invalid_indexes
+from ..facts.indexes import CORRUPTION, amcheck_btree, invalid_indexes
 from ..facts.sequences import sequence_states
 from . import compare
 
@@ -368,12 +368,32 @@ def amcheck_checks(
                 " corruption: CREATE EXTENSION amcheck (contrib); every other check holds",
             )
         ]
-    checked, corrupt = amcheck_btree(
-        conn,
-        heapallindexed=heapallindexed,
-        keep=lambda schema, table: selected(Rel(schema, table), tables),
-    )
+    try:
+        checked, corrupt, unchecked = amcheck_btree(
+            conn,
+            heapallindexed=heapallindexed,
+            keep=lambda schema, table: selected(Rel(schema, table), tables),
+        )
+    except psycopg.errors.InsufficientPrivilege:
+        return [
+            Finding(
+                "amcheck",
+                Status.UNKNOWN,
+                f"role {conn.info.user!r} may not run amcheck, so indexes and heaps were not "
+                f"checked for corruption: GRANT EXECUTE ON FUNCTION bt_index_check(regclass, "
+                f"boolean), verify_heapam(regclass, boolean, boolean, text, bigint, bigint) TO "
+                f"{conn.info.user}",
+            )
+        ]
     found = [
+        Finding(
+            "amcheck unchecked",
+            Status.UNKNOWN,
+            f"{len(unchecked)} btree indexes could not be checked: {unchecked[0]}",
+            examples=tuple(unchecked[:max_examples]),
+        )
+        for _ in unchecked[:1]
+    ] + [
         Finding(
             "amcheck btree",
             Status.CRIT if corrupt else Status.OK,
@@ -396,7 +416,7 @@ def amcheck_checks(
                 "checked (ALTER EXTENSION amcheck UPDATE)",
             )
         ]
-    heap_bad = []
+    heap_bad, heap_unchecked = [], []
     rels = [Rel(s, t) for s, t in catalog.tables(conn, kinds="rm") if selected(Rel(s, t), tables)]
     for rel in rels:
         try:
@@ -407,20 +427,35 @@ def amcheck_checks(
         except psycopg.Error as e:
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
                 conn.rollback()
+            if e.sqlstate not in CORRUPTION:  # not allowed, or a timeout: not corruption
+                heap_unchecked.append(f"{rel}: {str(e).strip().splitlines()[0]}")
+                continue
             rows = [(None, None, str(e).strip().splitlines()[0])]
         heap_bad += [f"{rel} block {b} item {o}: {m}" for b, o, m in rows]
-    found.append(
-        Finding(
-            "amcheck heap",
-            Status.CRIT if heap_bad else Status.OK,
-            (
-                f"corruption in {len({h.split(' ')[0] for h in heap_bad})} tables: {heap_bad[0]}"
-                if heap_bad
-                else f"{len(rels)} tables pass verify_heapam"
-            ),
-            examples=tuple(heap_bad[:max_examples]),
+    if heap_bad or not heap_unchecked:
+        found.append(
+            Finding(
+                "amcheck heap",
+                Status.CRIT if heap_bad else Status.OK,
+                (
+                    f"corruption in {len({h.split(' ')[0] for h in heap_bad})} tables: "
+                    f"{heap_bad[0]}"
+                    if heap_bad
+                    else f"{len(rels)} tables pass verify_heapam"
+                ),
+                examples=tuple(heap_bad[:max_examples]),
+            )
         )
-    )
+    if heap_unchecked:
+        found.append(
+            Finding(
+                "amcheck heap unchecked",
+                Status.UNKNOWN,
+                f"{len(heap_unchecked)} of {len(rels)} tables could not be checked: "
+                f"{heap_unchecked[0]}",
+                examples=tuple(heap_unchecked[:max_examples]),
+            )
+        )
     return found
 
 

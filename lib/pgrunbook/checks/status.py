@@ -10,7 +10,7 @@ import time
 
 import psycopg
 
-from ..base import migrations
+from ..base import migrations, pgrestore
 from ..base.display import pretty_bytes
 from ..base.findings import Check, Finding, Status
 from ..base.limits import DEFAULTS, level
@@ -50,6 +50,24 @@ def connectivity(conn: psycopg.Connection) -> Finding:
         f"PostgreSQL {me.version.split()[0]}, database {me.database}, round trip {ms:.1f} ms, "
         f"up {me.uptime}",
         value=round(ms, 2),
+    )
+
+
+def clients(conn: psycopg.Connection) -> Finding:
+    """The pg_dump and pg_restore used with this server: OK with a client of its own major
+    version; WARN where only a newer one fits (its restores stream a script, one at a time);
+    CRIT where none can back it up."""
+    found = pgrestore.clients_for(conn)
+    if found.dump is None:
+        return Finding("client programs", Status.CRIT, f"backups would fail: {found.problem}")
+    if found.own_version:
+        return Finding("client programs", Status.OK, found.describe())
+    return Finding(
+        "client programs",
+        Status.WARN,
+        f"no PostgreSQL {found.server_major} client is installed: {found.describe()}; install "
+        f"the PostgreSQL {found.server_major} client or set PGRUNBOOK_PG_BIN for parallel "
+        "restores",
     )
 
 

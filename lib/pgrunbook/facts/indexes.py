@@ -64,26 +64,34 @@ BTREE_INDEXES = f"""
 """
 
 
+CORRUPTION = ("XX001", "XX002")  # data_corrupted, index_corrupted: what amcheck reports
+
+
 def amcheck_btree(
     conn: psycopg.Connection,
     *,
     heapallindexed: bool = False,
     keep: Callable[[str, str], bool] | None = None,
-) -> tuple[int, list[str]]:
+) -> tuple[int, list[str], list[str]]:
     """bt_index_check on every valid btree index (of the tables `keep(schema, table)` accepts);
-    (indexes checked, problems). amcheck must be installed."""
+    (indexes checked, corrupt ones, ones that could not be checked: a lock or statement timeout,
+    say). amcheck must be installed; a role not allowed to run it raises InsufficientPrivilege at
+    the first index."""
     with conn.cursor(row_factory=namedtuple_row) as cur:
         indexes = [
             r.index for r in cur.execute(BTREE_INDEXES) if keep is None or keep(r.schema, r.table)
         ]
-    problems = []
+    corrupt, unchecked = [], []
     for index in indexes:
         try:
             with conn.transaction():
                 conn.execute("SELECT bt_index_check(%s::regclass, %s)", [index, heapallindexed])
+        except psycopg.errors.InsufficientPrivilege:
+            raise
         except psycopg.Error as e:
-            problems.append(f"{index}: {str(e).strip().splitlines()[0]}")
-    return len(indexes), problems
+            problem = f"{index}: {str(e).strip().splitlines()[0]}"
+            (corrupt if e.sqlstate in CORRUPTION else unchecked).append(problem)
+    return len(indexes) - len(unchecked), corrupt, unchecked
 
 
 INDEXES = f"""

@@ -105,6 +105,33 @@ class Server:
                     p.chmod(mode | 0o011)
 
 
+ROLE_POWERS = """
+    SELECT rolsuper AS superuser, rolreplication AS replication
+      FROM pg_roles
+     WHERE rolname = current_user
+"""
+
+
+def require_powers(conn: psycopg.Connection, target: Target, *, archiving_on: bool) -> None:
+    """Refuse (PitrRefused, before anything starts) a role that cannot take a base backup (no
+    REPLICATION attribute) or, where the server does not archive its WAL yet, cannot turn
+    archiving on (ALTER SYSTEM: a superuser)."""
+    superuser, replication = conn.execute(ROLE_POWERS).fetchone()
+    user = conn.info.user
+    if not (superuser or replication):
+        raise PitrRefused(
+            f"base backups need a role with the REPLICATION attribute and {user!r} of "
+            f"{target.name!r} has none: ALTER ROLE {user} REPLICATION (as a superuser), or "
+            f"{MANAGED}"
+        )
+    if not archiving_on and not superuser:
+        raise PitrRefused(
+            f"{target.name!r}'s server does not archive its WAL and turning it on (ALTER SYSTEM) "
+            f"needs a superuser, which {user!r} is not: have one run the pitr runbook once, or "
+            f"{MANAGED}"
+        )
+
+
 def locate(target: Target) -> Server:
     """The target's server, if its files are on this host and pgrunbook may act on them."""
     try:
