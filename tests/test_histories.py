@@ -67,7 +67,7 @@ def test_plan_lint_deploy_status_verify_on_a_new_database(history):
     assert not st.managed and len(st.pending) == 4 and st.kind == kind
     p = migrate.plan(st)
     assert p.problem is None and list(p.scripts) == [r.revision for r in st.pending]
-    assert all(s.startswith("BEGIN;\n") for s in p.scripts.values())  # each file: one transaction
+    assert all(p.in_transaction[rev] for rev in p.scripts)  # each file: one transaction
     with db.connect(target) as conn:
         checked = migrate.lint_plan(conn, p)
     assert {f.status for f in checked.findings} == {Status.OK}  # new tables: nothing to fear
@@ -82,7 +82,8 @@ def test_plan_lint_deploy_status_verify_on_a_new_database(history):
     for row, f in zip(rows, files, strict=True):
         name, checksum, finished, rolled_back, steps, _ = row
         assert checksum == hashlib.sha256(f.read_bytes()).hexdigest()  # Prisma's checksum
-        assert finished and not rolled_back and steps >= 3
+        assert finished and not rolled_back
+        assert steps == 1 if kind == "prisma" else steps >= 3  # Prisma records one step
     if kind == "prisma":  # the table as Prisma creates it, so `prisma migrate status` reads it
         with db.connect(target) as conn:
             columns = conn.execute(
@@ -245,3 +246,104 @@ def test_the_migrate_runbook_on_a_prisma_folder(scratch, tmp_path, monkeypatch):
     assert main(["migrations", "status", "--target", "shop"]) == 0
     (folder / "migration_lock.toml").unlink()
     assert main(["run", "migrate", "--target", "shop", "--quiet"]) == 3  # refused, one line
+
+
+def _docs_target(scratch, tmp_path, monkeypatch, **write):
+    """`scratch` as the target `docs`, managed by a long Prisma history (tests/prisma_long.py)."""
+    from tests import prisma_long
+
+    folder = tmp_path / "prisma" / "migrations"
+    names = prisma_long.write(folder, **write)
+    config = tmp_path / "docs.toml"
+    config.write_text(
+        f'[apps.docs]\nmigrations = "prisma"\nmigrations_path = "{folder}"\n\n'
+        '[targets.docs]\nurl_env = "DOCS_DATABASE_URL"\napp = "docs"\n'
+    )
+    monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+    monkeypatch.setenv("DOCS_DATABASE_URL", scratch.url)
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "backups"))
+    from pgrunbook.base import targets
+
+    return targets.resolve("docs"), folder, names
+
+
+def _prisma_rows(target) -> list[tuple]:
+    with db.connect(target) as conn:
+        if conn.execute("SELECT to_regclass('_prisma_migrations')").fetchone()[0] is None:
+            return []
+        return conn.execute(
+            "SELECT migration_name, checksum, finished_at IS NOT NULL, rolled_back_at, logs,"
+            " applied_steps_count FROM _prisma_migrations ORDER BY migration_name"
+        ).fetchall()
+
+
+def test_a_long_prisma_history_deploys_onto_an_empty_database(scratch, tmp_path, monkeypatch):
+    """166 folders with what real histories hold (files without a final semicolon, DO blocks,
+    enums altered and swapped in the file's own BEGIN ... COMMIT, quoted mixed-case names, an
+    extension the server has): every one pending, deployed in order, recorded as Prisma records
+    them; a second deploy does nothing."""
+    from pgrunbook.cli import main
+
+    target, folder, names = _docs_target(scratch, tmp_path, monkeypatch)
+    assert [r.revision for r in _status(target).pending] == names and len(names) >= 160
+    assert main(["migrations", "deploy", "--target", "docs", "--quiet"]) == 0
+    rows = _prisma_rows(target)
+    expected = [
+        (n, hashlib.sha256((folder / n / "migration.sql").read_bytes()).hexdigest(), True, None,
+         None, 1)
+        for n in names
+    ]  # fmt: skip
+    assert rows == expected
+    assert _status(target).pending == [] and _status(target).current == (names[-1],)
+    assert main(["migrations", "deploy", "--target", "docs", "--quiet"]) == 0
+    assert _prisma_rows(target) == expected  # nothing applied twice
+    with db.connect(target) as conn:  # the enum swapped inside its own BEGIN ... COMMIT
+        assert conn.execute(
+            'SELECT enum_range(NULL::"Thing7Status")::text'
+        ).fetchone()[0] == "{DRAFT,COMPLETED}"
+
+
+def test_a_long_prisma_history_deploys_from_a_middle_migration(scratch, tmp_path, monkeypatch):
+    from pgrunbook.cli import main
+
+    target, _, names = _docs_target(scratch, tmp_path, monkeypatch, entities=32)
+    middle = names[80]
+    assert main(["migrations", "deploy", "--target", "docs", "--to", middle, "--quiet"]) == 0
+    assert _status(target).current == (middle,)
+    assert len(_status(target).pending) == len(names) - 81
+    with db.connect(target, readonly=False) as conn:  # the app writes between the deploys
+        conn.execute('INSERT INTO "User" (email) VALUES (%s)', ["a@example.com"])
+    assert main(["migrations", "deploy", "--target", "docs", "--quiet"]) == 0
+    assert [r[0] for r in _prisma_rows(target)] == names
+
+
+def test_a_missing_extension_is_named_in_the_plan_before_anything_is_applied(
+    scratch, tmp_path, monkeypatch
+):
+    from pgrunbook.archive import runner
+
+    with db.connect(scratch) as conn:
+        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pgcrypto'").fetchone():
+            pytest.skip("this server has pgcrypto")
+    target, _, names = _docs_target(scratch, tmp_path, monkeypatch, entities=2,
+                                    extension="pgcrypto")  # fmt: skip
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+    planned = runner.run("migrate", "docs", progress=False)
+    found = {f.check: f for f in planned.findings}
+    assert planned.outcome == "CRIT"
+    named = found["extension pgcrypto"].summary
+    assert f"{names[0]} (line 2) creates extension 'pgcrypto'" in named
+    applied = runner.run("migrate", "docs", {"mode": "apply"}, progress=False)
+    assert {f.check: f for f in applied.findings}["apply"].status is Status.CRIT
+    assert _prisma_rows(target) == []  # nothing applied, nothing recorded
+
+
+def test_a_file_the_parser_rejects_is_named_with_its_line(scratch, tmp_path, monkeypatch):
+    target, folder, names = _docs_target(scratch, tmp_path, monkeypatch, entities=1)
+    broken = folder / names[2] / "migration.sql"
+    broken.write_text("-- AlterEnum\nALTER TYPE \"Thing0Status\" ADD VALUE 'X';\nALTER TABEL x;\n")
+    with db.connect(target) as conn:
+        st = migrations.status(conn, target)
+    found = migrate.plan_finding(migrate.plan(st))
+    assert found.status is Status.CRIT
+    assert found.summary.startswith(f"{names[2]}/migration.sql: line 3: syntax error")

@@ -7,12 +7,15 @@
 - `sql`: ordered `*.sql` files, recorded in `pgrunbook_migrations` (the same columns, and who
   applied each).
 
-Unlike `prisma migrate deploy`, which sends a file's statements one by one (a failure midway
-leaves it half applied), a file runs in one transaction, so a failure changes nothing and is
-recorded as rolled back. A file holding a statement that cannot run in a transaction
-(CONCURRENTLY, VACUUM) runs statement by statement, its progress counted in
+Each file is read as PostgreSQL's parser reads it, as it is (a last statement without its
+semicolon is a statement; a file's own BEGIN ... COMMIT is followed), and every error names the
+migration and the line. Unlike `prisma migrate deploy`, which sends a file's statements one by
+one (a failure midway leaves it half applied), a file runs in one transaction, so a failure
+changes nothing and is recorded as rolled back. A file holding a statement that cannot run in a
+transaction (CONCURRENTLY, VACUUM) runs statement by statement, its progress counted in
 applied_steps_count; a failure there is recorded as failed, as Prisma records it, and needs
-`resolve` before anything else is applied.
+`resolve` before anything else is applied. A success is recorded as Prisma records it: one
+applied step, finished_at set, no logs.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ from __future__ import annotations
 import getpass
 import hashlib
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
 from . import db
-from .errors import ConfigError, MigrationRefused
+from .errors import ConfigError, MigrationRefused, PgRunbookError
 from .targets import Target
 
 TABLES = {"prisma": "_prisma_migrations", "sql": "pgrunbook_migrations"}
@@ -68,6 +73,15 @@ ORDER BY started_at, migration_name
 """
 
 
+class MigrationFailed(PgRunbookError):
+    """A migration's statement failed; names the migration and the line (`orig`: the driver's
+    error, for retries)."""
+
+    def __init__(self, message: str, orig: BaseException | None = None):
+        super().__init__(message)
+        self.orig = orig
+
+
 @dataclass(frozen=True)
 class SqlMigration:
     name: str
@@ -78,6 +92,28 @@ class SqlMigration:
     def checksum(self) -> str:
         """Prisma's checksum: the sha256 of the file's bytes, in hex."""
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    @property
+    def where(self) -> str:
+        """The file, as an operator finds it: `<migration>/migration.sql` or `<name>.sql`."""
+        return f"{self.path.parent.name}/{self.path.name}" if self.path.name == "migration.sql" \
+            else self.path.name  # fmt: skip
+
+    @cached_property
+    def statements(self):
+        """The file's statements as PostgreSQL's parser reads them (its own BEGIN and COMMIT
+        followed, not listed); LintParseError naming the file and the line."""
+        from .sqlparse import LintParseError, parse  # here: pglast only for SQL-file histories
+
+        try:
+            return parse(self.sql)
+        except LintParseError as e:
+            raise LintParseError(f"{self.where}: {e}") from None
+
+    @property
+    def transactional(self) -> bool:
+        """Whether the file can run in one transaction (no CONCURRENTLY, VACUUM and the like)."""
+        return not any(s.needs_autocommit for s in self.statements)
 
 
 @dataclass(frozen=True)
@@ -116,9 +152,16 @@ class SqlHistory:
         if kind not in TABLES:
             raise ConfigError(f"unknown migration history {kind!r}: alembic, prisma or sql")
         self.kind, self.folder, self.table = kind, folder, TABLES[kind]
+        self._found: list[SqlMigration] | None = None
 
     def migrations(self) -> list[SqlMigration]:
-        """The folder's migrations, in the order they apply (by name, as Prisma orders them)."""
+        """The folder's migrations, in the order they apply (by name, as Prisma orders them). Read
+        once for this object: what was planned and linted is what is applied."""
+        if self._found is None:
+            self._found = self._read()
+        return self._found
+
+    def _read(self) -> list[SqlMigration]:
         if not self.folder.is_dir():
             raise ConfigError(f"the {self.kind} migrations folder {self.folder} does not exist")
         if self.kind == "prisma":
@@ -138,6 +181,13 @@ class SqlHistory:
             return None
         with conn.cursor(row_factory=psycopg.rows.class_row(Record)) as cur:
             return cur.execute(sql.SQL(RECORDS).format(table=sql.Identifier(self.table))).fetchall()
+
+    def failed(self, conn: psycopg.Connection) -> list[str]:
+        """Migrations whose latest record started and never finished nor rolled back."""
+        latest: dict[str, Record] = {}
+        for r in self.records(conn) or ():
+            latest[r.migration_name] = r
+        return [name for name, r in latest.items() if r.state == "failed"]
 
     def status(self, conn: psycopg.Connection) -> SqlStatus:
         found = self.migrations()
@@ -170,9 +220,9 @@ class SqlHistory:
         )
 
     def script(self, m: SqlMigration) -> str:
-        """The SQL as it will run: wrapped in its transaction where it runs in one (the lint then
-        sees the same thing as alembic's offline SQL shows it)."""
-        return f"BEGIN;\n{m.sql}\nCOMMIT;\n" if transactional(m.sql) else m.sql
+        """The SQL of a migration, as the file has it (see `SqlMigration.transactional` for
+        whether it runs in one transaction)."""
+        return m.sql
 
     def _ensure_table(self, conn: psycopg.Connection) -> None:
         conn.execute(CREATE[self.kind])
@@ -186,7 +236,8 @@ class SqlHistory:
         statement_timeout: str = "30min",
     ) -> None:
         """Apply one migration and record it (see the module's docstring). Raises the error that
-        stopped it, after recording it."""
+        stopped it, after recording it; a file the parser rejects, before recording anything."""
+        steps, whole = m.statements, m.transactional
         with db.connect(
             target,
             readonly=False,
@@ -195,10 +246,9 @@ class SqlHistory:
             statement_timeout=statement_timeout,
         ) as conn:
             self._ensure_table(conn)
-            st = self.status(conn)
-            if st.failed:
+            if failed := self.failed(conn):
                 raise MigrationRefused(
-                    f"{', '.join(st.failed)} failed earlier and is recorded half applied: resolve"
+                    f"{', '.join(failed)} failed earlier and is recorded half applied: resolve"
                     " it first (mode resolve, or `prisma migrate resolve`)"
                 )
             row = str(uuid.uuid4())
@@ -210,55 +260,51 @@ class SqlHistory:
                 ).format(table),
                 [row, m.checksum, m.name],
             )
-            steps = _statements(m.sql)
+            done = 0
             try:
-                if transactional(m.sql):
-                    with conn.transaction():
-                        conn.execute(m.sql)
-                    done = len(steps)
-                else:
-                    done = 0
-                    for text in steps:
-                        conn.execute(text)
+                with conn.transaction() if whole else _nothing():
+                    for stmt in steps:
+                        _run_statement(conn, m, stmt)
                         done += 1
-                        conn.execute(
-                            sql.SQL("UPDATE {} SET applied_steps_count = %s WHERE id = %s").format(
-                                table
-                            ),
-                            [done, row],
-                        )
-            except psycopg.Error as e:
-                log = str(e).strip()
-                if transactional(m.sql):  # rolled back whole: nothing of it stays
-                    conn.execute(
-                        sql.SQL(
-                            "UPDATE {} SET rolled_back_at = now(), logs = %s WHERE id = %s"
-                        ).format(table),
-                        [f"rolled back: {log}", row],
-                    )
+                        if not whole:
+                            conn.execute(
+                                sql.SQL(
+                                    "UPDATE {} SET applied_steps_count = %s WHERE id = %s"
+                                ).format(table),
+                                [done, row],
+                            )
+            except MigrationFailed as e:
+                if whole:  # rolled back whole: nothing of it stays
+                    log = f"rolled back: {e}"
+                    change = "rolled_back_at = now(), logs = %s"
                 else:
-                    conn.execute(
-                        sql.SQL("UPDATE {} SET logs = %s WHERE id = %s").format(table),
-                        [f"failed at statement {done + 1} of {len(steps)}: {log}", row],
-                    )
+                    log = f"failed at statement {done + 1} of {len(steps)}: {e}"
+                    change = "logs = %s"
+                conn.execute(
+                    sql.SQL("UPDATE {} SET " + change + " WHERE id = %s").format(table), [log, row]
+                )
                 raise
             conn.execute(
                 sql.SQL(
                     "UPDATE {} SET finished_at = now(), applied_steps_count = %s WHERE id = %s"
                 ).format(table),
-                [done, row],
+                [1 if self.kind == "prisma" else done, row],
             )
 
     def upgrade(self, target: Target, to: str = "head", **timeouts) -> None:
-        """Apply the pending migrations up to `to` (a name, or head)."""
+        """Apply the pending migrations up to `to` (a name, or head; `base`, alembic's name for
+        before the first, is nothing to apply)."""
+        if to == "base":
+            return
         with db.connect(target) as conn:
             pending = self.status(conn).pending
+        found = {m.name: m for m in self.migrations()}
         if to not in ("head", "heads") and to not in pending:
-            if to in {m.name for m in self.migrations()}:
+            if to in found:
                 return  # already applied
             self.get(to)  # names what is wrong
         for name in pending:
-            self.apply(target, self.get(name), **timeouts)
+            self.apply(target, found[name], **timeouts)
             if name == to:
                 break
 
@@ -296,17 +342,18 @@ class SqlHistory:
             return f"marked the failed {name} rolled back: it will be applied again"
 
 
-def transactional(script: str) -> bool:
-    """Whether the file can run in one transaction (no CONCURRENTLY, VACUUM and the like)."""
-    from .sqlparse import parse  # here: pglast is needed only by SQL-file histories
+def _run_statement(conn: psycopg.Connection, m: SqlMigration, stmt) -> None:
+    """One statement of `m`; MigrationFailed naming the migration and the line."""
+    try:
+        conn.execute(stmt.text)
+    except psycopg.Error as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MigrationFailed(f"{m.where} line {stmt.line}: {first}", e) from e
 
-    return not any(s.needs_autocommit for s in parse(script))
 
-
-def _statements(script: str) -> list[str]:
-    from .sqlparse import parse  # here: pglast is needed only by SQL-file histories
-
-    return [s.text for s in parse(script)]
+@contextmanager
+def _nothing():
+    yield
 
 
 def _quoted(name: str) -> str:

@@ -214,11 +214,20 @@ def judge(stmt: Statement, server: Server, pending: set[tuple[str, str]]) -> lis
     return out
 
 
+LIVE_RELATIONS = (O.OBJECT_VIEW, O.OBJECT_MATVIEW, O.OBJECT_SEQUENCE, O.OBJECT_FOREIGN_TABLE)
+
+
 def _drop(stmt: Statement, n: ast.DropStmt, server: Server, act) -> list[Action]:
-    names = []
+    names, live = [], []
     for obj in n.objects:
+        if isinstance(obj, ast.TypeName):  # DROP TYPE, DROP DOMAIN
+            names.append(".".join(_type_names(obj)))
+            live.append(server.type_oid(obj) is not None)
+            continue
         parts = obj if isinstance(obj, tuple) else (obj,)
         names.append(".".join(getattr(p, "sval", str(p)) for p in parts))
+        if n.removeType in LIVE_RELATIONS:
+            live.append(server.relation(names[-1]) is not None)
     if n.removeType == O.OBJECT_TABLE:
         return [act("drop-table", names)]
     if n.removeType == O.OBJECT_INDEX:
@@ -228,7 +237,9 @@ def _drop(stmt: Statement, n: ast.DropStmt, server: Server, act) -> list[Action]
             out.append(act("not-in-a-transaction", tables, note="DROP INDEX CONCURRENTLY"))
         return out
     what = enums.ObjectType(n.removeType).name.removeprefix("OBJECT_").lower()
-    return [act("drop-object", note=f"DROP {what.upper()} {', '.join(names)}")]
+    gone = live and not any(live)  # none of them exists now: nothing live can be using them
+    return [act("drop-object-not-live" if gone else "drop-object",
+                note=f"DROP {what.upper()} {', '.join(names)}")]  # fmt: skip
 
 
 def _alter(stmt, table, cmd, server: Server, pending, act) -> list[Action]:

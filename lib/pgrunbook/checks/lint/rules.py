@@ -104,6 +104,12 @@ RULES = {
             "deploy an app version that no longer uses it first, then drop it",
         ),
         Rule(
+            "drop-object-not-live",
+            "ACCESS EXCLUSIVE on the object",
+            "safe",
+            "the object does not exist in the live database: made (or renamed) earlier in the plan",
+        ),
+        Rule(
             "truncate",
             "ACCESS EXCLUSIVE",
             "rows",

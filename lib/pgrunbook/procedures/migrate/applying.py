@@ -11,6 +11,7 @@ from psycopg import sql
 
 from ...base import db, migrations
 from ...base.findings import Check, Finding, Status
+from ...base.sqlhistory import MigrationFailed
 from ...base.targets import Target
 from ...facts import catalog, indexes, sequences
 from .. import pitr
@@ -110,7 +111,7 @@ def _apply_each(
                 why = (
                     f"{_kind(root)} after {attempt} attempts"
                     if isinstance(root, RETRYABLE)
-                    else str(root).strip().splitlines()[0]
+                    else str(e if isinstance(e, MigrationFailed) else root).strip().splitlines()[0]
                 )
                 left = invalid_indexes(target)  # what a failed CONCURRENTLY build leaves behind
                 note = (
@@ -139,17 +140,26 @@ def _apply_each(
                 )
             )
             return out
-    done = ", ".join(
-        f"{r} in {s:.2f} s" + (f" ({a} attempts)" if a > 1 else "") for r, s, a in out.times
-    )
-    out.findings.append(
-        Finding(
-            Check.APPLY,
-            Status.OK,
-            f"applied {len(out.times)} revisions" + (f": {done}" if done else ""),
-        )
-    )
+    out.findings.append(Finding(Check.APPLY, Status.OK, _applied_summary(out.times)))
     return out
+
+
+def _applied_summary(times: list[tuple[str, float, int]]) -> str:
+    """Each revision with its time, or (past five) the total and the slowest three."""
+    if not times:
+        return "applied 0 revisions"
+
+    def one(r: str, s: float, a: int) -> str:
+        return f"{r} in {s:.2f} s" + (f" ({a} attempts)" if a > 1 else "")
+
+    if len(times) <= 5:
+        return f"applied {len(times)} revisions: " + ", ".join(one(*t) for t in times)
+    slowest = sorted(times, key=lambda t: -t[1])[:3]
+    total = sum(s for _, s, _ in times)
+    return (
+        f"applied {len(times)} revisions in {total:.1f} s, {times[0][0]} to {times[-1][0]};"
+        f" slowest: " + ", ".join(one(*t) for t in slowest)
+    )
 
 
 def current_revision(target: Target) -> str:

@@ -22,10 +22,7 @@ from .planning import Plan
 def statements(p: Plan) -> dict[str, list[lint.Statement]]:
     """Each revision's statements as the parser reads them: the lint and these gates read the
     same ones."""
-    return {
-        rev: [s for s in lint.parse(script) if not s.bookkeeping]
-        for rev, script in p.scripts.items()
-    }
+    return {rev: [s for s in p.statements(rev) if not s.bookkeeping] for rev in p.scripts}
 
 
 def _touched(conn: psycopg.Connection, p: Plan) -> list[str]:

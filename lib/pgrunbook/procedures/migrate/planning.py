@@ -21,6 +21,17 @@ class Plan:
     pending: list[Revision] = field(default_factory=list)
     scripts: dict[str, str] = field(default_factory=dict)
     problem: Finding | None = None
+    # SQL-file migrations pgrunbook runs in one transaction of its own (alembic's SQL has its own)
+    in_transaction: dict[str, bool] = field(default_factory=dict)
+
+    def statements(self, revision: str) -> list[lint.Statement]:
+        """The revision's statements as the parser reads them (LintParseError naming it)."""
+        try:
+            return lint.parse(
+                self.scripts[revision], in_transaction=self.in_transaction.get(revision, False)
+            )
+        except lint.LintParseError as e:
+            raise lint.LintParseError(f"{revision}: {e}") from None
 
     def table(self):
         import pandas as pd  # here: spares pandas (~270 ms) at start-up
@@ -84,9 +95,11 @@ def status_findings(st: migrations.MigrationStatus) -> list[Finding]:
     else:
         found.append(Finding("heads", Status.OK, f"one head: {st.heads[0]}"))
     current = ", ".join(st.current) or "none (not migrated)"
-    pending = "; ".join(
-        f"{r.revision} {r.message.splitlines()[0] if r.message else ''}" for r in st.pending
-    )
+    named = [
+        f"{r.revision} ({r.message.splitlines()[0]})" if r.message else r.revision
+        for r in st.pending
+    ]
+    pending = "; ".join(named if len(named) <= 6 else [*named[:3], "...", *named[-2:]])
     if st.unknown:
         where = st.history.folder if st.history else "migrations/"
         found.append(
@@ -103,6 +116,7 @@ def status_findings(st: migrations.MigrationStatus) -> list[Finding]:
                 Status.OK,
                 f"at {current}; {len(st.pending)} pending" + (f": {pending}" if pending else ""),
                 value=current,
+                examples=tuple(r.revision for r in st.pending),
             )
         )
     return found
@@ -164,7 +178,12 @@ def _plan_files(st: migrations.MigrationStatus, to_revision: str) -> Plan:
     if to not in waiting:
         return Plan(st.current, to, [])
     pending = st.pending[: waiting.index(to) + 1]
-    return Plan(st.current, to, pending, {r.revision: h.script(h.get(r.revision)) for r in pending})
+    files = [h.get(r.revision) for r in pending]
+    try:
+        whole = {m.name: m.transactional for m in files}
+    except lint.LintParseError as e:  # names the file and the line
+        return Plan(st.current, to, pending, problem=Finding("plan", Status.CRIT, str(e)))
+    return Plan(st.current, to, pending, {m.name: h.script(m) for m in files}, in_transaction=whole)
 
 
 def offline_sql(start: str, end: str) -> str:
@@ -212,8 +231,12 @@ class Lint:
 
 def lint_plan(conn: psycopg.Connection, p: Plan, *, allow_unsafe: bool = False) -> Lint:
     found, statements, squawked, created = [], [], [], set()
+    found += extensions(conn, p)
     for rev, script in p.scripts.items():
-        r = lint.lint_revision(conn, rev, script, allow_unsafe=allow_unsafe, created=created)
+        r = lint.lint_revision(
+            conn, rev, script, allow_unsafe=allow_unsafe, created=created,
+            in_transaction=p.in_transaction.get(rev, False),
+        )  # fmt: skip
         found += r.findings
         statements += r.statements
         squawked += [{"revision": rev, **d} for d in r.squawk]
@@ -231,6 +254,52 @@ def lint_plan(conn: psycopg.Connection, p: Plan, *, allow_unsafe: bool = False) 
             Finding("squawk", Status.UNKNOWN, "squawk is not installed (pip install squawk-cli)")
         )
     return Lint(found, statements, squawked)
+
+
+EXTENSION_HERE = """
+    SELECT a.name IS NOT NULL AS available,
+           e.extname IS NOT NULL AS installed,
+           coalesce(v.trusted, false) AS trusted,
+           (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser
+      FROM (SELECT %(name)s::name AS name) wanted
+      LEFT JOIN pg_available_extensions a ON a.name = wanted.name
+      LEFT JOIN pg_extension e ON e.extname = wanted.name
+      LEFT JOIN pg_available_extension_versions v
+             ON v.name = wanted.name AND v.version = a.default_version
+"""
+
+
+def extensions(conn: psycopg.Connection, p: Plan) -> list[Finding]:
+    """CRIT, before anything is applied, for each extension a pending revision creates that this
+    server does not have, or that this role may not create (not trusted, not a superuser)."""
+    found = []
+    for rev in p.scripts:
+        for stmt in p.statements(rev):
+            if stmt.kind != "CreateExtensionStmt":
+                continue
+            name = stmt.node.extname
+            available, installed, trusted, superuser = conn.execute(
+                EXTENSION_HERE, {"name": name}
+            ).fetchone()
+            if installed or (available and (trusted or superuser)):
+                continue
+            why = (
+                "which this server does not have (pg_available_extensions): install its package"
+                " on the server, or ask the provider to allow it"
+                if not available
+                else f"which only a superuser may create and {conn.info.user!r} is not one: have"
+                " one run CREATE EXTENSION first"
+            )
+            found.append(
+                Finding(
+                    f"extension {name}",
+                    Status.CRIT,
+                    f"{rev} (line {stmt.line}) creates extension {name!r}, {why}; nothing is"
+                    " applied until it can be",
+                    value=name,
+                )
+            )
+    return found
 
 
 def root_cause(error: BaseException) -> BaseException:
