@@ -228,3 +228,14 @@ def test_sandbox_down_then_up_in_one_process(tmp_path, monkeypatch, capfd):
         assert main(["run", "status", "--target", "staging", "--no-progress"]) == 0
     finally:
         main(["sandbox", "down"])
+
+
+@pytest.mark.parametrize("command", [["list"], ["sandbox", "status"], ["doctor", "-t", "sandbox"]])
+def test_every_command_behaves_in_a_pipe(sandbox, command):
+    """`pgrunbook ... | head -1`: the first line, and no error when the reader leaves."""
+    pgrunbook = str(Path(sys.executable).parent / "pgrunbook")
+    done = subprocess.run(
+        ["bash", "-c", '"$@" | head -1', "pipe", pgrunbook, *command],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.stdout.count("\n") == 1 and done.stderr == "", done.stderr

@@ -256,3 +256,21 @@ def test_parse_follows_transactions_and_refuses_what_postgresql_refuses():
         "SELECT ';', $$a;b$$",
         "SELECT 2",
     ]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "ALTER TABLE full_t ALTER COLUMN n TYPE numeric(12,2)",
+        "ALTER TABLE full_t ALTER COLUMN a TYPE varchar(40)",
+        "ALTER TABLE full_t ALTER COLUMN a TYPE text",
+        "ALTER TABLE full_t ALTER COLUMN id SET NOT NULL",  # a primary key: NOT NULL already
+    ],
+)
+def test_what_postgresql_does_in_the_catalog_only_is_not_crit(zoo, statement):
+    """Squawk, reading only the SQL, calls these a rewrite or a scan; on the live table they are
+    catalog-only (measured: no new relfilenode, no scan), so the plan is not CRIT."""
+    result = _lint(zoo, statement, True)
+    assert not result.findings, [str(f) for f in result.findings]
+    assert result.statements and all(r["verdict"] == "safe" for r in result.statements)
+    assert not any(n["verdict"] == "unsafe" for n in result.squawk), result.squawk

@@ -479,6 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pgrunbook: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pgrunbook ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 141  # as a program ended by SIGPIPE (git, grep)
     except Exception as e:
         if args.debug:
             raise

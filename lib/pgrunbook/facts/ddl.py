@@ -27,7 +27,8 @@ WHERE c.oid = to_regclass(%s)
 COLUMN_TYPE = """
 SELECT atttypid::int AS type_oid,
        atttypmod AS typmod,
-       format_type(atttypid, NULL) AS type_name
+       format_type(atttypid, NULL) AS type_name,
+       attnotnull AS not_null
 FROM pg_attribute
 WHERE attrelid = %s
   AND attname = %s
@@ -86,6 +87,7 @@ class ColumnType:
     type_oid: int
     typmod: int
     type_name: str
+    not_null: bool = False
 
 
 def quoted(name: str) -> str:

@@ -84,12 +84,14 @@ def lint_revision(
     pending: set[tuple[str, str]] = set()  # constraints added NOT VALID in this transaction
     statements = [s for s in parse(script, in_transaction=in_transaction) if not s.bookkeeping]
     touched: dict[int, list[str]] = {}
-    covered: set[int] = set()
+    covered: set[int] = set()  # statements the suite found unsafe (or excused)
+    judged: dict[int, set[str]] = {}  # the suite's rules each statement fell under
     for n, stmt in enumerate(statements):
         if not stmt.in_transaction:
             pending.clear()
         for a in judge(stmt, server, pending):
             touched.setdefault(n, []).extend(a.tables)
+            judged.setdefault(n, set()).add(a.rule.name)
             said = verdict(a, server)
             row = _row(revision, stmt, a, server)
             reason = dict(stmt.ignores).get(a.rule.name) if said != "safe" else None
@@ -103,7 +105,7 @@ def lint_revision(
             result.findings.append(_finding(revision, stmt, a, row, said, allow_unsafe))
     result.squawk = squawk(script)
     for note in result.squawk:
-        _judge_squawk(note, statements, touched, covered, server, result, allow_unsafe)
+        _judge_squawk(note, statements, touched, covered, judged, server, result, allow_unsafe)
     return result
 
 
@@ -139,9 +141,12 @@ def _finding(revision, stmt, a: Action, row, said: str, allow_unsafe: bool) -> F
     )
 
 
-def _judge_squawk(note, statements, touched, covered, server, result, allow_unsafe) -> None:
+def _judge_squawk(note, statements, touched, covered, judged, server, result, allow_unsafe) -> None:
     """Squawk's rule as a verdict of its own: counted where the suite said nothing of the
-    statement, the statement touches a table with rows, and no ignore comment names the rule."""
+    statement, the statement touches a table with rows, and no ignore comment names the rule.
+    Where the suite judged the statement on the live tables (a type change PostgreSQL makes in
+    the catalog only, a SET NOT NULL on a column that is NOT NULL already), Squawk, which sees
+    only the SQL, does not overrule it."""
     if not _squawk_counts(note):
         note["verdict"] = "note"
         return
@@ -150,6 +155,9 @@ def _judge_squawk(note, statements, touched, covered, server, result, allow_unsa
     reason = dict(stmt.ignores).get(note["rule"]) if stmt else None
     if n is not None and n in covered:
         note["verdict"] = "covered by the suite's own verdict on this statement"
+    elif n is not None and judged.get(n, set()) & OVERRULES.get(note["rule"], set()):
+        why = ", ".join(sorted(judged[n] & OVERRULES[note["rule"]]))
+        note["verdict"] = f"safe: the live table says otherwise ({why})"
     elif reason:
         note["verdict"] = f"excused: {reason}"
     elif n is not None and not server.populated(touched.get(n, ())):
@@ -165,6 +173,15 @@ def _judge_squawk(note, statements, touched, covered, server, result, allow_unsa
                 examples=(stmt.text[:300],) if stmt else (),
             )
         )
+
+
+# Squawk's rules that the suite's judgement of the live table can overrule, with the suite's
+# verdicts that do: PostgreSQL changes these types in the catalog only; a column that is NOT NULL
+# already (or proven by a validated CHECK) is not scanned
+OVERRULES = {
+    "changing-column-type": {"type-change-without-rewrite"},
+    "adding-not-nullable-field": {"set-not-null-already", "set-not-null-proven"},
+}
 
 
 def _squawk_counts(note: dict) -> bool:

@@ -249,6 +249,9 @@ def _alter(stmt, table, cmd, server: Server, pending, act) -> list[Action]:
     if sub == T.AT_AlterColumnType:
         return [_type_change(table, cmd, server, act)]
     if sub == T.AT_SetNotNull:
+        if table not in server.created and (live := server.column_type(table, cmd.name)):
+            if live.not_null:
+                return [act("set-not-null-already", [table], note=cmd.name)]
         if table in server.created or server.proven_not_null(table, cmd.name):
             return [act("set-not-null-proven", [table])]
         return [act("set-not-null", [table], scans=True, note=cmd.name)]

@@ -213,6 +213,12 @@ RULES = {
             "set-not-null-proven", "ACCESS EXCLUSIVE (brief: a validated CHECK proves it)", "safe"
         ),
         Rule(
+            "set-not-null-already",
+            "ACCESS EXCLUSIVE (brief: the column is NOT NULL already)",
+            "safe",
+            "nothing to do: the live column is NOT NULL already, so nothing is scanned",
+        ),
+        Rule(
             "foreign-key",
             "SHARE ROW EXCLUSIVE on both tables while it scans",
             "rows",
