@@ -326,3 +326,23 @@ def test_rpo_against_the_newest_verified_backup(seeded):
     )  # not verified
     restore.verify(seeded, b)
     assert recovery.rpo_finding(backups.all_backups("scratch"), rpo_h=24).status is Status.OK
+
+
+def test_every_sequence_is_compared_also_one_no_column_draws_from(seeded):
+    """A sequence the application calls itself (invoice numbers): restored at or past its value
+    at the backup, or CRIT naming it."""
+    with db.connect(seeded, readonly=False) as conn:
+        conn.execute("CREATE SEQUENCE invoice_no START 1000")
+        conn.execute("SELECT nextval('invoice_no') FROM generate_series(1, 50)")
+    backup = dumps.create(seeded)
+    assert backup.manifest["sequences"]["public.invoice_no"] == 1049
+    result = restore.restore(seeded, backup)
+    found = {f.check: f for f in result.findings}
+    assert found["sequence values"].status is Status.OK
+    copy = Target("copy", db.with_database(seeded.url, result.database))
+    with db.connect(copy, readonly=False) as conn:
+        conn.execute("SELECT setval('invoice_no', 1000)")  # as a copy that lost it would be
+        again = restore.compare(conn, backup, repair_sequences=False, amcheck=False)
+    fallen = next(f for f in again if f.check == "sequence values")
+    assert fallen.status is Status.CRIT and "public.invoice_no: at 1000, was 1049" in fallen.summary
+    admin.drop_database(seeded, result.database)

@@ -159,11 +159,28 @@ def test_not_valid_check_re_evaluated(fixia):
 def test_a_sequence_behind_its_column(fixia):
     _write(fixia, "SELECT setval(pg_get_serial_sequence('users', 'id'), 5)")
     found = [f for f in _run(fixia, integrity.sequences) if f.status is Status.CRIT]
-    assert (
-        len(found) == 1
-        and found[0].check == "sequence public.users_id_seq"
-        and found[0].value == 295
+    assert len(found) == 1 and found[0].check == "sequence public.users_id_seq"
+    assert found[0].value == 0 and "next value 6 is taken" in found[0].summary
+
+
+def test_a_sequence_never_called_far_below_its_column_is_not_a_collision(scratch):
+    """Keys 10001-10100 (a sample database's employee numbers) and a sequence from 1 never
+    called: its first collision is 10,000 inserts away, not the next insert."""
+    _write(
+        scratch,
+        "CREATE SEQUENCE emp_seq",
+        "CREATE TABLE employees (emp_no int PRIMARY KEY DEFAULT nextval('emp_seq'), name text)",
+        "INSERT INTO employees (emp_no) SELECT g FROM generate_series(10001, 10100) g",
+        "CREATE SEQUENCE step_seq START 1 INCREMENT 5",
+        "CREATE TABLE stepped (id int DEFAULT nextval('step_seq'))",
+        "INSERT INTO stepped VALUES (3), (4), (21), (100)",  # 1, 6, 11, 16, 21: the 5th collides
     )
+    found = {f.check: f for f in _run(scratch, integrity.sequences)}
+    far = found["sequence public.emp_seq"]
+    assert far.status is Status.WARN and far.value == 10000
+    assert "next value 1" in far.summary and "10,000 inserts away" in far.summary
+    stepped = found["sequence public.step_seq"]
+    assert stepped.status is Status.WARN and stepped.value == 4 and "taken is 21" in stepped.summary
 
 
 def test_a_corrupted_btree_page_is_found(tmp_path):
@@ -370,3 +387,27 @@ def test_a_compare_with_production_writes_none_of_its_personal_values(sandbox):
             {"compare_to": "production", "show_values": "true"},
             progress=False,
         )
+
+
+def test_a_partitioned_table_whose_partitions_have_keys_is_not_without_one(scratch):
+    """A rental sample's payments: partitions with a primary key each, none on the parent (it
+    would have to hold the partition key). What is true, at OK; a partition without one, WARN."""
+    _write(
+        scratch,
+        "CREATE TABLE payment (payment_id int NOT NULL, paid date NOT NULL) PARTITION BY RANGE"
+        " (paid)",
+        "CREATE TABLE payment_a PARTITION OF payment FOR VALUES FROM ('2022-01-01') TO"
+        " ('2022-07-01')",
+        "CREATE TABLE payment_b PARTITION OF payment FOR VALUES FROM ('2022-07-01') TO"
+        " ('2023-01-01')",
+        "ALTER TABLE payment_a ADD PRIMARY KEY (payment_id)",
+        "ALTER TABLE payment_b ADD PRIMARY KEY (payment_id)",
+    )
+    found = {f.check: f for f in _run(scratch, integrity.unique_keys)}
+    assert "primary keys" not in found, found["primary keys"]
+    assert found["partition keys"].status is Status.OK
+    assert found["partition keys"].examples == ("public.payment (2 partitions)",)
+    _write(scratch, "ALTER TABLE payment_b DROP CONSTRAINT payment_b_pkey")
+    found = {f.check: f for f in _run(scratch, integrity.unique_keys)}
+    assert found["primary keys"].status is Status.WARN
+    assert found["primary keys"].examples == ("public.payment (1 of 2 partitions too)",)

@@ -128,6 +128,25 @@ def foreign_keys(
 # -- 2. unique and primary keys ---------------------------------------------------
 
 
+WITHOUT_PRIMARY_KEY = f"""
+    SELECT n.nspname AS schema, c.relname AS table, c.relkind = 'p' AS partitioned,
+           (SELECT count(*) FROM pg_partition_tree(c.oid) t
+             WHERE t.isleaf AND t.relid <> c.oid) AS leaves,
+           (SELECT count(*) FROM pg_partition_tree(c.oid) t
+             WHERE t.isleaf AND t.relid <> c.oid
+               AND EXISTS (SELECT 1 FROM pg_constraint k
+                            WHERE k.conrelid = t.relid AND k.contype = 'p')) AS keyed
+      FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p')
+       AND {catalog.USER_SCHEMAS}
+       AND {catalog.NOT_EXTENSION}
+       AND NOT c.relispartition
+       AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p')
+     ORDER BY 1, 2
+"""
+
+
 def unique_keys(
     conn: psycopg.Connection, *, tables: str = "*", max_examples: int = 20
 ) -> list[Finding]:
@@ -169,16 +188,16 @@ def unique_keys(
                     ),
                 )
             )
-    no_pk = [
-        str(Rel(s, t))
-        for s, t in conn.execute(
-            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid ="
-            f" c.relnamespace WHERE c.relkind IN ('r', 'p') AND {catalog.USER_SCHEMAS} AND"
-            f" {catalog.NOT_EXTENSION} AND NOT c.relispartition AND NOT EXISTS (SELECT 1 FROM"
-            " pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p') ORDER BY 1, 2"
-        )
-        if selected(Rel(s, t), tables)
-    ]
+    no_pk, by_partition = [], []
+    for schema, table, partitioned, leaves, keyed in conn.execute(WITHOUT_PRIMARY_KEY):
+        if not selected(Rel(schema, table), tables):
+            continue
+        if partitioned and leaves and leaves == keyed:
+            by_partition.append(f"{Rel(schema, table)} ({leaves} partitions)")
+        elif partitioned and leaves:
+            no_pk.append(f"{Rel(schema, table)} ({leaves - keyed} of {leaves} partitions too)")
+        else:
+            no_pk.append(str(Rel(schema, table)))
     if no_pk:
         found.append(
             Finding(
@@ -188,14 +207,27 @@ def unique_keys(
                 examples=tuple(no_pk[:max_examples]),
             )
         )
-    if not found:
+    if by_partition:
         found.append(
+            Finding(
+                "partition keys",
+                Status.OK,
+                f"{len(by_partition)} partitioned tables have no primary key of their own and every"
+                " partition has one (a key on the parent must include the partition key): rows"
+                " are unique within each partition, not across them",
+                examples=tuple(by_partition[:max_examples]),
+            )
+        )
+    if not [f for f in found if f.status is not Status.OK]:
+        found.insert(
+            0,
             Finding(
                 "unique keys",
                 Status.OK,
                 f"{len(invalid)} invalid unique indexes, no duplicates;"
-                " every table has a primary key",
-            )
+                " every table has a primary key"
+                + (" (or each of its partitions has)" if by_partition else ""),
+            ),
         )
     return found
 
@@ -296,17 +328,9 @@ def sequences(conn: psycopg.Connection, *, tables: str = "*") -> list[Finding]:
         if any(selected(Rel(*c.split(".")[:2]), tables) for c in s.columns)
     ]
     behind = [s for s in states if s.behind]
-    if behind:
-        return [
-            Finding(
-                f"sequence {s.sequence}",
-                Status.CRIT,
-                f"at {s.last_value}, behind {s.column} "
-                f"(max {s.column_max}): the next insert collides",
-                value=s.column_max - (s.last_value or 0),
-            )
-            for s in behind
-        ]
+    found = [_sequence_finding(s) for s in behind]
+    if found:
+        return found
     return [
         Finding(
             "sequences",
@@ -315,6 +339,35 @@ def sequences(conn: psycopg.Connection, *, tables: str = "*") -> list[Finding]:
             "all ahead of their columns",
         )
     ]
+
+
+def _sequence_finding(s) -> Finding:
+    """A sequence below its columns' max: CRIT when its next value is taken already, else WARN
+    with how many inserts are left before one collides (never a collision that is not there)."""
+    fix = f"SELECT setval('{s.sequence}', {s.column_max})"
+    left = s.inserts_left
+    if left == 0:
+        return Finding(
+            f"sequence {s.sequence}",
+            Status.CRIT,
+            f"next value {s.next_value} is taken in {s.column}: the next insert collides"
+            f" (column max {s.column_max}); {fix}",
+            value=0,
+        )
+    if left is None:
+        return Finding(
+            f"sequence {s.sequence}",
+            Status.OK,
+            f"next value {s.next_value} is below {s.column}'s max {s.column_max}, but every"
+            " value it will hand out is free",
+        )
+    return Finding(
+        f"sequence {s.sequence}",
+        Status.WARN,
+        f"next value {s.next_value}, below {s.column}'s max {s.column_max}: the first value it"
+        f" would hand out that is taken is {s.first_taken}, {left:,} inserts away; {fix}",
+        value=left,
+    )
 
 
 # -- 5. indexes and amcheck ---------------------------------------------------------

@@ -19,17 +19,29 @@ class SequenceState:
     )  # the last value handed out (before the first call: the start less one step)
     column_max: int | None  # the largest value in any of those columns
     increment: int = 1
+    first_taken: int | None = None  # the first value it would hand out that a column holds
 
     @property
     def column(self) -> str:
         return ", ".join(self.columns)
 
     @property
+    def next_value(self) -> int | None:
+        return None if self.last_value is None else self.last_value + self.increment
+
+    @property
     def behind(self) -> bool:
-        """The next value would collide with (or fall under) one already in a column."""
+        """Below the largest value of its columns: a collision lies ahead (see `inserts_left`)."""
         if self.column_max is None or self.increment < 0:
             return False
         return (self.last_value if self.last_value is not None else 0) < self.column_max
+
+    @property
+    def inserts_left(self) -> int | None:
+        """Inserts before one collides (0: the next one does); None: none ever will."""
+        if self.first_taken is None or self.next_value is None:
+            return None
+        return (self.first_taken - self.next_value) // self.increment
 
 
 SEQUENCE_USES = """
@@ -95,16 +107,66 @@ def sequence_states(conn: psycopg.Connection) -> list[SequenceState]:
             for schema, table, column in columns
         ]
         tops = [t for t in tops if t is not None]
+        top = max(tops) if tops else None
+        taken = None
+        if top is not None and increment > 0 and last is not None and last < top:
+            found = [_first_taken(conn, c, last + increment, increment) for c in columns]
+            taken = min((f for f in found if f is not None), default=None)
         states.append(
             SequenceState(
                 f"{seq_schema}.{seq}",
                 tuple(".".join(c) for c in columns),
                 last,
-                max(tops) if tops else None,
+                top,
                 increment,
+                taken,
             )
         )
     return states
+
+
+def _first_taken(
+    conn: psycopg.Connection, column: tuple[str, str, str], start: int, step: int
+) -> int | None:
+    """The smallest value of `column` the sequence would hand out from `start` on (by `step`):
+    where its first collision is. An index range scan for a step of 1."""
+    schema, table, name = column
+    on_step = (
+        sql.SQL("")
+        if step == 1
+        else sql.SQL(" AND ({} - %(start)s) %% %(step)s = 0").format(sql.Identifier(name))
+    )
+    query = sql.SQL("SELECT min({col}) FROM {table} WHERE {col} >= %(start)s{on_step}").format(
+        col=sql.Identifier(name), table=sql.Identifier(schema, table), on_step=on_step
+    )
+    return conn.execute(query, {"start": start, "step": step}).fetchone()[0]
+
+
+SEQUENCE_VALUES = """
+    SELECT schemaname AS schema, sequencename AS name, last_value
+      FROM pg_sequences
+     ORDER BY 1, 2
+"""
+
+
+def values(conn: psycopg.Connection) -> dict[str, int | None]:
+    """Every sequence's last value handed out (None: never called, or not readable by this
+    role), whether a column draws from it or only the application's nextval() calls."""
+    return {
+        f"{schema}.{name}": last for schema, name, last in conn.execute(SEQUENCE_VALUES).fetchall()
+    }
+
+
+def fallen_back(recorded: dict[str, int | None], now: dict[str, int | None]) -> list[str]:
+    """Sequences whose value `now` is below (or missing from) what was `recorded` earlier:
+    sequences only grow, so a copy made after the recording must be at or past it."""
+    out = []
+    for name, was in recorded.items():
+        if name not in now:
+            out.append(f"{name}: missing")
+        elif was is not None and (now[name] is None or now[name] < was):
+            out.append(f"{name}: at {now[name]}, was {was}")
+    return out
 
 
 def repair_sequence(conn: psycopg.Connection, state: SequenceState) -> None:

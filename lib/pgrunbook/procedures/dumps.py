@@ -28,7 +28,7 @@ from ..base.errors import BackupFailed
 from ..base.fileio import DIR_MODE, private_dir, write_atomic
 from ..base.findings import Finding, Status
 from ..base.targets import Target
-from ..facts import catalog, indexes
+from ..facts import catalog, indexes, sequences
 from ..facts.backups import FORMATS, MANIFEST, VERIFIED, Backup, folder, hash_all, identity, load
 from . import debris
 
@@ -97,6 +97,7 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
             snapshot,
             "--no-password",
         ]
+        values = sequences.values(conn)  # before pg_dump reads them: a copy is at or past these
         proc = pgtools.start(
             tool, args + (["--jobs", str(jobs)] if format == "directory" else []), target.url
         )
@@ -124,6 +125,7 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
             "schema_fingerprint": catalog.fingerprint(facts),
             "schema": facts,
             "row_counts": counts,
+            "sequences": values,
             "files": _file_table(partial, partial / name),
         }
         _write_manifest(partial, manifest)

@@ -351,6 +351,8 @@ def compare(
         )
     with timeline.phase("sequences"):
         found.append(_sequences(conn, repair=repair_sequences))
+        if "sequences" in backup.manifest:  # every sequence, used by a column or only by the app
+            found.append(_sequence_values(conn, backup.manifest["sequences"]))
     if amcheck:
         with timeline.phase("amcheck"):
             found.append(amcheck_finding(conn))
@@ -361,7 +363,9 @@ def _sequences(conn: psycopg.Connection, *, repair: bool) -> Finding:
     behind = [s for s in sequences.sequence_states(conn) if s.behind]
     if not behind:
         return Finding(
-            "sequences", Status.OK, "every owned sequence is at or past its column's max"
+            "sequences",
+            Status.OK,
+            "every sequence a column draws from (owned or by a default) is at or past its max",
         )
     names = tuple(f"{s.sequence} at {s.last_value}, {s.column} max {s.column_max}" for s in behind)
     if not repair:
@@ -375,6 +379,23 @@ def _sequences(conn: psycopg.Connection, *, repair: bool) -> Finding:
         Status.WARN,
         f"{len(behind)} were behind their column and were moved to its max",
         examples=names,
+    )
+
+
+def _sequence_values(conn: psycopg.Connection, recorded: dict[str, int | None]) -> Finding:
+    """Every sequence of the copy at or past its value when the backup started."""
+    fallen = sequences.fallen_back(recorded, sequences.values(conn))
+    if fallen:
+        return Finding(
+            "sequence values",
+            Status.CRIT,
+            f"{len(fallen)} sequences behind their value at the backup: {fallen[0]}",
+            examples=tuple(fallen[:20]),
+        )
+    return Finding(
+        "sequence values",
+        Status.OK,
+        f"all {len(recorded)} sequences at or past their values at the backup",
     )
 
 
