@@ -7,7 +7,7 @@ import pytest
 
 from pgrunbook.archive import runner
 from pgrunbook.base import db
-from pgrunbook.base.errors import ConfirmationRequired
+from pgrunbook.base.errors import ConfirmationRequired, UnknownParameter
 from pgrunbook.base.findings import Status
 from pgrunbook.base.targets import Target
 from pgrunbook.checks import compare, integrity
@@ -411,3 +411,39 @@ def test_a_partitioned_table_whose_partitions_have_keys_is_not_without_one(scrat
     found = {f.check: f for f in _run(scratch, integrity.unique_keys)}
     assert found["primary keys"].status is Status.WARN
     assert found["primary keys"].examples == ("public.payment (1 of 2 partitions too)",)
+
+
+def test_compare_names_keys_as_postgresql_writes_them(scratch, other):
+    """An employee-history table keyed by (number, date): a differing row is named
+    `(10001, 1986-06-26)`, never `datetime.date(1986, 6, 26)`."""
+    for t in (scratch, other):
+        _write(
+            t,
+            "CREATE TABLE salaries (emp_no int, from_date date, salary int,"
+            " PRIMARY KEY (emp_no, from_date))",
+            "INSERT INTO salaries VALUES (10001, '1986-06-26', 60117), (10001, '1987-06-26', 62102)",
+            "CREATE TABLE titles (since date PRIMARY KEY, title text)",
+            "INSERT INTO titles VALUES ('1986-06-26', 'Engineer')",
+        )
+    _write(
+        other,
+        "UPDATE salaries SET salary = 1 WHERE from_date = '1986-06-26'",
+        "UPDATE titles SET title = 'Staff'",
+    )
+    found = {f.check: f for f in compare.compare(scratch, other).findings("a", "b")}
+    assert found["compare public.salaries"].examples == ("changed (10001, 1986-06-26)",)
+    assert found["compare public.titles"].examples == ("changed 1986-06-26",)
+
+
+def test_the_comparison_alone(sandbox):
+    """`-p checks compare`: the cross-database comparison and nothing else; asked without a
+    second target, or a second target with the comparison left out: refused before starting."""
+    alone = runner.run(
+        "integrity", "staging", {"checks": "compare", "compare_to": "sandbox"}, progress=False
+    )
+    ran = {f.check for f in alone.findings if "not selected" not in f.summary}
+    assert ran and all(c.startswith("compare") or c == "tables" for c in ran), ran
+    assert any(c.startswith("compare public.") for c in ran)  # the sandboxes' data differ
+    for given in ({"checks": "compare"}, {"checks": "fk", "compare_to": "sandbox"}):
+        with pytest.raises(UnknownParameter, match="compare"):
+            runner.run("integrity", "staging", given, progress=False)

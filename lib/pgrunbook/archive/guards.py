@@ -122,6 +122,14 @@ def integrity(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> No
             f"show_values is refused with protected target {protected!r}: its personal data would "
             "be written into the report; compare without it (values show as tokens)"
         )
+    chosen = {c.strip() for c in v["checks"].split(",")}
+    if "compare" in chosen and not v["compare_to"]:
+        raise UnknownParameter("checks=compare needs a second target: add -p compare_to TARGET")
+    if v["compare_to"] and "all" not in chosen and "compare" not in chosen:
+        raise UnknownParameter(
+            f"compare_to={v['compare_to']!r} is given but checks={v['checks']!r} leaves the "
+            "comparison out: add compare to checks (-p checks compare for the comparison alone)"
+        )
     if v["checks_dir"] and not config.project_path(v["checks_dir"]).is_dir():
         raise UnknownParameter(
             f"checks_dir {v['checks_dir']!r} is not a folder: give a folder of *.sql "

@@ -20,6 +20,7 @@ import re
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import date, datetime, time
 from typing import Any
 
 import psycopg
@@ -307,6 +308,24 @@ def _merge(pair: Pair, t: Table, rh):
     return changed, sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
 
 
+def pg_text(value: Any) -> str:
+    """A key or value as PostgreSQL writes it (`1986-06-26`, `(10001, 1986-06-26)`, `NULL`),
+    never as Python's repr."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(pg_text(v) for v in value) + ")"
+    if isinstance(value, (bytes, memoryview)):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, (date, time)):
+        return value.isoformat()
+    return str(value)
+
+
 EMAIL_IN_TEXT = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
 PHONE_IN_TEXT = re.compile(r"\+?[0-9][0-9 ().-]{6,}[0-9]")
 
@@ -388,15 +407,19 @@ class Comparison:
             ],
         )
 
+    def shown(self, key: Any, columns: tuple[str, ...]) -> str:
+        """A row's key as PostgreSQL writes it, its personal-looking parts as tokens."""
+        return pg_text(self.masker.key(key, columns))
+
     def findings(self, a: str, b: str, *, max_examples: int = 20) -> list[Finding]:
         found = []
         for r in self.results:
             if r.same:
                 continue
-            key_columns = self.keys.get(r.table, ())
-            keys = [f"changed {self.masker.key(k, key_columns)}" for k in r.changed]
-            keys += [f"only in {a}: {self.masker.key(k, key_columns)}" for k in r.only_a]
-            keys += [f"only in {b}: {self.masker.key(k, key_columns)}" for k in r.only_b]
+            columns = self.keys.get(r.table, ())
+            keys = [f"changed {self.shown(k, columns)}" for k in r.changed]
+            keys += [f"only in {a}: {self.shown(k, columns)}" for k in r.only_a]
+            keys += [f"only in {b}: {self.shown(k, columns)}" for k in r.only_b]
             found.append(
                 Finding(
                     f"compare {r.table}",

@@ -607,7 +607,9 @@ def assertions(
 
 # -- selection and the comparison step ---------------------------------------------------
 
-CHECKS = ("fk", "unique", "notvalid", "sequences", "indexes", "wraparound", "assertions")
+CHECKS = (
+    "fk", "unique", "notvalid", "sequences", "indexes", "wraparound", "assertions", "compare"
+)  # fmt: skip
 
 
 class Selection:
@@ -666,6 +668,10 @@ class Selection:
             ),
             "assertions": lambda: assertions(conn, list(folders), max_examples=n),
         }[name]()
+
+    def comparing(self, compare_to: str) -> str:
+        """The target to compare with, where the comparison is selected (else none)."""
+        return compare_to if "compare" in self.wanted else ""
 
     def scope(self, conn: psycopg.Connection) -> Finding:
         """Which tables the `tables` filter selects: a filter that selects none is WARN, never a
