@@ -470,3 +470,24 @@ def test_replication_lag_is_read_on_the_primary_and_on_a_real_standby(sandbox, s
 )
 def test_own_work_is_told_from_the_application_s(query, own):
     assert statements.own_work(query) is own
+
+
+def test_a_database_dropped_and_re_created_starts_its_history_again(migrated, monkeypatch):
+    """The same name, another database: the review says so instead of comparing with a database
+    that is gone."""
+    from pgrunbook.base import migrations
+    from pgrunbook.procedures import admin
+
+    monkeypatch.setenv("STAGING_DATABASE_URL", migrated.url)
+    runner.run("security", "staging", progress=False)
+    second = {f.check: f for f in runner.run("security", "staging", progress=False).findings}
+    assert second["drift"].summary.startswith("since security/")
+    admin.drop_database(migrated, migrated.database)
+    with admin.connect(migrated) as conn:
+        admin.create(conn, migrated.database)
+    migrations.upgrade(migrated, "head")
+    third = {f.check: f for f in runner.run("security", "staging", progress=False).findings}
+    assert "its history starts again" in third["drift"].summary, third["drift"]
+    assert "database oid" in third["drift"].summary
+    fourth = {f.check: f for f in runner.run("security", "staging", progress=False).findings}
+    assert fourth["drift"].summary.startswith("since security/")  # its own history from there

@@ -29,6 +29,7 @@ from ..base.errors import ArchiveFailed, UnknownParameter, UnknownRunbook
 from ..base.fileio import create_private, private_dir, sha256_file, socket_dir, write_atomic
 from ..base.findings import RUNNER_ENV, Finding, Status, read_recorded, steps
 from ..base.secrets import redact, redact_document
+from ..facts import backups
 from ..procedures import swaps
 from . import guards, reports, site
 
@@ -251,13 +252,14 @@ def run(
             print(f"pgrunbook: {recovered}", file=sys.stderr)
         with db.connect(t, application=f"pgrunbook/{runbook}") as conn:
             version = db.server_version(conn)
+            identity = backups.identity(conn, t)  # the database itself: its history is its own
             guards.before_run(runbook, t, {**defaults(declared), **values}, conn)
         if note := targets.fallback_note(t):  # once the input is accepted: a refusal is one line
             print(f"pgrunbook: {note}", file=sys.stderr)
-        source_of, version_of = t.source, version
+        source_of, version_of, database_of = t.source, version, identity
     else:  # a runbook about the archive (the fleet report): no database to reach
         guards.before_run(runbook, None, {**defaults(declared), **values}, None)
-        source_of, version_of = "the archive", ""
+        source_of, version_of, database_of = "the archive", "", None
     started = datetime.now(UTC)
     out = _report_path(runbook, target, started)
     # papermill writes as the run goes: into a private working copy, never the archive, so that a
@@ -280,6 +282,7 @@ def run(
         "target": target,
         "target_source": source_of,
         "server_version": version_of,
+        "database": database_of,
         "fleet": fleet or os.environ.get(FLEET_ENV) or None,
         "operator": os.environ.get("PGRUNBOOK_OPERATOR") or getpass.getuser(),
         "host": socket.gethostname(),

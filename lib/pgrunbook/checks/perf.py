@@ -19,7 +19,7 @@ from ..base.display import pretty_bytes
 from ..base.findings import Check, Finding, Status
 from ..base.limits import DEFAULTS, level
 from ..base.targets import Target
-from ..facts import activity, constraints, history, server, space
+from ..facts import activity, backups, constraints, history, server, space
 from ..facts.indexes import Index, indexes, stats_window
 from ..facts.statements import EXPLAINABLE, has_statements
 
@@ -631,10 +631,14 @@ def trend(
     empty = pd.DataFrame(columns=["what", "name", "before", "now"])
     if not enabled:
         return Finding("trend", Status.OK, "not compared (compare_with_previous=False)"), empty
+    database = backups.current_identity(target)
+    if again := history.starts_again("performance", target.name, database):
+        return Finding("trend", Status.OK, again), empty
     run = history.previous(
         "performance",
         target.name,
         where=lambda r: r["outcome"] != "FAILED" and history.value(r, Check.SNAPSHOT) is not None,
+        database=database,
     )
     if run is not None:
         before = history.value(run, Check.SNAPSHOT)

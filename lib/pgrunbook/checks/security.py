@@ -17,7 +17,7 @@ from psycopg import sql
 from ..base import config, targets
 from ..base.findings import Check, Finding, Status
 from ..base.targets import Target
-from ..facts import activity, history, server
+from ..facts import activity, backups, history, server
 from ..facts import roles as role_facts
 from ..facts.catalog import NOT_EXTENSION, TEXT_TYPES, USER_SCHEMAS
 
@@ -529,10 +529,14 @@ def drift(target: Target, current: Finding, *, enabled: bool = True) -> Finding:
     """What changed since the previous archived security report of the same target."""
     if not enabled:
         return Finding("drift", Status.OK, "not compared (compare_with_previous=False)")
+    database = backups.current_identity(target)
+    if again := history.starts_again("security", target.name, database):
+        return Finding("drift", Status.OK, again)
     run = history.previous(
         "security",
         target.name,
         where=lambda r: r["outcome"] != "FAILED" and history.value(r, Check.SNAPSHOT) is not None,
+        database=database,
     )
     if run is not None:
         before = history.value(run, Check.SNAPSHOT)

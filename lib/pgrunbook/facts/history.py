@@ -109,6 +109,22 @@ def runs(
             continue
 
 
+def same_database(recorded: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
+    """Whether a run's recorded database is the one `current` identifies: the same cluster (system
+    identifier where both know it, else address) and the same database oid. A database dropped
+    and re-created under its name, or restored in its place, has another oid. A run that
+    recorded none (older versions) is taken as the same."""
+    if not recorded or not current:
+        return True
+    both = recorded.get("system_identifier") and current.get("system_identifier")
+    cluster = (
+        recorded["system_identifier"] == current["system_identifier"]
+        if both
+        else recorded.get("address") == current.get("address")
+    )
+    return cluster and recorded.get("database_oid") == current.get("database_oid")
+
+
 def previous(
     runbook: str,
     target: str,
@@ -116,11 +132,38 @@ def previous(
     where: Callable[[dict[str, Any]], bool] = lambda run: True,
     since: str | date | None = None,
     look_back: int | None = None,
+    database: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The newest archived run of `runbook` on `target` for which `where(run)` holds, or None:
-    the one reading of "the previous run" that trend, drift, staging-first and health use."""
+    the one reading of "the previous run" that trend, drift, staging-first and health use.
+    With `database` (its identity, `backups.identity`), only runs of that very database."""
     return next(
-        (run for run in runs(runbook, target, since=since, look_back=look_back) if where(run)), None
+        (
+            run
+            for run in runs(runbook, target, since=since, look_back=look_back)
+            if where(run) and same_database(run.get("database"), database)
+        ),
+        None,
+    )
+
+
+def starts_again(runbook: str, target: str, database: dict[str, Any] | None) -> str | None:
+    """Where the newest run of `runbook` on `target` looked at another database than `database`
+    (dropped and re-created, restored in its place, another server): why the history starts
+    again with this run; None when it does not."""
+    newest = previous(runbook, target)
+    if newest is None or same_database(newest.get("database"), database):
+        return None
+    was, now = newest["database"], database
+    if (was.get("system_identifier"), was.get("address")) != (
+        now.get("system_identifier"), now.get("address")
+    ):  # fmt: skip
+        why = "another server"
+    else:
+        why = f"database oid {now.get('database_oid')}, was {was.get('database_oid')}"
+    return (
+        f"{target!r} is not the database {newest['id']} looked at ({why}: dropped and re-created,"
+        " or restored in its place): its history starts again with this run"
     )
 
 
