@@ -298,9 +298,10 @@ def test_a_long_prisma_history_deploys_onto_an_empty_database(scratch, tmp_path,
     assert main(["migrations", "deploy", "--target", "docs", "--quiet"]) == 0
     assert _prisma_rows(target) == expected  # nothing applied twice
     with db.connect(target) as conn:  # the enum swapped inside its own BEGIN ... COMMIT
-        assert conn.execute(
-            'SELECT enum_range(NULL::"Thing7Status")::text'
-        ).fetchone()[0] == "{DRAFT,COMPLETED}"
+        assert (
+            conn.execute('SELECT enum_range(NULL::"Thing7Status")::text').fetchone()[0]
+            == "{DRAFT,COMPLETED}"
+        )
 
 
 def test_a_long_prisma_history_deploys_from_a_middle_migration(scratch, tmp_path, monkeypatch):

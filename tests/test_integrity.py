@@ -421,7 +421,8 @@ def test_compare_names_keys_as_postgresql_writes_them(scratch, other):
             t,
             "CREATE TABLE salaries (emp_no int, from_date date, salary int,"
             " PRIMARY KEY (emp_no, from_date))",
-            "INSERT INTO salaries VALUES (10001, '1986-06-26', 60117), (10001, '1987-06-26', 62102)",
+            "INSERT INTO salaries VALUES (10001, '1986-06-26', 60117),"
+            " (10001, '1987-06-26', 62102)",
             "CREATE TABLE titles (since date PRIMARY KEY, title text)",
             "INSERT INTO titles VALUES ('1986-06-26', 'Engineer')",
         )

@@ -457,6 +457,17 @@ def test_assertions_belong_to_the_targets_configured_for_them(zoo, tmp_path):
     assert fixia.outcome == "OK" and any(f.check.startswith("assert ") for f in fixia.findings)
 
 
+def _proposal(notebook: Path) -> str:
+    """The TOML the refresh plan proposed, from the proposal cell's own output."""
+    for cell in json.loads(notebook.read_text())["cells"]:
+        if "".join(cell["source"]).startswith("plan.proposal"):
+            text = "".join(
+                "".join(o["data"]["text/markdown"]) for o in cell["outputs"] if "data" in o
+            )
+            return text.split("```toml\n", 1)[1].split("```", 1)[0]
+    raise AssertionError("no proposal cell")
+
+
 def test_drill_and_refresh_plan_on_the_zoo(zoo, tmp_path, monkeypatch):
     """The drill on one of the zoo's own tables; the refresh plan with and without rules for its
     columns."""
@@ -470,13 +481,15 @@ def test_drill_and_refresh_plan_on_the_zoo(zoo, tmp_path, monkeypatch):
     )  # plan mode writes nothing there
     unruled = runner.run("staging_refresh", "zoo_copy", {"source": "zoo"}, progress=False)
     crit = {f.check for f in unruled.findings if f.status is Status.CRIT}
-    assert (
-        unruled.outcome == "CRIT" and "unruled personal columns" in crit
-    )  # Fixia's rules say nothing of the zoo
+    # no app, so no rules: never another app's (Fixia's would be "rule errors" here)
+    assert unruled.outcome == "CRIT" and crit == {"rules", "unruled personal columns", "plan"}
+    proposed = _proposal(unruled.notebook)
+    assert '[columns."public.customers"]' in proposed and 'email = "email"' in proposed
+    with pytest.raises(sanitize.NoRules, match="write them first"):
+        runner.run("staging_refresh", "zoo_copy",
+                   {"source": "zoo", "mode": "apply", "confirm": "zoo_copy"}, progress=False)  # fmt: skip
     rules = tmp_path / "zoo_rules.toml"
-    rules.write_text(
-        '[columns.customers]\nemail = "email"\nfull_name = "name"\nphone = "phone"\nhome = "null"\n'
-    )
+    rules.write_text(proposed)  # the proposal, as a team would save it after checking it
     ruled = runner.run(
         "staging_refresh", "zoo_copy", {"source": "zoo", "rules": str(rules)}, progress=False
     )

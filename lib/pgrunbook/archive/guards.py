@@ -77,11 +77,13 @@ def staging_refresh(target: Target, v: dict[str, Any], conn: psycopg.Connection)
 
     source = targets.resolve(v["source"])
     refresh.check_request(source, target, mode=v["mode"], confirm=v["confirm"])
-    if not sanitize.rules_path(v["rules"]).is_file():
+    if v["rules"] and not sanitize.rules_path(v["rules"]).is_file():
         raise UnknownParameter(
             f"rules file {v['rules']!r} does not exist: give a TOML file of masking rules"
         )
+    rules = sanitize.for_refresh(source, target, v["rules"])  # an invalid file: one line here
     if v["mode"] == "apply":
+        sanitize.require_written(rules, target.name)
         refresh.check_versions(source, target, conn, v["source_backup"])
         not_busy(target)
     elif v["source_backup"] not in ("new", "latest"):

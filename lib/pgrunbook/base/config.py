@@ -29,7 +29,7 @@ DEFAULT_TARGETS: dict[str, dict[str, Any]] = {
 }
 
 
-APP_KEYS = {"checks", "migrations", "migrations_path", "app_roles", "seed"}
+APP_KEYS = {"checks", "migrations", "migrations_path", "app_roles", "seed", "sanitize"}
 MIGRATION_KINDS = ("alembic", "prisma", "sql")
 
 
@@ -43,6 +43,7 @@ class App:
     migrations_path: str = ""  # prisma and sql: the folder, relative to the project home
     app_roles: tuple[str, ...] = ()  # roles the application connects as
     seed: bool = False  # the seed runbook's data fits this application's schema
+    sanitize: str = ""  # its masking rules (TOML) for staging refreshes, relative to the home
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ def _app(name: str, spec: Any) -> App:
         str(spec.get("migrations_path", "")),
         tuple(spec.get("app_roles", ())),
         bool(spec.get("seed", False)),
+        str(spec.get("sanitize", "")),
     )
 
 

@@ -8,18 +8,21 @@ no source value is left in the copy. The names below are the package's face.
 """
 
 from .masks import Masked, data_env, expression, install_masks, masked_frame, remove_masks
-from .planning import Plan, plan, plan_for, verdict
+from .planning import Plan, Proposal, plan, plan_for, verdict
 from .proof import prove, residual
 from .rules import (
     SALT_ENV,
     Column,
+    NoRules,
     Rule,
     Rules,
     RulesError,
     Salt,
     SaltMissing,
     columns,
+    for_refresh,
     load,
+    require_written,
     rules_path,
     salt,
     salt_finding,
@@ -29,6 +32,10 @@ from .text import contact_leaks, personal_sources, phrase_leaks, phrases_in_sour
 
 __all__ = [
     "SALT_ENV",
+    "NoRules",
+    "Proposal",
+    "for_refresh",
+    "require_written",
     "Column",
     "Masked",
     "Plan",

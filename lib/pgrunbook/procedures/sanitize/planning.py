@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from .text import phrases_in_source
 class Plan:
     rows: list[dict[str, Any]]
     findings: list[Finding]
+    proposal: Proposal | None = None  # rules for the unruled personal columns, to start from
 
     def frame(self):
         """Every column with its rule and verdict, as a DataFrame."""
@@ -78,8 +80,17 @@ def plan(conn: psycopg.Connection, rules: Rules, *, sample: int = 200) -> Plan:
         Finding(
             "rules",
             Status.OK,
-            f"{masked} columns masked, {len(cols) - masked} kept, from {rules.path.name}",
+            f"{masked} columns masked, {len(cols) - masked} kept, from {rules.name}",
             value=masked,
+        )
+        if rules.written
+        else Finding(
+            "rules",
+            Status.CRIT,
+            f"no masking rules for {'app ' + repr(rules.app) if rules.app else 'this target'}:"
+            f" write them first; a start built from the source's {len(unruled)} personal-looking"
+            " columns is proposed below (check each one), to save as a file and name with"
+            ' sanitize = "FILE" on the app or -p rules FILE',
         )
     ]
     found.append(
@@ -88,7 +99,7 @@ def plan(conn: psycopg.Connection, rules: Rules, *, sample: int = 200) -> Plan:
             Status.CRIT if unruled else Status.OK,
             (
                 f"{len(unruled)} columns look personal and have no rule: add a rule or 'keep' to "
-                f"{rules.path.name}"
+                f"{rules.name}"
                 if unruled
                 else "every personal-looking column has a rule"
             ),
@@ -108,7 +119,50 @@ def plan(conn: psycopg.Connection, rules: Rules, *, sample: int = 200) -> Plan:
         )
     )
     found.append(phrases_in_source(conn, rules))
-    return Plan(rows, found)
+    return Plan(rows, found, proposal=Proposal(_propose(cols, personal)) if unruled else None)
+
+
+class Proposal:
+    """Rules proposed for the personal-looking columns that have none, as TOML (shown as a code
+    block in a notebook): a start for the team to check, never applied as they stand."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+    def _repr_markdown_(self) -> str:
+        return f"Proposed masking rules (check each one before saving):\n\n```toml\n{self.text}```"
+
+
+def _propose(cols: list[Column], personal: dict[str, str]) -> str:
+    by_table: dict[str, list[str]] = {}
+    for c in cols:
+        if f"{c.table}.{c.column}" in personal:
+            by_table.setdefault(c.table, []).append(f'{_toml_key(c.column)} = "{_guess(c)}"')
+    return "".join(
+        f"[columns.{_toml_key(t)}]\n" + "\n".join(lines) + "\n\n" for t, lines in by_table.items()
+    )
+
+
+def _guess(c: Column) -> str:
+    """A first rule for a personal-looking column, from its name and type."""
+    name = c.column.lower()
+    if KINDS["shift_date"] and c.type in KINDS["shift_date"]:
+        return "shift_date"
+    if c.type not in KINDS["text"]:
+        return "keep" if c.not_null else "null"
+    for word, rule in (("mail", "email"), ("phone", "phone"), ("mobile", "phone"),
+                       ("city", "city"), ("name", "name")):  # fmt: skip
+        if word in name and (rule in UNIQUE_SAFE or not c.unique):
+            return rule
+    return "token" if c.unique else "text"
+
+
+def _toml_key(name: str) -> str:
+    """A TOML key for a table (`"schema.table"`, quoted: a bare dot would nest) or a column."""
+    return json.dumps(name) if not name.replace("_", "").isalnum() else name
 
 
 def plan_for(target: Target, rules: Rules) -> Plan:

@@ -8,6 +8,7 @@ and a unique column stays unique.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -94,9 +95,18 @@ class Rule:
 
 @dataclass(frozen=True)
 class Rules:
-    path: Path
+    path: Path | None  # None: no rules written for this application yet
     rules: dict[tuple[str, str], Rule]
     email_domain: str = "example.invalid"
+    app: str = ""  # the application they belong to
+
+    @property
+    def written(self) -> bool:
+        return self.path is not None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else "no rules file"
 
     def masked(self) -> list[Rule]:
         return [r for r in self.rules.values() if r.kind != "keep"]
@@ -115,6 +125,32 @@ def rules_path(name: str) -> Path:
     return path if path.is_absolute() or path.exists() else config.settings().home / path
 
 
+class NoRules(RulesError):
+    "The application has no masking rules: a refresh cannot mask what nobody described"
+
+
+def for_refresh(source, target, given: str = "") -> Rules:
+    """The masking rules of a refresh: the file `given`, else the target's application's (its
+    `sanitize`), else the source's; where neither has any, none (never another application's):
+    plan mode then proposes a start from the source's own columns, apply is refused."""
+    if given:
+        return load(given)
+    for app in (target.app, source.app):
+        if app.sanitize:
+            return dataclasses.replace(load(app.sanitize), app=app.name)
+    return Rules(None, {}, app=target.app.name or source.app.name)
+
+
+def require_written(rules: Rules, target_name: str) -> None:
+    """NoRules (one line, before anything starts) where there are no rules to apply."""
+    if not rules.written:
+        whose = f"app {rules.app!r}" if rules.app else f"target {target_name!r} (it names no app)"
+        raise NoRules(
+            f"no masking rules for {whose}: write them first (plan mode proposes a start from the"
+            ' source\'s columns), then set sanitize = "FILE" on the app or pass -p rules FILE'
+        )
+
+
 def load(name: str) -> Rules:
     """The rules in file `name`; RulesError naming the file and the key at fault."""
     path = rules_path(name)
@@ -122,7 +158,7 @@ def load(name: str) -> Rules:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise RulesError(
-            f"no rules file {path}: pass rules=PATH (the Fixia rules are sanitize.toml)"
+            f"no rules file {path}: pass rules=PATH, a TOML file of masking rules"
         ) from None
     except tomllib.TOMLDecodeError as e:
         raise RulesError(f"{path} is not valid TOML: {e}") from None
