@@ -491,3 +491,37 @@ def test_a_database_dropped_and_re_created_starts_its_history_again(migrated, mo
     assert "database oid" in third["drift"].summary
     fourth = {f.check: f for f in runner.run("security", "staging", progress=False).findings}
     assert fourth["drift"].summary.startswith("since security/")  # its own history from there
+
+
+def test_the_review_ranks_the_applications_statements_not_pgrunbooks_own(sandbox, monkeypatch):
+    """pgrunbook's sessions are not tracked where the role may say so (a superuser); where it may
+    not (a monitoring role), its statements carry its tag and are kept out of the rankings."""
+    from pgrunbook.base.db import TAG
+    from pgrunbook.facts import statements
+
+    staging = runner.targets.resolve("staging")
+    role = "pgrb_watcher"
+    with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+            conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE pg_monitor, pg_read_all_data")
+    admin = psycopg.connect(staging.url, autocommit=True)
+    admin.execute("SELECT pg_stat_statements_reset()")
+
+    def ours() -> int:
+        return admin.execute(
+            "SELECT count(*) FROM pg_stat_statements WHERE query LIKE %s"
+            " AND query NOT LIKE 'SET pg_stat_statements.track%%'",  # the one that stops it
+            ["%" + TAG],
+        ).fetchone()[0]
+
+    runner.run("integrity", "staging", {"checks": "fk,unique"}, progress=False)  # as postgres
+    assert ours() == 0  # a superuser's session is not tracked at all
+    watcher = staging.url.replace("postgres:@", f"{role}:@").replace("postgres@", f"{role}@")
+    monkeypatch.setenv("STAGING_DATABASE_URL", watcher)
+    runner.run("integrity", "staging", {"checks": "fk,unique"}, progress=False)
+    assert ours() > 0  # tracked, and tagged
+    admin.execute("SELECT count(*) FROM users WHERE email LIKE 'a%'")  # the application's
+    ranked = statements.statements(admin)
+    assert not [q for q in ranked["query"] if q.rstrip().endswith(TAG)]
+    assert any("FROM users" in q for q in ranked["query"])
+    admin.close()

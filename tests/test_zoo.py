@@ -486,8 +486,8 @@ def test_drill_and_refresh_plan_on_the_zoo(zoo, tmp_path, monkeypatch):
     proposed = _proposal(unruled.notebook)
     assert '[columns."public.customers"]' in proposed and 'email = "email"' in proposed
     with pytest.raises(sanitize.NoRules, match="write them first"):
-        runner.run("staging_refresh", "zoo_copy",
-                   {"source": "zoo", "mode": "apply", "confirm": "zoo_copy"}, progress=False)  # fmt: skip
+        given = {"source": "zoo", "mode": "apply", "confirm": "zoo_copy"}
+        runner.run("staging_refresh", "zoo_copy", given, progress=False)
     rules = tmp_path / "zoo_rules.toml"
     rules.write_text(proposed)  # the proposal, as a team would save it after checking it
     ruled = runner.run(

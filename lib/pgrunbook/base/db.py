@@ -13,11 +13,45 @@ import re
 from urllib.parse import quote, urlsplit
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from .errors import ConnectionFailed
 from .secrets import redact
 from .targets import Target
+
+TAG = "/* pgrunbook */"  # what pgrunbook ends each statement with: its own work, recognized
+
+
+class TaggedCursor(psycopg.Cursor):
+    """A cursor whose statements carry pgrunbook's tag at their end, so that query statistics
+    tell its work from the application's (pg_stat_statements keeps a statement's text from its
+    first token on: a comment before it is dropped, one after it kept)."""
+
+    def execute(self, query, params=None, **kwargs):
+        return super().execute(tag(query), params, **kwargs)
+
+
+def tag(query):
+    """`query` (text or composed SQL) with pgrunbook's tag after it, on a line of its own (the
+    query may end in a -- comment)."""
+    if isinstance(query, str):
+        return f"{query}\n{TAG}"
+    if isinstance(query, bytes):
+        return query + f"\n{TAG}".encode()
+    return sql.Composed([query, sql.SQL(f"\n{TAG}")])
+
+
+def untracked(conn: psycopg.Connection) -> bool:
+    """Keep this session's statements out of pg_stat_statements where the role may (a superuser,
+    or one granted SET on pg_stat_statements.track); whether it could."""
+    try:
+        with conn.transaction():
+            conn.execute("SET pg_stat_statements.track = 'none'")
+        return True
+    except psycopg.Error:
+        return False
+
 
 DEFAULT_STATEMENT_TIMEOUT = "60s"
 DEFAULT_LOCK_TIMEOUT = "5s"
@@ -55,7 +89,7 @@ def connect(
     """A connection to `target` (or another `database` on its server)."""
     url = with_database(target.url, database) if database else target.url
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             url,
             autocommit=autocommit,
             application_name=application[:63],
@@ -63,9 +97,14 @@ def connect(
                 readonly=readonly, statement_timeout=statement_timeout, lock_timeout=lock_timeout
             ),
             connect_timeout=10,
+            cursor_factory=TaggedCursor,
         )
     except psycopg.OperationalError as e:
         raise ConnectionFailed(explain_failure(target, e)) from None
+    untracked(conn)
+    if not autocommit:
+        conn.rollback()  # the SET's transaction: the caller starts its own
+    return conn
 
 
 def with_database(url: str, database: str) -> str:

@@ -138,7 +138,7 @@ class Restorer:
         if self.psql is None:
             raise ToolNotFound(f"no psql beside {self.reader}: a streamed restore needs one")
         conninfo, child_env = connection_args(url)
-        child_env = {**child_env, **(env or {})}
+        child_env = {"PGAPPNAME": "pgrunbook/psql", **child_env, **(env or {})}
         load = [str(self.psql.path), "-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-f", "-"]
         with tempfile.TemporaryFile() as read_err, tempfile.TemporaryFile() as load_err:
             reader = _child([str(self.reader.path), *options, "--file=-", str(dump)], child_env,

@@ -152,7 +152,7 @@ def start(
     """Start `tool` with `args` against `url` (passed as -d, password and `env` through the
     environment)."""
     conninfo, child_env = connection_args(url)
-    env = {**child_env, **(env or {})}
+    env = {"PGAPPNAME": f"pgrunbook/{tool.name}", **child_env, **(env or {})}
     return subprocess.Popen(
         [str(tool.path), *args, "-d", conninfo],
         env=env,

@@ -13,6 +13,8 @@ import re
 import psycopg
 from psycopg import sql
 
+from ..base.db import TAG
+
 HAS_STATEMENTS = "SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'"
 
 STATEMENTS = """
@@ -53,10 +55,11 @@ def has_statements(conn: psycopg.Connection) -> bool:
 
 
 def own_work(query: str) -> bool:
-    """Whether a statement is pgrunbook's own or its tools' (dumps, restores, hashing, amcheck), or
-    a read
-    of the catalog alone (introspection): work on the database, not the application's queries."""
-    if OWN_WORK.search(query):
+    """Whether a statement is pgrunbook's own (it carries pgrunbook's tag: see `db.TaggedCursor`;
+    where the role may, its sessions are not tracked at all), its tools' (the COPY of pg_dump and
+    pg_restore, which cannot be tagged), or a read of the catalog alone (introspection): work on
+    the database, not the application's queries."""
+    if query.rstrip().endswith(TAG) or OWN_WORK.search(query):
         return True
     relations = _RELATION.findall(query)
     return bool(relations) and all(_CATALOG.match(r) for r in relations)
