@@ -73,6 +73,8 @@ def managed(server, monkeypatch, tmp_path):
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(ROLE)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(ROLE)))  # the server as it was
 
 
 def _run(runbook: str, target: str, **given: str):

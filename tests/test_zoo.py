@@ -405,7 +405,7 @@ def test_contact_proof_ignores_shapes_in_kept_data_and_finds_real_contacts(zoo, 
 
 def test_performance_leaves_its_own_work_out(sandbox):
     t = targets.resolve("sandbox")
-    with db.connect(t, readonly=False) as conn:
+    with psycopg.connect(t.url, autocommit=True) as conn:  # as the application, tracked
         conn.execute("SELECT pg_stat_statements_reset()")
         conn.execute("SELECT bit_xor(hashint8extended(id, 0)) FROM users")
         conn.execute(
@@ -428,7 +428,7 @@ def test_performance_leaves_its_own_work_out(sandbox):
 
 def test_slow_statements_read_once(sandbox):
     t = targets.resolve("sandbox")
-    with db.connect(t, readonly=False) as conn:
+    with psycopg.connect(t.url, autocommit=True) as conn:  # as the application, tracked
         conn.execute("SELECT pg_stat_statements_reset()")
         conn.execute("SELECT pg_sleep(0.12)")
         with conn.cursor().copy("COPY (SELECT pg_sleep(0.12)) TO STDOUT") as out:  # a tool's work
