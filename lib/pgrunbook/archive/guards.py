@@ -184,7 +184,14 @@ def fleet_report(target: Target | None, v: dict[str, Any], conn: Any) -> None:
     fleet.load(v["fleet_run"])  # a fleet run that was never recorded: bad input
 
 
+def backup(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
+    from ..base import repository  # lazy: start-up time
+
+    repository.for_target(target)  # out of reach, no key, a wrong key: one line, before pg_dump
+
+
 RULES = {
+    "backup": backup,
     "fleet_report": fleet_report,
     "health": health,
     "migrate": migrate,

@@ -58,6 +58,8 @@ class Settings:
     apps: dict[str, App] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
     fleets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    repository: str = ""  # where backups live: s3://bucket/prefix (empty: backups_dir)
+    encrypt: bool = True  # a remote repository is written encrypted unless this says otherwise
 
     def app_of(self, target: str) -> App:
         """The application profile of target `target` (an empty one when it names none)."""
@@ -182,11 +184,14 @@ def _load(home: Path, state: str, reports: str, backups: str, pitr: str, extra: 
         targets=targets,
         app_roles=tuple(config.get("app_roles", ())),
         apps=apps,
-        limits={
-            k: v for k, v in config.items() if k not in ("targets", "apps", "app_roles", "fleets")
-        },
+        limits={k: v for k, v in config.items() if k not in NOT_LIMITS},
         fleets=fleets,
+        repository=str(config.get("repository", "")),
+        encrypt=bool(config.get("encrypt", True)),
     )
+
+
+NOT_LIMITS = ("targets", "apps", "app_roles", "fleets", "repository", "encrypt")
 
 
 FLEET_KEYS = {"targets", "tags", "file"}

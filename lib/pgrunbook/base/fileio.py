@@ -116,3 +116,41 @@ def write_atomic(path: Path, data: str | bytes, *, mode: int = FILE_MODE) -> Non
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_LIVE: set[str] = set()  # owner tags of this process's writers still at work
+
+
+def owner_tag() -> str:
+    """Who is writing something ("host pid token"), for whoever finds it unfinished later; live
+    until `release`d (or the process ends)."""
+    import socket
+    import uuid
+
+    tag = f"{socket.gethostname()} {os.getpid()} {uuid.uuid4().hex[:12]}"
+    _LIVE.add(tag)
+    return tag
+
+
+def release(tag: str) -> None:
+    """The writer of `tag` is done (finished or failed): what it left unfinished is debris."""
+    _LIVE.discard(tag)
+
+
+def owner_gone(tag: str) -> bool:
+    """Whether the writer an owner tag names is gone: in this process, a released tag; on this
+    host, a process that no longer runs; from another host, never judged (only age can tell)."""
+    import socket
+
+    try:
+        host, pid, *rest = tag.split()
+        if host != socket.gethostname():
+            return False
+        if int(pid) == os.getpid():
+            return bool(rest) and tag not in _LIVE
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):
+        return False
+    return False

@@ -24,8 +24,11 @@ import dataclasses
 import re
 import subprocess
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import psycopg
 from psycopg import sql
@@ -104,14 +107,16 @@ class Restorer:
 
     def run(
         self,
-        dump: Path,
+        dump: Path | Feed,
         url: str,
         *,
         options: list[str] | tuple[str, ...] = (),
         jobs: int = 1,
         env: dict[str, str] | None = None,
     ) -> LeftOut:
-        """Restore `dump` (or the section `options` name) into the database at `url`."""
+        """Restore `dump` (or the section `options` name) into the database at `url`. `dump` is
+        a file, or a Feed that writes the archive into pg_restore's standard input (a backup
+        read back from a remote repository: one job, as pg_restore reads a pipe in order)."""
         options = list(options)
         sections = [o for o in options if o.startswith("--section=")]
         if self.newer or (self.drop_options and sections == [PRE_DATA]):
@@ -125,13 +130,25 @@ class Restorer:
         return left
 
     def _direct(
-        self, dump: Path, url: str, options: list[str], jobs: int, env: dict[str, str] | None
-    ) -> None:
-        args = ["--exit-on-error", "--jobs", str(jobs), *options, str(dump)]
-        run_tool(self.reader, args, url, env=env)
+        self, dump: Path | Feed, url: str, options: list[str], jobs: int,
+        env: dict[str, str] | None,
+    ) -> None:  # fmt: skip
+        if not isinstance(dump, Feed):
+            args = ["--exit-on-error", "--jobs", str(jobs), *options, str(dump)]
+            run_tool(self.reader, args, url, env=env)
+            return
+        conninfo, child_env = connection_args(url)
+        child_env = {"PGAPPNAME": "pgrunbook/pg_restore", **child_env, **(env or {})}
+        with tempfile.TemporaryFile() as err:
+            proc = _child([str(self.reader.path), "--exit-on-error", *options, "-d", conninfo],
+                          child_env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                          stderr=err)  # fmt: skip
+            dump.into(proc)
+            if (code := proc.wait()) != 0:
+                raise ToolFailed(f"pg_restore exited {code}: {_first_error(err, code)}")
 
     def _stream(
-        self, dump: Path, url: str, options: list[str], env: dict[str, str] | None
+        self, dump: Path | Feed, url: str, options: list[str], env: dict[str, str] | None
     ) -> LeftOut:
         if any(o in ("--create", "-C") for o in options):
             raise ValueError("a streamed restore reconnects nowhere: --create is not supported")
@@ -140,9 +157,14 @@ class Restorer:
         conninfo, child_env = connection_args(url)
         child_env = {"PGAPPNAME": "pgrunbook/psql", **child_env, **(env or {})}
         load = [str(self.psql.path), "-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-f", "-"]
+        fed = isinstance(dump, Feed)
         with tempfile.TemporaryFile() as read_err, tempfile.TemporaryFile() as load_err:
-            reader = _child([str(self.reader.path), *options, "--file=-", str(dump)], child_env,
-                            stdout=subprocess.PIPE, stderr=read_err)  # fmt: skip
+            reader = _child(
+                [str(self.reader.path), *options, "--file=-", *([] if fed else [str(dump)])],
+                child_env, stdin=subprocess.PIPE if fed else None, stdout=subprocess.PIPE,
+                stderr=read_err,
+            )  # fmt: skip
+            feeding = dump.start(reader) if fed else None
             psql = _child([*load, "-d", conninfo], child_env, stdin=subprocess.PIPE,
                           stdout=subprocess.DEVNULL, stderr=load_err)  # fmt: skip
             left = LeftOut()
@@ -158,6 +180,8 @@ class Restorer:
             loaded = psql.wait()
             if loaded != 0:
                 reader.kill()
+            if feeding is not None:
+                dump.finish(feeding, reader)
             read = reader.wait()
             reader.stdout.close()
             if loaded != 0:
@@ -165,6 +189,47 @@ class Restorer:
             if read != 0:
                 raise ToolFailed(f"pg_restore exited {read}: {_first_error(read_err, read)}")
         return left
+
+
+class Feed:
+    """An archive written into a child's standard input by `write(pipe)` (a backup read back
+    from a remote repository, checked as it is read). A failure to read it (a damaged object)
+    stops the child and is raised in its place."""
+
+    def __init__(self, write: Callable[[BinaryIO], None]):
+        self.write = write
+
+    def into(self, proc: subprocess.Popen) -> None:
+        """Feed `proc` to the end (in this thread), then close its input."""
+        self.finish(self.start(proc), proc)
+
+    def start(self, proc: subprocess.Popen) -> tuple[threading.Thread, list[BaseException]]:
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.write(proc.stdin)
+            except BrokenPipeError:  # the child stopped first: its own error says why
+                pass
+            except BaseException as e:
+                failed.append(e)
+                proc.kill()
+            finally:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread, failed
+
+    def finish(self, started, proc: subprocess.Popen) -> None:
+        thread, failed = started
+        thread.join()
+        if failed:
+            proc.wait()
+            raise failed[0]
 
 
 def _child(args: list[str], env: dict[str, str], **streams) -> subprocess.Popen:

@@ -147,10 +147,16 @@ def connection_args(url: str) -> tuple[str, dict[str, str]]:
 
 
 def start(
-    tool: Tool, args: list[str], url: str, *, env: dict[str, str] | None = None
+    tool: Tool,
+    args: list[str],
+    url: str,
+    *,
+    env: dict[str, str] | None = None,
+    text: bool = True,
+    stdin=None,
 ) -> subprocess.Popen:
     """Start `tool` with `args` against `url` (passed as -d, password and `env` through the
-    environment)."""
+    environment); `text=False`: its output as bytes (a dump to standard output)."""
     conninfo, child_env = connection_args(url)
     env = {"PGAPPNAME": f"pgrunbook/{tool.name}", **child_env, **(env or {})}
     return subprocess.Popen(
@@ -158,9 +164,10 @@ def start(
         env=env,
         umask=0o077,
         preexec_fn=end_with_parent,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
+        text=text,
     )
 
 
@@ -205,6 +212,8 @@ def wait(
         proc.kill()
         out, err = proc.communicate()
         raise ToolFailed(f"{tool.name} took longer than {timeout:.0f} s and was stopped") from None
+    if isinstance(err, bytes):
+        err = err.decode(errors="replace")
     if proc.returncode != 0:
         lines = [line for line in redact(err).splitlines() if line.strip()]
         causes = [line for line in lines if "error:" in line and "worker process died" not in line]

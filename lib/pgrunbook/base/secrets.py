@@ -45,7 +45,17 @@ def known_secrets() -> set[str]:
                 found.add(pw)
         elif name.upper().endswith(("PASSWORD", "SECRET", "TOKEN", "SALT", "KEY")):
             found.add(value)
+    found |= {v for n in ALSO_SECRET if (v := os.environ.get(n))}
+    if path := os.environ.get("PGRUNBOOK_REPOSITORY_KEY_FILE"):  # the key, not its file's name
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                found.add(f.read().strip())
+        except OSError:
+            pass
     return {s for s in found if len(s) >= 3}
+
+
+ALSO_SECRET = ("AWS_ACCESS_KEY_ID",)  # not a secret alone, but never in a report either
 
 
 def _conninfo_password(value: str) -> str | None:

@@ -21,7 +21,7 @@ def summary(backup: Backup) -> Finding:
         f"{backup.id}: {len(m['row_counts'])} tables, "
         f"{sum(m['row_counts'].values()):,} rows, {backup.size / 2**20:.1f} MiB in {took:.1f} s "
         f"with pg_dump {m['pg_dump_version']} for server {m['server_version']}",
-        value=str(backup.path),
+        value=backup.location,
     )
 
 
@@ -50,11 +50,12 @@ def check_finding(backup: Backup, problems: list[str] | None = None) -> Finding:
             + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
             examples=tuple(problems[:20]),
         )
-    n = len(backup.manifest["files"])
+    n = len(backup.manifest["parts" if backup.remote else "files"])
+    what = f"{n} objects in {backup.repository.url}" if backup.remote else f"{n} files"
     return Finding(
         "manifest",
         Status.OK,
-        f"backup {backup.id}: {n} files match the manifest "
+        f"backup {backup.id}: {what} match the manifest "
         f"({backup.size / 2**20:.1f} MiB, {sum(backup.manifest['row_counts'].values()):,} rows)",
     )
 

@@ -12,17 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from ..base import config, db
+from ..base import config, db, repository
 from ..base.errors import BackupFailed, BackupNotFound, PgRunbookError
-from ..base.fileio import sha256_file
+from ..base.fileio import owner_gone, sha256_file
+from ..base.repository import Repository
+from ..base.storage import StorageError
 from ..base.targets import Target
 
 MANIFEST = "manifest.json"
@@ -37,9 +40,19 @@ FORMATS = {"directory": ("d", "dump"), "custom": ("c", "dump.custom")}
 @dataclass(frozen=True)
 class Backup:
     id: str
-    path: Path
+    path: Path  # its folder; in a remote repository, its prefix there
     manifest: dict[str, Any]
     verification: dict[str, Any] | None = None
+    repository: Any = None  # the remote repository it lives in (None: the local folder)
+
+    @property
+    def remote(self) -> bool:
+        return self.repository is not None
+
+    @property
+    def location(self) -> str:
+        """Where it lives, as an operator finds it: a folder, or the repository URL and key."""
+        return f"{self.repository.url}/{self.path}" if self.remote else str(self.path)
 
     @property
     def end(self) -> datetime:
@@ -60,6 +73,8 @@ class Backup:
 
     @property
     def size(self) -> int:
+        if self.remote:
+            return sum(p["size"] for p in self.manifest["parts"])
         return sum(f["size"] for f in self.manifest["files"].values())
 
     @property
@@ -68,6 +83,11 @@ class Backup:
 
     def age_h(self, now: datetime | None = None) -> float:
         return ((now or datetime.now(UTC)) - self.end).total_seconds() / 3600
+
+
+def _where(target: Target | str) -> str:
+    url = repository.url_for(getattr(target, "name", target))
+    return url if repository.is_remote(url) else str(folder(target))
 
 
 def folder(target: Target | str) -> Path:
@@ -168,6 +188,10 @@ def all_backups(target: Target | str, *, current: dict[str, Any] | None = None) 
     """
     if isinstance(target, Target) and current is None:
         current = current_identity(target)
+    name = getattr(target, "name", target)
+    if (repo := repository.for_target(name)) is not None:
+        found = [b for b in remote_backups(repo, name) if current is None or belongs(b, current)]
+        return sorted(found, key=lambda b: b.end)
     found = []
     for path in sorted(folder(target).glob("[!.]*")):
         try:
@@ -194,11 +218,19 @@ def find(
         if not usable:
             failed = f" ({len(backups)} failed verification)" if backups else ""
             raise BackupNotFound(
-                f"no usable backup of {name!r} in {folder(target)}{failed}: "
+                f"no usable backup of {name!r} in {_where(target)}{failed}: "
                 "run the backup runbook first"
             )
         verified = [b for b in usable if b.verified]
         return (verified or usable)[-1]
+    if (repo := repository.for_target(name)) is not None:
+        if ref in remote_ids(repo, name)[0]:
+            return load_remote(repo, name, ref)
+        ids = ", ".join(b.id for b in backups[-5:]) or "none"
+        raise BackupNotFound(
+            f"no backup {ref!r} of {name!r} in {repo.url} (newest: {ids}): see the backup"
+            " runbook's status"
+        )
     path = folder(target) / ref
     if ref.startswith(".") or "/" in ref or not path.is_dir():
         ids = ", ".join(b.id for b in backups[-5:]) or "none"
@@ -211,6 +243,8 @@ def find(
 
 def check(backup: Backup) -> list[str]:
     """Everything about `backup` that does not match its manifest (empty when sound)."""
+    if backup.remote:
+        return check_remote(backup)
     path = backup.path
     if not (path / MANIFEST).exists():
         return [f"{path / MANIFEST} is missing: this folder is not a backup"]
@@ -268,3 +302,97 @@ def required(target: Target) -> bool:
     """Whether the target must have a verified backup within the RPO: a protected one, not on the
     sandbox."""
     return target.protected and not target.sandbox
+
+
+# -- in a remote repository ------------------------------------------------------------
+
+RESERVED = "reserved"
+STALE = timedelta(hours=12)  # a reservation from another host, unfinished this long, is debris
+UPLOADS_STALE = timedelta(hours=1)  # an unfinished multipart upload this old is debris
+
+
+def remote_folder(target: str, backup_id: str = "") -> str:
+    """The prefix of `target`'s backups (or of one of them) in a remote repository."""
+    return f"backups/{target}/{backup_id}/" if backup_id else f"backups/{target}/"
+
+
+def load_remote(repo: Repository, target: str, backup_id: str) -> Backup:
+    """The backup `backup_id` of `target` as its manifest describes it."""
+    where = remote_folder(target, backup_id)
+    manifest = repo.get_json(where + MANIFEST)
+    try:
+        verification = repo.get_json(where + VERIFIED)
+    except (StorageError, PgRunbookError):
+        verification = None
+    return Backup(backup_id, Path(where), manifest, verification, repository=repo)
+
+
+def remote_ids(repo: Repository, target: str) -> tuple[list[str], list[str]]:
+    """(backup ids with a manifest, ids reserved without one: being written, or debris)."""
+    entries = repo.store.list(remote_folder(target))
+    by_id: dict[str, set[str]] = {}
+    for e in entries:
+        backup_id, _, name = e.key[len(remote_folder(target)) :].partition("/")
+        by_id.setdefault(backup_id, set()).add(name)
+    done = sorted(i for i, names in by_id.items() if MANIFEST in names)
+    return done, sorted(i for i in by_id if i not in done)
+
+
+def remote_backups(repo: Repository, target: str) -> list[Backup]:
+    done, _ = remote_ids(repo, target)
+    return [load_remote(repo, target, i) for i in done]
+
+
+def check_remote(backup: Backup) -> list[str]:
+    """Every part the manifest names is in the bucket with its recorded size (its content is
+    checked as it is read: sha256 and each chunk's authentication)."""
+    repo = backup.repository
+    stored = {e.key: e.size for e in repo.store.list(f"{backup.path}/")}
+    problems = []
+    for part in backup.manifest.get("parts", []):
+        if part["key"] not in stored:
+            problems.append(f"missing: {repo.url}/{part['key']}")
+        elif stored[part["key"]] != part["size"]:
+            problems.append(f"size mismatch: {repo.url}/{part['key']}")
+    return problems
+
+
+def stream(backup: Backup) -> Iterator[bytes]:
+    """The dump, read back from the repository part by part, each checked against the manifest
+    (Damaged naming the object at the first difference)."""
+    for part in backup.manifest["parts"]:
+        yield from backup.repository.read(part["key"], expect=part)
+
+
+def feeder(backup: Backup) -> Callable[[Any], None]:
+    """A function writing the dump into a pipe (a pg_restore's standard input)."""
+
+    def feed(pipe) -> None:
+        for piece in stream(backup):
+            pipe.write(piece)
+
+    return feed
+
+
+def leftovers(repo: Repository, target: str) -> list[str]:
+    """What killed or failed writers left in the repository for `target`: reservations without a
+    manifest whose writer is gone (on this host) or that are older than STALE, and multipart
+    uploads older than UPLOADS_STALE."""
+    now = datetime.now(UTC)
+    _, unfinished = remote_ids(repo, target)
+    found = []
+    for backup_id in unfinished:
+        where = remote_folder(target, backup_id)
+        try:
+            tag = repo.get_json(where + RESERVED)
+        except (StorageError, PgRunbookError):
+            tag = {}
+        at = datetime.fromisoformat(tag["at"]) if tag.get("at") else now - STALE
+        if owner_gone(tag.get("owner", "")) or now - at >= STALE:
+            found.append(where)
+    found += [
+        f"upload {p.key}"
+        for p in repo.store.pending(remote_folder(target))
+        if now - p.started >= UPLOADS_STALE and not any(p.key.startswith(f) for f in found)
+    ]
+    return found

@@ -17,7 +17,6 @@ the target's keeping hours (keep_h, 48 h); never within them.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -25,11 +24,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base import config, db, limits
+from ..base import config, db, fileio, limits, repository
 from ..base.errors import PgRunbookError
 from ..base.findings import Check, Finding, Status
 from ..base.targets import Target
-from . import admin, swaps
+from ..facts import backups
+from . import admin, offsite, swaps
 
 OWNER = ".owner"  # inside a .partial folder: "host pid"
 SCRATCH = ("pgrb_verify_", "pgrb_drift_", "pgrb_rehearse_")  # scratch databases pgrunbook creates
@@ -44,22 +44,8 @@ class Debris:
         return f"{self.kind} {self.name}"
 
 
-def owner_tag() -> str:
-    return f"{socket.gethostname()} {os.getpid()}"
-
-
-def _dead(tag: str) -> bool:
-    """Whether the process a tag names is gone (a tag from another host is never judged dead)."""
-    try:
-        host, pid = tag.split()
-        if host != socket.gethostname():
-            return False
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, PermissionError):
-        return False
-    return False
+owner_tag = fileio.owner_tag
+_dead = fileio.owner_gone
 
 
 def scratch_key(target: Target, database: str) -> Target:
@@ -108,6 +94,9 @@ def find(target: Target) -> list[Debris]:
             tag = ""
         if not tag or _dead(tag):
             found.append(Debris("backup folder", str(partial)))
+    if (repo := _repository(target)) is not None:
+        left = backups.leftovers(repo, target.name)
+        found += [Debris("repository leftover", item) for item in left]
     running = config.settings().state_dir / "running"
     for work in sorted(running.glob(f"*_{target.name}*.ipynb")) if running.is_dir() else []:
         pid = work.name.split("_", 1)[0]
@@ -146,6 +135,15 @@ def finding(target: Target) -> Finding:
     )
 
 
+def _repository(target: Target):
+    """The target's remote repository, where it has one that opens (debris is looked for where
+    it can be; the backup findings say why a repository does not open)."""
+    try:
+        return repository.for_target(target)
+    except PgRunbookError:
+        return None
+
+
 def earlier_runs(target: Target) -> list[Finding]:
     """What earlier runs of `target` left: an unfinished swap (recovered here) and debris."""
     return [swaps.finding(target), finding(target)]
@@ -160,6 +158,8 @@ def clean(target: Target) -> list[Debris]:
                 admin.drop(conn, item.name)
         elif item.kind == "backup folder":
             shutil.rmtree(item.name, ignore_errors=True)
+        elif item.kind == "repository leftover":
+            offsite.clean(_repository(target), [item.name])
         else:
             Path(item.name).unlink(missing_ok=True)
         removed.append(item)

@@ -23,14 +23,14 @@ from typing import Any
 
 import psycopg
 
-from ..base import db, migrations, pgtools
+from ..base import db, migrations, pgtools, repository
 from ..base.errors import BackupFailed
 from ..base.fileio import DIR_MODE, private_dir, write_atomic
 from ..base.findings import Finding, Status
 from ..base.targets import Target
 from ..facts import catalog, indexes, sequences
 from ..facts.backups import FORMATS, MANIFEST, VERIFIED, Backup, folder, hash_all, identity, load
-from . import debris
+from . import debris, offsite
 
 
 def _file_table(root: Path, dump: Path) -> dict[str, dict[str, Any]]:
@@ -73,9 +73,12 @@ def _write_manifest(where: Path, manifest: dict[str, Any]) -> None:
 
 
 def create(target: Target, *, format: str = "directory", jobs: int = 2, label: str = "") -> Backup:
-    """Dump `target` with its manifest. On any failure nothing is left that claims success."""
+    """Dump `target` with its manifest, into its remote repository (streamed, see `offsite`) or
+    the local backups folder. On any failure nothing is left that claims success."""
     if format not in FORMATS:
         raise ValueError(f"format must be 'directory' or 'custom', not {format!r}")
+    if (repo := repository.for_target(target)) is not None:
+        return offsite.create(target, repo, label=label, jobs=jobs)
     started = datetime.now(UTC)
     conn = db.connect(
         target, application="pgrunbook/backup", autocommit=False, statement_timeout="0"
@@ -148,6 +151,8 @@ def _why(error: Exception) -> str:
 
 
 def record_verification(backup: Backup, result: dict[str, Any]) -> Backup:
+    if backup.remote:
+        return offsite.record_verification(backup, result)
     write_atomic(backup.path / VERIFIED, json.dumps(result, indent=1, sort_keys=True))
     return load(backup.path)
 
@@ -176,7 +181,10 @@ def prune(plan: list[Backup], *, enabled: bool) -> Finding:
             examples=names,
         )
     for b in plan:
-        shutil.rmtree(b.path)
+        if b.remote:
+            offsite.delete(b)
+        else:
+            shutil.rmtree(b.path)
     return Finding(
         "retention", Status.OK, f"deleted {len(plan)} backups past retention", examples=names
     )

@@ -163,10 +163,13 @@ def restore_into(
     with admin_connection(target) as conn:
         way = way_in(conn, target, backup)
         with timeline.phase("roles"):
-            script = schema_script(backup, way.reader)
-            named = roles_in(script)
-            if rejected := pgrestore.rejected_options(conn, pgrestore.column_options(script)):
-                way = way.leaving_out(rejected)
+            if backup.remote:  # recorded at the backup: the dump is not read twice from the bucket
+                named = set(backup.manifest.get("roles", ()))
+            else:
+                script = schema_script(backup, way.reader)
+                named = roles_in(script)
+                if rejected := pgrestore.rejected_options(conn, pgrestore.column_options(script)):
+                    way = way.leaving_out(rejected)
             have = {
                 r
                 for (r,) in conn.execute(
@@ -185,7 +188,8 @@ def restore_into(
     if missing:
         options += ["--no-owner", "--no-privileges"]
     url = db.with_database(target.url, database)
-    dump = backup.dump_path
+    dump = pgrestore.Feed(backups.feeder(backup)) if backup.remote else backup.dump_path
+    jobs = 1 if backup.remote else jobs  # a pipe is read in order
     left_out = pgrestore.LeftOut()
 
     def hook(fn: Callable[[psycopg.Connection], Any] | None) -> None:
@@ -467,6 +471,7 @@ def verify(
     scratch = _scratch_name(backup, "verify")
     with debris.working_on(target, scratch, f"verification of {backup.id}"):
         admin.drop_database(target, scratch)
+        restored: Restored | None = None
         try:
             restored = restore_into(target, backup, scratch, jobs=jobs, timeline=timeline)
             with db.connect(
@@ -477,6 +482,8 @@ def verify(
                 application="pgrunbook/verify",
             ) as conn:
                 checks = compare(conn, backup, repair_sequences=False, timeline=timeline)
+        except RestoreFailed as e:  # the backup does not restore: that is the verdict
+            checks = [Finding("restore", Status.CRIT, str(e).split(": ", 1)[-1])]
         finally:
             with timeline.phase("drop scratch"):
                 admin.drop_database(target, scratch)
@@ -486,7 +493,7 @@ def verify(
         "at": datetime.now(UTC).isoformat(),
         "phases": timeline.phases,
         "findings": [f.to_dict() for f in checks],
-        **restored.record(),
+        **(restored.record() if restored else {}),
     }
     dumps.record_verification(backup, result)
     summary = "; ".join(f"{f.check}: {f.summary}" for f in bad or checks)

@@ -1,0 +1,408 @@
+"""One storage door: everything pgrunbook keeps off the database goes through a `Store`.
+
+A repository is a URL: a local folder (`/srv/pgrunbook`, `file:///srv/pgrunbook`) or an S3
+bucket and prefix (`s3://bucket/prefix`), on AWS or any S3 server (MinIO, SeaweedFS, R2,
+Google Cloud Storage's S3 interface). The S3 client is boto3, with the standard credential chain
+(`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, `AWS_ENDPOINT_URL`, instance and
+web-identity roles): no credential is read from pgrunbook's own files, and none is ever in a
+message.
+
+What object stores need, both stores do: a put that is atomic (a reader sees the whole object or
+none), `create_only` that never replaces another writer's object (S3's `If-None-Match: *`, a
+hard link locally), streaming reads and writes (a multipart upload, aborted on failure, on S3),
+listing by prefix, and the uploads a killed writer left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+from .errors import PgRunbookError
+from .fileio import private_dir
+
+PART = 8 * 2**20  # bytes per part of a multipart upload (S3's minimum is 5 MiB)
+
+
+class StorageError(PgRunbookError):
+    "The repository could not be read or written"
+
+
+class Exists(StorageError):
+    "An object of that name is there already: it is never replaced"
+
+
+class Missing(StorageError):
+    "No object of that name in the repository"
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    size: int
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An upload a writer started and never finished (a multipart upload on S3)."""
+
+    key: str
+    upload: str
+    started: datetime
+
+
+class Writer(ABC):
+    """A streaming write: `write` as often as needed, then `commit`; `abort` (or an exception in a
+    `with` block) leaves nothing."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class Store(ABC):
+    url: str
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, *, create_only: bool = False) -> None: ...
+
+    @abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def reader(self, key: str) -> BinaryIO: ...
+
+    @abstractmethod
+    def writer(self, key: str, *, create_only: bool = False) -> Writer: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[Entry]: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def exists(self, key: str) -> bool:
+        return any(e.key == key for e in self.list(key))
+
+    @abstractmethod
+    def pending(self, prefix: str = "") -> list[Pending]:
+        """Uploads started and never finished (a local folder's: its temporary files)."""
+
+    @abstractmethod
+    def abort_pending(self, item: Pending) -> None:
+        """Remove what an unfinished upload left."""
+
+    @property
+    def remote(self) -> bool:
+        return False
+
+
+# -- a local folder ---------------------------------------------------------------------------
+
+
+class LocalStore(Store):
+    """Objects as files under `root`, written to a private temporary file, flushed and renamed."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.url = str(root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise StorageError(f"{key!r} is outside the repository {self.root}")
+        return path
+
+    def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        with self.writer(key, create_only=create_only) as w:
+            w.write(data)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise Missing(f"no {key} in {self.url}") from None
+
+    def reader(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")  # noqa: SIM115 (the caller closes it)
+        except FileNotFoundError:
+            raise Missing(f"no {key} in {self.url}") from None
+
+    def writer(self, key: str, *, create_only: bool = False) -> Writer:
+        path = self._path(key)
+        private_dir(path.parent)
+        return _LocalWriter(path, create_only)
+
+    def list(self, prefix: str = "") -> list[Entry]:
+        base = self._path(prefix) if prefix else self.root
+        start = base if base.is_dir() else base.parent
+        if not start.exists():
+            return []
+        found = []
+        for p in sorted(start.rglob("*")):
+            key = str(p.relative_to(self.root))
+            if p.is_file() and key.startswith(prefix) and not p.name.startswith(".pgrb-tmp"):
+                st = p.stat()
+                found.append(Entry(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+        return found
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def pending(self, prefix: str = "") -> list[Pending]:
+        start = self._path(prefix) if prefix else self.root
+        start = start if start.is_dir() else start.parent
+        return [
+            Pending(str(p.relative_to(self.root)), str(p), _mtime(p))
+            for p in (sorted(start.rglob(".pgrb-tmp*")) if start.exists() else [])
+        ]
+
+    def abort_pending(self, item: Pending) -> None:
+        Path(item.upload).unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> datetime:
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+class _LocalWriter(Writer):
+    def __init__(self, path: Path, create_only: bool):
+        self.path, self.create_only = path, create_only
+        fd, name = tempfile.mkstemp(prefix=".pgrb-tmp", dir=path.parent)
+        self.tmp = Path(name)
+        self.file = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        try:
+            if self.create_only:  # a hard link fails where the name is taken: never replaced
+                try:
+                    os.link(self.tmp, self.path)
+                except FileExistsError:
+                    raise Exists(f"{self.path} exists already: it is never replaced") from None
+            else:
+                os.replace(self.tmp, self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+        dirfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+# -- S3 ---------------------------------------------------------------------------------------
+
+
+class S3Store(Store):
+    """Objects under `prefix` in `bucket`; boto3's client, its credential chain, its retries."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, client=None):
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self._client = client
+
+    @property
+    def remote(self) -> bool:
+        return True
+
+    @property
+    def client(self):
+        if self._client is None:
+            import boto3  # here: only a remote repository needs it
+            from botocore.config import Config
+
+            self._client = boto3.client(
+                "s3",
+                config=Config(
+                    retries={"max_attempts": 5, "mode": "standard"},
+                    connect_timeout=5,
+                    read_timeout=60,
+                    # checksums only where the operation requires one: S3 servers other than
+                    # AWS's refuse the newer default headers on some calls
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                ),
+            )
+        return self._client
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, what: str, key: str, fn, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise Exists(f"{self.url}/{key} exists already: it is never replaced") from None
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise Missing(f"no {key} in {self.url}") from None
+            raise StorageError(f"{what} {self.url}/{key} failed: {code or e}") from None
+        except BotoCoreError as e:
+            raise StorageError(f"{what} {self.url}/{key} failed: {_reason(e)}") from None
+
+    def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        extra = {"IfNoneMatch": "*"} if create_only else {}
+        self._call("writing", key, self.client.put_object, Key=self._key(key), Body=data, **extra)
+
+    def get(self, key: str) -> bytes:
+        with self.reader(key) as body:
+            return body.read()
+
+    def reader(self, key: str) -> BinaryIO:
+        return self._call("reading", key, self.client.get_object, Key=self._key(key))["Body"]
+
+    def writer(self, key: str, *, create_only: bool = False) -> Writer:
+        return _S3Writer(self, key, create_only)
+
+    def list(self, prefix: str = "") -> list[Entry]:
+        found, token = [], None
+        start = len(self._key(""))
+        while True:
+            more = {"ContinuationToken": token} if token else {}
+            page = self._call(
+                "listing", prefix, self.client.list_objects_v2, Prefix=self._key(prefix), **more
+            )
+            found += [
+                Entry(o["Key"][start:], o["Size"], o["LastModified"])
+                for o in page.get("Contents", [])
+            ]
+            if not page.get("IsTruncated"):
+                return found
+            token = page["NextContinuationToken"]
+
+    def delete(self, key: str) -> None:
+        self._call("deleting", key, self.client.delete_object, Key=self._key(key))
+
+    def pending(self, prefix: str = "") -> list[Pending]:
+        page = self._call(
+            "listing uploads of", prefix, self.client.list_multipart_uploads,
+            Prefix=self._key(prefix),
+        )  # fmt: skip
+        start = len(self._key(""))
+        return [
+            Pending(u["Key"][start:], u["UploadId"], u["Initiated"])
+            for u in page.get("Uploads", []) or []
+        ]
+
+    def abort_pending(self, item: Pending) -> None:
+        self._call(
+            "aborting the upload of", item.key, self.client.abort_multipart_upload,
+            Key=self._key(item.key), UploadId=item.upload,
+        )  # fmt: skip
+
+
+class _S3Writer(Writer):
+    """Parts of PART bytes as a multipart upload; an object smaller than one part is one put."""
+
+    def __init__(self, store: S3Store, key: str, create_only: bool):
+        self.store, self.key, self.create_only = store, key, create_only
+        self.buffer = bytearray()
+        self.upload: str | None = None
+        self.parts: list[dict] = []
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= PART:
+            self._send(bytes(self.buffer[:PART]))
+            del self.buffer[:PART]
+
+    def _send(self, chunk: bytes) -> None:
+        s = self.store
+        if self.upload is None:
+            self.upload = s._call(
+                "starting", self.key, s.client.create_multipart_upload, Key=s._key(self.key)
+            )["UploadId"]
+        number = len(self.parts) + 1
+        done = s._call(
+            "writing a part of", self.key, s.client.upload_part, Key=s._key(self.key),
+            UploadId=self.upload, PartNumber=number, Body=chunk,
+        )  # fmt: skip
+        self.parts.append({"PartNumber": number, "ETag": done["ETag"]})
+
+    def commit(self) -> None:
+        s = self.store
+        if self.upload is None:
+            s.put(self.key, bytes(self.buffer), create_only=self.create_only)
+            return
+        if self.buffer:
+            self._send(bytes(self.buffer))
+            self.buffer.clear()
+        extra = {"IfNoneMatch": "*"} if self.create_only else {}
+        try:
+            s._call(
+                "completing", self.key, s.client.complete_multipart_upload, Key=s._key(self.key),
+                UploadId=self.upload, MultipartUpload={"Parts": self.parts}, **extra,
+            )  # fmt: skip
+        except StorageError:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if self.upload is not None:
+            try:
+                self.store.abort_pending(Pending(self.key, self.upload, datetime.now(UTC)))
+            except StorageError:
+                pass  # the next run names and removes it (see `pending`)
+            self.upload = None
+
+
+def _reason(error: Exception) -> str:
+    """One line for a client-side failure, naming the endpoint, never a credential."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "Could not connect" in text or "Connect timeout" in text:
+        return f"{text}: is the object store up and reachable?"
+    if "Unable to locate credentials" in text:
+        return "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+    return text
+
+
+# -- opening a repository -----------------------------------------------------------------------
+
+
+def open_store(url: str) -> Store:
+    """The store a repository URL names: `s3://bucket/prefix`, or a local folder."""
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise StorageError(f"{url!r} names no bucket: write s3://BUCKET/PREFIX")
+        return S3Store(parts.netloc, parts.path)
+    if parts.scheme in ("", "file"):
+        root = Path(parts.path if parts.scheme == "file" else url).expanduser()
+        private_dir(root)
+        return LocalStore(root)
+    raise StorageError(f"repository {url!r}: use s3://BUCKET/PREFIX or a local folder")

