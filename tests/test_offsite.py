@@ -193,3 +193,50 @@ def _keys(s3server, bucket: str) -> list[str]:
 def _databases(target) -> set[str]:
     with psycopg.connect(db.with_database(target.url, "postgres")) as conn:
         return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+
+def test_any_backup_is_verified_again_from_the_bucket(sandbox, s3server, bucket, capsys):
+    """`pgrunbook backups verify --id ...`: a schedule restore-tests an old backup, as pgBackRest's
+    verify and Barman's check encourage."""
+    from pgrunbook.cli import main
+
+    staging = targets.resolve("staging")
+    first = dumps.create(staging, label="old")
+    assert main(["backups", "verify", "--target", "staging", "--id", first.id]) == 0
+    assert "verified" in capsys.readouterr().out
+    assert backups.find(staging, first.id).verified
+    assert main(["backups", "verify", "--target", "staging", "--id", "random"]) == 0
+    assert main(["backups", "list", "--target", "staging"]) == 0
+    assert first.id in capsys.readouterr().out
+
+
+def test_two_runners_back_up_and_prune_one_repository_at_once(sandbox, s3server, bucket):
+    """Ids never collide, no backup is lost, and a prune passes over a backup another runner is
+    reading."""
+    staging = targets.resolve("staging")
+    made: list = []
+    errors: list[BaseException] = []
+
+    def runner_() -> None:
+        try:
+            for _ in range(2):
+                made.append(dumps.create(staging, label="same"))
+        except BaseException as e:
+            errors.append(e)
+
+    workers = [threading.Thread(target=runner_) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors
+    ids = [b.id for b in made]
+    assert len(set(ids)) == 4  # unique, though started in the same seconds with one label
+    assert sorted(b.id for b in backups.all_backups(staging)) == sorted(ids)
+    old, *rest = sorted(made, key=lambda b: b.id)
+    from pgrunbook.procedures import offsite
+
+    with offsite.leased(backups.find(staging, old.id)):  # another runner restores it now
+        pruned = dumps.prune([backups.find(staging, b) for b in ids], enabled=True)
+    assert f"kept (in use): {old.id}" in pruned.examples
+    assert [b.id for b in backups.all_backups(staging)] == [old.id]

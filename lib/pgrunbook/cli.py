@@ -97,6 +97,36 @@ def cmd_doctor(args) -> int:
     return worst(verdicts).value
 
 
+def cmd_backups(args) -> int:
+    """The backups of a target, wherever they live; `verify` restores one again from there."""
+    import random
+
+    from .base.findings import Status
+    from .facts import backups  # lazy: start-up time
+    from .procedures import restore
+
+    t = targets.resolve(args.target)
+    found = backups.all_backups(t)
+    if args.action == "list":
+        for b in found:
+            state = "verified" if b.verified else "FAILED" if b.failed else "not verified"
+            print(f"{b.id}  {b.end:%Y-%m-%d %H:%M} UTC  {b.size / 2**20:9.1f} MiB  {state}")
+        if not found:
+            print(f"no backups of {args.target}")
+        return 0
+    if not args.id:
+        raise UnknownParameter("backups verify needs --id ID (or latest, or random)")
+    if args.id == "random":
+        if not found:
+            raise UnknownParameter(f"no backups of {args.target!r} to verify")
+        chosen = random.choice(found)
+    else:
+        chosen = backups.find(t, args.id)
+    verdict, _ = restore.verify(t, chosen)
+    print(f"{verdict.status.name:<8}{chosen.id} ({chosen.location}): {verdict.summary}")
+    return verdict.status.value if verdict.status is not Status.OK else 0
+
+
 def cmd_cleanup(args) -> int:
     """List (or with --apply remove) what killed runs of the target left; never a kept database."""
     from .procedures import debris, swaps  # lazy: start-up time
@@ -427,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="no progress bar (shown only on a terminal anyway)",
     )
     mig.set_defaults(fn=cmd_migrations)
+
+    bk = add("backups", help="a target's backups, wherever they live; verify one again from there")
+    bk.add_argument("action", choices=["list", "verify"])
+    bk.add_argument("--target", "-t", required=True)
+    bk.add_argument("--id", help="with verify: a backup id, latest, or random (restore-test one)")
+    bk.set_defaults(fn=cmd_backups)
 
     doc = add("doctor", help="per target: server version and the client programs used with it")
     doc.add_argument("--target", "-t", help="one target (default: every configured one)")

@@ -180,11 +180,18 @@ def prune(plan: list[Backup], *, enabled: bool) -> Finding:
             f"{len(plan)} backups past retention (prune=False keeps them)",
             examples=names,
         )
+    busy = [b for b in plan if b.remote and offsite.in_use(b)]
+    plan = [b for b in plan if b not in busy]  # another runner verifies or restores it now
     for b in plan:
         if b.remote:
             offsite.delete(b)
         else:
             shutil.rmtree(b.path)
+    names = tuple(b.id for b in plan)
+    note = f"; {len(busy)} in use by another runner kept for now" if busy else ""
     return Finding(
-        "retention", Status.OK, f"deleted {len(plan)} backups past retention", examples=names
+        "retention",
+        Status.OK,
+        f"deleted {len(plan)} backups past retention{note}",
+        examples=names + tuple(f"kept (in use): {b.id}" for b in busy),
     )

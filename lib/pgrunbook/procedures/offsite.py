@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import queue
 import threading
-from datetime import UTC, datetime
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -202,3 +205,33 @@ def clean(repo: Repository, found: list[str]) -> None:
                     repo.store.abort_pending(p)
         else:
             _remove(repo, item)
+
+
+LEASE = "lease-"
+LEASE_HOURS = 6  # a verification's lease counts this long (a verification killed midway expires)
+
+
+@contextmanager
+def leased(backup: Backup) -> Iterator[None]:
+    """Hold a lease on `backup` while it is read (verified, restored): a prune by any runner
+    passes it over meanwhile."""
+    key = f"{backup.path}/{LEASE}{uuid.uuid4().hex[:12]}"
+    backup.repository.put_json(key, {"owner": fileio.owner_tag(), "at": _now()})
+    try:
+        yield
+    finally:
+        try:
+            backup.repository.store.delete(key)
+        except StorageError:
+            pass  # it expires
+
+
+def in_use(backup: Backup) -> bool:
+    """Whether another runner holds a fresh lease on `backup` (it is being verified)."""
+    entries = backup.repository.store.list(f"{backup.path}/{LEASE}")
+    limit = datetime.now(UTC) - timedelta(hours=LEASE_HOURS)
+    return any(e.modified > limit for e in entries)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()

@@ -9,6 +9,7 @@ target's place, keeping the old database as <name>_pre_restore_<time>.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from ..base.targets import Target
 from ..checks import recovery
 from ..facts import backups, catalog, indexes, sequences
 from ..facts.backups import Backup
-from . import admin, debris, dumps, swaps
+from . import admin, debris, dumps, offsite, swaps
 
 
 class RestoreFailed(PgRunbookError):
@@ -208,15 +209,10 @@ def restore_into(
         with timeline.phase(name):
             left_out |= way.run(dump, url, options=options + section, jobs=jobs, env=env)
 
+    held = offsite.leased(backup) if backup.remote else contextlib.nullcontext()
     try:
-        if before_data is None and after_data is None:
-            load("pg_restore", [])
-        else:
-            load("pg_restore: tables", ["--section=pre-data"])
-            hook(before_data)
-            load("pg_restore: data", ["--section=data"], data_env)
-            hook(after_data)
-            load("pg_restore: indexes and constraints", ["--section=post-data"])
+        with held:  # a prune by another runner passes over a backup being read
+            _passes(load, hook, before_data, after_data, data_env)
         return Restored(missing, way, left_out)
     except BaseException as e:
         try:
@@ -229,6 +225,18 @@ def restore_into(
                 f"restore of {backup.id} failed, {target.name!r} untouched, {left}: {e}"
             ) from None
         raise
+
+
+def _passes(load, hook, before_data, after_data, data_env=None) -> None:
+    """One pass of pg_restore, or (with hooks) tables, hook, data, hook, indexes and constraints."""
+    if before_data is None and after_data is None:
+        load("pg_restore", [])
+        return
+    load("pg_restore: tables", ["--section=pre-data"])
+    hook(before_data)
+    load("pg_restore: data", ["--section=data"], data_env)
+    hook(after_data)
+    load("pg_restore: indexes and constraints", ["--section=post-data"])
 
 
 @dataclass(frozen=True)
