@@ -12,8 +12,6 @@ bucket, read back through the repository.
 
 from __future__ import annotations
 
-import queue
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ from ..facts.backups import load_remote as load
 from ..facts.backups import remote_folder as folder
 
 PART = 32 * 2**20  # bytes of pg_dump's output per part object
+UPLOADERS = 3  # parts sealed and uploaded at once
 
 ROLES = """
     SELECT DISTINCT r.rolname
@@ -126,37 +125,26 @@ def create(target: Target, repo: Repository, *, label: str = "", jobs: int = 2) 
 
 
 def _upload(repo: Repository, where: str, proc) -> list:
-    """pg_dump's standard output, PART bytes at a time, each sealed into its own object while the
-    next is read (two in flight at most: memory stays a few parts)."""
-    todo: queue.Queue = queue.Queue(maxsize=2)
+    """pg_dump's standard output, PART bytes at a time, each sealed into its own object on one of
+    UPLOADERS threads while the next is read (at most UPLOADERS + 1 parts in memory)."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    running: set = set()
     done: list = []
-    failed: list[BaseException] = []
-
-    def send() -> None:
-        while (item := todo.get()) is not None:
-            number, data = item
-            if failed:
-                continue
-            try:
-                done.append((number, repo.write(f"{where}part-{number:05d}", [data])))
-            except BaseException as e:  # handed back to the reading thread
-                failed.append(e)
-                proc.kill()  # pg_dump stops: nothing more to send
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
     try:
-        number = 0
-        while data := _read_full(proc.stdout, PART):
-            number += 1
-            todo.put((number, data))
-            if failed:
-                break
-    finally:
-        todo.put(None)
-        sender.join()
-    if failed:
-        raise failed[0]
+        with ThreadPoolExecutor(max_workers=UPLOADERS) as pool:
+            number = 0
+            while data := _read_full(proc.stdout, PART):
+                number += 1
+                key = f"{where}part-{number:05d}"
+                running.add(pool.submit(lambda k, d, n: (n, repo.write(k, [d])), key, data, number))
+                if len(running) >= UPLOADERS:
+                    finished, running = wait(running, return_when=FIRST_EXCEPTION)
+                    done += [f.result() for f in finished]  # a failed upload raises here
+            done += [f.result() for f in wait(running)[0]]
+    except BaseException:
+        proc.kill()  # pg_dump stops: nothing more to send
+        raise
     if not done:
         raise BackupFailed("pg_dump wrote nothing")
     return [stored for _, stored in sorted(done, key=lambda d: d[0])]
