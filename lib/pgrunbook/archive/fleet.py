@@ -27,6 +27,7 @@ from ..base.errors import ArchiveFailed, PgRunbookError, UnknownParameter
 from ..base.fileio import private_dir, write_atomic
 from ..base.findings import Finding, Status
 from ..base.secrets import redact
+from ..facts import history
 from . import runner
 
 REPORT_RUNBOOK = "fleet_report"
@@ -204,12 +205,8 @@ def _load_target(fleet_run: str, target: str) -> TargetRun | None:
         return None
 
 
-def _results_path(fleet_run: str) -> Path:
-    return config.settings().state_dir / "fleets" / f"{fleet_run}.json"
-
-
 def _save(result: FleetResult) -> None:
-    path = _results_path(result.fleet_run)
+    path = history.fleet_run_path(result.fleet_run)
     private_dir(path.parent)
     data = {
         "fleet": result.fleet,
@@ -220,15 +217,7 @@ def _save(result: FleetResult) -> None:
     write_atomic(path, json.dumps(data, indent=1))
 
 
-def load(fleet_run: str = "") -> dict[str, Any]:
-    """What a fleet run did, for its report (none given: an empty report, as the runbook's
-    defaults make when it is opened by itself)."""
-    if not fleet_run:
-        return {"fleet": "none", "fleet_run": "", "runbook": "no runbook", "runs": []}
-    try:
-        return json.loads(_results_path(fleet_run).read_text())
-    except FileNotFoundError:
-        raise UnknownParameter(f"no fleet run {fleet_run!r} is recorded") from None
+load = history.fleet_run  # what a fleet run did, for its report (read where earlier runs are)
 
 
 def findings(data: dict[str, Any]) -> list[Finding]:

@@ -179,9 +179,9 @@ def pitr_restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) ->
 
 
 def fleet_report(target: Target | None, v: dict[str, Any], conn: Any) -> None:
-    from . import fleet  # lazy: start-up time
+    from ..facts import history  # lazy: start-up time
 
-    fleet.load(v["fleet_run"])  # a fleet run that was never recorded: bad input
+    history.fleet_run(v["fleet_run"])  # a fleet run that was never recorded: bad input
 
 
 def backup(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:

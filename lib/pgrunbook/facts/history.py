@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base import config
-from ..base.errors import ReportNotFound
+from ..base.errors import ReportNotFound, UnknownParameter
 
 
 def index_path() -> Path:
@@ -170,3 +170,19 @@ def starts_again(runbook: str, target: str, database: dict[str, Any] | None) -> 
 def value(run: dict[str, Any], check: str) -> Any:
     """The value an archived run recorded for its finding `check`, or None."""
     return next((f.get("value") for f in run.get("findings", []) if f.get("check") == check), None)
+
+
+def fleet_run_path(fleet_run: str) -> Path:
+    """Where a fleet run's record is kept (written by `archive.fleet`)."""
+    return config.settings().state_dir / "fleets" / f"{fleet_run}.json"
+
+
+def fleet_run(fleet_run: str = "") -> dict[str, Any]:
+    """What a fleet run did, for its report (none given: an empty report, as the runbook's
+    defaults make when it is opened by itself)."""
+    if not fleet_run:
+        return {"fleet": "none", "fleet_run": "", "runbook": "no runbook", "runs": []}
+    try:
+        return json.loads(fleet_run_path(fleet_run).read_text())
+    except FileNotFoundError:
+        raise UnknownParameter(f"no fleet run {fleet_run!r} is recorded") from None
