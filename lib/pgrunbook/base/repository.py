@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -183,6 +184,25 @@ class Repository:
                 source.finish()
         finally:
             source.close()
+
+    def read_all(self, parts: list[dict[str, Any]], *, ahead: int = 2) -> Iterator[bytes]:
+        """The plaintext of several objects in order (each a `Stored.to_dict()`), the next ones
+        fetched while the current one is opened and consumed (`ahead` in memory at most)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def fetch(part: dict[str, Any]) -> bytes:
+            with self.store.reader(part["key"]) as body:
+                return body.read()
+
+        with ThreadPoolExecutor(max_workers=ahead) as pool:
+            pending = [pool.submit(fetch, p) for p in parts[:ahead]]
+            for n, part in enumerate(parts):
+                blob = pending.pop(0).result()
+                if n + ahead < len(parts):
+                    pending.append(pool.submit(fetch, parts[n + ahead]))
+                checked = _Checked(io.BytesIO(blob), part["key"], part)
+                yield from self.sealer.open_stream(part["key"], checked)
+                checked.finish()
 
 
 class _Checked:

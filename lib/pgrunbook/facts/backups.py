@@ -360,8 +360,7 @@ def check_remote(backup: Backup) -> list[str]:
 def stream(backup: Backup) -> Iterator[bytes]:
     """The dump, read back from the repository part by part, each checked against the manifest
     (Damaged naming the object at the first difference)."""
-    for part in backup.manifest["parts"]:
-        yield from backup.repository.read(part["key"], expect=part)
+    yield from backup.repository.read_all(backup.manifest["parts"])
 
 
 def feeder(backup: Backup) -> Callable[[Any], None]:
