@@ -42,13 +42,22 @@ def tag(query):
     return sql.Composed([query, sql.SQL(f"\n{TAG}")])
 
 
+MAY_UNTRACK = {  # whether this role may set pg_stat_statements.track (asked, not tried:
+    # a refused SET would put an error in the server's log at every connection)
+    True: "SELECT has_parameter_privilege('pg_stat_statements.track', 'SET')",  # 15 and later
+    False: "SELECT current_setting('is_superuser') = 'on'",
+}
+
+
 def untracked(conn: psycopg.Connection) -> bool:
     """Keep this session's statements out of pg_stat_statements where the role may (a superuser,
     or one granted SET on pg_stat_statements.track); whether it could."""
     try:
         with conn.transaction():
-            conn.execute("SET pg_stat_statements.track = 'none'")
-        return True
+            allowed = conn.execute(MAY_UNTRACK[conn.info.server_version >= 150000]).fetchone()[0]
+            if allowed:
+                conn.execute("SET pg_stat_statements.track = 'none'")
+        return bool(allowed)
     except psycopg.Error:
         return False
 
