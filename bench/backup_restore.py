@@ -20,13 +20,7 @@ import shutil
 import subprocess
 import time
 
-from common import temporary_sandbox
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+from common import temporary_sandbox, timed
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,3 +34,10 @@ def temporary_sandbox(**env: str):
         if box.running:
             box.down()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def timed(fn) -> float:
+    """Seconds `fn()` took."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0

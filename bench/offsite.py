@@ -24,11 +24,10 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
-from common import temporary_sandbox
+from common import temporary_sandbox, timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,12 +51,6 @@ class DiskPeak:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self.thread.join()
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def main() -> None:

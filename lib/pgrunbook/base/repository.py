@@ -172,18 +172,10 @@ class Repository:
                 out.write(blob)
         return Stored(key, size, digest.hexdigest())
 
-    def read(self, key: str, *, expect: dict[str, Any] | None = None) -> Iterator[bytes]:
-        """The plaintext of `key`, piece by piece; with `expect` (a `Stored.to_dict()`), the stored
-        bytes are checked against its size and sha256 as they are read."""
-        source = self.store.reader(key)
-        if expect is not None:
-            source = _Checked(source, key, expect)
-        try:
+    def read(self, key: str) -> Iterator[bytes]:
+        """The plaintext of `key`, piece by piece."""
+        with self.store.reader(key) as source:
             yield from self.sealer.open_stream(key, source)
-            if expect is not None:
-                source.finish()
-        finally:
-            source.close()
 
     def read_all(self, parts: list[dict[str, Any]], *, ahead: int = 2) -> Iterator[bytes]:
         """The plaintext of several objects in order (each a `Stored.to_dict()`), the next ones
@@ -206,7 +198,7 @@ class Repository:
 
 
 class _Checked:
-    """A stream whose bytes are hashed as they are read and held to a recorded size and sha256."""
+    """Stored bytes hashed as they are read and held to a recorded size and sha256."""
 
     def __init__(self, source, key: str, expect: dict[str, Any]):
         self.source, self.key, self.expect = source, key, expect
@@ -225,6 +217,3 @@ class _Checked:
                 f"{self.key}: {self.size} bytes stored, sha256 {self.digest.hexdigest()[:16]}..., "
                 f"the manifest records {self.expect['size']} and {self.expect['sha256'][:16]}..."
             )
-
-    def close(self) -> None:
-        self.source.close()

@@ -15,6 +15,7 @@ object. The secret is never written anywhere.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -59,8 +60,11 @@ def secret() -> bytes | None:
     return None
 
 
+@functools.lru_cache(maxsize=8)
 def master_key(secret: bytes, salt: bytes) -> bytes:
-    """The repository's key: scrypt of the secret and the repository's salt."""
+    """The repository's key: scrypt of the secret and the repository's salt (derived once per
+    process: scrypt costs about 0.1 s and 32 MiB by design, and a run opens the repository for
+    each listing)."""
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt  # here: remote repositories only
 
     return Scrypt(salt=salt, length=32, n=2**15, r=8, p=1).derive(secret)

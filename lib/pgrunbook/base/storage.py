@@ -102,9 +102,6 @@ class Store(ABC):
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
-    def exists(self, key: str) -> bool:
-        return any(e.key == key for e in self.list(key))
-
     @abstractmethod
     def pending(self, prefix: str = "") -> list[Pending]:
         """Uploads started and never finished (a local folder's: its temporary files)."""

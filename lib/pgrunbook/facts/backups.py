@@ -27,6 +27,7 @@ from ..base.fileio import owner_gone, sha256_file
 from ..base.repository import Repository
 from ..base.storage import StorageError
 from ..base.targets import Target
+from . import catalog, indexes
 
 MANIFEST = "manifest.json"
 
@@ -115,6 +116,38 @@ def identity(conn: psycopg.Connection, target: Target) -> dict[str, Any]:
         "address": target.address,
         "database": database,
         "database_oid": oid,
+    }
+
+
+def described(
+    conn: psycopg.Connection, target: Target, tool, *, backup_id: str, label: str,
+    started: datetime, sequence_values: dict[str, int | None],
+) -> dict[str, Any]:  # fmt: skip
+    """What every manifest says of a dump (wherever it is kept), read on `conn`, in the snapshot
+    the dump is taken in: row counts, schema and its fingerprint, the invalid indexes pg_dump
+    leaves out, the migration revision, the database's identity, the versions, the sequences'
+    values read before pg_dump started (`sequence_values`)."""
+    from ..base import migrations  # here: alembic only once a backup is taken
+
+    facts = catalog.schema_facts(conn)
+    revision = migrations.current(conn, target)
+    return {
+        "id": backup_id,
+        "target": target.name,
+        "database": target.database,
+        "label": label,
+        "start": started.isoformat(),
+        "end": datetime.now(UTC).isoformat(),
+        "identity": identity(conn, target),
+        "left_out": [i.index for i in indexes.invalid_indexes(conn)],
+        "server_version": conn.info.parameter_status("server_version"),
+        "pg_dump": str(tool),
+        "pg_dump_version": tool.version,
+        "alembic_revision": ",".join(revision or ()) or None,
+        "schema_fingerprint": catalog.fingerprint(facts),
+        "schema": facts,
+        "row_counts": catalog.row_counts(conn),
+        "sequences": sequence_values,
     }
 
 

@@ -23,13 +23,22 @@ from typing import Any
 
 import psycopg
 
-from ..base import db, migrations, pgtools, repository
+from ..base import db, pgtools, repository
 from ..base.errors import BackupFailed
 from ..base.fileio import DIR_MODE, private_dir, write_atomic
 from ..base.findings import Finding, Status
 from ..base.targets import Target
-from ..facts import catalog, indexes, sequences
-from ..facts.backups import FORMATS, MANIFEST, VERIFIED, Backup, folder, hash_all, identity, load
+from ..facts import sequences
+from ..facts.backups import (
+    FORMATS,
+    MANIFEST,
+    VERIFIED,
+    Backup,
+    described,
+    folder,
+    hash_all,
+    load,
+)
 from . import debris, offsite
 
 
@@ -104,31 +113,20 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
         proc = pgtools.start(
             tool, args + (["--jobs", str(jobs)] if format == "directory" else []), target.url
         )
-        counts, facts = (
-            catalog.row_counts(conn),
-            catalog.schema_facts(conn),
-        )  # same snapshot, meanwhile
-        left_out = [i.index for i in indexes.invalid_indexes(conn)]
-        revision = migrations.current(conn, target)
+        # read in the dump's snapshot while pg_dump runs
+        manifest = described(
+            conn,
+            target,
+            tool,
+            backup_id=backup_id,
+            label=label,
+            started=started,
+            sequence_values=values,
+        )
         pgtools.wait(tool, proc)
-        manifest = {
-            "id": backup_id,
-            "target": target.name,
-            "database": target.database,
+        manifest |= {
             "format": format,
-            "label": label,
-            "start": started.isoformat(),
             "end": datetime.now(UTC).isoformat(),
-            "identity": identity(conn, target),
-            "left_out": left_out,
-            "server_version": conn.info.parameter_status("server_version"),
-            "pg_dump": str(tool),
-            "pg_dump_version": tool.version,
-            "alembic_revision": ",".join(revision or ()) or None,
-            "schema_fingerprint": catalog.fingerprint(facts),
-            "schema": facts,
-            "row_counts": counts,
-            "sequences": values,
             "files": _file_table(partial, partial / name),
         }
         _write_manifest(partial, manifest)

@@ -20,13 +20,13 @@ from typing import Any
 
 import psycopg
 
-from ..base import db, fileio, migrations, pgtools
+from ..base import db, fileio, pgtools
 from ..base.errors import BackupFailed, PgRunbookError
 from ..base.repository import Repository
 from ..base.storage import Exists, StorageError
 from ..base.targets import Target
-from ..facts import catalog, indexes, sequences
-from ..facts.backups import MANIFEST, RESERVED, VERIFIED, Backup, identity
+from ..facts import sequences
+from ..facts.backups import MANIFEST, RESERVED, VERIFIED, Backup, described
 from ..facts.backups import load_remote as load
 from ..facts.backups import remote_folder as folder
 
@@ -78,36 +78,28 @@ def create(target: Target, repo: Repository, *, label: str = "", jobs: int = 2) 
             tool, ["--format", "c", "--compress", "0", "--snapshot", snapshot, "--no-password"],
             target.url, text=False,
         )  # fmt: skip
-        counts, facts = catalog.row_counts(conn), catalog.schema_facts(conn)
-        left_out = [i.index for i in indexes.invalid_indexes(conn)]
-        revision = migrations.current(conn, target)
+        # read in the dump's snapshot while pg_dump runs
+        manifest = described(
+            conn,
+            target,
+            tool,
+            backup_id=backup_id,
+            label=label,
+            started=started,
+            sequence_values=values,
+        )
         roles = [r for (r,) in conn.execute(ROLES)]
         database_owner = conn.execute(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
         ).fetchone()[0]
         parts = _upload(repo, folder(target.name, backup_id), proc)
         pgtools.wait(tool, proc)
-        manifest = {
-            "id": backup_id,
-            "target": target.name,
-            "database": target.database,
+        manifest |= {
             "format": "custom",
             "storage": "repository",
             "compression": "zstd",
             "encrypted": repo.sealer.encrypted,
-            "label": label,
-            "start": started.isoformat(),
             "end": datetime.now(UTC).isoformat(),
-            "identity": identity(conn, target),
-            "left_out": left_out,
-            "server_version": conn.info.parameter_status("server_version"),
-            "pg_dump": str(tool),
-            "pg_dump_version": tool.version,
-            "alembic_revision": ",".join(revision or ()) or None,
-            "schema_fingerprint": catalog.fingerprint(facts),
-            "schema": facts,
-            "row_counts": counts,
-            "sequences": values,
             "roles": sorted({*roles, database_owner}),
             "parts": [p.to_dict() for p in parts],
         }
@@ -204,7 +196,9 @@ def leased(backup: Backup) -> Iterator[None]:
     """Hold a lease on `backup` while it is read (verified, restored): a prune by any runner
     passes it over meanwhile."""
     key = f"{backup.path}/{LEASE}{uuid.uuid4().hex[:12]}"
-    backup.repository.put_json(key, {"owner": fileio.owner_tag(), "at": _now()})
+    backup.repository.put_json(
+        key, {"owner": fileio.owner_tag(), "at": datetime.now(UTC).isoformat()}
+    )
     try:
         yield
     finally:
@@ -219,7 +213,3 @@ def in_use(backup: Backup) -> bool:
     entries = backup.repository.store.list(f"{backup.path}/{LEASE}")
     limit = datetime.now(UTC) - timedelta(hours=LEASE_HOURS)
     return any(e.modified > limit for e in entries)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()

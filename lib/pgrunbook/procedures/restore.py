@@ -274,11 +274,6 @@ class Restored:
         )
 
 
-def source_major(backup: Backup) -> int | None:
-    """The major version of the server the backup was taken from."""
-    return pgtools.major_of(backup.manifest.get("server_version"))
-
-
 def dump_major(backup: Backup) -> int | None:
     """The major version of the pg_dump that wrote the backup (older manifests name it in
     'pg_dump' only)."""
