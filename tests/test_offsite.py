@@ -44,7 +44,7 @@ def _personal(target) -> list[str]:
             v
             for row in conn.execute("SELECT email, phone, last_name FROM users LIMIT 50")
             for v in row
-            if v
+            if v and len(v) >= 8  # shorter ones turn up in 32 MiB of ciphertext by chance
         ]
 
 

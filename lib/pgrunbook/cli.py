@@ -127,6 +127,41 @@ def cmd_backups(args) -> int:
     return verdict.status.value if verdict.status is not Status.OK else 0
 
 
+WAL_ABORT = 126  # restore_command: an exit above 125 stops recovery instead of ending it there
+
+
+def cmd_wal(args) -> int:
+    """The server's archive_command (`push`) and restore_command (`fetch`) for a WAL archive in a
+    bucket, and `check` (can this user reach it): one line on stderr (the server's log) and a
+    non-zero exit on any failure, so the archiver retries; a segment the bucket gives damaged,
+    or cannot give, stops recovery rather than being taken for the end of the archive."""
+    from pathlib import Path
+
+    from .base.repository import Repository
+    from .base.storage import Missing
+    from .procedures.walstore import BucketArchive
+
+    try:
+        if args.action != "check" and not (args.file and (args.dest or args.action == "push")):
+            raise UnknownParameter(f"wal {args.action} needs its file (see --help)")
+        repo = Repository.open(args.repository, create=False)
+        archive = BucketArchive(repo, args.system, Path())
+        if args.action == "check":
+            archive.check()
+            return 0
+        if args.action == "push":
+            archive.push(Path(args.file))
+            return 0
+        spool = Path(args.spool) if args.spool else None
+        return 0 if archive.fetch(args.file, Path(args.dest), spool) else 1
+    except Missing:
+        return 1
+    except (PgRunbookError, OSError) as e:
+        line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"pgrunbook wal {args.action}: {redact(line)}", file=sys.stderr)
+        return WAL_ABORT if args.action == "fetch" else 1
+
+
 def cmd_cleanup(args) -> int:
     """List (or with --apply remove) what killed runs of the target left; never a kept database."""
     from .procedures import debris, swaps  # lazy: start-up time
@@ -364,6 +399,27 @@ def cmd_fleet(args) -> int:
     return result.exit_code
 
 
+def _wal_arguments(wl: argparse.ArgumentParser) -> None:
+    wl.add_argument("action", choices=["push", "fetch", "check"])
+    wl.add_argument("file", nargs="?", help="push: the segment's path (%%p); fetch: its name (%%f)")
+    wl.add_argument("dest", nargs="?", help="fetch: where to write it (%%p)")
+    wl.add_argument("--repository", required=True, help="the repository's URL")
+    wl.add_argument("--system", required=True, help="the server's system identifier")
+    wl.add_argument("--spool", help="fetch: a folder for the segments fetched ahead")
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; `wal`'s options and file names in any order (as a person types them
+    and as the server's commands are written)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["wal"]:
+        wl = _Parser(prog="pgrunbook wal")
+        wl.add_argument("--debug", action="store_true")
+        _wal_arguments(wl)
+        return wl.parse_intermixed_args(argv[1:], argparse.Namespace(command="wal", fn=cmd_wal))
+    return build_parser().parse_args(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pgrunbook", description="Operational runbooks for PostgreSQL.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -464,6 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--id", help="with verify: a backup id, latest, or random (restore-test one)")
     bk.set_defaults(fn=cmd_backups)
 
+    wl = add("wal", help="archive_command and restore_command for a WAL archive in a bucket")
+    _wal_arguments(wl)
+    wl.set_defaults(fn=cmd_wal)
+
     doc = add("doctor", help="per target: server version and the client programs used with it")
     doc.add_argument("--target", "-t", help="one target (default: every configured one)")
     doc.set_defaults(fn=cmd_doctor)
@@ -492,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     os.umask(
         0o077
     )  # dumps, reports and their temporaries hold production data: the operator's alone

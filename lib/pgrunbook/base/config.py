@@ -60,6 +60,7 @@ class Settings:
     fleets: dict[str, dict[str, Any]] = field(default_factory=dict)
     repository: str = ""  # where backups live: s3://bucket/prefix (empty: backups_dir)
     encrypt: bool = True  # a remote repository is written encrypted unless this says otherwise
+    wal_program: str = ""  # how the server's user runs pgrunbook (empty: this Python, -m pgrunbook)
 
     def app_of(self, target: str) -> App:
         """The application profile of target `target` (an empty one when it names none)."""
@@ -188,10 +189,11 @@ def _load(home: Path, state: str, reports: str, backups: str, pitr: str, extra: 
         fleets=fleets,
         repository=str(config.get("repository", "")),
         encrypt=bool(config.get("encrypt", True)),
+        wal_program=str(config.get("wal_program", "")),
     )
 
 
-NOT_LIMITS = ("targets", "apps", "app_roles", "fleets", "repository", "encrypt")
+NOT_LIMITS = ("targets", "apps", "app_roles", "fleets", "repository", "encrypt", "wal_program")
 
 
 FLEET_KEYS = {"targets", "tags", "file"}

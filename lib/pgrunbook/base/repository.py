@@ -177,6 +177,12 @@ class Repository:
         with self.store.reader(key) as source:
             yield from self.sealer.open_stream(key, source)
 
+    def parts(self, prefix: str, *, size: int = 32 * 2**20, threads: int = 3) -> Parts:
+        """A file-like writer cutting what is written into objects `prefix`part-00001, ... of
+        `size` bytes, each sealed and uploaded on one of `threads` threads while writing goes on
+        (at most threads + 1 parts in memory)."""
+        return Parts(self, prefix, size, threads)
+
     def read_all(self, parts: list[dict[str, Any]], *, ahead: int = 2) -> Iterator[bytes]:
         """The plaintext of several objects in order (each a `Stored.to_dict()`), the next ones
         fetched while the current one is opened and consumed (`ahead` in memory at most)."""
@@ -195,6 +201,51 @@ class Repository:
                 checked = _Checked(io.BytesIO(blob), part["key"], part)
                 yield from self.sealer.open_stream(part["key"], checked)
                 checked.finish()
+
+
+class Parts:
+    """See `Repository.parts`. `close()` waits for every upload and gives what was stored, in
+    order; a failed upload raises from the `write` that follows it or from `close`."""
+
+    def __init__(self, repo: Repository, prefix: str, size: int, threads: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.repo, self.prefix, self.size = repo, prefix, size
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+        self.threads, self.running, self.done = threads, set(), []
+        self.buffer, self.number = bytearray(), 0
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        while len(self.buffer) >= self.size:
+            self._send(bytes(self.buffer[: self.size]))
+            del self.buffer[: self.size]
+        return len(data)
+
+    def _send(self, data: bytes) -> None:
+        from concurrent.futures import FIRST_EXCEPTION, wait
+
+        self.number += 1
+        key = f"{self.prefix}part-{self.number:05d}"
+        self.running.add(self.pool.submit(lambda: (key, self.repo.write(key, [data]))))
+        if len(self.running) >= self.threads:
+            finished, self.running = wait(self.running, return_when=FIRST_EXCEPTION)
+            self.done += [f.result() for f in finished]  # a failed upload raises here
+
+    def close(self) -> list[Stored]:
+        from concurrent.futures import wait
+
+        try:
+            if self.buffer or not self.number:
+                self._send(bytes(self.buffer))
+                self.buffer.clear()
+            self.done += [f.result() for f in wait(self.running)[0]]
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        return [stored for _, stored in sorted(self.done, key=lambda d: d[0])]
+
+    def abandon(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Checked:

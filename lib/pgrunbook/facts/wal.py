@@ -11,12 +11,13 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import psycopg
 
 SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _OURS = re.compile(r"^d='([^']+)'; ")
+_PUSH = re.compile(r" wal push \S+ --repository (\S+) --system ")
 META = "pgrunbook.json"  # a base backup's record, written once pg_verifybackup passed
 
 
@@ -24,6 +25,14 @@ def archive_folder_of(command: str | None) -> Path | None:
     """The folder pgrunbook's own archive_command writes to; None for any other command."""
     m = _OURS.match(command or "")
     return Path(m[1]) if m else None
+
+
+def archive_repository_of(command: str | None) -> str | None:
+    """The repository pgrunbook's own `wal push` archive_command pushes to; None for any other."""
+    import shlex
+
+    m = _PUSH.search(command or "")
+    return shlex.split(m[1])[0] if m else None
 
 
 @dataclass(frozen=True)
@@ -139,22 +148,32 @@ class BaseBackup:
     size_bytes: int
     seconds: float
     incremental_of: str | None = None
+    parts: tuple = ()  # in a bucket: the objects its tar is in (key, size, sha256); path: a key
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict:
         data = asdict(self)
         data["path"] = str(self.path)
+        data["parts"] = list(self.parts)
         data["started_at"], data["finished_at"] = (
             self.started_at.isoformat(), self.finished_at.isoformat()
         )  # fmt: skip
-        return json.dumps(data, indent=1)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
-    def load(cls, path: Path) -> BaseBackup:
-        data = json.loads((path / META).read_text())
-        data["path"] = path
+    def from_dict(cls, data: dict, path: Path | None = None) -> BaseBackup:
+        data = dict(data)
+        data["path"] = path if path is not None else PurePosixPath(data["path"])
+        data["parts"] = tuple(data.get("parts") or ())
         data["started_at"] = datetime.fromisoformat(data["started_at"])
         data["finished_at"] = datetime.fromisoformat(data["finished_at"])
         return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path) -> BaseBackup:
+        return cls.from_dict(json.loads((path / META).read_text()), path)
 
 
 def base_backups(root: Path) -> list[BaseBackup]:

@@ -117,36 +117,19 @@ def create(target: Target, repo: Repository, *, label: str = "", jobs: int = 2) 
 
 
 def _upload(repo: Repository, where: str, proc) -> list:
-    """pg_dump's standard output, PART bytes at a time, each sealed into its own object on one of
-    UPLOADERS threads while the next is read (at most UPLOADERS + 1 parts in memory)."""
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-
-    running: set = set()
-    done: list = []
+    """pg_dump's standard output, PART bytes at a time, each sealed into its own object while
+    the next is read."""
+    out = repo.parts(where, size=PART, threads=UPLOADERS)
     try:
-        with ThreadPoolExecutor(max_workers=UPLOADERS) as pool:
-            number = 0
-            while data := _read_full(proc.stdout, PART):
-                number += 1
-                key = f"{where}part-{number:05d}"
-                running.add(pool.submit(lambda k, d, n: (n, repo.write(k, [d])), key, data, number))
-                if len(running) >= UPLOADERS:
-                    finished, running = wait(running, return_when=FIRST_EXCEPTION)
-                    done += [f.result() for f in finished]  # a failed upload raises here
-            done += [f.result() for f in wait(running)[0]]
+        while data := proc.stdout.read(2**20):
+            out.write(data)
+        if not out.number and not out.buffer:
+            raise BackupFailed("pg_dump wrote nothing")
+        return out.close()
     except BaseException:
         proc.kill()  # pg_dump stops: nothing more to send
+        out.abandon()
         raise
-    if not done:
-        raise BackupFailed("pg_dump wrote nothing")
-    return [stored for _, stored in sorted(done, key=lambda d: d[0])]
-
-
-def _read_full(stream, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n and (more := stream.read(n - len(data))):
-        data += more
-    return bytes(data)
 
 
 def _why(error: Exception) -> str:

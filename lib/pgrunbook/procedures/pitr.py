@@ -1,20 +1,22 @@
 """Point-in-time recovery: continuous WAL archiving, base backups, and restore to a moment.
 
 Where pgrunbook can reach a server's files (a self-hosted server on this host,
-the sandbox), it keeps, per server (by its system identifier):
+the sandbox), it keeps, per server (by its system identifier), its WAL archive
+and base backups where the target's repository is (`walstore`: a folder, or a
+bucket), and on this host:
 
-    <pitr dir>/<system id>/wal/             the WAL archive the server's archive_command fills
-    <pitr dir>/<system id>/base/<id>/       pg_basebackup (plain, WAL streamed, manifest)
-    <pitr dir>/<system id>/restores/<id>/   clusters restored to a moment, beside the running one
+    <pitr dir>/<system id>/base/.<id>.partial/   a base backup being taken and checked
+    <pitr dir>/<system id>/restores/<id>/        clusters restored to a moment, beside it
 
 (<pitr dir> is backups/pitr unless PGRUNBOOK_PITR_DIR says otherwise: WAL on a disk of its own.)
 
 A base backup is written into a hidden .partial folder, checked by
-pg_verifybackup, and renamed into place only then. A restore copies a verified
-base backup (verified again first) into a folder of its own, replays the
-archive to the moment asked for in a cluster of its own (its own socket,
-archive_mode off so it never writes into the archive), promotes it there, and
-hands it back to be verified. The running cluster is never touched.
+pg_verifybackup, and only then kept (renamed into place, or sent to the
+bucket). A restore copies or fetches a verified base backup (verified again)
+into a folder of its own, replays the archive to the moment asked for in a
+cluster of its own (its own socket, archive_mode off so it never writes into
+the archive), promotes it there, and hands it back to be verified. The running
+cluster is never touched.
 """
 
 from __future__ import annotations
@@ -41,9 +43,12 @@ from ..base.cluster import Cluster
 from ..base.errors import PgRunbookError
 from ..base.fileio import fsync_dir, private_dir, socket_dir, sync_tree, write_atomic
 from ..base.findings import Finding, Status
+from ..base.sealing import KEY_FILE_ENV, Damaged
+from ..base.storage import StorageError
 from ..base.targets import Target
 from ..facts import catalog, wal
 from . import restore as restoring
+from .walstore import ArchiveRefused, BucketArchive, FolderArchive, WalArchive
 
 MANAGED = "use the provider's point-in-time recovery"
 META = wal.META
@@ -75,7 +80,8 @@ class Server:
     version: str
     owner: str  # the operating-system user the server runs as (owner of its data)
     segment_size: int
-    root: Path  # the folder of its archive, base backups and restores
+    root: Path  # the folder of its restores (and, without a bucket, its archive and backups)
+    archive: WalArchive = field(compare=False)  # where its WAL and base backups are kept
 
     def tool(self, name: str) -> pgtools.Tool:
         """Server-side programs (pg_ctl, pg_controldata) must be of the server's own version."""
@@ -164,9 +170,15 @@ def locate(target: Target) -> Server:
         Cluster(data.parent).share_handle_file()
     ours = wal.archive_folder_of(command)
     root = ours.parent if ours else config.settings().pitr_dir / system_id
+    from ..base import repository  # here: the bucket's client only where there is one
+
+    repo = repository.for_target(target)
+    if repo is not None:
+        root = config.settings().pitr_dir / system_id
+    archive = BucketArchive(repo, system_id, root) if repo else FolderArchive(root)
     server = Server(
         system_id, data, num // 10000, version.split()[0], pwd.getpwuid(data.stat().st_uid).pw_name,
-        segment, root,
+        segment, root, archive,
     )  # fmt: skip
     if os.geteuid() not in (0, data.stat().st_uid):
         raise PitrUnavailable(
@@ -188,16 +200,11 @@ def locate(target: Target) -> Server:
 
 
 def archive_command(folder: Path) -> str:
-    """A shell command for `archive_command`: copy the segment under a temporary name, flush it,
-    rename it into place. A segment already archived with the same bytes is success (the
-    archiver retries after a crash); with other bytes, failure: the archive is never
-    overwritten."""
-    if "'" in str(folder) or "%" in str(folder):
-        raise PitrRefused(f"the WAL archive folder {folder} may not hold ' or %: choose another")
-    return (
-        f'd=\'{folder}\'; if test -f "$d/%f"; then cmp -s "%p" "$d/%f"; '
-        f'else cp "%p" "$d/%f.part" && sync "$d/%f.part" && mv "$d/%f.part" "$d/%f"; fi'
-    )
+    """The shell `archive_command` that archives into the folder `folder` (see `walstore`)."""
+    try:
+        return FolderArchive(folder.parent).archive_command("")
+    except ArchiveRefused as e:
+        raise PitrRefused(str(e)) from None
 
 
 def archive_folder(server: Server) -> Path:
@@ -205,11 +212,11 @@ def archive_folder(server: Server) -> Path:
     return server.root / "wal"
 
 
-def settings_for(folder: Path, major: int) -> list[tuple[str, str]]:
-    """The settings that archive a server's WAL into `folder`."""
+def settings_for(folder: Path, major: int, *, command: str = "") -> list[tuple[str, str]]:
+    """The settings that archive a server's WAL into `folder` (or by `command`)."""
     settings = [
         ("archive_mode", "on"),
-        ("archive_command", archive_command(folder)),
+        ("archive_command", command or archive_command(folder)),
         ("archive_timeout", "60s"),  # a quiet server's last writes wait at most a minute
     ]
     return settings  # summarize_wal (incremental backups) only when asked: it costs ~10 % of a
@@ -231,22 +238,33 @@ def setup(
                 conn.execute("ALTER SYSTEM SET summarize_wal = on")
                 conn.execute("SELECT pg_reload_conf()")
         state = wal.archiving(conn)
-        folder = archive_folder(server)
-        if state.on and state.folder == folder:
+        folder = server.archive.where
+        if state.on and server.archive.is_ours(state):
             return Finding("archiving", Status.OK, f"on, into {folder}")
-        if state.on and state.folder is None:
+        ours = state.folder or wal.archive_repository_of(state.command)
+        if state.on and ours is None:
             return Finding(
                 "archiving",
                 Status.OK,
                 f"on, by the server's own command ({state.command or state.library}): left as is",
             )
-        prepare_archive(server, folder)
-        for name, value in settings_for(folder, server.major):
+        if isinstance(server.archive, FolderArchive):
+            prepare_archive(server, archive_folder(server))
+        try:
+            if isinstance(server.archive, BucketArchive):
+                _check_pointers(server)
+                server.archive.preflight(server.as_owner(), server.owner)
+            command = server.archive.archive_command(server.system_id)
+        except ArchiveRefused as e:
+            raise PitrRefused(str(e)) from None
+        for name, value in settings_for(Path(), server.major, command=command):
             conn.execute(
                 sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
             )
         conn.execute("SELECT pg_reload_conf()")
     if state.mode in ("on", "always"):
+        if isinstance(server.archive, BucketArchive) and (broken := _first_push(target, state)):
+            return broken
         return Finding("archiving", Status.OK, f"on, into {folder} (configuration reloaded)")
     if not (restart or target.sandbox):
         return Finding(
@@ -256,6 +274,41 @@ def setup(
         )
     pg_ctl(server, ["-w", "-t", "120", "-m", "fast", "restart"])
     return Finding("archiving", Status.OK, f"on, into {folder} (server restarted)")
+
+
+def _check_pointers(server: Server) -> None:
+    """The server's archiver runs without this process's environment: the repository's key must
+    reach it as a file (its name goes into the command, never the key)."""
+    from ..base.sealing import KEY_ENV
+
+    if server.archive.repo.sealer.encrypted and not os.environ.get(KEY_FILE_ENV):
+        raise PitrRefused(
+            f"the server archives its WAL into {server.archive.where} from its own processes, "
+            f"which do not see {KEY_ENV}: put the key in a file {server.owner!r} may read and set "
+            f"{KEY_FILE_ENV} to it"
+        )
+
+
+def _first_push(target: Target, before: wal.Archiving) -> Finding | None:
+    """Switch a segment and wait for the bucket to have it; where the server cannot push (no
+    credentials, no key in its processes), the archive command it had is put back and the
+    finding says why: WAL must not pile up in pg_wal."""
+    if switch_and_wait(target, timeout_s=60):
+        return None
+    with db.connect(target, readonly=False, application="pgrunbook/pitr") as conn:
+        failed = wal.archiving(conn)
+        conn.execute(
+            sql.SQL("ALTER SYSTEM SET archive_command = {}").format(sql.Literal(before.command))
+        )
+        conn.execute("SELECT pg_reload_conf()")
+    return Finding(
+        "archiving",
+        Status.CRIT,
+        f"the server could not push WAL segment {failed.last_failed_wal or '?'} to the bucket "
+        "(its log says why): its archiver runs without this environment, so it needs the "
+        f"credentials from a file (AWS_SHARED_CREDENTIALS_FILE, a profile) or a role, and "
+        f"the key from {KEY_FILE_ENV}; its archive command was put back as it was",
+    )
 
 
 def prepare_archive(server: Server, folder: Path) -> None:
@@ -305,9 +358,7 @@ def restore_point(target: Target, server: Server, name: str) -> Finding:
         lsn, at = conn.execute(
             "SELECT pg_create_restore_point(%s)::text, now()", [name]
         ).fetchone()  # fmt: skip
-    private_dir(server.root)
-    with (server.root / "restore-points.jsonl").open("a") as f:
-        f.write(json.dumps({"name": name, "lsn": lsn, "at": at.isoformat()}) + "\n")
+    server.archive.add_restore_point({"name": name, "lsn": lsn, "at": at.isoformat()})
     return Finding("restore point", Status.OK, f"{name!r} at {lsn}", value=lsn)
 
 
@@ -340,8 +391,7 @@ def mark(target: Target, name: str) -> Finding:
 
 
 def restore_points(server: Server) -> list[dict]:
-    path = server.root / "restore-points.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+    return server.archive.restore_points()
 
 
 # -- base backups ------------------------------------------------------------------------
@@ -379,7 +429,12 @@ def take_base_backup(
                     "incremental base backups need summarize_wal = on: the pitr runbook with "
                     "-p incremental true turns it on; the next full one can then be built on"
                 )
-        previous = wal.base_backups(server.root)
+        if not server.archive.incremental:
+            raise PitrRefused(
+                f"incremental base backups are kept in a local archive only, not in "
+                f"{server.archive.where}: take a full one"
+            )
+        previous = server.archive.base_backups()
         if not previous:
             raise PitrRefused("an incremental base backup needs a full one first: take one")
         parent = previous[-1]
@@ -412,10 +467,10 @@ def take_base_backup(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return backup
+    return server.archive.keep(backup)
 
 
-def verify_base(server: Server, path: Path) -> None:
+def verify_base(server: Server, path: Path, *, name: str = "") -> None:
     """pg_verifybackup: every file against the manifest's checksums, and the WAL it needs."""
     tool = pgtools.choose("pg_verifybackup", server.major)
     args = [str(tool.path), "--quiet", "--ignore", META, str(path)]
@@ -423,7 +478,8 @@ def verify_base(server: Server, path: Path) -> None:
     if done.returncode != 0:
         lines = [x for x in done.stderr.splitlines() if x.strip()]
         raise PitrFailed(
-            f"base backup {path.name} fails pg_verifybackup: {lines[0] if lines else 'exit'}"
+            f"base backup {name or path.name} fails pg_verifybackup: "
+            f"{lines[0] if lines else 'exit'}"
             f"{f' (and {len(lines) - 1} more)' if len(lines) > 1 else ''}"
         )
 
@@ -444,7 +500,7 @@ def retention(server: Server, *, keep: int, prune: bool = False) -> Finding:
     """Keep the newest `keep` base backups (and those incrementals build on); remove older ones
     and the WAL only they needed (pg_archivecleanup). What the newest verified base backup
     needs is never removed."""
-    every = wal.base_backups(server.root)
+    every = server.archive.base_backups()
     if keep < 1:
         raise PitrRefused("keep must be at least 1: the newest base backup is always kept")
     kept = every[-keep:]
@@ -458,19 +514,14 @@ def retention(server: Server, *, keep: int, prune: bool = False) -> Finding:
     if not every:
         return Finding("retention", Status.OK, "no base backup yet: nothing to remove")
     oldest = min((by_id[i] for i in needed), key=lambda b: b.finished_at)
-    folder = server.root / "wal"
-    expired = [s for s in wal.segments(folder) if s[8:] < oldest.start_wal[8:]]
+    expired = [s for s in server.archive.segments() if s[8:] < oldest.start_wal[8:]]
     what = f"{len(old)} base backups and {len(expired)} WAL segments older than {oldest.id}"
     if not prune:
         return Finding("retention", Status.OK, f"{what} could go (prune=True removes them)")
     for b in old:
-        shutil.rmtree(b.path)
+        server.archive.remove(b)
     if expired:
-        tool = pgtools.choose("pg_archivecleanup", server.major)
-        subprocess.run(
-            [str(tool.path), str(folder), oldest.start_wal], check=True, capture_output=True,
-            timeout=600,
-        )  # fmt: skip
+        server.archive.remove_wal_before(oldest.start_wal, server.major)
     return Finding("retention", Status.OK, f"removed {what}")
 
 
@@ -527,7 +578,7 @@ class Moment:
 
 def chain_of(server: Server, base: wal.BaseBackup) -> list[wal.BaseBackup]:
     """The full base backup and the incrementals up to `base`, oldest first."""
-    by_id = {b.id: b for b in wal.base_backups(server.root)}
+    by_id = {b.id: b for b in server.archive.base_backups()}
     chain = [base]
     while chain[0].incremental_of:
         parent = by_id.get(chain[0].incremental_of)
@@ -547,10 +598,10 @@ def _lsn(value: str) -> int:
 
 def choose_base(server: Server, moment: Moment) -> wal.BaseBackup:
     """The newest verified base backup a restore to `moment` can start from."""
-    every = wal.base_backups(server.root)
+    every = server.archive.base_backups()
     if not every:
         raise PitrRefused(
-            f"no base backup of this server yet ({server.root / 'base'}): run the pitr runbook"
+            f"no base backup of this server yet ({server.archive.where}): run the pitr runbook"
             " to take one"
         )
     earliest = every[0].finished_at
@@ -647,10 +698,12 @@ _UNREADABLE = re.compile(
 )
 
 
-def _stopped_where(log: str, folder: Path, server: Server) -> str:
+def _stopped_where(log: str, folder: str, server: Server) -> str:
     """Why replay ended before the moment: the segment missing from the archive, if one is."""
+    if fetched := re.findall(r"pgrunbook wal fetch: (.+)", log):
+        return fetched[-1].strip()  # a segment the bucket gave damaged, or could not give
     restored = re.findall(r'restored log file "([0-9A-F]{24})" from archive', log)
-    present = wal.segments(folder)
+    present = server.archive.segments()
     last = restored[-1] if restored else None
     if last:
         nxt = wal.segment_name(
@@ -692,7 +745,7 @@ def restore(
     base = choose_base(server, moment)
     with db.connect(target, application="pgrunbook/pitr") as conn:
         state = wal.archiving(conn)
-    folder_wal = archive_folder(server)
+    folder_wal = server.archive.where
     phases = restoring.Timeline()
     end_mark = None
     if state.on:
@@ -702,7 +755,7 @@ def restore(
             switch_and_wait(target)  # the archive then holds everything committed until now
     if moment.kind == "latest":  # no target to miss: replay would end at a gap and promote
         missing = wal.gaps(
-            wal.segments(folder_wal), since=base.start_wal, segment_size=server.segment_size
+            server.archive.segments(), since=base.start_wal, segment_size=server.segment_size
         )
         if missing:
             raise PitrFailed(
@@ -718,12 +771,20 @@ def restore(
     # page cache): nothing starts until both are done, and a failed verification removes the copy
     checked = " while pg_verifybackup checks it" if verify_base_first else ""
     stop = threading.Event()
+    fetched = bool(base.parts)  # from a bucket: checked once it is here
     with ThreadPoolExecutor(max_workers=1) as checker:
-        verifying = checker.submit(_verify_chain, server, chain if verify_base_first else [], stop)
+        early = chain if verify_base_first and not fetched else []
+        verifying = checker.submit(_verify_chain, server, early, stop)
         try:
-            if len(chain) == 1:
+            if fetched:
+                with phases.phase(f"fetch the base backup from {server.archive.where}"):
+                    server.archive.unpack(base, data)
+                if verify_base_first:
+                    with phases.phase("check it with pg_verifybackup"):
+                        verify_base(server, data, name=base.id)
+            elif len(chain) == 1:
                 with phases.phase(f"copy the base backup{checked}"):
-                    shutil.copytree(base.path, data, ignore=shutil.ignore_patterns(META))
+                    server.archive.unpack(base, data)
                     verifying.result()
             else:
                 with phases.phase(f"combine the incremental backups{checked}"):
@@ -735,9 +796,11 @@ def restore(
                     if done.returncode != 0:
                         raise PitrFailed(f"pg_combinebackup failed: {done.stderr.strip()[-300:]}")
                     (data / META).unlink(missing_ok=True)
-        except BaseException:
+        except BaseException as e:
             stop.set()
             shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(e, PgRunbookError) and not isinstance(e, PitrFailed):
+                raise PitrFailed(f"base backup {base.id} could not be fetched: {e}") from None
             raise
     (data / "backup_manifest").unlink(missing_ok=True)
     sockets = Path(socket_dir("pgrb-", ".s.PGSQL.5432.lock"))
@@ -747,7 +810,7 @@ def restore(
     params.pop("hostaddr", None)
     params.pop("service", None)
     settings = [
-        ("restore_command", f'cp "{folder_wal}/%f" "%p"'),
+        ("restore_command", server.archive.restore_command(folder / "spool")),
         ("recovery_target_timeline", "current"),
         # the end of the archive, marked: replay that stops short of the mark (a corrupted
         # segment reads as the end of the WAL) fails instead of promoting what it has
@@ -884,7 +947,7 @@ def reach(target: Target) -> tuple[Server | None, Finding]:
         "server files",
         Status.OK,
         f"PostgreSQL {server.version} (system {server.system_id}), data in {server.data_dir}, "
-        f"run as {server.owner}; archive and base backups in {server.root}",
+        f"run as {server.owner}; archive and base backups in {server.archive.where}",
     )
 
 
@@ -896,7 +959,7 @@ def backup(
     if not enabled:
         return None, Finding("base backup", Status.OK, "none taken this run (base_backup=False)")
     note = ""
-    if incremental and not wal.base_backups(server.root):
+    if incremental and not server.archive.base_backups():
         incremental = False  # as pgBackRest does: the first one is full, and says so
         note = " (a full one: there was none to build an incremental on; the next can be)"
     try:
@@ -911,7 +974,7 @@ def backup(
                 " (a full one: WAL summaries began after the newest base backup, so an incremental"
                 " could not be built on it; the next can be)"
             )
-    except (PitrFailed, pgtools.ToolFailed) as e:
+    except (PitrFailed, PitrRefused, pgtools.ToolFailed, StorageError, Damaged) as e:
         return None, Finding("base backup", Status.CRIT, f"{e}: nothing was kept")
     found = base_finding(taken)
     return taken, Finding(found.check, found.status, found.summary + note, value=found.value)
@@ -920,8 +983,8 @@ def backup(
 def coverage(server: Server) -> Finding:
     """What a restore to a moment can reach: from the oldest base backup to the newest archived
     segment, unless a segment is missing in between."""
-    bases = wal.base_backups(server.root)
-    segments = wal.segments(archive_folder(server))
+    bases = server.archive.base_backups()
+    segments = server.archive.segments()
     if not bases:
         return Finding(
             "coverage",
@@ -939,11 +1002,12 @@ def coverage(server: Server) -> Finding:
             value=len(missing),
             examples=tuple(missing[:20]),
         )
-    size = sum((archive_folder(server) / s).stat().st_size for s in segments)
+    size = server.archive.stored_bytes()
     return Finding(
         "coverage",
         Status.OK,
-        f"any moment from {bases[0].finished_at:%Y-%m-%d %H:%M:%S%z} to the newest archived WAL "
+        f"any moment from {bases[0].finished_at:%Y-%m-%d %H:%M:%S%z} to the newest WAL archived "
+        f"in {server.archive.where} "
         f"({segments[-1] if segments else 'none yet'}): {len(bases)} base backups, "
         f"{len(segments)} WAL segments ({size / 1e6:.0f} MB), no gap",
         value=len(segments),
@@ -963,7 +1027,7 @@ def table(server: Server):
             "size": b.size_bytes,
             "label": b.label,
         }
-        for b in reversed(wal.base_backups(server.root))
+        for b in reversed(server.archive.base_backups())
     ]
     return pd.DataFrame(rows, columns=["base backup", "kind", "restores from", "first WAL", "size",
                                        "label"])  # fmt: skip
@@ -975,7 +1039,7 @@ def restore_checked(
     """`restore`, with its failure as a CRIT finding (nothing was promoted)."""
     try:
         recovered = restore(target, server, moment, database=database)
-    except (PitrFailed, pgtools.ToolFailed) as e:
+    except (PitrFailed, pgtools.ToolFailed, StorageError, Damaged) as e:
         return None, Finding("restore", Status.CRIT, str(e))
     return recovered, recovered.finding()
 
