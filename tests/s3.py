@@ -115,3 +115,22 @@ def start() -> SeaweedFS | None:
     if weed() is None:
         return None
     return SeaweedFS(Path(tempfile.mkdtemp(prefix="pgrb-s3-"))).start()
+
+
+def wal_program_for(as_owner: dict) -> str | None:
+    """How a server's user runs pgrunbook (PGRUNBOOK_WAL_PROGRAM): this Python where that user
+    may run it (None); else (tests run as root with a Python under /root) the system's Python of
+    the same version, on this checkout's packages."""
+    import site
+
+    probe = [sys.executable, "-c", "import pgrunbook"]
+    try:
+        if subprocess.run(probe, capture_output=True, check=False, **as_owner).returncode == 0:
+            return None
+    except PermissionError:
+        pass
+    system = Path(f"/usr/bin/python3.{sys.version_info.minor}")
+    if not system.exists():
+        raise RuntimeError(f"the server's user cannot run {sys.executable}, and no {system}")
+    lib = Path(__file__).resolve().parents[1] / "lib"
+    return f"env PYTHONPATH={lib}:{site.getsitepackages()[0]} {system} -W ignore -m pgrunbook"

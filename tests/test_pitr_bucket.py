@@ -13,7 +13,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-import pgrunbook
 from pgrunbook.archive import runner
 from pgrunbook.base.findings import Status
 from pgrunbook.base.targets import Target
@@ -23,6 +22,7 @@ from pgrunbook.procedures import pitr
 from pgrunbook.procedures.sandbox import Sandbox
 from pgrunbook.procedures.walstore import BucketArchive
 
+from . import s3
 from .conftest import written_files
 
 KEY = "pitr bucket key 5521 do not print"
@@ -62,33 +62,12 @@ def box(tmp_path_factory, s3server):
         for path in secrets.iterdir():
             path.chmod(0o600)
         server.give(secrets)  # the server's user reads them; nobody else
-        if program := _program_for(server):
+        if program := s3.wal_program_for(server.as_owner()):
             mp.setenv("PGRUNBOOK_WAL_PROGRAM", program)
         cluster.bucket = name
         cluster.home = home
         yield cluster
     cluster.stop()
-
-
-def _program_for(server: pitr.Server) -> str | None:
-    """How the server's user runs pgrunbook: this Python where it may run it; else (tests run
-    as root with a Python under /root) the system's Python of the same version, on this
-    checkout's packages. None: this Python."""
-    import site
-    import subprocess
-    import sys
-
-    probe = [sys.executable, "-c", "import pgrunbook"]
-    try:
-        if subprocess.run(probe, capture_output=True, **server.as_owner()).returncode == 0:
-            return None
-    except PermissionError:
-        pass
-    system = Path(f"/usr/bin/python3.{sys.version_info.minor}")
-    if not system.exists():
-        pytest.fail(f"the server's user cannot run {sys.executable} and there is no {system}")
-    lib = Path(pgrunbook.__file__).parents[1]
-    return f"env PYTHONPATH={lib}:{site.getsitepackages()[0]} {system} -m pgrunbook"
 
 
 @pytest.fixture
@@ -191,6 +170,30 @@ def test_a_segment_pushed_twice_is_fine_and_another_under_its_name_is_refused(
     assert not (tmp_path / "none").exists()
 
 
+def test_a_push_in_a_burst_pushes_the_ready_segments_after_it_and_their_calls_are_done(
+    box, target, tmp_path
+):
+    server = _on_bucket(target)
+    system = "1000000000000000002"
+    pg_wal = tmp_path / "pg_wal"
+    (pg_wal / "archive_status").mkdir(parents=True)
+    names = [f"0000000100000000000000{n:02X}" for n in range(0x10, 0x14)]
+    for n, name in enumerate(names):
+        _segment(pg_wal, name, f"segment {n} ".encode())
+        (pg_wal / "archive_status" / f"{name}.ready").touch()
+    spool = tmp_path / "spool"
+    repo = server.archive.repo.url
+    push = ["wal", "push", "--system", system, "--spool", str(spool)]
+    assert main([*push, str(pg_wal / names[0]), "--repository", repo]) == 0
+    archive = BucketArchive(server.archive.repo, system, tmp_path)
+    assert archive.segments() == names  # the three after it went along
+    assert sorted(p.name for p in spool.iterdir()) == [f"{x}.ok" for x in names[1:]]
+    for name in names[1:]:  # their own calls are done without opening the repository
+        assert main([*push, str(pg_wal / name), "--repository", "s3://no-such-bucket/x"]) == 0
+    assert list(spool.iterdir()) == []
+    assert main([*push, str(pg_wal / names[1]), "--repository", "s3://no-such-bucket/x"]) == 1
+
+
 def test_a_flipped_byte_in_a_segment_in_the_bucket_stops_the_restore_naming_it(
     box, target, s3server
 ):
@@ -243,6 +246,7 @@ def test_the_storage_server_down_fails_the_push_so_the_server_retries(box, targe
 
 def test_the_drill_recovers_a_dropped_table_from_the_bucket_to_within_seconds(box, target):
     server = _on_bucket(target)
+    _sql(target, "DROP TABLE IF EXISTS spoiled, waiting")  # the other tests' (no primary key)
     before = len(server.archive.base_backups())
     reviews = _sql(target, "SELECT count(*) FROM reviews")[0]
     result = runner.run(

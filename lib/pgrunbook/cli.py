@@ -139,18 +139,20 @@ def cmd_wal(args) -> int:
 
     from .base.repository import Repository
     from .base.storage import Missing
-    from .procedures.walstore import BucketArchive
+    from .procedures.walstore import BucketArchive, pushed_ahead
 
     try:
         if args.action != "check" and not (args.file and (args.dest or args.action == "push")):
             raise UnknownParameter(f"wal {args.action} needs its file (see --help)")
+        if args.action == "push" and args.spool and pushed_ahead(Path(args.file), Path(args.spool)):
+            return 0
         repo = Repository.open(args.repository, create=False)
         archive = BucketArchive(repo, args.system, Path())
         if args.action == "check":
             archive.check()
             return 0
         if args.action == "push":
-            archive.push(Path(args.file))
+            archive.push(Path(args.file), Path(args.spool) if args.spool else None)
             return 0
         spool = Path(args.spool) if args.spool else None
         return 0 if archive.fetch(args.file, Path(args.dest), spool) else 1
@@ -405,7 +407,7 @@ def _wal_arguments(wl: argparse.ArgumentParser) -> None:
     wl.add_argument("dest", nargs="?", help="fetch: where to write it (%%p)")
     wl.add_argument("--repository", required=True, help="the repository's URL")
     wl.add_argument("--system", required=True, help="the server's system identifier")
-    wl.add_argument("--spool", help="fetch: a folder for the segments fetched ahead")
+    wl.add_argument("--spool", help="a folder for the segments pushed or fetched ahead")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ import psycopg
 
 SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _OURS = re.compile(r"^d='([^']+)'; ")
-_PUSH = re.compile(r" wal push \S+ --repository (\S+) --system ")
+_PUSH = re.compile(r" wal push .*?--repository (\S+) --system ")
 META = "pgrunbook.json"  # a base backup's record, written once pg_verifybackup passed
 
 

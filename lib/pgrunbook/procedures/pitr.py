@@ -254,6 +254,7 @@ def setup(
             if isinstance(server.archive, BucketArchive):
                 _check_pointers(server)
                 server.archive.preflight(server.as_owner(), server.owner)
+                prepare_archive(server, server.root / "spool")  # segments pushed ahead
             command = server.archive.archive_command(server.system_id)
         except ArchiveRefused as e:
             raise PitrRefused(str(e)) from None

@@ -45,6 +45,7 @@ from ..facts import wal
 
 ARCHIVED = re.compile(r"^([0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$")
 AHEAD = 4  # segments a `wal fetch` opens beside the one asked for, for the calls that follow
+PUSH_AHEAD = 8  # segments a `wal push --spool` pushes beside its own, from those ready after it
 # what the server's archive_command and restore_command are given of this environment: where
 # credentials and the key are, never a credential or the key itself
 POINTERS = (
@@ -190,8 +191,34 @@ class BucketArchive(WalArchive):
     def stored_bytes(self) -> int:
         return sum(e.size for e in self._entries())
 
-    def push(self, path: Path) -> str:
-        """Archive one WAL file (see the module's docstring); what was done, in words."""
+    def push(self, path: Path, spool: Path | None = None) -> str:
+        """Archive one WAL file (see the module's docstring); what was done, in words. With a
+        `spool`, the segments the server has ready after it are pushed at the same time (up to
+        PUSH_AHEAD more, each marked in the spool once it is in the bucket), and a segment marked
+        there is done: one repository opened per PUSH_AHEAD + 1 segments in a burst."""
+        name = path.name
+        if not ARCHIVED.match(name):
+            raise ArchiveRefused(f"{name} is not a WAL file's name: nothing archived")
+        if spool is not None:
+            if pushed_ahead(path, spool):
+                return f"{name} archived (pushed ahead)"
+            ahead = _ready_after(path, PUSH_AHEAD)
+            if ahead:
+                private_dir(spool)
+                with ThreadPoolExecutor(max_workers=len(ahead)) as pool:
+                    for segment in ahead:
+                        pool.submit(self._push_ahead, path.parent / segment, spool)
+                    return self._push_one(path)
+        return self._push_one(path)
+
+    def _push_ahead(self, path: Path, spool: Path) -> None:
+        try:
+            self._push_one(path)
+        except (PgRunbookError, OSError):
+            return  # its own call pushes it again, and says what is wrong
+        write_atomic(spool / f"{path.name}.ok", b"")
+
+    def _push_one(self, path: Path) -> str:
         name = path.name
         if not ARCHIVED.match(name):
             raise ArchiveRefused(f"{name} is not a WAL file's name: nothing archived")
@@ -273,7 +300,7 @@ class BucketArchive(WalArchive):
         ]
         # fmt: skip
         text = "".join(parts).replace("  ", " ")
-        if "%" in text.replace(tail, ""):
+        if "%" in re.sub(r'"%[pf]"', "", text):
             raise ArchiveRefused(
                 f"the archive command for {self.where} would hold a %: PostgreSQL reads it as "
                 "a placeholder; choose paths and a repository URL without one"
@@ -281,7 +308,8 @@ class BucketArchive(WalArchive):
         return text
 
     def archive_command(self, system_id: str) -> str:
-        return self._command("push", '"%p"')
+        spool = shlex.quote(str(self.scratch / "spool"))
+        return self._command("push", f'"%p" --spool {spool}')
 
     def preflight(self, as_owner: dict, owner: str) -> None:
         """Run `wal check` as the server's archiver will run `wal push`: as its user, with no
@@ -386,6 +414,28 @@ class BucketArchive(WalArchive):
     def add_restore_point(self, point: dict) -> None:
         stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
         self.repo.put_json(f"{self.prefix}restore-points/{stamp}.json", point, create_only=True)
+
+
+def pushed_ahead(path: Path, spool: Path) -> bool:
+    """Whether an earlier call pushed this segment ahead (its mark in the spool, now taken): the
+    archiver's call for it is then done without opening the repository."""
+    try:
+        (spool / f"{path.name}.ok").unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _ready_after(path: Path, n: int) -> list[str]:
+    """Up to `n` WAL segments the server has ready to archive after `path` (its
+    archive_status), oldest first."""
+    status = path.parent / "archive_status"
+    try:
+        ready = sorted(p.name[: -len(".ready")] for p in status.iterdir()
+                       if p.name.endswith(".ready"))  # fmt: skip
+    except OSError:
+        return []
+    return [x for x in ready if wal.SEGMENT.match(x) and x > path.name][:n]
 
 
 class _Stream:
