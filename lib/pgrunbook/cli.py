@@ -192,20 +192,26 @@ def cmd_list(args) -> int:
 
 
 def cmd_reports(args) -> int:
-    from .archive import reports  # lazy: start-up time
+    from .archive import reports, shared  # lazy: start-up time
     from .facts import history  # lazy: start-up time
 
+    repo = shared.repository()  # a shared archive: read there
     if args.action == "site":
         from .archive import site  # lazy: start-up time
 
+        if repo is not None:
+            fetched = shared.mirror(repo)
+            print(f"{fetched} reports fetched from {repo.url}", file=sys.stderr)
         print(
             f"the archive's pages: {site.build(full=True)} (open it in a browser, no server needed)"
         )
         return 0
     if args.action == "verify":
-        result = reports.verify()
+        result = shared.verify(repo) if repo is not None else reports.verify()
         print("\n".join(result.lines()))
         return 0 if result.ok else 2
+    if repo is not None:
+        shared.sync_index(repo)
     if args.action == "show":
         d = history.details(args.ref)
         for key in (

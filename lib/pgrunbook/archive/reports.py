@@ -48,6 +48,11 @@ def _line_hash(line: str, *, keyed: bool | None = None) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def link_to(line: str, *, keyed: bool) -> str:
+    """The `prev` a line following `line` carries."""
+    return _line_hash(line, keyed=keyed)
+
+
 def head_path() -> Path:
     """The head record of this archive: kept in the state folder, outside the archive it vouches
     for."""
@@ -69,9 +74,68 @@ def _write_head(lines: int, last: str) -> None:
     )
 
 
-def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, Any]:
-    """Add one run to the index (under an exclusive lock, so parallel runs chain correctly)."""
+def entry_for(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, Any]:
+    """One run's index record, without its link to the line before (`prev`)."""
     root = config.settings().reports_dir
+    return {
+        "id": str(notebook.relative_to(root).with_suffix("")),
+        **{
+            k: meta[k]
+            for k in (
+                "runbook",
+                "target",
+                "outcome",
+                "exit_code",
+                "incident",
+                "operator",
+                "host",
+                "start",
+                "end",
+                "duration_s",
+            )
+        },
+        "summary": meta.get("summary", {}),
+        **({"fleet": meta["fleet"]} if meta.get("fleet") else {}),
+        "figures": {  # what the site draws across runs
+            f["check"]: f["value"]
+            for f in meta.get("findings", [])
+            if isinstance(f.get("value"), int | float) and not isinstance(f.get("value"), bool)
+        },
+        "files": {
+            "ipynb": {"path": str(notebook.relative_to(root)), "sha256": sha256_file(notebook)},
+            "html": {"path": str(html.relative_to(root)), "sha256": sha256_file(html)},
+        },
+    }
+
+
+def line_for(entry: dict[str, Any], previous: str | None) -> str:
+    """The index line of `entry`, chained to the line before it (None: the first)."""
+    linked = {**entry, "prev": _line_hash(previous) if previous else GENESIS}
+    return redact(json.dumps(linked, sort_keys=True))
+
+
+def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, Any]:
+    """Add one run to the index (under an exclusive lock, so parallel runs chain correctly); with
+    a shared archive (`archive.shared`), the run goes there and the index mirrors its chain."""
+    from . import shared  # here: the repository's client only where there is one
+
+    entry = entry_for(meta, notebook, html)
+    if (repo := shared.repository()) is not None:
+        return shared.publish(repo, entry, [notebook, html])
+    path = _open_index()
+    with path.open("a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        lines = [line for line in f.read().splitlines() if line.strip()]
+        line = line_for(entry, lines[-1] if lines else None)
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+        _write_head(len(lines) + 1, line)  # still under the lock: heads follow the index in order
+    return json.loads(line)
+
+
+def _open_index() -> Path:
     path = index_path()
     private_dir(path.parent)
     if not path.exists():
@@ -79,46 +143,28 @@ def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, 
             create_private(path)
         except FileExistsError:  # another run created it meanwhile
             pass
+    return path
+
+
+def mirror_lines(lines: list[str]) -> None:
+    """Make the local index the chain `lines` (a shared archive's, in order), under the lock:
+    the lines this host has are kept, the ones after them added."""
+    path = _open_index()
     with path.open("a+", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
-        lines = [line for line in f.read().splitlines() if line.strip()]
-        entry = {
-            "id": str(notebook.relative_to(root).with_suffix("")),
-            **{
-                k: meta[k]
-                for k in (
-                    "runbook",
-                    "target",
-                    "outcome",
-                    "exit_code",
-                    "incident",
-                    "operator",
-                    "host",
-                    "start",
-                    "end",
-                    "duration_s",
-                )
-            },
-            "summary": meta.get("summary", {}),
-            **({"fleet": meta["fleet"]} if meta.get("fleet") else {}),
-            "figures": {  # what the site draws across runs
-                f["check"]: f["value"]
-                for f in meta.get("findings", [])
-                if isinstance(f.get("value"), int | float) and not isinstance(f.get("value"), bool)
-            },
-            "files": {
-                "ipynb": {"path": str(notebook.relative_to(root)), "sha256": sha256_file(notebook)},
-                "html": {"path": str(html.relative_to(root)), "sha256": sha256_file(html)},
-            },
-            "prev": _line_hash(lines[-1]) if lines else GENESIS,
-        }
-        line = redact(json.dumps(entry, sort_keys=True))
-        f.write(line + "\n")
+        have = [line for line in f.read().splitlines() if line.strip()]
+        if have != lines[: len(have)]:  # not a prefix: written before the archive was shared
+            kept = path.with_name(f"index.before-shared-{os.getpid()}-{len(have)}.jsonl")
+            write_atomic(kept, "".join(line + "\n" for line in have))  # kept, not lost
+            f.seek(0)
+            f.truncate()
+            have = []
+        f.write("".join(line + "\n" for line in lines[len(have) :]))
         f.flush()
         os.fsync(f.fileno())
-        _write_head(len(lines) + 1, line)  # still under the lock: heads follow the index in order
-    return entry
+        if lines:
+            _write_head(len(lines), lines[-1])
 
 
 def table(rows: list[dict[str, Any]]):
@@ -138,6 +184,7 @@ class Verification:
     unreadable: list[int] = field(default_factory=list)
     unindexed: list[str] = field(default_factory=list)
     index: list[str] = field(default_factory=list)  # what is wrong with the index as a whole
+    where: str = ""  # a shared archive's URL (empty: the local index)
 
     @property
     def ok(self) -> bool:
@@ -166,7 +213,8 @@ class Verification:
             for p in self.unindexed
         ]
         verdict = "OK" if self.ok else "FAILED"
-        return out + [f"{verdict}: {self.checked} files checked against {index_path()}"]
+        where = f"the chain in {self.where}" if self.where else str(index_path())
+        return out + [f"{verdict}: {self.checked} files checked against {where}"]
 
 
 def site_pages(root: Path) -> set[str]:

@@ -243,6 +243,10 @@ def run(
     source = notebook_path(runbook)
     declared = parameters(runbook)
     values = coerce(runbook, given or {}, declared)
+    from . import shared  # here: a shared archive's client only where there is one
+
+    if (repo := shared.repository()) is not None:  # out of reach, or a wrong key: before it runs
+        shared.sync_index(repo)  # what every runner archived: this run's trends see it
     if "target" in declared:
         values["target"] = target
         t = targets.resolve(target)

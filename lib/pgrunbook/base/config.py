@@ -60,6 +60,7 @@ class Settings:
     fleets: dict[str, dict[str, Any]] = field(default_factory=dict)
     repository: str = ""  # where backups live: s3://bucket/prefix (empty: backups_dir)
     encrypt: bool = True  # a remote repository is written encrypted unless this says otherwise
+    reports: str = ""  # a shared audit archive: s3://bucket/prefix (empty: reports_dir only)
     wal_program: str = ""  # how the server's user runs pgrunbook (empty: this Python, -m pgrunbook)
 
     def app_of(self, target: str) -> App:
@@ -190,10 +191,12 @@ def _load(home: Path, state: str, reports: str, backups: str, pitr: str, extra: 
         repository=str(config.get("repository", "")),
         encrypt=bool(config.get("encrypt", True)),
         wal_program=str(config.get("wal_program", "")),
+        reports=str(config.get("reports", "")),
     )
 
 
-NOT_LIMITS = ("targets", "apps", "app_roles", "fleets", "repository", "encrypt", "wal_program")
+NOT_LIMITS = ("targets", "apps", "app_roles", "fleets", "repository", "encrypt", "wal_program",
+              "reports")  # fmt: skip
 
 
 FLEET_KEYS = {"targets", "tags", "file"}

@@ -1,0 +1,138 @@
+"""The audit archive in a bucket (a real S3 server, SeaweedFS): many runners, each with a disk of
+its own, append to one chain; any machine verifies it whole and builds the site from it; a
+changed report, a removed entry and the bucket out of reach are named."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pgrunbook.cli import main
+
+KEY = "shared archive key 8812"
+
+APPENDER = textwrap.dedent(
+    """
+    import sys
+    from pgrunbook.archive import reports
+    from pgrunbook.base import config
+
+    worker, count = int(sys.argv[1]), int(sys.argv[2])
+    root = config.settings().reports_dir / "health"
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        nb, html = root / f"w{worker}-{n}.ipynb", root / f"w{worker}-{n}.html"
+        nb.write_text(f"notebook {worker} {n}")
+        html.write_text(f"html {worker} {n}")
+        meta = dict(runbook="health", target=f"db{worker}", outcome="OK", exit_code=0,
+                    incident=None, operator="test", host=f"worker{worker}",
+                    start=f"2026-01-01T00:{worker:02d}:{n:02d}+00:00",
+                    end=f"2026-01-01T00:{worker:02d}:{n:02d}+00:00", duration_s=1.0)
+        reports.append_index(meta, nb, html)
+    """
+)
+
+
+@pytest.fixture
+def shared(s3server, tmp_path, monkeypatch):
+    """A bucket as the shared archive; each "machine" is a folder of its own."""
+    name = s3server.bucket(f"pgrb-audit-{uuid.uuid4().hex[:8]}")
+    env = {**s3server.env(), "PGRUNBOOK_REPORTS": f"s3://{name}/audit",
+           "PGRUNBOOK_REPOSITORY_KEY": KEY}  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+    def machine(n: str) -> dict[str, str]:  # its own disk for reports (the sandbox is shared)
+        return {**os.environ, "PGRUNBOOK_REPORTS_DIR": str(tmp_path / n / "reports")}
+
+    return name, machine
+
+
+def _on(machine: dict[str, str], monkeypatch) -> None:
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", machine["PGRUNBOOK_REPORTS_DIR"])
+
+
+def test_eight_runners_append_to_one_chain_and_any_machine_verifies_it(
+    shared, s3server, tmp_path, monkeypatch, capsys
+):
+    bucket, machine = shared
+    script = tmp_path / "append.py"
+    script.write_text(APPENDER)
+    workers = [
+        subprocess.Popen([sys.executable, str(script), str(w), "6"], env=machine(f"m{w}"))
+        for w in range(8)
+    ]
+    assert [w.wait(timeout=300) for w in workers] == [0] * 8
+    objects = s3server.objects(bucket)
+    chain = sorted(k for k in objects if "/chain/" in k)
+    assert [int(k.rsplit("/", 1)[1]) for k in chain] == list(range(1, 49))  # none lost, no fork
+    assert not [k for k, v in objects.items() if b"notebook 3" in v or b"html 3" in v]  # sealed
+
+    _on(machine("auditor"), monkeypatch)  # a machine that wrote nothing
+    assert main(["reports", "verify"]) == 0
+    out = capsys.readouterr().out
+    assert f"OK: 96 files checked against the chain in s3://{bucket}/audit" in out
+    assert main(["reports", "list"]) == 0
+    assert len([x for x in capsys.readouterr().out.splitlines() if "health" in x]) == 48
+
+    # a report changed in the bucket, and an entry removed: each named
+    client = s3server.client()
+    victim = next(k for k in objects if k.endswith("/files/health/w2-3.html"))
+    client.put_object(Bucket=bucket, Key=victim, Body=objects[victim][:-1] + b"\0")
+    client.delete_object(Bucket=bucket, Key=chain[20])
+    assert main(["reports", "verify"]) == 2
+    out = capsys.readouterr().out
+    assert "changed: health/w2-3.html" in out
+    assert "chain entries 21 are missing" in out and "FAILED" in out
+
+
+def test_two_runners_archive_real_runs_and_the_site_is_built_from_the_bucket(
+    sandbox, shared, s3server, monkeypatch, capsys
+):
+    bucket, machine = shared
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pgrunbook", "run", "health", "-t", t, "--quiet"],
+            env=machine(f"runner-{t}"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for t in ("staging", "production")
+    ]
+    done = [(r.wait(timeout=600), r.stderr.read().decode()) for r in runs]
+    assert all(code in (0, 1) for code, _ in done), done
+    _on(machine("laptop"), monkeypatch)
+    assert main(["reports", "verify"]) == 0
+    assert "OK: 4 files checked" in capsys.readouterr().out
+    assert main(["reports", "site"]) == 0
+    err = capsys.readouterr().err
+    assert "4 reports fetched from s3://" in err
+    root = Path(machine("laptop")["PGRUNBOOK_REPORTS_DIR"])
+    page = (root / "index.html").read_text()
+    for t in ("staging", "production"):
+        assert f">{t}<" in page or f'"{t}"' in page
+    lines = (root / "index.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["target"] for x in lines) == ["production", "staging"]
+    assert main(["reports", "site"]) == 0  # again: nothing to fetch
+    assert "0 reports fetched" in capsys.readouterr().err
+    for key, blob in s3server.objects(bucket).items():
+        assert KEY.encode() not in blob and b"<html" not in blob.lower(), key
+
+
+def test_the_bucket_out_of_reach_refuses_the_run_before_it_starts(
+    sandbox, shared, monkeypatch, tmp_path, capsys
+):
+    _, machine = shared
+    _on(machine("cut-off"), monkeypatch)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    assert main(["run", "health", "-t", "staging", "--quiet"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "127.0.0.1:1" in err[0] and "is the object store up" in err[0]
+    assert not list(Path(machine("cut-off")["PGRUNBOOK_REPORTS_DIR"]).rglob("*.ipynb"))
