@@ -63,7 +63,7 @@ class SeaweedFS:
              f"-volume.port.grpc={p['volume_grpc']}", f"-filer.port={p['filer']}",
              f"-filer.port.grpc={p['filer_grpc']}", f"-s3.port.grpc={p['s3_grpc']}",
              "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-             "-master.volumeSizeLimitMB=64", "-volume.max=50"],
+             "-master.volumeSizeLimitMB=64", "-volume.max=2000"],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "log", "ab"),  # noqa: SIM115
             start_new_session=True,
         )  # fmt: skip
@@ -78,17 +78,22 @@ class SeaweedFS:
                 time.sleep(0.5)
         raise RuntimeError(f"SeaweedFS did not answer in 60 s: see {self.root / 'log'}")
 
-    def bucket(self, name: str) -> str:
+    def bucket(self, name: str, *, lock: bool = False) -> str:
+        """A new bucket that takes writes (a fresh or restarted server may not have a volume to
+        write on yet, nor a versioned bucket's settings in place)."""
         deadline = time.monotonic() + 30
-        while True:  # a fresh server may not have a volume to write on yet
+        while True:
             try:
-                self.client().create_bucket(Bucket=name)
-                self.client().put_object(Bucket=name, Key="probe", Body=b"x")
-                self.client().delete_object(Bucket=name, Key="probe")
+                try:
+                    self.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=lock)
+                except Exception as e:
+                    if "BucketAlreadyOwnedByYou" not in str(e) and "AlreadyExists" not in str(e):
+                        raise
+                probe = f"probe-{time.monotonic_ns()}"
+                self.client().put_object(Bucket=name, Key=probe, Body=b"x", IfNoneMatch="*")
+                self.client().delete_object(Bucket=name, Key=probe)
                 return name
-            except Exception as e:
-                if "BucketAlreadyOwnedByYou" in str(e) or "BucketAlreadyExists" in str(e):
-                    return name
+            except Exception:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
@@ -101,7 +106,8 @@ class SeaweedFS:
 
     def stop(self) -> None:
         self.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not os.environ.get("PGRB_KEEP_S3"):
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def objects(self, bucket: str) -> dict[str, bytes]:
         """Every object in `bucket`, read back."""

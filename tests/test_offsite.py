@@ -8,6 +8,7 @@ import os
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -240,3 +241,38 @@ def test_two_runners_back_up_and_prune_one_repository_at_once(sandbox, s3server,
         pruned = dumps.prune([backups.find(staging, b) for b in ids], enabled=True)
     assert f"kept (in use): {old.id}" in pruned.examples
     assert [b.id for b in backups.all_backups(staging)] == [old.id]
+
+
+def test_object_lock_keeps_backups_from_a_stolen_credential_and_prune_says_so(
+    sandbox, s3server, monkeypatch, tmp_path
+):
+    """object_lock_days = 2: every object of a backup is written with COMPLIANCE retention, so
+    the runner's own credential cannot delete it; a prune keeps what is locked and says until
+    when. A bucket without Object Lock is refused in one line before anything is written."""
+    for k, v in s3server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PGRUNBOOK_REPOSITORY_KEY", KEY)
+    monkeypatch.setenv("PGRUNBOOK_OBJECT_LOCK_DAYS", "2")
+    plain = s3server.bucket(f"pgrb-{uuid.uuid4().hex[:10]}")
+    monkeypatch.setenv("PGRUNBOOK_REPOSITORY", f"s3://{plain}/fixia")
+    with pytest.raises(StorageError, match="does not have Object Lock enabled"):
+        runner.run("backup", "staging", progress=False)
+    assert s3server.objects(plain) == {}
+
+    locked = s3server.bucket(f"pgrb-{uuid.uuid4().hex[:10]}", lock=True)
+    monkeypatch.setenv("PGRUNBOOK_REPOSITORY", f"s3://{locked}/fixia")
+    staging = targets.resolve("staging")
+    first = dumps.create(staging, label="locked")
+    client = s3server.client()
+    part = f"fixia/{first.manifest['parts'][0]['key']}"
+    retention = client.get_object_retention(Bucket=locked, Key=part)["Retention"]
+    assert retention["Mode"] == "COMPLIANCE"
+    days = (retention["RetainUntilDate"] - datetime.now(UTC)).total_seconds() / 86400
+    assert 1.9 < days <= 2.0
+    version = client.list_object_versions(Bucket=locked, Prefix=part)["Versions"][0]["VersionId"]
+    with pytest.raises(Exception, match="AccessDenied"):  # the credential that wrote it
+        client.delete_object(Bucket=locked, Key=part, VersionId=version)
+    found = dumps.prune([backups.find(staging, first.id)], enabled=True)
+    assert "deleted 0 backups" in found.summary and "kept under S3 Object Lock" in found.summary
+    assert first.id in [b.id for b in backups.all_backups(staging)]
+    assert client.get_object(Bucket=locked, Key=part)["Body"].read()

@@ -137,7 +137,7 @@ def cmd_wal(args) -> int:
     or cannot give, stops recovery rather than being taken for the end of the archive."""
     from pathlib import Path
 
-    from .base.repository import Repository
+    from .base.repository import LOCK_ENV, Repository
     from .base.storage import Missing
     from .procedures.walstore import BucketArchive, pushed_ahead
 
@@ -146,7 +146,8 @@ def cmd_wal(args) -> int:
             raise UnknownParameter(f"wal {args.action} needs its file (see --help)")
         if args.action == "push" and args.spool and pushed_ahead(Path(args.file), Path(args.spool)):
             return 0
-        repo = Repository.open(args.repository, create=False)
+        lock = int(os.environ.get(LOCK_ENV) or 0)  # the command says it: see walstore.POINTERS
+        repo = Repository.open(args.repository, create=False, lock_days=lock)
         archive = BucketArchive(repo, args.system, Path())
         if args.action == "check":
             archive.check()

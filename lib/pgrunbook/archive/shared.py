@@ -47,7 +47,9 @@ def repository() -> Repository | None:
     found = url()
     if not found:
         return None
-    return Repository.open(found, encrypt=config.settings().encrypt)
+    from ..base.repository import lock_days_for
+
+    return Repository.open(found, encrypt=config.settings().encrypt, lock_days=lock_days_for())
 
 
 def _number(key: str) -> int:

@@ -60,6 +60,7 @@ class Settings:
     fleets: dict[str, dict[str, Any]] = field(default_factory=dict)
     repository: str = ""  # where backups live: s3://bucket/prefix (empty: backups_dir)
     encrypt: bool = True  # a remote repository is written encrypted unless this says otherwise
+    object_lock_days: int = 0  # S3 Object Lock: every object in the repository kept this long
     reports: str = ""  # a shared audit archive: s3://bucket/prefix (empty: reports_dir only)
     wal_program: str = ""  # how the server's user runs pgrunbook (empty: this Python, -m pgrunbook)
 
@@ -192,11 +193,12 @@ def _load(home: Path, state: str, reports: str, backups: str, pitr: str, extra: 
         encrypt=bool(config.get("encrypt", True)),
         wal_program=str(config.get("wal_program", "")),
         reports=str(config.get("reports", "")),
+        object_lock_days=config.get("object_lock_days", 0),
     )
 
 
 NOT_LIMITS = ("targets", "apps", "app_roles", "fleets", "repository", "encrypt", "wal_program",
-              "reports")  # fmt: skip
+              "reports", "object_lock_days")  # fmt: skip
 
 
 FLEET_KEYS = {"targets", "tags", "file"}

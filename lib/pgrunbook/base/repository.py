@@ -61,7 +61,26 @@ def for_target(target) -> Repository | None:
     url = url_for(name)
     if not is_remote(url):
         return None
-    return Repository.open(url, encrypt=encrypt_for(name))
+    return Repository.open(url, encrypt=encrypt_for(name), lock_days=lock_days_for(name))
+
+
+LOCK_ENV = "PGRUNBOOK_OBJECT_LOCK_DAYS"
+
+
+def lock_days_for(target: str | None = None) -> int:
+    """`object_lock_days` for `target`'s repository (environment, target, global; 0: none)."""
+    if found := os.environ.get(LOCK_ENV):
+        value = found
+    else:
+        spec = config.settings().targets.get(target or "", {})
+        value = spec.get("object_lock_days", config.settings().object_lock_days)
+    try:
+        days = int(value)
+    except (TypeError, ValueError):
+        raise RepositoryError(f"object_lock_days {value!r} is not a number of days") from None
+    if days < 0:
+        raise RepositoryError(f"object_lock_days {days} is negative: give 0 (none) or more")
+    return days
 
 
 def encrypt_for(target: str | None = None) -> bool:
@@ -89,9 +108,13 @@ class Repository:
         self.url = store.url
 
     @classmethod
-    def open(cls, url: str, *, encrypt: bool = True, create: bool = True) -> Repository:
-        """The repository at `url`, its key checked (KeyMissing, WrongKey: one line each)."""
-        store = open_store(url)
+    def open(
+        cls, url: str, *, encrypt: bool = True, create: bool = True, lock_days: int = 0
+    ) -> Repository:
+        """The repository at `url`, its key checked (KeyMissing, WrongKey: one line each); with
+        `lock_days`, every object written is retained that long (S3 Object Lock)."""
+        store = open_store(url, lock_days=lock_days)
+        store.check_lock()
         try:
             meta = json.loads(store.get(META))
         except Missing:

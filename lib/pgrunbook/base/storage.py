@@ -19,7 +19,7 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -83,6 +83,7 @@ class Writer(ABC):
 
 class Store(ABC):
     url: str
+    lock_days = 0  # S3 Object Lock's retention of every object written (0: none)
 
     @abstractmethod
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> None: ...
@@ -113,6 +114,13 @@ class Store(ABC):
     @property
     def remote(self) -> bool:
         return False
+
+    def check_lock(self) -> None:  # noqa: B027 - nothing to check but in S3
+        "Refuse Object Lock the store cannot give."
+
+    def locked_until(self, key: str) -> datetime | None:
+        "The date before which the object cannot be deleted (None: no retention)."
+        return None
 
 
 # -- a local folder ---------------------------------------------------------------------------
@@ -225,10 +233,43 @@ class _LocalWriter(Writer):
 class S3Store(Store):
     """Objects under `prefix` in `bucket`; boto3's client, its credential chain, its retries."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, client=None):
+    def __init__(self, bucket: str, prefix: str = "", *, client=None, lock_days: int = 0):
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self._client = client
+        self.lock_days = lock_days  # S3 Object Lock: every object retained this long
+
+    def _lock(self) -> dict:
+        """What every write carries under Object Lock: COMPLIANCE retention (no credential can
+        shorten it or delete the object before the date), N days from now."""
+        if not self.lock_days:
+            return {}
+        until = datetime.now(UTC) + timedelta(days=self.lock_days)
+        return {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until}
+
+    def check_lock(self) -> None:
+        """Refuse (one line) Object Lock asked of a bucket that does not have it enabled."""
+        if not self.lock_days:
+            return
+        try:
+            found = self._call(
+                "reading the Object Lock of", "", self.client.get_object_lock_configuration
+            )["ObjectLockConfiguration"]
+        except StorageError as e:
+            if "ObjectLockConfigurationNotFound" not in str(e):
+                raise
+            found = {}
+        if found.get("ObjectLockEnabled") != "Enabled":
+            raise StorageError(
+                f"object_lock_days = {self.lock_days}, but the bucket {self.bucket} does not have "
+                "Object Lock enabled: it can only be turned on for a new bucket (aws s3api "
+                "create-bucket --object-lock-enabled-for-bucket)"
+            )
+
+    def locked_until(self, key: str) -> datetime | None:
+        """The date before which the object cannot be deleted (None: no retention)."""
+        head = self._call("reading", key, self.client.head_object, Key=self._key(key))
+        return head.get("ObjectLockRetainUntilDate")
 
     @property
     def remote(self) -> bool:
@@ -274,7 +315,8 @@ class S3Store(Store):
 
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
         extra = {"IfNoneMatch": "*"} if create_only else {}
-        self._call("writing", key, self.client.put_object, Key=self._key(key), Body=data, **extra)
+        self._call("writing", key, self.client.put_object, Key=self._key(key), Body=data,
+                   **extra, **self._lock())  # fmt: skip
 
     def get(self, key: str) -> bytes:
         with self.reader(key) as body:
@@ -303,7 +345,17 @@ class S3Store(Store):
             token = page["NextContinuationToken"]
 
     def delete(self, key: str) -> None:
-        self._call("deleting", key, self.client.delete_object, Key=self._key(key))
+        """Remove the object; under Object Lock (a versioned bucket) every version of it, so that
+        the space is freed (a version still retained refuses: StorageError)."""
+        if not self.lock_days:
+            self._call("deleting", key, self.client.delete_object, Key=self._key(key))
+            return
+        page = self._call("listing versions of", key, self.client.list_object_versions,
+                          Prefix=self._key(key))  # fmt: skip
+        for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+            if v["Key"] == self._key(key):
+                self._call("deleting", key, self.client.delete_object, Key=v["Key"],
+                           VersionId=v["VersionId"])  # fmt: skip
 
     def pending(self, prefix: str = "") -> list[Pending]:
         page = self._call(
@@ -342,7 +394,11 @@ class _S3Writer(Writer):
         s = self.store
         if self.upload is None:
             self.upload = s._call(
-                "starting", self.key, s.client.create_multipart_upload, Key=s._key(self.key)
+                "starting",
+                self.key,
+                s.client.create_multipart_upload,
+                Key=s._key(self.key),
+                **s._lock(),
             )["UploadId"]
         number = len(self.parts) + 1
         done = s._call(
@@ -391,13 +447,17 @@ def _reason(error: Exception) -> str:
 # -- opening a repository -----------------------------------------------------------------------
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, lock_days: int = 0) -> Store:
     """The store a repository URL names: `s3://bucket/prefix`, or a local folder."""
     parts = urlsplit(url)
     if parts.scheme == "s3":
         if not parts.netloc:
             raise StorageError(f"{url!r} names no bucket: write s3://BUCKET/PREFIX")
-        return S3Store(parts.netloc, parts.path)
+        return S3Store(parts.netloc, parts.path, lock_days=lock_days)
+    if lock_days:
+        raise StorageError(
+            f"object_lock_days needs a repository in S3 with Object Lock, not {url!r}"
+        )
     if parts.scheme in ("", "file"):
         root = Path(parts.path if parts.scheme == "file" else url).expanduser()
         private_dir(root)

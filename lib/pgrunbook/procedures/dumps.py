@@ -178,8 +178,9 @@ def prune(plan: list[Backup], *, enabled: bool) -> Finding:
             f"{len(plan)} backups past retention (prune=False keeps them)",
             examples=names,
         )
-    busy = [b for b in plan if b.remote and offsite.in_use(b)]
-    plan = [b for b in plan if b not in busy]  # another runner verifies or restores it now
+    locked = {b.id: u for b in plan if b.remote and (u := offsite.locked_until(b))}
+    busy = [b for b in plan if b.id not in locked and b.remote and offsite.in_use(b)]
+    plan = [b for b in plan if b not in busy and b.id not in locked]  # another runner reads it
     for b in plan:
         if b.remote:
             offsite.delete(b)
@@ -187,9 +188,17 @@ def prune(plan: list[Backup], *, enabled: bool) -> Finding:
             shutil.rmtree(b.path)
     names = tuple(b.id for b in plan)
     note = f"; {len(busy)} in use by another runner kept for now" if busy else ""
+    if locked:
+        note += (
+            f"; {len(locked)} kept under S3 Object Lock (object_lock_days) until "
+            f"{max(locked.values()):%Y-%m-%d %H:%M} UTC at the latest: the next prune after "
+            "that removes them"
+        )
     return Finding(
         "retention",
         Status.OK,
         f"deleted {len(plan)} backups past retention{note}",
-        examples=names + tuple(f"kept (in use): {b.id}" for b in busy),
+        examples=names
+        + tuple(f"kept (in use): {b.id}" for b in busy)
+        + tuple(f"kept (locked until {u:%Y-%m-%d}): {i}" for i, u in locked.items()),
     )

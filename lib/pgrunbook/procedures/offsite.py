@@ -191,6 +191,13 @@ def leased(backup: Backup) -> Iterator[None]:
             pass  # it expires
 
 
+def locked_until(backup: Backup) -> datetime | None:
+    """Until when S3 Object Lock keeps `backup` (its manifest, written last, is locked longest);
+    None where it is not locked, or no longer."""
+    until = backup.repository.store.locked_until(f"{backup.path}/{MANIFEST}")
+    return until if until and until > datetime.now(UTC) else None
+
+
 def in_use(backup: Backup) -> bool:
     """Whether another runner holds a fresh lease on `backup` (it is being verified)."""
     entries = backup.repository.store.list(f"{backup.path}/{LEASE}")

@@ -519,6 +519,15 @@ def retention(server: Server, *, keep: int, prune: bool = False) -> Finding:
     what = f"{len(old)} base backups and {len(expired)} WAL segments older than {oldest.id}"
     if not prune:
         return Finding("retention", Status.OK, f"{what} could go (prune=True removes them)")
+    locked = {b.id: u for b in old if (u := server.archive.locked_until(b))}
+    if locked:  # S3 Object Lock: nothing of them, nor the WAL they need, can go yet
+        return Finding(
+            "retention",
+            Status.OK,
+            f"{what} could go, but {len(locked)} are kept under S3 Object Lock (object_lock_days)"
+            f" until {max(locked.values()):%Y-%m-%d %H:%M} UTC at the latest: the next prune "
+            "after that removes them",
+        )
     for b in old:
         server.archive.remove(b)
     if expired:

@@ -95,6 +95,10 @@ class WalArchive(ABC):
     @abstractmethod
     def remove(self, backup: wal.BaseBackup) -> None: ...
 
+    def locked_until(self, backup: wal.BaseBackup) -> datetime | None:
+        "Until when S3 Object Lock keeps the base backup (None: not locked, or no longer)."
+        return None
+
     @abstractmethod
     def remove_wal_before(self, segment: str, major: int) -> None: ...
 
@@ -276,6 +280,8 @@ class BucketArchive(WalArchive):
 
     def _pointers(self) -> str:
         found = [f"{k}={shlex.quote(os.environ[k])}" for k in POINTERS if os.environ.get(k)]
+        if days := self.repo.store.lock_days:  # WAL retained as long as the backups
+            found.append(f"PGRUNBOOK_OBJECT_LOCK_DAYS={days}")
         return ("env " + " ".join(found) + " ") if found else ""
 
     def _command(self, verb: str, tail: str) -> str:
@@ -388,6 +394,10 @@ class BucketArchive(WalArchive):
 
     def remove(self, backup: wal.BaseBackup) -> None:
         self._remove_prefix(self._base(backup.id))
+
+    def locked_until(self, backup: wal.BaseBackup) -> datetime | None:
+        until = self.repo.store.locked_until(self._base(backup.id) + wal.META)
+        return until if until and until > datetime.now(UTC) else None
 
     def _remove_prefix(self, prefix: str) -> None:
         try:
