@@ -33,6 +33,7 @@ class SeaweedFS:
     root: Path
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    extra: list[str] = field(default_factory=list)  # more of weed's options (TLS, ...)
 
     @property
     def endpoint(self) -> str:
@@ -63,7 +64,7 @@ class SeaweedFS:
              f"-volume.port.grpc={p['volume_grpc']}", f"-filer.port={p['filer']}",
              f"-filer.port.grpc={p['filer_grpc']}", f"-s3.port.grpc={p['s3_grpc']}",
              "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-             "-master.volumeSizeLimitMB=64", "-volume.max=2000"],
+             "-master.volumeSizeLimitMB=64", "-volume.max=2000", *self.extra],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "log", "ab"),  # noqa: SIM115
             start_new_session=True,
         )  # fmt: skip

@@ -261,3 +261,23 @@ def test_the_drill_recovers_a_dropped_table_from_the_bucket_to_within_seconds(bo
     assert _sql(target, "SELECT count(*) FROM reviews")[0] == reviews
     assert len(server.archive.base_backups()) == before + 1  # the drill's, in the bucket
     assert not list(Path(server.root).rglob(wal.META))
+
+
+def test_a_flipped_byte_in_a_base_backup_in_the_bucket_is_named_and_nothing_is_restored(
+    box, target, s3server
+):
+    server = _on_bucket(target)
+    base = pitr.take_base_backup(target, server, label="to-spoil")
+    key = f"fixia/{base.parts[0]['key']}"
+    client = s3server.client()
+    kept = client.get_object(Bucket=box.bucket, Key=key)["Body"].read()
+    spoiled = bytearray(kept)
+    spoiled[len(spoiled) // 3] ^= 0x10
+    client.put_object(Bucket=box.bucket, Key=key, Body=bytes(spoiled))
+    try:
+        part = base.parts[0]["key"]
+        with pytest.raises(pitr.PitrFailed, match=f"could not be fetched: .*{part}"):
+            pitr.restore(target, server, pitr.Moment.parse()).stop()
+        assert not list((server.root / "restores").glob("*/data"))
+    finally:
+        client.put_object(Bucket=box.bucket, Key=key, Body=kept)

@@ -21,6 +21,7 @@ cluster is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -41,7 +42,7 @@ from psycopg.conninfo import make_conninfo
 from ..base import config, db, pgrestore, pgtools
 from ..base.cluster import Cluster
 from ..base.errors import PgRunbookError
-from ..base.fileio import fsync_dir, private_dir, socket_dir, sync_tree, write_atomic
+from ..base.fileio import fsync_dir, private_dir, socket_dir, write_atomic
 from ..base.findings import Finding, Status
 from ..base.sealing import KEY_FILE_ENV, Damaged
 from ..base.storage import StorageError
@@ -443,12 +444,18 @@ def take_base_backup(
     clock = time.perf_counter()
     try:
         pgtools.run(pgtools.choose("pg_basebackup", server.major), args, target.url)
-        with ThreadPoolExecutor(max_workers=1) as flush:
-            flushed = flush.submit(sync_tree, partial)
+        # kept (flushed to disk, or sent to the bucket) while pg_verifybackup checks it, both
+        # reading what pg_basebackup just wrote from the page cache; it counts once both are done
+        with ThreadPoolExecutor(max_workers=1) as side:
+            keeping = side.submit(server.archive.send, partial, stamp)
             try:
                 verify_base(server, partial)
-            finally:
-                flushed.result()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    keeping.result()
+                server.archive.discard(stamp)
+                raise
+            sent = keeping.result()
         with db.connect(target, application="pgrunbook/pitr") as conn:
             finished = conn.execute("SELECT now()").fetchone()[0]
         label_text = (partial / "backup_label").read_text()
@@ -468,7 +475,7 @@ def take_base_backup(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return server.archive.keep(backup)
+    return server.archive.keep(backup, sent)
 
 
 def verify_base(server: Server, path: Path, *, name: str = "") -> None:

@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 
 from ..base import pgtools
 from ..base.errors import PgRunbookError
-from ..base.fileio import private_dir, write_atomic
+from ..base.fileio import private_dir, sync_tree, write_atomic
 from ..base.repository import Repository
 from ..base.sealing import KEY_FILE_ENV, Damaged
 from ..base.storage import Exists, Missing, StorageError
@@ -85,8 +85,16 @@ class WalArchive(ABC):
         "Verified base backups, oldest first."
 
     @abstractmethod
-    def keep(self, backup: wal.BaseBackup) -> wal.BaseBackup:
+    def send(self, partial: Path, backup_id: str) -> object:
+        "Start keeping a base backup being checked (flush it, upload it); what `keep` needs."
+
+    @abstractmethod
+    def keep(self, backup: wal.BaseBackup, sent: object) -> wal.BaseBackup:
         "Keep a verified base backup taken into the local base folder; what was kept."
+
+    @abstractmethod
+    def discard(self, backup_id: str) -> None:
+        "Remove what `send` kept of a base backup that failed its check."
 
     @abstractmethod
     def unpack(self, backup: wal.BaseBackup, data: Path) -> None:
@@ -148,8 +156,15 @@ class FolderArchive(WalArchive):
     def base_backups(self) -> list[wal.BaseBackup]:
         return wal.base_backups(self.root)
 
-    def keep(self, backup: wal.BaseBackup) -> wal.BaseBackup:
+    def send(self, partial: Path, backup_id: str) -> object:
+        sync_tree(partial)
+        return None
+
+    def keep(self, backup: wal.BaseBackup, sent: object) -> wal.BaseBackup:
         return backup
+
+    def discard(self, backup_id: str) -> None:
+        pass  # the folder is removed by the caller
 
     def unpack(self, backup: wal.BaseBackup, data: Path) -> None:
         shutil.copytree(backup.path, data, ignore=shutil.ignore_patterns(wal.META))
@@ -364,23 +379,31 @@ class BucketArchive(WalArchive):
     def incremental(self) -> bool:
         return False
 
-    def keep(self, backup: wal.BaseBackup) -> wal.BaseBackup:
-        """The verified local folder as a tar in parts, its record written last; the local folder
-        is removed either way (on failure, with whatever was uploaded)."""
-        where = self._base(backup.id)
-        out = self.repo.parts(where)
+    def send(self, partial: Path, backup_id: str) -> object:
+        """The folder as a tar in sealed parts (no local copy of it: nothing flushed here)."""
+        out = self.repo.parts(self._base(backup_id))
         try:
             with tarfile.open(fileobj=out, mode="w|") as tar:
-                for path in sorted(backup.path.iterdir()):
+                for path in sorted(partial.iterdir()):
                     if path.name != wal.META:
                         tar.add(path, arcname=path.name)
-            parts = out.close()
-            stored = tuple(p.to_dict() for p in parts)
-            kept = replace(backup, path=PurePosixPath(where), parts=stored)
+            return tuple(p.to_dict() for p in out.close())
+        except BaseException:
+            out.abandon()
+            raise
+
+    def discard(self, backup_id: str) -> None:
+        self._remove_prefix(self._base(backup_id))
+
+    def keep(self, backup: wal.BaseBackup, sent: object) -> wal.BaseBackup:
+        """Its record written last, beside the parts `send` put; the local folder is removed
+        either way (on failure, with the parts)."""
+        where = self._base(backup.id)
+        try:
+            kept = replace(backup, path=PurePosixPath(where), parts=sent)
             self.repo.put_json(where + wal.META, kept.to_dict(), create_only=True)
             return kept
         except BaseException:
-            out.abandon()
             self._remove_prefix(where)
             raise
         finally:
