@@ -55,7 +55,8 @@ def _as_postgres() -> dict:
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     done = subprocess.run(cmd, capture_output=True, text=True, **_as_postgres(), **kw)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])} failed: {done.stderr[-800:] or done.stdout[-800:]}")
+        said = done.stderr[-800:] or done.stdout[-800:]
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed: {said}")
     return done
 
 
@@ -129,9 +130,13 @@ def main() -> None:
         _run([*brest, "stanza-create"])
 
         os.environ.update(
-            {**env, "PGRUNBOOK_REPOSITORY": f"s3://{bucket}/pgrunbook",
-             "PGRUNBOOK_REPOSITORY_KEY": KEY, "PGRUNBOOK_PITR_DIR": str(root / "pitr"),
-             "PGRUNBOOK_STATE_DIR": str(root / "state")}  # fmt: skip
+            {
+                **env,
+                "PGRUNBOOK_REPOSITORY": f"s3://{bucket}/pgrunbook",
+                "PGRUNBOOK_REPOSITORY_KEY": KEY,
+                "PGRUNBOOK_PITR_DIR": str(root / "pitr"),
+                "PGRUNBOOK_STATE_DIR": str(root / "state"),
+            }  # fmt: skip
         )
         from pgrunbook.base.targets import Target
         from pgrunbook.procedures import pitr
@@ -139,8 +144,9 @@ def main() -> None:
         target = Target("bench", url)
         box = pitr.locate(target)
         size = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+        theirs = _run(["pgbackrest", "version"]).stdout.split()[-1]
         print(f"PostgreSQL {box.version}, pgbench scale {args.scale}: {size / 2**20:.0f} MiB of "
-              "files; pgBackRest " + _run(["pgbackrest", "version"]).stdout.split()[-1])  # fmt: skip
+              f"files; pgBackRest {theirs}")  # fmt: skip
 
         def ours_backup() -> None:
             taken = pitr.take_base_backup(target, box, label="bench")
@@ -178,7 +184,7 @@ def main() -> None:
         for r in range(args.repeat):
             for phase in ("backup", "restore"):
                 names = [k for k in ways if k.startswith(phase)]
-                names = names[r % len(names):] + names[: r % len(names)]
+                names = names[r % len(names) :] + names[: r % len(names)]
                 for name in names:
                     subprocess.run(["sync"], check=False)
                     times[name].append(_timed(ways[name]))
@@ -197,9 +203,9 @@ def main() -> None:
             for other in (f"{phase}, pgBackRest", f"{phase}, pgBackRest --process-max 2"):
                 print(f"ratio {phase}: pgrunbook / {other.split(', ')[1]} = "
                       f"{ours / statistics.median(times[other]):.2f}x")  # fmt: skip
-        print(f"stored in the bucket (all runs' base backups): pgrunbook "
-              f"{stored['pgrunbook'] / 2**20:.0f} MiB, pgBackRest {stored['pgBackRest'] / 2**20:.0f}"
-              " MiB")  # fmt: skip
+        ours_mib, theirs_mib = stored["pgrunbook"] / 2**20, stored["pgBackRest"] / 2**20
+        print(f"stored in the bucket (all runs' base backups): pgrunbook {ours_mib:.0f} MiB, "
+              f"pgBackRest {theirs_mib:.0f} MiB")  # fmt: skip
     finally:
         subprocess.run([str(BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True, **_as_postgres())  # fmt: skip
