@@ -49,7 +49,7 @@ def main() -> None:
         from pgrunbook.base import pgtools
         from pgrunbook.base.cluster import bin_dir
         from pgrunbook.base.targets import Target
-        from pgrunbook.procedures import pitr
+        from pgrunbook.procedures import moments, pitr
 
         with psycopg.connect(box.url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE DATABASE bench")
@@ -130,8 +130,8 @@ def main() -> None:
         def restore_once(verify: bool) -> None:
             os.sync()
             t0 = time.perf_counter()
-            recovered = pitr.restore(
-                target, server, pitr.Moment.parse(time=moment.isoformat()),
+            recovered = moments.restore(
+                target, server, moments.Moment.parse(time=moment.isoformat()),
                 verify_base_first=verify,
             )  # fmt: skip
             (ours if verify else unverified).append(time.perf_counter() - t0)

@@ -23,7 +23,7 @@ from pgrunbook.base.targets import Target
 from pgrunbook.checks import health
 from pgrunbook.cli import main
 from pgrunbook.facts import history, wal
-from pgrunbook.procedures import pitr
+from pgrunbook.procedures import moments, pitr
 from pgrunbook.procedures.sandbox import Sandbox
 
 from .conftest import EXTERNAL
@@ -112,7 +112,7 @@ def test_the_pitr_runbook_then_a_restore_to_a_moment_brings_a_dropped_table_back
     assert _sql(target, "SELECT count(*) FROM ledger")[0] == 40
 
     # the same moment by the library, left running: exactly the rows committed before it
-    recovered = pitr.restore(target, server, pitr.Moment.parse(time=moment.isoformat()))
+    recovered = moments.restore(target, server, moments.Moment.parse(time=moment.isoformat()))
     try:
         with psycopg.connect(recovered.url("staging")) as conn:
             assert conn.execute("SELECT count(*), max(id) FROM ledger").fetchone() == (30, 29)
@@ -134,12 +134,12 @@ def test_restore_to_an_lsn_a_restore_point_and_a_transaction(target):
         xid = conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
     _sql(target, "INSERT INTO steps VALUES (4)")
     for moment, expected in (
-        (pitr.Moment.parse(lsn=lsn), [1]),
-        (pitr.Moment.parse(name="after-two"), [1, 2]),
-        (pitr.Moment.parse(xid=xid), [1, 2, 3]),
-        (pitr.Moment.parse(), [1, 2, 3, 4]),  # the end of the archive
+        (moments.Moment.parse(lsn=lsn), [1]),
+        (moments.Moment.parse(name="after-two"), [1, 2]),
+        (moments.Moment.parse(xid=xid), [1, 2, 3]),
+        (moments.Moment.parse(), [1, 2, 3, 4]),  # the end of the archive
     ):
-        recovered = pitr.restore(target, server, moment)
+        recovered = moments.restore(target, server, moment)
         try:
             with psycopg.connect(recovered.url("staging")) as conn:
                 got = [r[0] for r in conn.execute("SELECT n FROM steps ORDER BY n")]
@@ -172,10 +172,10 @@ def test_a_missing_segment_stops_the_restore_at_the_gap_and_health_says_so(targe
     lost.unlink()
     before = _sql(target, "SELECT count(*) FROM gapped")[0]
     try:
-        now = pitr.Moment.parse(time=_now(target).isoformat())
-        for moment in (now, pitr.Moment.parse()):  # replay stops at it; the end is refused
+        now = moments.Moment.parse(time=_now(target).isoformat())
+        for moment in (now, moments.Moment.parse()):  # replay stops at it; the end is refused
             with pytest.raises(pitr.PitrFailed, match=f"WAL segment {segments[1]} is missing"):
-                pitr.restore(target, server, moment)
+                moments.restore(target, server, moment)
         assert _restored_clusters(server) == []  # nothing promoted, nothing left running
         assert _sql(target, "SELECT count(*) FROM gapped")[0] == before  # the running one as was
         with db.connect(target) as conn:
@@ -200,9 +200,9 @@ def test_a_corrupted_segment_stops_the_restore_and_nothing_is_promoted(target):
     victim.write_bytes(kept[:8192] + bytes(b ^ 0xFF for b in kept[8192:8400]) + kept[8400:])
     before = _sql(target, "SELECT count(*) FROM spoiled")[0]
     try:
-        for moment in (pitr.Moment.parse(time=_now(target).isoformat()), pitr.Moment.parse()):
+        for moment in (moments.Moment.parse(time=_now(target).isoformat()), moments.Moment.parse()):
             with pytest.raises(pitr.PitrFailed, match="nothing was promoted") as failed:
-                recovered = pitr.restore(target, server, moment)
+                recovered = moments.restore(target, server, moment)
                 recovered.stop()
             assert f"replay stopped in WAL segment {segments[1]}" in str(failed.value)
             assert "the segment is damaged (" in str(failed.value)
@@ -226,7 +226,7 @@ def test_a_corrupted_base_backup_is_never_restored(target):
     )
     try:
         with pytest.raises(pitr.PitrFailed, match="fails pg_verifybackup"):
-            pitr.restore(target, server, pitr.Moment.parse())
+            moments.restore(target, server, moments.Moment.parse())
         assert _restored_clusters(server) == []
     finally:
         victim.write_bytes(original)
@@ -321,7 +321,7 @@ def test_retention_keeps_the_newest_and_the_wal_it_needs(target):
     assert "removed" in found.summary
     assert [b.id for b in wal.base_backups(server.root)] == [newest.id]
     assert min(wal.segments(pitr.archive_folder(server)))[8:] >= newest.start_wal[8:]
-    recovered = pitr.restore(target, server, pitr.Moment.parse())
+    recovered = moments.restore(target, server, moments.Moment.parse())
     recovered.stop()
 
 
@@ -343,8 +343,8 @@ def test_an_incremental_base_backup_restores_through_its_chain(target):
     assert result.exit_code == 0, [str(f) for f in result.findings]
     newest = wal.base_backups(server.root)[-1]
     assert newest.incremental_of == full.id
-    assert newest.size_bytes < pitr.chain_of(server, newest)[0].size_bytes / 2  # the changes only
-    recovered = pitr.restore(target, server, pitr.Moment.parse())
+    assert newest.size_bytes < moments.chain_of(server, newest)[0].size_bytes / 2  # changes only
+    recovered = moments.restore(target, server, moments.Moment.parse())
     try:
         assert any(p[0].startswith("combine the incremental") for p in recovered.phases.phases)
         with psycopg.connect(recovered.url("staging")) as conn:
@@ -387,7 +387,7 @@ def test_a_migration_sets_a_restore_point_to_return_to(target):
     mark = next(f for f in result.findings if f.check == "restore point")
     assert "pgrunbook-before-0004" in mark.summary
     assert "pgrunbook-before-0004" in [p["name"] for p in pitr.restore_points(server)]
-    recovered = pitr.restore(target, server, pitr.Moment.parse(name="pgrunbook-before-0004"))
+    recovered = moments.restore(target, server, moments.Moment.parse(name="pgrunbook-before-0004"))
     try:
         with psycopg.connect(recovered.url("staging")) as conn:
             assert migrations.current(conn) == ("0003",)

@@ -18,7 +18,7 @@ from pgrunbook.base.findings import Status
 from pgrunbook.base.targets import Target
 from pgrunbook.cli import main
 from pgrunbook.facts import wal
-from pgrunbook.procedures import pitr
+from pgrunbook.procedures import moments, pitr
 from pgrunbook.procedures.sandbox import Sandbox
 from pgrunbook.procedures.walstore import BucketArchive
 
@@ -118,7 +118,7 @@ def test_the_pitr_runbook_archives_into_the_bucket_and_a_restore_comes_back_from
     )  # fmt: skip
     assert result.exit_code == 0, [str(f) for f in result.findings]
     assert _sql(target, "SELECT count(*) FROM reviews")[0] == reviews
-    recovered = pitr.restore(target, server, pitr.Moment.parse(time=moment.isoformat()))
+    recovered = moments.restore(target, server, moments.Moment.parse(time=moment.isoformat()))
     try:
         with psycopg.connect(recovered.url("staging")) as conn:
             assert conn.execute("SELECT count(*) FROM ledger").fetchone() == (30,)
@@ -212,9 +212,9 @@ def test_a_flipped_byte_in_a_segment_in_the_bucket_stops_the_restore_naming_it(
     spoiled[len(spoiled) // 2] ^= 0x01
     client.put_object(Bucket=box.bucket, Key=key, Body=bytes(spoiled))
     try:
-        moment = pitr.Moment.parse(time=_sql(target, "SELECT clock_timestamp()")[0].isoformat())
+        moment = moments.Moment.parse(time=_sql(target, "SELECT clock_timestamp()")[0].isoformat())
         with pytest.raises(pitr.PitrFailed, match="nothing was promoted") as failed:
-            pitr.restore(target, server, moment).stop()
+            moments.restore(target, server, moment).stop()
         assert f"pitr/{server.system_id}/wal/{segments[0]}" in str(failed.value)
         # recovery stopped there: the damaged segment was not taken for the end of the archive
         log = Path(str(failed.value).rsplit("(server log: ", 1)[1].rstrip(")")).read_text()
@@ -277,7 +277,7 @@ def test_a_flipped_byte_in_a_base_backup_in_the_bucket_is_named_and_nothing_is_r
     try:
         part = base.parts[0]["key"]
         with pytest.raises(pitr.PitrFailed, match=f"could not be fetched: .*{part}"):
-            pitr.restore(target, server, pitr.Moment.parse()).stop()
+            moments.restore(target, server, moments.Moment.parse()).stop()
         assert not list((server.root / "restores").glob("*/data"))
     finally:
         client.put_object(Bucket=box.bucket, Key=key, Body=kept)

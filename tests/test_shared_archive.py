@@ -21,7 +21,7 @@ KEY = "shared archive key 8812"
 APPENDER = textwrap.dedent(
     """
     import sys
-    from pgrunbook.archive import reports
+    from pgrunbook.archive import shared
     from pgrunbook.base import config
 
     worker, count = int(sys.argv[1]), int(sys.argv[2])
@@ -35,7 +35,7 @@ APPENDER = textwrap.dedent(
                     incident=None, operator="test", host=f"worker{worker}",
                     start=f"2026-01-01T00:{worker:02d}:{n:02d}+00:00",
                     end=f"2026-01-01T00:{worker:02d}:{n:02d}+00:00", duration_s=1.0)
-        reports.append_index(meta, nb, html)
+        shared.archive_run(meta, nb, html)
     """
 )
 

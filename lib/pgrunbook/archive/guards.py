@@ -161,21 +161,22 @@ def pitr(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
 def pitr_restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
     from datetime import UTC, datetime
 
+    from ..procedures import moments  # lazy: start-up time
     from ..procedures import pitr as recovery  # lazy: start-up time
 
-    moment = recovery.Moment.parse(
+    moment = moments.Moment.parse(
         time=v["to_time"], lsn=v["to_lsn"], xid=v["to_xid"], name=v["to_name"]
     )
     if moment.time and moment.time > datetime.now(UTC):
         raise recovery.PitrRefused(
             f"{moment.value} is in the future: name a moment that has passed"
         )
-    recovery.check_copy(target, v["copy_table"], confirm=v["confirm"])
+    moments.check_copy(target, v["copy_table"], confirm=v["confirm"])
     try:
         server = recovery.locate(target)
     except recovery.PitrUnavailable:
         return  # not bad input: the run says so (UNKNOWN)
-    recovery.choose_base(server, moment)  # before the oldest base backup: the earliest is named
+    moments.choose_base(server, moment)  # before the oldest base backup: the earliest is named
 
 
 def fleet_report(target: Target | None, v: dict[str, Any], conn: Any) -> None:

@@ -115,13 +115,10 @@ def line_for(entry: dict[str, Any], previous: str | None) -> str:
 
 
 def append_index(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, Any]:
-    """Add one run to the index (under an exclusive lock, so parallel runs chain correctly); with
-    a shared archive (`archive.shared`), the run goes there and the index mirrors its chain."""
-    from . import shared  # here: the repository's client only where there is one
-
+    """Add one run to the local index (under an exclusive lock, so parallel runs chain
+    correctly). `archive.shared.archive_run` sends it to a shared archive instead, where one is
+    configured."""
     entry = entry_for(meta, notebook, html)
-    if (repo := shared.repository()) is not None:
-        return shared.publish(repo, entry, [notebook, html])
     path = _open_index()
     with path.open("a+", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)

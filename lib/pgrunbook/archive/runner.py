@@ -31,7 +31,7 @@ from ..base.findings import RUNNER_ENV, Finding, Status, read_recorded, steps
 from ..base.secrets import redact, redact_document
 from ..facts import backups
 from ..procedures import swaps
-from . import guards, reports, site
+from . import guards, shared, site
 
 RESERVED = {"target"}
 FLEET_ENV = "PGRUNBOOK_FLEET"  # set by a fleet run: each target's run is filed under it
@@ -243,8 +243,6 @@ def run(
     source = notebook_path(runbook)
     declared = parameters(runbook)
     values = coerce(runbook, given or {}, declared)
-    from . import shared  # here: a shared archive's client only where there is one
-
     if (repo := shared.repository()) is not None:  # out of reach, or a wrong key: before it runs
         shared.sync_index(repo)  # what every runner archived: this run's trends see it
     if "target" in declared:
@@ -438,7 +436,7 @@ def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> 
     write_atomic(out, text)
     html_path = out.with_suffix(".html")
     write_atomic(html_path, redact_document(_html(nbformat.reads(text, as_version=4))))
-    reports.append_index(meta, out, html_path)
+    shared.archive_run(meta, out, html_path)
     work.unlink(missing_ok=True)
     try:
         site.build(full=False)  # the archive's front page lists this run now

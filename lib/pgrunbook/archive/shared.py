@@ -69,6 +69,14 @@ def _get_lines(repo: Repository, keys: list[str]) -> list[str]:
         return list(pool.map(one, keys))
 
 
+def archive_run(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, Any]:
+    """Index one archived run: in the shared archive where there is one, else in the local index
+    only (`reports.append_index`)."""
+    if (repo := repository()) is None:
+        return reports.append_index(meta, notebook, html)
+    return publish(repo, reports.entry_for(meta, notebook, html), [notebook, html])
+
+
 def publish(repo: Repository, entry: dict[str, Any], files: list[Path]) -> dict[str, Any]:
     """Put a run's files and append its line to the chain; the local index then mirrors the
     chain. ArchiveFailed (the run's local copy named) where the repository will not take it."""

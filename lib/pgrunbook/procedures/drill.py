@@ -26,7 +26,7 @@ from ..base.findings import Finding, Status
 from ..base.limits import level
 from ..base.targets import Target
 from ..facts import catalog
-from . import admin, dumps, pitr, restore
+from . import admin, dumps, moments, pitr, restore
 
 PITR = "pitr-dropped-table"
 DISASTERS = ("dropped-table", "deleted-rows", "dropped-database", PITR)
@@ -190,18 +190,18 @@ def recover(target: Target, disaster: str, damage: Damage, *, table: str, jobs: 
         result = restore.restore(target, backups.find(target, "latest"), mode="swap", jobs=jobs)
         return Recovery(list(result.findings), result.timeline, result.kept_as)
     server = pitr.locate(target)
-    moment = pitr.Moment("time", damage.at.isoformat())
-    recovered, found = pitr.restore_checked(target, server, moment, database=target.database)
+    moment = moments.Moment("time", damage.at.isoformat())
+    recovered, found = moments.restore_checked(target, server, moment, database=target.database)
     if recovered is None:
         return Recovery([found], restore.Timeline())
     findings = [found]
     try:
-        findings += pitr.verify(recovered, target.database)
+        findings += moments.verify(recovered, target.database)
         with recovered.phases.phase("copy the tables back"):
             for name in (table, MARKER):
-                findings.append(pitr.copy_back(recovered, target, name))
+                findings.append(moments.copy_back(recovered, target, name))
     finally:
-        findings.append(pitr.finish(recovered))
+        findings.append(moments.finish(recovered))
     return Recovery(findings, recovered.phases)
 
 
