@@ -207,23 +207,27 @@ class Repository:
         return Parts(self, prefix, size, threads)
 
     def read_all(self, parts: list[dict[str, Any]], *, ahead: int = 2) -> Iterator[bytes]:
-        """The plaintext of several objects in order (each a `Stored.to_dict()`), the next ones
-        fetched while the current one is opened and consumed (`ahead` in memory at most)."""
+        """The plaintext of several objects in order (each a `Stored.to_dict()`): the next ones
+        fetched, checked against their size and sha256, and opened on other threads while the
+        current one is consumed (`ahead` in memory at most); a part is given only whole and
+        checked."""
         from concurrent.futures import ThreadPoolExecutor
 
-        def fetch(part: dict[str, Any]) -> bytes:
+        def fetch(part: dict[str, Any]) -> list[bytes]:
             with self.store.reader(part["key"]) as body:
-                return body.read()
+                blob = body.read()
+            checked = _Checked(io.BytesIO(blob), part["key"], part)
+            opened = list(self.sealer.open_stream(part["key"], checked))
+            checked.finish()
+            return opened
 
         with ThreadPoolExecutor(max_workers=ahead) as pool:
             pending = [pool.submit(fetch, p) for p in parts[:ahead]]
-            for n, part in enumerate(parts):
-                blob = pending.pop(0).result()
+            for n in range(len(parts)):
+                opened = pending.pop(0).result()
                 if n + ahead < len(parts):
                     pending.append(pool.submit(fetch, parts[n + ahead]))
-                checked = _Checked(io.BytesIO(blob), part["key"], part)
-                yield from self.sealer.open_stream(part["key"], checked)
-                checked.finish()
+                yield from opened
 
 
 class Parts:
