@@ -93,33 +93,42 @@ def test_eight_runners_append_to_one_chain_and_any_machine_verifies_it(
     assert "chain entries 21 are missing" in out and "FAILED" in out
 
 
-def test_two_runners_archive_real_runs_and_the_site_is_built_from_the_bucket(
-    sandbox, shared, s3server, monkeypatch, capsys
+def test_two_fleet_workers_write_one_archive_and_the_site_is_built_from_the_bucket(
+    sandbox, shared, s3server, monkeypatch, tmp_path, capsys
 ):
+    """Two workers, each with a disk of its own, each running a fleet (the health runbook and
+    the fleet's report) at the same time into one bucket; a third machine verifies the archive
+    and builds the site from it."""
     bucket, machine = shared
-    runs = [
+    config = tmp_path / "fleets.toml"
+    config.write_text(
+        '[fleets.one]\ntargets = ["staging"]\n\n[fleets.two]\ntargets = ["production"]\n'
+    )
+    monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+    workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "pgrunbook", "run", "health", "-t", t, "--quiet"],
-            env=machine(f"runner-{t}"),
+            [sys.executable, "-m", "pgrunbook", "fleet", "run", "health", "--fleet", fleet],
+            env=machine(f"worker-{fleet}"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )  # fmt: skip
-        for t in ("staging", "production")
+        for fleet in ("one", "two")
     ]
-    done = [(r.wait(timeout=600), r.stderr.read().decode()) for r in runs]
+    done = [(w.wait(timeout=600), w.stderr.read().decode()) for w in workers]
     assert all(code in (0, 1) for code, _ in done), done
     _on(machine("laptop"), monkeypatch)
     assert main(["reports", "verify"]) == 0
-    assert "OK: 4 files checked" in capsys.readouterr().out
-    assert main(["reports", "site"]) == 0
-    err = capsys.readouterr().err
-    assert "4 reports fetched from s3://" in err
+    out = capsys.readouterr().out
     root = Path(machine("laptop")["PGRUNBOOK_REPORTS_DIR"])
+    assert main(["reports", "site"]) == 0
+    lines = [json.loads(x) for x in (root / "index.jsonl").read_text().splitlines()]
+    assert f"OK: {2 * len(lines)} files checked" in out
+    assert f"{2 * len(lines)} reports fetched from s3://" in capsys.readouterr().err
+    health = sorted(e["target"] for e in lines if e["runbook"] == "health")
+    assert health == ["production", "staging"]
+    assert len({e["fleet"] for e in lines if e["runbook"] == "health"}) == 2  # one run each
     page = (root / "index.html").read_text()
-    for t in ("staging", "production"):
-        assert f">{t}<" in page or f'"{t}"' in page
-    lines = (root / "index.jsonl").read_text().splitlines()
-    assert sorted(json.loads(x)["target"] for x in lines) == ["production", "staging"]
+    assert all(e["id"] in page for e in lines)  # every worker's run listed
     assert main(["reports", "site"]) == 0  # again: nothing to fetch
     assert "0 reports fetched" in capsys.readouterr().err
     for key, blob in s3server.objects(bucket).items():
