@@ -17,6 +17,7 @@ from pgrunbook.base.cluster import bin_dir
 from pgrunbook.base.findings import Check, Status
 from pgrunbook.base.targets import Target
 from pgrunbook.checks import health, perf
+from pgrunbook.cli import main
 from pgrunbook.facts import activity, statements
 from pgrunbook.procedures import seed
 from tests.conftest import assert_charts_drawn
@@ -250,10 +251,20 @@ def test_health_writes_prometheus_and_json_and_exits_with_the_worst(
     )  # no verified backup
     # the labels are one fixed set: a dashboard's series never change name
     assert {f.check for f in result.findings} <= {c.value for c in Check}
+    assert 'pgrunbook_up{target="production"} 1' in lines
+    assert f'pgrunbook_run_status{{target="production"}} {result.exit_code}' in lines
     for line in lines:
-        assert line.startswith("#") or re.fullmatch(
-            r'pgrunbook_health_(status|value)\{target="production",' r'check="[a-z ]+"\} -?[0-9.]+',
-            line,
+        assert (
+            line.startswith("#")
+            or re.fullmatch(
+                r'pgrunbook_health_(status|value)\{target="production",'
+                r'check="[a-z ]+"\} -?[0-9.]+',
+                line,
+            )
+            or re.fullmatch(
+                r'pgrunbook_(up|last_run_timestamp_seconds|run_status)\{target="production"\} [0-9.]+',
+                line,
+            )
         ), line
     assert os.listdir(prom.parent) == [
         "pgrunbook.prom"
@@ -265,6 +276,29 @@ def test_health_writes_prometheus_and_json_and_exits_with_the_worst(
     shown = "".join("".join(o.get("data", {}).get("text/html", "")) for o in step["outputs"])
     for check in ("connections", "long transactions", "idle in transaction"):
         assert f"<td>{check}</td>" in shown, check
+
+
+def test_health_against_a_stopped_server_writes_up_0_over_the_last_good_files(
+    sandbox, monkeypatch, tmp_path, capsys
+):
+    """The server down: the run is refused (exit 3), and the monitoring files say so, instead of
+    the last good run's "all OK" staying in place for Prometheus and Nagios to read."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@127.0.0.1:1/gone?connect_timeout=2")
+    prom, summary = tmp_path / "pgrunbook.prom", tmp_path / "health.json"
+    prom.write_text('pgrunbook_up{target="production"} 1\n')
+    summary.write_text('{"target": "production", "up": true, "status": "OK"}')
+    os.utime(prom, (0, 0))
+    os.utime(summary, (0, 0))
+    code = main(["run", "health", "-t", "production", "-p", "prometheus_file", str(prom),
+                 "-p", "json_file", str(summary)])  # fmt: skip
+    assert code == 3
+    lines = prom.read_text().splitlines()
+    assert 'pgrunbook_up{target="production"} 0' in lines
+    assert 'pgrunbook_run_status{target="production"} 3' in lines
+    stamp = next(x for x in lines if x.startswith("pgrunbook_last_run_timestamp_seconds"))
+    assert abs(float(stamp.split()[-1]) - time.time()) < 60
+    data = json.loads(summary.read_text())
+    assert data["up"] is False and data["status"] == "UNKNOWN" and "127.0.0.1" in data["reason"]
 
 
 def test_what_cannot_be_seen_is_unknown_never_made_up(sandbox):

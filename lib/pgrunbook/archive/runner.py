@@ -18,6 +18,7 @@ import shutil
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from .. import __version__
 from ..base import config, db, targets
-from ..base.errors import ArchiveFailed, UnknownParameter, UnknownRunbook
+from ..base.errors import ArchiveFailed, ConnectionFailed, UnknownParameter, UnknownRunbook
 from ..base.fileio import create_private, private_dir, sha256_file, socket_dir, write_atomic
 from ..base.findings import RUNNER_ENV, Finding, Status, read_recorded, steps
 from ..base.secrets import redact, redact_document
@@ -243,6 +244,7 @@ def run(
     source = notebook_path(runbook)
     declared = parameters(runbook)
     values = coerce(runbook, given or {}, declared)
+    since = time.time()  # monitoring files not written after this are written as "down"
     if (repo := shared.repository()) is not None:  # out of reach, or a wrong key: before it runs
         shared.sync_index(repo)  # what every runner archived: this run's trends see it
     if "target" in declared:
@@ -252,10 +254,14 @@ def run(
             t
         ):  # before connecting: a crashed swap may have left the database away
             print(f"pgrunbook: {recovered}", file=sys.stderr)
-        with db.connect(t, application=f"pgrunbook/{runbook}") as conn:
-            version = db.server_version(conn)
-            identity = backups.identity(conn, t)  # the database itself: its history is its own
-            guards.before_run(runbook, t, {**defaults(declared), **values}, conn)
+        try:
+            with db.connect(t, application=f"pgrunbook/{runbook}") as conn:
+                version = db.server_version(conn)
+                identity = backups.identity(conn, t)  # the database itself: its own history
+                guards.before_run(runbook, t, {**defaults(declared), **values}, conn)
+        except ConnectionFailed as e:  # a dead server must not leave the last "OK" in place
+            _monitoring_down(t.name, {**defaults(declared), **values}, str(e), since)
+            raise
         if note := targets.fallback_note(t):  # once the input is accepted: a refusal is one line
             print(f"pgrunbook: {note}", file=sys.stderr)
         source_of, version_of, database_of = t.source, version, identity
@@ -297,6 +303,20 @@ def run(
         return _archive(work, out, meta, error)
     except OSError as e:
         raise ArchiveFailed(_unarchived(work, meta, e)) from None
+    finally:  # a run that failed before its figures were written: said so in them
+        why = error or "the run ended before it wrote its figures"
+        _monitoring_down(target, {**defaults(declared), **values}, why, since)
+
+
+def _monitoring_down(target: str, values: dict[str, Any], reason: str, since: float) -> None:
+    if not (values.get("prometheus_file") or values.get("json_file")):
+        return
+    from ..checks import health  # here: only runs that write monitoring files need it
+
+    try:
+        health.write_down(target, values, reason, since=since)
+    except OSError as e:
+        print(f"pgrunbook: the monitoring files were not written: {e}", file=sys.stderr)
 
 
 def _unarchived(work: Path, meta: dict[str, Any], error: OSError) -> str:

@@ -289,10 +289,32 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
+def _run_lines(name: str, *, up: bool, status: Status, at: float) -> list[str]:
+    """What every file says of the run itself: whether it reached the server and finished, when
+    it was written (an old file is a stale one: alert on its age), and its worst status."""
+    label = f'{{target="{_label(name)}"}}'
+    return [
+        "# HELP pgrunbook_up 1: the run reached the server and finished its checks; 0: it did not.",
+        "# TYPE pgrunbook_up gauge",
+        f"pgrunbook_up{label} {int(up)}",
+        "# HELP pgrunbook_last_run_timestamp_seconds When the run wrote this file (Unix time).",
+        "# TYPE pgrunbook_last_run_timestamp_seconds gauge",
+        f"pgrunbook_last_run_timestamp_seconds{label} {at:.3f}",
+        "# HELP pgrunbook_run_status The run's worst status: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN.",
+        "# TYPE pgrunbook_run_status gauge",
+        f"pgrunbook_run_status{label} {int(status)}",
+    ]
+
+
 def prometheus_text(findings: list[Finding], target: Target) -> str:
-    """The findings in Prometheus text format: a status gauge per check, and its figure where
-    numeric."""
-    lines = [
+    """The findings in Prometheus text format: the run (up, when, its status), a status gauge
+    per check, and its figure where numeric."""
+    import time
+
+    lines = _run_lines(
+        target.name, up=True, status=worst(f.status for f in findings), at=time.time()
+    )
+    lines += [
         "# HELP pgrunbook_health_status Check status: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN.",
         "# TYPE pgrunbook_health_status gauge",
     ]
@@ -315,11 +337,47 @@ def prometheus_text(findings: list[Finding], target: Target) -> str:
 
 
 def summary(findings: list[Finding], target: Target) -> dict:
+    from datetime import UTC, datetime
+
     return {
         "target": target.name,
+        "up": True,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "status": worst(f.status for f in findings).name,
         "checks": [f.to_dict() for f in findings],
     }
+
+
+def write_down(target: str, values: dict, reason: str, *, since: float) -> list[str]:
+    """The monitoring files of a run that did not write them (the server down, the run failed):
+    `pgrunbook_up 0`, now, status UNKNOWN, and why, so that the last good run's files are never
+    read as today's. A file this run wrote already (after `since`) is left; a path that is not
+    acceptable (see `output_path`) is skipped: the run refuses it anyway. What was written."""
+    import time
+    from datetime import UTC, datetime
+
+    from ..base.secrets import redact
+
+    now, written = time.time(), []
+    for parameter, make, mode in (
+        ("prometheus_file", lambda: "\n".join(
+            _run_lines(target, up=False, status=Status.UNKNOWN, at=now)) + "\n", 0o644),
+        ("json_file", lambda: json.dumps({
+            "target": target, "up": False,
+            "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+            "status": Status.UNKNOWN.name, "reason": redact(reason), "checks": [],
+        }, indent=1) + "\n", FILE_MODE),
+    ):  # fmt: skip
+        try:
+            path = output_path(parameter, str(values.get(parameter) or ""))
+        except UnknownParameter:
+            continue
+        if path is None or (path.exists() and path.stat().st_mtime >= since):
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, make(), mode=mode)
+        written.append(str(path))
+    return written
 
 
 def output_path(parameter: str, name: str) -> Path | None:
