@@ -217,3 +217,26 @@ def test_the_same_fleet_on_airflow(fleet_of_21, tmp_path):
     reported = [e for e in entries if e["runbook"] == "fleet_report"]
     assert len(reported) == 1 and reported[0]["outcome"] == "CRIT"
     assert reports.verify().ok
+
+
+def test_a_target_that_could_not_be_checked_ranks_with_the_crits_not_below_a_warn():
+    """An unreachable server in a fleet of warnings: the fleet exits 3 (not 1), and its report
+    heads CRIT with the target named as not checked (not WARN)."""
+    from dataclasses import asdict
+
+    from pgrunbook.archive import fleet
+    from pgrunbook.base.findings import Status, worst
+
+    runs = [
+        fleet.TargetRun("tenant01", "WARN", 1, 1, 0.5),
+        fleet.TargetRun("tenant99", "UNKNOWN", 3, 3, 2.0, error="cannot reach the server"),
+    ]
+    assert fleet.FleetResult("f", "run", "health", runs, None).exit_code == 3
+    runs.append(fleet.TargetRun("tenant07", "CRIT", 2, 1, 0.5))
+    assert fleet.FleetResult("f", "run", "health", runs, None).exit_code == 2
+    found = fleet.findings(
+        {"runbook": "health", "fleet": "f", "runs": [asdict(r) for r in runs[:2]]}
+    )
+    assert worst(f.status for f in found) is Status.CRIT
+    gone = next(f for f in found if f.check == "tenant99")
+    assert gone.status is Status.CRIT and gone.summary.startswith("not checked (UNKNOWN)")

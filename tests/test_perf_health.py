@@ -262,7 +262,8 @@ def test_health_writes_prometheus_and_json_and_exits_with_the_worst(
                 line,
             )
             or re.fullmatch(
-                r'pgrunbook_(up|last_run_timestamp_seconds|run_status)\{target="production"\} [0-9.]+',
+                r"pgrunbook_(up|last_run_timestamp_seconds|run_status)"
+                r'\{target="production"\} [0-9.]+',
                 line,
             )
         ), line

@@ -63,7 +63,9 @@ class FleetResult:
 
 
 def _severity(code: int) -> int:
-    return {0: 0, 3: 1, 1: 2, 2: 3}.get(code, 1)
+    """A fleet's order of exit codes: OK < WARN < UNKNOWN < CRIT. A target that could not be
+    checked is not better than one that warns (as check_postgres and Nagios rank it)."""
+    return {0: 0, 1: 1, 3: 2, 2: 3}.get(code, 2)
 
 
 @dataclass(frozen=True)
@@ -226,11 +228,13 @@ def findings(data: dict[str, Any]) -> list[Finding]:
     out = []
     for r in data["runs"]:
         said = r["error"] or f"{data['runbook']} ended {r['outcome']}"
+        if r["outcome"] not in status:  # not checked: ranked with the CRITs, said as such
+            said = f"not checked ({r['outcome']}): {said}"
         tries = f" after {r['attempts']} attempts" if r["attempts"] > 1 else ""
         out.append(
             Finding(
                 r["target"],
-                status.get(r["outcome"], Status.UNKNOWN),
+                status.get(r["outcome"], Status.CRIT),
                 f"{said}{tries}",
                 value=r["exit_code"],
             )
