@@ -127,6 +127,28 @@ def cmd_backups(args) -> int:
     return verdict.status.value if verdict.status is not Status.OK else 0
 
 
+def cmd_notify(args) -> int:
+    """`test`: a test message to every channel (or one), and whether it was delivered;
+    `status`: what was last alerted, per channel, target, runbook and check."""
+    from .archive import alerts  # lazy: start-up time
+
+    if args.action == "status":
+        print("\n".join(alerts.status_lines()))
+        return 0
+    every = alerts.channels()
+    chosen = [c for c in every if args.channel in (None, c.name)]
+    if not chosen:
+        names = ", ".join(c.name for c in every) or "none configured ([notify.channels.NAME])"
+        raise UnknownParameter(f"no channel {args.channel!r}: the channels are {names}")
+    failed = 0
+    for channel in chosen:
+        why = alerts.send(channel, "pgrunbook test message",
+                          f"A test from pgrunbook to the channel {channel.name!r}.")  # fmt: skip
+        print(f"{channel.name}: {'delivered' if why is None else 'NOT delivered: ' + why}")
+        failed += why is not None
+    return 2 if failed else 0
+
+
 WAL_ABORT = 126  # restore_command: an exit above 125 stops recovery instead of ending it there
 
 
@@ -532,6 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
     wl = add("wal", help="archive_command and restore_command for a WAL archive in a bucket")
     _wal_arguments(wl)
     wl.set_defaults(fn=cmd_wal)
+
+    nt = add("notify", help="alert channels: send a test message, or show what was alerted")
+    nt.add_argument("action", choices=["test", "status"])
+    nt.add_argument("--channel", help="with test: one channel (default: every one)")
+    nt.set_defaults(fn=cmd_notify)
 
     doc = add("doctor", help="per target: server version and the client programs used with it")
     doc.add_argument("--target", "-t", help="one target (default: every configured one)")

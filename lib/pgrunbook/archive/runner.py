@@ -32,7 +32,7 @@ from ..base.findings import RUNNER_ENV, Finding, Status, read_recorded, steps
 from ..base.secrets import redact, redact_document
 from ..facts import backups
 from ..procedures import swaps
-from . import guards, shared, site
+from . import alerts, guards, shared, site
 
 RESERVED = {"target"}
 FLEET_ENV = "PGRUNBOOK_FLEET"  # set by a fleet run: each target's run is filed under it
@@ -308,6 +308,16 @@ def run(
         _monitoring_down(target, {**defaults(declared), **values}, why, since)
 
 
+def _alert_run(meta: dict[str, Any], out: Path) -> dict[str, Any]:
+    """What an alert says of the run, and the link to its report (`site_url` in [notify], else
+    the report's path)."""
+    root = config.settings().reports_dir
+    page = out.with_suffix(".html")
+    site = str(config.settings().notify.get("site_url", "")).rstrip("/")
+    link = f"{site}/{page.relative_to(root).as_posix()}" if site else str(page)
+    return {k: meta.get(k) for k in ("target", "runbook", "outcome", "error")} | {"link": link}
+
+
 def _monitoring_down(target: str, values: dict[str, Any], reason: str, since: float) -> None:
     if not (values.get("prometheus_file") or values.get("json_file")):
         return
@@ -451,6 +461,12 @@ def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> 
         written=(payload or {}).get("written", {}),
         summary={s.name: sum(f.status is s for f in found) for s in Status},
     )
+    notes = alerts.after_run(_alert_run(meta, out), found)
+    if notes:  # said in the report; the run's verdict stays its own
+        meta["alerts"] = notes
+        nb.cells.append(
+            nbformat.v4.new_markdown_cell("## Alerts\n\n" + "\n".join(f"- {n}" for n in notes))
+        )
     nb.metadata["pgrunbook"] = meta
     text = redact_document(nbformat.writes(nb))
     write_atomic(out, text)

@@ -58,6 +58,7 @@ class Settings:
     apps: dict[str, App] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
     fleets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notify: dict[str, Any] = field(default_factory=dict)  # [notify]: channels, site_url
     repository: str = ""  # where backups live: s3://bucket/prefix (empty: backups_dir)
     encrypt: bool = True  # a remote repository is written encrypted unless this says otherwise
     object_lock_days: int = 0  # S3 Object Lock: every object in the repository kept this long
@@ -189,6 +190,7 @@ def _load(home: Path, state: str, reports: str, backups: str, pitr: str, extra: 
         apps=apps,
         limits={k: v for k, v in config.items() if k not in NOT_LIMITS},
         fleets=fleets,
+        notify=dict(config.get("notify", {})),
         repository=str(config.get("repository", "")),
         encrypt=bool(config.get("encrypt", True)),
         wal_program=str(config.get("wal_program", "")),
@@ -198,7 +200,7 @@ def _load(home: Path, state: str, reports: str, backups: str, pitr: str, extra: 
 
 
 NOT_LIMITS = ("targets", "apps", "app_roles", "fleets", "repository", "encrypt", "wal_program",
-              "reports", "object_lock_days")  # fmt: skip
+              "reports", "object_lock_days", "notify")  # fmt: skip
 
 
 FLEET_KEYS = {"targets", "tags", "file"}

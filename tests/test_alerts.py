@@ -1,0 +1,101 @@
+"""Alerts to real receivers (an SMTP server and a webhook, started here): one message when a
+check turns CRIT, none on the repeat, one when it is resolved, none for a channel whose filter
+excludes the target, a receiver that refuses (the run's verdict unchanged, the report says so),
+and no secret in any message."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from pgrunbook.archive import runner
+from pgrunbook.cli import main
+
+from .receivers import Mailbox, Webhook
+
+TOKEN = "T0KEN-s3cr3t-9931"
+
+
+@pytest.fixture
+def channels(tmp_path, monkeypatch, sandbox):
+    """Three channels: e-mail for staging's CRITs, a webhook for any WARN, one filtered to
+    production only, and one whose receiver refuses connections."""
+    with Mailbox() as mail, Webhook() as hook:
+        config = tmp_path / "alerts.toml"
+        config.write_text(
+            '[notify]\nsite_url = "https://reports.example.com/pgrunbook"\n\n'
+            '[notify.channels.ops]\nurl_env = "OPS_MAIL"\nmin_status = "CRIT"\n'
+            'targets = ["staging"]\nrepeat_hours = 24\n\n'
+            '[notify.channels.chat]\nurl_env = "CHAT_HOOK"\nmin_status = "WARN"\n\n'
+            '[notify.channels.prod]\nurl_env = "PROD_HOOK"\ntargets = ["production"]\n\n'
+            '[notify.channels.broken]\nurl_env = "BROKEN_HOOK"\nrunbooks = ["health"]\n'
+        )
+        monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+        monkeypatch.setenv("OPS_MAIL", mail.url())
+        monkeypatch.setenv("CHAT_HOOK", hook.url(f"chat?token={TOKEN}"))
+        monkeypatch.setenv("PROD_HOOK", hook.url(f"prod?token={TOKEN}"))
+        monkeypatch.setenv("BROKEN_HOOK", f"json://127.0.0.1:1/refused?token={TOKEN}")
+        monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+        yield mail, hook
+
+
+def _health(**params) -> runner.RunResult:
+    return runner.run("health", "staging", {k: str(v) for k, v in params.items()}, progress=False)
+
+
+def test_a_crit_alerts_once_not_on_the_repeat_and_its_end_is_said(channels, sandbox, capsys):
+    mail, hook = channels
+    app = psycopg.connect(sandbox.url("staging"))  # a session of the app's fills a pool of one
+    first = _health(pool_limit=1)  # connections CRIT
+    by = {f.check: f for f in first.findings}
+    assert by["connections"].status.name == "CRIT"
+    assert len(mail.messages) == 1
+    message = mail.messages[0]
+    assert "Subject: [CRIT] health on staging" in message and "CRIT connections:" in message
+    assert "https://reports.example.com/pgrunbook/health/" in message  # the report's link
+    chat = len(hook.posts)
+    assert chat == 1 and hook.posts[0]["title"].startswith("[CRIT] health on staging")
+
+    again = _health(pool_limit=1)  # the same state: nothing new
+    assert again.exit_code == first.exit_code
+    assert len(mail.messages) == 1 and len(hook.posts) == chat
+
+    app.close()
+    over = _health(pool_limit=1)  # the app's session gone: connections OK
+    assert {f.check: f for f in over.findings}["connections"].status.name == "OK"
+    assert len(mail.messages) == 2
+    assert "RESOLVED connections: back to normal after" in mail.messages[1]
+    assert "[RESOLVED]" in mail.messages[1] or "resolved" in mail.messages[1]
+
+    # the refused channel: each run with news for it says so in its report (not delivered is
+    # not recorded as sent: the next run tries again); its verdict is its own
+    for result in (first, again):
+        notes = json.loads(result.notebook.read_text())["metadata"]["pgrunbook"]["alerts"]
+        assert any(n.startswith("alert to broken not delivered: ") for n in notes), notes
+        assert "alert to broken not delivered: " in result.html.read_text()
+    assert first.exit_code == 2  # CRIT, whatever the alerts did
+    # no secret in any message or report: the channel's token, the URL, a password
+    everything = mail.messages + [json.dumps(p) for p in hook.posts]
+    everything += [r.notebook.read_text() + r.html.read_text() for r in (first, again, over)]
+    for text in everything:
+        assert TOKEN not in text and "127.0.0.1:1/refused" not in text
+
+    assert main(["notify", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "chat: staging / health / connections" not in out  # resolved: nothing alerting
+    assert main(["notify", "test", "--channel", "ops"]) == 0
+    assert "ops: delivered" in capsys.readouterr().out and len(mail.messages) == 3
+    assert main(["notify", "test", "--channel", "broken"]) == 2
+    said = capsys.readouterr().out
+    assert "broken: NOT delivered" in said and TOKEN not in said
+    assert main(["notify", "test", "--channel", "nosuch"]) == 3
+
+
+def test_a_channel_whose_filter_excludes_the_target_gets_nothing(channels, sandbox):
+    mail, hook = channels
+    with psycopg.connect(sandbox.url("staging")):
+        _health(pool_limit=1)
+    assert not [p for p in hook.posts if "production" in p.get("title", "")]
+    assert len(hook.posts) == 1  # chat's; prod's filter names production only
