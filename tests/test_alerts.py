@@ -99,3 +99,33 @@ def test_a_channel_whose_filter_excludes_the_target_gets_nothing(channels, sandb
         _health(pool_limit=1)
     assert not [p for p in hook.posts if "production" in p.get("title", "")]
     assert len(hook.posts) == 1  # chat's; prod's filter names production only
+
+
+def test_a_protected_target_without_a_backup_for_26_hours_alerts_once_and_a_backup_resolves_it(
+    sandbox, tmp_path, monkeypatch
+):
+    """The dead man's switch: production with no verified backup is CRIT in health and alerts its
+    channel once; the next health run says nothing new; a backup, then health, resolves it."""
+    with Mailbox() as mail:
+        config = tmp_path / "alerts.toml"
+        config.write_text(
+            '[notify.channels.oncall]\nurl_env = "ONCALL_MAIL"\nmin_status = "CRIT"\n'
+            'targets = ["production"]\nrunbooks = ["health"]\n'
+        )
+        monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+        monkeypatch.setenv("ONCALL_MAIL", mail.url("oncall@example.com"))
+        monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+        monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "backups"))  # none yet
+        monkeypatch.setenv("DATABASE_URL", sandbox.url("production"))  # protected, as configured
+        first = runner.run("health", "production", progress=False)
+        backup = {f.check: f for f in first.findings}["backup"]
+        assert backup.status.name == "CRIT", backup
+        assert "OK < 24 h, WARN < 26 h" in backup.threshold
+        assert len(mail.messages) == 1 and "CRIT backup: no verified backup" in mail.messages[0]
+        runner.run("health", "production", progress=False)
+        assert len(mail.messages) == 1  # still CRIT: nothing new
+        made = runner.run("backup", "production", progress=False)
+        assert made.exit_code in (0, 1), [str(f) for f in made.findings]
+        after = runner.run("health", "production", progress=False)
+        assert {f.check: f for f in after.findings}["backup"].status.name == "OK"
+        assert len(mail.messages) == 2 and "RESOLVED backup: back to normal" in mail.messages[1]

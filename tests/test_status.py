@@ -80,7 +80,9 @@ def test_backup_age_against_the_rpo(tmp_path, monkeypatch):
     assert (
         recovery.rpo_finding(backups.all_backups("x"), rpo_h=24, required=False).status is Status.OK
     )
-    made(30, ok=True)
+    made(30, ok=True)  # a daily backup missed: CRIT after 26 h (the dead man's switch)
+    assert recovery.rpo_finding(backups.all_backups("x"), rpo_h=24).status is Status.CRIT
+    made(25, ok=True)
     made(2, ok=None)  # newer, never verified: does not count
     assert recovery.rpo_finding(backups.all_backups("x"), rpo_h=24).status is Status.WARN
     made(1, ok=False)  # newer, failed verification: does not count, and is never 'latest'

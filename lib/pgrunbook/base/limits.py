@@ -25,6 +25,9 @@ class Limits:
     storage_crit_pct: float = 90
     slow_ms: float = 100  # a statement averaging more than this is slow
     rpo_h: float = 24  # the newest verified backup must be younger than this
+    # the dead man's switch of a protected target: its newest verified backup older than this
+    # is CRIT (the guide's daily backup and two hours of grace; never beyond twice rpo_h)
+    backup_crit_h: float = 26
     archive_wait_warn_s: float = 300  # WAL archiving: the oldest segment not yet archived ...
     archive_wait_crit_s: float = 3600  # ... is the RPO of a restore to a moment
     rto_min: float = 15  # a restore, start to verified, within this
@@ -41,7 +44,7 @@ class Limits:
     idle_in_transaction_crit_s: float = 600
     replication_lag_warn_s: float = 30  # replay lag of a replica, or of this standby
     replication_lag_crit_s: float = 300
-    cpu_warn_pct: float = 90  # the database host's CPU, sampled
+    cpu_warn_pct: float = 80  # the database host's CPU, sampled (the guide's alert)
     memory_warn_pct: float = 90  # the database host's memory in use
     memory_crit_pct: float = 98
     cache_hit_warn_pct: float = 99  # WARN below this share of reads served from shared buffers

@@ -6,7 +6,7 @@ import math
 from datetime import datetime
 
 from ..base.findings import Check, Finding, Status
-from ..base.limits import level
+from ..base.limits import DEFAULTS, level
 from ..facts import wal
 from ..facts.backups import Backup, check
 
@@ -81,12 +81,15 @@ def choice_finding(backup: Backup) -> Finding:
 
 
 def rpo_finding(
-    backups: list[Backup], *, rpo_h: float, required: bool = True, check: str = "rpo"
-) -> Finding:
+    backups: list[Backup], *, rpo_h: float, required: bool = True, check: str = "rpo",
+    crit_h: float = DEFAULTS.backup_crit_h,
+) -> Finding:  # fmt: skip
     """The one judgement of backup age: the newest *verified* backup against the RPO, OK within
-    it, WARN within twice it, CRIT beyond; none at all is CRIT. Where backups are not `required`
-    (see `required`), none is OK and an old one at most WARN."""
-    threshold = f"OK < {rpo_h:g} h, WARN < {2 * rpo_h:g} h" + (
+    it, WARN until `crit_h` (26 h: a daily backup missed is CRIT two hours late, the dead man's
+    switch; never later than twice the RPO), CRIT beyond; none at all is CRIT. Where backups are
+    not `required` (see `required`), none is OK and an old one at most WARN."""
+    crit_h = max(rpo_h, min(crit_h, 2 * rpo_h))
+    threshold = f"OK < {rpo_h:g} h, WARN < {crit_h:g} h" + (
         "" if required else " (not required here)"
     )
     verified = [b for b in backups if b.verified]
@@ -106,7 +109,7 @@ def rpo_finding(
             threshold=threshold,
         )
     age = verified[-1].age_h()
-    status = level(age, rpo_h, 2 * rpo_h if required else math.inf)
+    status = level(age, rpo_h, crit_h if required else math.inf)
     return Finding(
         check,
         status,

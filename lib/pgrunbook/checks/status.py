@@ -184,11 +184,13 @@ def migration_state(conn: psycopg.Connection, target) -> Finding:
 
 
 def latest_backup(
-    target: Target, conn: psycopg.Connection, *, max_age_h: float = DEFAULTS.rpo_h
-) -> Finding:
+    target: Target, conn: psycopg.Connection, *, max_age_h: float = DEFAULTS.rpo_h,
+    crit_h: float = DEFAULTS.backup_crit_h,
+) -> Finding:  # fmt: skip
     """The newest verified backup of the database `target` reaches, against the RPO (see
     recovery.rpo_finding)."""
     found = backups.all_backups(target, current=backups.identity(conn, target))
     return recovery.rpo_finding(
-        found, rpo_h=max_age_h, required=backups.required(target), check=Check.BACKUP
-    )
+        found, rpo_h=max_age_h, required=backups.required(target), check=Check.BACKUP,
+        crit_h=crit_h,
+    )  # fmt: skip
