@@ -101,17 +101,19 @@ def test_a_channel_whose_filter_excludes_the_target_gets_nothing(channels, sandb
     assert len(hook.posts) == 1  # chat's; prod's filter names production only
 
 
-def test_a_protected_target_without_a_backup_for_26_hours_alerts_once_and_a_backup_resolves_it(
+def test_no_verified_backup_for_26_hours_alerts_once_and_a_backup_resolves_it(
     sandbox, tmp_path, monkeypatch
 ):
     """The dead man's switch: production with no verified backup is CRIT in health and alerts its
     channel once; the next health run says nothing new; a backup, then health, resolves it."""
-    with Mailbox() as mail:
+    with Mailbox() as mail, Webhook() as pings:
         config = tmp_path / "alerts.toml"
         config.write_text(
+            '[notify]\nheartbeat_url_env = "BACKUP_HEARTBEAT"\n\n'
             '[notify.channels.oncall]\nurl_env = "ONCALL_MAIL"\nmin_status = "CRIT"\n'
             'targets = ["production"]\nrunbooks = ["health"]\n'
         )
+        monkeypatch.setenv("BACKUP_HEARTBEAT", f"http://127.0.0.1:{pings.port}/ping/{TOKEN}")
         monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
         monkeypatch.setenv("ONCALL_MAIL", mail.url("oncall@example.com"))
         monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
@@ -124,8 +126,11 @@ def test_a_protected_target_without_a_backup_for_26_hours_alerts_once_and_a_back
         assert len(mail.messages) == 1 and "CRIT backup: no verified backup" in mail.messages[0]
         runner.run("health", "production", progress=False)
         assert len(mail.messages) == 1  # still CRIT: nothing new
+        assert pings.posts == []  # health runs do not ping
         made = runner.run("backup", "production", progress=False)
         assert made.exit_code in (0, 1), [str(f) for f in made.findings]
+        assert pings.posts == [{"GET": f"/ping/{TOKEN}"}]  # the backup's heartbeat
+        assert TOKEN not in made.notebook.read_text() + made.html.read_text()
         after = runner.run("health", "production", progress=False)
         assert {f.check: f for f in after.findings}["backup"].status.name == "OK"
         assert len(mail.messages) == 2 and "RESOLVED backup: back to normal" in mail.messages[1]

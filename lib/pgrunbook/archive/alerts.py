@@ -235,16 +235,51 @@ def _without(text: str, url: str) -> str:
     return redact(text)
 
 
+HEARTBEAT = "backup"  # the runbook whose every run pings the heartbeat service
+
+
+def heartbeat(run: dict[str, Any]) -> str | None:
+    """A backup run pings the heartbeat URL in the variable `heartbeat_url_env` names ([notify],
+    or the target's own): a GET of it on success, of it + "/fail" on failure (healthchecks.io's
+    convention), so an outside service notices when the pings stop (the scheduler died).
+    What went wrong, in words, or None."""
+    import urllib.request
+
+    if run["runbook"] != HEARTBEAT:
+        return None
+    spec = config.settings().targets.get(run["target"], {})
+    name = spec.get("heartbeat_url_env") or config.settings().notify.get("heartbeat_url_env")
+    url = os.environ.get(str(name or ""), "")
+    if not url:
+        return None
+    if run["outcome"] not in ("OK", "WARN"):
+        url = url.rstrip("/") + "/fail"
+    why = ""
+    for attempt in range(TRIES):
+        try:
+            with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - the team's URL
+                if answer.status < 400:
+                    return None
+                why = f"HTTP {answer.status}"
+        except OSError as e:
+            why = str(getattr(e, "reason", e))
+        if attempt + 1 < TRIES:
+            time.sleep(0.5 * (attempt + 1))
+    return f"heartbeat ping not delivered: {_without(why, url)}"
+
+
 def after_run(run: dict[str, Any], findings: list[Finding]) -> list[str]:
-    """Send what this run means to every channel it concerns; what was not delivered, in words
-    (for the run's report). Never raises for a channel: an alert is not the run."""
+    """Send what this run means to every channel it concerns, and its heartbeat; what was not
+    delivered, in words (for the run's report). Never raises for a channel: an alert is not the
+    run."""
+    notes = [n for n in [heartbeat(run)] if n]
     try:
         every = [c for c in channels() if c.matches(run["target"], run["runbook"])]
     except ConfigError as e:
-        return [f"no alert sent: {e}"]
+        return [*notes, f"no alert sent: {e}"]
     if not every:
-        return []
-    notes, now = [], time.time()
+        return notes
+    now = time.time()
     with _Locked() as state:
         for channel in every:
             known = state.setdefault(channel.name, {})
