@@ -20,6 +20,7 @@ from pgrunbook.archive import reports
 from pgrunbook.facts import history
 
 from .conftest import EXTERNAL
+from .receivers import Webhook
 
 APPENDER = textwrap.dedent(
     """
@@ -112,7 +113,7 @@ def fleet_of_21(sandbox, tmp_path, monkeypatch):
 
 
 @pytest.mark.external_server
-def test_a_fleet_of_21_targets_on_this_machine(fleet_of_21, capsys):
+def test_a_fleet_of_21_targets_on_this_machine(fleet_of_21, capsys, monkeypatch):
     from pgrunbook.archive import fleet
     from pgrunbook.cli import main
 
@@ -124,7 +125,22 @@ def test_a_fleet_of_21_targets_on_this_machine(fleet_of_21, capsys):
     assert not (Path(os.environ["PGRUNBOOK_REPORTS_DIR"]) / "index.jsonl").exists()
     capsys.readouterr()
 
-    result = fleet.run("integrity", "tenants", parallel=2, retry_delay_s=0.2)
+    config = Path(os.environ["PGRUNBOOK_CONFIG"])
+    alerting = config.with_name("fleet-alerts.toml")  # a file of its own: settings are cached
+    channel = '[notify.channels.ops]\nurl_env = "FLEET_HOOK"\nmin_status = "CRIT"\n'
+    alerting.write_text(config.read_text() + "\n" + channel)
+    monkeypatch.setenv("PGRUNBOOK_CONFIG", str(alerting))
+    with Webhook() as hook:
+        monkeypatch.setenv("FLEET_HOOK", hook.url("ops"))
+        result = fleet.run("integrity", "tenants", parallel=2, retry_delay_s=0.2)
+        digests = list(hook.posts)
+    # one digest for the fleet, not one message per target: the two CRITs, worst first
+    assert len(digests) == 1, digests
+    assert digests[0]["title"] == "[CRIT] integrity on fleet-tenants: 2 alerting"
+    assert (
+        "CRIT tenant07:" in digests[0]["message"]
+        and "CRIT tenant99: not checked" in (digests[0]["message"])
+    )
     by = {r.target: r for r in result.runs}
     assert len(by) == 21 and result.exit_code == 2
     assert by["tenant07"].outcome == "CRIT" and result.runs[0].target == "tenant07"  # worst first

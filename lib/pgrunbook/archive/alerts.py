@@ -147,10 +147,15 @@ def decide(
     channel: Channel, known: dict[str, Any], run: dict[str, Any], findings: list[Finding],
     *, now: float,
 ) -> Message | None:  # fmt: skip
-    """The message a run means for a channel (None: nothing new), and what it records."""
+    """The message a run means for a channel (None: nothing new), and what it records. A fleet's
+    report is the fleet's digest: its checks are the member targets (those the channel's filters
+    take), each with its run's outcome."""
     target, runbook = run["target"], run["runbook"]
     at = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
     checks = list(findings)
+    if members := run.get("members_runbook"):
+        checks = [f for f in findings if f.check != "fleet" and channel.matches(f.check, members)]
+        runbook = f"{runbook} of {members}"  # a fleet's digest per runbook it ran
     if run["outcome"] == "FAILED":
         checks.append(Finding(RUN, Status.CRIT, f"the run failed: {run.get('error') or '?'}"))
     at_once = runbook in IMMEDIATE and run["outcome"] in ("CRIT", "FAILED")
@@ -184,7 +189,8 @@ def decide(
     worst = problems[0][0].status.name if problems else "RESOLVED"
     what = [f"{len(problems)} alerting"] if problems else []
     what += [f"{len(resolved)} resolved"] if resolved else []
-    title = f"[{worst}] {runbook} on {target}: {', '.join(what)}"
+    about = f"{members} on {target}" if members else f"{runbook} on {target}"
+    title = f"[{worst}] {about}: {', '.join(what)}"
     lines = []
     for f, since in problems:
         line = f"{f.status.name} {f.check}: {f.summary}"
@@ -268,13 +274,21 @@ def heartbeat(run: dict[str, Any]) -> str | None:
     return f"heartbeat ping not delivered: {_without(why, url)}"
 
 
+def _concerns(channel: Channel, run: dict[str, Any]) -> bool:
+    if members := run.get("members_runbook"):  # a fleet's digest: any member the channel takes
+        return any(channel.matches(t, members) for t in run.get("members", ()))
+    return channel.matches(run["target"], run["runbook"])
+
+
 def after_run(run: dict[str, Any], findings: list[Finding]) -> list[str]:
     """Send what this run means to every channel it concerns, and its heartbeat; what was not
     delivered, in words (for the run's report). Never raises for a channel: an alert is not the
     run."""
     notes = [n for n in [heartbeat(run)] if n]
+    if run.get("in_fleet"):  # the fleet's report sends one digest for all its runs
+        return notes
     try:
-        every = [c for c in channels() if c.matches(run["target"], run["runbook"])]
+        every = [c for c in channels() if _concerns(c, run)]
     except ConfigError as e:
         return [*notes, f"no alert sent: {e}"]
     if not every:

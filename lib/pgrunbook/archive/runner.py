@@ -308,6 +308,9 @@ def run(
         _monitoring_down(target, {**defaults(declared), **values}, why, since)
 
 
+FLEET_REPORT = "fleet_report"  # its run alerts for the whole fleet (see alerts.decide)
+
+
 def _alert_run(meta: dict[str, Any], out: Path) -> dict[str, Any]:
     """What an alert says of the run, and the link to its report (`site_url` in [notify], else
     the report's path)."""
@@ -315,7 +318,15 @@ def _alert_run(meta: dict[str, Any], out: Path) -> dict[str, Any]:
     page = out.with_suffix(".html")
     site = str(config.settings().notify.get("site_url", "")).rstrip("/")
     link = f"{site}/{page.relative_to(root).as_posix()}" if site else str(page)
-    return {k: meta.get(k) for k in ("target", "runbook", "outcome", "error")} | {"link": link}
+    run = {k: meta.get(k) for k in ("target", "runbook", "outcome", "error")} | {"link": link}
+    if meta["runbook"] == FLEET_REPORT and meta.get("parameters", {}).get("fleet_run"):
+        from ..facts import history
+
+        done = history.fleet_run(meta["parameters"]["fleet_run"])
+        run |= {"members_runbook": done["runbook"], "members": [r["target"] for r in done["runs"]]}
+    elif meta.get("fleet"):
+        run["in_fleet"] = True
+    return run
 
 
 def _monitoring_down(target: str, values: dict[str, Any], reason: str, since: float) -> None:
