@@ -134,3 +134,25 @@ def test_no_verified_backup_for_26_hours_alerts_once_and_a_backup_resolves_it(
         after = runner.run("health", "production", progress=False)
         assert {f.check: f for f in after.findings}["backup"].status.name == "OK"
         assert len(mail.messages) == 2 and "RESOLVED backup: back to normal" in mail.messages[1]
+
+
+def test_a_server_that_cannot_be_reached_alerts_and_its_return_resolves_it(
+    sandbox, tmp_path, monkeypatch
+):
+    """No report can be written when the run cannot start: the alert goes out all the same."""
+    with Webhook() as hook:
+        config = tmp_path / "alerts.toml"
+        config.write_text('[notify.channels.ops]\nurl_env = "OPS_HOOK"\n')
+        monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+        monkeypatch.setenv("OPS_HOOK", hook.url("ops"))
+        monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+        monkeypatch.setenv("STAGING_DATABASE_URL", "postgresql://app:pw9931@127.0.0.1:1/gone")
+        for _ in range(2):
+            assert main(["run", "status", "-t", "staging", "--quiet"]) == 3
+        assert len(hook.posts) == 1  # once, not on the repeat
+        assert hook.posts[0]["title"] == "[CRIT] status on staging: 1 alerting"
+        assert "CRIT the run: the run failed: " in hook.posts[0]["message"]
+        assert "pw9931" not in json.dumps(hook.posts)
+        monkeypatch.setenv("STAGING_DATABASE_URL", sandbox.url("staging"))
+        runner.run("status", "staging", progress=False)
+        assert len(hook.posts) == 2 and "RESOLVED the run" in hook.posts[1]["message"]

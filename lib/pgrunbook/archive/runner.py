@@ -259,8 +259,14 @@ def run(
                 version = db.server_version(conn)
                 identity = backups.identity(conn, t)  # the database itself: its own history
                 guards.before_run(runbook, t, {**defaults(declared), **values}, conn)
-        except ConnectionFailed as e:  # a dead server must not leave the last "OK" in place
+        except ConnectionFailed as e:  # a dead server must not leave the last "OK" in place,
             _monitoring_down(t.name, {**defaults(declared), **values}, str(e), since)
+            if not (fleet or os.environ.get(FLEET_ENV)):  # nor go unheard (a fleet: its digest)
+                for note in alerts.after_run(
+                    {"target": t.name, "runbook": runbook, "outcome": "FAILED", "error": str(e),
+                     "link": "no report: the run could not start"}, [],
+                ):  # fmt: skip
+                    print(f"pgrunbook: {note}", file=sys.stderr)
             raise
         if note := targets.fallback_note(t):  # once the input is accepted: a refusal is one line
             print(f"pgrunbook: {note}", file=sys.stderr)
