@@ -145,3 +145,31 @@ def test_the_bucket_out_of_reach_refuses_the_run_before_it_starts(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "127.0.0.1:1" in err[0] and "is the object store up" in err[0]
     assert not list(Path(machine("cut-off")["PGRUNBOOK_REPORTS_DIR"]).rglob("*.ipynb"))
+
+
+def test_runners_thrown_away_after_each_job_share_what_was_alerted(
+    sandbox, shared, s3server, monkeypatch, tmp_path
+):
+    """Alert state lives with the shared archive: a CRIT alerted by one runner is not sent again
+    by the next runner on a fresh disk, and that runner's OK resolves it."""
+    import psycopg
+
+    from pgrunbook.archive import runner
+
+    from .receivers import Webhook
+
+    bucket, machine = shared
+    with Webhook() as hook:
+        config = tmp_path / "alerts.toml"
+        config.write_text('[notify.channels.ops]\nurl_env = "OPS_HOOK"\n')
+        monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+        monkeypatch.setenv("OPS_HOOK", hook.url("ops"))
+        with psycopg.connect(sandbox.url("staging")):  # the app's session fills a pool of one
+            for n in (1, 2):
+                _on(machine(f"job-{n}"), monkeypatch)  # each job a new runner, a new disk
+                runner.run("health", "staging", {"pool_limit": "1"}, progress=False)
+        assert len(hook.posts) == 1 and hook.posts[0]["title"].startswith("[CRIT] health")
+        _on(machine("job-3"), monkeypatch)
+        runner.run("health", "staging", {"pool_limit": "1"}, progress=False)
+        assert len(hook.posts) == 2 and "RESOLVED connections" in hook.posts[1]["message"]
+    assert any("/alerts/state/" in k for k in s3server.objects(bucket))

@@ -293,32 +293,104 @@ def after_run(run: dict[str, Any], findings: list[Finding]) -> list[str]:
         return [*notes, f"no alert sent: {e}"]
     if not every:
         return notes
+    from . import shared  # here: a shared archive's client only where there is one
+
     now = time.time()
+    repo = shared.repository()
+    if repo is not None:  # runners thrown away after each job share what was sent
+        return notes + _shared_round(repo, every, run, findings, now=now)
     with _Locked() as state:
         for channel in every:
             known = state.setdefault(channel.name, {})
             message = decide(channel, known, run, findings, now=now)
             if message is None:
                 continue
-            try:
-                failed = send(channel, message.title, message.body)
-            except ConfigError as e:
-                failed = str(e)
+            failed = _deliver(message)
             if failed:
-                notes.append(f"alert to {channel.name} not delivered: {failed}")
+                notes.append(failed)
                 continue
-            for key, value in message.sent.items():
-                if value is None:
-                    known.pop(key, None)
-                else:
-                    known[key] = value
+            _apply(known, message.sent)
     return notes
+
+
+def _deliver(message: Message) -> str | None:
+    try:
+        failed = send(message.channel, message.title, message.body)
+    except ConfigError as e:
+        failed = str(e)
+    return f"alert to {message.channel.name} not delivered: {failed}" if failed else None
+
+
+def _apply(known: dict[str, Any], sent: dict[str, Any]) -> None:
+    for key, value in sent.items():
+        if value is None:
+            known.pop(key, None)
+        else:
+            known[key] = value
+
+
+SHARED_STATE = "alerts/state/"  # in a shared archive: numbered states, each written create-only
+
+
+def _latest(repo) -> tuple[int, dict[str, Any]]:
+    numbers = [int(e.key[len(SHARED_STATE):]) for e in repo.store.list(SHARED_STATE)
+               if e.key[len(SHARED_STATE):].isdigit()]  # fmt: skip
+    if not numbers:
+        return 0, {}
+    return max(numbers), repo.get_json(f"{SHARED_STATE}{max(numbers):010d}")
+
+
+def _shared_round(
+    repo, every: list[Channel], run: dict[str, Any], findings: list[Finding], *, now: float
+) -> list[str]:
+    """The alert state in the shared archive's repository, as a sequence of states each written
+    create-only: a runner claims what it is about to send by writing the next state, and only
+    then sends; one that loses the race decides again from the state the winner wrote, so two
+    runners never send the same news. What was not delivered is given back in a further state,
+    so the next run tries again."""
+    import copy
+
+    from ..base.storage import Exists
+
+    for _ in range(50):
+        number, state = _latest(repo)
+        claimed, planned = copy.deepcopy(state), []
+        for channel in every:
+            known = claimed.setdefault(channel.name, {})
+            if (message := decide(channel, known, run, findings, now=now)) is not None:
+                planned.append((message, {k: known.get(k) for k in message.sent}))
+                _apply(known, message.sent)
+        if not planned:
+            return []
+        try:
+            repo.put_json(f"{SHARED_STATE}{number + 1:010d}", claimed, create_only=True)
+        except Exists:
+            continue
+        notes, undo = [], []
+        for message, before in planned:
+            if failed := _deliver(message):
+                notes.append(failed)
+                undo.append((message.channel.name, before))
+        while undo:  # give back what was not delivered
+            number, state = _latest(repo)
+            for name, before in undo:
+                _apply(state.setdefault(name, {}), before)
+            try:
+                repo.put_json(f"{SHARED_STATE}{number + 1:010d}", state, create_only=True)
+                undo = []
+            except Exists:
+                continue
+        return notes
+    return ["no alert sent: the shared alert state kept changing under this run"]
 
 
 def status_lines() -> list[str]:
     """Per channel, target, runbook and check: the state last alerted, and when."""
+    from . import shared
+
+    repo = shared.repository()
     try:
-        state = json.loads(state_path().read_text())
+        state = _latest(repo)[1] if repo is not None else json.loads(state_path().read_text())
     except (OSError, ValueError):
         state = {}
     lines = []
