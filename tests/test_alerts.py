@@ -126,6 +126,8 @@ def test_no_verified_backup_for_26_hours_alerts_once_and_a_backup_resolves_it(
         assert backup.status.name == "CRIT", backup
         assert "OK < 24 h, WARN < 26 h" in backup.threshold
         assert len(mail.messages) == 1 and "CRIT backup: no verified backup" in mail.messages[0]
+        first = "first: take and verify one now: pgrunbook run backup --target production"
+        assert first in mail.messages[0].replace("=\r\n", "")  # what to do, first
         runner.run("health", "production", progress=False)
         assert len(mail.messages) == 1  # still CRIT: nothing new
         assert pings.posts == []  # health runs do not ping

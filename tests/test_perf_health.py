@@ -305,6 +305,8 @@ def test_health_against_a_stopped_server_writes_up_0_over_the_last_good_files(
 def test_what_cannot_be_seen_is_unknown_never_made_up(sandbox):
     remote = Target("remote", "postgresql://app@db.internal.example:5432/fixia")
     assert [f.status for f in health.host(remote)] == [Status.UNKNOWN, Status.UNKNOWN]
+    cpu, memory = health.host(remote)  # the guide's alerts: CPU above 80 %, memory above 90 %
+    assert cpu.threshold == "WARN >= 80%" and memory.threshold.startswith("WARN >= 90%")
     with db.connect(Target("s", sandbox.url("production"))) as conn:
         assert health.storage(conn, remote).status is Status.UNKNOWN
         local = health.storage(conn, Target("s", sandbox.url("production"), sandbox=True))

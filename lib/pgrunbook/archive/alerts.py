@@ -33,7 +33,7 @@ from typing import Any
 from ..base import config
 from ..base.errors import ConfigError
 from ..base.fileio import private_dir, write_atomic
-from ..base.findings import Finding, Status
+from ..base.findings import Finding, Status, first_step
 from ..base.secrets import redact
 
 IMMEDIATE = {"migrate", "backup", "restore", "staging_refresh", "dr_drill", "pitr", "pitr_restore"}
@@ -197,6 +197,8 @@ def decide(
         if f.threshold:
             line += f" (threshold: {f.threshold})"
         lines.append(line + f" [{f.status.name} for {_since(since, now)}]")
+        if first := first_step(f.check, target):
+            lines.append(f"  first: {first}")
     for check, before in resolved:
         lines.append(
             f"RESOLVED {check}: back to normal after {_since(before['since'], now)} "

@@ -62,6 +62,42 @@ class Check(StrEnum):
     EXPORT = "export"
 
 
+# The one thing to do first when a check is WARN or CRIT ({target}: the target's name), for the
+# messages that reach people and the reports that open with them.
+FIRST_STEPS: dict[str, str] = {
+    Check.BACKUP: "take and verify one now: pgrunbook run backup --target {target}",
+    Check.STORAGE: "free or add disk before it fills: pgrunbook run performance --target {target}"
+    " names the largest tables and indexes",
+    Check.CONNECTIONS: "find who holds them: pgrunbook run performance --target {target}; then"
+    " fix the leak or raise the pool",
+    Check.LONG_TRANSACTIONS: "end the oldest (its pid is in the finding): SELECT"
+    " pg_terminate_backend(pid), after asking its owner",
+    Check.IDLE_IN_TRANSACTION: "end the session (its pid is in the finding), and set"
+    " idle_in_transaction_session_timeout",
+    Check.SLOW_QUERIES: "read the plans: pgrunbook run performance --target {target}",
+    Check.XID_AGE: "VACUUM (FREEZE) the oldest tables now, before the server stops writes",
+    Check.MULTIXACT_AGE: "VACUUM (FREEZE) the oldest tables now, before the server stops writes",
+    Check.REPLICATION: "look at the replica's apply and network: pg_stat_replication on the"
+    " primary",
+    Check.MIGRATIONS: "see what is pending or unknown: pgrunbook migrations status --target"
+    " {target}",
+    Check.WAL_ARCHIVING: "read the archiver's last failure in the server log; WAL piles up in"
+    " pg_wal until it archives",
+    Check.HOST_CPU: "find the busiest statements: pgrunbook run performance --target {target}",
+    Check.HOST_MEMORY: "find what holds memory on the host; check work_mem and connections",
+    "the run": "read the run's report, then: pgrunbook cleanup --target {target} lists what it"
+    " left",
+    "verify": "do not rely on this backup: take another, then restore-test it",
+    "foreign keys": "list the orphans with the query in the report, then fix or delete them",
+}
+
+
+def first_step(check: str, target: str) -> str:
+    """The one thing to do first about `check` (empty where none is known)."""
+    found = FIRST_STEPS.get(check, "")
+    return found.format(target=target) if found else ""
+
+
 def worst(statuses) -> Status:
     return max(statuses, key=lambda s: s.severity, default=Status.OK)
 
