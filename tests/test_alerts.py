@@ -6,11 +6,12 @@ and no secret in any message."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 import psycopg
 import pytest
 
-from pgrunbook.archive import runner
+from pgrunbook.archive import alerts, runner
 from pgrunbook.cli import main
 
 from .receivers import Mailbox, Webhook
@@ -63,6 +64,19 @@ def test_a_crit_alerts_once_not_on_the_repeat_and_its_end_is_said(channels, sand
     assert len(mail.messages) == 1
     # (other checks of the shared sandbox may move meanwhile: the repeat is about this one)
     assert not [p for p in hook.posts[chat:] if "connections" in p["message"]]
+
+    # repeat_hours later, still CRIT: said again (the state's clock moved back 25 h)
+    state = alerts.state_path()
+    moved = json.loads(state.read_text())
+    for known in moved.values():
+        for value in known.values():
+            value["sent"] = (
+                datetime.fromisoformat(value["sent"]) - timedelta(hours=25)
+            ).isoformat()
+    state.write_text(json.dumps(moved))
+    _health(pool_limit=1)
+    assert len(mail.messages) == 2 and "CRIT connections:" in mail.messages[1]
+    mail.messages.pop()
 
     app.close()
     over = _health(pool_limit=1)  # the app's session gone: connections OK
@@ -181,10 +195,11 @@ def test_a_failed_backup_alerts_at_once_every_time(sandbox, tmp_path, monkeypatc
     with Webhook() as hook:
         config = tmp_path / "alerts.toml"
         config.write_text(
-            '[targets.shop]\nurl_env = "SHOP_URL"\n\n'
+            '[targets.shop]\nurl_env = "SHOP_URL"\nheartbeat_url_env = "SHOP_BEAT"\n\n'
             '[notify.channels.ops]\nurl_env = "OPS_HOOK"\nrunbooks = ["backup"]\n'
             "repeat_hours = 24\n"
         )
+        monkeypatch.setenv("SHOP_BEAT", f"http://127.0.0.1:{hook.port}/beat")
         monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
         monkeypatch.setenv("OPS_HOOK", hook.url("ops"))
         monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
@@ -192,8 +207,10 @@ def test_a_failed_backup_alerts_at_once_every_time(sandbox, tmp_path, monkeypatc
         monkeypatch.setenv("SHOP_URL", psycopg.conninfo.make_conninfo(admin, user="pgrb_nodump"))
         outcomes = [runner.run("backup", "shop", progress=False).outcome for _ in range(2)]
         assert all(o in ("CRIT", "FAILED") for o in outcomes), outcomes
-        assert len(hook.posts) == 2, hook.posts  # at once, both times: not a repeat to skip
-        assert all(p["title"].startswith("[CRIT] backup on shop") for p in hook.posts)
+        alerts = [p for p in hook.posts if "GET" not in p]
+        assert len(alerts) == 2, hook.posts  # at once, both times: not a repeat to skip
+        assert all(p["title"].startswith("[CRIT] backup on shop") for p in alerts)
+        assert [p for p in hook.posts if "GET" in p] == [{"GET": "/beat/fail"}] * 2
     with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute("DROP ROLE pgrb_nodump")
