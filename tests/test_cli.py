@@ -180,12 +180,40 @@ def test_sandbox_url_and_status(sandbox, capfd):
     assert "running" in capfd.readouterr().out
 
 
-def test_list_shows_every_runbook_with_parameters(capfd):
+def test_list_is_a_short_table_and_one_runbook_shows_its_parameters(capfd):
     assert main(["list"]) == 0
-    out = capfd.readouterr().out
+    out = capfd.readouterr().out.splitlines()
     for nb in (ROOT / "runbooks").glob("*.ipynb"):
-        assert re.search(rf"^{nb.stem}: \S", out, re.M)
-    assert "pool_limit (int, default 0)" in out
+        assert [x for x in out if re.match(rf"{nb.stem}\s+\S", x)], nb.stem
+    assert len(out) <= 20 and max(map(len, out)) <= 100  # fits a terminal
+    assert main(["list", "health"]) == 0
+    one = capfd.readouterr().out
+    assert "pool_limit (int, default 0)" in one and max(map(len, one.splitlines())) <= 100
+    assert main(["list", "helth"]) == 3
+    assert "health" in capfd.readouterr().err  # the nearest name
+
+
+def test_a_run_without_a_target_is_on_the_sandbox_as_list_says():
+    from pgrunbook.cli import build_parser
+
+    assert build_parser().parse_args(["run", "status"]).target == "sandbox"
+
+
+def test_a_missing_confirmation_gives_the_exact_command(sandbox, capfd):
+    """seed takes --confirm, a runbook -p confirm: the refusal gives back the command to run."""
+    assert main(["seed", "--target", "production", "--mode", "development", "--users", "5"]) == 3
+    err = capfd.readouterr().err.strip()
+    assert err.endswith(
+        "run `pgrunbook seed --target production --mode development --users 5 --confirm production`"
+    ), err
+    assert (
+        main(["run", "migrate", "-t", "production", "-p", "mode", "apply", "-p", "confirm", "prod"])
+        == 3
+    )  # a wrong confirmation is replaced in the command given back
+    err = capfd.readouterr().err.strip()
+    assert err.endswith(
+        "run `pgrunbook run migrate -t production -p mode apply -p confirm production`"
+    ), err
 
 
 def test_debug_shows_the_traceback():

@@ -212,7 +212,7 @@ def test_refuses_protected_target_same_database_and_unconfirmed_apply(pair):
     same = Target("staging", prod.url)
     with pytest.raises(refresh.RefreshRefused, match="same database"):
         refresh.check_request(prod, same, mode="apply", confirm="staging")
-    with pytest.raises(refresh.RefreshRefused, match="confirm staging"):
+    with pytest.raises(refresh.RefreshRefused, match="confirm='staging'"):
         refresh.check_request(prod, stag, mode="apply", confirm="")
     assert refresh.check_request(prod, stag, mode="apply", confirm="staging").status is Status.OK
 
@@ -427,7 +427,7 @@ def test_runbook_apply_writes_no_personal_value_and_no_salt(pair, tmp_path, monk
     started = time.time()
     time.sleep(0.01)
     with pytest.raises(
-        refresh.RefreshRefused, match="confirm staging"
+        refresh.RefreshRefused, match="confirm='staging'"
     ):  # before anything is written
         runner.run(
             "staging_refresh",

@@ -204,13 +204,31 @@ def cmd_cleanup(args) -> int:
     return 0 if args.apply or not left else 1
 
 
+WIDTH = 100  # what `list` fits in
+
+
 def cmd_list(args) -> int:
+    """The runbooks, one line each (name and the first sentence of its purpose); with a name,
+    that runbook's purpose and parameters."""
+    import textwrap
+
     from .archive import runner  # lazy: start-up time
 
-    for name in runner.available():
-        print(f"{name}: {runner.purpose(name)}")
-        for p in runner.parameters(name).values():
-            print(f"    {p.name} ({p.type}, default {p.default}): {p.help}")
+    if args.runbook:
+        runner.notebook_path(args.runbook)  # an unknown name: refused with the nearest
+        print(f"{args.runbook}: {runner.title(args.runbook)}\n")
+        print(textwrap.fill(runner.purpose(args.runbook), WIDTH))
+        print("\nparameters (-p NAME VALUE):")
+        for p in runner.parameters(args.runbook).values():
+            head = f"  {p.name} ({p.type}, default {p.default}): "
+            print(textwrap.fill(p.help, WIDTH, initial_indent=head, subsequent_indent=" " * 6))
+        return 0
+    names = runner.available()
+    pad = max(map(len, names)) + 2
+    for name in names:
+        line = f"{name:<{pad}}{runner.title(name)}"
+        print(line if len(line) <= WIDTH else line[: WIDTH - 3].rstrip() + "...")
+    print("\n`pgrunbook list RUNBOOK` shows one runbook's parameters")
     return 0
 
 
@@ -447,8 +465,30 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         wl = _Parser(prog="pgrunbook wal")
         wl.add_argument("--debug", action="store_true")
         _wal_arguments(wl)
-        return wl.parse_intermixed_args(argv[1:], argparse.Namespace(command="wal", fn=cmd_wal))
-    return build_parser().parse_args(argv)
+        parsed = wl.parse_intermixed_args(argv[1:], argparse.Namespace(command="wal", fn=cmd_wal))
+    else:
+        parsed = build_parser().parse_args(argv)
+    parsed.argv = argv  # as typed: for messages that give the exact command back
+    return parsed
+
+
+def _confirmed(args: argparse.Namespace, name: str) -> str:
+    """The command as it was typed, with the target's name as confirmation in the form that
+    command takes (`-p confirm NAME` for a runbook, `--confirm NAME` for seed and migrations)."""
+    import shlex
+
+    words, kept, skip = list(args.argv), [], 0
+    for n, word in enumerate(words):
+        if skip:
+            skip -= 1
+        elif word == "--confirm" or (word == "-p" and words[n + 1 : n + 2] == ["confirm"]):
+            skip = 1 if word == "--confirm" else 2  # a wrong confirmation is replaced
+        elif word.startswith("--confirm="):
+            continue
+        else:
+            kept.append(word)
+    form = ["-p", "confirm", name] if args.command in ("run", "fleet") else ["--confirm", name]
+    return "pgrunbook " + " ".join(shlex.quote(w) for w in [*kept, *form])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -466,8 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", help="run a runbook against a target and archive the report")
     run.add_argument("runbook")
     run.add_argument(
-        "--target", "-t", required=True, help="environment name (sandbox, staging, ...)"
-    )
+        "--target", "-t", default="sandbox",
+        help="environment name (sandbox, staging, ...; default: the sandbox, as `list` says)",
+    )  # fmt: skip
     run.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
     run.add_argument("--incident", help="incident id to file the report under")
     run.add_argument(
@@ -479,7 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(fn=cmd_run)
 
-    add("list", help="the runbooks, their purpose and parameters").set_defaults(fn=cmd_list)
+    ls = add("list", help="the runbooks; with a name, that runbook's parameters")
+    ls.add_argument("runbook", nargs="?", help="one runbook: its purpose and parameters")
+    ls.set_defaults(fn=cmd_list)
 
     fl = add("fleet", help="one runbook across a fleet of targets ([tool.pgrunbook.fleets])")
     fl.add_argument("action", choices=["list", "run"])
@@ -606,7 +649,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PgRunbookError as e:
         if args.debug:
             raise
-        print(f"pgrunbook: error: {redact(str(e))}", file=sys.stderr)
+        said = redact(str(e))
+        if name := getattr(e, "confirm_target", ""):  # the exact command that confirms
+            said += f": run `{_confirmed(args, name)}`"
+        print(f"pgrunbook: error: {said}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
         print("pgrunbook: interrupted", file=sys.stderr)

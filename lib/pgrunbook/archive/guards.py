@@ -49,7 +49,7 @@ def restore(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None
         target, v["backup"], current=backups.identity(conn, target)
     )  # one that does not exist: bad input
     restoring.check_versions(backup, conn.info.server_version, target)
-    target.require_confirm(v["confirm"], action=f"a restore ({v['mode']}) on the server of")
+    target.require_confirm(v["confirm"], action=f"a restore ({v['mode']})")
 
 
 def not_busy(target: Target) -> None:

@@ -166,6 +166,19 @@ def purpose(runbook: str) -> str:
     return ""
 
 
+def title(runbook: str) -> str:
+    """The runbook's title (its first heading), without the '#'."""
+    import nbformat  # here: spares nbformat (~100 ms) at start-up
+
+    nb = nbformat.read(notebook_path(runbook), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("# ").strip()
+    return runbook
+
+
 def coerce(
     runbook: str, given: dict[str, str], declared: dict[str, Parameter] | None = None
 ) -> dict[str, Any]:

@@ -36,6 +36,8 @@ class SandboxError(PgRunbookError):
 class ConfirmationRequired(PgRunbookError):
     "A destructive step on a protected target needs confirm=<target>"
 
+    confirm_target = ""  # the target's name: what to confirm with
+
 
 class SeedRefused(PgRunbookError):
     "Seeding would put user data where it must never go"

@@ -80,10 +80,12 @@ class Target:
                 if self.protected_as
                 else ""
             )
-            raise ConfirmationRequired(
-                f"{action} on protected target {self.name!r}{why} needs confirm={self.name!r}: "
-                f"pass -p confirm {self.name} once you mean it"
+            refused = ConfirmationRequired(
+                f"{action} on protected target {self.name!r}{why} needs its name as confirmation"
+                f" (confirm={self.name!r}), given on purpose"
             )
+            refused.confirm_target = self.name
+            raise refused
 
     @property
     def place(self) -> tuple[str, str]:

@@ -56,10 +56,12 @@ def check_request(source: Target, target: Target, *, mode: str, confirm: str) ->
             "the source is only ever read"
         )
     if mode == "apply" and not target.sandbox and confirm != target.name:
-        raise RefreshRefused(
-            f"apply replaces the database of {target.name!r} (the previous one is kept): "
-            f"pass -p confirm {target.name} once you mean it"
+        refused = RefreshRefused(
+            f"apply replaces the database of {target.name!r} (the previous one is kept) and "
+            f"needs its name as confirmation (confirm={target.name!r}), given on purpose"
         )
+        refused.confirm_target = target.name
+        raise refused
     return Finding(
         "request",
         Status.OK,
