@@ -57,6 +57,16 @@ def test_connection_use_against_the_pool_limit(migrated, held, limit, expected):
     assert finding.status is expected and finding.value == held
 
 
+def test_the_settings_shown_are_the_servers_not_pgrunbooks_own_session(migrated):
+    """pgrunbook's session sets its own timeouts; the status table shows what the server gives
+    everyone else (here: the built-in default), and says where it comes from."""
+    with db.connect(migrated) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "1min"  # our session's
+        table = status.settings(conn).set_index("name")
+    for name in ("statement_timeout", "lock_timeout"):
+        assert table.loc[name, "setting"] == "0" and table.loc[name, "source"] == "default"
+
+
 def test_backup_age_against_the_rpo(tmp_path, monkeypatch):
     """One judgement of backup age: the newest verified backup against the RPO."""
     import json
