@@ -156,3 +156,26 @@ def test_the_archive_page_in_the_browser(sandbox, tmp_path, monkeypatch, browser
     trends = browser.find_elements(By.CSS_SELECTOR, "svg.trend")
     assert trends and all(t.is_displayed() and t.size["width"] > 300 for t in trends)
     assert len(set(screenshot(browser, "target.png").getdata())) > 16
+
+
+def test_a_report_that_is_not_ok_opens_with_what_to_do_first(
+    sandbox, tmp_path, monkeypatch, browser
+):
+    """Production without a verified backup: right after the verdict, an ordered list of what to
+    do, the worst first, each with the one thing to do."""
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "backups"))  # none
+    monkeypatch.setenv("DATABASE_URL", sandbox.url("production"))
+    result = runner.run("health", "production", progress=False)
+    assert result.outcome == "CRIT"
+    browser.get(result.html.as_uri())
+    verdict = browser.find_element(By.CSS_SELECTOR, "#pgrb-header h1")
+    actions = browser.find_element(By.ID, "pgrb-actions")
+    following = browser.execute_script(
+        "return arguments[0].nextElementSibling === arguments[1]", verdict, actions
+    )
+    assert following and actions.is_displayed()  # the first thing after the verdict
+    items = actions.find_elements(By.TAG_NAME, "li")
+    assert items[0].text.startswith("CRIT backup: take and verify one now")
+    assert "pgrunbook run backup --target production" in items[0].text
+    screenshot(browser, "report-actions.png")

@@ -28,7 +28,7 @@ from .. import __version__
 from ..base import config, db, targets
 from ..base.errors import ArchiveFailed, ConnectionFailed, UnknownParameter, UnknownRunbook
 from ..base.fileio import create_private, private_dir, sha256_file, socket_dir, write_atomic
-from ..base.findings import RUNNER_ENV, Finding, Status, read_recorded, steps
+from ..base.findings import RUNNER_ENV, Finding, Status, first_step, read_recorded, steps
 from ..base.secrets import redact, redact_document
 from ..facts import backups
 from ..procedures import swaps
@@ -327,6 +327,18 @@ def run(
         _monitoring_down(target, {**defaults(declared), **values}, why, since)
 
 
+def first_steps(target: str, outcome: str, found: list[Finding]) -> list[dict[str, str]]:
+    """What a report opens with when it is not OK: the worst findings first, each with the one
+    thing to do (see findings.FIRST_STEPS); a failed run, what cleans up after it."""
+    steps = []
+    if outcome == "FAILED":
+        steps.append({"status": "FAILED", "check": "the run", "do": first_step("the run", target)})
+    for f in sorted(found, key=lambda f: -f.status.severity):
+        if f.status in (Status.CRIT, Status.WARN) and (do := first_step(f.check, target)):
+            steps.append({"status": f.status.name, "check": f.check, "do": do})
+    return steps[:5]
+
+
 FLEET_REPORT = "fleet_report"  # its run alerts for the whole fleet (see alerts.decide)
 
 
@@ -491,6 +503,7 @@ def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> 
         written=(payload or {}).get("written", {}),
         summary={s.name: sum(f.status is s for f in found) for s in Status},
     )
+    meta["first_steps"] = first_steps(meta["target"], outcome, found)
     notes = alerts.after_run(_alert_run(meta, out), found)
     if notes:  # said in the report; the run's verdict stays its own
         meta["alerts"] = notes
