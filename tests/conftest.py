@@ -344,3 +344,21 @@ def fill(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def shown(notebook: Path) -> str:
+    """What an executed notebook's cells show a person, as one text: streams, and of each result
+    its HTML where it has one (what the report renders), else its plain text."""
+    import json
+
+    found = []
+    for cell in json.loads(notebook.read_text())["cells"]:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            part = out.get("text") or data.get("text/html") or data.get("text/plain")
+            if part:
+                found.append("".join(part) if isinstance(part, list) else part)
+    return "\n".join(found)
+
+
+PYTHON_REPRS = ("datetime.datetime(", "datetime.date(", "Traffic(", "{'")

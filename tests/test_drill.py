@@ -8,6 +8,7 @@ from pgrunbook.base import db, targets
 from pgrunbook.base.findings import Status
 from pgrunbook.facts import catalog
 from pgrunbook.procedures import drill
+from tests.conftest import PYTHON_REPRS, shown
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +42,8 @@ def test_drill_recovers_and_counts_what_was_lost(sandbox, disaster):
     assert by_check["rto achieved"].status is Status.OK
     assert _counts(staging) == before  # the data is back as it was, the marker table gone
     assert _side_databases(staging) == side  # no restored or damaged copy left behind
+    outputs = shown(result.notebook)  # values as a person writes them, no Python reprs
+    assert not [r for r in PYTHON_REPRS if r in outputs], outputs[:2000]
 
 
 def test_drill_is_refused_on_production(sandbox):

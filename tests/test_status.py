@@ -121,3 +121,11 @@ def test_demo_runs_status_and_seed(sandbox, capfd):
     assert (
         "status on sandbox: OK" in out and "seed on sandbox: OK" in out and "reports are in" in out
     )
+    from pgrunbook.facts import history
+
+    from .conftest import PYTHON_REPRS, shown
+
+    root = history.index_path().parent
+    seeded = root / history.select(runbook="seed")[-1]["files"]["ipynb"]["path"]
+    outputs = shown(seeded)  # the row counts as a table, not a Python dict
+    assert not [r for r in PYTHON_REPRS if r in outputs], outputs[:1500]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from psycopg import sql
 
@@ -65,6 +65,20 @@ class Traffic:
     rows: int
     first_at: datetime
     last_at: datetime
+
+    def _repr_html_(self) -> str:
+        """As a person reads it in the report: how many rows, written when (UTC)."""
+        span = (self.last_at - self.first_at).total_seconds() if self.rows else 0.0
+        first, last = (t.astimezone(UTC) if self.rows else t for t in (self.first_at, self.last_at))
+        when = (
+            f"{first:%Y-%m-%d %H:%M:%S} to {last:%H:%M:%S} UTC ({span:.2f} s)"
+            if self.rows
+            else "none"
+        )
+        return (
+            "<table><tr><th>marker rows written after the backup</th><th>written</th></tr>"
+            f"<tr><td>{self.rows:,}</td><td>{when}</td></tr></table>"
+        )
 
 
 def write_after_backup(target: Target, *, rows: int) -> Traffic:

@@ -129,12 +129,27 @@ def verify(before: dict[str, int], after: dict[str, int], result: SeedResult) ->
     return Finding("seed", Status.OK, f"inserted {listed}", value=result.total)
 
 
-def counts(conn: psycopg.Connection) -> dict[str, int]:
+class Counts(dict):
+    """Rows per table, shown in a report as a table (not a Python dict)."""
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{t}</td><td style='text-align: right'>{n:,}</td></tr>"
+            for t, n in self.items()
+        )
+        return f"<table><tr><th>table</th><th>rows</th></tr>{rows}</table>"
+
+
+def counts(conn: psycopg.Connection) -> Counts:
     """Row count of every Fixia table."""
-    return {
-        t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0]
-        for t in TABLES
-    }
+    return Counts(
+        {
+            t: conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))
+            ).fetchone()[0]
+            for t in TABLES
+        }
+    )
 
 
 def _categories(conn: psycopg.Connection) -> int:
