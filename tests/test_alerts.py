@@ -6,6 +6,7 @@ and no secret in any message."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timedelta
 
 import psycopg
@@ -214,3 +215,32 @@ def test_a_failed_backup_alerts_at_once_every_time(sandbox, tmp_path, monkeypatc
     with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute("DROP ROLE pgrb_nodump")
+
+
+RACER = """
+import sys
+from pgrunbook.archive import alerts
+from pgrunbook.base.findings import Finding, Status
+
+run = {"target": "staging", "runbook": "health", "outcome": "CRIT", "error": None,
+       "link": "report"}
+print(alerts.after_run(run, [Finding("storage", Status.CRIT, "96% used")]))
+"""
+
+
+def test_two_runs_at_once_send_the_same_news_once(tmp_path, monkeypatch):
+    """Eight runs of one target finish at the same moment with the same CRIT: the state's lock
+    lets one of them send it."""
+    import subprocess
+    import sys
+
+    with Webhook() as hook:
+        config = tmp_path / "alerts.toml"
+        config.write_text('[notify.channels.ops]\nurl_env = "OPS_HOOK"\n')
+        env = dict(os.environ, PGRUNBOOK_CONFIG=str(config), OPS_HOOK=hook.url("ops"),
+                   PGRUNBOOK_REPORTS_DIR=str(tmp_path / "reports"))  # fmt: skip
+        script = tmp_path / "racer.py"
+        script.write_text(RACER)
+        racers = [subprocess.Popen([sys.executable, str(script)], env=env) for _ in range(8)]
+        assert [r.wait(timeout=120) for r in racers] == [0] * 8
+        assert len(hook.posts) == 1 and hook.posts[0]["title"].startswith("[CRIT] health")

@@ -206,10 +206,17 @@ def test_the_same_fleet_on_airflow(fleet_of_21, tmp_path):
     for command in (["db", "migrate"], ["pools", "set", "pgrunbook", "2", "pgrunbook runs"]):
         done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
-    done = subprocess.run(
-        [sys.executable, str(dags / "fleet_integrity.py")], env=env, capture_output=True,
-        text=True, timeout=900,
-    )  # fmt: skip
+    config = Path(os.environ["PGRUNBOOK_CONFIG"])  # alerts, as on the single machine
+    alerting = config.with_name("airflow-alerts.toml")
+    alerting.write_text(config.read_text() + '\n[notify.channels.ops]\nurl_env = "FLEET_HOOK"\n')
+    with Webhook() as hook:
+        env |= {"PGRUNBOOK_CONFIG": str(alerting), "FLEET_HOOK": hook.url("ops")}
+        done = subprocess.run(
+            [sys.executable, str(dags / "fleet_integrity.py")], env=env, capture_output=True,
+            text=True, timeout=900,
+        )  # fmt: skip
+    # the report task sends the fleet's one digest, as `pgrunbook fleet run` does
+    assert [p["title"] for p in hook.posts] == ["[CRIT] integrity on fleet-tenants: 2 alerting"]
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line, (done.stdout[-3000:], done.stderr[-3000:])
     result = json.loads(line.removeprefix("RESULT "))
