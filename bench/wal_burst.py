@@ -116,7 +116,7 @@ def main() -> None:
             ways = {
                 "local folder (cp)": pitr.archive_command(pitr.archive_folder(local)),
                 "bucket, one per call": archive._command("push", '"%p"'),
-                "bucket, --spool (8 ahead)": archive.archive_command(local.system_id),
+                "bucket, --spool (8 ahead)": archive.archive_command(),
             }
             results = {}
             for name, command in ways.items():

@@ -35,6 +35,7 @@ from ..base.errors import ConfigError
 from ..base.fileio import private_dir, write_atomic
 from ..base.findings import Finding, Status, first_step
 from ..base.secrets import redact
+from . import shared
 
 IMMEDIATE = {"migrate", "backup", "restore", "staging_refresh", "dr_drill", "pitr", "pitr_restore"}
 TRIES = 3
@@ -282,10 +283,13 @@ def _concerns(channel: Channel, run: dict[str, Any]) -> bool:
     return channel.matches(run["target"], run["runbook"])
 
 
-def after_run(run: dict[str, Any], findings: list[Finding]) -> list[str]:
+def after_run(
+    run: dict[str, Any], findings: list[Finding], *, repo: object = shared.LOOK
+) -> list[str]:
     """Send what this run means to every channel it concerns, and its heartbeat; what was not
     delivered, in words (for the run's report). Never raises for a channel: an alert is not the
-    run."""
+    run. `repo`: the shared archive as the caller opened it (None: there is none; left out: it
+    is looked up)."""
     notes = [n for n in [heartbeat(run)] if n]
     if run.get("in_fleet"):  # the fleet's report sends one digest for all its runs
         return notes
@@ -295,10 +299,9 @@ def after_run(run: dict[str, Any], findings: list[Finding]) -> list[str]:
         return [*notes, f"no alert sent: {e}"]
     if not every:
         return notes
-    from . import shared  # here: a shared archive's client only where there is one
-
     now = time.time()
-    repo = shared.repository()
+    if repo is shared.LOOK:
+        repo = shared.repository()
     if repo is not None:  # runners thrown away after each job share what was sent
         return notes + _shared_round(repo, every, run, findings, now=now)
     with _Locked() as state:
@@ -388,8 +391,6 @@ def _shared_round(
 
 def status_lines() -> list[str]:
     """Per channel, target, runbook and check: the state last alerted, and when."""
-    from . import shared
-
     repo = shared.repository()
     try:
         state = _latest(repo)[1] if repo is not None else json.loads(state_path().read_text())

@@ -277,7 +277,7 @@ def run(
             if not (fleet or os.environ.get(FLEET_ENV)):  # nor go unheard (a fleet: its digest)
                 for note in alerts.after_run(
                     {"target": t.name, "runbook": runbook, "outcome": "FAILED", "error": str(e),
-                     "link": "no report: the run could not start"}, [],
+                     "link": "no report: the run could not start"}, [], repo=repo,
                 ):  # fmt: skip
                     print(f"pgrunbook: {note}", file=sys.stderr)
             raise
@@ -319,7 +319,7 @@ def run(
         "duration_s": round((ended - started).total_seconds(), 3),
     }
     try:
-        return _archive(work, out, meta, error)
+        return _archive(work, out, meta, error, repo)
     except OSError as e:
         raise ArchiveFailed(_unarchived(work, meta, e)) from None
     finally:  # a run that failed before its figures were written: said so in them
@@ -476,7 +476,9 @@ def _ipc_kernel_manager(sockets: str, env: dict[str, str], contexts: list, opene
     return IPCKernelManager
 
 
-def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> RunResult:
+def _archive(
+    work: Path, out: Path, meta: dict[str, Any], error: str | None, repo: object = shared.LOOK
+) -> RunResult:
     """Redact the working copy into the archive (notebook, HTML, index line), then remove it."""
     import nbformat  # here: spares nbformat (~100 ms) at start-up
 
@@ -504,7 +506,7 @@ def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> 
         summary={s.name: sum(f.status is s for f in found) for s in Status},
     )
     meta["first_steps"] = first_steps(meta["target"], outcome, found)
-    notes = alerts.after_run(_alert_run(meta, out), found)
+    notes = alerts.after_run(_alert_run(meta, out), found, repo=repo)
     if notes:  # said in the report; the run's verdict stays its own
         meta["alerts"] = notes
         nb.cells.append(
@@ -515,7 +517,7 @@ def _archive(work: Path, out: Path, meta: dict[str, Any], error: str | None) -> 
     write_atomic(out, text)
     html_path = out.with_suffix(".html")
     write_atomic(html_path, redact_document(_html(nbformat.reads(text, as_version=4))))
-    shared.archive_run(meta, out, html_path)
+    shared.archive_run(meta, out, html_path, repo)
     work.unlink(missing_ok=True)
     try:
         site.build(full=False)  # the archive's front page lists this run now

@@ -69,10 +69,17 @@ def _get_lines(repo: Repository, keys: list[str]) -> list[str]:
         return list(pool.map(one, keys))
 
 
-def archive_run(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, Any]:
+LOOK = object()  # "the shared archive, opened here": a caller that opened it passes it instead
+
+
+def archive_run(
+    meta: dict[str, Any], notebook: Path, html: Path, repo: Repository | None | object = LOOK
+) -> dict[str, Any]:
     """Index one archived run: in the shared archive where there is one, else in the local index
     only (`reports.append_index`)."""
-    if (repo := repository()) is None:
+    if repo is LOOK:
+        repo = repository()
+    if repo is None:
         return reports.append_index(meta, notebook, html)
     return publish(repo, reports.entry_for(meta, notebook, html), [notebook, html])
 

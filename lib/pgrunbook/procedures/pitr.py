@@ -196,7 +196,7 @@ def locate(target: Target) -> Server:
 def archive_command(folder: Path) -> str:
     """The shell `archive_command` that archives into the folder `folder` (see `walstore`)."""
     try:
-        return FolderArchive(folder.parent).archive_command("")
+        return FolderArchive(folder.parent).archive_command()
     except ArchiveRefused as e:
         raise PitrRefused(str(e)) from None
 
@@ -249,7 +249,7 @@ def setup(
                 _check_pointers(server)
                 server.archive.preflight(server.as_owner(), server.owner)
                 prepare_archive(server, server.root / "spool")  # segments pushed ahead
-            command = server.archive.archive_command(server.system_id)
+            command = server.archive.archive_command()
         except ArchiveRefused as e:
             raise PitrRefused(str(e)) from None
         for name, value in settings_for(Path(), server.major, command=command):

@@ -71,7 +71,7 @@ class WalArchive(ABC):
     def stored_bytes(self) -> int: ...
 
     @abstractmethod
-    def archive_command(self, system_id: str) -> str: ...
+    def archive_command(self) -> str: ...
 
     @abstractmethod
     def restore_command(self, spool: Path) -> str: ...
@@ -134,7 +134,7 @@ class FolderArchive(WalArchive):
     def stored_bytes(self) -> int:
         return sum((self.folder / s).stat().st_size for s in self.segments())
 
-    def archive_command(self, system_id: str) -> str:
+    def archive_command(self) -> str:
         """Copy the segment under a temporary name, flush it, rename it into place. A segment
         already archived with the same bytes is success; with other bytes, failure."""
         folder = self.folder
@@ -328,7 +328,7 @@ class BucketArchive(WalArchive):
             )
         return text
 
-    def archive_command(self, system_id: str) -> str:
+    def archive_command(self) -> str:
         spool = shlex.quote(str(self.scratch / "spool"))
         return self._command("push", f'"%p" --spool {spool}')
 
