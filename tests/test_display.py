@@ -13,7 +13,9 @@ from pgrunbook.base import display
 
 
 def cells(page: str) -> list[list[str]]:
-    return [re.findall(r"<t[hd]>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", page)]
+    return [
+        re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", page)
+    ]
 
 
 def test_sizes_numbers_times_and_missing_values_read_as_a_person_would():
@@ -30,21 +32,35 @@ def test_sizes_numbers_times_and_missing_values_read_as_a_person_would():
             "ok": [True, None],
         }
     )
-    head, first, second = cells(display.frame_html(frame))
-    assert head[:3] == ["table", "heap", "dead_pct"]  # the unit moved into the cells
-    assert first == [
-        "public.users", "8.0 kB", "", "1,234,567", "-4567890123", "", "5 h 3 min", "a: 1", "yes",
-    ]  # fmt: skip
+    page = display.frame_html(frame)
+    head, first, second = cells(page)
+    # headers in words, the unit named or moved into the cells; the internal queryid left out
+    assert head == ["table", "heap", "dead %", "calls", "last vacuum", "age", "extra", "ok"]
+    assert first == ["public.users", "8.0 kB", "", "1,234,567", "", "5 h 3 min", "a: 1", "yes"]
     assert second == [
-        "public.orders_bytes", "", "12.35", "3", "12", "2026-01-01 10:00:00 UTC", "", "x, y", "",
+        "public.orders_bytes", "", "12.35", "3", "2026-01-01 10:00:00 UTC", "", "x, y", "",
     ]  # fmt: skip
+    # numbers right-aligned, text left as it is
+    aligned = re.findall(r"<th( style='text-align:right[^']*')?>", page)
+    assert [bool(a) for a in aligned] == [False, True, True, True, False, False, False, False]
+
+
+def test_headers_say_the_unit_and_times_kept_as_text_read_as_times():
+    assert display.column_title("mean_ms", True) == "mean (ms)"
+    assert display.column_title("oldest_transaction_s", True) == "oldest transaction (s)"
+    assert display.column_title("cache_hit_pct", True) == "cache hit %"
+    assert display.column_title("size_mb", True) == "size (MB)"
+    assert display.column_title("bloat_bytes_est", True) == "bloat est"
+    assert display.cell_text("2026-12-06T09:03:56.067243+00:00") == "2026-12-06 09:03:56 UTC"
+    assert display.cell_text("20261206T090355Z") == "20261206T090355Z"  # an id, not a time
 
 
 def test_a_named_index_becomes_a_column_and_the_positional_one_goes():
     pivot = pd.DataFrame({"role": ["app"], "public.users": ["SIUD"]}).set_index("role")
     pivot.columns.name = "table"
     head, row = cells(display.frame_html(pivot))
-    assert head == ["role", "public.users"] and row == ["app", "SIUD"]
+    assert head == ["role", "public.users"] and row == ["app", "SIUD"]  # names from the data
+    assert "<th class='pgrb-name'>public.users</th>" in display.frame_html(pivot)
     head, row = cells(display.frame_html(pd.DataFrame({"a": [1]}, index=[7])))
     assert head == ["index", "a"] and row == ["7", "1"]
     head, row = cells(display.frame_html(pd.DataFrame({"a": [1]})))

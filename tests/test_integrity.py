@@ -66,7 +66,14 @@ def test_orphans_under_a_not_valid_foreign_key(fixia):
     found = [f for f in _run(fixia, integrity.foreign_keys) if f.status is Status.CRIT]
     assert len(found) == 1 and found[0].check == "foreign key fk_reviews_client_id_users"
     assert found[0].value == 3 and "(NOT VALID)" in found[0].summary
-    assert sorted(found[0].examples) == ["900003", "900005", "900008"]
+    # each orphan by its key and its reference, and the query that lists them all
+    assert found[0].examples == (
+        "id=3, client_id=900003",
+        "id=5, client_id=900005",
+        "id=8, client_id=900008",
+    )
+    with psycopg.connect(fixia.url) as conn:
+        assert conn.execute(found[0].query).fetchall() == [(3, 900003), (5, 900005), (8, 900008)]
 
 
 def test_orphans_under_a_composite_foreign_key(fixia):
@@ -82,7 +89,7 @@ def test_orphans_under_a_composite_foreign_key(fixia):
         f for f in _run(fixia, integrity.foreign_keys, tables="child") if f.status is Status.CRIT
     ]
     assert (
-        len(found) == 1 and found[0].value == 1 and found[0].examples == ("1, 3",)
+        len(found) == 1 and found[0].value == 1 and found[0].examples == ("id=2, a=1, b=3",)
     )  # (NULL, 9) is exempt
 
 
@@ -144,8 +151,10 @@ def test_not_valid_check_re_evaluated(fixia):
     found = [f for f in _run(fixia, integrity.unvalidated) if f.status is Status.CRIT]
     assert len(found) == 1 and found[0].value == 2 and "ck_budget" in found[0].check
     assert (
-        sorted(found[0].examples) == ["1", "2"] and "rows by id" in found[0].summary
+        found[0].examples == ("id=1", "id=2") and "rows by id" in found[0].summary
     )  # by key, not ctid
+    with psycopg.connect(fixia.url) as conn:
+        assert conn.execute(found[0].query).fetchall() == [(1,), (2,)]
     from pgrunbook.base.config import project_path
 
     broken = [

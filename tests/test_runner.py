@@ -55,7 +55,7 @@ def _a_report_a_person_reads(page: str) -> None:
     import re
 
     title = re.search(r"<title>(.*)</title>", page)[1]
-    assert re.fullmatch(r"status on sandbox, \S+ UTC: OK", title), title
+    assert re.fullmatch(r"status on sandbox, \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: OK", title), title
     header = page.index('id="pgrb-header"')
     first_step = page.index('class="jp-Cell ', page.index("<main>"))
     assert header < page.index('id="pgrb-findings"') < first_step  # the summary comes first

@@ -64,7 +64,7 @@ def test_the_settings_shown_are_the_servers_not_pgrunbooks_own_session(migrated)
         assert conn.execute("SHOW statement_timeout").fetchone()[0] == "1min"  # our session's
         table = status.settings(conn).set_index("name")
     for name in ("statement_timeout", "lock_timeout"):
-        assert table.loc[name, "setting"] == "0" and table.loc[name, "source"] == "default"
+        assert table.loc[name, "setting"] == "0 (off)" and table.loc[name, "source"] == "default"
 
 
 def test_backup_age_against_the_rpo(tmp_path, monkeypatch):

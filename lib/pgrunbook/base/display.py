@@ -3,8 +3,10 @@
 A runbook loads this as an IPython extension (`%load_ext pgrunbook.base.display`): every
 DataFrame a cell shows is then rendered by `frame_html` instead of pandas' own HTML. The data
 is not changed, only how it reads: sizes in kB/MB/GB (columns named `*bytes*`), numbers with
-thousands separators, times to the second, empty cells for missing values, dicts and lists as
-text, and the positional index left out (a named index becomes the first column).
+thousands separators and right-aligned, times to the second in UTC (named), empty cells for
+missing values, dicts and lists as text, headers in words with their unit (`mean_ms` -> `mean
+(ms)`), internal identifiers (`queryid`) left out, and the positional index left out (a named
+index becomes the first column).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from typing import Any
 MAX_ROWS = 500  # a report is read, not scrolled: longer tables say how many rows are left out
 _BYTES = re.compile(r"(^|_)bytes(_|$)")
 _ID = re.compile(r"id$", re.IGNORECASE)  # queryid, pid, oid, user_id: identifiers
+_ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)$")
+HIDDEN = {"queryid"}  # internal keys: kept in the data, not shown to a person
+UNITS = {"ms": "ms", "s": "s", "h": "h", "mb": "MB", "gb": "GB", "kb": "kB", "pct": "%"}
+NUMERIC_STYLE = "text-align:right;font-variant-numeric:tabular-nums"
 
 
 def pretty_bytes(n: float) -> str:
@@ -52,8 +58,10 @@ def pretty_duration(td: timedelta) -> str:
     hours, m = divmod(minutes, 60)
     days, h = divmod(hours, 24)
     if days:
-        return f"{days} d {h} h"
-    return f"{hours} h {m} min" if hours else f"{m} min {s} s"
+        return f"{days} d {h} h" if h else f"{days} d"
+    if hours:
+        return f"{hours} h {m} min" if m else f"{hours} h"
+    return f"{m} min {s} s" if s else f"{m} min"
 
 
 def _missing(value: Any) -> bool:
@@ -91,34 +99,56 @@ def cell_text(value: Any, column: str = "") -> str:
         return pretty_duration(value)
     if isinstance(value, bytes):
         return f"{len(value)} bytes"
+    if isinstance(value, str) and _ISO_TIME.match(value):  # a time kept as ISO text
+        return cell_text(datetime.fromisoformat(value.replace("Z", "+00:00")), column)
     return str(value)
 
 
+def timestamp(value: datetime | str | None) -> str:
+    """A moment as reports write it: to the second, in UTC, the zone named."""
+    return cell_text(value) if value else ""
+
+
 def column_title(name: str, numeric: bool) -> str:
-    """A size column loses its unit, which its cells now show: `heap_bytes` -> `heap`,
-    `bloat_bytes_est` -> `bloat_est`. Other names (table names in a pivot) stay as they are."""
-    if not numeric:
-        return name
-    return _BYTES.sub(lambda m: "_" if m[1] and m[2] else "", name).strip("_") or name
+    """A field's name in words, its unit named: `mean_ms` -> `mean (ms)`, `cache_hit_pct` ->
+    `cache hit %`, `rows_estimate` -> `rows estimate`; a size column loses its unit, which its
+    cells now show: `heap_bytes` -> `heap`, `bloat_bytes_est` -> `bloat est`."""
+    if numeric:
+        name = _BYTES.sub(lambda m: "_" if m[1] and m[2] else "", name).strip("_") or name
+    head, _, unit = name.rpartition("_")
+    if head and unit.lower() in UNITS:
+        unit = UNITS[unit.lower()]
+        name = f"{head} {unit}" if unit == "%" else f"{head} ({unit})"
+    return name.replace("_", " ")
 
 
 def frame_html(df) -> str:
     """A DataFrame as a plain HTML table, in human units (see the module's docstring)."""
     import pandas as pd  # here: only a kernel that shows a table needs it
 
+    pivot = df.columns.name is not None  # its column names are data (tables, roles), not fields
+    keys = 0
     if not (isinstance(df.index, pd.RangeIndex) and df.index.name is None):
+        keys = df.index.nlevels
         df = df.reset_index()
+    df = df[[c for c in df.columns if str(c) not in HIDDEN]]
     names = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
-    numeric = [pd.api.types.is_numeric_dtype(t) for t in df.dtypes]
+    numeric = [
+        pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in df.dtypes
+    ]
+    align = [f" style='{NUMERIC_STYLE}'" if n else "" for n in numeric]
     shown = df.head(MAX_ROWS)
     head = "".join(
-        f"<th>{html.escape(column_title(c, n))}</th>" for c, n in zip(names, numeric, strict=True)
+        f"<th class='pgrb-name'{a}>{html.escape(c)}</th>"  # a name from the data, as it is
+        if pivot and i >= keys
+        else f"<th{a}>{html.escape(column_title(c, n))}</th>"
+        for i, (c, n, a) in enumerate(zip(names, numeric, align, strict=True))
     )
     rows = "".join(
         "<tr>"
         + "".join(
-            f"<td>{html.escape(cell_text(v, name))}</td>"
-            for v, name in zip(row, names, strict=True)
+            f"<td{a}>{html.escape(cell_text(v, name))}</td>"
+            for v, name, a in zip(row, names, align, strict=True)
         )
         + "</tr>"
         for row in shown.itertuples(index=False, name=None)
@@ -141,12 +171,17 @@ def series_html(s) -> str:
     return frame_html(s.to_frame(name=s.name if s.name is not None else "value"))
 
 
+def _align(value: Any) -> str:
+    numeric = isinstance(value, Real) and not isinstance(value, bool)
+    return f" style='{NUMERIC_STYLE}'" if numeric else ""
+
+
 def mapping_html(d: dict, key: str = "name", value: str = "value") -> str:
     """A dict (row counts, settings) as a two-column table."""
     rows = (
         "".join(
             f"<tr><td>{html.escape(cell_text(k))}</td>"
-            f"<td>{html.escape(cell_text(v, str(k)))}</td></tr>"
+            f"<td{_align(v)}>{html.escape(cell_text(v, str(k)))}</td></tr>"
             for k, v in d.items()
         )
         or "<tr><td colspan='2'>none</td></tr>"

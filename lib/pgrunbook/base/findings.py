@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -90,11 +91,23 @@ FIRST_STEPS: dict[str, str] = {
     "verify": "do not rely on this backup: take another, then restore-test it",
     "foreign keys": "list the orphans with the query in the report, then fix or delete them",
 }
+# checks named after what they found (`foreign key orders_customer`), by the start of the name
+FIRST_STEPS_BY_KIND: dict[str, str] = {
+    "foreign key ": "list the orphans with the query under the finding; fix or delete them, then"
+    " VALIDATE the constraint",
+    "constraint ": "list the rows with the query under the finding; fix them, then VALIDATE the"
+    " constraint",
+    "assert ": "list the rows with the query under the finding, and fix the data (or the rule)",
+    "sequence ": "move the sequence past its column's highest value (setval) before the next"
+    " insert fails",
+}
 
 
 def first_step(check: str, target: str) -> str:
     """The one thing to do first about `check` (empty where none is known)."""
-    found = FIRST_STEPS.get(check, "")
+    found = FIRST_STEPS.get(check) or next(
+        (do for kind, do in FIRST_STEPS_BY_KIND.items() if check.startswith(kind)), ""
+    )
     return found.format(target=target) if found else ""
 
 
@@ -110,6 +123,7 @@ class Finding:
     value: Any = None
     threshold: str | None = None
     examples: tuple[str, ...] = ()
+    query: str | None = None  # the SQL that lists every offending row (examples: the first)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -126,6 +140,7 @@ class Finding:
             d.get("value"),
             d.get("threshold"),
             tuple(d.get("examples", ())),
+            d.get("query"),
         )
 
     def _repr_html_(self) -> str:
@@ -140,7 +155,8 @@ STATUS_COLOURS = {"OK": "#1a7f37", "WARN": "#9a6700", "CRIT": "#cf222e", "UNKNOW
 
 def _html_table(items: list[Finding], first: int | None = None) -> str:
     """The findings as an HTML table; numbered from `first`, each row is the anchor the report's
-    summary links to (`pgrb-finding-N`, N its place in the run's findings)."""
+    summary links to (`pgrb-finding-N`, N its place in the run's findings). The figure a check
+    measured is in its summary, in words and units; the raw value stays in the run's data."""
 
     def anchor(i: int) -> str:
         return "" if first is None else f" id='pgrb-finding-{first + i}'"
@@ -149,12 +165,48 @@ def _html_table(items: list[Finding], first: int | None = None) -> str:
         f"<tr{anchor(i)}><td"
         f" style='color:{STATUS_COLOURS[f.status.name]};font-weight:bold'>{f.status.name}</td>"
         f"<td>{html.escape(f.check)}</td><td style='text-align:left'>{html.escape(f.summary)}</td>"
-        f"<td>{html.escape('' if f.value is None else str(f.value))}</td>"
-        f"<td>{html.escape(f.threshold or '')}</td></tr>"
+        f"<td style='text-align:left'>{html.escape(f.threshold or '')}</td></tr>" + _evidence(f)
         for i, f in enumerate(items)
     )
-    head = "<tr><th>status</th><th>check</th><th>finding</th><th>value</th><th>threshold</th></tr>"
-    return f"<table>{head}{rows}</table>"
+    head = "<tr><th>status</th><th>check</th><th>finding</th><th>threshold</th></tr>"
+    return f"<table class='pgrb-table'>{head}{rows}</table>"
+
+
+EVIDENCE_SHOWN = 10  # offending rows a step shows under its finding; the rest: the query
+
+
+def _evidence(f: Finding) -> str:
+    """Under a finding that is not OK: its first examples (the offending rows' keys, statements,
+    roles) and, where there is one, the query that lists them all."""
+    if f.status is Status.OK or not (f.examples or f.query):
+        return ""
+    shown = f.examples[:EVIDENCE_SHOWN]
+    count = f.value if isinstance(f.value, int) and not isinstance(f.value, bool) else 0
+    total = max(count, len(f.examples))
+    parts = []
+    if shown:
+        what = f"the first {len(shown)} of {total:,}" if total > len(shown) else f"all {total:,}"
+        items = "".join(f"<li><code>{html.escape(e)}</code></li>" for e in shown)
+        parts.append(f"<p>{what}:</p><ul>{items}</ul>")
+    if f.query:
+        parts.append(f"<p>every one, by this query:</p><pre>{html.escape(f.query)}</pre>")
+    return (
+        "<tr class='pgrb-evidence'><td></td><td colspan='3' style='text-align:left'>"
+        + "".join(parts)
+        + "</td></tr>"
+    )
+
+
+def _outcome_line(items: list[Finding]) -> str:
+    """The run's outcome in one line: how many findings of each status (each finding itself is
+    shown once, in the step that made it, and listed in the report's header)."""
+    counts = Counter(f.status.name for f in items)
+    parts = [f"{counts[s]} {s}" for s in ("CRIT", "WARN", "UNKNOWN", "OK") if counts[s]]
+    worst_name = worst(f.status for f in items).name
+    return (
+        f"<p><strong style='color:{STATUS_COLOURS.get(worst_name, '#57606a')}'>outcome"
+        f" {worst_name}</strong>: {', '.join(parts) or 'no findings'}</p>"
+    )
 
 
 @dataclass
@@ -179,16 +231,16 @@ class Findings:
         self.items.extend(found)
         _show(list(found), first)
 
-    def gate(self, finding: Finding, *, unknown_stops: bool = False) -> Finding:
+    def gate(self, finding: Finding, *, unknown_stops: bool = False) -> None:
         """Record `finding`; when it is CRIT (or UNKNOWN, with `unknown_stops`: what follows
-        cannot be done here), record the run and stop it here."""
+        cannot be done here), record the run and stop it here. Returns nothing: a cell that ends
+        with a gate shows the finding once, in the step's table."""
         self.add(finding)
         if finding.status is Status.CRIT or unknown_stops and finding.status is Status.UNKNOWN:
             self.record()
             raise RunbookStopped(
                 f"stopped before changing anything: {finding.check}: {finding.summary}"
             )
-        return finding
 
     @property
     def worst(self) -> Status:
@@ -220,7 +272,7 @@ class Findings:
         display(
             {
                 MIMETYPE: self.payload(),
-                "text/html": _html_table(self.items),
+                "text/html": _outcome_line(self.items),
                 "text/plain": f"outcome {self.worst.name}\n{text}",
             },
             raw=True,

@@ -74,11 +74,18 @@ class Limits:
     )
 
     def _repr_html_(self) -> str:
-        """The limits in effect, as a table a report shows (not a Python repr)."""
+        """The limits in effect, folded away: each finding shows the threshold it used beside it,
+        and this is the appendix of all of them (the names are the configuration's keys)."""
         rows = "".join(
-            f"<tr><td>{f.name}</td><td>{getattr(self, f.name):g}</td></tr>" for f in fields(self)
+            f"<tr><td>{f.name}</td><td style='text-align:right'>{getattr(self, f.name):,g}"
+            "</td></tr>"
+            for f in fields(self)
         )
-        return f"<table><tr><th>limit</th><th>in effect</th></tr>{rows}</table>"
+        return (
+            f"<details class='pgrb-limits'><summary>all {len(fields(self))} limits in force"
+            " (each finding shows the one it used)</summary><table class='pgrb-table'>"
+            f"<tr><th>limit</th><th>in effect</th></tr>{rows}</table></details>"
+        )
 
     @classmethod
     def names(cls) -> set[str]:

@@ -38,6 +38,11 @@ def _examples(rows, width: int) -> tuple[str, ...]:
     return tuple(", ".join(f"{v}" for v in r[:width]) for r in rows)
 
 
+def _named(names: list[str], rows) -> tuple[str, ...]:
+    """Rows as `id=12, client_id=99`: each value with its column's name."""
+    return tuple(", ".join(f"{n}={v}" for n, v in zip(names, r, strict=False)) for r in rows)
+
+
 def _sample(conn: psycopg.Connection, rel: Rel, rows: int) -> tuple[sql.Composable, str]:
     """A TABLESAMPLE clause reading about `rows` rows of `rel` (by pages), and the words for the
     report.
@@ -91,19 +96,26 @@ def foreign_keys(
         # as PostgreSQL's own checks read them: a plain table alone, a partitioned one with its
         # partitions
         only = {True: sql.SQL("ONLY "), False: sql.SQL("")}
-        q = sql.SQL(
-            "SELECT {}, count(*) OVER () FROM {}{} t{} WHERE ({}) AND NOT EXISTS "
-            "(SELECT 1 FROM {}{} p WHERE {}) ORDER BY 1 LIMIT %s"
-        ).format(
-            sql.SQL(", ").join(_cols(cols, "t")),
-            only[fk.table_only],
-            child.ident,
-            tablesample,
-            present,
-            only[fk.ref_only],
-            parent.ident,
-            join,
+        key, _ = _key_of(conn, child)
+        shown = key + [c for c in cols if c not in key]  # each orphan by its key and its reference
+
+        select = sql.SQL(
+            "SELECT {cols}{extra} FROM {only}{child} t{sample} WHERE ({present}) AND NOT EXISTS "
+            "(SELECT 1 FROM {ref_only}{parent} p WHERE {join}) ORDER BY {key}"
         )
+        parts = {
+            "cols": sql.SQL(", ").join(_cols(shown, "t")),
+            "only": only[fk.table_only],
+            "child": child.ident,
+            "present": present,
+            "ref_only": only[fk.ref_only],
+            "parent": parent.ident,
+            "join": join,
+            "key": sql.SQL(", ").join(_cols(key, "t")),
+        }
+        q = select.format(
+            extra=sql.SQL(", count(*) OVER ()"), sample=tablesample, **parts
+        ) + sql.SQL(" LIMIT %s")
         rows = conn.execute(q, [max_examples]).fetchall()
         if rows:
             state = "" if valid else " (NOT VALID)"
@@ -113,7 +125,10 @@ def foreign_keys(
                     Status.CRIT,
                     f"{rows[0][-1]} orphans in {child}({', '.join(cols)}) -> {parent}{state}{read}",
                     value=rows[0][-1],
-                    examples=_examples(rows, len(cols)),
+                    examples=_named(shown, rows),
+                    query=select.format(extra=sql.SQL(""), sample=sql.SQL(""), **parts).as_string(
+                        conn
+                    ),
                 )
             )
     if not found:
@@ -287,6 +302,9 @@ def unvalidated(
             where, what = sql.SQL("{} IS NULL").format(column), f"NOT NULL {c.column}"
         key, key_sql = _key_of(conn, rel)
         tablesample, read = _sample(conn, rel, sample)
+        listing = sql.SQL("SELECT {} FROM ONLY {} WHERE {} ORDER BY 1").format(
+            key_sql, rel.ident, where
+        )
         bad = conn.execute(
             sql.SQL(
                 "SELECT {}, count(*) OVER () FROM ONLY {}{} WHERE {} ORDER BY 1 LIMIT %s"
@@ -301,7 +319,8 @@ def unvalidated(
                     f"{bad[0][-1]} rows of {rel} break "
                     f"{what} (NOT VALID){read}; rows by {', '.join(key)}",
                     value=bad[0][-1],
-                    examples=_examples(bad, len(key)),
+                    examples=_named(key, bad),
+                    query=listing.as_string(conn),
                 )
             )
     if not found:
@@ -598,6 +617,7 @@ def assertions(
                     f"{rows[0][-1]} rows break: {rule}",
                     value=rows[0][-1],
                     examples=tuple(", ".join(map(str, r[:-1])) for r in rows),
+                    query=text,
                 )
             )
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
+from ..base.display import timestamp
 from ..base.findings import Check, Finding, Status
 from ..base.limits import DEFAULTS, level
 from ..facts import wal
@@ -64,7 +65,9 @@ def choice_finding(backup: Backup) -> Finding:
     """Whether the backup about to be used was proven by a restore."""
     if backup.verified:
         return Finding(
-            "backup chosen", Status.OK, f"{backup.id}, verified {backup.verification.get('at', '')}"
+            "backup chosen",
+            Status.OK,
+            f"{backup.id}, verified {timestamp(backup.verification.get('at'))}",
         )
     if backup.failed:
         return Finding(

@@ -6,12 +6,14 @@ operator drills into are DataFrames.
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import timedelta
 
 import psycopg
 
 from ..base import migrations, pgrestore
-from ..base.display import pretty_bytes
+from ..base.display import pretty_bytes, pretty_duration
 from ..base.findings import Check, Finding, Status
 from ..base.limits import DEFAULTS, level
 from ..base.targets import Target
@@ -75,8 +77,34 @@ def settings(conn: psycopg.Connection):
     """The settings that matter, with unit and where each was set."""
     import pandas as pd  # here: spares pandas (~270 ms) at start-up
 
-    rows = server.settings(conn, SETTINGS).values()
-    return pd.DataFrame(rows, columns=["name", "setting", "unit", "source"])
+    rows = [
+        (x.name, human_setting(x.setting, x.unit), x.source)
+        for x in server.settings(conn, SETTINGS).values()
+    ]
+    return pd.DataFrame(rows, columns=["name", "setting", "source"])
+
+
+_SIZE_UNITS = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1, "min": 60, "h": 3600, "d": 86400}
+
+
+def human_setting(setting: str, unit: str | None) -> str:
+    """A setting as a person reads it: `16384` of `8kB` -> `128.0 MB`, `60000` of `ms` ->
+    `1 min 0 s`, `-1` or a time of `0` -> off; values without a unit as PostgreSQL shows them."""
+    if not unit or not setting.lstrip("-").replace(".", "", 1).isdigit():
+        return setting
+    value = float(setting)
+    if value < 0:
+        return f"{setting} (off)"
+    scale, base = re.fullmatch(r"(\d*)(\D+)", unit).groups()
+    factor = float(scale or 1)
+    if base in _SIZE_UNITS:
+        return pretty_bytes(value * factor * _SIZE_UNITS[base])
+    if base in _TIME_UNITS:
+        if value == 0 and not setting.startswith("0."):
+            return "0 (off)"
+        return pretty_duration(timedelta(seconds=value * factor * _TIME_UNITS[base]))
+    return f"{setting} {unit}"
 
 
 def settings_check(conn: psycopg.Connection) -> Finding:
