@@ -9,6 +9,7 @@ an HTML copy, and a line in the index with both files' sha256.
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import getpass
 import math
@@ -26,13 +27,14 @@ from typing import Any
 
 from .. import __version__
 from ..base import config, db, targets
+from ..base import progress as progress_readings
 from ..base.errors import ArchiveFailed, ConnectionFailed, UnknownParameter, UnknownRunbook
 from ..base.fileio import create_private, private_dir, sha256_file, socket_dir, write_atomic
 from ..base.findings import RUNNER_ENV, Finding, Status, first_step, read_recorded, steps
 from ..base.secrets import redact, redact_document
 from ..facts import backups
 from ..procedures import swaps
-from . import alerts, guards, shared, site
+from . import alerts, console, guards, shared, site
 
 RESERVED = {"target"}
 FLEET_ENV = "PGRUNBOOK_FLEET"  # set by a fleet run: each target's run is filed under it
@@ -396,16 +398,21 @@ def _execute(source: Path, out: Path, values: dict[str, Any], *, progress: bool)
     sockets = socket_dir("pgrb-k-", "kernel-99")
     contexts: list = []  # every ZeroMQ context the run's kernel manager and client use
     opened: list = []  # the kernel's log, open while it runs
+    readings = Path(sockets) / "progress.jsonl"
+    if progress:  # a person at a terminal: the step and the bytes a dump or restore moves
+        env[progress_readings.ENV] = str(readings)
+    shown = console.Display(out, readings, sys.stderr) if progress else contextlib.nullcontext()
     try:
-        papermill.execute_notebook(
-            str(source),
-            str(out),
-            parameters=values,
-            progress_bar=progress,
-            cwd=str(source.parent),
-            log_output=False,
-            kernel_manager_class=_ipc_kernel_manager(sockets, env, contexts, opened),
-        )
+        with shown:
+            papermill.execute_notebook(
+                str(source),
+                str(out),
+                parameters=values,
+                progress_bar=False,
+                cwd=str(source.parent),
+                log_output=False,
+                kernel_manager_class=_ipc_kernel_manager(sockets, env, contexts, opened),
+            )
         return None
     except PapermillExecutionError as e:
         return redact(f"cell {e.exec_count}: {e.ename}: {e.evalue}".strip())
@@ -574,7 +581,8 @@ def _html(nb) -> str:
     run = nb.metadata.get("pgrunbook", {})
     if run:
         nb.metadata["title"] = (
-            f"{run['runbook']} on {run['target']}, {run['start']} UTC: {run['outcome']}"
+            f"{run['runbook']} on {run['target']},"
+            f" {run['start'][:19].replace('T', ' ')} UTC: {run['outcome']}"
         )
     with _exporter_lock:
         if _exporter is None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from ..base import db, pgtools, repository
+from ..base import db, pgtools, progress, repository
 from ..base.errors import BackupFailed
 from ..base.fileio import DIR_MODE, private_dir, write_atomic
 from ..base.findings import Finding, Status
@@ -34,6 +34,7 @@ from ..facts.backups import (
     MANIFEST,
     VERIFIED,
     Backup,
+    all_backups,
     described,
     folder,
     hash_all,
@@ -110,20 +111,22 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
             "--no-password",
         ]
         values = sequences.values(conn)  # before pg_dump reads them: a copy is at or past these
+        expected = _expected_size(target)
         proc = pgtools.start(
             tool, args + (["--jobs", str(jobs)] if format == "directory" else []), target.url
         )
-        # read in the dump's snapshot while pg_dump runs
-        manifest = described(
-            conn,
-            target,
-            tool,
-            backup_id=backup_id,
-            label=label,
-            started=started,
-            sequence_values=values,
-        )
-        pgtools.wait(tool, proc)
+        with progress.meter("pg_dump", total=expected, direction="write"):
+            # read in the dump's snapshot while pg_dump runs
+            manifest = described(
+                conn,
+                target,
+                tool,
+                backup_id=backup_id,
+                label=label,
+                started=started,
+                sequence_values=values,
+            )
+            pgtools.wait(tool, proc)
         manifest |= {
             "format": format,
             "end": datetime.now(UTC).isoformat(),
@@ -140,6 +143,15 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
         raise BackupFailed(f"backup of {target.name!r} failed, nothing kept: {_why(e)}") from None
     finally:
         conn.close()
+
+
+def _expected_size(target: Target) -> int | None:
+    """What this dump will about weigh: the previous backup's size (None for a first one)."""
+    try:
+        earlier = all_backups(target)
+    except (OSError, ValueError):
+        return None
+    return earlier[-1].size if earlier else None
 
 
 def _why(error: Exception) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..base import db, limits, pgrestore, pgtools
+from ..base import db, limits, pgrestore, pgtools, progress
 from ..base.errors import PgRunbookError
 from ..base.findings import Check, Finding, Status, worst
 from ..base.limits import DEFAULTS, level
@@ -211,7 +211,8 @@ def restore_into(
 
     held = offsite.leased(backup) if backup.remote else contextlib.nullcontext()
     try:
-        with held:  # a prune by another runner passes over a backup being read
+        moved = progress.meter("pg_restore", total=backup.size, direction="read")
+        with held, moved:  # a prune by another runner passes over a backup being read
             _passes(load, hook, before_data, after_data, data_env)
         return Restored(missing, way, left_out)
     except BaseException as e:
