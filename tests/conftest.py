@@ -103,7 +103,8 @@ def _session_sandbox():
 
 @pytest.fixture(scope="session")
 def sandbox():
-    """The session's embedded sandbox (production and staging, at head, 300 demo users each)."""
+    """The session's embedded sandbox (production, staging and the playground `sandbox`, at head,
+    300 demo users each)."""
     return _session_sandbox()
 
 

@@ -193,7 +193,7 @@ def test_a_target_reaching_a_protected_database_is_protected_too(
     from pgrunbook.base import targets
     from pgrunbook.cli import main
 
-    url = sandbox.url("production")
+    url = sandbox.url("sandbox")  # production configured onto the playground's database
     monkeypatch.setenv(
         "DATABASE_URL", url if spelling == "same URL" else make_conninfo(**conninfo_to_dict(url))
     )
@@ -299,7 +299,7 @@ def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(
         tmp_path / "reports"
     )  # its own archive: the killed run's reserved report stays there
     monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(reports_dir))
-    blocker = psycopg.connect(sandbox.url("production"))
+    blocker = psycopg.connect(sandbox.url("sandbox"))
     blocker.execute("LOCK TABLE reviews IN ACCESS EXCLUSIVE MODE")  # pg_dump waits here, mid-backup
     runner = subprocess.Popen(
         [PGRUNBOOK, "run", "backup", "--target", "sandbox", "--no-progress"],
@@ -328,10 +328,10 @@ def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(
         sandbox.url("postgres"), autocommit=True
     ) as conn:  # what killed restores leave
         for name in (
-            "production_restore_20260101000000",
+            "sandbox_restore_20260101000000",
             "pgrb_verify_20260101t000000z",
-            "production_pre_restore_20991231000000",
-            "production_restored_20200101000000",
+            "sandbox_pre_restore_20991231000000",
+            "sandbox_restored_20200101000000",
         ):
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
@@ -345,24 +345,24 @@ def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(
 
         assert main(["run", "status", "--target", "sandbox", "--no-progress"]) == 1
         said = [f for f in runner_findings(reports_dir, "status") if f["check"] == "debris"][0]
-        assert said["status"] == "WARN" and "production_restore_20260101000000" in " ".join(
+        assert said["status"] == "WARN" and "sandbox_restore_20260101000000" in " ".join(
             said["examples"]
         )
         assert main(["cleanup", "--target", "sandbox", "--apply"]) == 0
         assert debris.find(t) == []
-        assert "production_pre_restore_20991231000000" in databases(
+        assert "sandbox_pre_restore_20991231000000" in databases(
             sandbox.url("postgres")
         )  # within its hours
-        assert "production_restored_20200101000000" not in databases(
+        assert "sandbox_restored_20200101000000" not in databases(
             sandbox.url("postgres")
         )  # past them
     finally:
         with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
             for name in (
-                "production_restore_20260101000000",
+                "sandbox_restore_20260101000000",
                 "pgrb_verify_20260101t000000z",
-                "production_pre_restore_20991231000000",
-                "production_restored_20200101000000",
+                "sandbox_pre_restore_20991231000000",
+                "sandbox_restored_20200101000000",
             ):
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 

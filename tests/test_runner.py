@@ -52,6 +52,7 @@ def test_status_run_archives_report_html_and_metadata(sandbox, reports_dir):
 def _a_report_a_person_reads(page: str) -> None:
     """The header first (what ran where, how it ended, the findings worst first), then the
     steps with their code folded away; no prompts, no parameter cells, no Python reprs."""
+    import html
     import re
 
     title = re.search(r"<title>(.*)</title>", page)[1]
@@ -62,8 +63,8 @@ def _a_report_a_person_reads(page: str) -> None:
     head = page[header : page.index("</section>", header)]
     for field in ("INC-42", "PostgreSQL 18", "pool_limit = 25", "operator", "started"):
         assert field in head, field
-    assert "the embedded sandbox&#39;s production database" in head or (
-        "the embedded sandbox's production database" in head
+    assert "the embedded sandbox&#39;s sandbox database" in head or (
+        "the embedded sandbox's sandbox database" in head
     )
     body = page[page.index("<main>") :]
     assert "In&nbsp;[" not in body and "Out[" not in body
@@ -71,9 +72,12 @@ def _a_report_a_person_reads(page: str) -> None:
     assert body.count('<details class="pgrb-code">') >= 5  # every step's code, folded
     assert "Finding(" not in body and "<Figure size" not in body.replace("&lt;", "<")
     # each finding in the summary links to the row of the step that made it
-    links = re.findall(r'<a href="#(pgrb-finding-\d+)">([^<]+)</a>', head)
-    assert links and len(links) == head.count("<tr><td style=")
-    for anchor, step in links:
+    # (a finding that is not OK is a row naming its step; one that is OK, its check's name
+    # with the step as the link's title)
+    links = re.findall(r'<a href="#(pgrb-finding-\d+)"(?: title="([^"]+)")?>([^<]+)</a>', head)
+    assert len(links) >= 5 and len({a for a, _, _ in links}) == len(links)
+    for anchor, title, text in links:
+        step = html.unescape(title or text)
         row = body.index(f'id="{anchor}"')
         assert body.rfind(step, 0, row) > body.rfind("<h2", 0, row) - 200  # under its heading
     # tables in human units, without the index column or NaN
@@ -193,7 +197,7 @@ def test_the_kernels_own_output_stays_off_the_terminal_and_names_its_death(
 
 @pytest.fixture
 def extra_connection(sandbox):
-    with psycopg.connect(sandbox.url("production")) as conn:
+    with psycopg.connect(sandbox.url("sandbox")) as conn:
         conn.execute("SELECT 1")
         yield conn
 

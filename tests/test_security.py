@@ -11,8 +11,8 @@ from tests.conftest import written_files
 SECRET = "Sup3r-s3cret-pw"
 
 
-def _admin(sandbox, *statements):
-    with psycopg.connect(sandbox.url("production"), autocommit=True) as conn:
+def _admin(sandbox, *statements, database="production"):
+    with psycopg.connect(sandbox.url(database), autocommit=True) as conn:
         for s in statements:
             conn.execute(s)
 
@@ -84,11 +84,21 @@ def test_drift_shows_exactly_what_was_added(sandbox, tmp_path, monkeypatch):
     monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
     first = runner.run("security", "sandbox", progress=False)
     assert first.exit_code == 0
-    _admin(sandbox, "CREATE ROLE newcomer LOGIN", "GRANT SELECT ON categories TO PUBLIC")
+    _admin(
+        sandbox,
+        "CREATE ROLE newcomer LOGIN",
+        "GRANT SELECT ON categories TO PUBLIC",
+        database="sandbox",
+    )
     try:
         second = runner.run("security", "sandbox", progress=False)
     finally:
-        _admin(sandbox, "REVOKE SELECT ON categories FROM PUBLIC", "DROP ROLE newcomer")
+        _admin(
+            sandbox,
+            "REVOKE SELECT ON categories FROM PUBLIC",
+            "DROP ROLE newcomer",
+            database="sandbox",
+        )
     drift = _checks(second)["drift"]
     assert drift.status is Status.WARN and second.findings[0].check == "drift"  # shown first
     assert sorted(drift.examples) == [

@@ -29,7 +29,7 @@ def test_production_and_staging_fall_back_to_the_sandbox(sandbox):
     prod, staging, box = (targets.resolve(n) for n in ("production", "staging", "sandbox"))
     assert prod.protected and prod.sandbox and prod.database == "production"
     assert not staging.protected and staging.database == "staging"
-    assert not box.protected and box.database == "production"
+    assert not box.protected and box.database == "sandbox"  # the playground, not production
 
 
 def test_the_url_variable_wins(sandbox, monkeypatch):
@@ -67,3 +67,34 @@ def test_protected_targets_need_confirm():
         t.require_confirm("", action="restore")
     t.require_confirm("production", action="restore")
     targets.Target("staging", "postgresql://x@h/db").require_confirm("", action="restore")
+
+
+def test_the_sandbox_target_is_a_playground_and_the_sandboxs_production_is_protected(
+    sandbox, tmp_path, monkeypatch, capsys
+):
+    """`--target sandbox` seeds its own database; the sandbox's production needs a confirm for
+    demo users, as any protected target does, and is left as it was when refused."""
+    import psycopg
+
+    from pgrunbook.cli import main
+
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+
+    def users(database: str) -> int:
+        with psycopg.connect(sandbox.url(database)) as conn:
+            return conn.execute("SELECT count(*) FROM users").fetchone()[0]
+
+    production, playground = users("production"), users("sandbox")
+    assert main(["seed", "--target", "production", "--mode", "development", "--users", "5"]) == 3
+    assert "run `pgrunbook seed --target production --mode development --users 5 --confirm" in (
+        capsys.readouterr().err
+    )
+    assert users("production") == production and not (tmp_path / "reports").exists()
+    assert main(["seed", "--target", "sandbox", "--mode", "development", "--users", "5"]) == 0
+    assert users("sandbox") == playground + 5 and users("production") == production
+
+    # a sandbox made before the playground existed gets it on its next start
+    with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE sandbox WITH (FORCE)")
+    sandbox.ensure(demo_users=300)
+    assert users("sandbox") == 300

@@ -3,8 +3,9 @@
 A runbook takes a target name, never a URL. A configured target reads its URL
 from an environment variable; production and staging fall back to the
 sandbox's databases of the same name when their variable is unset, so every
-runbook runs on a fresh machine. `sandbox` is the sandbox's production
-database without the protection, for demos and tests.
+runbook runs on a fresh machine (production keeps its protection there).
+`sandbox` is the sandbox's own `sandbox` database: a playground, unprotected,
+for demos and tests.
 """
 
 from __future__ import annotations
@@ -146,8 +147,8 @@ def resolve(name: str) -> Target:
 
 def _resolve(name: str) -> Target:
     settings = config.settings()
-    if name == "sandbox":
-        return _sandbox_target("sandbox", "production", protected=False, app=settings.app_of(name))
+    if name == "sandbox":  # the playground: the sandbox's production is protected like any
+        return _sandbox_target("sandbox", "sandbox", protected=False, app=settings.app_of(name))
     spec = settings.targets.get(name)
     if spec is None:
         close = difflib.get_close_matches(name, names(), n=1)

@@ -17,7 +17,9 @@ from ..base.errors import SandboxError
 from ..base.targets import Target
 from . import admin, pitr, seed
 
-DATABASES = ("production", "staging")
+# production and staging simulate the team's two environments (production protected, as the
+# real one); `sandbox` is the playground the `sandbox` target reaches, where anything may be tried
+DATABASES = ("production", "staging", "sandbox")
 PRELOAD = "pg_stat_statements"
 EXTENSIONS = ("pg_stat_statements", "amcheck", "pgstattuple")
 APP_ROLE = "fixia_app"  # what the application connects as: reads and writes data, owns nothing
@@ -48,9 +50,19 @@ class Sandbox(Cluster):
         self.share_handle_file()
         if fresh or not (self.root / "ready").exists():
             self._configure(ep, server)
-            self._populate(demo_users)
+            self._populate(demo_users, DATABASES)
             (self.root / "ready").write_text("ok\n")
+        elif missing := self._missing():  # a sandbox made before one of its databases existed
+            self._populate(demo_users, missing)
         return self.status()
+
+    def _missing(self) -> tuple[str, ...]:
+        maintenance = Target("sandbox-admin", self.url("postgres"), sandbox=True)
+        with db.connect(maintenance, readonly=False) as conn:
+            missing = tuple(n for n in DATABASES if not admin.exists(conn, n))
+            for name in missing:
+                admin.create(conn, name)
+        return missing
 
     def _configure(self, ep, server) -> None:
         maintenance = Target("sandbox-admin", server.get_uri("postgres"), sandbox=True)
@@ -87,8 +99,10 @@ class Sandbox(Cluster):
         ep.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
         server.ensure_postgres_running()
 
-    def _populate(self, demo_users: int) -> None:
+    def _populate(self, demo_users: int, names: tuple[str, ...]) -> None:
         for index, name in enumerate(DATABASES):
+            if name not in names:
+                continue
             target = Target(f"sandbox-{name}", self.url(name), sandbox=True)
             with db.connect(target, readonly=False) as conn:
                 for ext in EXTENSIONS:
