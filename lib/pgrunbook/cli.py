@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .base import config, targets
-from .base.errors import ArchiveFailed, PgRunbookError, UnknownParameter
+from .base.errors import ArchiveFailed, ConfigError, PgRunbookError, UnknownParameter
 from .base.secrets import redact
 
 USAGE_ERROR = 3
@@ -352,6 +352,35 @@ def cmd_demo(args) -> int:
     return max(codes)
 
 
+def lab_command(extra: Sequence[str] = ()) -> list[str]:
+    """JupyterLab on the runbooks folder; as root, with `--allow-root`, which Jupyter otherwise
+    refuses (a container's or a CI job's user is often root)."""
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        f"--notebook-dir={config.settings().runbooks_dir}",
+    ]
+    if os.geteuid() == 0 and "--allow-root" not in extra:
+        command.append("--allow-root")
+    return [*command, *extra]
+
+
+def cmd_lab(args) -> int:
+    import importlib.util  # lazy: start-up time
+
+    if importlib.util.find_spec("jupyterlab") is None:
+        raise ConfigError("JupyterLab is not installed here: pip install -e '.[lab]'")
+    extra = args.jupyter_args[1:] if args.jupyter_args[:1] == ["--"] else args.jupyter_args
+    command = lab_command(extra)
+    if "--allow-root" in command and "--allow-root" not in extra:
+        print("running as root: JupyterLab is started with --allow-root", file=sys.stderr)
+    sys.stdout.flush()
+    os.execv(command[0], command)  # Lab's own process from here: its signals, its exit code
+    return 0  # not reached
+
+
 def cmd_migrations(args) -> int:
     from .archive import runner  # lazy: start-up time
     from .base import db, migrations  # lazy: alembic and SQLAlchemy (~360 ms)
@@ -548,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     box = add("sandbox", help="the embedded PostgreSQL 18 sandbox")
     box.add_argument("action", choices=["up", "status", "url", "down", "reset"])
     box.add_argument(
-        "database", nargs="?", default="production", help="with url: production or staging"
+        "database", nargs="?", default="production", help="with url: production, staging or sandbox"
     )
     box.set_defaults(fn=cmd_sandbox)
 
@@ -617,6 +646,13 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--target", "-t", required=True)
     clean.add_argument("--apply", action="store_true", help="remove what is listed")
     clean.set_defaults(fn=cmd_cleanup)
+
+    lab = add(
+        "lab",
+        help="JupyterLab on the runbooks (as root too); what follows -- goes to jupyter lab",
+    )
+    lab.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="e.g. -- --port 9999")
+    lab.set_defaults(fn=cmd_lab)
 
     demo = add("demo", help="start the sandbox and run the status and seed runbooks")
     demo.add_argument(
