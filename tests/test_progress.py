@@ -24,8 +24,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def test_the_meter_counts_what_the_child_programs_write(tmp_path, monkeypatch):
-    """Real child processes (a parallel dump's workers, here two writers of 24 MiB each, one
-    ending before the other): readings rise, the finished one's bytes stay counted."""
+    """Real child processes (a parallel dump's workers; here a writer of 24 MiB that ends while
+    another goes on to 48 MiB): readings rise, and the ended one's bytes stay counted."""
     readings = tmp_path / "progress.jsonl"
     monkeypatch.setenv(progress.ENV, str(readings))
     writer = (
@@ -33,20 +33,19 @@ def test_the_meter_counts_what_the_child_programs_write(tmp_path, monkeypatch):
         "out = os.open(os.devnull, os.O_WRONLY)\n"
         "for _ in range(int(sys.argv[1])):\n"
         "    os.write(out, bytes(1 << 20)); time.sleep(0.05)\n"
+        "time.sleep(0.8)\n"  # read once more before it ends
     )
     with progress.meter("pg_dump", total=48 << 20, direction="write"):
         short = subprocess.Popen([sys.executable, "-c", writer, "24"])
         time.sleep(0.2)
         long = subprocess.Popen([sys.executable, "-c", writer, "48"])
         short.wait()
-        time.sleep(0.6)  # read once more after the short one ended
-        # the long one writes 24 MiB more: half of its 48
-        long.wait()
+        long.wait()  # it wrote half of its 48 MiB after the short one ended
     lines = [json.loads(x) for x in readings.read_text().splitlines()]
     done = [x["done"] for x in lines]
     assert lines[0]["done"] == 0 and lines[-1]["final"] and lines[-1]["what"] == "pg_dump"
     assert done == sorted(done) and len(lines) >= 4
-    assert done[-1] >= (24 + 24) << 20  # the short writer's 24 MiB were not lost when it ended
+    assert done[-1] >= (24 + 48) << 20  # the short writer's 24 MiB were not lost when it ended
     assert all(x["total"] == 48 << 20 for x in lines)
 
 
@@ -90,11 +89,11 @@ def test_a_restore_at_a_terminal_shows_its_step_and_bytes_and_nothing_in_a_pipe(
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = psycopg.conninfo.make_conninfo(sandbox.url("postgres"), dbname=name)
     try:
-        with psycopg.connect(url, autocommit=True) as conn:  # ~40 MiB: a restore of seconds
+        with psycopg.connect(url, autocommit=True) as conn:  # ~24 MiB: a restore of seconds
             conn.execute(
                 "CREATE TABLE t (id int PRIMARY KEY, a text, b text);"
                 "INSERT INTO t SELECT g, md5(g::text), md5((g * 7)::text)"
-                " FROM generate_series(1, 1000000) g"
+                " FROM generate_series(1, 600000) g"
             )
         config = tmp_path / "big.toml"
         config.write_text('[targets.big]\nurl_env = "BIG_URL"\n')
