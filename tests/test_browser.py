@@ -157,6 +157,17 @@ def test_the_archive_page_in_the_browser(sandbox, tmp_path, monkeypatch, browser
     browser.find_element(By.LINK_TEXT, "sandbox").click()
     trends = browser.find_elements(By.CSS_SELECTOR, "svg.trend")
     assert trends and all(t.is_displayed() and t.size["width"] > 300 for t in trends)
+    # each chart says its unit; the storage chart draws its WARN and CRIT levels, labelled
+    headings = {
+        t.find_element(By.XPATH, "preceding-sibling::h2[1]").text: t for t in trends
+    }  # fmt: skip
+    assert "storage (%)" in headings and "long transactions (s)" in headings, list(headings)
+    storage = headings["storage (%)"]
+    drawn = storage.find_elements(By.CSS_SELECTOR, "line.threshold")
+    assert sorted(d.get_attribute("class") for d in drawn) == ["threshold CRIT", "threshold WARN"]
+    assert all(0 <= float(d.get_attribute("y1")) <= 120 for d in drawn)  # within the chart
+    labels = [t.text for t in storage.find_elements(By.CSS_SELECTOR, "text.tick")]
+    assert "WARN 80" in labels and "CRIT 90" in labels, labels
     assert len(set(screenshot(browser, "target.png").getdata())) > 16
 
 

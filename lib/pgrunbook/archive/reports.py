@@ -101,6 +101,11 @@ def entry_for(meta: dict[str, Any], notebook: Path, html: Path) -> dict[str, Any
             for f in meta.get("findings", [])
             if isinstance(f.get("value"), int | float) and not isinstance(f.get("value"), bool)
         },
+        "thresholds": {  # and the thresholds it draws with them
+            f["check"]: f["threshold"]
+            for f in meta.get("findings", [])
+            if f.get("threshold") and isinstance(f.get("value"), int | float)
+        },
         "files": {
             "ipynb": {"path": str(notebook.relative_to(root)), "sha256": sha256_file(notebook)},
             "html": {"path": str(html.relative_to(root)), "sha256": sha256_file(html)},

@@ -19,6 +19,7 @@ from typing import Any
 from ..base import config
 from ..base.display import pretty_number
 from ..base.fileio import private_dir, write_atomic
+from ..base.findings import Check
 from ..facts import history
 from . import reports
 
@@ -89,19 +90,65 @@ def _row(entry: dict[str, Any], states: dict[str, str]) -> dict[str, Any]:
         "target_page": _page_name(entry["target"]),
         "incident_page": _page_name(entry["incident"]) if entry.get("incident") else "",
         "figures": entry.get("figures") or {},
+        "thresholds": entry.get("thresholds") or {},
     }
 
 
 WIDTH, HEIGHT = 600, 120  # a trend's drawing area, in the SVG's units
 
+# the unit of each figure health records (its finding's value), as its chart names it
+UNITS = {
+    Check.STORAGE: "%", Check.HOST_CPU: "%", Check.HOST_MEMORY: "%",
+    Check.LONG_TRANSACTIONS: "s", Check.IDLE_IN_TRANSACTION: "s", Check.REPLICATION: "s",
+    Check.CONNECTIONS: "sessions", Check.SLOW_QUERIES: "queries",
+    Check.XID_AGE: "transactions", Check.MULTIXACT_AGE: "multixacts",
+}  # fmt: skip
+# "WARN >= 80%", "CRIT >= 3600 s", "CRIT >= 1,400,000,000": a level, its number and unit
+_LEVEL = re.compile(r"\b(WARN|CRIT)\s*(?:>=|>|<=|<)\s*(-?[\d,]*\.?\d+)\s*(%|ms|s|min|h)?")
 
-def _trend(check: str, points: list[tuple[str, float]]) -> dict[str, Any]:
+
+def thresholds(text: str, unit: str) -> list[tuple[str, float]]:
+    """The levels of a finding's threshold that are in the figure's own unit (a pool's WARN at
+    80 % of it is not drawn on a chart of connections; its CRIT at 20 connections is)."""
+    found = []
+    for level, number, given in _LEVEL.findall(text or ""):
+        if (given or "") == (unit if unit in ("%", "ms", "s", "min", "h") else ""):
+            found.append((level, float(number.replace(",", ""))))
+    return found
+
+
+def _compact(v: float) -> str:
+    """1.4 billion, 2.5 million, 12,345, 26.11: short enough for an axis."""
+    for size, word in ((1e9, "billion"), (1e6, "million")):
+        if abs(v) >= size:
+            return f"{v / size:.3g} {word}"
+    return pretty_number(v)
+
+
+def _labelled(levels: list[tuple[str, float]], y) -> list[dict[str, str]]:
+    """Each level's line and label; a label too close to the one above moves down a line."""
+    drawn, last = [], None
+    for level, n in sorted(levels, key=lambda x: y(x[1])):
+        at = y(n)
+        text_at = at + 4 if last is None or at + 4 - last >= 12 else last + 12
+        drawn.append(
+            {"level": level, "y": f"{at:.1f}", "text_y": f"{text_at:.1f}",
+             "label": f"{level} {_compact(n)}"}
+        )  # fmt: skip
+        last = text_at
+    return drawn
+
+
+def _trend(check: str, points: list[tuple[str, float]], threshold: str = "") -> dict[str, Any]:
     """One figure of one target across its health runs, as the template's SVG line draws it:
-    time along, value up, scaled to the drawing area."""
+    time along, value up, scaled to the drawing area with its WARN and CRIT levels in view."""
+    unit = UNITS.get(check, "")
+    levels = thresholds(threshold, unit)
     when = [datetime.fromisoformat(s.replace(" ", "T")).timestamp() for s, _ in points]
     values = [v for _, v in points]
     t0, span = when[0], (when[-1] - when[0]) or 1.0
-    low, high = min(values), max(values)
+    low = min([*values, *(n for _, n in levels)])
+    high = max([*values, *(n for _, n in levels)])
     rise = high - low
 
     def y(v: float) -> float:  # a figure that never moved is drawn across the middle
@@ -110,16 +157,19 @@ def _trend(check: str, points: list[tuple[str, float]]) -> dict[str, Any]:
     line = " ".join(
         f"{WIDTH * (t - t0) / span:.1f},{y(v):.1f}" for t, v in zip(when, values, strict=True)
     )
+
     return {
         "check": check,
+        "unit": unit,
         "points": len(points),
         "line": line,
         "width": WIDTH,
         "height": HEIGHT,
-        "low": pretty_number(low),
-        "high": pretty_number(high),
-        "first": points[0][0][:16],
-        "last": points[-1][0][:16],
+        "low": _compact(low),  # in the unit the chart's heading names
+        "high": _compact(high),
+        "levels": _labelled(levels, y),
+        "first": points[0][0][:16] + " UTC",
+        "last": points[-1][0][:16] + " UTC",
     }
 
 
@@ -185,12 +235,16 @@ def _pages(root: Path, rows: list[dict[str, Any]], env) -> None:
     page = env.get_template("target.html.j2")
     for target, runs in by_target.items():
         series: dict[str, list[tuple[str, float]]] = {}
+        limits: dict[str, str] = {}  # the newest run's threshold of each figure
         for r in runs:
             if r["runbook"] == "health":
                 for check, value in r["figures"].items():
                     series.setdefault(check, []).append((r["start"], value))
-        charts = [
-            _trend(check, points) for check, points in sorted(series.items()) if len(points) >= 2
+                limits.update(r["thresholds"])
+        charts = [  # a figure of a known unit only: one whose meaning varies is not a trend
+            _trend(check, points, limits.get(check, ""))
+            for check, points in sorted(series.items())
+            if len(points) >= 2 and check in UNITS
         ]
         write_atomic(
             root / PAGES / "targets" / _page_name(target),
