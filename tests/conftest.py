@@ -363,3 +363,27 @@ def shown(notebook: Path) -> str:
 
 
 PYTHON_REPRS = ("datetime.datetime(", "datetime.date(", "Traffic(", "{'")
+
+
+def unreadable(report_html: Path) -> list[str]:
+    """What a person should not meet in a report's visible text (code folded away, styles and
+    scripts left out): Python reprs, ISO times with their T and offset, field names with
+    underscores as table headers (a name from the data, marked pgrb-name, may have them)."""
+    import re
+
+    from bs4 import BeautifulSoup
+
+    page = BeautifulSoup(report_html.read_text(), "html.parser")
+    # (the parameters, as the operator gave them, are quoted as given)
+    for hidden in page(["style", "script", "head"]) + page.select("details, .pgrb-given"):
+        hidden.decompose()
+    text = page.get_text(" ")
+    found = [r for r in (*PYTHON_REPRS, "datetime.", "Decimal(", "Timestamp(") if r in text]
+    iso = r"\d{4}-\d\d-\d\dT\d\d:\d\d\S*|\d\d:\d\d:\d\d(?:\.\d+)?[+-]\d\d(?::?\d\d)?"
+    found += [text[max(0, m.start() - 80) : m.end()] for m in re.finditer(iso, text)]
+    found += [
+        f"header {th.get_text().strip()!r}"
+        for th in page.find_all("th")
+        if "_" in th.get_text() and "pgrb-name" not in (th.get("class") or [])
+    ]
+    return found

@@ -19,7 +19,7 @@ from psycopg import sql
 from pgrunbook.archive import reports
 from pgrunbook.facts import history
 
-from .conftest import EXTERNAL
+from .conftest import EXTERNAL, unreadable
 from .receivers import Webhook
 
 APPENDER = textwrap.dedent(
@@ -240,6 +240,10 @@ def test_the_same_fleet_on_airflow(fleet_of_21, tmp_path):
     reported = [e for e in entries if e["runbook"] == "fleet_report"]
     assert len(reported) == 1 and reported[0]["outcome"] == "CRIT"
     assert reports.verify().ok
+    from pgrunbook.base.config import settings
+
+    root = settings().reports_dir
+    assert unreadable(root / reported[0]["files"]["html"]["path"]) == []
 
 
 def test_a_target_that_could_not_be_checked_ranks_with_the_crits_not_below_a_warn():

@@ -26,7 +26,7 @@ from pgrunbook.facts import history, wal
 from pgrunbook.procedures import moments, pitr
 from pgrunbook.procedures.sandbox import Sandbox
 
-from .conftest import EXTERNAL
+from .conftest import EXTERNAL, unreadable
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,7 @@ def test_the_pitr_runbook_then_a_restore_to_a_moment_brings_a_dropped_table_back
     by = {f.check: f for f in result.findings}
     assert "on, into" in by["archiving"].summary and by["wal archiving"].status is Status.OK
     assert "verified by pg_verifybackup" in by["base backup"].summary
+    assert unreadable(result.html) == []
     server = pitr.locate(target)
     assert wal.base_backups(server.root)
 
@@ -106,6 +107,7 @@ def test_the_pitr_runbook_then_a_restore_to_a_moment_brings_a_dropped_table_back
     assert result.exit_code == 0, [str(f) for f in result.findings]
     by = {f.check: f for f in result.findings}
     assert "stopped before commit" in by["moment reached"].summary
+    assert unreadable(result.html) == []
     assert by["amcheck"].status is Status.OK and by["foreign keys"].status is Status.OK
     assert _sql(target, "SELECT count(*) FROM reviews")[0] == reviews  # back, whole
     assert _restored_clusters(server) == []  # stopped and removed; the running one untouched

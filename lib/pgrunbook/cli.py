@@ -306,7 +306,7 @@ def cmd_sandbox(args) -> int:
         return 0
     if args.action == "up" and box.running:  # idempotent, as scripts need it
         print(f"the sandbox is already running ({box.data_dir})")
-        print("\n".join(box.status().lines()))
+        print("\n".join(box.ensure().lines()))  # a database a newer version adds: created
         return 0
     if args.action in ("up", "reset"):
         print(

@@ -133,6 +133,8 @@ def explain_failure(target: Target, error: Exception) -> str:
             f"login refused by {where}: check the user and password in {target.source or 'its URL'}"
         )
     if m := re.search(r'database "([^"]+)" does not exist', message):
+        if target.sandbox:  # a sandbox made before this database was one of its own
+            return f"database {m[1]!r} does not exist on {where}: `pgrunbook sandbox up` makes it"
         return f"database {m[1]!r} does not exist on {where}: create it or fix {target.source}"
     if m := re.search(r'role "([^"]+)" does not exist', message):
         return f"role {m[1]!r} does not exist on {where}: fix the user in {target.source}"

@@ -143,7 +143,7 @@ def archiving(state: wal.Archiving, *, warn_s: float, crit_s: float) -> Finding:
             Status.CRIT,
             f"the archive command fails: {state.failed_count} failed attempts, segment "
             f"{state.last_failed_wal} not archived since "
-            f"{state.last_failed_time:%Y-%m-%d %H:%M:%S%z}; WAL piles up in pg_wal and restores "
+            f"{timestamp(state.last_failed_time)}; WAL piles up in pg_wal and restores "
             "to a moment stop before it",
             value=state.failed_count,
             threshold=threshold,

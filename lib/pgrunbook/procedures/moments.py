@@ -23,6 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from ..base import db, pgrestore, pgtools
+from ..base.display import timestamp
 from ..base.errors import PgRunbookError
 from ..base.fileio import private_dir, socket_dir
 from ..base.findings import Finding, Status
@@ -189,7 +190,7 @@ class Recovered:
 
     def finding(self) -> Finding:
         when = (
-            f"; last transaction replayed committed at {self.last_transaction_at.isoformat()}"
+            f"; last transaction replayed committed at {timestamp(self.last_transaction_at)}"
             if self.last_transaction_at
             else ""
         )
@@ -413,10 +414,18 @@ def _wait_promoted(recovered: Recovered, database: str, timeout_s: float) -> Non
     raise PitrFailed(f"replay did not finish within {timeout_s:.0f} s")
 
 
+_LOGGED_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?[+-]\d\d(?::?\d\d)?")
+
+
+def _in_utc(text: str) -> str:
+    """The server log's times (`2026-12-06 10:10:49.934438+00`) as reports write them."""
+    return _LOGGED_TIME.sub(lambda m: timestamp(datetime.fromisoformat(m[0])), text)
+
+
 def _read_outcome(recovered: Recovered) -> None:
     log = recovered.log.read_text()
     if m := re.findall(r"recovery stopping (.+?)(?:\n|$)", log):
-        recovered.reached = "stopped " + m[-1].strip()
+        recovered.reached = "stopped " + _in_utc(m[-1].strip())
     elif recovered.moment.kind == "latest":
         recovered.reached = "replayed to the end of the archive"
     if m := re.findall(r"last completed transaction was at log time (.+?)(?:\n|$)", log):

@@ -36,6 +36,7 @@ from psycopg import sql
 
 from ..base import config, db, pgtools
 from ..base.cluster import Cluster
+from ..base.display import timestamp
 from ..base.errors import PgRunbookError
 from ..base.fileio import fsync_dir, private_dir, write_atomic
 from ..base.findings import Finding, Status
@@ -492,7 +493,7 @@ def base_finding(backup: wal.BaseBackup) -> Finding:
         Status.OK,
         f"{backup.id} ({kind}, {backup.size_bytes / 1e6:.1f} MB in {backup.seconds:.1f} s), "
         f"verified by pg_verifybackup; restores reach moments from "
-        f"{backup.finished_at:%Y-%m-%d %H:%M:%S%z}",
+        f"{timestamp(backup.finished_at)}",
         value=backup.size_bytes,
     )
 
@@ -608,7 +609,7 @@ def coverage(server: Server) -> Finding:
     return Finding(
         "coverage",
         Status.OK,
-        f"any moment from {bases[0].finished_at:%Y-%m-%d %H:%M:%S%z} to the newest WAL archived "
+        f"any moment from {timestamp(bases[0].finished_at)} to the newest WAL archived "
         f"in {server.archive.where} "
         f"({segments[-1] if segments else 'none yet'}): {len(bases)} base backups, "
         f"{len(segments)} WAL segments ({size / 1e6:.0f} MB), no gap",
@@ -626,10 +627,10 @@ def table(server: Server):
             "kind": f"incremental on {b.incremental_of}" if b.incremental_of else "full",
             "restores from": b.finished_at,
             "first WAL": b.start_wal,
-            "size": b.size_bytes,
+            "size_bytes": b.size_bytes,
             "label": b.label,
         }
         for b in reversed(server.archive.base_backups())
     ]
-    return pd.DataFrame(rows, columns=["base backup", "kind", "restores from", "first WAL", "size",
-                                       "label"])  # fmt: skip
+    return pd.DataFrame(rows, columns=["base backup", "kind", "restores from", "first WAL",
+                                       "size_bytes", "label"])  # fmt: skip
