@@ -566,3 +566,29 @@ def test_the_review_ranks_the_applications_statements_not_pgrunbooks_own(sandbox
     admin.close()
     with psycopg.connect(sandbox.url("postgres"), autocommit=True) as conn:
         conn.execute(f"DROP ROLE {role}")  # the sandbox as it was (security reviews count roles)
+
+
+def test_the_statement_chart_labels_each_bar_with_its_statement_and_draws_no_pie():
+    """The bars say which statement they are (not `#3` and a legend to look up), and the share
+    of time is a column of the table below, not a pie whose labels overlap."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "query": [
+                f"SELECT * FROM orders WHERE customer_id = $1 AND n = {i}" for i in range(20)
+            ],
+            "calls": range(1, 21),
+            "total_ms": [1000.0 - 40 * i for i in range(20)],
+            "mean_ms": [50.0 - i for i in range(20)],
+            "share_pct": [5.0] * 20,
+        }
+    )
+    figure = perf.plot_statements(frame, 100)
+    bars, scatter = figure.axes  # two charts: no pie
+    labels = [t.get_text() for t in bars.get_yticklabels()]
+    assert labels[::-1] == [
+        f"SELECT * FROM orders WHERE customer_id = $1 AND n = {i}" for i in range(15)
+    ]
+    assert bars.get_xlabel() == "total time (s)" and scatter.get_ylabel() == "mean time (ms)"
+    assert [line.get_label() for line in scatter.get_lines()] == ["slow: 100 ms"]
