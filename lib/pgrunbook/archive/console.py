@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-EVERY_S = 0.25
+from ..base import progress
 
 
 def running_step(notebook: Path) -> tuple[str, int, int] | None:
@@ -81,7 +81,7 @@ class Display:
 
     def _loop(self) -> None:
         step = ("", 0, 0)
-        while not self._stop.wait(EVERY_S):
+        while not self._stop.wait(progress.every_s() / 2):
             step = running_step(self.notebook) or step
             self._draw(step, last_reading(self.readings))
 

@@ -19,7 +19,14 @@ import time
 from collections.abc import Iterator
 
 ENV = "PGRUNBOOK_PROGRESS"
-EVERY_S = 0.5
+EVERY_ENV = "PGRUNBOOK_PROGRESS_EVERY_S"  # how often to read and draw (tests: faster)
+
+
+def every_s(default: float = 0.5) -> float:
+    try:
+        return float(os.environ.get(EVERY_ENV, default))
+    except ValueError:
+        return default
 
 
 def _children_bytes(direction: str) -> dict[int, int]:
@@ -57,7 +64,7 @@ def meter(what: str, *, total: int | None, direction: str) -> Iterator[None]:
 
     def sample() -> None:
         nonlocal done
-        while not stop.wait(EVERY_S):
+        while not stop.wait(every_s()):
             seen.update(_children_bytes(direction))
             done = sum(seen.values())
             _append(path, reading())
