@@ -60,7 +60,7 @@ def _short(step: str, width: int = 40) -> str:
 
 
 class Display:
-    """Draws the run's progress on `stream` from a thread until `stop()`."""
+    """Draws the run's progress on `stream` from a thread, while its `with` block runs."""
 
     def __init__(self, notebook: Path, readings: Path, stream: TextIO):
         self.notebook, self.readings, self.stream = notebook, readings, stream
