@@ -49,13 +49,6 @@ def test_the_meter_counts_what_the_child_programs_write(tmp_path, monkeypatch):
     assert all(x["total"] == 48 << 20 for x in lines)
 
 
-def test_the_meter_writes_nothing_outside_a_watched_run(tmp_path, monkeypatch):
-    monkeypatch.delenv(progress.ENV, raising=False)
-    with progress.meter("pg_dump", total=None, direction="write"):
-        subprocess.run([sys.executable, "-c", "print(1)"], check=True, capture_output=True)
-    assert list(tmp_path.iterdir()) == []
-
-
 def _at_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     """Run a command with a terminal (120 columns) as its stdout and stderr; what it drew."""
     leader, follower = pty.openpty()

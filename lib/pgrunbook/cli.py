@@ -352,9 +352,14 @@ def cmd_demo(args) -> int:
     return max(codes)
 
 
-def lab_command(extra: Sequence[str] = ()) -> list[str]:
-    """JupyterLab on the runbooks folder; as root, with `--allow-root`, which Jupyter otherwise
-    refuses (a container's or a CI job's user is often root)."""
+def cmd_lab(args) -> int:
+    """JupyterLab on the runbooks folder; as root, with `--allow-root`, which JupyterLab
+    otherwise refuses (a container's or a CI job's user is often root)."""
+    import importlib.util  # lazy: start-up time
+
+    if importlib.util.find_spec("jupyterlab") is None:
+        raise ConfigError("JupyterLab is not installed here: pip install -e '.[lab]'")
+    extra = args.jupyter_args[1:] if args.jupyter_args[:1] == ["--"] else args.jupyter_args
     command = [
         sys.executable,
         "-m",
@@ -364,20 +369,9 @@ def lab_command(extra: Sequence[str] = ()) -> list[str]:
     ]
     if os.geteuid() == 0 and "--allow-root" not in extra:
         command.append("--allow-root")
-    return [*command, *extra]
-
-
-def cmd_lab(args) -> int:
-    import importlib.util  # lazy: start-up time
-
-    if importlib.util.find_spec("jupyterlab") is None:
-        raise ConfigError("JupyterLab is not installed here: pip install -e '.[lab]'")
-    extra = args.jupyter_args[1:] if args.jupyter_args[:1] == ["--"] else args.jupyter_args
-    command = lab_command(extra)
-    if "--allow-root" in command and "--allow-root" not in extra:
         print("running as root: JupyterLab is started with --allow-root", file=sys.stderr)
     sys.stdout.flush()
-    os.execv(command[0], command)  # Lab's own process from here: its signals, its exit code
+    os.execv(command[0], [*command, *extra])  # Lab's own process from here: signals, exit code
     return 0  # not reached
 
 

@@ -80,9 +80,15 @@ class Display:
             self._bar.close()
 
     def _loop(self) -> None:
-        step = ("", 0, 0)
+        step, seen = ("", 0, 0), None
         while not self._stop.wait(progress.every_s() / 2):
-            step = running_step(self.notebook) or step
+            try:
+                changed = self.notebook.stat().st_mtime_ns
+            except OSError:
+                changed = None
+            if changed != seen:  # read again only when papermill saved it (a cell started)
+                if (found := running_step(self.notebook)) is not None:  # not mid-write
+                    step, seen = found, changed
             self._draw(step, last_reading(self.readings))
 
     def _draw(self, step: tuple[str, int, int], reading: dict | None) -> None:

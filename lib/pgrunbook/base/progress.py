@@ -22,6 +22,11 @@ ENV = "PGRUNBOOK_PROGRESS"
 EVERY_ENV = "PGRUNBOOK_PROGRESS_EVERY_S"  # how often to read and draw (tests: faster)
 
 
+def watched() -> bool:
+    """Whether a person watches this run's progress (the runner named a file for readings)."""
+    return bool(os.environ.get(ENV))
+
+
 def every_s(default: float = 0.5) -> float:
     try:
         return float(os.environ.get(EVERY_ENV, default))

@@ -111,7 +111,7 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
             "--no-password",
         ]
         values = sequences.values(conn)  # before pg_dump reads them: a copy is at or past these
-        expected = _expected_size(target)
+        expected = _expected_size(target) if progress.watched() else None  # for its bar
         proc = pgtools.start(
             tool, args + (["--jobs", str(jobs)] if format == "directory" else []), target.url
         )
