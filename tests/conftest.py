@@ -160,6 +160,23 @@ def s3server():
     return server
 
 
+KEY = "correct horse battery staple 7731"  # a remote repository's key in the tests
+
+
+@pytest.fixture
+def bucket(s3server, monkeypatch, tmp_path):
+    """A new bucket as the repository of every target, with its key and credentials in the
+    environment (as a CI job or an Airflow worker has them)."""
+    name = s3server.bucket(f"pgrb-{uuid.uuid4().hex[:10]}")
+    for k, v in s3server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PGRUNBOOK_REPOSITORY", f"s3://{name}/fixia")
+    monkeypatch.setenv("PGRUNBOOK_REPOSITORY_KEY", KEY)
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "local-backups"))
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+    return name
+
+
 def pytest_generate_tests(metafunc):
     """`server` runs a test on the embedded 18 and the external server; a test marked `matrix`
     (the core procedures) also on a PostgreSQL 16 from pip."""

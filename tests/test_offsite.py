@@ -20,23 +20,7 @@ from pgrunbook.base.sealing import KeyMissing, WrongKey
 from pgrunbook.base.storage import StorageError
 from pgrunbook.facts import backups
 from pgrunbook.procedures import admin, debris, dumps, restore
-from tests.conftest import written_files
-
-KEY = "correct horse battery staple 7731"
-
-
-@pytest.fixture
-def bucket(s3server, monkeypatch, tmp_path):
-    """A new bucket as the repository of every target, with its key and credentials in the
-    environment (as a CI job or an Airflow worker has them)."""
-    name = s3server.bucket(f"pgrb-{uuid.uuid4().hex[:10]}")
-    for k, v in s3server.env().items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("PGRUNBOOK_REPOSITORY", f"s3://{name}/fixia")
-    monkeypatch.setenv("PGRUNBOOK_REPOSITORY_KEY", KEY)
-    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "local-backups"))
-    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
-    return name
+from tests.conftest import KEY, written_files
 
 
 def _personal(target) -> list[str]:
@@ -97,7 +81,7 @@ def test_the_storage_server_down_at_start_is_one_line_before_pg_dump(
 
 
 def test_a_wrong_key_or_none_is_one_line_and_writes_nothing(sandbox, s3server, bucket, monkeypatch):
-    repository.Repository.open(os.environ["PGRUNBOOK_REPOSITORY"])  # made with the right key
+    repository.Repository.open(os.environ["PGRUNBOOK_REPOSITORY"]).writable()  # made, right key
     before = s3server.objects(bucket)
     monkeypatch.setenv("PGRUNBOOK_REPOSITORY_KEY", "not the key")
     with pytest.raises(WrongKey, match="does not open the repository"):

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .base import config, targets
+from .base.display import aligned, pretty_bytes
 from .base.errors import ArchiveFailed, ConfigError, PgRunbookError, UnknownParameter
 from .base.secrets import redact
 
@@ -98,33 +99,76 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_backups(args) -> int:
-    """The backups of a target, wherever they live; `verify` restores one again from there."""
+    """The backups of a target, wherever they live (`list`); `verify` restores one again from
+    there; `repair` mends a repository from what it holds (repository.json, a manifest from its
+    copy). One backup that cannot be read is named and the others go on."""
     import random
 
     from .base.findings import Status
     from .facts import backups  # lazy: start-up time
     from .procedures import restore
 
+    if args.action == "repair":
+        return _repair(args)
+    if not args.target:
+        raise UnknownParameter(f"backups {args.action} needs --target NAME")
     t = targets.resolve(args.target)
-    found = backups.all_backups(t)
+    found = backups.catalogue(t)
     if args.action == "list":
-        for b in found:
-            state = "verified" if b.verified else "FAILED" if b.failed else "not verified"
-            print(f"{b.id}  {b.end:%Y-%m-%d %H:%M} UTC  {b.size / 2**20:9.1f} MiB  {state}")
-        if not found:
-            print(f"no backups of {args.target}")
-        return 0
+        rows = [
+            (
+                b.id,
+                f"{b.end:%Y-%m-%d %H:%M} UTC",
+                pretty_bytes(b.size),
+                "verified" if b.verified else "FAILED verification" if b.failed else "not verified",
+                "; ".join(b.notes),
+            )  # fmt: skip
+            for b in found.backups
+        ] + [(u.id, "", "", "FAILED: cannot be used", u.why) for u in found.unreadable]
+        print(aligned(rows, ("backup", "ended", "size", "state", "note")) if rows else
+              f"no backups of {args.target}")  # fmt: skip
+        if found.unreadable or found.mended:
+            print(f"repair what a copy holds: pgrunbook backups repair --target {args.target}")
+        return 1 if found.unreadable or found.mended else 0
     if not args.id:
         raise UnknownParameter("backups verify needs --id ID (or latest, or random)")
     if args.id == "random":
-        if not found:
+        if not found.backups:
             raise UnknownParameter(f"no backups of {args.target!r} to verify")
-        chosen = random.choice(found)
+        chosen = random.choice(found.backups)
     else:
-        chosen = backups.find(t, args.id)
+        try:
+            chosen = backups.find(t, args.id)
+        except backups.BackupUnreadable as e:
+            print(f"FAILED  {e}")
+            return 2
     verdict, _ = restore.verify(t, chosen)
     print(f"{verdict.status.name:<8}{chosen.id} ({chosen.location}): {verdict.summary}")
     return verdict.status.value if verdict.status is not Status.OK else 0
+
+
+def _repair(args) -> int:
+    """`backups repair`: repository.json made again where it is missing or damaged (the key
+    proven on the backups there), and each manifest put back from its copy."""
+    from .base import repository  # lazy: start-up time
+    from .procedures import offsite
+
+    if bool(args.repository) == bool(args.target):
+        raise UnknownParameter("backups repair needs --target NAME or --repository URL")
+    if args.target:
+        url = repository.url_for(targets.resolve(args.target).name)
+        if not repository.is_remote(url):
+            raise UnknownParameter(
+                f"{args.target!r} keeps its backups in a local folder: nothing to repair there"
+            )
+    else:
+        url = args.repository
+    repo = repository.Repository.open(url, lock_days=repository.lock_days_for(args.target))
+    done = repo.repair() + offsite.mend_manifests(repo)
+    for line in done:
+        print(f"repaired: {line}")
+    print(f"{repo.url}: {'repaired' if done else 'nothing to repair'}")
+    return 0
 
 
 def cmd_notify(args) -> int:
@@ -169,7 +213,7 @@ def cmd_wal(args) -> int:
         if args.action == "push" and args.spool and pushed_ahead(Path(args.file), Path(args.spool)):
             return 0
         lock = int(os.environ.get(LOCK_ENV) or 0)  # the command says it: see walstore.POINTERS
-        repo = Repository.open(args.repository, create=False, lock_days=lock)
+        repo = Repository.open(args.repository, lock_days=lock)
         archive = BucketArchive(repo, args.system, Path())
         if args.action == "check":
             archive.check()
@@ -611,10 +655,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mig.set_defaults(fn=cmd_migrations)
 
-    bk = add("backups", help="a target's backups, wherever they live; verify one again from there")
-    bk.add_argument("action", choices=["list", "verify"])
-    bk.add_argument("--target", "-t", required=True)
+    bk = add(
+        "backups",
+        help="a target's backups, wherever they live; verify one again; repair a repository",
+    )
+    bk.add_argument("action", choices=["list", "verify", "repair"])
+    bk.add_argument("--target", "-t")
     bk.add_argument("--id", help="with verify: a backup id, latest, or random (restore-test one)")
+    bk.add_argument("--repository", help="with repair: a repository's URL (instead of --target)")
     bk.set_defaults(fn=cmd_backups)
 
     wl = add("wal", help="archive_command and restore_command for a WAL archive in a bucket")

@@ -188,7 +188,9 @@ def fleet_report(target: Target | None, v: dict[str, Any], conn: Any) -> None:
 def backup(target: Target, v: dict[str, Any], conn: psycopg.Connection) -> None:
     from ..base import repository  # lazy: start-up time
 
-    repository.for_target(target)  # out of reach, no key, a wrong key: one line, before pg_dump
+    repo = repository.for_target(target)  # out of reach, no key, a wrong key: one line
+    if repo is not None:
+        repo.may_write()  # a repository to repair first: one line, before pg_dump
 
 
 RULES = {

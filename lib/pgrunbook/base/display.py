@@ -50,6 +50,42 @@ def pretty_number(x: Real) -> str:
     return f"{x:.2g}"
 
 
+def aligned(rows: list[tuple], headers: tuple[str, ...], *, width: int | None = None) -> str:
+    """Rows as a console table: columns padded to their widest cell, numbers and sizes
+    right-aligned, the last column cut to fit `width` (the terminal's, by default)."""
+    import shutil
+
+    width = width or shutil.get_terminal_size((100, 24)).columns
+    cells = [tuple("" if v is None else str(v) for v in row) for row in rows]
+    table = [tuple(headers), *cells]
+    sizes = [max(len(r[i]) for r in table) for i in range(len(headers))]
+    right = [
+        bool(cells)
+        and all(_NUMERIC.match(r[i]) for r in cells if r[i])
+        and any(r[i] for r in cells)
+        for i in range(len(headers))
+    ]
+    lines = []
+    for row in table:
+        parts = [(c.rjust(sizes[i]) if right[i] else c.ljust(sizes[i])) for i, c in enumerate(row)]
+        line = "  ".join(parts).rstrip()
+        lines.append(line if len(line) <= width else line[: width - 3].rstrip() + "...")
+    return "\n".join(lines)
+
+
+_NUMERIC = re.compile(r"^-?[\d,]+(\.\d+)?( ?(B|kB|MB|GB|TB|s|ms|min|h|d|%))?$")
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """A count with its noun as a person writes it: 1 backup, 2 backups, 1,000 rows, 1 index,
+    2 indexes (`many` where the plural is not the word and an s)."""
+    if n == 1:
+        return f"1 {word}"
+    if many is None:
+        many = word + ("es" if word.endswith(("s", "x", "sh", "ch")) else "s")
+    return f"{n:,} {many}"
+
+
 def pretty_duration(td: timedelta) -> str:
     seconds = td.total_seconds()
     if seconds < 60:

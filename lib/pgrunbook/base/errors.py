@@ -70,3 +70,7 @@ class ArchiveFailed(Exception):
 
 class MigrationRefused(PgRunbookError):
     """A migration step that cannot be taken as asked (unknown name, a failed one unresolved)."""
+
+
+class BackupUnreadable(BackupNotFound):
+    "The backup is there but cannot be used: its manifest is damaged or gone"

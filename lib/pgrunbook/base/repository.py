@@ -2,10 +2,16 @@
 
 Where backups live is a URL: `PGRUNBOOK_REPOSITORY`, else a target's `repository`, else
 `[tool.pgrunbook] repository`; an `s3://` URL is a repository in object storage, anything else
-(or nothing) the local backups folder as always. A remote repository holds `repository.json`
-(its format, the salt its key is derived with, and a known text sealed with it, so that a wrong
-key is one clear line) and is never written without a key unless the configuration says
-`encrypt = false` on purpose.
+(or nothing) the local backups folder as always. A remote repository is never written without a
+key unless the configuration says `encrypt = false` on purpose.
+
+Every object opens with the key alone (it carries the salt its key was derived with), so
+`repository.json` is a check and a convenience, never the only copy of anything: it holds the
+salt new objects are sealed under and a known text sealed with it, so that a wrong key is one
+clear line. It is written with the first object of an empty prefix, or by `pgrunbook backups
+repair`. Where objects exist and it is missing or damaged, the repository still opens for reading
+(the key is proven on objects that are there) and refuses every write in one line that says how
+to recover: nothing that only reads writes anything.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +34,11 @@ from .sealing import (
     KEY_FILE_ENV,
     Damaged,
     KeyMissing,
+    NeedsRepositorySalt,
     Sealer,
     WrongKey,
-    master_key,
+    is_sealed,
+    key_salt,
     secret,
 )
 from .storage import Exists, Missing, Store, open_store
@@ -101,73 +110,140 @@ class Stored:
 
 
 class Repository:
-    """Sealed objects in a store."""
+    """Sealed objects in a store. `refusal` says why it may not be written (empty: it may)."""
 
-    def __init__(self, store: Store, sealer: Sealer):
+    def __init__(
+        self, store: Store, sealer: Sealer, *, meta: dict[str, Any] | None = None,
+        fresh: bool = False, refusal: str = "",
+    ):  # fmt: skip
         self.store, self.sealer = store, sealer
         self.url = store.url
+        self.meta, self.fresh, self.refusal = meta, fresh, refusal
+        self.proven = meta is not None  # the key was proven (on repository.json, or on objects)
+        self._creating = threading.Lock()
 
     @classmethod
-    def open(
-        cls, url: str, *, encrypt: bool = True, create: bool = True, lock_days: int = 0
-    ) -> Repository:
-        """The repository at `url`, its key checked (KeyMissing, WrongKey: one line each); with
-        `lock_days`, every object written is retained that long (S3 Object Lock)."""
+    def open(cls, url: str, *, encrypt: bool = True, lock_days: int = 0) -> Repository:
+        """The repository at `url`, its key checked (KeyMissing, WrongKey: one line each),
+        writing nothing; with `lock_days`, every object written is retained that long (S3 Object
+        Lock)."""
         store = open_store(url, lock_days=lock_days)
         store.check_lock()
-        try:
-            meta = json.loads(store.get(META))
-        except Missing:
-            if not create:
-                raise RepositoryError(f"{url} is not a pgrunbook repository (no {META})") from None
-            meta = cls._create(store, encrypt)
-        except ValueError:
-            raise RepositoryError(f"{url}/{META} is not readable JSON: damaged?") from None
-        if not meta.get("encrypted"):
-            return cls(store, Sealer(None))
         given = secret()
-        if given is None:
-            raise KeyMissing(
-                f"the repository {url} is encrypted: set {KEY_ENV} or {KEY_FILE_ENV} to its key"
-            )
-        key = master_key(given, base64.b64decode(meta["salt"]))
-        sealer = Sealer(key)
         try:
-            sealer.open(META, base64.b64decode(meta["check"]))
-        except Damaged:
-            raise WrongKey(
-                f"the key in {KEY_ENV if os.environ.get(KEY_ENV) else KEY_FILE_ENV} does not open"
-                f" the repository {url}: give the key it was created with"
-            ) from None
-        return cls(store, sealer)
-
-    @staticmethod
-    def _create(store: Store, encrypt: bool) -> dict[str, Any]:
-        meta: dict[str, Any] = {"format": 1, "encrypted": encrypt}
-        if encrypt:
-            given = secret()
+            raw = store.get(META)
+        except Missing:
+            return cls._without_meta(store, given, encrypt, f"{META} is missing")
+        meta = _parsed(raw)
+        if meta is not None and not meta.get("encrypted"):
+            return cls(store, Sealer(None), meta=meta)
+        if meta is not None:
             if given is None:
+                raise KeyMissing(
+                    f"the repository {url} is encrypted: set {KEY_ENV} or {KEY_FILE_ENV} to its key"
+                )
+            salt = base64.b64decode(meta["salt"])
+            sealer = Sealer(given, salt, legacy_salt=salt)
+            try:
+                sealer.open(META, base64.b64decode(meta["check"]))
+                return cls(store, sealer, meta=meta)
+            except Damaged:
+                pass  # the key, or the file: the objects there tell
+        try:
+            found = cls._without_meta(store, given, encrypt, f"{META} is damaged", damaged=True)
+            if meta is None or found.proven:
+                return found  # the key opens the backups: the file is what is damaged
+        except (WrongKey, RepositoryError):
+            if meta is None:
+                raise
+        raise WrongKey(
+            f"the key in {KEY_ENV if os.environ.get(KEY_ENV) else KEY_FILE_ENV} does not open"
+            f" the repository {url}: give the key it was created with"
+        )
+
+    @classmethod
+    def _without_meta(
+        cls, store: Store, given: bytes | None, encrypt: bool, why: str, *, damaged: bool = False
+    ) -> Repository:
+        """Open a repository whose repository.json is missing or damaged: a new one where the
+        prefix is empty; else the key proven on objects that are there, for reading only."""
+        found = [e for e in store.list("", limit=PROBE_LISTED) if not e.key.startswith(META)]
+        if not found and not damaged:
+            if encrypt and given is None:
                 raise KeyMissing(
                     f"a remote repository ({store.url}) is written encrypted: set {KEY_ENV} or"
                     f" {KEY_FILE_ENV} (keep the key apart from the backups: without it they"
                     " cannot be read), or set encrypt = false in the configuration on purpose"
                 )
-            salt = os.urandom(16)
-            check = Sealer(master_key(given, salt)).seal(META, CHECK)
+            return cls(store, Sealer(given if encrypt else None), fresh=True)
+        sealer = _proven(store, given, found, why) if found else Sealer(given)
+        repo = cls(store, sealer, refusal=(
+            f"{store.url} holds {'backups' if found else 'nothing else'} but its {why}: the key"
+            " still reads every backup, and nothing is written there until it is made again:"
+            f" run `pgrunbook backups repair --repository {store.url}`"
+        ))  # fmt: skip
+        repo.proven = bool(found)
+        return repo
+
+    def may_write(self) -> None:
+        """Refuse (one line) a write or a removal in a repository that must be repaired first."""
+        if self.refusal:
+            raise RepositoryError(self.refusal)
+
+    def writable(self) -> None:
+        """`may_write`; and repository.json written first into an empty prefix."""
+        self.may_write()
+        if self.fresh:
+            with self._creating:
+                if self.fresh:
+                    self._create()
+                    self.fresh = False
+
+    def _create(self) -> None:
+        meta: dict[str, Any] = {"format": 2, "encrypted": self.sealer.encrypted}
+        if self.sealer.encrypted:
             meta |= {
                 "kdf": "scrypt",
-                "salt": base64.b64encode(salt).decode(),
-                "check": base64.b64encode(check).decode(),
+                "salt": base64.b64encode(self.sealer.salt).decode(),
+                "check": base64.b64encode(self.sealer.seal(META, CHECK)).decode(),
             }
         try:
-            store.put(META, json.dumps(meta, indent=1).encode(), create_only=True)
-        except Exists:  # another runner made it first: theirs stands
-            return json.loads(store.get(META))
-        return meta
+            self.store.put(META, json.dumps(meta, indent=1).encode(), create_only=True)
+            self.meta = meta
+        except Exists:  # another runner made it first: theirs stands, if our key opens it
+            theirs = Repository.open(self.url, lock_days=self.store.lock_days)
+            self.sealer, self.meta = theirs.sealer, theirs.meta
+
+    def repair(self) -> list[str]:
+        """Write repository.json again (the key proven on the objects there), keeping a damaged
+        one beside it; what was done."""
+        done = []
+        if not self.refusal and self.meta is not None:
+            return done
+        try:
+            old = self.store.get(META)
+        except Missing:
+            old = None
+        if old is not None:
+            kept = f"{META}.damaged"
+            self.store.put(kept, old)
+            done.append(f"the damaged {META} kept as {kept}")
+        meta: dict[str, Any] = {"format": 2, "encrypted": self.sealer.encrypted}
+        if self.sealer.encrypted:
+            meta |= {
+                "kdf": "scrypt",
+                "salt": base64.b64encode(self.sealer.salt).decode(),
+                "check": base64.b64encode(self.sealer.seal(META, CHECK)).decode(),
+            }
+        self.store.put(META, json.dumps(meta, indent=1).encode(), create_only=old is None)
+        self.meta, self.refusal, self.fresh = meta, "", False
+        done.append(f"{META} written again, its check sealed with the key that opens the backups")
+        return done
 
     # -- objects ------------------------------------------------------------------------------
 
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> Stored:
+        self.writable()
         blob = self.sealer.seal(key, data)
         self.store.put(key, blob, create_only=create_only)
         return Stored(key, len(blob), hashlib.sha256(blob).hexdigest())
@@ -187,6 +263,7 @@ class Repository:
 
     def write(self, key: str, pieces: Iterable[bytes], *, create_only: bool = True) -> Stored:
         """Seal `pieces` into one object as they come (bounded memory); what it stored."""
+        self.writable()
         digest, size = hashlib.sha256(), 0
         with self.store.writer(key, create_only=create_only) as out:
             for blob in self.sealer.seal_stream(key, pieces):
@@ -204,6 +281,7 @@ class Repository:
         """A file-like writer cutting what is written into objects `prefix`part-00001, ... of
         `size` bytes, each sealed and uploaded on one of `threads` threads while writing goes on
         (at most threads + 1 parts in memory)."""
+        self.writable()
         return Parts(self, prefix, size, threads)
 
     def read_all(self, parts: list[dict[str, Any]], *, ahead: int = 2) -> Iterator[bytes]:
@@ -228,6 +306,58 @@ class Repository:
                 if n + ahead < len(parts):
                     pending.append(pool.submit(fetch, parts[n + ahead]))
                 yield from opened
+
+
+PROBE_LISTED = 200  # objects listed to tell an empty prefix and to prove a key on
+PROBE_TRIED = 4  # of them, the smallest opened with the key
+PROBE_MAX = 2**20  # bytes: larger objects are not fetched to prove a key
+
+
+def _parsed(raw: bytes) -> dict[str, Any] | None:
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return None
+    ok = isinstance(meta, dict) and (not meta.get("encrypted") or {"salt", "check"} <= set(meta))
+    return meta if ok else None
+
+
+def _proven(store: Store, given: bytes | None, found: list, why: str) -> Sealer:
+    """A sealer whose key opens objects of `found` (its salt that of the first opened), or the
+    one line that says why none opens."""
+    tried = sorted((e for e in found if e.size <= PROBE_MAX), key=lambda e: e.size)
+    tried = tried[:PROBE_TRIED]
+    blobs = {e.key: store.get(e.key) for e in tried}
+    if not blobs:
+        raise RepositoryError(
+            f"{store.url}: its {why} and no object is small enough to prove a key"
+        )
+    if not any(is_sealed(b) for b in blobs.values()):
+        return Sealer(None)
+    if given is None:
+        raise KeyMissing(
+            f"the repository {store.url} is encrypted: set {KEY_ENV} or {KEY_FILE_ENV} to its key"
+        )
+    old = 0
+    for key, blob in blobs.items():
+        sealer = Sealer(given, key_salt(blob))
+        try:
+            sealer.open(key, blob)
+            return sealer
+        except NeedsRepositorySalt:
+            old += 1
+        except Damaged:
+            continue
+    if old == len(blobs):
+        raise RepositoryError(
+            f"{store.url}: its {why}, and its objects were written before they carried their key"
+            f" salt: put back a copy of {META} to read them"
+        )
+    raise WrongKey(
+        f"the key in {KEY_ENV if os.environ.get(KEY_ENV) else KEY_FILE_ENV} opens none of the"
+        f" {len(blobs)} objects tried in {store.url} (and its {why}): give the key it was"
+        " written with"
+    )
 
 
 class Parts:

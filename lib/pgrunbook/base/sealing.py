@@ -2,15 +2,19 @@
 authenticated (AES-256-GCM, from `cryptography`), in chunks, so that a stream of any size is
 sealed and opened with bounded memory.
 
-An object is `PGRB` + a version byte + a random 16-byte salt, then chunks: a 4-byte length (its
-top bit set on the last chunk) and the ciphertext with its tag. Each object has its own key,
-derived (HKDF-SHA256) from the repository's key and the object's salt; each chunk's nonce is its
-number and whether it is the last; the object's name is authenticated with every chunk. So a
-flipped byte, a chunk moved, an object cut short or given another object's name fails to open,
-naming the object. The repository's key is derived (scrypt) from the secret in
-`PGRUNBOOK_REPOSITORY_KEY` or the file `PGRUNBOOK_REPOSITORY_KEY_FILE` and the repository's salt;
-a known text sealed with it (the repository's `check`) tells a wrong key apart from a damaged
+An object is `PGRB` + a version byte, then (encrypted) the salt of the repository key it was
+sealed under and a random 16-byte salt of its own, then chunks: a 4-byte length (its top bit set
+on the last chunk) and the ciphertext with its tag. The repository key is derived (scrypt) from
+the secret in `PGRUNBOOK_REPOSITORY_KEY` or the file `PGRUNBOOK_REPOSITORY_KEY_FILE` and the key
+salt the object carries; each object's own key from that (HKDF-SHA256) and its own salt; each
+chunk's nonce is its number and whether it is the last; the object's name is authenticated with
+every chunk. So every object opens with the secret alone, wherever it is copied and whatever
+else is lost (pgBackRest keeps each file's salt in its own header too), and a flipped byte, a
+chunk moved, an object cut short or given another object's name fails to open, naming the
 object. The secret is never written anywhere.
+
+Version 1 objects (written before objects carried their key salt) open only with the salt of
+their repository's `repository.json`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from .errors import PgRunbookError
 KEY_ENV = "PGRUNBOOK_REPOSITORY_KEY"
 KEY_FILE_ENV = "PGRUNBOOK_REPOSITORY_KEY_FILE"
 MAGIC = b"PGRB"
-SEALED, PLAIN = 1, 0  # version byte: encrypted, or compressed only (encrypt = false)
+PLAIN, SEALED_V1, SEALED = 0, 1, 2  # version byte: compressed only (encrypt = false); encrypted
+# under the repository's salt (the salt in repository.json only); encrypted, the salt carried
+SALT = 16
 CHUNK = 2**20  # plaintext bytes per chunk
 LAST = 1 << 31
 CHECK = b"pgrunbook repository key check"
@@ -42,6 +48,10 @@ class WrongKey(PgRunbookError):
 
 class Damaged(PgRunbookError):
     "An object of the repository was changed, cut short or damaged"
+
+
+class NeedsRepositorySalt(Damaged):
+    "An object written before objects carried their key salt, and no repository.json to give it"
 
 
 def secret() -> bytes | None:
@@ -71,20 +81,26 @@ def master_key(secret: bytes, salt: bytes) -> bytes:
 
 
 class Sealer:
-    """Seals and opens objects with one repository key (None: compressed only, not encrypted)."""
+    """Seals and opens objects with one repository secret (None: compressed only, not encrypted).
+    New objects are sealed under `salt`; `legacy_salt` opens version 1 objects (the salt of
+    repository.json, where there is one)."""
 
-    def __init__(self, key: bytes | None):
-        self.key = key
+    def __init__(
+        self, secret: bytes | None, salt: bytes | None = None, legacy_salt: bytes | None = None
+    ):
+        self.secret, self.legacy_salt = secret, legacy_salt
+        self.salt = salt if salt is not None else (os.urandom(SALT) if secret else None)
 
     @property
     def encrypted(self) -> bool:
-        return self.key is not None
+        return self.secret is not None
 
-    def _object_key(self, salt: bytes) -> bytes:
+    def _object_key(self, key_salt: bytes, salt: bytes) -> bytes:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-        return HKDF(hashes.SHA256(), 32, salt, b"pgrunbook object").derive(self.key)
+        master = master_key(self.secret, key_salt)
+        return HKDF(hashes.SHA256(), 32, salt, b"pgrunbook object").derive(master)
 
     # -- sealing ------------------------------------------------------------------------------
 
@@ -103,9 +119,9 @@ class Sealer:
             return
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        salt = os.urandom(16)
-        aead = AESGCM(self._object_key(salt))
-        yield MAGIC + bytes([SEALED]) + salt
+        salt = os.urandom(SALT)
+        aead = AESGCM(self._object_key(self.salt, salt))
+        yield MAGIC + bytes([SEALED]) + self.salt + salt
         number, pending = 0, None
         for chunk in chunks:
             if pending is not None:
@@ -127,7 +143,7 @@ class Sealer:
         import zstandard
 
         head = _exactly(source, 5, name)
-        if head[:4] != MAGIC or head[4] not in (SEALED, PLAIN):
+        if head[:4] != MAGIC or head[4] not in (SEALED, SEALED_V1, PLAIN):
             raise Damaged(f"{name}: not an object of a pgrunbook repository (or damaged)")
         if head[4] == PLAIN:
             if self.encrypted:
@@ -136,7 +152,17 @@ class Sealer:
         else:
             if not self.encrypted:
                 raise KeyMissing(f"{name} is encrypted: set {KEY_ENV} or {KEY_FILE_ENV}")
-            compressed = self._chunks(name, source, _exactly(source, 16, name))
+            if head[4] == SEALED:
+                key_salt = _exactly(source, SALT, name)
+            elif self.legacy_salt is None:
+                raise NeedsRepositorySalt(
+                    f"{name} was written before objects carried their key salt: it opens only"
+                    " with the salt in the repository's repository.json, which is missing"
+                )
+            else:
+                key_salt = self.legacy_salt
+            aead_key = self._object_key(key_salt, _exactly(source, SALT, name))
+            compressed = self._chunks(name, source, aead_key)
         decompress = zstandard.ZstdDecompressor().decompressobj()
         try:
             for piece in compressed:
@@ -145,11 +171,11 @@ class Sealer:
         except zstandard.ZstdError as e:
             raise Damaged(f"{name}: does not decompress ({e})") from None
 
-    def _chunks(self, name: str, source: BinaryIO, salt: bytes) -> Iterator[bytes]:
+    def _chunks(self, name: str, source: BinaryIO, key: bytes) -> Iterator[bytes]:
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        aead = AESGCM(self._object_key(salt))
+        aead = AESGCM(key)
         number = 0
         while True:
             header = source.read(4)
@@ -169,6 +195,20 @@ class Sealer:
                     raise Damaged(f"{name}: data after its last chunk")
                 return
             number += 1
+
+
+def key_salt(blob: bytes) -> bytes | None:
+    """The key salt an object's first bytes carry (None: not a sealed object of this version)."""
+    if blob[:4] == MAGIC and len(blob) >= 5 + SALT and blob[4] == SEALED:
+        return blob[5 : 5 + SALT]
+    return None
+
+
+def is_sealed(blob: bytes) -> bool | None:
+    """Whether an object's first bytes say it is encrypted (None: not a pgrunbook object)."""
+    if blob[:4] != MAGIC or len(blob) < 5 or blob[4] not in (PLAIN, SEALED, SEALED_V1):
+        return None
+    return blob[4] != PLAIN
 
 
 def _nonce(number: int, last: bool) -> bytes:

@@ -98,7 +98,8 @@ class Store(ABC):
     def writer(self, key: str, *, create_only: bool = False) -> Writer: ...
 
     @abstractmethod
-    def list(self, prefix: str = "") -> list[Entry]: ...
+    def list(self, prefix: str = "", *, limit: int | None = None) -> list[Entry]:
+        """The objects under `prefix` in key order (the first `limit` of them)."""
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
@@ -160,7 +161,7 @@ class LocalStore(Store):
         private_dir(path.parent)
         return _LocalWriter(path, create_only)
 
-    def list(self, prefix: str = "") -> list[Entry]:
+    def list(self, prefix: str = "", *, limit: int | None = None) -> list[Entry]:
         base = self._path(prefix) if prefix else self.root
         start = base if base.is_dir() else base.parent
         if not start.exists():
@@ -171,6 +172,8 @@ class LocalStore(Store):
             if p.is_file() and key.startswith(prefix) and not p.name.startswith(".pgrb-tmp"):
                 st = p.stat()
                 found.append(Entry(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+                if limit is not None and len(found) >= limit:
+                    break
         return found
 
     def delete(self, key: str) -> None:
@@ -328,11 +331,13 @@ class S3Store(Store):
     def writer(self, key: str, *, create_only: bool = False) -> Writer:
         return _S3Writer(self, key, create_only)
 
-    def list(self, prefix: str = "") -> list[Entry]:
+    def list(self, prefix: str = "", *, limit: int | None = None) -> list[Entry]:
         found, token = [], None
         start = len(self._key(""))
         while True:
             more = {"ContinuationToken": token} if token else {}
+            if limit is not None:
+                more["MaxKeys"] = min(1000, limit - len(found))
             page = self._call(
                 "listing", prefix, self.client.list_objects_v2, Prefix=self._key(prefix), **more
             )
@@ -340,7 +345,7 @@ class S3Store(Store):
                 Entry(o["Key"][start:], o["Size"], o["LastModified"])
                 for o in page.get("Contents", [])
             ]
-            if not page.get("IsTruncated"):
+            if not page.get("IsTruncated") or (limit is not None and len(found) >= limit):
                 return found
             token = page["NextContinuationToken"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from ..base.display import timestamp
-from ..base.findings import Check, Finding, Status
+from ..base.display import plural, timestamp
+from ..base.findings import Check, Finding, Status, worst
 from ..base.limits import DEFAULTS, level
 from ..facts import wal
-from ..facts.backups import Backup, check
+from ..facts.backups import Backup, Catalogue, check
 
 
 def summary(backup: Backup) -> Finding:
@@ -80,6 +80,54 @@ def choice_finding(backup: Backup) -> Finding:
         Status.WARN,
         f"{backup.id} was never verified (no verified backup of "
         "this target): it is checked here for the first time",
+    )
+
+
+def catalogue_finding(found: Catalogue, target: str) -> Finding:
+    """The backups that cannot be used (a manifest damaged or gone), each named, and those read
+    from their manifest's copy; the others are unaffected, and said to be. WARN: a backup lost,
+    not the target's recovery (that is the RPO's judgement, of the usable ones)."""
+    bad, mended = found.unreadable, found.mended
+    if not bad and not mended:
+        return Finding(
+            "backups", Status.OK, f"{plural(len(found.backups), 'backup')}, every one readable"
+        )
+    said = []
+    if bad:
+        said.append(f"{plural(len(bad), 'backup')} cannot be used: " + "; ".join(map(str, bad[:3])))
+    if mended:
+        said.append(
+            f"{plural(len(mended), 'backup')} read from its manifest's copy ("
+            + ", ".join(b.id for b in mended[:3])
+            + ")"
+        )
+    sound = len(found.backups) - len(mended)
+    others = {0: "no other backup", 1: "the other backup is sound"}.get(
+        sound, f"the other {sound:,} are sound"
+    )
+    return Finding(
+        "backups",
+        Status.WARN,
+        "; ".join(said) + f"; {others}: `pgrunbook backups repair --target {target}` puts back"
+        " what a copy holds",
+        examples=tuple(f"{u.id}: {u.why} ({u.location})" for u in bad)
+        + tuple(f"{b.id}: {b.notes[0]}" for b in mended),
+    )
+
+
+def with_catalogue(verdict: Finding, found: Catalogue, target: str) -> Finding:
+    """`verdict` (of the usable backups' age) with what `catalogue_finding` says of the others
+    added, at least WARN where a backup cannot be used: one finding, for a check's one line."""
+    more = catalogue_finding(found, target)
+    if more.status is Status.OK:
+        return verdict
+    return Finding(
+        verdict.check,
+        worst([verdict.status, more.status]),
+        f"{verdict.summary}; {more.summary}",
+        value=verdict.value,
+        threshold=verdict.threshold,
+        examples=more.examples,
     )
 
 

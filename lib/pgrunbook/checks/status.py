@@ -217,8 +217,9 @@ def latest_backup(
 ) -> Finding:  # fmt: skip
     """The newest verified backup of the database `target` reaches, against the RPO (see
     recovery.rpo_finding)."""
-    found = backups.all_backups(target, current=backups.identity(conn, target))
-    return recovery.rpo_finding(
-        found, rpo_h=max_age_h, required=backups.required(target), check=Check.BACKUP,
+    found = backups.catalogue(target, current=backups.identity(conn, target))
+    verdict = recovery.rpo_finding(
+        found.backups, rpo_h=max_age_h, required=backups.required(target), check=Check.BACKUP,
         crit_h=crit_h,
     )  # fmt: skip
+    return recovery.with_catalogue(verdict, found, target.name)

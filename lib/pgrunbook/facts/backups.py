@@ -22,16 +22,15 @@ from typing import Any
 import psycopg
 
 from ..base import config, db, repository
-from ..base.errors import BackupFailed, BackupNotFound, PgRunbookError
+from ..base.errors import BackupFailed, BackupNotFound, BackupUnreadable, PgRunbookError
 from ..base.fileio import owner_gone, sha256_file
 from ..base.repository import Repository
-from ..base.storage import StorageError
+from ..base.storage import Missing, StorageError
 from ..base.targets import Target
 from . import catalog, indexes
 
 MANIFEST = "manifest.json"
-
-
+COPY = "manifest.copy.json"  # a remote backup's manifest, twice (pgBackRest keeps a .copy too)
 VERIFIED = "verify.json"
 
 
@@ -45,6 +44,7 @@ class Backup:
     manifest: dict[str, Any]
     verification: dict[str, Any] | None = None
     repository: Any = None  # the remote repository it lives in (None: the local folder)
+    notes: tuple[str, ...] = ()  # what is amiss but does not keep it from use (a manifest's copy)
 
     @property
     def remote(self) -> bool:
@@ -84,6 +84,31 @@ class Backup:
 
     def age_h(self, now: datetime | None = None) -> float:
         return ((now or datetime.now(UTC)) - self.end).total_seconds() / 3600
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A backup that cannot be used (its manifest damaged or gone): named, with why."""
+
+    id: str
+    location: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.id}: {self.why}"
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """A target's backups: those that can be used, oldest first, and those that cannot."""
+
+    backups: list[Backup]
+    unreadable: list[Unreadable]
+
+    @property
+    def mended(self) -> list[Backup]:
+        """Usable backups read from their manifest's copy (`pgrunbook backups repair`)."""
+        return [b for b in self.backups if b.notes]
 
 
 def _where(target: Target | str) -> str:
@@ -213,27 +238,35 @@ def load(path: Path) -> Backup:
     return Backup(path.name, path, manifest, verification)
 
 
-def all_backups(target: Target | str, *, current: dict[str, Any] | None = None) -> list[Backup]:
-    """Backups of `target` with a readable manifest, oldest first.
+def catalogue(target: Target | str, *, current: dict[str, Any] | None = None) -> Catalogue:
+    """Every backup of `target`: those with a readable manifest (oldest first) and those without.
+    One damaged or missing object costs only the backup it belongs to.
 
-    For a Target, only those that copied the database it reaches now (see
-    `belongs`); `current` is its identity when the caller has read it already.
+    For a Target, only backups that copied the database it reaches now (see `belongs`);
+    `current` is its identity when the caller has read it already.
     """
     if isinstance(target, Target) and current is None:
         current = current_identity(target)
     name = getattr(target, "name", target)
     if (repo := repository.for_target(name)) is not None:
-        found = [b for b in remote_backups(repo, name) if current is None or belongs(b, current)]
-        return sorted(found, key=lambda b: b.end)
-    found = []
-    for path in sorted(folder(target).glob("[!.]*")):
-        try:
-            backup = load(path)
-        except (OSError, ValueError, KeyError):
-            continue
-        if current is None or belongs(backup, current):
-            found.append(backup)
-    return sorted(found, key=lambda b: b.end)
+        found = remote_backups(repo, name)
+    else:
+        found = Catalogue([], [])
+        for path in sorted(folder(target).glob("[!.]*")):
+            try:
+                found.backups.append(load(path))
+            except FileNotFoundError:
+                found.unreadable.append(Unreadable(path.name, str(path), f"no {MANIFEST}"))
+            except (OSError, ValueError, KeyError) as e:
+                why = f"{MANIFEST} cannot be read ({type(e).__name__})"
+                found.unreadable.append(Unreadable(path.name, str(path), why))
+    mine = [b for b in found.backups if current is None or belongs(b, current)]
+    return Catalogue(sorted(mine, key=lambda b: b.end), found.unreadable)
+
+
+def all_backups(target: Target | str, *, current: dict[str, Any] | None = None) -> list[Backup]:
+    """The usable backups of `target`, oldest first (see `catalogue`)."""
+    return catalogue(target, current=current).backups
 
 
 def find(
@@ -257,8 +290,11 @@ def find(
         verified = [b for b in usable if b.verified]
         return (verified or usable)[-1]
     if (repo := repository.for_target(name)) is not None:
-        if ref in remote_ids(repo, name)[0]:
-            return load_remote(repo, name, ref)
+        if ref in _remote_folders(repo, name):
+            found = load_remote(repo, name, ref)
+            if isinstance(found, Unreadable):
+                raise BackupUnreadable(f"backup {ref!r} of {name!r} cannot be used: {found.why}")
+            return found
         ids = ", ".join(b.id for b in backups[-5:]) or "none"
         raise BackupNotFound(
             f"no backup {ref!r} of {name!r} in {repo.url} (newest: {ids}): see the backup"
@@ -349,31 +385,65 @@ def remote_folder(target: str, backup_id: str = "") -> str:
     return f"backups/{target}/{backup_id}/" if backup_id else f"backups/{target}/"
 
 
-def load_remote(repo: Repository, target: str, backup_id: str) -> Backup:
-    """The backup `backup_id` of `target` as its manifest describes it."""
-    where = remote_folder(target, backup_id)
-    manifest = repo.get_json(where + MANIFEST)
+def _get_json(repo: Repository, key: str) -> tuple[Any, str]:
+    """(the JSON object at `key`, '') or (None, why it cannot be read)."""
     try:
-        verification = repo.get_json(where + VERIFIED)
-    except (StorageError, PgRunbookError):
-        verification = None
-    return Backup(backup_id, Path(where), manifest, verification, repository=repo)
+        return repo.get_json(key), ""
+    except Missing:
+        return None, "missing"
+    except (StorageError, PgRunbookError) as e:
+        return None, str(e).split(": ", 1)[-1] if str(e) else type(e).__name__
 
 
-def remote_ids(repo: Repository, target: str) -> tuple[list[str], list[str]]:
-    """(backup ids with a manifest, ids reserved without one: being written, or debris)."""
-    entries = repo.store.list(remote_folder(target))
+def load_remote(repo: Repository, target: str, backup_id: str) -> Backup | Unreadable:
+    """The backup `backup_id` of `target` as its manifest (or that manifest's copy) describes
+    it; Unreadable, saying why, where neither can be read."""
+    where = remote_folder(target, backup_id)
+    manifest, why = _get_json(repo, where + MANIFEST)
+    notes: tuple[str, ...] = ()
+    if manifest is None:
+        manifest, why_copy = _get_json(repo, where + COPY)
+        if manifest is None:
+            return Unreadable(
+                backup_id, f"{repo.url}/{where}", f"{MANIFEST}: {why}; its copy: {why_copy}"
+            )
+        notes = (f"{MANIFEST} {why}: read from its copy (`pgrunbook backups repair` puts it back)",)
+    verification, _ = _get_json(repo, where + VERIFIED)
+    return Backup(backup_id, Path(where), manifest, verification, repository=repo, notes=notes)
+
+
+def _remote_folders(repo: Repository, target: str) -> dict[str, set[str]]:
+    """Each backup id of `target` in the repository, and the names of its objects."""
     by_id: dict[str, set[str]] = {}
-    for e in entries:
+    for e in repo.store.list(remote_folder(target)):
         backup_id, _, name = e.key[len(remote_folder(target)) :].partition("/")
         by_id.setdefault(backup_id, set()).add(name)
-    done = sorted(i for i, names in by_id.items() if MANIFEST in names)
-    return done, sorted(i for i in by_id if i not in done)
+    return by_id
 
 
-def remote_backups(repo: Repository, target: str) -> list[Backup]:
-    done, _ = remote_ids(repo, target)
-    return [load_remote(repo, target, i) for i in done]
+def _finished(repo: Repository, target: str, backup_id: str, names: set[str]) -> str:
+    """Why a folder without a manifest was a finished backup ('' : nothing says it was)."""
+    if VERIFIED in names:
+        return "it was verified"
+    tag, _ = _get_json(repo, remote_folder(target, backup_id) + RESERVED)
+    if tag is None and RESERVED in names:
+        return "its reservation cannot be read"
+    return "its writer finished it" if (tag or {}).get("complete") else ""
+
+
+def remote_backups(repo: Repository, target: str) -> Catalogue:
+    """Every backup of `target` in `repo` (see `catalogue`)."""
+    found = Catalogue([], [])
+    for backup_id, names in sorted(_remote_folders(repo, target).items()):
+        if names & {MANIFEST, COPY}:
+            loaded = load_remote(repo, target, backup_id)
+        elif why := _finished(repo, target, backup_id, names):
+            where = f"{repo.url}/{remote_folder(target, backup_id)}"
+            loaded = Unreadable(backup_id, where, f"both copies of its manifest are gone ({why})")
+        else:
+            continue  # a run under way, or a killed one's: see `leftovers`
+        (found.unreadable if isinstance(loaded, Unreadable) else found.backups).append(loaded)
+    return found
 
 
 def check_remote(backup: Backup) -> list[str]:
@@ -406,25 +476,46 @@ def feeder(backup: Backup) -> Callable[[Any], None]:
     return feed
 
 
-def leftovers(repo: Repository, target: str) -> list[str]:
-    """What killed or failed writers left in the repository for `target`: reservations without a
-    manifest whose writer is gone (on this host) or that are older than STALE, and multipart
-    uploads older than UPLOADS_STALE."""
+@dataclass(frozen=True)
+class Leftover:
+    """What a killed or failed writer left: a folder of parts (`upload` empty) or an upload."""
+
+    key: str  # the folder's prefix, or the unfinished upload's object
+    what: str  # what it is, said for a person deciding whether to remove it
+    upload: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.what})"
+
+
+def leftovers(repo: Repository, target: str) -> list[Leftover]:
+    """What killed or failed writers left in the repository for `target`: folders without a
+    manifest that nothing says were finished (not verified, not marked complete), whose writer is
+    gone (on this host) or older than STALE, and multipart uploads older than UPLOADS_STALE. A
+    finished backup that lost its manifest is never one of them: see `remote_backups`."""
     now = datetime.now(UTC)
-    _, unfinished = remote_ids(repo, target)
     found = []
-    for backup_id in unfinished:
+    for backup_id, names in sorted(_remote_folders(repo, target).items()):
+        if names & {MANIFEST, COPY, VERIFIED}:
+            continue
         where = remote_folder(target, backup_id)
-        try:
-            tag = repo.get_json(where + RESERVED)
-        except (StorageError, PgRunbookError):
-            tag = {}
+        tag, why = _get_json(repo, where + RESERVED)
+        if tag is None and why != "missing" or (tag or {}).get("complete"):
+            continue  # unreadable, or finished: a damaged backup, never debris
+        tag = tag or {}
         at = datetime.fromisoformat(tag["at"]) if tag.get("at") else now - STALE
         if owner_gone(tag.get("owner", "")) or now - at >= STALE:
-            found.append(where)
+            parts = len([n for n in names if n.startswith("part-")])
+            by = f" by {tag['owner']}" if tag.get("owner") else ""
+            found.append(Leftover(where, (
+                f"an unfinished backup, started {at:%Y-%m-%d %H:%M} UTC{by} and never finished:"
+                f" {parts} parts, no manifest"
+            )))  # fmt: skip
     found += [
-        f"upload {p.key}"
+        Leftover(
+            p.key, f"an upload started {p.started:%Y-%m-%d %H:%M} UTC, never finished", upload=True
+        )  # fmt: skip
         for p in repo.store.pending(remote_folder(target))
-        if now - p.started >= UPLOADS_STALE and not any(p.key.startswith(f) for f in found)
+        if now - p.started >= UPLOADS_STALE and not any(p.key.startswith(f.key) for f in found)
     ]
     return found

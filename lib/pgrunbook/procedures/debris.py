@@ -37,11 +37,13 @@ SCRATCH = ("pgrb_verify_", "pgrb_drift_", "pgrb_rehearse_")  # scratch databases
 
 @dataclass(frozen=True)
 class Debris:
-    kind: str  # "database", "backup folder", "working notebook"
-    name: str  # the database's name or the file's path
+    kind: str  # "database", "backup folder", "working notebook", "repository leftover"
+    name: str  # the database's name, the file's path, the object's key
+    what: str = ""  # what it was, where its name does not say (a repository's leftovers)
+    item: object = None  # what removes it (a repository's Leftover)
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.name}"
+        return f"{self.kind} {self.name}" + (f" ({self.what})" if self.what else "")
 
 
 owner_tag = fileio.owner_tag
@@ -95,8 +97,10 @@ def find(target: Target) -> list[Debris]:
         if not tag or _dead(tag):
             found.append(Debris("backup folder", str(partial)))
     if (repo := _repository(target)) is not None:
-        left = backups.leftovers(repo, target.name)
-        found += [Debris("repository leftover", item) for item in left]
+        found += [
+            Debris("repository leftover", f"{repo.url}/{item.key}", item.what, item)
+            for item in backups.leftovers(repo, target.name)
+        ]
     running = config.settings().state_dir / "running"
     for work in sorted(running.glob(f"*_{target.name}*.ipynb")) if running.is_dir() else []:
         pid = work.name.split("_", 1)[0]
@@ -159,7 +163,7 @@ def clean(target: Target) -> list[Debris]:
         elif item.kind == "backup folder":
             shutil.rmtree(item.name, ignore_errors=True)
         elif item.kind == "repository leftover":
-            offsite.clean(_repository(target), [item.name])
+            offsite.clean(_repository(target), [item.item])
         else:
             Path(item.name).unlink(missing_ok=True)
         removed.append(item)

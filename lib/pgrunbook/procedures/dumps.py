@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 
 from ..base import db, pgtools, progress, repository
+from ..base.display import plural
 from ..base.errors import BackupFailed
 from ..base.fileio import DIR_MODE, private_dir, write_atomic
 from ..base.findings import Finding, Status
@@ -167,15 +168,39 @@ def record_verification(backup: Backup, result: dict[str, Any]) -> Backup:
     return load(backup.path)
 
 
+def clear_leftovers(target: Target) -> Finding:
+    """Remove what killed backups of `target` left (a `.partial` folder whose writer is gone,
+    a repository's unfinished backups and uploads: see `debris`), before a new one starts; each
+    one named. Never a finished backup, damaged or not."""
+    left = [d for d in debris.find(target) if d.kind in ("backup folder", "repository leftover")]
+    for item in left:
+        if item.kind == "backup folder":
+            shutil.rmtree(item.name, ignore_errors=True)
+        else:
+            offsite.clean(repository.for_target(target), [item.item])
+    if not left:
+        return Finding("leftovers", Status.OK, "no killed backup left anything behind")
+    return Finding(
+        "leftovers",
+        Status.OK,
+        f"removed what {plural(len(left), 'killed backup')} left: "
+        + "; ".join(str(d) for d in left[:3])
+        + (" ..." if len(left) > 3 else ""),
+        examples=tuple(str(d) for d in left),
+    )
+
+
 def retention_plan(
-    backups: list[Backup], *, retention_days: float = 7, now: datetime | None = None
-) -> list[Backup]:
-    """Backups older than the retention, never the newest verified one."""
+    backups: list[Backup], *, retention_days: float = 7, now: datetime | None = None,
+    keep: tuple[str, ...] = (),
+) -> list[Backup]:  # fmt: skip
+    """Backups older than the retention, never the newest verified one, nor those in `keep`
+    (the backup this run made)."""
     now = now or datetime.now(UTC)
     verified = [b for b in backups if b.verified]
-    keep = verified[-1].id if verified else None
+    kept = {*keep, *([verified[-1].id] if verified else [])}
     limit = now - timedelta(days=retention_days)
-    return [b for b in backups if b.end < limit and b.id != keep]
+    return [b for b in backups if b.end < limit and b.id not in kept]
 
 
 def prune(plan: list[Backup], *, enabled: bool) -> Finding:
@@ -187,7 +212,7 @@ def prune(plan: list[Backup], *, enabled: bool) -> Finding:
         return Finding(
             "retention",
             Status.OK,
-            f"{len(plan)} backups past retention (prune=False keeps them)",
+            f"{plural(len(plan), 'backup')} past retention, kept (prune=False): {_ids(names)}",
             examples=names,
         )
     locked = {b.id: u for b in plan if b.remote and (u := offsite.locked_until(b))}
@@ -209,8 +234,15 @@ def prune(plan: list[Backup], *, enabled: bool) -> Finding:
     return Finding(
         "retention",
         Status.OK,
-        f"deleted {len(plan)} backups past retention{note}",
+        f"deleted {plural(len(plan), 'backup')} past retention"
+        + (f": {_ids(names)}" if names else "")
+        + note,
         examples=names
         + tuple(f"kept (in use): {b.id}" for b in busy)
         + tuple(f"kept (locked until {u:%Y-%m-%d}): {i}" for i, u in locked.items()),
     )
+
+
+def _ids(names: tuple[str, ...], most: int = 5) -> str:
+    more = len(names) - most
+    return ", ".join(names[:most]) + (f" and {more} more (listed below)" if more > 0 else "")

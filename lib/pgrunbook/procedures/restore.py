@@ -456,7 +456,11 @@ def amcheck_finding(conn: psycopg.Connection) -> Finding:
 
 
 def _scratch_name(backup: Backup, kind: str) -> str:
-    return f"pgrb_{kind}_{backup.id.lower().replace('-', '_')}"[:63]
+    """A scratch database's name: its own (backups of databases on one server may share an id:
+    made in the same second), then the backup's id for a person reading the server's list."""
+    import uuid
+
+    return f"pgrb_{kind}_{uuid.uuid4().hex[:8]}_{backup.id.lower().replace('-', '_')}"[:63]
 
 
 def verify(
