@@ -5,8 +5,9 @@ import pytest
 
 from pgrunbook.archive import runner
 from pgrunbook.base import db, targets
+from pgrunbook.base.errors import BackupNotFound
 from pgrunbook.base.findings import Status
-from pgrunbook.facts import catalog
+from pgrunbook.facts import backups, catalog
 from pgrunbook.procedures import drill
 from tests.conftest import PYTHON_REPRS, shown
 
@@ -44,6 +45,12 @@ def test_drill_recovers_and_counts_what_was_lost(sandbox, disaster):
     assert _side_databases(staging) == side  # no restored or damaged copy left behind
     outputs = shown(result.notebook)  # values as a person writes them, no Python reprs
     assert not [r for r in PYTHON_REPRS if r in outputs], outputs[:2000]
+    if disaster != drill.PITR:  # the drill's dump, holding its marker table, is never "latest"
+        [made] = backups.all_backups(staging)
+        assert made.drill
+        with pytest.raises(BackupNotFound, match="1 made by drills, restored only by id"):
+            backups.find(staging, "latest")
+        assert backups.find(staging, made.id) == made
 
 
 def test_drill_is_refused_on_production(sandbox):

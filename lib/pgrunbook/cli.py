@@ -121,7 +121,7 @@ def cmd_backups(args) -> int:
                 f"{b.end:%Y-%m-%d %H:%M} UTC",
                 pretty_bytes(b.size),
                 "verified" if b.verified else "FAILED verification" if b.failed else "not verified",
-                "; ".join(b.notes),
+                "; ".join(b.notes + ("made by a drill: restored only by its id",) * b.drill),
             )  # fmt: skip
             for b in found.backups
         ] + [(u.id, "", "", "FAILED: cannot be used", u.why) for u in found.unreadable]

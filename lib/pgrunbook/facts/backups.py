@@ -32,6 +32,7 @@ from . import catalog, indexes
 MANIFEST = "manifest.json"
 COPY = "manifest.copy.json"  # a remote backup's manifest, twice (pgBackRest keeps a .copy too)
 VERIFIED = "verify.json"
+DRILL = "drill"  # a manifest's purpose when a drill made it
 
 
 FORMATS = {"directory": ("d", "dump"), "custom": ("c", "dump.custom")}
@@ -45,6 +46,14 @@ class Backup:
     verification: dict[str, Any] | None = None
     repository: Any = None  # the remote repository it lives in (None: the local folder)
     notes: tuple[str, ...] = ()  # what is amiss but does not keep it from use (a manifest's copy)
+
+    @property
+    def drill(self) -> bool:
+        """Made by a disaster-recovery drill: it holds the drill's marker table, so it is never
+        'latest' (restore it by its id)."""
+        return self.manifest.get("purpose") == DRILL or (
+            "purpose" not in self.manifest and self.manifest.get("label") == "dr-drill"
+        )
 
     @property
     def remote(self) -> bool:
@@ -146,7 +155,7 @@ def identity(conn: psycopg.Connection, target: Target) -> dict[str, Any]:
 
 def described(
     conn: psycopg.Connection, target: Target, tool, *, backup_id: str, label: str,
-    started: datetime, sequence_values: dict[str, int | None],
+    started: datetime, sequence_values: dict[str, int | None], purpose: str = "",
 ) -> dict[str, Any]:  # fmt: skip
     """What every manifest says of a dump (wherever it is kept), read on `conn`, in the snapshot
     the dump is taken in: row counts, schema and its fingerprint, the invalid indexes pg_dump
@@ -161,6 +170,7 @@ def described(
         "target": target.name,
         "database": target.database,
         "label": label,
+        "purpose": purpose,
         "start": started.isoformat(),
         "end": datetime.now(UTC).isoformat(),
         "identity": identity(conn, target),
@@ -274,15 +284,21 @@ def find(
 ) -> Backup:
     """A backup by id, or 'latest': the newest verified one, else the newest never verified.
 
-    A backup whose verification failed is never 'latest'; a chosen backup
-    that was never verified says so (see `choice_finding`).
+    A backup whose verification failed is never 'latest', nor a drill's (it holds the drill's
+    marker table); a chosen backup that was never verified says so (see `choice_finding`).
     """
     name = getattr(target, "name", target)
     backups = all_backups(target, current=current)
     if ref == "latest":
-        usable = [b for b in backups if not b.failed]
+        usable = [b for b in backups if not b.failed and not b.drill]
         if not usable:
-            failed = f" ({len(backups)} failed verification)" if backups else ""
+            failed = len([b for b in backups if b.failed])
+            drills = len([b for b in backups if b.drill and not b.failed])
+            failed = ", ".join(
+                [f"{failed} failed verification"] * bool(failed)
+                + [f"{drills} made by drills, restored only by id"] * bool(drills)
+            )
+            failed = f" ({failed})" if failed else ""
             raise BackupNotFound(
                 f"no usable backup of {name!r} in {_where(target)}{failed}: "
                 "run the backup runbook first"

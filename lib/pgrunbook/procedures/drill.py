@@ -100,7 +100,9 @@ def back_up(target: Target, disaster: str, *, jobs: int = 2):
     if disaster == PITR:
         taken = pitr.take_base_backup(target, pitr.locate(target), label="dr-drill")
         return taken, pitr.base_finding(taken)
-    backup = dumps.create(target, jobs=jobs, label="dr-drill")
+    from ..facts.backups import DRILL
+
+    backup = dumps.create(target, jobs=jobs, label="dr-drill", purpose=DRILL)
     verdict, _ = restore.verify(target, backup, jobs=jobs)
     return backup, verdict
 
@@ -194,14 +196,14 @@ class Recovery:
     kept_as: str | None = None
 
 
-def recover(target: Target, disaster: str, damage: Damage, *, table: str, jobs: int = 2):
-    """Restore: the newest verified dump swapped in, or (point in time) the server restored to the
-    moment before the damage beside the running one, checked, and the dropped tables copied
-    back."""
+def recover(
+    target: Target, disaster: str, damage: Damage, *, table: str, jobs: int = 2, backup=None
+):
+    """Restore: the drill's own dump (`backup`, made by `back_up`) swapped in, or (point in time)
+    the server restored to the moment before the damage beside the running one, checked, and
+    the dropped tables copied back."""
     if disaster != PITR:
-        from ..facts import backups  # here: only the dump drills read the catalogue
-
-        result = restore.restore(target, backups.find(target, "latest"), mode="swap", jobs=jobs)
+        result = restore.restore(target, backup, mode="swap", jobs=jobs)
         return Recovery(list(result.findings), result.timeline, result.kept_as)
     server = pitr.locate(target)
     moment = moments.Moment("time", damage.at.isoformat())

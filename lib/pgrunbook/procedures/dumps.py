@@ -83,13 +83,16 @@ def _write_manifest(where: Path, manifest: dict[str, Any]) -> None:
     write_atomic(where / f"{MANIFEST}.sha256", hashlib.sha256(data).hexdigest() + "\n")
 
 
-def create(target: Target, *, format: str = "directory", jobs: int = 2, label: str = "") -> Backup:
+def create(
+    target: Target, *, format: str = "directory", jobs: int = 2, label: str = "", purpose: str = ""
+) -> Backup:
     """Dump `target` with its manifest, into its remote repository (streamed, see `offsite`) or
-    the local backups folder. On any failure nothing is left that claims success."""
+    the local backups folder. On any failure nothing is left that claims success. `purpose`:
+    backups.DRILL for a drill's backup, never taken as 'latest'."""
     if format not in FORMATS:
         raise ValueError(f"format must be 'directory' or 'custom', not {format!r}")
     if (repo := repository.for_target(target)) is not None:
-        return offsite.create(target, repo, label=label, jobs=jobs)
+        return offsite.create(target, repo, label=label, jobs=jobs, purpose=purpose)
     started = datetime.now(UTC)
     conn = db.connect(
         target, application="pgrunbook/backup", autocommit=False, statement_timeout="0"
@@ -124,6 +127,7 @@ def create(target: Target, *, format: str = "directory", jobs: int = 2, label: s
                 tool,
                 backup_id=backup_id,
                 label=label,
+                purpose=purpose,
                 started=started,
                 sequence_values=values,
             )

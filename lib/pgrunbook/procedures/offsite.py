@@ -74,7 +74,9 @@ def _reserve(repo: Repository, target: str, started: datetime, label: str, owner
     raise BackupFailed(f"too many backups named {base} in {repo.url}")
 
 
-def create(target: Target, repo: Repository, *, label: str = "", jobs: int = 2) -> Backup:
+def create(
+    target: Target, repo: Repository, *, label: str = "", jobs: int = 2, purpose: str = ""
+) -> Backup:
     """Dump `target` into the repository as it is made, then its manifest. On any failure the
     parts are deleted and nothing claims success. A repository that may not be written (see
     `Repository.may_write`) is refused before pg_dump starts."""
@@ -101,6 +103,7 @@ def create(target: Target, repo: Repository, *, label: str = "", jobs: int = 2) 
             tool,
             backup_id=backup_id,
             label=label,
+            purpose=purpose,
             started=started,
             sequence_values=values,
         )
