@@ -98,3 +98,44 @@ def test_the_sandbox_target_is_a_playground_and_the_sandboxs_production_is_prote
         conn.execute("DROP DATABASE sandbox WITH (FORCE)")
     sandbox.ensure(demo_users=300)
     assert users("sandbox") == 300
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ("[targets.staging]\nretention_days = -5\n", "retention_days = -5 in"),
+        ('[targets.staging]\nprotected = "yes"\n', "protected = 'yes' in [targets.staging]"),
+        ('[targets.staging]\nprotected = "false"\n', "write protected = true or protected ="),
+        ("[targets.staging]\nretention_day = 3\n", "did you mean 'retention_days'"),
+        ("rpo_hours = 3\n", "unknown setting 'rpo_hours'"),
+        ('encrypt = "no"\n', "write encrypt = true or encrypt = false"),
+        ("storage_warn_pct = 95\nstorage_crit_pct = 90\n", "at or below the CRIT"),
+        ('rpo_h = 3\n[tool.pgrunbook.targets.x]\nurl_env = "X"\n', "mixes [tool.*] tables"),
+    ],
+)
+def test_a_bad_configuration_is_refused_before_anything_is_written(
+    sandbox, tmp_path, monkeypatch, capsys, text, said
+):
+    """In the file PGRUNBOOK_CONFIG names as in pgrunbook.toml: one line, exit 3, no report."""
+    from pgrunbook.cli import main
+
+    config = tmp_path / f"bad-{abs(hash(text))}.toml"
+    config.write_text(text)
+    monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "backups"))
+    assert main(["run", "backup", "--target", "staging"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert said in err and "\n" not in err, err
+    assert not (tmp_path / "reports").exists() or not any((tmp_path / "reports").rglob("*"))
+    assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").rglob("*"))
+
+
+def test_a_config_file_written_as_pyproject_holds_it_is_read(tmp_path, monkeypatch):
+    """[tool.pgrunbook.targets.X] in the file PGRUNBOOK_CONFIG names (copied from a
+    pyproject.toml) is read as [targets.X] is, never as nothing."""
+    config = tmp_path / "as-pyproject.toml"
+    config.write_text('[tool.pgrunbook.targets.tenant_a]\nurl_env = "TENANT_A_URL"\n')
+    monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+    monkeypatch.setenv("TENANT_A_URL", "postgresql://app@db.internal/tenant_a")
+    assert targets.resolve("tenant_a").database == "tenant_a"

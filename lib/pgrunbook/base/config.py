@@ -14,6 +14,7 @@ database, and nothing application-specific is asked of it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -121,16 +122,74 @@ def _merge(base: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _own_file(path: Path) -> dict[str, Any]:
+    """pgrunbook.toml or $PGRUNBOOK_CONFIG: its settings at the top, or under [tool.pgrunbook]
+    as pyproject.toml holds them (copied from there), never both; every key checked."""
+    data = _read_toml(path)
+    tool = data.pop("tool", None)
+    if tool is not None:
+        if not isinstance(tool, dict) or set(tool) != {"pgrunbook"} or data:
+            raise ConfigError(
+                f"{path} mixes [tool.*] tables with other settings: write its settings at the top"
+                " ([targets.NAME]) or all under [tool.pgrunbook], not both"
+            )
+        data = tool["pgrunbook"]
+    _known(data, path)
+    return data
+
+
+def _known(config: dict[str, Any], where: Path) -> None:
+    """Refuse a key pgrunbook does not read: a setting read as nothing is a false OK waiting to
+    happen (a misspelt retention, a table under the wrong heading)."""
+    from .limits import Limits  # here: limits reads this module
+
+    known = set(NOT_LIMITS) | Limits.names()
+    if unknown := sorted(set(config) - known):
+        close = [m for k in unknown for m in difflib.get_close_matches(k, known, n=1)]
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"{where}: unknown setting {unknown[0]!r}{hint}: see docs/targets.md for what a"
+            " configuration holds"
+        )
+    for name, spec in (config.get("targets") or {}).items():
+        if isinstance(spec, dict) and (bad := sorted(set(spec) - TARGET_KEYS - Limits.names())):
+            close = difflib.get_close_matches(bad[0], TARGET_KEYS | Limits.names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{where}: [targets.{name}] has unknown setting {bad[0]!r}{hint}: a target takes"
+                f" {', '.join(sorted(TARGET_KEYS))} and any limit"
+            )
+
+
 def _project_config(home: Path, extra: str) -> dict[str, Any]:
-    config = _read_toml(home / "pyproject.toml").get("tool", {}).get("pgrunbook", {})
-    config = _merge(config, _read_toml(home / "pgrunbook.toml"))
+    pyproject = home / "pyproject.toml"
+    config = _read_toml(pyproject).get("tool", {}).get("pgrunbook", {})
+    _known(config, pyproject)
+    config = _merge(config, _own_file(home / "pgrunbook.toml"))
     if extra:
         if not Path(extra).is_file():
             raise ConfigError(
                 f"$PGRUNBOOK_CONFIG names {extra}, which is not a file: fix or unset it"
             )
-        config = _merge(config, _read_toml(Path(extra)))
+        config = _merge(config, _own_file(Path(extra)))
     return config
+
+
+def _checked(config: dict[str, Any], targets: dict[str, dict[str, Any]]) -> None:
+    """Every value whose kind matters, checked before any run starts: limits (for every target
+    and the project), and switches that are true or false (a string "false" is not false)."""
+    from .limits import for_settings  # here: limits reads this module
+
+    for where, spec in [("[tool.pgrunbook]", config)] + [
+        (f"[targets.{n}]", s) for n, s in targets.items()
+    ]:
+        for key in ("protected", "encrypt"):
+            if key in spec and not isinstance(spec[key], bool):
+                raise ConfigError(
+                    f"{key} = {spec[key]!r} in {where}: write {key} = true or {key} = false"
+                    " (without quotes)"
+                )
+    for_settings(config, targets)
 
 
 def _app(name: str, spec: Any) -> App:
@@ -179,6 +238,7 @@ def _load(home: Path, state: str, reports: str, backups: str, pitr: str, extra: 
                 " table"
             )
         targets[name] = {"protected": name == "production", **targets.get(name, {}), **spec}
+    _checked(config, targets)
     return Settings(
         home=home,
         state_dir=state_dir,
@@ -203,6 +263,8 @@ NOT_LIMITS = ("targets", "apps", "app_roles", "fleets", "repository", "encrypt",
               "reports", "object_lock_days", "notify")  # fmt: skip
 
 
+TARGET_KEYS = {"url_env", "service", "protected", "app", "tags", "repository", "encrypt",
+               "object_lock_days", "heartbeat_url_env"}  # fmt: skip
 FLEET_KEYS = {"targets", "tags", "file"}
 FILE_COLUMNS = ("name", "url_env", "service", "tags", "protected", "app")
 

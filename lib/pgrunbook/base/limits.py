@@ -131,6 +131,14 @@ def for_target(target: Any = None, **overrides: Any) -> Limits:
     return limits.with_values(overrides, where="the runbook's parameters")
 
 
+def for_settings(project: dict[str, Any], targets: dict[str, dict[str, Any]]) -> None:
+    """Check the limits of a configuration being loaded (the project's, then each target's):
+    a bad one is refused before any run starts, in one line naming where it is."""
+    base = Limits().with_values(project, where="[tool.pgrunbook]")
+    for name, spec in targets.items():
+        base.with_values(spec, where=f"[tool.pgrunbook.targets.{name}]")
+
+
 DEFAULTS = (
     Limits()
 )  # the guide's numbers, for the defaults of check functions called without a target
