@@ -267,3 +267,197 @@ def test_a_target_that_could_not_be_checked_ranks_with_the_crits_not_below_a_war
     assert worst(f.status for f in found) is Status.CRIT
     gone = next(f for f in found if f.check == "tenant99")
     assert gone.status is Status.CRIT and gone.summary.startswith("not checked (UNKNOWN)")
+
+
+@pytest.fixture
+def trio(sandbox, tmp_path, monkeypatch):
+    """Three tenant databases on one server (the embedded one), and one target that cannot be
+    reached, as fleets `trio` and `trio_gone`."""
+    admin = sandbox.url("postgres")
+    made, rows = [], ["name,url_env,service,tags,protected,app"]
+    for n in range(3):
+        name = f"pgrb_trio_{uuid.uuid4().hex[:6]}_{n}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        url = psycopg.conninfo.make_conninfo(admin, dbname=name)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+            conn.execute("CREATE TABLE item (id int PRIMARY KEY, note text)")
+            conn.execute("INSERT INTO item SELECT g, md5(g::text) FROM generate_series(1, 500) g")
+        made.append(name)
+        monkeypatch.setenv(f"TRIO_DB_{n}", url)
+        rows.append(f"trio{n},TRIO_DB_{n},,trio,false,")
+    monkeypatch.setenv("TRIO_GONE", "postgresql://nobody@127.0.0.1:1/gone?connect_timeout=2")
+    (tmp_path / "trio.csv").write_text("\n".join(rows) + "\n")
+    config = tmp_path / f"trio-{uuid.uuid4().hex[:6]}.toml"
+    config.write_text(
+        f'[fleets.trio]\nfile = "{tmp_path / "trio.csv"}"\n\n'
+        '[fleets.trio_gone]\ntargets = ["trio0", "trio_gone"]\n\n'
+        '[targets.trio_gone]\nurl_env = "TRIO_GONE"\n'
+    )
+    monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+    monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "backups"))
+    monkeypatch.setenv("PGRUNBOOK_STATE_DIR", str(tmp_path / "state"))
+    yield made
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for name in made:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def _scratch(admin: str) -> list[str]:
+    with psycopg.connect(admin) as conn:
+        return [
+            r[0]
+            for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'pgrb_ver%'")
+        ]
+
+
+def test_three_tenants_of_one_server_back_up_at_once(trio, sandbox, capsys):
+    """Backed up in the same second, each verified in a scratch database of its own."""
+    from pgrunbook.cli import main
+
+    before = _scratch(sandbox.url("postgres"))
+    assert main(["fleet", "run", "backup", "--fleet", "trio", "--parallel", "3"]) == 0, (
+        capsys.readouterr()
+    )
+    out = capsys.readouterr().out
+    assert all(f"OK      trio{n}" in out for n in range(3)), out
+    for n in range(3):
+        [entry] = [e for e in history.entries() if e["target"] == f"trio{n}"]
+        assert entry["outcome"] == "OK"
+    assert _scratch(sandbox.url("postgres")) == before  # every scratch database dropped
+
+
+def test_a_target_run_again_is_a_new_run_and_a_killed_one_is_not_run_again(trio, tmp_path):
+    """As Airflow calls run_target: a task cleared and run again replaces its result (not 'after
+    2 attempts'); a try whose process was killed mid-run leaves no empty report, and the next
+    try fails it without running it again; the report names it."""
+    import signal
+    import time
+    from dataclasses import asdict
+
+    from pgrunbook.archive import fleet
+
+    plan = fleet.prepare("performance", "trio")
+    first = fleet.run_target(plan, "trio0")
+    again = fleet.run_target(plan, "trio0")
+    assert first.outcome == again.outcome != "FAILED" and again.attempts == 1
+    assert again.duration_s < first.duration_s + again.duration_s - 0.001
+
+    code = (
+        "import json, sys\nfrom pgrunbook.archive import fleet\n"
+        "fleet.run_target(fleet.Prepared(**json.loads(sys.argv[1])), 'trio1')\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(plan))])
+    running = tmp_path / "state" / "running"
+    deadline = time.monotonic() + 120
+    while not (running.is_dir() and [p for p in running.iterdir() if p.stat().st_size]):
+        assert time.monotonic() < deadline and proc.poll() is None, "the run never started"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)  # as the OOM killer does
+    proc.wait()
+    reports_dir = tmp_path / "reports"
+    assert not [p for p in reports_dir.rglob("*.ipynb") if p.stat().st_size == 0]
+    runs = len(history.entries())
+    killed = fleet.run_target(plan, "trio1")  # Airflow's next try
+    assert killed.outcome == "FAILED" and "killed mid-run" in killed.error
+    assert len(history.entries()) == runs  # not run again
+    result = fleet.finish(plan)
+    by = {r.target: r for r in result.runs}
+    assert by["trio1"].outcome == "FAILED" and result.exit_code in (2, 3)
+    assert "killed mid-run" in result.report.html.read_text()
+
+
+def test_a_report_in_another_state_folder_finds_no_result_and_says_why(trio, monkeypatch, tmp_path):
+    from pgrunbook.archive import fleet
+
+    plan = fleet.prepare("status", "trio")
+    fleet.run_target(plan, "trio0")
+    assert fleet.missing(plan) == ["trio1", "trio2"]
+    monkeypatch.setenv("PGRUNBOOK_STATE_DIR", str(tmp_path / "elsewhere"))
+    assert fleet.missing(plan) == plan.targets
+
+
+AIRFLOW_TRIO = textwrap.dedent(
+    """
+    import json, os, sys
+    from datetime import timedelta
+    from pgrunbook.airflow import fleet_dag
+
+    dags = [
+        fleet_dag("backup", "trio", retries=0),
+        fleet_dag("status", "trio_gone", retries=0),
+        fleet_dag("status", "no_such_fleet", retries=0),
+    ]
+    if __name__ == "__main__":
+        for dag in dags:
+            run = dag.test()
+            tasks = {f"{ti.task_id}{'' if ti.map_index < 0 else ti.map_index}": str(ti.state)
+                     for ti in run.get_task_instances()}
+            print("RESULT " + json.dumps({"dag": dag.dag_id, "state": str(run.state),
+                                          "tasks": tasks}))
+    """
+)
+
+
+def _airflow_env(tmp_path: Path, dags: Path) -> dict[str, str]:
+    if importlib.util.find_spec("airflow") is None:  # not imported here: it configures logging
+        if os.environ.get("PGRUNBOOK_TEST_AIRFLOW") == "required":  # CI: never a silent skip
+            pytest.fail("Airflow is not installed: pip install -e '.[test,airflow]'")
+        pytest.skip("pip install 'pgrunbook[airflow]'")
+    env = dict(
+        os.environ,
+        AIRFLOW_HOME=str(tmp_path / "airflow"),
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__UNIT_TEST_MODE="False",
+    )
+    airflow = str(Path(sys.executable).parent / "airflow")
+    for command in (["db", "migrate"], ["pools", "set", "pgrunbook", "3", "pgrunbook runs"]):
+        done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    return env
+
+
+def test_three_tenants_on_airflow_and_the_report_task_fails_what_was_not_checked(
+    trio, sandbox, tmp_path
+):
+    """dag.test(): the backup of three tenants of one server succeeds; a fleet with a target
+    that cannot be reached fails at its report (exit 3 is not green); a fleet that does not
+    exist fails at prepare and its report says so (no TypeError); no deprecation warning."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "trio.py").write_text(AIRFLOW_TRIO)
+    env = _airflow_env(tmp_path, dags)
+    before = _scratch(sandbox.url("postgres"))
+    done = subprocess.run(
+        [sys.executable, str(dags / "trio.py")], env=env, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    results = {
+        r["dag"]: r
+        for r in (
+            json.loads(x.removeprefix("RESULT "))
+            for x in done.stdout.splitlines()
+            if x.startswith("RESULT ")
+        )
+    }
+    assert len(results) == 3, (done.stdout[-3000:], done.stderr[-3000:])
+    backup = results["pgrunbook_backup_trio"]
+    assert backup["state"].endswith("success"), backup
+    assert all(backup["tasks"][f"run_target{n}"].endswith("success") for n in range(3))
+    assert _scratch(sandbox.url("postgres")) == before
+    gone = results["pgrunbook_status_trio_gone"]
+    assert gone["state"].endswith("failed") and gone["tasks"]["report"].endswith("failed"), gone
+    missing = results["pgrunbook_status_no_such_fleet"]
+    assert missing["state"].endswith("failed"), missing
+    logs = done.stdout + done.stderr
+    assert "TypeError" not in logs and "AirflowFailException is deprecated" not in logs
+    entries = history.entries()
+    assert sorted(e["target"] for e in entries if e["runbook"] == "backup") == [
+        "trio0", "trio1", "trio2"
+    ]  # fmt: skip
+    assert all(e["outcome"] == "OK" for e in entries if e["runbook"] == "backup")

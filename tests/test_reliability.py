@@ -174,9 +174,22 @@ def test_a_killed_run_leaves_nothing_unredacted_in_the_archive(sandbox, tmp_path
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert work[0].stat().st_mode & 0o077 == 0 and running.stat().st_mode & 0o077 == 0
-    archived = [p for p in written_files(tmp_path / "reports") if p.stat().st_size > 0]
-    assert archived == []  # only the run's empty reservation: no query result reached the archive
-    work[0].unlink()
+    archived = [p for p in written_files(tmp_path / "reports") if not p.name.startswith(".")]
+    assert archived == []  # no report, empty or not: only its name's hidden claim
+    # the archive stays true, and cleanup names and removes the claim and the working copy
+    pgrb = lambda *a: subprocess.run([PGRUNBOOK, *a], env=env, capture_output=True, text=True)  # noqa: E731
+    assert pgrb("reports", "verify").returncode == 0
+    listed = pgrb("cleanup", "--target", "sandbox")
+    assert "report claim" in listed.stdout and str(work[0]) in listed.stdout, listed.stdout
+    assert pgrb("cleanup", "--target", "sandbox", "--apply").returncode == 0
+    assert not work[0].exists() and not list((tmp_path / "reports").rglob("*.claim"))
+    # an empty report an earlier version left is named and removed too
+    empty = tmp_path / "reports" / "performance" / "20260101T000000Z_sandbox.ipynb"
+    empty.touch()
+    assert pgrb("reports", "verify").returncode != 0
+    assert "empty report" in pgrb("cleanup", "--target", "sandbox").stdout
+    pgrb("cleanup", "--target", "sandbox", "--apply")
+    assert not empty.exists() and pgrb("reports", "verify").returncode == 0
 
 
 def _users(url: str) -> int:

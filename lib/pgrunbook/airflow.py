@@ -8,8 +8,11 @@ fleet's targets (dynamic task mapping) in an Airflow pool that caps how many run
 calls pgrunbook's own run-and-archive and returns a short summary (its XCom), never the
 notebook; the fleet report is the last task. Airflow retries a target only when its run is
 UNKNOWN because its server could not be reached: a CRIT run, or a run that finished or failed
-after starting (it may have changed something), fails without retry. The report task fails
-when the fleet's worst outcome is CRIT, so the DAG run does too.
+after starting (it may have changed something), fails without retry; a task killed mid-run
+(SIGKILL, the OOM killer) is failed by its next try without running again. A task cleared and
+run again is a new run, not a retry. The report task fails when the fleet's worst outcome is
+CRIT, FAILED or UNKNOWN (a target not checked), so the DAG run does too; and when it finds no
+target's result, which happens when the workers do not share its PGRUNBOOK_STATE_DIR.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ def fleet_dag(
     **dag_options: Any,
 ):
     """An Airflow DAG running `runbook` on every target of `fleet` (see the module's doc)."""
-    from airflow.exceptions import AirflowException, AirflowFailException
     from airflow.sdk import DAG, task
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
     given = {k: str(v) for k, v in (params or {}).items()}
 
@@ -80,15 +83,27 @@ def fleet_dag(
             return summary
 
         @task(trigger_rule="all_done")
-        def report(plan: dict[str, Any]) -> dict[str, Any]:
-            result = fleets_run.finish(_prepared(plan))
+        def report(plan: dict[str, Any] | None) -> dict[str, Any]:
+            if not plan:
+                raise AirflowFailException(
+                    f"fleet {fleet}: prepare failed, so nothing ran: its log says why"
+                )
+            prepared = _prepared(plan)
+            if prepared.targets and fleets_run.missing(prepared) == prepared.targets:
+                raise AirflowFailException(
+                    f"fleet {fleet}: no target's result in {fleets_run.state_folder(prepared)}:"
+                    " the run_target tasks and this one must share PGRUNBOOK_STATE_DIR (a"
+                    " shared volume), see docs/fleets.md"
+                )
+            result = fleets_run.finish(prepared)
             counts = {k: v for k, v in result.counts().items() if v}
             summary = {
                 "fleet_run": result.fleet_run,
                 "counts": counts,
                 "report": str(result.report.html) if result.report else "",
             }
-            if result.exit_code == 2:
+            outcome = result.report.outcome if result.report else "FAILED"
+            if result.exit_code in (2, 3) or outcome in ("CRIT", "FAILED", "UNKNOWN"):
                 raise AirflowFailException(f"fleet {fleet}: {counts}; report {summary['report']}")
             return summary
 

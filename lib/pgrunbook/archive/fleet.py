@@ -127,12 +127,25 @@ def run_target(
 ) -> TargetRun:
     """One target's run, made and archived by the runner exactly as `pgrunbook run` makes it,
     filed under the fleet run; retried while its server cannot be reached (nothing was archived
-    then). What happened is kept for the fleet report, attempts counted across calls (an Airflow
-    retry calls this again). Never raises for the target's sake: the others go on."""
+    then). What happened is kept for the fleet report. Never raises for the target's sake: the
+    others go on.
+
+    Called again for the same fleet run (an Airflow task's next try, or a task cleared and run
+    again): after an unreachable server it is a retry, its attempts and time added; after an
+    attempt that was killed mid-run (its state still says it was running) it is FAILED without
+    running again, since that run may have changed something; after a run that finished it is a
+    new run, which replaces the earlier one."""
     earlier = _load_target(plan.fleet_run, target)
+    if earlier is not None and earlier.outcome == RUNNING:
+        result = _killed(earlier)
+        _save_target(plan.fleet_run, result)
+        return result
+    if earlier is not None and not (earlier.outcome == "UNKNOWN" and unreachable(earlier.error)):
+        earlier = None  # a re-run, not a retry
     t0, attempt = time.perf_counter(), earlier.attempts if earlier else 0
     root = config.settings().reports_dir
     while True:
+        _save_target(plan.fleet_run, TargetRun(target, RUNNING, 3, attempt + 1, 0.0))
         attempt += 1
         done, code, error = None, 3, ""
         try:
@@ -164,6 +177,24 @@ def run_target(
     return result
 
 
+RUNNING = "RUNNING"  # a target's state while its run goes: found so later, the run was killed
+
+
+def _killed(run: TargetRun) -> TargetRun:
+    return TargetRun(
+        run.target, "FAILED", 3, run.attempts, run.duration_s,
+        error=f"attempt {run.attempts} was killed mid-run (its process ended without a word, as"
+        " the OOM killer ends one): not run again, since it may have changed something; see"
+        f" `pgrunbook cleanup --target {run.target}`",
+    )  # fmt: skip
+
+
+def missing(plan: Prepared) -> list[str]:
+    """The targets of `plan` with no state at all: never started, or started where this
+    process's PGRUNBOOK_STATE_DIR is not."""
+    return [t for t in plan.targets if _load_target(plan.fleet_run, t) is None]
+
+
 def unreachable(error: str) -> bool:
     """The run was refused because its server could not be reached: the one case worth a
     retry (nothing ran, nothing was archived)."""
@@ -177,6 +208,7 @@ def finish(plan: Prepared, *, incident: str | None = None) -> FleetResult:
         or TargetRun(t, "UNKNOWN", 3, 0, 0.0, error="never ran: the fleet run stopped first")
         for t in plan.targets
     ]
+    runs = [_killed(r) if r.outcome == RUNNING else r for r in runs]
     runs.sort(key=lambda r: (ORDER.get(r.outcome, 2), r.target))
     result = FleetResult(plan.fleet, plan.fleet_run, plan.runbook, runs, None)
     _save(result)
@@ -188,6 +220,11 @@ def finish(plan: Prepared, *, incident: str | None = None) -> FleetResult:
         progress=False,
     )
     return result
+
+
+def state_folder(plan: Prepared) -> Path:
+    """Where each target's run of `plan` is kept until its report (PGRUNBOOK_STATE_DIR)."""
+    return config.settings().state_dir / "fleets" / plan.fleet_run
 
 
 def _target_path(fleet_run: str, target: str) -> Path:

@@ -29,7 +29,14 @@ from .. import __version__
 from ..base import config, db, targets
 from ..base import progress as progress_readings
 from ..base.errors import ArchiveFailed, ConnectionFailed, UnknownParameter, UnknownRunbook
-from ..base.fileio import create_private, private_dir, sha256_file, socket_dir, write_atomic
+from ..base.fileio import (
+    claim_of,
+    create_private,
+    private_dir,
+    sha256_file,
+    socket_dir,
+    write_atomic,
+)
 from ..base.findings import RUNNER_ENV, Finding, Status, first_step, read_recorded, steps
 from ..base.secrets import redact, redact_document
 from ..facts import backups
@@ -232,15 +239,22 @@ def _convert(runbook: str, p: Parameter, text: str) -> Any:
 
 
 def _report_path(runbook: str, target: str, started: datetime) -> Path:
+    """A report name no other run has, claimed (see `claim_of`) by this process."""
     folder = private_dir(config.settings().reports_dir / runbook)
     stem = f"{started:%Y%m%dT%H%M%SZ}_{target}"
     for n in range(1000):
         path = folder / (f"{stem}.ipynb" if n == 0 else f"{stem}-{n}.ipynb")
+        if path.exists():
+            continue
         try:
-            create_private(path)
-            return path
+            create_private(claim_of(path))
         except FileExistsError:
             continue
+        if path.exists():  # archived between the look and the claim
+            claim_of(path).unlink()
+            continue
+        claim_of(path).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        return path
     raise RuntimeError(f"too many reports named {stem} in {folder}")
 
 
@@ -325,6 +339,7 @@ def run(
     except OSError as e:
         raise ArchiveFailed(_unarchived(work, meta, e)) from None
     finally:  # a run that failed before its figures were written: said so in them
+        claim_of(out).unlink(missing_ok=True)
         why = error or "the run ended before it wrote its figures"
         _monitoring_down(target, {**defaults(declared), **values}, why, since)
 

@@ -154,3 +154,12 @@ def owner_gone(tag: str) -> bool:
     except (ValueError, PermissionError):
         return False
     return False
+
+
+CLAIM = ".claim"  # a name claimed while what gets it is being made: `.NAME.claim`
+
+
+def claim_of(path: Path) -> Path:
+    """The hidden file that holds `path`'s name while it is being made (a report is written
+    whole at the end of its run, so a killed run leaves no empty report in the archive)."""
+    return path.with_name(f".{path.name}{CLAIM}")

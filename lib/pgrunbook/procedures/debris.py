@@ -17,6 +17,7 @@ the target's keeping hours (keep_h, 48 h); never within them.
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from ..base import config, db, fileio, limits, repository
 from ..base.errors import PgRunbookError
+from ..base.fileio import CLAIM
 from ..base.findings import Check, Finding, Status
 from ..base.targets import Target
 from ..facts import backups
@@ -101,11 +103,33 @@ def find(target: Target) -> list[Debris]:
             Debris("repository leftover", f"{repo.url}/{item.key}", item.what, item)
             for item in backups.leftovers(repo, target.name)
         ]
+    found += _unfinished_reports(target)
     running = config.settings().state_dir / "running"
     for work in sorted(running.glob(f"*_{target.name}*.ipynb")) if running.is_dir() else []:
         pid = work.name.split("_", 1)[0]
         if pid.isdigit() and _dead(f"{socket.gethostname()} {pid}"):
             found.append(Debris("working notebook", str(work)))
+    return found
+
+
+def _unfinished_reports(target: Target) -> list[Debris]:
+    """In the audit archive: the claim on a report's name that a killed run of `target` left,
+    and an empty report (earlier versions wrote the name's placeholder there)."""
+    root = config.settings().reports_dir
+    own = re.compile(rf"\.?\d{{8}}T\d{{6}}Z_{re.escape(target.name)}(-\d+)?\.ipynb({CLAIM})?$")
+    found = []
+    for path in sorted(root.glob("*/*.ipynb*")) if root.is_dir() else []:
+        if not own.match(path.name):
+            continue
+        if path.name.endswith(CLAIM):
+            try:
+                tag = path.read_text().strip()
+            except OSError:
+                tag = ""
+            if tag and _dead(tag):
+                found.append(Debris("report claim", str(path), "the name a killed run claimed"))
+        elif path.suffix == ".ipynb" and path.stat().st_size == 0:
+            found.append(Debris("empty report", str(path), "left by a run killed mid-way"))
     return found
 
 
