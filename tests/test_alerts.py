@@ -65,6 +65,14 @@ def test_a_crit_alerts_once_not_on_the_repeat_and_its_end_is_said(channels, sand
     assert len(mail.messages) == 1
     # (other checks of the shared sandbox may move meanwhile: the repeat is about this one)
     assert not [p for p in hook.posts[chat:] if "connections" in p["message"]]
+    # a channel down is said on the console of the person who ran it, without its secret
+    from pgrunbook.cli import main
+
+    capsys.readouterr()
+    main(["run", "health", "--target", "staging", "--no-progress", "-p", "pool_limit", "1"])
+    err = capsys.readouterr().err
+    assert "pgrunbook: alert to broken not delivered: " in err and TOKEN not in err, err
+    assert len(mail.messages) == 1
 
     # repeat_hours later, still CRIT: said again (the state's clock moved back 25 h)
     state = alerts.state_path()

@@ -70,6 +70,8 @@ def _print_result(result) -> None:
     print(f"  report: {result.notebook}\n  html:   {result.html}")
     for what, path in result.written.items():
         print(f"  {what + ':':<7} {path}")
+    for note in result.alerts:  # a channel down: the person at the console is the one told
+        print(f"pgrunbook: {note}", file=sys.stderr)
 
 
 def cmd_doctor(args) -> int:

@@ -131,6 +131,7 @@ class RunResult:
     error: str | None = None
     duration_s: float = 0.0
     written: dict[str, str] = field(default_factory=dict)
+    alerts: list[str] = field(default_factory=list)  # what was not delivered (a channel down)
 
 
 def available() -> list[str]:
@@ -556,6 +557,7 @@ def _archive(
         error,
         meta["duration_s"],
         meta["written"],
+        notes,
     )
 
 
