@@ -1,6 +1,7 @@
 """Performance review and health under real load: pgbench, slow queries, held connections, open
 transactions."""
 
+import contextlib
 import json
 import os
 import re
@@ -592,3 +593,41 @@ def test_the_statement_chart_labels_each_bar_with_its_statement_and_draws_no_pie
     ]
     assert bars.get_xlabel() == "total time (s)" and scatter.get_ylabel() == "mean time (ms)"
     assert [line.get_label() for line in scatter.get_lines()] == ["slow: 100 ms"]
+
+
+BURN = "import time\nt = time.time() + 4\nwhile time.time() < t:\n    pass"
+
+
+def test_host_cpu_says_whose_it_is_and_warns_only_when_sustained(sandbox):
+    """Measured over a window: two backends busy count as PostgreSQL's, two programs of this
+    host as others'; a busy minute without a busy five minutes is a burst, not a WARN."""
+    import subprocess
+    import sys
+    import threading
+
+    def burn_in_postgres() -> None:
+        with psycopg.connect(sandbox.url("sandbox")) as conn:
+            conn.execute("SET statement_timeout = '6s'")
+            with contextlib.suppress(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT count(*) FROM generate_series(1, 10000000000)")
+
+    workers = [threading.Thread(target=burn_in_postgres) for _ in range(2)]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)
+    in_postgres = health.cpu_use(2.0)
+    for w in workers:
+        w.join()
+    burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(2)]
+    time.sleep(0.3)
+    elsewhere = health.cpu_use(2.0)
+    for b in burners:
+        b.wait()
+    assert in_postgres.postgres_pct > 25 and in_postgres.postgres_pct > elsewhere.postgres_pct
+    assert elsewhere.others_pct > 25 and elsewhere.others_pct > elsewhere.postgres_pct
+
+    burst = health.cpu_finding(health.CpuUse(95, 5, 90), 0.4, 2, 80, 2.0)
+    assert burst.status is Status.OK and "a burst, not sustained" in burst.summary
+    assert "the load is not the database's" in burst.summary
+    held = health.cpu_finding(health.CpuUse(95, 90, 5), 1.9, 2, 80, 2.0)
+    assert held.status is Status.WARN and "PostgreSQL's processes 90%" in held.summary

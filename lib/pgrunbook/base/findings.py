@@ -84,7 +84,8 @@ FIRST_STEPS: dict[str, str] = {
     " {target}",
     Check.WAL_ARCHIVING: "read the archiver's last failure in the server log; WAL piles up in"
     " pg_wal until it archives",
-    Check.HOST_CPU: "find the busiest statements: pgrunbook run performance --target {target}",
+    Check.HOST_CPU: "see whose processes are busy (the finding says PostgreSQL's or others'):"
+    " for PostgreSQL's, the busiest statements: pgrunbook run performance --target {target}",
     Check.HOST_MEMORY: "find what holds memory on the host; check work_mem and connections",
     "the run": "read the run's report, then: pgrunbook cleanup --target {target} lists what it"
     " left",
