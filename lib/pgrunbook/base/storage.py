@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,27 @@ from .errors import PgRunbookError
 from .fileio import private_dir
 
 PART = 8 * 2**20  # bytes per part of a multipart upload (S3's minimum is 5 MiB)
+
+# A store that stops answering (a hung network, an overloaded gateway) fails a call within
+# ATTEMPTS x (CONNECT_S + the read timeout) and botocore's backoff between attempts: with the
+# defaults, about 2 minutes. After that the store is taken as down for DOWN_S: every call fails
+# at once (cleanup after a failure does not wait again), and the next run removes what stays.
+TIMEOUT_ENV = "PGRUNBOOK_STORE_TIMEOUT_S"  # seconds to wait for an answer (default 30)
+CONNECT_S = 5
+ATTEMPTS = 3
+DOWN_S = 60
+
+
+def read_timeout() -> float:
+    """Seconds a store may take to answer one request (PGRUNBOOK_STORE_TIMEOUT_S, default 30)."""
+    given = os.environ.get(TIMEOUT_ENV, "") or "30"
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = -1
+    if not 0 < seconds < 86400:
+        raise StorageError(f"{TIMEOUT_ENV}={given!r}: give a number of seconds, such as 30")
+    return seconds
 
 
 class StorageError(PgRunbookError):
@@ -241,6 +263,7 @@ class S3Store(Store):
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self._client = client
         self.lock_days = lock_days  # S3 Object Lock: every object retained this long
+        self._down: tuple[float, str] | None = None  # (until when, why): see DOWN_S
 
     def _lock(self) -> dict:
         """What every write carries under Object Lock: COMPLIANCE retention (no credential can
@@ -287,9 +310,9 @@ class S3Store(Store):
             self._client = boto3.client(
                 "s3",
                 config=Config(
-                    retries={"max_attempts": 5, "mode": "standard"},
-                    connect_timeout=5,
-                    read_timeout=60,
+                    retries={"max_attempts": ATTEMPTS, "mode": "standard"},
+                    connect_timeout=CONNECT_S,
+                    read_timeout=read_timeout(),
                     # checksums only where the operation requires one: S3 servers other than
                     # AWS's refuse the newer default headers on some calls
                     request_checksum_calculation="when_required",
@@ -304,6 +327,11 @@ class S3Store(Store):
     def _call(self, what: str, key: str, fn, **kwargs):
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if self._down is not None:
+            until, why = self._down
+            if time.monotonic() < until:
+                raise StorageError(f"{what} {self.url}/{key} not tried: {why}")
+            self._down = None
         try:
             return fn(Bucket=self.bucket, **kwargs)
         except ClientError as e:
@@ -314,7 +342,28 @@ class S3Store(Store):
                 raise Missing(f"no {key} in {self.url}") from None
             raise StorageError(f"{what} {self.url}/{key} failed: {code or e}") from None
         except BotoCoreError as e:
-            raise StorageError(f"{what} {self.url}/{key} failed: {_reason(e)}") from None
+            raise self._failed(what, key, e) from None
+
+    def _failed(self, what: str, key: str, error: Exception) -> StorageError:
+        """The one line for a call that got no answer; a timeout or a lost connection takes the
+        store as down for DOWN_S (see ATTEMPTS)."""
+        from botocore.exceptions import ConnectionError as Unreachable
+        from botocore.exceptions import ReadTimeoutError
+        from urllib3.exceptions import HTTPError
+
+        if isinstance(error, (Unreachable, ReadTimeoutError, HTTPError, OSError)):
+            self._down = (
+                time.monotonic() + DOWN_S,
+                f"{self.url} stopped answering ({_reason(error)}): is the object store up and"
+                " reachable?",
+            )
+            timeout = read_timeout()
+            return StorageError(
+                f"{what} {self.url}/{key} failed: no answer after {ATTEMPTS} attempts of"
+                f" {CONNECT_S:g} s to connect and {timeout:g} s to answer ({_reason(error)}): is"
+                " the object store up and reachable?"
+            )
+        return StorageError(f"{what} {self.url}/{key} failed: {_reason(error)}")
 
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
         extra = {"IfNoneMatch": "*"} if create_only else {}
@@ -326,7 +375,8 @@ class S3Store(Store):
             return body.read()
 
     def reader(self, key: str) -> BinaryIO:
-        return self._call("reading", key, self.client.get_object, Key=self._key(key))["Body"]
+        body = self._call("reading", key, self.client.get_object, Key=self._key(key))["Body"]
+        return _Body(self, key, body)  # type: ignore[return-value]
 
     def writer(self, key: str, *, create_only: bool = False) -> Writer:
         return _S3Writer(self, key, create_only)
@@ -378,6 +428,35 @@ class S3Store(Store):
             "aborting the upload of", item.key, self.client.abort_multipart_upload,
             Key=self._key(item.key), UploadId=item.upload,
         )  # fmt: skip
+
+
+class _Body:
+    """An object's body as it is read: a read that gets no answer (within the read timeout) or
+    loses its connection is a StorageError, as a call's failure is."""
+
+    def __init__(self, store: S3Store, key: str, body):
+        self.store, self.key, self.body = store, key, body
+
+    def read(self, n: int = -1) -> bytes:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return self.body.read() if n is None or n < 0 else self.body.read(n)
+        except (BotoCoreError, OSError) as e:
+            raise self.store._failed("reading", self.key, e) from None
+        except Exception as e:  # urllib3's errors of a body cut short (ProtocolError, ...)
+            if type(e).__module__.startswith("urllib3"):
+                raise self.store._failed("reading", self.key, e) from None
+            raise
+
+    def close(self) -> None:
+        self.body.close()
+
+    def __enter__(self) -> _Body:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class _S3Writer(Writer):
