@@ -173,3 +173,85 @@ def test_runners_thrown_away_after_each_job_share_what_was_alerted(
         runner.run("health", "staging", {"pool_limit": "1"}, progress=False)
         assert len(hook.posts) == 2 and "RESOLVED connections" in hook.posts[1]["message"]
     assert any("/alerts/state/" in k for k in s3server.objects(bucket))
+
+
+def test_a_report_the_store_could_not_take_goes_up_later_and_verify_names_it_meanwhile(
+    sandbox, shared, s3server, monkeypatch, capsys
+):
+    """The store killed while a run goes (before its report goes up): the run says its report
+    is kept here; verify against the bucket is FAILED naming it; once the store is back the
+    next run (or `reports push`) sends it, and verify is OK."""
+    import threading
+    import time
+
+    from pgrunbook.archive import runner
+    from pgrunbook.base import config
+    from pgrunbook.base.errors import ArchiveFailed
+
+    _, machine = shared
+    _on(machine("flaky"), monkeypatch)
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["result"] = runner.run("status", "staging", progress=False)
+        except BaseException as e:  # noqa: BLE001 - what the run raised is the subject
+            out["error"] = e
+
+    worker = threading.Thread(target=run)
+    running = config.settings().state_dir / "running"
+    before = set(running.glob("*")) if running.is_dir() else set()
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not (set(running.glob("*status*")) - before):
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.05)
+    s3server.kill()
+    worker.join(300)
+    s3server.start()
+    assert isinstance(out.get("error"), ArchiveFailed), out
+    assert "reports push" in str(out["error"])
+    capsys.readouterr()
+    assert _once_up(lambda: main(["reports", "verify"])) == 2
+    said = capsys.readouterr().out
+    assert "not in the shared archive yet: status/" in said, said
+    assert main(["reports", "push"]) == 0
+    assert main(["reports", "verify"]) == 0
+    assert "OK: 2 files checked" in capsys.readouterr().out
+
+
+def test_reports_indexed_before_the_archive_was_shared_go_up_with_the_first_shared_run(
+    sandbox, shared, monkeypatch, tmp_path, capsys
+):
+    """Turning the bucket archive on keeps this host's earlier runs: they join the chain (none
+    is left 'unindexed' in the local folder), and both verifies are OK."""
+    _, machine = shared
+    here = machine("before")
+    script = tmp_path / "append.py"
+    script.write_text(APPENDER)
+    local = {k: v for k, v in here.items() if k != "PGRUNBOOK_REPORTS"}  # not shared yet
+    done = subprocess.run([sys.executable, str(script), "1", "3"], env=local)
+    assert done.returncode == 0
+    _on(here, monkeypatch)
+    from pgrunbook.archive import runner
+
+    result = runner.run("status", "staging", progress=False)
+    assert result.exit_code in (0, 1)
+    assert main(["reports", "verify"]) == 0
+    assert "OK: 8 files checked against the chain" in capsys.readouterr().out
+    monkeypatch.delenv("PGRUNBOOK_REPORTS")  # the local folder, verified on its own
+    assert main(["reports", "verify"]) == 0, capsys.readouterr().out
+
+
+def _once_up(call, seconds: float = 60):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            code = call()
+        except Exception:  # noqa: BLE001 - the restarted store comes back a little later
+            code = 3
+        if code != 3 or time.monotonic() > deadline:
+            return code
+        time.sleep(0.5)

@@ -293,6 +293,18 @@ def cmd_reports(args) -> int:
             f"the archive's pages: {site.build(full=True)} (open it in a browser, no server needed)"
         )
         return 0
+    if args.action == "push":
+        if repo is None:
+            raise UnknownParameter(
+                "reports push sends this host's waiting reports to the shared archive: set"
+                ' reports = "s3://..." (or PGRUNBOOK_REPORTS) first'
+            )
+        shared.sync_index(repo)
+        pushed, stays = shared.push(repo)
+        for line in stays:
+            print(f"still here: {line}")
+        print(f"{len(pushed)} report(s) sent to {repo.url}; {len(stays)} still wait")
+        return 2 if stays else 0
     if args.action == "verify":
         result = shared.verify(repo) if repo is not None else reports.verify()
         print("\n".join(result.lines()))
@@ -606,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     fl.set_defaults(fn=cmd_fleet)
 
     rep = add("reports", help="the archive of executed runbooks")
-    rep.add_argument("action", choices=["list", "show", "verify", "site"])
+    rep.add_argument("action", choices=["list", "show", "verify", "site", "push"])
     rep.add_argument("ref", nargs="?", help="with show: a run id or report path")
     for opt in ("runbook", "target", "outcome", "incident"):
         rep.add_argument(f"--{opt}")

@@ -148,9 +148,10 @@ def _open_index() -> Path:
     return path
 
 
-def mirror_lines(lines: list[str]) -> None:
+def mirror_lines(lines: list[str]) -> list[str]:
     """Make the local index the chain `lines` (a shared archive's, in order), under the lock:
-    the lines this host has are kept, the ones after them added."""
+    the lines this host has are kept, the ones after them added. The lines it had that were not
+    the chain's (indexed before the archive was shared), which the caller sends up."""
     path = _open_index()
     with path.open("a+", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -161,12 +162,15 @@ def mirror_lines(lines: list[str]) -> None:
             write_atomic(kept, "".join(line + "\n" for line in have))  # kept, not lost
             f.seek(0)
             f.truncate()
-            have = []
+            replaced, have = have, []
+        else:
+            replaced = []
         f.write("".join(line + "\n" for line in lines[len(have) :]))
         f.flush()
         os.fsync(f.fileno())
         if lines:
             _write_head(len(lines), lines[-1])
+    return replaced
 
 
 def table(rows: list[dict[str, Any]]):
@@ -187,6 +191,7 @@ class Verification:
     unindexed: list[str] = field(default_factory=list)
     index: list[str] = field(default_factory=list)  # what is wrong with the index as a whole
     where: str = ""  # a shared archive's URL (empty: the local index)
+    unpushed: list[str] = field(default_factory=list)  # runs of this host not yet in `where`
 
     @property
     def ok(self) -> bool:
@@ -197,6 +202,7 @@ class Verification:
             or self.unreadable
             or self.unindexed
             or self.index
+            or self.unpushed
         )
 
     def lines(self) -> list[str]:
@@ -213,6 +219,10 @@ class Verification:
         out += [
             f"unindexed: {p} (a run killed before it was archived, or a file put there)"
             for p in self.unindexed
+        ]
+        out += [
+            f"not in the shared archive yet: {r} (kept on this host: `pgrunbook reports push`)"
+            for r in self.unpushed
         ]
         verdict = "OK" if self.ok else "FAILED"
         where = f"the chain in {self.where}" if self.where else str(index_path())

@@ -277,6 +277,7 @@ def run(
     since = time.time()  # monitoring files not written after this are written as "down"
     if (repo := shared.repository()) is not None:  # out of reach, or a wrong key: before it runs
         shared.sync_index(repo)  # what every runner archived: this run's trends see it
+        _push(repo)
     if "target" in declared:
         values["target"] = target
         t = targets.resolve(target)
@@ -343,6 +344,20 @@ def run(
         claim_of(out).unlink(missing_ok=True)
         why = error or "the run ended before it wrote its figures"
         _monitoring_down(target, {**defaults(declared), **values}, why, since)
+
+
+def _push(repo) -> None:
+    """What waits in this host's outbox goes up before the run; what stays is said, and the run
+    goes on (its own report is what it is for)."""
+    try:
+        _, stays = shared.push(repo)
+    except Exception as e:  # noqa: BLE001 - the run goes on; verify names what waits
+        stays = [str(e).splitlines()[0] if str(e) else type(e).__name__]
+    if stays:
+        print(
+            f"pgrunbook: {len(stays)} report(s) still wait to go up to {repo.url}: {stays[0]}",
+            file=sys.stderr,
+        )
 
 
 def first_steps(target: str, outcome: str, found: list[Finding]) -> list[dict[str, str]]:

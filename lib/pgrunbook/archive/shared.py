@@ -12,6 +12,11 @@ The local reports folder is this host's copy: after a run, its index mirrors the
 trends and the site see every runner's runs); `mirror` also fetches the reports this host does
 not have, and `verify` checks the repository itself from any machine: every number present,
 every link, every file's sha256 as read back.
+
+Nothing is left behind on this host for good: a run whose report could not go up (the store
+down), and the runs this host indexed before the archive was shared, wait in its outbox
+(`.outbox/` in the reports folder) and go up, in order, at the start of the next run or with
+`pgrunbook reports push`; until then `verify` names them.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from typing import Any
 
 from ..base import config
 from ..base.errors import ArchiveFailed
+from ..base.fileio import private_dir, write_atomic
 from ..base.repository import Repository
-from ..base.storage import Exists, Missing
+from ..base.storage import Exists, Missing, StorageError
 from . import reports
 
 ENV = "PGRUNBOOK_REPORTS"
@@ -86,21 +92,89 @@ def archive_run(
 
 def publish(repo: Repository, entry: dict[str, Any], files: list[Path]) -> dict[str, Any]:
     """Put a run's files and append its line to the chain; the local index then mirrors the
-    chain. ArchiveFailed (the run's local copy named) where the repository will not take it."""
-    root = config.settings().reports_dir
+    chain. ArchiveFailed (the run's local copy named) where the repository will not take it: the
+    run then waits in the outbox (see `push`)."""
     try:
-        for path in files:
-            rel = path.relative_to(root).as_posix()
-            repo.put(FILES + rel, path.read_bytes(), create_only=True)
-        line = _append(repo, entry)
+        line = _publish(repo, entry)
         sync_index(repo)
     except Exception as e:  # noqa: BLE001 - any failure: the run is kept here and said so
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _keep(entry)
         raise ArchiveFailed(
-            f"the report was kept in {files[0].parent} only, not in the shared archive "
-            f"{repo.url}: {reason}"
+            f"the report was kept in {files[0].parent} only, not yet in the shared archive "
+            f"{repo.url}: {_reason(e)}; it goes up with the next run, or `pgrunbook reports push`"
         ) from None
     return json.loads(line)
+
+
+def _reason(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _publish(repo: Repository, entry: dict[str, Any], known: set[str] | None = None) -> str:
+    """The run's files put (one already there with the same bytes is fine: an earlier try put
+    it), then its line appended unless the chain has it (`known`: the ids there)."""
+    root = config.settings().reports_dir
+    for info in entry.get("files", {}).values():
+        data = (root / info["path"]).read_bytes()
+        try:
+            repo.put(FILES + info["path"], data, create_only=True)
+        except Exists:
+            if _sha256(repo.get(FILES + info["path"])) != _sha256(data):
+                raise ArchiveFailed(
+                    f"{repo.url}/{FILES}{info['path']} holds other bytes than this host's report"
+                ) from None
+    if known is not None and entry["id"] in known:
+        return ""
+    return _append(repo, entry)
+
+
+def outbox() -> Path:
+    """This host's runs waiting to go up to the shared archive (see `push`)."""
+    return config.settings().reports_dir / ".outbox"
+
+
+def _keep(entry: dict[str, Any]) -> None:
+    folder = private_dir(outbox())
+    name = f"{time.time_ns():020d}-{entry['id'].replace('/', '__')}.json"
+    write_atomic(folder / name, json.dumps(entry))
+
+
+def waiting() -> list[tuple[Path, dict[str, Any]]]:
+    """The outbox in the order its runs were kept: (its file, the run's index record)."""
+    folder = outbox()
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            found.append((path, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def push(repo: Repository) -> tuple[list[str], list[str]]:
+    """Send the outbox up, in order: (the run ids now in the shared archive, what stays and
+    why). A store out of reach stops it (the rest waits for the next try); a run whose report
+    this host no longer has stays, named."""
+    items = waiting()
+    if not items:
+        return [], []
+    known = {json.loads(line)["id"] for line in _get_lines(repo, chain_keys(repo))}
+    pushed, stays = [], []
+    for n, (path, entry) in enumerate(items):
+        try:
+            _publish(repo, entry, known)
+        except (StorageError, ArchiveFailed) as e:
+            stays += [f"{e2['id']}: {_reason(e)}" for _, e2 in items[n:]]
+            break
+        except OSError as e:
+            stays.append(f"{entry['id']}: its report cannot be read here ({_reason(e)})")
+            continue
+        known.add(entry["id"])
+        path.unlink(missing_ok=True)
+        pushed.append(entry["id"])
+    if pushed:
+        sync_index(repo)
+    return pushed, stays
 
 
 def _append(repo: Repository, entry: dict[str, Any]) -> str:
@@ -127,7 +201,17 @@ def sync_index(repo: Repository) -> int:
         lines = local + _get_lines(repo, keys[n:])  # the lines are linked: the rest matches too
     else:
         lines = _get_lines(repo, keys)
-    reports.mirror_lines(lines)
+    replaced = reports.mirror_lines(lines)
+    if replaced:  # indexed here before the archive was shared: they go up too (see `push`)
+        known = {json.loads(line).get("id") for line in lines}
+        for line in replaced:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            entry.pop("prev", None)
+            if entry.get("id") not in known:
+                _keep(entry)
     return len(lines)
 
 
@@ -223,4 +307,5 @@ def verify(repo: Repository) -> reports.Verification:
     stored = {e.key[len(FILES) :] for e in repo.store.list(FILES)}
     result.unindexed = sorted(stored - known)
     result.where = repo.url
+    result.unpushed = [entry["id"] for _, entry in waiting()]
     return result
