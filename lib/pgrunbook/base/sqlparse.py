@@ -66,20 +66,18 @@ def parse(script: str, *, in_transaction: bool = False) -> list[Statement]:
     inside one."""
     try:
         raw = parse_sql(script)
-    except ParseError as e:  # args: the message, and the byte offset where it stopped
+    except ParseError as e:  # args: the message, and the character offset where it stopped
         at = e.args[1] if len(e.args) > 1 and isinstance(e.args[1], int) else None
-        line = script.encode()[:at].decode(errors="replace").count("\n") + 1 if at else "?"
+        line = script[:at].count("\n") + 1 if at else "?"
         raise LintParseError(f"line {line}: {e.args[0]}") from None
     out, end = [], 0
-    encoded = script.encode()  # pglast's locations count bytes
-    newlines = [m.start() for m in re.finditer(b"\n", encoded)]
+    # pglast gives locations in characters of `script` (not bytes: one multi-byte character
+    # before a statement would shift every slice after it)
+    newlines = [m.start() for m in re.finditer("\n", script)]
     for r in raw:
         start = r.stmt_location
-        text = (
-            encoded[start : start + r.stmt_len].decode() if r.stmt_len else encoded[start:].decode()
-        )
-        before = encoded[end:start].decode()
-        end = start + (r.stmt_len or len(encoded) - start)
+        stop = start + r.stmt_len if r.stmt_len else len(script)
+        text, before, end = script[start:stop], script[end:start], stop
         node = r.stmt
         if isinstance(node, ast.TransactionStmt):
             kind = node.kind
