@@ -274,3 +274,54 @@ def test_what_postgresql_does_in_the_catalog_only_is_not_crit(zoo, statement):
     assert not result.findings, [str(f) for f in result.findings]
     assert result.statements and all(r["verdict"] == "safe" for r in result.statements)
     assert not any(n["verdict"] == "unsafe" for n in result.squawk), result.squawk
+
+
+PLAN = [  # a history's migrations, in order: each makes or changes what the ones before made
+    """CREATE TYPE "Status" AS ENUM ('draft', 'sent');
+    CREATE TABLE "Doc" (id int PRIMARY KEY, title text, old_col int, status "Status");
+    CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+    CREATE TRIGGER doc_touch BEFORE UPDATE ON "Doc" FOR EACH ROW EXECUTE FUNCTION touch();
+    CREATE INDEX "Doc_title_idx" ON "Doc" (title);
+    CREATE VIEW doc_titles AS SELECT title FROM "Doc";""",
+    """ALTER TABLE "Doc" DROP COLUMN old_col;
+    ALTER TABLE "Doc" RENAME COLUMN title TO name;
+    ALTER TYPE "Status" RENAME VALUE 'sent' TO 'delivered';
+    DROP VIEW doc_titles;
+    DROP INDEX "Doc_title_idx";
+    DROP TRIGGER doc_touch ON "Doc";
+    DROP FUNCTION touch();
+    ALTER TABLE "Doc" RENAME TO "Document";
+    CREATE TEMP TABLE scratch (id int);
+    DROP TABLE scratch;
+    DROP TABLE IF EXISTS never_made;
+    DROP TYPE IF EXISTS "NeverMade";
+    DROP FUNCTION IF EXISTS never_made();""",
+    """ALTER TABLE "Document" ALTER COLUMN name SET NOT NULL;
+    TRUNCATE "Document" CASCADE;
+    DROP TABLE "Document";
+    DROP TYPE "Status";""",
+]
+
+
+def test_a_plan_is_judged_as_a_sequence_what_it_made_is_new(zoo):
+    """Dropping, renaming or altering what an earlier migration of the same plan made (or an
+    earlier statement of the same file) is no risk to a running app, and IF EXISTS on what does
+    not exist is nothing: no finding. The same statements on live objects stay CRIT."""
+    created: set[str] = set()
+    with psycopg.connect(zoo, autocommit=True) as conn:
+        results = [
+            lint.lint_revision(conn, f"r{n}", script, created=created, in_transaction=True)
+            for n, script in enumerate(PLAN)
+        ]
+        found = [f.summary for r in results for f in r.findings]
+        assert found == [], found
+        live = lint.lint_revision(
+            conn,
+            "live",
+            "ALTER TABLE full_t DROP COLUMN b; ALTER TABLE full_t RENAME COLUMN a TO a2;"
+            " ALTER TYPE mood RENAME VALUE 'ok' TO 'fine'; DROP VIEW v; DROP TABLE empty_t;"
+            " DROP FUNCTION IF EXISTS pg_catalog.now();",
+            in_transaction=True,
+        )
+    flagged = {rule_of(f) for f in live.findings if f.status.name == "CRIT"}
+    assert {"drop-column", "rename", "rename-enum-value", "drop-object", "drop-table"} <= flagged

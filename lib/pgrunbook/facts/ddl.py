@@ -138,3 +138,38 @@ def proven_not_null(conn: psycopg.Connection, rel: Relation, column: str) -> boo
 def index_table(conn: psycopg.Connection, index: str) -> str | None:
     row = conn.execute(INDEX_TABLE, (quoted(index),)).fetchone()
     return row[0] if row else None
+
+
+# Whether a named object exists now, by kind (None: a kind not asked here)
+EXISTS = {
+    "function": "SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = %(name)s"
+    " AND (%(schema)s::text IS NULL OR pronamespace = to_regnamespace(%(schema)s)))",
+    "procedure": "SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = %(name)s"
+    " AND (%(schema)s::text IS NULL OR pronamespace = to_regnamespace(%(schema)s)))",
+    "aggregate": "SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = %(name)s)",
+    "trigger": "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = %(name)s"
+    " AND tgrelid = to_regclass(%(table)s))",
+    "schema": "SELECT to_regnamespace(%(name)s) IS NOT NULL",
+    "extension": "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = %(name)s)",
+    "type": "SELECT to_regtype(%(qualified)s) IS NOT NULL",
+    "domain": "SELECT to_regtype(%(qualified)s) IS NOT NULL",
+    "relation": "SELECT to_regclass(%(qualified)s) IS NOT NULL",
+    "policy": "SELECT EXISTS (SELECT 1 FROM pg_policy WHERE polname = %(name)s"
+    " AND polrelid = to_regclass(%(table)s))",
+}
+
+
+def object_exists(
+    conn: psycopg.Connection, kind: str, name: str, schema: str | None = None, table: str = ""
+) -> bool | None:
+    """Whether the object `kind` `name` exists now (None: not a kind asked here)."""
+    query = EXISTS.get(kind)
+    if query is None:
+        return None
+    qualified = ".".join(quoted(p) for p in ([schema] if schema else []) + [name])
+    return bool(
+        conn.execute(
+            query,
+            {"name": name, "schema": schema, "table": table, "qualified": qualified},
+        ).fetchone()[0]
+    )

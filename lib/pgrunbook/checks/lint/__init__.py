@@ -58,9 +58,16 @@ class LintResult:
     findings: list[Finding] = field(default_factory=list)
 
 
+ALWAYS_FAILS = {"not-in-a-transaction"}  # unsafe whatever the objects are: it fails
+
+
 def verdict(action: Action, server: Server) -> str:
-    """unsafe, caution or safe: this action, on these tables as they are now."""
+    """unsafe, caution or safe: this action, on these tables as they are now. An action on
+    objects the plan itself made (or that do not exist) is safe: nothing running uses them;
+    only a statement that fails wherever it runs stays unsafe."""
     when = action.rule.when
+    if action.new and action.rule.name not in ALWAYS_FAILS:
+        return "safe"
     if when == "always":
         return "unsafe"
     if when in ("rows", "caution") and server.populated(action.tables):

@@ -32,6 +32,7 @@ class Action:
     scans: bool = False
     references: tuple[str, ...] = ()
     note: str = ""
+    new: bool = False  # every object it touches is made earlier in the plan (or does not exist)
 
 
 def _name(rv: ast.RangeVar | None) -> str:
@@ -78,8 +79,9 @@ def _functions(node) -> set[str]:
 
 
 class Server:
-    """What the lint asks the live target (facts.ddl), each answer read once. `created`: tables
-    made earlier in the plan, empty by definition."""
+    """What the lint asks the live target (facts.ddl), each answer read once. `created`: what
+    earlier statements of the plan made (see `made`): tables and views by their names (empty by
+    definition), other objects as `kind:name`."""
 
     def __init__(self, conn: psycopg.Connection, created: set[str] | None = None):
         self.conn = conn
@@ -123,6 +125,29 @@ class Server:
     def index_table(self, index: str) -> str | None:
         return ddl.index_table(self.conn, index)
 
+    def made(self, kind: str, name: str) -> bool:
+        """Whether the plan made this object (a table or view: `kind` "relation")."""
+        key = name if kind == "relation" else f"{kind}:{name}"
+        return key in self.created or _unqualified(key) in self.created
+
+    def make(self, kind: str, name: str) -> None:
+        if name:
+            key = name if kind == "relation" else f"{kind}:{name}"
+            self.created |= {key, _unqualified(key)}
+
+    def exists(self, kind: str, name: str, table: str = "") -> bool:
+        """Whether the object exists in the live database now (an unknown kind: taken as yes)."""
+        schema, _, bare = name.rpartition(".")
+        found = ddl.object_exists(self.conn, kind, bare, schema or None, table)
+        return True if found is None else found
+
+
+def _unqualified(key: str) -> str:
+    """`public.x` as `x`: the plan's own statements mostly leave the default schema out."""
+    kind, colon, name = key.rpartition(":")
+    name = name.removeprefix("public.")
+    return f"{kind}{colon}{name}"
+
 
 def judge(stmt: Statement, server: Server, pending: set[tuple[str, str]]) -> list[Action]:
     """What `stmt` does, action by action. `pending`: constraints added NOT VALID earlier in the
@@ -130,8 +155,12 @@ def judge(stmt: Statement, server: Server, pending: set[tuple[str, str]]) -> lis
     n = stmt.node
 
     def act(rule: str, tables=(), **kw) -> Action:
-        return Action(stmt, RULES[rule], tuple(t for t in tables if t), **kw)
+        tables = tuple(t for t in tables if t)
+        if "new" not in kw and tables:  # every table it touches was made by the plan
+            kw["new"] = all(server.made("relation", t) for t in tables)
+        return Action(stmt, RULES[rule], tables, **kw)
 
+    _made(n, server)
     out: list[Action]
     if isinstance(n, ast.IndexStmt):
         table = _name(n.relation)
@@ -152,7 +181,6 @@ def judge(stmt: Statement, server: Server, pending: set[tuple[str, str]]) -> lis
             if isinstance(c, ast.Constraint) and c.contype == C.CONSTR_FOREIGN
         )
         parent = tuple(_name(p) for p in n.inhRelations or ()) if n.partbound else ()
-        server.created.add(_name(n.relation))
         out = [act("create-table", [_name(n.relation)], references=refs + parent)]
     elif isinstance(n, ast.DropStmt):
         out = _drop(stmt, n, server, act)
@@ -189,10 +217,12 @@ def judge(stmt: Statement, server: Server, pending: set[tuple[str, str]]) -> lis
         ]
     elif isinstance(n, ast.AlterEnumStmt):
         late = "; the new value cannot be used before the transaction commits"
+        enum = ".".join(t.sval for t in n.typeName)
         out = [
             act(
                 "rename-enum-value" if n.oldVal else "enum-add-value",
-                note=".".join(t.sval for t in n.typeName) + (late if stmt.in_transaction else ""),
+                note=enum + (late if stmt.in_transaction else ""),
+                new=server.made("type", enum),
             )
         ]
     elif isinstance(n, ast.CreateTrigStmt):
@@ -202,6 +232,7 @@ def judge(stmt: Statement, server: Server, pending: set[tuple[str, str]]) -> lis
             out = [act("rename", [_name(n.relation)])]
         else:
             out = [act("other", [_name(n.relation)] if n.relation else [], note="rename")]
+        _renamed(n, server)
     elif isinstance(n, ast.AlterTableStmt) and n.objtype == O.OBJECT_TABLE:
         table = _name(n.relation)
         out = [a for cmd in n.cmds for a in _alter(stmt, table, cmd, server, pending, act)]
@@ -217,29 +248,105 @@ def judge(stmt: Statement, server: Server, pending: set[tuple[str, str]]) -> lis
 LIVE_RELATIONS = (O.OBJECT_VIEW, O.OBJECT_MATVIEW, O.OBJECT_SEQUENCE, O.OBJECT_FOREIGN_TABLE)
 
 
-def _drop(stmt: Statement, n: ast.DropStmt, server: Server, act) -> list[Action]:
-    names, live = [], []
+KINDS = {  # a DROP's object type: the kind `Server.made` and `Server.exists` know it by
+    O.OBJECT_TABLE: "relation", O.OBJECT_VIEW: "relation", O.OBJECT_MATVIEW: "relation",
+    O.OBJECT_SEQUENCE: "relation", O.OBJECT_FOREIGN_TABLE: "relation", O.OBJECT_TYPE: "type",
+    O.OBJECT_DOMAIN: "type", O.OBJECT_FUNCTION: "function", O.OBJECT_PROCEDURE: "function",
+    O.OBJECT_ROUTINE: "function", O.OBJECT_AGGREGATE: "function", O.OBJECT_TRIGGER: "trigger",
+    O.OBJECT_SCHEMA: "schema", O.OBJECT_EXTENSION: "extension", O.OBJECT_INDEX: "index",
+    O.OBJECT_POLICY: "policy",
+}  # fmt: skip
+
+
+def _dropped(n: ast.DropStmt) -> list[tuple[str, str, str]]:
+    """(kind, name, table) of each object a DROP names, as `Server` knows them."""
+    kind = KINDS.get(n.removeType, "")
+    out = []
     for obj in n.objects:
         if isinstance(obj, ast.TypeName):  # DROP TYPE, DROP DOMAIN
-            names.append(".".join(_type_names(obj)))
-            live.append(server.type_oid(obj) is not None)
-            continue
-        parts = obj if isinstance(obj, tuple) else (obj,)
-        names.append(".".join(getattr(p, "sval", str(p)) for p in parts))
-        if n.removeType in LIVE_RELATIONS:
-            live.append(server.relation(names[-1]) is not None)
+            out.append((kind, ".".join(_type_names(obj)), ""))
+        elif isinstance(obj, ast.ObjectWithArgs):  # DROP FUNCTION f(int)
+            out.append((kind, ".".join(p.sval for p in obj.objname), ""))
+        else:
+            each = obj if isinstance(obj, tuple) else (obj,)
+            parts = [getattr(p, "sval", str(p)) for p in each]
+            if kind in ("trigger", "policy"):  # its table, then its name
+                out.append((kind, parts[-1], ".".join(parts[:-1])))
+            else:
+                out.append((kind, ".".join(parts), ""))
+    return out
+
+
+def _drop(stmt: Statement, n: ast.DropStmt, server: Server, act) -> list[Action]:
+    found = _dropped(n)
+    names = [name for _, name, _ in found]
+    # nothing running can be using an object the plan made, nor one that does not exist
+    # (IF EXISTS); a kind not asked here is taken as live
+    new = bool(found) and all(
+        (kind and server.made(kind, f"{table}.{name}" if table else name))
+        or (kind and n.missing_ok and not server.exists(kind, name, table))
+        for kind, name, table in found
+    )
     if n.removeType == O.OBJECT_TABLE:
-        return [act("drop-table", names)]
+        return [act("drop-table", names, new=new)]
     if n.removeType == O.OBJECT_INDEX:
         tables = [server.index_table(i) or "" for i in names]
-        out = [act("drop-index-concurrently" if n.concurrent else "drop-index", tables)]
+        out = [act("drop-index-concurrently" if n.concurrent else "drop-index", tables, new=new)]
         if n.concurrent and stmt.in_transaction:
             out.append(act("not-in-a-transaction", tables, note="DROP INDEX CONCURRENTLY"))
         return out
     what = enums.ObjectType(n.removeType).name.removeprefix("OBJECT_").lower()
-    gone = live and not any(live)  # none of them exists now: nothing live can be using them
-    return [act("drop-object-not-live" if gone else "drop-object",
-                note=f"DROP {what.upper()} {', '.join(names)}")]  # fmt: skip
+    gone = not new and all(  # none of them exists now: nothing live can be using them
+        kind and not server.exists(kind, name, table) for kind, name, table in found
+    )
+    shown = [f"{t}.{name}" if t else name for _, name, t in found]
+    return [act("drop-object-not-live" if gone else "drop-object", new=new,
+                note=f"DROP {what.upper()} {', '.join(shown)}")]  # fmt: skip
+
+
+def _made(n, server: Server) -> None:
+    """What `n` creates, remembered for the rest of the plan (see `Server.made`)."""
+    if isinstance(n, ast.CreateStmt):
+        server.make("relation", _name(n.relation))
+    elif isinstance(n, ast.CreateTableAsStmt):
+        server.make("relation", _name(n.into.rel))
+    elif isinstance(n, ast.ViewStmt):
+        server.make("relation", _name(n.view))
+    elif isinstance(n, ast.CreateSeqStmt):
+        server.make("relation", _name(n.sequence))
+    elif isinstance(n, ast.IndexStmt) and n.idxname:
+        server.make("index", f"{n.relation.schemaname}.{n.idxname}" if n.relation.schemaname
+                    else n.idxname)  # fmt: skip
+    elif isinstance(n, ast.CreateEnumStmt):
+        server.make("type", ".".join(t.sval for t in n.typeName))
+    elif isinstance(n, ast.CompositeTypeStmt):
+        server.make("type", _name(n.typevar))
+    elif isinstance(n, ast.CreateDomainStmt):
+        server.make("type", ".".join(t.sval for t in n.domainname))
+    elif isinstance(n, ast.CreateFunctionStmt):
+        server.make("function", ".".join(p.sval for p in n.funcname))
+    elif isinstance(n, ast.CreateTrigStmt):
+        server.make("trigger", f"{_name(n.relation)}.{n.trigname}")
+    elif isinstance(n, ast.CreatePolicyStmt):
+        server.make("policy", f"{_name(n.table)}.{n.policy_name}")
+    elif isinstance(n, ast.CreateSchemaStmt):
+        server.make("schema", n.schemaname or "")
+
+
+def _renamed(n: ast.RenameStmt, server: Server) -> None:
+    """A renamed object the plan made is still the plan's, under its new name."""
+    if n.renameType in (O.OBJECT_TABLE, O.OBJECT_VIEW, O.OBJECT_MATVIEW, O.OBJECT_SEQUENCE):
+        old = _name(n.relation)
+        if server.made("relation", old):
+            schema = n.relation.schemaname
+            server.make("relation", f"{schema}.{n.newname}" if schema else n.newname)
+    elif n.renameType in (O.OBJECT_TYPE, O.OBJECT_DOMAIN) and isinstance(n.object, tuple):
+        old = ".".join(p.sval for p in n.object)
+        if server.made("type", old):
+            server.make("type", n.newname)
+    elif n.renameType == O.OBJECT_INDEX and n.relation is not None:
+        if server.made("index", n.relation.relname):
+            server.make("index", n.newname)
 
 
 def _alter(stmt, table, cmd, server: Server, pending, act) -> list[Action]:
