@@ -97,7 +97,7 @@ def test_plan_lint_deploy_status_verify_on_a_new_database(history):
     assert found["drift"].status is Status.OK, found["drift"].summary
 
 
-def test_a_failing_file_changes_nothing_and_is_recorded_rolled_back(history):
+def test_a_failing_file_changes_nothing_and_stays_pending(history):
     target, folder = history
     kind = target.app.migrations
     migrations.upgrade(target, "head")
@@ -116,15 +116,14 @@ def test_a_failing_file_changes_nothing_and_is_recorded_rolled_back(history):
         assert not conn.execute(
             "SELECT 1 FROM information_schema.columns WHERE column_name = 'nickname'"
         ).fetchall()
-    *_, last = _records(target, migrations.history(target).table)
-    assert last[0] == name and last[3] and "rolled back" in last[5]
+    assert name not in [r[0] for r in _records(target, migrations.history(target).table)]
     st = _status(target)
     assert [r.revision for r in st.pending] == [name] and not st.failed  # fix it and deploy again
 
 
 def test_a_held_lock_is_retried_then_stops_with_nothing_changed(history):
     """Another session holds users: the file waits lock_timeout, is retried with backoff, and
-    stops; each attempt is recorded rolled back and the schema is as it was."""
+    stops; no attempt leaves a record (the report holds them) and the schema is as it was."""
     target, folder = history
     kind = target.app.migrations
     migrations.upgrade(target, "head")
@@ -140,8 +139,7 @@ def test_a_held_lock_is_retried_then_stops_with_nothing_changed(history):
         holder.rollback()
     assert applied.findings[-1].status is Status.CRIT
     assert "lock timeout after 3 attempts" in applied.findings[-1].summary
-    attempts = [r for r in _records(target, migrations.history(target).table) if r[0] == name]
-    assert len(attempts) == 3 and all(r[3] and not r[2] for r in attempts)  # rolled back, each
+    assert not [r for r in _records(target, migrations.history(target).table) if r[0] == name]
     st = _status(target)
     assert [r.revision for r in st.pending] == [name] and not st.failed
     applied = migrate.apply(target, p, mode="apply", blockers=[])  # the lock is gone: it applies
@@ -348,3 +346,92 @@ def test_a_file_the_parser_rejects_is_named_with_its_line(scratch, tmp_path, mon
     found = migrate.plan_finding(migrate.plan(st))
     assert found.status is Status.CRIT
     assert found.summary.startswith(f"{names[2]}/migration.sql: line 3: syntax error")
+
+
+REFEREE = Path(__file__).resolve().parents[2] / "shared" / "tools" / "prisma-referee" / "referee"
+
+
+def _prisma_says(target, folder: Path) -> tuple[int, str]:
+    """Real `prisma migrate status` (the referee) on `target`: its exit code and its words."""
+    import subprocess
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    url = target.url
+    if "://" not in url:
+        p = conninfo_to_dict(url)
+        host = p.get("host", "localhost")
+        where = f"?host={host}" if host.startswith("/") else ""
+        netloc = "localhost" if where else host
+        user, port = p.get("user", "postgres"), p.get("port", 5432)
+        url = f"postgresql://{user}@{netloc}:{port}/{p['dbname']}{where}"
+    done = subprocess.run(
+        [str(REFEREE), url, str(folder)], capture_output=True, text=True, timeout=600
+    )
+    return done.returncode, done.stdout
+
+
+@pytest.mark.skipif(not REFEREE.exists(), reason=f"no Prisma referee at {REFEREE}")
+def test_real_prisma_reads_what_pgrunbook_records_as_pgrunbook_does(scratch, tmp_path):
+    """After a full deploy, a new pending migration, a failed file (rolled back whole, and half
+    applied step by step), a file edited after apply, and resolve --applied: pgrunbook's status
+    and real `prisma migrate status` say the same."""
+    folder = tmp_path / "migrations"
+    shutil.copytree(FIXTURES / KINDS["prisma"], folder)
+    target = replace(scratch, app=App("fixia", migrations="prisma", migrations_path=str(folder)))
+    migrations.upgrade(target, "head")
+    assert not _status(target).pending
+    rc, said = _prisma_says(target, folder)
+    assert rc == 0 and "Database schema is up to date!" in said, said[-1500:]
+
+    # a new migration, pending to both
+    _migration(folder, "prisma", "20260105000000_nickname", "ALTER TABLE users ADD nickname text;")
+    assert [r.revision for r in _status(target).pending] == ["20260105000000_nickname"]
+    rc, said = _prisma_says(target, folder)
+    assert rc == 1 and "20260105000000_nickname" in said.split("not yet been applied")[-1]
+
+    # a file that fails in its transaction: nothing of it stays, pending to both
+    _migration(folder, "prisma", "20260105000000_nickname", "ALTER TABLE nope ADD x int;")
+    applied = migrate.apply(target, migrate.plan(_status(target)), mode="apply", blockers=[])
+    assert applied.findings[-1].status is Status.CRIT
+    st = _status(target)
+    assert [r.revision for r in st.pending] == ["20260105000000_nickname"] and not st.failed
+    rc, said = _prisma_says(target, folder)
+    assert rc == 1 and "20260105000000_nickname" in said.split("not yet been applied")[-1]
+    assert "failed" not in said.split("migrations found")[-1]
+
+    # a file run step by step that fails midway: failed to both
+    _migration(folder, "prisma", "20260105000000_nickname",
+               "CREATE INDEX CONCURRENTLY ix_p ON users (phone);\n"
+               "CREATE INDEX CONCURRENTLY ix_n ON nope (x);\n")  # fmt: skip
+    migrate.apply(target, migrate.plan(_status(target)), mode="apply", blockers=[])
+    assert _status(target).failed == ("20260105000000_nickname",)
+    rc, said = _prisma_says(target, folder)
+    assert rc == 1 and "20260105000000_nickname" in said and "failed" in said, said[-1500:]
+
+    # resolved as applied (fixed by hand): applied to both
+    done = migrate.resolve(target, mode="resolve", stamp="20260105000000_nickname",
+                           resolve_as="applied")  # fmt: skip
+    assert done.status is Status.OK, done.summary
+    st = _status(target)
+    assert not st.pending and not st.failed
+    rc, said = _prisma_says(target, folder)
+    assert rc == 0 and "Database schema is up to date!" in said, said[-1500:]
+
+    # a file edited after it was applied: both say so
+    first = sorted(p for p in folder.iterdir() if p.is_dir())[0] / "migration.sql"
+    first.write_text(first.read_text() + "\n-- edited\n")
+    edited = {f.check: f for f in migrate.status_findings(_status(target))}["modified"]
+    assert edited.status is Status.WARN and first.parent.name in edited.summary
+    rc, said = _prisma_says(target, folder)
+    assert _diagnosis(said)["editedMigrationNames"] == [first.parent.name], said[-1500:]
+
+
+def _diagnosis(said: str) -> dict:
+    """Prisma's own diagnosis, as its debug output prints it (`diagnoseResult`)."""
+    import json
+    import re
+
+    found = re.search(r'"diagnoseResult": ("(?:[^"\\]|\\.)*")', said)
+    assert found, said[-1500:]
+    return json.loads(json.loads(found.group(1)))

@@ -353,7 +353,7 @@ def test_a_killed_backup_ends_its_children_and_its_debris_is_named_then_removed(
             if "backup folder" in left:
                 break
             time.sleep(0.1)
-        assert left == {"database", "backup folder", "working notebook"}
+        assert left == {"database", "backup folder", "working notebook", "report claim"}
         from pgrunbook.cli import main
 
         assert main(["run", "status", "--target", "sandbox", "--no-progress"]) == 1

@@ -254,7 +254,10 @@ def _report_path(runbook: str, target: str, started: datetime) -> Path:
         if path.exists():  # archived between the look and the claim
             claim_of(path).unlink()
             continue
-        claim_of(path).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        try:  # who holds it, for cleanup later; a full disk leaves the claim empty
+            claim_of(path).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        except OSError:
+            pass
         return path
     raise RuntimeError(f"too many reports named {stem} in {folder}")
 

@@ -10,8 +10,10 @@
 Each file is read as PostgreSQL's parser reads it, as it is (a last statement without its
 semicolon is a statement; a file's own BEGIN ... COMMIT is followed), and every error names the
 migration and the line. Unlike `prisma migrate deploy`, which sends a file's statements one by
-one (a failure midway leaves it half applied), a file runs in one transaction, so a failure
-changes nothing and is recorded as rolled back. A file holding a statement that cannot run in a
+one (a failure midway leaves it half applied), a file runs in one transaction with its record,
+so a failure changes nothing, the record included: the migration stays pending, as real Prisma
+reads it too (a row marked rolled back reads as applied to `prisma migrate status`), and the
+failure is in the run's report. A file holding a statement that cannot run in a
 transaction (CONCURRENTLY, VACUUM) runs statement by statement, its progress counted in
 applied_steps_count; a failure there is recorded as failed, as Prisma records it, and needs
 `resolve` before anything else is applied. A success is recorded as Prisma records it: one
@@ -253,43 +255,39 @@ class SqlHistory:
                 )
             row = str(uuid.uuid4())
             table = sql.Identifier(self.table)
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (id, checksum, migration_name, started_at, applied_steps_count)"
-                    " VALUES (%s, %s, %s, now(), 0)"
-                ).format(table),
-                [row, m.checksum, m.name],
-            )
-            done = 0
-            try:
-                with conn.transaction() if whole else _nothing():
+            record = sql.SQL(
+                "INSERT INTO {} (id, checksum, migration_name, started_at, applied_steps_count)"
+                " VALUES (%s, %s, %s, now(), 0)"
+            ).format(table)
+            finish = sql.SQL(
+                "UPDATE {} SET finished_at = now(), applied_steps_count = %s WHERE id = %s"
+            ).format(table)
+            if whole:  # its record in its own transaction: a failure leaves no trace but the
+                # report's, and the migration reads as pending, to pgrunbook and Prisma alike
+                with conn.transaction():
+                    conn.execute(record, [row, m.checksum, m.name])
                     for stmt in steps:
                         _run_statement(conn, m, stmt)
-                        done += 1
-                        if not whole:
-                            conn.execute(
-                                sql.SQL(
-                                    "UPDATE {} SET applied_steps_count = %s WHERE id = %s"
-                                ).format(table),
-                                [done, row],
-                            )
-            except MigrationFailed as e:
-                if whole:  # rolled back whole: nothing of it stays
-                    log = f"rolled back: {e}"
-                    change = "rolled_back_at = now(), logs = %s"
-                else:
-                    log = f"failed at statement {done + 1} of {len(steps)}: {e}"
-                    change = "logs = %s"
-                conn.execute(
-                    sql.SQL("UPDATE {} SET " + change + " WHERE id = %s").format(table), [log, row]
-                )
+                    conn.execute(finish, [1 if self.kind == "prisma" else len(steps), row])
+                return
+            conn.execute(record, [row, m.checksum, m.name])  # as Prisma: started, step by step
+            done = 0
+            try:
+                for stmt in steps:
+                    _run_statement(conn, m, stmt)
+                    done += 1
+                    conn.execute(
+                        sql.SQL("UPDATE {} SET applied_steps_count = %s WHERE id = %s").format(
+                            table
+                        ),
+                        [done, row],
+                    )
+            except MigrationFailed as e:  # recorded failed (never finished), as Prisma does
+                log = f"failed at statement {done + 1} of {len(steps)}: {e}"
+                conn.execute(sql.SQL("UPDATE {} SET logs = %s WHERE id = %s").format(table),
+                             [log, row])  # fmt: skip
                 raise
-            conn.execute(
-                sql.SQL(
-                    "UPDATE {} SET finished_at = now(), applied_steps_count = %s WHERE id = %s"
-                ).format(table),
-                [1 if self.kind == "prisma" else done, row],
-            )
+            conn.execute(finish, [1 if self.kind == "prisma" else done, row])
 
     def upgrade(self, target: Target, to: str = "head", **timeouts) -> None:
         """Apply the pending migrations up to `to` (a name, or head; `base`, alembic's name for
@@ -319,6 +317,15 @@ class SqlHistory:
             if applied:
                 if name in st.applied:
                     raise MigrationRefused(f"{name} is already recorded as applied")
+                # as Prisma's resolve --applied: a failed record of it is marked rolled back,
+                # then a finished one added (else `prisma migrate status` still reads it failed)
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET rolled_back_at = now() WHERE migration_name = %s"
+                        " AND finished_at IS NULL AND rolled_back_at IS NULL"
+                    ).format(table),
+                    [name],
+                )
                 conn.execute(
                     sql.SQL(
                         "INSERT INTO {} (id, checksum, migration_name, started_at, finished_at,"

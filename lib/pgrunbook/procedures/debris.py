@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,6 +113,9 @@ def find(target: Target) -> list[Debris]:
     return found
 
 
+CLAIM_STALE_S = 86400  # a claim that does not say whose (written on a full disk), this old
+
+
 def _unfinished_reports(target: Target) -> list[Debris]:
     """In the audit archive: the claim on a report's name that a killed run of `target` left,
     and an empty report (earlier versions wrote the name's placeholder there)."""
@@ -124,9 +128,10 @@ def _unfinished_reports(target: Target) -> list[Debris]:
         if path.name.endswith(CLAIM):
             try:
                 tag = path.read_text().strip()
+                old = time.time() - path.stat().st_mtime > CLAIM_STALE_S
             except OSError:
-                tag = ""
-            if tag and _dead(tag):
+                continue
+            if (tag and _dead(tag)) or (not tag and old):  # an empty claim: its owner unknown
                 found.append(Debris("report claim", str(path), "the name a killed run claimed"))
         elif path.suffix == ".ipynb" and path.stat().st_size == 0:
             found.append(Debris("empty report", str(path), "left by a run killed mid-way"))
