@@ -25,6 +25,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -86,14 +87,25 @@ class MigrationFailed(PgRunbookError):
 
 @dataclass(frozen=True)
 class SqlMigration:
+    """One file, read once: its bytes are what is parsed, linted, applied and checksummed."""
+
     name: str
     path: Path
-    sql: str
+    data: bytes
 
-    @property
+    @classmethod
+    def read(cls, name: str, path: Path) -> SqlMigration:
+        return cls(name, path, path.read_bytes())
+
+    @cached_property
+    def sql(self) -> str:
+        """The file's text as it stands (UTF-8, as Prisma reads it; no newline translated)."""
+        return self.data.decode("utf-8")
+
+    @cached_property
     def checksum(self) -> str:
         """Prisma's checksum: the sha256 of the file's bytes, in hex."""
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        return hashlib.sha256(self.data).hexdigest()
 
     @property
     def where(self) -> str:
@@ -174,9 +186,9 @@ class SqlHistory:
                     " migrations folder?"
                 )
             files = sorted(p / "migration.sql" for p in self.folder.iterdir() if p.is_dir())
-            return [SqlMigration(f.parent.name, f, f.read_text()) for f in files if f.is_file()]
+            return [SqlMigration.read(f.parent.name, f) for f in files if f.is_file()]
         files = sorted(self.folder.glob("*.sql"))
-        return [SqlMigration(f.stem, f, f.read_text()) for f in files]
+        return [SqlMigration.read(f.stem, f) for f in files]
 
     def records(self, conn: psycopg.Connection) -> list[Record] | None:
         if conn.execute("SELECT to_regclass(%s)", [_quoted(self.table)]).fetchone()[0] is None:
@@ -229,17 +241,12 @@ class SqlHistory:
     def _ensure_table(self, conn: psycopg.Connection) -> None:
         conn.execute(CREATE[self.kind])
 
-    def apply(
-        self,
-        target: Target,
-        m: SqlMigration,
-        *,
-        lock_timeout: str = "3s",
-        statement_timeout: str = "30min",
-    ) -> None:
-        """Apply one migration and record it (see the module's docstring). Raises the error that
-        stopped it, after recording it; a file the parser rejects, before recording anything."""
-        steps, whole = m.statements, m.transactional
+    @contextmanager
+    def session(
+        self, target: Target, *, lock_timeout: str = "3s", statement_timeout: str = "30min"
+    ) -> Iterator[psycopg.Connection]:
+        """One connection to apply any number of migrations on (see `apply_on`): the history
+        table made, and refused where a failed migration waits to be resolved."""
         with db.connect(
             target,
             readonly=False,
@@ -253,41 +260,50 @@ class SqlHistory:
                     f"{', '.join(failed)} failed earlier and is recorded half applied: resolve"
                     " it first (mode resolve, or `prisma migrate resolve`)"
                 )
-            row = str(uuid.uuid4())
-            table = sql.Identifier(self.table)
-            record = sql.SQL(
-                "INSERT INTO {} (id, checksum, migration_name, started_at, applied_steps_count)"
-                " VALUES (%s, %s, %s, now(), 0)"
-            ).format(table)
-            finish = sql.SQL(
-                "UPDATE {} SET finished_at = now(), applied_steps_count = %s WHERE id = %s"
-            ).format(table)
-            if whole:  # its record in its own transaction: a failure leaves no trace but the
-                # report's, and the migration reads as pending, to pgrunbook and Prisma alike
-                with conn.transaction():
-                    conn.execute(record, [row, m.checksum, m.name])
-                    for stmt in steps:
-                        _run_statement(conn, m, stmt)
-                    conn.execute(finish, [1 if self.kind == "prisma" else len(steps), row])
-                return
-            conn.execute(record, [row, m.checksum, m.name])  # as Prisma: started, step by step
-            done = 0
-            try:
+            yield conn
+
+    def apply(self, target: Target, m: SqlMigration, **timeouts) -> None:
+        """Apply one migration on a connection of its own (see `apply_on`)."""
+        with self.session(target, **timeouts) as conn:
+            self.apply_on(conn, m)
+
+    def apply_on(self, conn: psycopg.Connection, m: SqlMigration) -> None:
+        """Apply one migration and record it (see the module's docstring). Raises the error that
+        stopped it, after recording it; a file the parser rejects, before recording anything."""
+        steps, whole = m.statements, m.transactional
+        row = str(uuid.uuid4())
+        table = sql.Identifier(self.table)
+        record = sql.SQL(
+            "INSERT INTO {} (id, checksum, migration_name, started_at, applied_steps_count)"
+            " VALUES (%s, %s, %s, now(), 0)"
+        ).format(table)
+        finish = sql.SQL(
+            "UPDATE {} SET finished_at = now(), applied_steps_count = %s WHERE id = %s"
+        ).format(table)
+        if whole:  # its record in its own transaction: a failure leaves no trace but the
+            # report's, and the migration reads as pending, to pgrunbook and Prisma alike
+            with conn.transaction():
+                conn.execute(record, [row, m.checksum, m.name])
                 for stmt in steps:
                     _run_statement(conn, m, stmt)
-                    done += 1
-                    conn.execute(
-                        sql.SQL("UPDATE {} SET applied_steps_count = %s WHERE id = %s").format(
-                            table
-                        ),
-                        [done, row],
-                    )
-            except MigrationFailed as e:  # recorded failed (never finished), as Prisma does
-                log = f"failed at statement {done + 1} of {len(steps)}: {e}"
-                conn.execute(sql.SQL("UPDATE {} SET logs = %s WHERE id = %s").format(table),
-                             [log, row])  # fmt: skip
-                raise
-            conn.execute(finish, [1 if self.kind == "prisma" else done, row])
+                conn.execute(finish, [1 if self.kind == "prisma" else len(steps), row])
+            return
+        conn.execute(record, [row, m.checksum, m.name])  # as Prisma: started, step by step
+        done = 0
+        try:
+            for stmt in steps:
+                _run_statement(conn, m, stmt)
+                done += 1
+                conn.execute(
+                    sql.SQL("UPDATE {} SET applied_steps_count = %s WHERE id = %s").format(table),
+                    [done, row],
+                )
+        except MigrationFailed as e:  # recorded failed (never finished), as Prisma does
+            log = f"failed at statement {done + 1} of {len(steps)}: {e}"
+            conn.execute(sql.SQL("UPDATE {} SET logs = %s WHERE id = %s").format(table),
+                         [log, row])  # fmt: skip
+            raise
+        conn.execute(finish, [1 if self.kind == "prisma" else done, row])
 
     def upgrade(self, target: Target, to: str = "head", **timeouts) -> None:
         """Apply the pending migrations up to `to` (a name, or head; `base`, alembic's name for
@@ -301,10 +317,11 @@ class SqlHistory:
             if to in found:
                 return  # already applied
             self.get(to)  # names what is wrong
-        for name in pending:
-            self.apply(target, found[name], **timeouts)
-            if name == to:
-                break
+        with self.session(target, **timeouts) as conn:
+            for name in pending:
+                self.apply_on(conn, found[name])
+                if name == to:
+                    break
 
     def resolve(self, target: Target, name: str, *, applied: bool) -> str:
         """`prisma migrate resolve --applied NAME` (recorded as applied, nothing run) or

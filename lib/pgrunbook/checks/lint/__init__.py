@@ -83,13 +83,17 @@ def lint_revision(
     allow_unsafe: bool = False,
     created: set[str] | None = None,
     in_transaction: bool = False,
+    statements: list[Statement] | None = None,
 ) -> LintResult:
-    """Lint one revision's SQL against the live tables (`created`: tables made earlier in the
-    plan, updated here; `in_transaction`: whether the script starts inside one)."""
+    """Lint one revision's SQL against the live tables (`created`: what earlier statements of the
+    plan made, updated here; `in_transaction`: whether the script starts inside one;
+    `statements`: the script parsed already, as it will run)."""
     server = Server(conn, created)
     result = LintResult(revision)
     pending: set[tuple[str, str]] = set()  # constraints added NOT VALID in this transaction
-    statements = [s for s in parse(script, in_transaction=in_transaction) if not s.bookkeeping]
+    if statements is None:
+        statements = parse(script, in_transaction=in_transaction)
+    statements = [s for s in statements if not s.bookkeeping]
     touched: dict[int, list[str]] = {}
     covered: set[int] = set()  # statements the suite found unsafe (or excused)
     judged: dict[int, set[str]] = {}  # the suite's rules each statement fell under

@@ -11,7 +11,7 @@ from psycopg import sql
 
 from ...base import db, migrations
 from ...base.findings import Check, Finding, Status
-from ...base.sqlhistory import MigrationFailed
+from ...base.sqlhistory import MigrationFailed, MigrationRefused
 from ...base.targets import Target
 from ...facts import catalog, indexes, sequences
 from .. import pitr
@@ -89,6 +89,10 @@ def _apply_each(
     target: Target, p: Plan, *, lock_timeout: str, statement_timeout: str, max_retries: int,
     backoff_s: float,
 ) -> Applied:  # fmt: skip
+    if p.history is not None:
+        return _apply_files(target, p, lock_timeout=lock_timeout,
+                            statement_timeout=statement_timeout, max_retries=max_retries,
+                            backoff_s=backoff_s)  # fmt: skip
     out = Applied([])
     for rev in p.pending:
         t0, attempt = time.perf_counter(), 0
@@ -142,6 +146,74 @@ def _apply_each(
             return out
     out.findings.append(Finding(Check.APPLY, Status.OK, _applied_summary(out.times)))
     return out
+
+
+def _apply_files(
+    target: Target, p: Plan, *, lock_timeout: str, statement_timeout: str, max_retries: int,
+    backoff_s: float,
+) -> Applied:  # fmt: skip
+    """A SQL-file history in one pass: the planned files (read, parsed and linted once) applied
+    over one connection, each file in its transaction (or statement by statement where it must),
+    retrying lock timeouts and deadlocks with backoff."""
+    out, h = Applied([]), p.history
+    try:
+        with h.session(target, lock_timeout=lock_timeout,
+                       statement_timeout=statement_timeout) as conn:  # fmt: skip
+            for rev in p.pending:
+                m, t0, attempt = p.files[rev.revision], time.perf_counter(), 0
+                while True:
+                    attempt += 1
+                    try:
+                        h.apply_on(conn, m)
+                        break
+                    except Exception as e:
+                        root = root_cause(e)
+                        if (
+                            isinstance(root, RETRYABLE)
+                            and m.transactional
+                            and attempt <= max_retries
+                        ):
+                            time.sleep(min(backoff_s * 2 ** (attempt - 1), 10))
+                            continue
+                        out.findings.append(_stopped(target, rev.revision, e, attempt, conn))
+                        return out
+                out.times.append((rev.revision, round(time.perf_counter() - t0, 3), attempt))
+                if not m.transactional and (left := _invalid(conn)):  # a failed CONCURRENTLY
+                    out.findings.append(Finding(
+                        Check.APPLY, Status.CRIT,
+                        f"{rev.revision} left invalid indexes: {', '.join(left)} (drop and create"
+                        " them again)", examples=tuple(left),
+                    ))  # fmt: skip
+                    return out
+    except MigrationRefused as e:
+        out.findings.append(Finding(Check.APPLY, Status.CRIT, f"not applied: {e}"))
+        return out
+    out.findings.append(Finding(Check.APPLY, Status.OK, _applied_summary(out.times)))
+    return out
+
+
+def _invalid(conn) -> list[str]:
+    try:
+        return [i.index for i in indexes.invalid_indexes(conn)]
+    except psycopg.Error:  # the connection lost with the failure: nothing more to say
+        return []
+
+
+def _stopped(target: Target, revision: str, e: BaseException, attempt: int, conn) -> Finding:
+    """Where a plan stopped, and why, in one line; what a failed CONCURRENTLY build left."""
+    root = root_cause(e)
+    why = (
+        f"{_kind(root)} after {attempt} attempts"
+        if isinstance(root, RETRYABLE)
+        else str(e if isinstance(e, MigrationFailed) else root).strip().splitlines()[0]
+    )
+    at = current_revision(target)
+    left = _invalid(conn)
+    note = f"; invalid indexes left behind: {', '.join(left)} (drop them)" if left else ""
+    return Finding(
+        Check.APPLY, Status.CRIT, f"stopped at {revision}: {why}; the database stays at {at}{note}",
+        value=at, examples=tuple(left),
+    )  # fmt: skip
 
 
 def _applied_summary(times: list[tuple[str, float, int]]) -> str:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import psycopg
 from alembic import command
@@ -23,6 +24,18 @@ class Plan:
     problem: Finding | None = None
     # SQL-file migrations pgrunbook runs in one transaction of its own (alembic's SQL has its own)
     in_transaction: dict[str, bool] = field(default_factory=dict)
+    # a SQL-file history's files, each read and parsed once: what is linted is what is applied
+    files: dict[str, Any] = field(default_factory=dict)
+    history: Any = None
+
+    def parsed(self, revision: str) -> list[lint.Statement] | None:
+        """A SQL-file revision's statements as they will run (None: alembic's, read from its
+        offline SQL by the lint)."""
+        m = self.files.get(revision)
+        if m is None:
+            return None
+        whole = self.in_transaction.get(revision, False)
+        return [replace(s, in_transaction=s.in_transaction or whole) for s in m.statements]
 
     def statements(self, revision: str) -> list[lint.Statement]:
         """The revision's statements as the parser reads them (LintParseError naming it)."""
@@ -183,7 +196,8 @@ def _plan_files(st: migrations.MigrationStatus, to_revision: str) -> Plan:
         whole = {m.name: m.transactional for m in files}
     except lint.LintParseError as e:  # names the file and the line
         return Plan(st.current, to, pending, problem=Finding("plan", Status.CRIT, str(e)))
-    return Plan(st.current, to, pending, {m.name: h.script(m) for m in files}, in_transaction=whole)
+    return Plan(st.current, to, pending, {m.name: h.script(m) for m in files}, in_transaction=whole,
+                files={m.name: m for m in files}, history=h)  # fmt: skip
 
 
 def offline_sql(start: str, end: str) -> str:
@@ -235,7 +249,7 @@ def lint_plan(conn: psycopg.Connection, p: Plan, *, allow_unsafe: bool = False) 
     for rev, script in p.scripts.items():
         r = lint.lint_revision(
             conn, rev, script, allow_unsafe=allow_unsafe, created=created,
-            in_transaction=p.in_transaction.get(rev, False),
+            in_transaction=p.in_transaction.get(rev, False), statements=p.parsed(rev),
         )  # fmt: skip
         found += r.findings
         statements += r.statements
