@@ -314,3 +314,50 @@ def test_a_deadlock_with_app_traffic_is_retried(fixia, scenario):
     assert applied.findings[-1].status is Status.OK, applied.findings
     assert applied.times[0][2] >= 2  # the revision was the deadlock's victim, and retried
     assert _state(fixia)[0] == ("f801",)
+
+
+def test_words_at_any_length_each_migration_once_the_slowest_charted():
+    """A plan stopped by 45 findings of one migration names it once, with the count; the time
+    chart of 820 migrations shows the slowest few, not 820 bars."""
+    from pgrunbook.base.findings import Finding
+    from pgrunbook.procedures.migrate import applying
+
+    crit = [Finding("lint 0042_big", Status.CRIT, f"rule {n}") for n in range(45)]
+    crit.append(Finding("extensions", Status.CRIT, "vector is not available"))
+    line = applying._counted(crit)
+    assert line == "lint 0042_big (45 CRIT); extensions", line
+    times = [(f"{n:04d}_m", n / 1000, 1) for n in range(820)]
+    fig = applying.plot_times(applying.Applied([], times=times))
+    [ax] = fig.axes
+    assert len(ax.patches) == applying.SLOWEST
+    assert [t.get_text() for t in ax.get_yticklabels()][0] == "0819_m"
+    assert ax.get_title() == f"The {applying.SLOWEST} slowest of 820 revisions"
+
+
+def test_the_staging_gate_names_the_staging_this_configuration_has(tmp_path, monkeypatch):
+    """A protected target whose configuration names no staging is told how to name one; one that
+    names it is sent there, never to a `staging` it does not have."""
+    from pgrunbook.base import targets
+    from pgrunbook.procedures.migrate import gates
+
+    config = tmp_path / "prod-only.toml"
+    config.write_text(
+        '[targets.eu_prod]\nurl_env = "EU_PROD_URL"\nprotected = true\n'
+        '[targets.eu_stage]\nurl_env = "EU_STAGE_URL"\n'
+    )
+    monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+    monkeypatch.setenv("EU_PROD_URL", "postgresql://app@db.internal/eu")
+    monkeypatch.delenv("STAGING_DATABASE_URL", raising=False)
+    prod = targets.resolve("eu_prod")
+    plan = migrate.Plan((), "0004")
+    gate = gates.staging_first(prod, plan, mode="apply")
+    assert (
+        gate.status is Status.CRIT and 'set staging = "NAME" in [targets.eu_prod]' in gate.summary
+    )
+    named = tmp_path / "prod-named.toml"
+    named.write_text(
+        config.read_text().replace("protected = true\n", 'protected = true\nstaging = "eu_stage"\n')
+    )
+    monkeypatch.setenv("PGRUNBOOK_CONFIG", str(named))
+    gate = gates.staging_first(prod, plan, mode="apply")
+    assert gate.status is Status.CRIT and "--target eu_stage -p mode apply" in gate.summary

@@ -264,7 +264,7 @@ NOT_LIMITS = ("targets", "apps", "app_roles", "fleets", "repository", "encrypt",
 
 
 TARGET_KEYS = {"url_env", "service", "protected", "app", "tags", "repository", "encrypt",
-               "object_lock_days", "heartbeat_url_env"}  # fmt: skip
+               "object_lock_days", "heartbeat_url_env", "staging"}  # fmt: skip
 FLEET_KEYS = {"targets", "tags", "file"}
 FILE_COLUMNS = ("name", "url_env", "service", "tags", "protected", "app")
 

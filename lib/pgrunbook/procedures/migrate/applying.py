@@ -72,9 +72,7 @@ def apply(
             ]
         )
     if crit:
-        return Applied(
-            [Finding(Check.APPLY, Status.CRIT, "not applied: " + "; ".join(f.check for f in crit))]
-        )
+        return Applied([Finding(Check.APPLY, Status.CRIT, "not applied: " + _counted(crit))])
     # where the server archives its WAL, a way back to just before the change
     mark = pitr.mark(target, f"pgrunbook-before-{p.pending[0].revision}") if p.pending else None
     out = _apply_each(
@@ -216,6 +214,16 @@ def _stopped(target: Target, revision: str, e: BaseException, attempt: int, conn
     )  # fmt: skip
 
 
+def _counted(found: list[Finding], shown: int = 5) -> str:
+    """What stops a plan, each check once with its count, the first few of them."""
+    from collections import Counter
+
+    counts = Counter(f.check for f in found)
+    said = [f"{check} ({n} CRIT)" if n > 1 else check for check, n in counts.most_common()]
+    more = f" and {len(said) - shown} more" if len(said) > shown else ""
+    return "; ".join(said[:shown]) + more
+
+
 def _applied_summary(times: list[tuple[str, float, int]]) -> str:
     """Each revision with its time, or (past five) the total and the slowest three."""
     if not times:
@@ -235,8 +243,13 @@ def _applied_summary(times: list[tuple[str, float, int]]) -> str:
 
 
 def current_revision(target: Target) -> str:
+    """Where the target stands, in its history's words: alembic's `base` before the first
+    revision, `none applied` for a Prisma or SQL-file history."""
     with db.connect(target) as conn:
-        return ",".join(migrations.current(conn, target) or ()) or "base"
+        found = ",".join(migrations.current(conn, target) or ())
+    if found:
+        return found
+    return "none applied" if migrations.history(target) is not None else "base"
 
 
 def invalid_indexes(target: Target) -> list[str]:
@@ -244,15 +257,24 @@ def invalid_indexes(target: Target) -> list[str]:
         return [i.index for i in indexes.invalid_indexes(conn)]
 
 
+SLOWEST = 15  # revisions the time chart shows, the slowest first
+
+
 def plot_times(applied: Applied):
+    """The slowest revisions (all of them up to SLOWEST), each with its time; the title says how
+    many were applied in all."""
     from matplotlib.figure import Figure  # here: spares matplotlib (~450 ms) at start-up
 
-    fig = Figure(figsize=(7, 0.6 + 0.4 * max(len(applied.times), 1)), layout="constrained")
+    shown = sorted(applied.times, key=lambda t: -t[1])[:SLOWEST]
+    fig = Figure(figsize=(7, 0.8 + 0.4 * max(len(shown), 1)), layout="constrained")
     ax = fig.subplots()
-    ax.barh([r for r, _, _ in applied.times], [s for _, s, _ in applied.times], color="#4c72b0")
+    ax.barh([r for r, _, _ in shown], [s for _, s, _ in shown], color="#4c72b0")
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
-    ax.set_title("Time per revision")
+    total = len(applied.times)
+    ax.set_title(
+        "Time per revision" if total <= SLOWEST else f"The {SLOWEST} slowest of {total} revisions"
+    )
     return fig
 
 
@@ -270,7 +292,8 @@ def verify(target: Target, p: Plan, *, mode: str) -> list[Finding]:
             value=at,
         )
     ]
-    found.append(drift(target, tuple(at.split(","))).finding)
+    raw = "base" if at == "none applied" else at  # drift's name for before the first
+    found.append(drift(target, tuple(raw.split(","))).finding)
     with db.connect(target) as conn:
         invalid = [i.index for i in indexes.invalid_indexes(conn)]
         unvalidated = [

@@ -9,7 +9,8 @@ import psycopg
 from pglast import ast, enums
 from psycopg import sql
 
-from ...base import limits
+from ...base import config, limits, targets
+from ...base.errors import PgRunbookError
 from ...base.findings import Check, Finding, Status
 from ...base.limits import DEFAULTS, Limits
 from ...base.targets import Target
@@ -213,9 +214,18 @@ def staging_first(target: Target, p: Plan, *, mode: str, override: str = "") -> 
         )
     window = limits.for_target(target).staging_window_days
     since = (datetime.now(UTC) - timedelta(days=window)).date()
-    run = history.previous(
+    staging = staging_of(target)
+    if staging is None and not override:
+        return Finding(
+            "staging first",
+            Status.CRIT,
+            f"{target.name!r} is protected and this configuration names no staging target for it:"
+            f' set staging = "NAME" in [targets.{target.name}] (the target that gets each'
+            " migration first), or skip_staging_check with a reason",
+        )
+    run = staging and history.previous(
         "migrate",
-        "staging",
+        staging,
         since=since,
         where=lambda r: (
             r["outcome"] in ("OK", "WARN")
@@ -225,21 +235,33 @@ def staging_first(target: Target, p: Plan, *, mode: str, override: str = "") -> 
     )
     if run is not None:
         return Finding(
-            "staging first", Status.OK, f"staging applied {p.to_revision} in run {run['id']}"
+            "staging first", Status.OK, f"{staging} applied {p.to_revision} in run {run['id']}"
         )
     if override:
         return Finding(
             "staging first",
             Status.WARN,
-            f"no staging apply of {p.to_revision} within {window:g} days; "
-            f"overridden by the operator: {override}",
+            f"no apply of {p.to_revision} on {staging or 'a staging target'} within {window:g}"
+            f" days; overridden by the operator: {override}",
         )
     return Finding(
         "staging first",
         Status.CRIT,
-        f"no successful staging apply of {p.to_revision} in the last "
-        f"{window:g} days: run `pgrunbook run migrate --target staging -p mode apply` first",
+        f"no successful apply of {p.to_revision} on {staging} in the last {window:g} days:"
+        f" run `pgrunbook run migrate --target {staging} -p mode apply` first",
     )
+
+
+def staging_of(target: Target) -> str | None:
+    """The target that gets `target`'s migrations first: its `staging` setting, else the target
+    called staging where the configuration has one."""
+    spec = config.settings().targets.get(target.name, {})
+    if spec.get("staging"):
+        return str(spec["staging"])
+    try:  # the default staging stands in only where it is as real as the target
+        return "staging" if targets.resolve("staging").sandbox == target.sandbox else None
+    except PgRunbookError:
+        return None
 
 
 def backup_first(
