@@ -409,6 +409,16 @@ def test_real_prisma_reads_what_pgrunbook_records_as_pgrunbook_does(scratch, tmp
     rc, said = _prisma_says(target, folder)
     assert rc == 1 and "20260105000000_nickname" in said and "failed" in said, said[-1500:]
 
+    # resolved as rolled back (undone by hand): pending to both, and deployed again
+    done = migrate.resolve(target, mode="resolve", stamp="20260105000000_nickname",
+                           resolve_as="rolled-back")  # fmt: skip
+    assert done.status is Status.OK, done.summary
+    assert [r.revision for r in _status(target).pending] == ["20260105000000_nickname"]
+    rc, said = _prisma_says(target, folder)
+    assert rc == 1 and "20260105000000_nickname" in said.split("not yet been applied")[-1]
+    migrate.apply(target, migrate.plan(_status(target)), mode="apply", blockers=[])
+    assert _status(target).failed == ("20260105000000_nickname",)  # ix_n still cannot be built
+
     # resolved as applied (fixed by hand): applied to both
     done = migrate.resolve(target, mode="resolve", stamp="20260105000000_nickname",
                            resolve_as="applied")  # fmt: skip

@@ -356,14 +356,19 @@ class SqlHistory:
                     f"{name} is not a failed migration ({', '.join(st.failed) or 'none is'}):"
                     " only a failed one can be marked rolled back"
                 )
+            # its failed record removed, not marked rolled back: real `prisma migrate status`
+            # reads a rolled-back row as applied, so the next deploy's work would be hidden
             conn.execute(
                 sql.SQL(
-                    "UPDATE {} SET rolled_back_at = now() WHERE migration_name = %s"
+                    "DELETE FROM {} WHERE migration_name = %s"
                     " AND finished_at IS NULL AND rolled_back_at IS NULL"
                 ).format(table),
                 [name],
             )
-            return f"marked the failed {name} rolled back: it will be applied again"
+            return (
+                f"resolved the failed {name} as rolled back (its failed record removed; the run's"
+                " report keeps it): it will be applied again"
+            )
 
 
 def _run_statement(conn: psycopg.Connection, m: SqlMigration, stmt) -> None:
