@@ -404,3 +404,22 @@ def unreadable(report_html: Path) -> list[str]:
         if "_" in th.get_text() and "pgrb-name" not in (th.get("class") or [])
     ]
     return found
+
+
+@pytest.fixture
+def ballast(sandbox):
+    """staging with a table large enough that a backup uploads for a while (about 160 MiB of
+    text that compresses 2:1), dropped after."""
+    from pgrunbook.base import db, targets
+
+    staging = targets.resolve("staging")
+    with db.connect(staging, readonly=False) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS ballast (id int, pad text)")
+        conn.execute("TRUNCATE ballast")
+        conn.execute(
+            "INSERT INTO ballast SELECT g, md5(g::text) || repeat(md5(random()::text), 40)"
+            " FROM generate_series(1, 120000) g"
+        )
+    yield staging
+    with db.connect(staging, readonly=False) as conn:
+        conn.execute("DROP TABLE IF EXISTS ballast")

@@ -183,18 +183,13 @@ AIRFLOW_RUN = textwrap.dedent(
 )
 
 
-@pytest.mark.external_server
-def test_the_same_fleet_on_airflow(fleet_of_21, tmp_path):
-    """The DAG `pgrunbook.airflow.fleet_dag` builds, run by Airflow's own `dag.test()` in a
-    process of its own: one mapped task per target in a pool, the unreachable one retried by
-    Airflow, the planted CRIT failed without retry, the fleet report last and the run failed."""
+def _airflow_env(tmp_path: Path, dags: Path, pool: int) -> dict[str, str]:
+    """Airflow's home of its own, its database made, the pgrunbook pool of `pool` slots (a
+    skip, or in CI a failure, where Airflow is not installed)."""
     if importlib.util.find_spec("airflow") is None:  # not imported here: it configures logging
         if os.environ.get("PGRUNBOOK_TEST_AIRFLOW") == "required":  # CI: never a silent skip
             pytest.fail("Airflow is not installed: pip install -e '.[test,airflow]'")
         pytest.skip("pip install 'pgrunbook[airflow]'")
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    (dags / "fleet_integrity.py").write_text(AIRFLOW_RUN)
     env = dict(
         os.environ,
         AIRFLOW_HOME=str(tmp_path / "airflow"),
@@ -203,9 +198,21 @@ def test_the_same_fleet_on_airflow(fleet_of_21, tmp_path):
         AIRFLOW__CORE__UNIT_TEST_MODE="False",
     )
     airflow = str(Path(sys.executable).parent / "airflow")
-    for command in (["db", "migrate"], ["pools", "set", "pgrunbook", "2", "pgrunbook runs"]):
+    for command in (["db", "migrate"], ["pools", "set", "pgrunbook", str(pool), "pgrunbook runs"]):
         done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
+    return env
+
+
+@pytest.mark.external_server
+def test_the_same_fleet_on_airflow(fleet_of_21, tmp_path):
+    """The DAG `pgrunbook.airflow.fleet_dag` builds, run by Airflow's own `dag.test()` in a
+    process of its own: one mapped task per target in a pool, the unreachable one retried by
+    Airflow, the planted CRIT failed without retry, the fleet report last and the run failed."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "fleet_integrity.py").write_text(AIRFLOW_RUN)
+    env = _airflow_env(tmp_path, dags, pool=2)
     config = Path(os.environ["PGRUNBOOK_CONFIG"])  # alerts, as on the single machine
     alerting = config.with_name("airflow-alerts.toml")
     alerting.write_text(config.read_text() + '\n[notify.channels.ops]\nurl_env = "FLEET_HOOK"\n')
@@ -403,25 +410,6 @@ AIRFLOW_TRIO = textwrap.dedent(
 )
 
 
-def _airflow_env(tmp_path: Path, dags: Path) -> dict[str, str]:
-    if importlib.util.find_spec("airflow") is None:  # not imported here: it configures logging
-        if os.environ.get("PGRUNBOOK_TEST_AIRFLOW") == "required":  # CI: never a silent skip
-            pytest.fail("Airflow is not installed: pip install -e '.[test,airflow]'")
-        pytest.skip("pip install 'pgrunbook[airflow]'")
-    env = dict(
-        os.environ,
-        AIRFLOW_HOME=str(tmp_path / "airflow"),
-        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__CORE__UNIT_TEST_MODE="False",
-    )
-    airflow = str(Path(sys.executable).parent / "airflow")
-    for command in (["db", "migrate"], ["pools", "set", "pgrunbook", "3", "pgrunbook runs"]):
-        done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-2000:]
-    return env
-
-
 def test_three_tenants_on_airflow_and_the_report_task_fails_what_was_not_checked(
     trio, sandbox, tmp_path
 ):
@@ -431,7 +419,7 @@ def test_three_tenants_on_airflow_and_the_report_task_fails_what_was_not_checked
     dags = tmp_path / "dags"
     dags.mkdir()
     (dags / "trio.py").write_text(AIRFLOW_TRIO)
-    env = _airflow_env(tmp_path, dags)
+    env = _airflow_env(tmp_path, dags, pool=3)
     before = _scratch(sandbox.url("postgres"))
     done = subprocess.run(
         [sys.executable, str(dags / "trio.py")], env=env, capture_output=True, text=True,

@@ -112,16 +112,9 @@ def test_a_flipped_byte_in_the_bucket_is_named_and_nothing_is_restored(sandbox, 
 
 
 def test_the_storage_server_killed_mid_upload_leaves_nothing_listed_and_is_cleaned(
-    sandbox, s3server, bucket, monkeypatch
+    ballast, s3server, bucket, monkeypatch
 ):
-    staging = targets.resolve("staging")
-    with db.connect(staging, readonly=False) as conn:  # enough to upload for a while
-        conn.execute("CREATE TABLE IF NOT EXISTS ballast (id int, pad text)")
-        conn.execute("TRUNCATE ballast")
-        conn.execute(
-            "INSERT INTO ballast SELECT g, md5(g::text) || repeat(md5(random()::text), 40)"
-            " FROM generate_series(1, 120000) g"
-        )
+    staging = ballast
     monkeypatch.setattr("pgrunbook.procedures.offsite.PART", 6 * 2**20)
     failed: list[BaseException] = []
 
@@ -141,17 +134,13 @@ def test_the_storage_server_killed_mid_upload_leaves_nothing_listed_and_is_clean
     worker.join(120)
     assert failed and "failed, nothing kept" in str(failed[0])
     s3server.start()
-    try:
-        assert _once_up(lambda: backups.all_backups(staging)) == []  # nothing listed as good
-        left = debris.find(staging)
-        names = [d.name for d in left if d.kind == "repository leftover"]
-        assert names, left
-        debris.clean(staging)
-        assert not [d for d in debris.find(staging) if d.kind == "repository leftover"]
-        assert not [k for k in _keys(s3server, bucket) if "/backups/" in k]
-    finally:
-        with db.connect(staging, readonly=False) as conn:
-            conn.execute("DROP TABLE ballast")
+    assert _once_up(lambda: backups.all_backups(staging)) == []  # nothing listed as good
+    left = debris.find(staging)
+    names = [d.name for d in left if d.kind == "repository leftover"]
+    assert names, left
+    debris.clean(staging)
+    assert not [d for d in debris.find(staging) if d.kind == "repository leftover"]
+    assert not [k for k in _keys(s3server, bucket) if "/backups/" in k]
 
 
 def _once_up(read, seconds: float = 60):

@@ -181,30 +181,16 @@ dumps.create(targets.resolve("staging"))
 """
 
 
-def test_the_next_backup_removes_and_names_what_a_killed_one_left(sandbox, s3server, bucket):
-    staging = targets.resolve("staging")
-    from pgrunbook.base import db
-
-    with db.connect(staging, readonly=False) as conn:  # enough to upload for a while
-        conn.execute("CREATE TABLE IF NOT EXISTS ballast (id int, pad text)")
-        conn.execute("TRUNCATE ballast")
-        conn.execute(
-            "INSERT INTO ballast SELECT g, md5(g::text) || repeat(md5(random()::text), 40)"
-            " FROM generate_series(1, 120000) g"
-        )
-    try:
-        proc = subprocess.Popen([sys.executable, "-c", KILLED], env=os.environ.copy())
-        deadline = time.monotonic() + 90
-        while not any("/part-" in k for k in _keys(s3server, bucket)):
-            assert time.monotonic() < deadline and proc.poll() is None, "no part was uploaded"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)  # as the OOM killer does
-        proc.wait()
-        left = {k.split("/")[3] for k in _keys(s3server, bucket) if "/backups/" in k}
-        assert left, "the killed run left nothing to clean"
-    finally:
-        with db.connect(staging, readonly=False) as conn:
-            conn.execute("DROP TABLE ballast")
+def test_the_next_backup_removes_and_names_what_a_killed_one_left(ballast, s3server, bucket):
+    proc = subprocess.Popen([sys.executable, "-c", KILLED], env=os.environ.copy())
+    deadline = time.monotonic() + 90
+    while not any("/part-" in k for k in _keys(s3server, bucket)):
+        assert time.monotonic() < deadline and proc.poll() is None, "no part was uploaded"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # as the OOM killer does
+    proc.wait()
+    left = {k.split("/")[3] for k in _keys(s3server, bucket) if "/backups/" in k}
+    assert left, "the killed run left nothing to clean"
     result = runner.run("backup", "staging", progress=False)
     assert result.exit_code == 0, [str(f) for f in result.findings]
     said = " ".join(str(f) for f in result.findings)

@@ -16,27 +16,12 @@ import psycopg
 import pytest
 
 from pgrunbook.archive import runner
-from pgrunbook.base import db, targets
+from pgrunbook.base import db
 from pgrunbook.base.errors import PgRunbookError
 from pgrunbook.facts import backups
 from pgrunbook.procedures import dumps, restore
 
 TIMEOUT_S = 2  # the store's answer timeout in these tests; 3 attempts with backoff each call
-
-
-@pytest.fixture
-def ballast(sandbox):
-    staging = targets.resolve("staging")
-    with db.connect(staging, readonly=False) as conn:  # enough to upload for a while
-        conn.execute("CREATE TABLE IF NOT EXISTS ballast (id int, pad text)")
-        conn.execute("TRUNCATE ballast")
-        conn.execute(
-            "INSERT INTO ballast SELECT g, md5(g::text) || repeat(md5(random()::text), 40)"
-            " FROM generate_series(1, 120000) g"
-        )
-    yield staging
-    with db.connect(staging, readonly=False) as conn:
-        conn.execute("DROP TABLE IF EXISTS ballast")
 
 
 def _frozen(s3server, until, *, seconds: float = 240):

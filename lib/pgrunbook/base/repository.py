@@ -199,7 +199,9 @@ class Repository:
                     self._create()
                     self.fresh = False
 
-    def _create(self) -> None:
+    def _meta(self) -> dict[str, Any]:
+        """repository.json as this key writes it: the format, and a check that tells a wrong key
+        from a right one."""
         meta: dict[str, Any] = {"format": 2, "encrypted": self.sealer.encrypted}
         if self.sealer.encrypted:
             meta |= {
@@ -207,6 +209,10 @@ class Repository:
                 "salt": base64.b64encode(self.sealer.salt).decode(),
                 "check": base64.b64encode(self.sealer.seal(META, CHECK)).decode(),
             }
+        return meta
+
+    def _create(self) -> None:
+        meta = self._meta()
         try:
             self.store.put(META, json.dumps(meta, indent=1).encode(), create_only=True)
             self.meta = meta
@@ -228,13 +234,7 @@ class Repository:
             kept = f"{META}.damaged"
             self.store.put(kept, old)
             done.append(f"the damaged {META} kept as {kept}")
-        meta: dict[str, Any] = {"format": 2, "encrypted": self.sealer.encrypted}
-        if self.sealer.encrypted:
-            meta |= {
-                "kdf": "scrypt",
-                "salt": base64.b64encode(self.sealer.salt).decode(),
-                "check": base64.b64encode(self.sealer.seal(META, CHECK)).decode(),
-            }
+        meta = self._meta()
         self.store.put(META, json.dumps(meta, indent=1).encode(), create_only=old is None)
         self.meta, self.refusal, self.fresh = meta, "", False
         done.append(f"{META} written again, its check sealed with the key that opens the backups")
