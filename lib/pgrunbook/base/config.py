@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .thresholds import Limits
 
 DEFAULT_TARGETS: dict[str, dict[str, Any]] = {
     "production": {"url_env": "DATABASE_URL", "protected": True},
@@ -141,8 +142,6 @@ def _own_file(path: Path) -> dict[str, Any]:
 def _known(config: dict[str, Any], where: Path) -> None:
     """Refuse a key pgrunbook does not read: a setting read as nothing is a false OK waiting to
     happen (a misspelt retention, a table under the wrong heading)."""
-    from .limits import Limits  # here: limits reads this module
-
     known = set(NOT_LIMITS) | Limits.names()
     if unknown := sorted(set(config) - known):
         close = [m for k in unknown for m in difflib.get_close_matches(k, known, n=1)]
@@ -178,8 +177,6 @@ def _project_config(home: Path, extra: str) -> dict[str, Any]:
 def _checked(config: dict[str, Any], targets: dict[str, dict[str, Any]]) -> None:
     """Every value whose kind matters, checked before any run starts: limits (for every target
     and the project), and switches that are true or false (a string "false" is not false)."""
-    from .limits import for_settings  # here: limits reads this module
-
     for where, spec in [("[tool.pgrunbook]", config)] + [
         (f"[targets.{n}]", s) for n, s in targets.items()
     ]:
@@ -189,7 +186,9 @@ def _checked(config: dict[str, Any], targets: dict[str, dict[str, Any]]) -> None
                     f"{key} = {spec[key]!r} in {where}: write {key} = true or {key} = false"
                     " (without quotes)"
                 )
-    for_settings(config, targets)
+    base = Limits().with_values(config, where="[tool.pgrunbook]")
+    for name, spec in targets.items():
+        base.with_values(spec, where=f"[tool.pgrunbook.targets.{name}]")
 
 
 def _app(name: str, spec: Any) -> App:
