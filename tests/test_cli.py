@@ -121,6 +121,11 @@ def test_progress_only_on_a_terminal_and_the_paths_of_what_was_written(sandbox, 
         text=True,
     )
     assert shown.returncode == 0 and f"html:   {html}" in shown.stdout
+    # as a person says it: no dict, no ISO time, no field name for a duration
+    assert "parameters: target=sandbox" in shown.stdout.replace("parameters:  ", "parameters: ")
+    assert "duration_s" not in shown.stdout and "{" not in shown.stdout
+    assert re.search(r"started: +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", shown.stdout), shown.stdout
+    assert re.search(r"took: +[\d.]+ s", shown.stdout), shown.stdout
     listed = subprocess.run([pgrunbook, "reports", "list"], capture_output=True, text=True).stdout
     assert "None" not in listed and "NaN" not in listed
 
@@ -290,3 +295,14 @@ def test_lab_opens_the_runbooks_and_runs_as_root_too(tmp_path):
         _, err = lab.communicate(timeout=30)
     if os.geteuid() == 0:
         assert b"running as root: JupyterLab is started with --allow-root" in err
+
+
+def test_notify_test_without_channels_says_how_to_add_one(capsys, tmp_path, monkeypatch):
+    from pgrunbook.cli import main
+
+    config = tmp_path / "no-channels.toml"
+    config.write_text("rpo_h = 24\n")
+    monkeypatch.setenv("PGRUNBOOK_CONFIG", str(config))
+    assert main(["notify", "test"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert "None" not in err and "[notify.channels.NAME]" in err and "\n" not in err, err

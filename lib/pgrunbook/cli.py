@@ -183,8 +183,13 @@ def cmd_notify(args) -> int:
         return 0
     every = alerts.channels()
     chosen = [c for c in every if args.channel in (None, c.name)]
+    if not every:
+        raise UnknownParameter(
+            "no alert channel is configured: add [notify.channels.NAME] with url_env (see"
+            " docs/alerts.md), then test it again"
+        )
     if not chosen:
-        names = ", ".join(c.name for c in every) or "none configured ([notify.channels.NAME])"
+        names = ", ".join(c.name for c in every)
         raise UnknownParameter(f"no channel {args.channel!r}: the channels are {names}")
     failed = 0
     for channel in chosen:
@@ -312,24 +317,24 @@ def cmd_reports(args) -> int:
     if repo is not None:
         shared.sync_index(repo)
     if args.action == "show":
+        from datetime import timedelta
+
+        from .base.display import cell_text, pretty_duration
+
         d = history.details(args.ref)
-        for key in (
-            "id",
-            "runbook",
-            "target",
-            "server_version",
-            "outcome",
-            "error",
-            "incident",
-            "operator",
-            "host",
-            "start",
-            "end",
-            "duration_s",
-            "parameters",
-        ):
-            if d.get(key) not in (None, "", {}):
-                print(f"{key}: {d[key]}")
+        shown = {
+            "id": d.get("id"), "runbook": d.get("runbook"), "target": d.get("target"),
+            "server": d.get("server_version"), "outcome": d.get("outcome"),
+            "error": d.get("error"), "incident": d.get("incident"),
+            "operator": d.get("operator"), "host": d.get("host"),
+            "started": cell_text(d.get("start")), "ended": cell_text(d.get("end")),
+            "took": pretty_duration(timedelta(seconds=d["duration_s"]))
+            if isinstance(d.get("duration_s"), (int, float)) else None,
+            "parameters": " ".join(f"{k}={v}" for k, v in (d.get("parameters") or {}).items()),
+        }  # fmt: skip
+        for key, value in shown.items():
+            if value not in (None, ""):
+                print(f"{key + ':':<12}{value}")
         for f in d.get("findings", []):
             print(f"  {f['status']:<7} {f['check']}: {f['summary']}")
         root = config.settings().reports_dir
