@@ -66,6 +66,7 @@ def test_orphans_under_a_not_valid_foreign_key(fixia):
     found = [f for f in _run(fixia, integrity.foreign_keys) if f.status is Status.CRIT]
     assert len(found) == 1 and found[0].check == "foreign key fk_reviews_client_id_users"
     assert found[0].value == 3 and "(NOT VALID)" in found[0].summary
+    assert found[0].summary.startswith("3 orphans in ")
     # each orphan by its key and its reference, and the query that lists them all
     assert found[0].examples == (
         "id=3, client_id=900003",
@@ -91,6 +92,7 @@ def test_orphans_under_a_composite_foreign_key(fixia):
     assert (
         len(found) == 1 and found[0].value == 1 and found[0].examples == ("id=2, a=1, b=3",)
     )  # (NULL, 9) is exempt
+    assert found[0].summary.startswith("1 orphan in "), found[0].summary  # one, not "1 orphans"
 
 
 def test_sample_reads_part_of_larger_tables_and_says_so(scratch):

@@ -19,6 +19,7 @@ from psycopg import sql
 from psycopg.rows import namedtuple_row
 
 from ..base import config, targets
+from ..base.display import plural
 from ..base.findings import Check, Finding, Status
 from ..base.limits import DEFAULTS, Limits, level
 from ..base.targets import Target
@@ -123,7 +124,8 @@ def foreign_keys(
                 Finding(
                     f"foreign key {name}",
                     Status.CRIT,
-                    f"{rows[0][-1]} orphans in {child}({', '.join(cols)}) -> {parent}{state}{read}",
+                    f"{plural(rows[0][-1], 'orphan')} in {child}({', '.join(cols)}) ->"
+                    f" {parent}{state}{read}",
                     value=rows[0][-1],
                     examples=_named(shown, rows),
                     query=select.format(extra=sql.SQL(""), sample=sql.SQL(""), **parts).as_string(
@@ -195,7 +197,7 @@ def unique_keys(
                 Finding(
                     f"unique {index}",
                     Status.CRIT,
-                    f"{rows[0][-1]} duplicated keys in {rel}"
+                    f"{plural(rows[0][-1], 'duplicated key')} in {rel}"
                     f"({', '.join(cols)}) under invalid unique index {index}",
                     value=rows[0][-1],
                     examples=tuple(
@@ -614,7 +616,8 @@ def assertions(
                 Finding(
                     f"assert {f.stem}",
                     Status.CRIT,
-                    f"{rows[0][-1]} rows break: {rule}",
+                    f"{plural(rows[0][-1], 'row')}"
+                    f" {'breaks' if rows[0][-1] == 1 else 'break'}: {rule}",
                     value=rows[0][-1],
                     examples=tuple(", ".join(map(str, r[:-1])) for r in rows),
                     query=text,

@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from ..base import config, targets
+from ..base.display import plural
 from ..base.findings import Check, Finding, Status
 from ..base.targets import Target
 from ..facts import activity, backups, history, server
@@ -91,7 +92,7 @@ def role_findings(conn: psycopg.Connection, app_roles: list[str] = ()) -> list[F
             "superusers",
             Status.CRIT if supers else Status.OK,
             (
-                f"{len(supers)} superusers besides {boot}: {', '.join(_names(supers))}"
+                f"{plural(len(supers), 'superuser')} besides {boot}: {', '.join(_names(supers))}"
                 if supers
                 else f"only the bootstrap superuser {boot}"
             ),

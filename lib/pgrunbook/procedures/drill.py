@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from psycopg import sql
 
 from ..base import db, limits
+from ..base.display import plural
 from ..base.errors import PgRunbookError
 from ..base.findings import Finding, Status
 from ..base.limits import level
@@ -181,7 +182,8 @@ def assess(target: Target, backup) -> Finding:
         "impact",
         Status.OK,
         (
-            f"{len(damaged)} tables differ from the backup: restore needed"
+            f"{plural(len(damaged), 'table')} {'differs' if len(damaged) == 1 else 'differ'} from"
+            " the backup: restore needed"
             if damaged
             else "no table differs from the backup"
         ),
