@@ -1,5 +1,6 @@
 """The command line: every bad input is one line, exit 3, and changes nothing."""
 
+import os
 import re
 import subprocess
 import sys
@@ -185,7 +186,8 @@ def test_sandbox_url_and_status(sandbox, capfd):
     assert "running" in capfd.readouterr().out
 
 
-def test_list_is_a_short_table_and_one_runbook_shows_its_parameters(capfd):
+def test_list_is_a_short_table_and_one_runbook_shows_its_parameters(capfd, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")  # a terminal of 100 columns: one line per runbook
     assert main(["list"]) == 0
     out = capfd.readouterr().out.splitlines()
     for nb in (ROOT / "runbooks").glob("*.ipynb"):
@@ -306,3 +308,18 @@ def test_notify_test_without_channels_says_how_to_add_one(capsys, tmp_path, monk
     assert main(["notify", "test"]) == 3
     err = capsys.readouterr().err.strip()
     assert "None" not in err and "[notify.channels.NAME]" in err and "\n" not in err, err
+
+
+def test_list_fits_the_terminal_and_never_breaks_or_cuts_a_word():
+    """`pgrunbook list` at 80 columns: each title whole (wrapped, not cut with ...), and no word
+    of a parameter's help broken across lines."""
+    pgrunbook = str(Path(sys.executable).parent / "pgrunbook")
+    env = {**os.environ, "COLUMNS": "80"}
+    listed = subprocess.run([pgrunbook, "list"], capture_output=True, text=True, env=env).stdout
+    assert "..." not in listed and "two databases compared" in " ".join(listed.split())
+    one = subprocess.run(
+        [pgrunbook, "list", "integrity"], capture_output=True, text=True, env=env
+    ).stdout
+    assert "assertions,compare}" in one and "compa\n" not in one, one
+    words = " ".join(one.split())
+    assert "re-proven, corruption looked for, two databases compared" in words

@@ -255,30 +255,35 @@ def cmd_cleanup(args) -> int:
     return 0 if args.apply or not left else 1
 
 
-WIDTH = 100  # what `list` fits in
+WIDTH = 100  # what `list` fits in where no terminal says its width
 
 
 def cmd_list(args) -> int:
-    """The runbooks, one line each (name and the first sentence of its purpose); with a name,
-    that runbook's purpose and parameters."""
+    """The runbooks, one entry each (name and the title of its purpose, wrapped, never cut);
+    with a name, that runbook's purpose and parameters. Lines fit the terminal; words are never
+    broken across lines."""
+    import shutil
     import textwrap
+    from functools import partial
 
     from .archive import runner  # lazy: start-up time
 
+    width = min(WIDTH, shutil.get_terminal_size((WIDTH, 24)).columns)
+    fill = partial(textwrap.fill, width=width, break_long_words=False, break_on_hyphens=False)
     if args.runbook:
         runner.notebook_path(args.runbook)  # an unknown name: refused with the nearest
-        print(f"{args.runbook}: {runner.title(args.runbook)}\n")
-        print(textwrap.fill(runner.purpose(args.runbook), WIDTH))
+        print(fill(f"{args.runbook}: {runner.title(args.runbook)}") + "\n")
+        print(fill(runner.purpose(args.runbook)))
         print("\nparameters (-p NAME VALUE):")
         for p in runner.parameters(args.runbook).values():
             head = f"  {p.name} ({p.type}, default {p.default}): "
-            print(textwrap.fill(p.help, WIDTH, initial_indent=head, subsequent_indent=" " * 6))
+            print(fill(p.help, initial_indent=head, subsequent_indent=" " * 6))
         return 0
     names = runner.available()
     pad = max(map(len, names)) + 2
     for name in names:
-        line = f"{name:<{pad}}{runner.title(name)}"
-        print(line if len(line) <= WIDTH else line[: WIDTH - 3].rstrip() + "...")
+        print(fill(runner.title(name), initial_indent=f"{name:<{pad}}",
+                   subsequent_indent=" " * pad))  # fmt: skip
     print("\n`pgrunbook list RUNBOOK` shows one runbook's parameters")
     return 0
 
