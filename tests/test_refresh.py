@@ -483,6 +483,11 @@ def test_runbook_plan_mode_is_crit_on_an_unruled_personal_column(pair, monkeypat
     unruled = next(f for f in result.findings if f.check == "unruled personal columns")
     assert unruled.examples == ("public.users.birth_date (name)",)
     assert not any(f.check == "source copy" for f in result.findings)  # stopped before copying
+    # a planned stop is its reason, not a failure nor Python's traceback, in the report and out
+    assert result.error is None and "unruled personal columns" in result.stopped
+    page = result.html.read_text()
+    assert "Traceback" not in page and "RunbookStopped" not in page
+    assert "Stopped here, as planned: stopped before changing anything" in page
 
 
 def _kill_data_pass(stop: threading.Event, killed: list):

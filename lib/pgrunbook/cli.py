@@ -64,6 +64,8 @@ def cmd_run(args) -> int:
 def _print_result(result) -> None:
     for f in result.findings:
         print(f"  {f}")
+    if result.stopped:
+        print(f"  stopped {result.stopped}")
     if result.error:
         print(f"  FAILED  {result.error}")
     print(f"{result.runbook} on {result.target}: {result.outcome} in {result.duration_s:.1f} s")
