@@ -346,3 +346,21 @@ def test_every_sequence_is_compared_also_one_no_column_draws_from(seeded):
     fallen = next(f for f in again if f.check == "sequence values")
     assert fallen.status is Status.CRIT and "public.invoice_no: at 1000, was 1049" in fallen.summary
     admin.drop_database(seeded, result.database)
+
+
+def test_a_verify_warn_names_what_it_is_about(seeded):
+    """A sequence behind its column in the backup: the verification's WARN names the sequence
+    (the sub-check's examples stay with the verdict)."""
+    with db.connect(seeded, readonly=False) as conn:
+        conn.execute("SELECT setval(pg_get_serial_sequence('users', 'id'), 1)")
+    backup = dumps.create(seeded)
+    verdict, _ = restore.verify(seeded, backup)
+    assert verdict.status is Status.WARN and "sequences: 1 behind" in verdict.summary
+    assert [e for e in verdict.examples if e.startswith("sequences: public.users_id_seq at 1")]
+
+
+def test_no_backup_on_the_sandbox_says_the_true_reason():
+    """The sandbox's production is protected: 'none required' is said for the sandbox, never as
+    'a target that is not protected'."""
+    said = recovery.rpo_finding([], rpo_h=24, required=False).summary
+    assert "not protected" not in said and "outside the sandbox" in said

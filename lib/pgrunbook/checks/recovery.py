@@ -149,8 +149,8 @@ def rpo_finding(
             return Finding(
                 check,
                 Status.OK,
-                f"no verified backup ({len(backups)} unverified): none is required "
-                "of a target that is not protected",
+                f"no verified backup ({len(backups)} unverified): none is required here (only a"
+                " protected target outside the sandbox must have one)",
                 threshold=threshold,
             )
         return Finding(
