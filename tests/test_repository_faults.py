@@ -20,6 +20,7 @@ from pgrunbook.base.sealing import WrongKey
 from pgrunbook.cli import main
 from pgrunbook.facts import backups
 from pgrunbook.procedures import admin, debris, dumps, restore
+from tests.test_offsite import _keys
 
 
 def _key(target: str, backup_id: str, name: str) -> str:
@@ -216,11 +217,3 @@ def test_prune_names_what_it_deletes_and_never_this_runs_backup(
     [kept] = backups.all_backups(staging)
     assert kept.id not in {b.id for b in old}
     assert kept.verified
-
-
-def _keys(s3server, bucket: str) -> list[str]:
-    try:
-        page = s3server.client().list_objects_v2(Bucket=bucket)
-    except Exception:
-        return []
-    return [o["Key"] for o in page.get("Contents", [])]

@@ -307,10 +307,7 @@ def find(
         return (verified or usable)[-1]
     if (repo := repository.for_target(name)) is not None:
         if ref in _remote_folders(repo, name):
-            found = load_remote(repo, name, ref)
-            if isinstance(found, Unreadable):
-                raise BackupUnreadable(f"backup {ref!r} of {name!r} cannot be used: {found.why}")
-            return found
+            return load_usable(repo, name, ref)
         ids = ", ".join(b.id for b in backups[-5:]) or "none"
         raise BackupNotFound(
             f"no backup {ref!r} of {name!r} in {repo.url} (newest: {ids}): see the backup"
@@ -426,6 +423,14 @@ def load_remote(repo: Repository, target: str, backup_id: str) -> Backup | Unrea
         notes = (f"{MANIFEST} {why}: read from its copy (`pgrunbook backups repair` puts it back)",)
     verification, _ = _get_json(repo, where + VERIFIED)
     return Backup(backup_id, Path(where), manifest, verification, repository=repo, notes=notes)
+
+
+def load_usable(repo: Repository, target: str, backup_id: str) -> Backup:
+    """`load_remote`, or BackupUnreadable saying why the backup cannot be used."""
+    found = load_remote(repo, target, backup_id)
+    if isinstance(found, Unreadable):
+        raise BackupUnreadable(f"backup {backup_id!r} of {target!r} cannot be used: {found.why}")
+    return found
 
 
 def _remote_folders(repo: Repository, target: str) -> dict[str, set[str]]:

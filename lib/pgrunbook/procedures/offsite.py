@@ -36,11 +36,9 @@ from ..facts.backups import (
     RESERVED,
     VERIFIED,
     Backup,
-    BackupUnreadable,
     Leftover,
-    Unreadable,
     described,
-    load_remote,
+    load_usable,
 )
 from ..facts.backups import remote_folder as folder
 
@@ -181,13 +179,6 @@ def _mend(repo: Repository, where: str, lost: str, good: str) -> list[str]:
     return [f"{repo.url}/{where}{lost} written again from {good}"]
 
 
-def load(repo: Repository, target: str, backup_id: str) -> Backup:
-    found = load_remote(repo, target, backup_id)
-    if isinstance(found, Unreadable):
-        raise BackupUnreadable(f"backup {backup_id!r} of {target!r} cannot be used: {found.why}")
-    return found
-
-
 def _upload(repo: Repository, where: str, proc) -> list:
     """pg_dump's standard output, PART bytes at a time, each sealed into its own object while
     the next is read."""
@@ -232,7 +223,7 @@ def _remove(repo: Repository, prefix: str) -> None:
 
 def record_verification(backup: Backup, result: dict[str, Any]) -> Backup:
     backup.repository.put_json(f"{backup.path}/{VERIFIED}", result)
-    return load(backup.repository, backup.manifest["target"], backup.id)
+    return load_usable(backup.repository, backup.manifest["target"], backup.id)
 
 
 def delete(backup: Backup) -> None:
